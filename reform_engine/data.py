@@ -1,0 +1,306 @@
+"""Preference pairs (x, y+, y-): loading, validation and the embedded demo set.
+
+Accepted inputs
+- HH format: ``chosen`` / ``rejected`` are whole dialogues ("\\n\\nHuman: ...\\n\\nAssistant: ...");
+  the prompt is everything up to the last "\\n\\nAssistant:", the response what follows it.
+- TRL format: ``prompt`` / ``chosen`` / ``rejected``, each a string or a list of chat messages
+  ({"role", "content"}); with message lists the prompt may also be implicit (shared leading turns).
+- Sources: a local ``.jsonl``, ``.jsonl.gz``, ``.json``, ``.parquet`` or ``.csv`` file, or a Hugging
+  Face hub dataset id (only when online). ``column_map`` renames the file's columns to ours.
+
+Every bad input raises :class:`DataError` naming the source, the row and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+DEMO_PATH = Path(__file__).resolve().parent.parent / "data" / "demo_pairs.jsonl"
+HH_DEV_PATH = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "hh-rlhf-harmless" / "dev.jsonl.gz"
+FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet", ".csv", ".gz")
+DEFAULT_MAX_BYTES = 512 * 1024 * 1024
+ASSISTANT_TAG = "\n\nAssistant:"
+_TURN_RE = re.compile(r"\n\n(Human|Assistant):")
+_ROLE = {"Human": "user", "Assistant": "assistant"}
+
+
+class DataError(ValueError):
+    """A bad input: says where (source, row) and what to do about it."""
+
+    def __init__(self, message: str, *, source: str = "", row: int | None = None, fix: str = ""):
+        self.source, self.row, self.fix = source, row, fix
+        where = source + (f", row {row}" if row is not None else "")
+        super().__init__(f"{where}: {message}" + (f" Fix: {fix}" if fix else "") if where else message + (f" Fix: {fix}" if fix else ""))
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One comparison. ``prompt`` is a tuple of chat messages ending with a user turn."""
+
+    pair_id: str
+    prompt: tuple[dict[str, str], ...]
+    chosen: str
+    rejected: str
+
+    @property
+    def prompt_text(self) -> str:
+        """The prompt in HH form, for display and for HH export."""
+        return "".join(f"\n\n{'Human' if m['role'] == 'user' else 'Assistant' if m['role'] == 'assistant' else m['role'].title()}: {m['content']}" for m in self.prompt)
+
+    def to_hh(self) -> dict[str, str]:
+        return {"chosen": f"{self.prompt_text}{ASSISTANT_TAG} {self.chosen}", "rejected": f"{self.prompt_text}{ASSISTANT_TAG} {self.rejected}"}
+
+    def to_trl(self) -> dict[str, Any]:
+        return {"prompt": [dict(m) for m in self.prompt], "chosen": self.chosen, "rejected": self.rejected}
+
+
+@dataclass
+class LoadReport:
+    source: str
+    rows_read: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (row, reason)
+
+
+@dataclass
+class PreferenceData:
+    pairs: list[PreferencePair]
+    report: LoadReport
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+
+def _row_of(pair: PreferencePair) -> int:
+    return int(pair.pair_id.rsplit(":", 1)[-1])
+
+
+# --------------------------------------------------------------------------- parsing one row
+
+def parse_hh_dialogue(text: str) -> tuple[tuple[dict[str, str], ...], str]:
+    """Split an HH dialogue into (prompt messages, final assistant response)."""
+    cut = text.rfind(ASSISTANT_TAG)
+    if cut < 0:
+        raise ValueError('it has no "\\n\\nAssistant:" turn, so there is no response to score')
+    head, response = text[:cut], text[cut + len(ASSISTANT_TAG):].strip()
+    parts = _TURN_RE.split(head)
+    if parts[0].strip():
+        raise ValueError('text before the first "\\n\\nHuman:" turn; HH dialogues start with "\\n\\nHuman:"')
+    messages = tuple({"role": _ROLE[parts[i]], "content": parts[i + 1].strip()} for i in range(1, len(parts), 2))
+    if not messages or messages[-1]["role"] != "user":
+        raise ValueError('the last turn before the response must be "\\n\\nHuman:"')
+    return messages, response
+
+
+def _as_messages(value: Any, what: str) -> tuple[dict[str, str], ...]:
+    if isinstance(value, str):
+        if _TURN_RE.search(value):
+            return parse_hh_dialogue(value + ASSISTANT_TAG + " x")[0]
+        return ({"role": "user", "content": value.strip()},)
+    if isinstance(value, (list, tuple)) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
+        return tuple({"role": str(m["role"]), "content": str(m["content"])} for m in value)
+    raise ValueError(f"{what} must be a string or a list of {{'role', 'content'}} messages, got {type(value).__name__}")
+
+
+def _response_text(value: Any, what: str) -> str:
+    if isinstance(value, str):
+        return value.strip()
+    msgs = _as_messages(value, what)
+    if msgs[-1]["role"] != "assistant":
+        raise ValueError(f"{what} as a message list must end with an assistant message")
+    return msgs[-1]["content"].strip()
+
+
+def parse_row(row: dict[str, Any], fmt: str) -> tuple[tuple[dict[str, str], ...], str, str]:
+    """Return (prompt messages, chosen response, rejected response) or raise ValueError saying why."""
+    if fmt == "hh":
+        if not isinstance(row["chosen"], str) or not isinstance(row["rejected"], str):
+            raise ValueError("HH rows need 'chosen' and 'rejected' as dialogue strings")
+        prompt, chosen = parse_hh_dialogue(row["chosen"])
+        prompt_r, rejected = parse_hh_dialogue(row["rejected"])
+        if prompt_r != prompt:
+            raise ValueError("chosen and rejected dialogues differ before the last Assistant turn; they must share the prompt")
+    else:
+        if row.get("prompt") is not None:
+            prompt = _as_messages(row["prompt"], "prompt")
+            chosen, rejected = _response_text(row["chosen"], "chosen"), _response_text(row["rejected"], "rejected")
+        else:  # implicit prompt: two message lists sharing their leading turns
+            c, r = _as_messages(row["chosen"], "chosen"), _as_messages(row["rejected"], "rejected")
+            if c[:-1] != r[:-1] or len(c) < 2:
+                raise ValueError("without a 'prompt' column, chosen and rejected must be message lists sharing all but the last turn")
+            prompt, chosen, rejected = c[:-1], c[-1]["content"].strip(), r[-1]["content"].strip()
+        if not prompt or prompt[-1]["role"] != "user":
+            raise ValueError("the prompt must end with a user message")
+    if not chosen:
+        raise ValueError("the chosen response is empty")
+    if not rejected:
+        raise ValueError("the rejected response is empty")
+    if chosen == rejected:
+        raise ValueError("chosen and rejected responses are identical, so the pair says nothing")
+    return prompt, chosen, rejected
+
+
+# --------------------------------------------------------------------------- reading files
+
+def _read_rows(path: Path, max_bytes: int) -> list[dict[str, Any]]:
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise DataError(f"file is {size / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB limit.", source=str(path),
+                        fix="split the file or raise max_bytes.")
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        import pandas as pd
+        try:
+            return pd.read_parquet(path).to_dict("records")
+        except Exception as exc:  # pyarrow raises several types for a bad file
+            raise DataError(f"not a readable parquet file ({exc}).", source=str(path), fix="re-export it as parquet or jsonl.") from exc
+    raw = path.read_bytes()
+    if name.endswith(".gz"):
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DataError(f"not a valid gzip file ({exc}).", source=str(path), fix="re-compress it with gzip or give the plain .jsonl.") from exc
+        if len(raw) > max_bytes:
+            raise DataError(f"decompresses to {len(raw) / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB limit.", source=str(path),
+                            fix="split the file or raise max_bytes.")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        row = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"bytes at offset {exc.start} are not valid UTF-8.", source=str(path), row=row,
+                        fix="save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8).") from exc
+    if name.endswith(".csv"):
+        import pandas as pd
+        try:
+            return pd.read_csv(io.StringIO(text), keep_default_na=False).to_dict("records")
+        except Exception as exc:
+            raise DataError(f"not a readable CSV file ({exc}).", source=str(path), fix="check quoting and the header row.") from exc
+    if name.endswith(".json"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON ({exc.msg}).", source=str(path), row=exc.lineno, fix="fix the JSON or use JSON Lines.") from exc
+        if not isinstance(data, list):
+            raise DataError("a .json file must hold a list of objects.", source=str(path), fix="wrap the rows in [...] or use .jsonl.")
+        return data
+    if not (name.endswith(".jsonl") or name.endswith(".jsonl.gz")):
+        raise DataError("unknown file type.", source=str(path), fix="use .jsonl, .jsonl.gz, .json, .parquet or .csv.")
+    rows = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"line is not valid JSON ({exc.msg}, column {exc.colno}).", source=str(path), row=i,
+                            fix="each line must be one JSON object.") from exc
+        if not isinstance(obj, dict):
+            raise DataError("line is not a JSON object.", source=str(path), row=i, fix="each line must be one JSON object.")
+        rows.append(obj)
+    return rows
+
+
+def _read_hub(dataset_id: str, split: str) -> list[dict[str, Any]]:
+    try:
+        import datasets
+        return list(datasets.load_dataset(dataset_id, split=split))
+    except Exception as exc:  # offline, unknown id, gated...
+        raise DataError(f"could not load hub dataset ({type(exc).__name__}: {exc}).", source=dataset_id,
+                        fix="check the id and network, or download it and give a local file.") from exc
+
+
+def detect_format(columns: Iterable[str]) -> str:
+    cols = set(columns)
+    if {"chosen", "rejected"} <= cols:
+        return "trl" if "prompt" in cols else "hh_or_implicit"
+    missing = sorted({"chosen", "rejected"} - cols)
+    raise ValueError(f"missing column(s) {missing}; found {sorted(cols)}")
+
+
+def pairs_from_rows(rows: Sequence[dict[str, Any]], source: str, *, fmt: str = "auto", column_map: dict[str, str] | None = None,
+                    skip_invalid: bool = False) -> PreferenceData:
+    """Validate rows and build pairs. Row numbers in errors are 1-based like a text editor's lines."""
+    report = LoadReport(source=source, rows_read=len(rows))
+    if not rows:
+        raise DataError("no rows.", source=source, fix="give a file with at least one preference pair.")
+    if column_map:
+        rows = [{column_map.get(k, k): v for k, v in r.items()} for r in rows]
+    try:
+        kind = detect_format(rows[0].keys())
+    except ValueError as exc:
+        raise DataError(f"{exc}.", source=source, row=1,
+                        fix="name the columns chosen/rejected (HH) or prompt/chosen/rejected (TRL), or pass column_map.") from exc
+    if fmt == "auto":
+        fmt = "trl" if kind == "trl" or not isinstance(rows[0]["chosen"], str) else "hh"
+    if fmt not in ("hh", "trl"):
+        raise DataError(f"format {fmt!r} is unknown.", source=source, fix="use 'auto', 'hh' or 'trl'.")
+    pairs: list[PreferencePair] = []
+    for i, row in enumerate(rows, start=1):
+        try:
+            missing = [c for c in (("prompt", "chosen", "rejected") if kind == "trl" else ("chosen", "rejected")) if c not in row]
+            if missing:
+                raise ValueError(f"missing column(s) {missing}")
+            prompt, chosen, rejected = parse_row(row, fmt)
+        except (ValueError, KeyError, TypeError) as exc:
+            if skip_invalid:
+                report.skipped.append((i, str(exc)))
+                continue
+            raise DataError(f"{exc}.", source=source, row=i, fix="correct or remove this row (or load with skip_invalid=True to skip such rows).") from exc
+        pairs.append(PreferencePair(f"{Path(source).name}:{i - 1}", prompt, chosen, rejected))
+    if not pairs:
+        raise DataError(f"every row was invalid (first: row {report.skipped[0][0]}: {report.skipped[0][1]}).", source=source,
+                        fix="check the format and column names.")
+    return PreferenceData(pairs, report)
+
+
+def load_preferences(source: str | os.PathLike, *, fmt: str = "auto", column_map: dict[str, str] | None = None,
+                     skip_invalid: bool = False, max_bytes: int = DEFAULT_MAX_BYTES, split: str = "train") -> PreferenceData:
+    """Load pairs from a local file or (if no such file exists) a hub dataset id."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        rows = _read_rows(path, max_bytes)
+    elif path.exists():
+        raise DataError("is a directory, not a file.", source=str(path), fix="give the data file inside it.")
+    elif path.name.lower().endswith(FILE_SUFFIXES) or str(source).startswith((".", "/", "~")):
+        raise DataError("no such file.", source=str(source), fix="check the path.")
+    else:
+        rows = _read_hub(str(source), split)
+    return pairs_from_rows(rows, str(source), fmt=fmt, column_map=column_map, skip_invalid=skip_invalid)
+
+
+def load_demo() -> PreferenceData:
+    """The embedded hand-written demo set (see data/README.md)."""
+    return load_preferences(DEMO_PATH, fmt="hh")
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
+    from .runs import atomic_write_text
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def replace(pair: PreferencePair, **changes: Any) -> PreferencePair:
+    return dataclasses.replace(pair, **changes)
+
+
+def parse_rows(spec: str) -> slice:
+    """'a:b', 'a:', ':b' or '' (all) -> slice over source row numbers (0-based)."""
+    if not spec:
+        return slice(None)
+    try:
+        a, b = spec.split(":")
+        return slice(int(a) if a else None, int(b) if b else None)
+    except ValueError as exc:
+        raise ValueError(f"rows={spec!r}; write 'start:end' with 0-based row numbers, e.g. '0:1500' or '1500:'") from exc
+
+
+def select_rows(pairs: Sequence[PreferencePair], spec: str) -> list[PreferencePair]:
+    """Pairs whose source row falls in ``spec`` (rows skipped as invalid simply are not there)."""
+    s = parse_rows(spec)
+    lo, hi = s.start or 0, s.stop if s.stop is not None else float("inf")
+    return [p for p in pairs if lo <= _row_of(p) < hi]

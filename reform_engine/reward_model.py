@@ -1,0 +1,209 @@
+"""Reward models: a causal-LM backbone with a scalar head, or any sequence-classification RM.
+
+A causal RM applies its head at every position, so one forward pass gives the partial reward
+r(x, y<=i) of every prefix (``token_rewards``); the sequence reward is the value at the last real
+token. Pitfalls guarded here: the pad token is always set; the score is read at the last non-pad
+token whatever the padding side; position ids come from the attention mask so left padding does not
+shift positions (identical texts score identically in any batch layout).
+
+Checkpoint directory (written atomically by ``save``)::
+
+    reward_model.json    RewardModelSpec
+    head.safetensors     the scalar head
+    adapter/             LoRA weights (finetune="lora") | backbone/ full weights (finetune="full")
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .models import ModelError, load_tokenizer, resolve_model_path
+from .runs import atomic_directory
+from .runtime import resolve_device, resolve_dtype
+
+FINETUNE_MODES = ("lora", "head", "full")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SPEC_FILE = "reward_model.json"
+
+
+@dataclass
+class RewardModelSpec:
+    """What a checkpoint needs to rebuild its model."""
+
+    base_model: str
+    finetune: str = "lora"            # lora: cheap and strong; head: fastest, weakest; full: most memory
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0         # 0 keeps training bit-for-bit deterministic for a seed
+    lora_layers: int | None = None    # LoRA on the top N layers only; lower layers then need no backward
+    use_chat_template: bool = True    # format prompts with the tokenizer's chat template when it has one
+    max_length: int = 512             # prompt is truncated from the left to fit; the response never is
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if self.finetune not in FINETUNE_MODES:
+            raise ValueError(f"finetune={self.finetune!r}; use one of {FINETUNE_MODES}")
+        if self.lora_r < 1:
+            raise ValueError(f"lora_r={self.lora_r} must be >= 1")
+        if self.lora_layers is not None and self.lora_layers < 1:
+            raise ValueError(f"lora_layers={self.lora_layers} must be >= 1, or None for all layers")
+        if self.max_length < 16:
+            raise ValueError(f"max_length={self.max_length} is too small to hold a prompt and a response; use >= 16")
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) mask -> (B,) index of the last real token, for left or right padding alike."""
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (attention_mask.long() * positions).argmax(-1)
+
+
+class CausalRewardModel(nn.Module):
+    """Backbone (no LM head) + Linear(hidden, 1). ``tokenizer`` and ``spec`` ride along as attributes."""
+
+    is_causal = True
+
+    def __init__(self, backbone: nn.Module, spec: RewardModelSpec, tokenizer=None):
+        super().__init__()
+        self.backbone, self.spec, self.tokenizer = backbone, spec, tokenizer
+        hidden = backbone.config.hidden_size
+        self.head = nn.Linear(hidden, 1)
+        nn.init.normal_(self.head.weight, std=1.0 / (hidden + 1) ** 0.5)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    def token_rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, T) reward of every prefix ending at each position."""
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding keeps positions 0..n-1
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        hidden = out.last_hidden_state  # (B, T, H)
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)  # (B, T)
+
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B,) reward read at the last non-pad token."""
+        rewards = self.token_rewards(input_ids, attention_mask)
+        return rewards.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)
+
+    forward = score
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        with atomic_directory(directory) as tmp:
+            (tmp / SPEC_FILE).write_text(json.dumps(dataclasses.asdict(self.spec), indent=2))
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, str(tmp / "head.safetensors"))
+            if self.spec.finetune == "lora":
+                self.backbone.save_pretrained(tmp / "adapter")
+            elif self.spec.finetune == "full":
+                self.backbone.save_pretrained(tmp / "backbone", safe_serialization=True)
+        return Path(directory)
+
+
+def build_reward_model(spec: RewardModelSpec, *, device: str = "auto", dtype: str = "float32", seed: int = 0) -> CausalRewardModel:
+    """A fresh, trainable RM on ``spec.base_model``: head initialised from ``seed``, LoRA if asked."""
+    from transformers import AutoModel
+
+    path = resolve_model_path(spec.base_model)
+    try:
+        backbone = AutoModel.from_pretrained(path, dtype=resolve_dtype(dtype), use_safetensors=True,
+                                             trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"could not load backbone {spec.base_model!r} ({exc}); only safetensors weights are loaded") from exc
+    for p in backbone.parameters():
+        p.requires_grad_(spec.finetune == "full")
+    torch.manual_seed(seed)
+    if spec.finetune == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        n_layers = backbone.config.num_hidden_layers
+        layers = list(range(n_layers - spec.lora_layers, n_layers)) if spec.lora_layers else None
+        lora = LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
+                          target_modules=list(LORA_TARGETS), layers_to_transform=layers,
+                          layers_pattern="layers" if layers else None)
+        backbone = get_peft_model(backbone, lora)
+    model = CausalRewardModel(backbone, spec, load_tokenizer(spec.base_model, trust_remote_code=spec.trust_remote_code))
+    return model.to(resolve_device(device))
+
+
+def load_causal_reward_model(directory: str | Path, *, device: str = "auto", dtype: str = "float32",
+                             trainable: bool = False) -> CausalRewardModel:
+    """Rebuild a saved causal RM. For inference LoRA is merged into the backbone (faster forward)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    directory = Path(directory)
+    spec = RewardModelSpec(**json.loads((directory / SPEC_FILE).read_text()))
+    source = directory / "backbone" if spec.finetune == "full" else resolve_model_path(spec.base_model)
+    backbone = AutoModel.from_pretrained(source, dtype=resolve_dtype(dtype), use_safetensors=True,
+                                         trust_remote_code=spec.trust_remote_code)
+    if spec.finetune == "lora":
+        from peft import PeftModel
+
+        backbone = PeftModel.from_pretrained(backbone, directory / "adapter", is_trainable=trainable)
+        if not trainable:
+            backbone = backbone.merge_and_unload()
+    for p in backbone.parameters():
+        p.requires_grad_(trainable and spec.finetune == "full")
+    for name, p in backbone.named_parameters():
+        if trainable and spec.finetune == "lora" and "lora_" in name:
+            p.requires_grad_(True)
+    model = CausalRewardModel(backbone, spec, load_tokenizer(spec.base_model, trust_remote_code=spec.trust_remote_code))
+    model.head.load_state_dict(load_file(str(directory / "head.safetensors")))
+    model.head.requires_grad_(trainable)
+    model = model.to(resolve_device(device))
+    return model.train(trainable) if trainable else model.eval()
+
+
+class SequenceClassifierRewardModel(nn.Module):
+    """Any AutoModelForSequenceClassification RM with one output. No per-position rewards: traces
+    fall back to scoring prefixes in batches (the slow path)."""
+
+    is_causal = False
+
+    def __init__(self, model: nn.Module, tokenizer, use_chat_template: bool = True, max_length: int = 512):
+        super().__init__()
+        self.model, self.tokenizer = model, tokenizer
+        self.spec = RewardModelSpec(base_model=getattr(model.config, "_name_or_path", "seq-cls"), finetune="full",
+                                    use_chat_template=use_chat_template, max_length=max_length)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # The HF head pools at the last non-pad token itself; right padding keeps positions natural.
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+
+    forward = score
+
+
+def load_reward_model(name: str, *, device: str = "auto", dtype: str = "float32", trust_remote_code: bool = False,
+                      max_length: int = 512):
+    """A checkpoint directory written by ``save`` -> CausalRewardModel; any other id/path ->
+    SequenceClassifierRewardModel (safetensors only)."""
+    path = Path(name).expanduser()
+    if (path / SPEC_FILE).is_file():
+        return load_causal_reward_model(path, device=device, dtype=dtype)
+    from transformers import AutoModelForSequenceClassification
+
+    resolved = resolve_model_path(name)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(resolved, dtype=resolve_dtype(dtype), use_safetensors=True,
+                                                                   trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{name!r} is neither a REFORM RM checkpoint (no {SPEC_FILE}) nor a loadable "
+                         f"sequence-classification model ({exc})") from exc
+    if model.config.num_labels != 1:
+        raise ModelError(f"{name!r} has {model.config.num_labels} outputs; a reward model needs exactly 1")
+    tok = load_tokenizer(name, trust_remote_code=trust_remote_code)
+    return SequenceClassifierRewardModel(model.to(resolve_device(device)).eval(), tok, max_length=max_length)

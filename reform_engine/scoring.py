@@ -1,0 +1,185 @@
+"""Turning (prompt, response) into token ids, and scoring them in length-bucketed batches.
+
+The RM input is ``format_prompt(prompt) ++ response`` tokenized as two pieces and concatenated, so
+the ids of a response prefix are a prefix of the ids of the whole response: the partial reward at
+response token i (from ``reward_trace``) is exactly the score of the response cut after token i.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .data import DataError, PreferencePair
+from .models import format_prompt
+
+MIN_PROMPT_TOKENS = 4  # a prompt cut below this no longer says what was asked
+
+
+@dataclass(frozen=True)
+class Encoded:
+    ids: tuple[int, ...]
+    response_start: int           # ids[response_start:] are the response
+    prompt_truncated: bool        # earlier turns (or the start of the first kept turn) were dropped to fit
+
+
+def _prompt_ids(tokenizer, messages, use_chat_template: bool) -> list[int]:
+    text = format_prompt(tokenizer, messages, use_chat_template=use_chat_template)
+    return tokenizer(text, add_special_tokens=not (use_chat_template and tokenizer.chat_template))["input_ids"]
+
+
+def encode(tokenizer, prompt: Sequence[dict], response: str, *, max_length: int, use_chat_template: bool = True,
+           response_ids: Sequence[int] | None = None) -> Encoded:
+    """Tokenize one side. The prompt is cut from the left (whole early turns first, then the start of
+    the last user turn) until prompt + response fit ``max_length``; the response is never cut."""
+    resp = list(response_ids) if response_ids is not None else tokenizer(response, add_special_tokens=False)["input_ids"]
+    if not resp:
+        raise DataError("the response is empty.", fix="give a non-empty response.")
+    budget = max_length - len(resp)
+    if budget < MIN_PROMPT_TOKENS:
+        raise DataError(f"the response alone is {len(resp)} tokens; with max_length={max_length} no prompt fits.",
+                        fix=f"raise max_length above {len(resp) + MIN_PROMPT_TOKENS} or shorten the response.")
+    messages = list(prompt)
+    ids = _prompt_ids(tokenizer, messages, use_chat_template)
+    truncated = False
+    while len(ids) > budget and len(messages) > 1:  # drop the oldest turn, keep the last ones
+        messages = messages[1:]
+        while len(messages) > 1 and messages[0]["role"] != "user":
+            messages = messages[1:]
+        ids, truncated = _prompt_ids(tokenizer, messages, use_chat_template), True
+    while len(ids) > budget:  # one long user turn left: cut the start of its text
+        content_ids = tokenizer(messages[0]["content"], add_special_tokens=False)["input_ids"]
+        keep = len(content_ids) - (len(ids) - budget) - 1
+        if keep < 1:
+            raise DataError(f"the prompt cannot fit beside a {len(resp)}-token response within max_length={max_length}.",
+                            fix="raise max_length or shorten the response.")
+        messages = [{"role": messages[0]["role"], "content": tokenizer.decode(content_ids[-keep:])}]
+        ids, truncated = _prompt_ids(tokenizer, messages, use_chat_template), True
+    return Encoded(tuple(ids) + tuple(resp), len(ids), truncated)
+
+
+def encode_pairs(rm, pairs: Sequence[PreferencePair], *, max_length: int | None = None) -> list[tuple[Encoded, Encoded]]:
+    """Encode both sides of each pair with the RM's tokenizer and prompt format; errors name the pair."""
+    max_length = max_length or rm.spec.max_length
+    out = []
+    for p in pairs:
+        try:
+            out.append(tuple(encode(rm.tokenizer, p.prompt, side, max_length=max_length,
+                                    use_chat_template=rm.spec.use_chat_template) for side in (p.chosen, p.rejected)))
+        except DataError as exc:
+            raise DataError(str(exc), source=f"pair {p.pair_id}") from exc
+    return out
+
+
+def collate(seqs: Sequence[Sequence[int]], pad_id: int, padding_side: str = "right", device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to the longest sequence in the batch -> (B, T) ids and (B, T) mask."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        sl = slice(width - len(s), width) if padding_side == "left" else slice(0, len(s))
+        ids[i, sl] = torch.tensor(s, dtype=torch.long)
+        mask[i, sl] = 1
+    return ids.to(device), mask.to(device)
+
+
+def length_buckets(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Indices grouped into batches of similar length (sorted), so padding wastes little compute.
+    ``max_tokens`` caps batch_size x longest length for long sequences."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches, cur = [], []
+    for i in order:
+        widest = max(lengths[i], max((lengths[j] for j in cur), default=0))
+        if cur and (len(cur) >= batch_size or (max_tokens and widest * (len(cur) + 1) > max_tokens)):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+@torch.inference_mode()
+def score_sequences(rm, seqs: Sequence[Sequence[int]], *, batch_size: int = 16, max_tokens: int | None = 8192,
+                    bucket: bool = True) -> torch.Tensor:
+    """Rewards of token sequences -> (N,) float32 on CPU. ``bucket=False`` keeps the given order
+    (batches then mix short and long sequences and pad to the longest)."""
+    lengths = [len(s) for s in seqs]
+    batches = length_buckets(lengths, batch_size, max_tokens) if bucket else \
+        [list(range(i, min(i + batch_size, len(seqs)))) for i in range(0, len(seqs), batch_size)]
+    out = torch.empty(len(seqs), dtype=torch.float32)
+    side = "right" if not rm.is_causal else rm.tokenizer.padding_side
+    for b in batches:
+        ids, mask = collate([seqs[i] for i in b], rm.tokenizer.pad_token_id, side, rm.device)
+        out[b] = rm.score(ids, mask).float().cpu()
+    return out
+
+
+@dataclass
+class PairScores:
+    r_chosen: torch.Tensor    # (N,)
+    r_rejected: torch.Tensor  # (N,)
+    truncated: int            # how many sides had their prompt cut to fit
+
+    @property
+    def margins(self) -> torch.Tensor:
+        return self.r_chosen - self.r_rejected
+
+    @property
+    def losses(self) -> torch.Tensor:
+        """Bradley-Terry loss of each pair: -log sigmoid(r+ - r-)."""
+        return -torch.nn.functional.logsigmoid(self.margins)
+
+
+def score_pairs(rm, pairs: Sequence[PreferencePair], *, batch_size: int = 16, max_length: int | None = None,
+                bucket: bool = True) -> PairScores:
+    enc = encode_pairs(rm, pairs, max_length=max_length)
+    seqs = [e.ids for pair in enc for e in pair]
+    scores = score_sequences(rm, seqs, batch_size=batch_size, bucket=bucket)
+    return PairScores(scores[0::2].clone(), scores[1::2].clone(), sum(e.prompt_truncated for pair in enc for e in pair))
+
+
+@dataclass
+class RewardTrace:
+    """Partial rewards of a response, token by token."""
+
+    token_ids: list[int]
+    pieces: list[str]         # text of each token; "".join(pieces) == decoded response
+    rewards: list[float]      # rewards[i] = r(x, y<=i)
+    prompt_truncated: bool
+    slow_path: bool           # True when the RM is not causal and prefixes were scored one by one
+
+    @property
+    def final(self) -> float:
+        return self.rewards[-1]
+
+
+def token_pieces(tokenizer, ids: Sequence[int]) -> list[str]:
+    """Text added by each token (multi-byte characters land on the token that completes them)."""
+    pieces, prev = [], ""
+    for i in range(1, len(ids) + 1):
+        text = tokenizer.decode(ids[:i])
+        if text.endswith("\ufffd"):  # incomplete UTF-8 sequence: wait for the next byte
+            pieces.append("")
+            continue
+        pieces.append(text[len(prev):])
+        prev = text
+    return pieces
+
+
+@torch.inference_mode()
+def reward_trace(rm, prompt: Sequence[dict], response: str, *, max_length: int | None = None,
+                 batch_size: int = 16) -> RewardTrace:
+    """r(x, y<=i) for every response token. Causal RM: one forward pass. Otherwise (slow path):
+    every prefix is a separate sequence, scored in batches of ``batch_size``."""
+    enc = encode(rm.tokenizer, prompt, response, max_length=max_length or rm.spec.max_length,
+                 use_chat_template=rm.spec.use_chat_template)
+    resp_ids = list(enc.ids[enc.response_start:])
+    if rm.is_causal:
+        ids = torch.tensor([enc.ids], device=rm.device)
+        rewards = rm.token_rewards(ids, torch.ones_like(ids))[0, enc.response_start:].float().cpu().tolist()
+    else:
+        prefixes = [enc.ids[: enc.response_start + i + 1] for i in range(len(resp_ids))]
+        rewards = score_sequences(rm, prefixes, batch_size=batch_size, bucket=False).tolist()
+    return RewardTrace(resp_ids, token_pieces(rm.tokenizer, resp_ids), rewards, enc.prompt_truncated, not rm.is_causal)

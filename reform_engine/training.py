@@ -1,0 +1,200 @@
+"""Train a reward model on preference pairs with the Bradley-Terry loss -log sigmoid(r+ - r-)."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, select_rows
+from .evaluation import PairwiseMetrics, pairwise_metrics
+from .models import DEFAULT_MODEL
+from .reward_model import FINETUNE_MODES, RewardModelSpec, build_reward_model
+from .runs import RunDir
+from .runtime import seed_everything, set_cpu_threads
+from .scoring import Encoded, collate, encode, score_pairs
+
+
+@dataclass
+class TrainRewardConfig:
+    # data
+    data: str = str(DEMO_PATH)              # file or hub id (see data.load_preferences)
+    train_rows: str = ""                    # 'a:b' source rows to train on, '' = all
+    eval_data: str = ""                     # '' = no evaluation at the end
+    eval_rows: str = ""
+    skip_invalid: bool = True               # invalid rows are skipped and reported, not fatal
+    # model
+    model: str = DEFAULT_MODEL              # backbone: the offline SmolLM2 by default, or any id / directory
+    finetune: str = "lora"                  # lora | head | full
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0               # 0 keeps a run bit-for-bit repeatable for its seed
+    lora_layers: int = 0                    # LoRA on the top N layers only (0 = all); fewer = faster backward
+    use_chat_template: bool = True
+    max_length: int = 320                   # tokens; prompt cut from the left to fit, pairs whose response cannot fit are skipped
+    trust_remote_code: bool = False
+    # optimisation
+    batch_size: int = 8                     # pairs per step (2x sequences per forward)
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    epochs: int = 1
+    max_steps: int = 0                      # 0 = epochs decide
+    max_grad_norm: float = 1.0
+    # runtime
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"                  # fp32: bf16 brings no speed-up on this class of CPU
+    threads: int = 0                        # 0 = torch default
+    save_every: int = 0                     # steps between intermediate checkpoints, 0 = at the end only
+
+    def __post_init__(self):
+        checks = [(self.batch_size >= 1, "batch_size must be >= 1"), (self.lr > 0, "lr must be > 0"),
+                  (self.epochs >= 1, "epochs must be >= 1"), (self.max_steps >= 0, "max_steps must be >= 0"),
+                  (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
+                  (self.finetune in FINETUNE_MODES, f"finetune must be one of {FINETUNE_MODES}"),
+                  (self.lora_layers >= 0, "lora_layers must be >= 0 (0 = all layers)"),
+                  (self.max_length >= 16, "max_length must be >= 16")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"TrainRewardConfig: {message}")
+
+    def spec(self) -> RewardModelSpec:
+        return RewardModelSpec(base_model=self.model, finetune=self.finetune, lora_r=self.lora_r, lora_alpha=self.lora_alpha,
+                               lora_dropout=self.lora_dropout, lora_layers=self.lora_layers or None,
+                               use_chat_template=self.use_chat_template, max_length=self.max_length,
+                               trust_remote_code=self.trust_remote_code)
+
+
+@dataclass
+class TrainRewardResult:
+    checkpoint: str
+    train_pairs: int
+    skipped_pairs: int                      # invalid rows + pairs whose response does not fit max_length
+    steps: int
+    seconds: float
+    pairs_per_second: float
+    final_loss: float                       # mean loss over the last 10% of steps
+    loss_curve: list[float] = field(default_factory=list)
+    eval: PairwiseMetrics | None = None
+
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+    """(B,), (B,) -> scalar mean of -log sigmoid(r+ - r-)."""
+    return -F.logsigmoid(r_chosen - r_rejected).mean()
+
+
+def batch_order(lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """Shuffle, then sort by length inside windows of 32 batches: random order, little padding."""
+    perm = torch.randperm(len(lengths), generator=generator).tolist()
+    window = batch_size * 32
+    batches = []
+    for w in range(0, len(perm), window):
+        chunk = sorted(perm[w:w + window], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    shuffle = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffle]
+
+
+def encode_for_training(tokenizer, pairs: Sequence[PreferencePair], spec: RewardModelSpec):
+    """-> (kept pairs, [(chosen Encoded, rejected Encoded)], skipped count)."""
+    kept, encoded, skipped = [], [], 0
+    for p in pairs:
+        try:
+            encoded.append(tuple(encode(tokenizer, p.prompt, side, max_length=spec.max_length,
+                                        use_chat_template=spec.use_chat_template) for side in (p.chosen, p.rejected)))
+            kept.append(p)
+        except DataError:
+            skipped += 1
+    return kept, encoded, skipped
+
+
+def _lr_lambda(total: int, warmup: int):
+    return lambda step: (step + 1) / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+
+
+def train_reward_model(config: TrainRewardConfig, run_dir: str | Path) -> TrainRewardResult:
+    """Train, checkpoint atomically to ``run_dir/checkpoint``, evaluate if asked; status in run_dir."""
+    from tqdm.auto import tqdm
+
+    run = RunDir(run_dir)
+    run.write_config(config)
+    run.set_status("running", progress=0.0, message="loading data and model")
+    try:
+        set_cpu_threads(config.threads)
+        generator = seed_everything(config.seed)
+        data = load_preferences(config.data, skip_invalid=config.skip_invalid)
+        pairs = select_rows(data.pairs, config.train_rows)
+        spec = config.spec()
+        rm = build_reward_model(spec, device=config.device, dtype=config.dtype, seed=config.seed)
+        pairs, encoded, too_long = encode_for_training(rm.tokenizer, pairs, spec)
+        if not pairs:
+            raise DataError(f"no trainable pairs in rows {config.train_rows!r} of {config.data}.", fix="check train_rows and max_length.")
+        skipped = too_long + len(data.report.skipped)
+        run.log(f"{len(pairs)} training pairs, {too_long} skipped as too long for max_length={spec.max_length}, "
+                f"{len(data.report.skipped)} invalid rows skipped")
+
+        lengths = [max(len(c.ids), len(r.ids)) for c, r in encoded]
+        steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
+        total = config.max_steps or steps_per_epoch * config.epochs
+        params = [p for p in rm.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, int(total * config.warmup_ratio)))
+        pad_id = rm.tokenizer.pad_token_id
+
+        rm.train()
+        losses: list[float] = []
+        step, start = 0, time.perf_counter()
+        bar = tqdm(total=total, desc="train-rm", unit="step", dynamic_ncols=True)
+        while step < total:
+            for batch in batch_order(lengths, config.batch_size, generator):
+                seqs = [encoded[i][0].ids for i in batch] + [encoded[i][1].ids for i in batch]
+                ids, mask = collate(seqs, pad_id, "right", rm.device)  # (2B, T)
+                scores = rm.score(ids, mask)  # (2B,)
+                loss = bradley_terry_loss(scores[: len(batch)], scores[len(batch):])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                losses.append(float(loss.detach()))
+                elapsed = time.perf_counter() - start
+                recent = sum(losses[-20:]) / len(losses[-20:])
+                bar.update(1)
+                bar.set_postfix(loss=f"{recent:.3f}")
+                run.progress(step, total, loss=recent, seconds=elapsed, message=f"step {step}/{total} loss {recent:.3f}")
+                if config.save_every and step % config.save_every == 0 and step < total:
+                    rm.save(run.checkpoint_path)
+                    run.log(f"checkpoint at step {step}")
+                if step >= total:
+                    break
+        bar.close()
+        seconds = time.perf_counter() - start
+        rm.eval()
+        rm.save(run.checkpoint_path)
+        run.log(f"trained {step} steps in {seconds:.1f}s; checkpoint saved")
+
+        metrics = None
+        if config.eval_data:
+            run.set_status("running", progress=1.0, message="evaluating")
+            eval_data = load_preferences(config.eval_data, skip_invalid=config.skip_invalid)
+            eval_pairs = select_rows(eval_data.pairs, config.eval_rows)
+            scores = score_pairs(rm, eval_pairs, max_length=max(1024, spec.max_length))
+            metrics = pairwise_metrics(scores.r_chosen, scores.r_rejected, eval_pairs)
+        tail = losses[-max(1, len(losses) // 10):]
+        pairs_seen = min(step * config.batch_size, len(pairs) * config.epochs) if not config.max_steps else step * config.batch_size
+        result = TrainRewardResult(str(run.checkpoint_path), len(pairs), skipped, step, seconds, pairs_seen / seconds,
+                                   sum(tail) / len(tail), losses, metrics)
+        run.write_metrics(result)
+        run.set_status("succeeded", progress=1.0, message="done" + (f"; eval accuracy {metrics.accuracy:.3f}" if metrics else ""))
+        return result
+    except BaseException as exc:
+        run.set_status("failed", message=f"{type(exc).__name__}: {exc}")
+        run.log(f"failed: {type(exc).__name__}: {exc}")
+        raise

@@ -1,0 +1,150 @@
+import gzip
+import json
+
+import pandas as pd
+import pytest
+
+from reform_engine.data import (DataError, PreferencePair, load_demo, load_preferences, pairs_from_rows, parse_hh_dialogue,
+                                select_rows, write_jsonl)
+
+HH = {"chosen": "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: How do I boil an egg?\n\nAssistant: Simmer it for 9 minutes.",
+      "rejected": "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: How do I boil an egg?\n\nAssistant: Eggs are round."}
+
+
+def test_parse_hh_dialogue_splits_turns_and_response():
+    prompt, response = parse_hh_dialogue(HH["chosen"])
+    assert prompt == ({"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"},
+                      {"role": "user", "content": "How do I boil an egg?"})
+    assert response == "Simmer it for 9 minutes."
+
+
+def test_hh_rows_roundtrip_through_to_hh(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [HH])
+    pair = load_preferences(tmp_path / "a.jsonl").pairs[0]
+    assert (pair.chosen, pair.rejected) == ("Simmer it for 9 minutes.", "Eggs are round.")
+    assert pair.to_hh() == {"chosen": HH["chosen"].replace("Assistant: Simmer", "Assistant: Simmer"),
+                            "rejected": HH["rejected"]}
+
+
+@pytest.mark.parametrize("prompt", ["Question?", [{"role": "user", "content": "Question?"}]])
+def test_trl_format_with_string_or_message_prompt(prompt):
+    data = pairs_from_rows([{"prompt": prompt, "chosen": "Good.", "rejected": "Bad."}], "mem")
+    assert data.pairs[0].prompt == ({"role": "user", "content": "Question?"},)
+    assert (data.pairs[0].chosen, data.pairs[0].rejected) == ("Good.", "Bad.")
+
+
+def test_trl_implicit_prompt_message_lists():
+    user = {"role": "user", "content": "Q"}
+    row = {"chosen": [user, {"role": "assistant", "content": "A1"}], "rejected": [user, {"role": "assistant", "content": "A2"}]}
+    pair = pairs_from_rows([row], "mem").pairs[0]
+    assert (pair.prompt, pair.chosen, pair.rejected) == ((user,), "A1", "A2")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".csv", ".parquet", ".json"])
+def test_every_file_type_loads_the_same_pairs(tmp_path, suffix):
+    rows = [{"prompt": "Q1", "chosen": "yes", "rejected": "no"}, {"prompt": "Q2", "chosen": "a, \"quoted\" b", "rejected": "c"}]
+    path = tmp_path / f"d{suffix}"
+    if suffix == ".csv":
+        pd.DataFrame(rows).to_csv(path, index=False)
+    elif suffix == ".parquet":
+        pd.DataFrame(rows).to_parquet(path)
+    elif suffix == ".json":
+        path.write_text(json.dumps(rows))
+    else:
+        text = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        path.write_bytes(gzip.compress(text) if suffix.endswith(".gz") else text)
+    pairs = load_preferences(path).pairs
+    assert [(p.prompt[0]["content"], p.chosen, p.rejected) for p in pairs] == [("Q1", "yes", "no"), ("Q2", "a, \"quoted\" b", "c")]
+
+
+def test_column_map_renames_columns():
+    data = pairs_from_rows([{"question": "Q", "good": "A", "bad": "B"}], "mem",
+                           column_map={"question": "prompt", "good": "chosen", "bad": "rejected"})
+    assert data.pairs[0].chosen == "A"
+
+
+def _err(rows, **kw) -> DataError:
+    with pytest.raises(DataError) as info:
+        pairs_from_rows(rows, "f.jsonl", **kw)
+    return info.value
+
+
+def test_missing_column_names_file_row_and_fix():
+    err = _err([{"prompt": "Q", "chosen": "A"}])
+    assert "f.jsonl, row 1" in str(err) and "missing column(s) ['rejected']" in str(err) and "column_map" in str(err)
+
+
+@pytest.mark.parametrize("row,needle", [
+    ({"prompt": "Q", "chosen": "  ", "rejected": "B"}, "chosen response is empty"),
+    ({"prompt": "Q", "chosen": "A", "rejected": ""}, "rejected response is empty"),
+    ({"prompt": "Q", "chosen": "Same", "rejected": "Same"}, "identical"),
+])
+def test_bad_rows_are_refused_with_row_number(row, needle):
+    err = _err([{"prompt": "Q", "chosen": "ok", "rejected": "fine"}, row])
+    assert err.row == 2 and needle in str(err)
+
+
+def test_hh_row_without_assistant_turn_is_refused():
+    err = _err([HH, {"chosen": "\n\nHuman: no reply", "rejected": HH["rejected"]}])
+    assert err.row == 2 and 'no "\\n\\nAssistant:" turn' in str(err)
+
+
+def test_skip_invalid_reports_skipped_rows():
+    data = pairs_from_rows([{"prompt": "Q", "chosen": "A", "rejected": "A"}, {"prompt": "Q", "chosen": "A", "rejected": "B"}],
+                           "f.jsonl", skip_invalid=True)
+    assert len(data.pairs) == 1 and data.report.skipped == [(1, "chosen and rejected responses are identical, so the pair says nothing")]
+    assert data.pairs[0].pair_id == "f.jsonl:1"
+
+
+def test_undecodable_bytes_name_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"prompt": "Q", "chosen": "A", "rejected": "B"}\n{"prompt": "caf\xe9", "chosen": "A", "rejected": "B"}\n')
+    with pytest.raises(DataError) as info:
+        load_preferences(path)
+    assert info.value.row == 2 and "UTF-8" in str(info.value)
+
+
+def test_malformed_json_line_names_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "Q", "chosen": "A", "rejected": "B"}\n{"prompt": \n')
+    with pytest.raises(DataError) as info:
+        load_preferences(path)
+    assert info.value.row == 2 and "not valid JSON" in str(info.value)
+
+
+def test_file_over_size_limit_is_refused(tmp_path):
+    path = tmp_path / "big.jsonl"
+    path.write_text(json.dumps({"prompt": "Q", "chosen": "A" * 2000, "rejected": "B"}) + "\n")
+    with pytest.raises(DataError, match="over the 0 MiB limit"):
+        load_preferences(path, max_bytes=1000)
+
+
+def test_unknown_type_and_missing_file(tmp_path):
+    (tmp_path / "x.txt").write_text("hello")
+    with pytest.raises(DataError, match="unknown file type"):
+        load_preferences(tmp_path / "x.txt")
+    with pytest.raises(DataError, match="no such file"):
+        load_preferences(tmp_path / "missing.jsonl")
+
+
+def test_select_rows_uses_source_row_numbers():
+    pairs = [PreferencePair(f"f:{i}", ({"role": "user", "content": "q"},), "a", "b") for i in (0, 1, 3, 4)]
+    assert [p.pair_id for p in select_rows(pairs, "1:4")] == ["f:1", "f:3"]
+    assert [p.pair_id for p in select_rows(pairs, "3:")] == ["f:3", "f:4"]
+    with pytest.raises(ValueError, match="start:end"):
+        select_rows(pairs, "1-4")
+
+
+def test_demo_set_is_large_valid_and_not_length_trivial():
+    data = load_demo()
+    assert len(data) >= 150 and not data.report.skipped
+    longer = sum(len(p.chosen) > len(p.rejected) for p in data.pairs) / len(data)
+    assert 0.3 < longer < 0.7, "a length-only rule must not solve the demo set"
+    assert sum(len(p.prompt) > 1 for p in data.pairs) >= 20, "the demo set must have multi-turn dialogues"
+
+
+def test_shared_hh_dev_file_loads(hh_dev_path):
+    data = load_preferences(hh_dev_path, skip_invalid=True)
+    assert data.report.rows_read == 1793
+    assert len(data.pairs) + len(data.report.skipped) == 1793
+    assert len(select_rows(data.pairs, "0:1500")) + len(select_rows(data.pairs, "1500:")) == len(data.pairs)

@@ -1,0 +1,119 @@
+import pytest
+import torch
+
+from reform_engine.models import ModelError, load_tokenizer
+from reform_engine.reward_model import (CausalRewardModel, RewardModelSpec, SequenceClassifierRewardModel, build_reward_model,
+                                        last_token_index, load_causal_reward_model, load_reward_model)
+from reform_engine.scoring import collate, encode, reward_trace, score_sequences
+from reform_engine.tiny import build_tiny_tokenizer
+
+
+def test_last_token_index_for_both_padding_sides():
+    right = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    left = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]])
+    assert last_token_index(right).tolist() == [2, 4, 0]
+    assert last_token_index(left).tolist() == [4, 4, 4]
+
+
+def test_pad_token_is_set_from_eos_when_missing(tmp_path):
+    tok = build_tiny_tokenizer()
+    tok.pad_token = None
+    tok.save_pretrained(tmp_path)
+    loaded = load_tokenizer(str(tmp_path))
+    assert loaded.pad_token == "<|im_end|>" and loaded.pad_token_id == 2
+
+
+def _seqs(rm):
+    texts = ["Short.", "A considerably longer response with many more tokens in it.", "Mid-length answer here."]
+    return [encode(rm.tokenizer, [{"role": "user", "content": "Q?"}], t, max_length=256).ids for t in texts]
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_identical_text_scores_identically_in_any_batch_and_padding(tiny_rm, side):
+    seqs = _seqs(tiny_rm)
+    alone = [tiny_rm.score(*collate([s], 2, side)).item() for s in seqs]
+    ids, mask = collate(seqs, tiny_rm.tokenizer.pad_token_id, side)
+    batched = tiny_rm.score(ids, mask).tolist()
+    ids2, mask2 = collate(seqs[::-1] + seqs, tiny_rm.tokenizer.pad_token_id, side)
+    shuffled = tiny_rm.score(ids2, mask2).tolist()
+    assert batched == pytest.approx(alone, abs=1e-5)
+    assert shuffled[:3] == pytest.approx(alone[::-1], abs=1e-5) and shuffled[3:] == pytest.approx(alone, abs=1e-5)
+
+
+def test_left_and_right_padding_agree(tiny_rm):
+    seqs = _seqs(tiny_rm)
+    left = tiny_rm.score(*collate(seqs, 2, "left"))
+    right = tiny_rm.score(*collate(seqs, 2, "right"))
+    torch.testing.assert_close(left, right, atol=1e-5, rtol=0)
+
+
+def test_pad_token_equal_to_eos_inside_text_does_not_move_the_score(tiny_rm):
+    """SmolLM's pad token is its eos: a response containing it must still be read at its true end."""
+    seq = list(_seqs(tiny_rm)[0]) + [tiny_rm.tokenizer.pad_token_id, 70, 71]
+    alone = tiny_rm.score(*collate([seq], 2, "right"))
+    padded = tiny_rm.score(*collate([seq, seq + [5] * 7], 2, "right"))[0]
+    assert padded.item() == pytest.approx(alone.item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("finetune", ["lora", "head", "full"])
+def test_save_and_load_reproduce_scores(tiny_model_dir, tmp_path, finetune):
+    rm = build_reward_model(RewardModelSpec(base_model=tiny_model_dir, finetune=finetune, max_length=128), device="cpu", seed=3)
+    with torch.no_grad():  # move weights off their init so the checkpoint carries real information
+        for p in rm.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    rm.eval()
+    seqs = _seqs(rm)
+    before = score_sequences(rm, seqs)
+    rm.save(tmp_path / "ckpt")
+    loaded = load_reward_model(str(tmp_path / "ckpt"), device="cpu")
+    assert isinstance(loaded, CausalRewardModel) and loaded.spec.finetune == finetune
+    torch.testing.assert_close(score_sequences(loaded, seqs), before, atol=1e-5, rtol=0)
+    trainable = load_causal_reward_model(tmp_path / "ckpt", device="cpu", trainable=True)
+    assert any(p.requires_grad for p in trainable.parameters())
+
+
+def test_trainable_parameters_follow_the_finetune_mode(tiny_model_dir):
+    counts = {}
+    for mode in ("head", "lora", "full"):
+        rm = build_reward_model(RewardModelSpec(base_model=tiny_model_dir, finetune=mode), device="cpu")
+        counts[mode] = sum(p.numel() for p in rm.parameters() if p.requires_grad)
+    assert counts["head"] == 32 + 1
+    assert counts["head"] < counts["lora"] < counts["full"]
+
+
+def test_lora_layers_limits_adapters_to_top_layers(tiny_model_dir):
+    rm = build_reward_model(RewardModelSpec(base_model=tiny_model_dir, finetune="lora", lora_layers=1), device="cpu")
+    names = [n for n, p in rm.named_parameters() if p.requires_grad and "lora_" in n]
+    assert names and all(".layers.1." in n for n in names)
+
+
+@pytest.mark.parametrize("kwargs,needle", [({"finetune": "qlora"}, "finetune='qlora'"), ({"lora_r": 0}, "lora_r=0"),
+                                           ({"max_length": 4}, "max_length=4"), ({"lora_layers": 0}, "lora_layers=0")])
+def test_bad_spec_is_refused(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        RewardModelSpec(base_model="x", **kwargs)
+
+
+def test_sequence_classifier_rm_loads_and_scores(tmp_path):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tok = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id)
+    LlamaForSequenceClassification(cfg).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    rm = load_reward_model(str(tmp_path), device="cpu")
+    assert isinstance(rm, SequenceClassifierRewardModel) and not rm.is_causal
+    seqs = _seqs(rm)
+    batched = score_sequences(rm, seqs)
+    alone = torch.cat([score_sequences(rm, [s]) for s in seqs])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
+    trace = reward_trace(rm, [{"role": "user", "content": "Q?"}], "Short.")  # slow path: prefixes scored in batches
+    assert trace.slow_path and trace.final == pytest.approx(score_sequences(rm, [seqs[0]])[0].item(), abs=1e-5)
+
+
+def test_unloadable_reward_model_says_what_it_needs(tmp_path):
+    with pytest.raises(ModelError, match="no model directory"):
+        load_reward_model("./does-not-exist")

@@ -1,0 +1,90 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from reform_engine.data import DEMO_PATH, write_jsonl
+from reform_engine.evaluation import EvaluateRewardConfig, evaluate_reward_model
+from reform_engine.reward_model import load_reward_model
+from reform_engine.scoring import encode, reward_trace, score_pairs, score_sequences
+from reform_engine.training import TrainRewardConfig, batch_order, bradley_terry_loss, train_reward_model
+
+
+def test_bradley_terry_loss_literal():
+    loss = bradley_terry_loss(torch.tensor([1.0, 2.0]), torch.tensor([0.0, 2.0]))
+    assert loss.item() == pytest.approx((0.3132617 + 0.6931472) / 2, abs=1e-6)
+
+
+def test_batch_order_covers_every_pair_once():
+    order = batch_order([5, 3, 9, 1, 7, 2, 8], 3, torch.Generator().manual_seed(0))
+    assert sorted(i for b in order for i in b) == list(range(7)) and all(len(b) <= 3 for b in order)
+
+
+@pytest.fixture()
+def toy_file(tmp_path, toy_pairs):
+    path = tmp_path / "toy.jsonl"
+    write_jsonl(path, [p.to_trl() for p in toy_pairs])
+    return str(path)
+
+
+def _config(model_dir, data, **kw):
+    base = dict(model=model_dir, data=data, finetune="lora", lora_r=4, lora_alpha=8, batch_size=4, epochs=8, lr=5e-3,
+                max_length=128, device="cpu", warmup_ratio=0.0)
+    return TrainRewardConfig(**{**base, **kw})
+
+
+def test_training_learns_a_separable_toy_set(tiny_model_dir, toy_file, tmp_path):
+    result = train_reward_model(_config(tiny_model_dir, toy_file, eval_data=toy_file), tmp_path / "run")
+    assert result.steps == 16 and result.train_pairs == 8
+    assert result.loss_curve[-1] < result.loss_curve[0]
+    assert result.eval.accuracy == 1.0 and result.eval.mean_margin > 0
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "succeeded" and status["progress"] == 1.0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["lr"] == 5e-3
+
+
+def test_training_is_deterministic_for_a_seed(tiny_model_dir, toy_file, tmp_path):
+    runs = [train_reward_model(_config(tiny_model_dir, toy_file, epochs=2, seed=s), tmp_path / f"r{i}")
+            for i, s in enumerate([7, 7, 8])]
+    heads = [load_file(str(tmp_path / f"r{i}" / "checkpoint" / "head.safetensors"))["weight"] for i in range(3)]
+    assert runs[0].loss_curve == runs[1].loss_curve and torch.equal(heads[0], heads[1])
+    assert runs[0].loss_curve != runs[2].loss_curve
+
+
+def test_checkpoint_rebuilds_the_trained_model(tiny_model_dir, toy_file, tmp_path, toy_pairs):
+    result = train_reward_model(_config(tiny_model_dir, toy_file, epochs=1), tmp_path / "run")
+    rm = load_reward_model(result.checkpoint, device="cpu")
+    scores = score_pairs(rm, toy_pairs)
+    ev = evaluate_reward_model(EvaluateRewardConfig(reward_model=result.checkpoint, data=toy_file, device="cpu"), tmp_path / "ev")
+    assert ev.metrics.mean_margin == pytest.approx(float(scores.margins.mean()), abs=1e-5)
+
+
+def test_invalid_config_is_refused_with_a_reason():
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        TrainRewardConfig(batch_size=0)
+    with pytest.raises(ValueError, match="finetune must be one of"):
+        TrainRewardConfig(finetune="adapter")
+
+
+def test_failed_run_is_marked_failed(tiny_model_dir, tmp_path):
+    with pytest.raises(Exception):
+        train_reward_model(_config(tiny_model_dir, str(tmp_path / "nope.jsonl")), tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "failed"
+
+
+@pytest.mark.real_model
+def test_real_smollm2_reward_model_on_the_demo_set(tmp_path):
+    """Integration: the offline SmolLM2 backbone, LoRA, a few steps on the embedded demo pairs."""
+    config = TrainRewardConfig(data=str(DEMO_PATH), train_rows="0:16", eval_data=str(DEMO_PATH), eval_rows="150:165",
+                               batch_size=4, epochs=1, max_length=192, lora_layers=2, device="cpu")
+    result = train_reward_model(config, tmp_path / "run")
+    assert result.steps == 4 and result.eval.n == 15
+    assert all(torch.isfinite(torch.tensor(result.loss_curve)))
+    rm = load_reward_model(result.checkpoint, device="cpu")
+    assert rm.tokenizer.pad_token is not None and rm.spec.base_model == "smollm2-135m-instruct"
+    prompt = [{"role": "user", "content": "How do I make a cup of tea?"}]
+    response = "Boil water, pour it over a tea bag, wait three minutes, then remove the bag."
+    trace = reward_trace(rm, prompt, response)
+    full = score_sequences(rm, [encode(rm.tokenizer, prompt, response, max_length=192).ids])[0].item()
+    assert "".join(trace.pieces) == response and trace.final == pytest.approx(full, abs=1e-4)
