@@ -79,10 +79,15 @@ class CausalRewardModel(nn.Module):
     def device(self) -> torch.device:
         return self.head.weight.device
 
-    def token_rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids and mask -> (B, T) reward of every prefix ending at each position."""
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding keeps positions 0..n-1
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    def token_rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, past_key_values=None) -> torch.Tensor:
+        """(B, T) new ids -> (B, T) reward of every prefix ending at each new position.
+
+        ``attention_mask`` covers cached + new tokens, (B, P+T). With a ``past_key_values`` cache
+        (e.g. an empty ``DynamicCache`` to prefill, or a filled one to extend) the cache is updated in place.
+        """
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]  # left padding keeps 0..n-1
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            past_key_values=past_key_values, use_cache=past_key_values is not None)
         hidden = out.last_hidden_state  # (B, T, H)
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)  # (B, T)
 

@@ -133,11 +133,43 @@ class PairScores:
 
 
 def score_pairs(rm, pairs: Sequence[PreferencePair], *, batch_size: int = 16, max_length: int | None = None,
-                bucket: bool = True) -> PairScores:
+                bucket: bool = True, share_prompt: bool = True) -> PairScores:
+    """Rewards of both sides of every pair. With a causal RM and ``share_prompt`` the prompt, which
+    both sides share, is run once and its KV cache reused for the two responses."""
     enc = encode_pairs(rm, pairs, max_length=max_length)
+    truncated = sum(e.prompt_truncated for pair in enc for e in pair)
+    if share_prompt and rm.is_causal and bucket:
+        r_c, r_r = _score_shared_prompt(rm, enc, batch_size)
+        return PairScores(r_c, r_r, truncated)
     seqs = [e.ids for pair in enc for e in pair]
     scores = score_sequences(rm, seqs, batch_size=batch_size, bucket=bucket)
-    return PairScores(scores[0::2].clone(), scores[1::2].clone(), sum(e.prompt_truncated for pair in enc for e in pair))
+    return PairScores(scores[0::2].clone(), scores[1::2].clone(), truncated)
+
+
+@torch.inference_mode()
+def _score_shared_prompt(rm, enc: Sequence[tuple[Encoded, Encoded]], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from transformers import DynamicCache
+
+    out = torch.empty(len(enc), 2, dtype=torch.float32)
+    shared = [i for i, (c, r) in enumerate(enc) if c.ids[: c.response_start] == r.ids[: r.response_start]]
+    alone = sorted(set(range(len(enc))) - set(shared))  # prompts cut differently for the two sides
+    if alone:
+        scores = score_sequences(rm, [e.ids for i in alone for e in enc[i]], batch_size=batch_size)
+        out[alone] = scores.view(-1, 2)
+    pad = rm.tokenizer.pad_token_id
+    lengths = [len(enc[i][0].ids) + len(enc[i][1].ids) - enc[i][0].response_start for i in shared]
+    for b in length_buckets(lengths, max(1, batch_size // 2), max_tokens=8192):
+        rows = [enc[shared[j]] for j in b]
+        p_ids, p_mask = collate([c.ids[: c.response_start] for c, _ in rows], pad, "left", rm.device)  # (B, P)
+        cache = DynamicCache()
+        rm.token_rewards(p_ids, p_mask, past_key_values=cache)
+        cache.batch_repeat_interleave(2)  # (2B, P): row 2i chosen, 2i+1 rejected
+        r_ids, r_mask = collate([e.ids[e.response_start:] for pair in rows for e in pair], pad, "right", rm.device)  # (2B, R)
+        full_mask = torch.cat([p_mask.repeat_interleave(2, dim=0), r_mask], dim=1)  # (2B, P+R)
+        rewards = rm.token_rewards(r_ids, full_mask, past_key_values=cache)  # (2B, R)
+        last = rewards.gather(1, (r_mask.sum(-1) - 1)[:, None]).squeeze(1).float().cpu()
+        out[[shared[j] for j in b]] = last.view(-1, 2)
+    return out[:, 0].clone(), out[:, 1].clone()
 
 
 @dataclass

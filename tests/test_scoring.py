@@ -81,3 +81,21 @@ def test_trace_prefix_values_equal_scores_of_cut_responses(tiny_rm):
 def test_token_pieces_hold_multibyte_characters_together():
     ids = TOK("é!", add_special_tokens=False)["input_ids"]
     assert len(ids) == 3 and token_pieces(TOK, ids) == ["", "é", "!"]
+
+
+def test_shared_prompt_scoring_matches_full_sequences(tiny_rm, toy_pairs):
+    pairs = toy_pairs + [make_pair(99, "A much longer question " * 4, "ok", "not ok at all, no")]
+    shared = score_pairs(tiny_rm, pairs, batch_size=4, share_prompt=True)
+    full = score_pairs(tiny_rm, pairs, batch_size=4, share_prompt=False)
+    torch.testing.assert_close(shared.r_chosen, full.r_chosen, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared.r_rejected, full.r_rejected, atol=1e-5, rtol=0)
+
+
+def test_sides_with_differently_cut_prompts_are_scored_alone(tiny_rm):
+    long_chat = LONG_CHAT
+    pair = type(make_pair(0, "q", "a", "b"))("t:0", tuple(long_chat), "Yes.", "No, " + "really " * 8 + "no.")
+    shared = score_pairs(tiny_rm, [pair], max_length=90, share_prompt=True)
+    full = score_pairs(tiny_rm, [pair], max_length=90, share_prompt=False)
+    assert shared.truncated >= 1
+    torch.testing.assert_close(shared.r_chosen, full.r_chosen, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared.r_rejected, full.r_rejected, atol=1e-5, rtol=0)
