@@ -79,13 +79,16 @@ class CausalRewardModel(nn.Module):
     def device(self) -> torch.device:
         return self.head.weight.device
 
-    def token_rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, past_key_values=None) -> torch.Tensor:
+    def token_rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, past_key_values=None,
+                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) new ids -> (B, T) reward of every prefix ending at each new position.
 
-        ``attention_mask`` covers cached + new tokens, (B, P+T). With a ``past_key_values`` cache
-        (e.g. an empty ``DynamicCache`` to prefill, or a filled one to extend) the cache is updated in place.
+        ``attention_mask`` is 2D over cached + new tokens, (B, P+T), or an explicit 4D mask
+        (B, 1, T, P+T) (then ``position_ids`` (B, T) must be given). With a ``past_key_values`` cache
+        (an empty ``DynamicCache`` to prefill, a filled one to extend) the cache is updated in place.
         """
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]  # left padding keeps 0..n-1
+        if position_ids is None:  # from the mask, so left padding keeps positions 0..n-1
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                             past_key_values=past_key_values, use_cache=past_key_values is not None)
         hidden = out.last_hidden_state  # (B, T, H)

@@ -29,17 +29,9 @@ def _prompt_ids(tokenizer, messages, use_chat_template: bool) -> list[int]:
     return tokenizer(text, add_special_tokens=not (use_chat_template and tokenizer.chat_template))["input_ids"]
 
 
-def encode(tokenizer, prompt: Sequence[dict], response: str, *, max_length: int, use_chat_template: bool = True,
-           response_ids: Sequence[int] | None = None) -> Encoded:
-    """Tokenize one side. The prompt is cut from the left (whole early turns first, then the start of
-    the last user turn) until prompt + response fit ``max_length``; the response is never cut."""
-    resp = list(response_ids) if response_ids is not None else tokenizer(response, add_special_tokens=False)["input_ids"]
-    if not resp:
-        raise DataError("the response is empty.", fix="give a non-empty response.")
-    budget = max_length - len(resp)
-    if budget < MIN_PROMPT_TOKENS:
-        raise DataError(f"the response alone is {len(resp)} tokens; with max_length={max_length} no prompt fits.",
-                        fix=f"raise max_length above {len(resp) + MIN_PROMPT_TOKENS} or shorten the response.")
+def encode_prompt(tokenizer, prompt: Sequence[dict], budget: int, *, use_chat_template: bool = True) -> tuple[list[int], bool]:
+    """Prompt ids of at most ``budget`` tokens, cut from the left: whole early turns first, then the
+    start of the last user turn. -> (ids, truncated)."""
     messages = list(prompt)
     ids = _prompt_ids(tokenizer, messages, use_chat_template)
     truncated = False
@@ -52,10 +44,28 @@ def encode(tokenizer, prompt: Sequence[dict], response: str, *, max_length: int,
         content_ids = tokenizer(messages[0]["content"], add_special_tokens=False)["input_ids"]
         keep = len(content_ids) - (len(ids) - budget) - 1
         if keep < 1:
-            raise DataError(f"the prompt cannot fit beside a {len(resp)}-token response within max_length={max_length}.",
-                            fix="raise max_length or shorten the response.")
+            raise DataError(f"the prompt cannot be cut to fit {budget} tokens.", fix="raise max_length or shorten the response.")
         messages = [{"role": messages[0]["role"], "content": tokenizer.decode(content_ids[-keep:])}]
         ids, truncated = _prompt_ids(tokenizer, messages, use_chat_template), True
+    return ids, truncated
+
+
+def encode(tokenizer, prompt: Sequence[dict], response: str, *, max_length: int, use_chat_template: bool = True,
+           response_ids: Sequence[int] | None = None) -> Encoded:
+    """Tokenize one side. The prompt is cut from the left until prompt + response fit ``max_length``;
+    the response is never cut."""
+    resp = list(response_ids) if response_ids is not None else tokenizer(response, add_special_tokens=False)["input_ids"]
+    if not resp:
+        raise DataError("the response is empty.", fix="give a non-empty response.")
+    budget = max_length - len(resp)
+    if budget < MIN_PROMPT_TOKENS:
+        raise DataError(f"the response alone is {len(resp)} tokens; with max_length={max_length} no prompt fits.",
+                        fix=f"raise max_length above {len(resp) + MIN_PROMPT_TOKENS} or shorten the response.")
+    try:
+        ids, truncated = encode_prompt(tokenizer, prompt, budget, use_chat_template=use_chat_template)
+    except DataError as exc:
+        raise DataError(f"the prompt cannot fit beside a {len(resp)}-token response within max_length={max_length}.",
+                        fix="raise max_length or shorten the response.") from exc
     return Encoded(tuple(ids) + tuple(resp), len(ids), truncated)
 
 

@@ -1,0 +1,339 @@
+"""Reward-guided controlled decoding: REFORM's search for responses the RM scores on the wrong side.
+
+At every step the policy proposes its top-k next tokens; the RM scores each candidate prefix
+r(x, [y<i, token]); the next token maximises (or, with a temperature, is sampled by)
+
+    s = -r + alpha * log pi(token | x, y<i)    direction "lower": a good-looking response scored low
+    s = +r + alpha * log pi(token | x, y<i)    direction "raise": a bad response scored high
+
+Three paths choose the same tokens (tests prove it) at very different cost:
+- fast (policy and RM share a tokenizer, causal RM): both models keep a KV cache; the k candidates
+  are scored in ONE RM forward as k tokens in one row, with a 4D mask that lets each candidate see
+  only the prefix (and all at the same position). Per step: one 1-token policy forward and one
+  (k+1)-token RM forward, whatever the length of the text so far.
+- general (different tokenizers, or a non-causal RM): candidates are decoded to text and re-scored
+  as whole sequences in one batch per step.
+- reference: what the method's published code does: the policy re-runs on the full prefix every step
+  and each candidate gets its own full RM forward. Kept for tests and as the benchmark's baseline.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+
+from .data import DataError
+from .scoring import collate, encode, encode_prompt, score_sequences, token_pieces
+
+DIRECTIONS = ("lower", "raise")
+PATHS = ("auto", "fast", "general", "reference")
+
+
+@dataclass
+class DecodingConfig:
+    k: int = 5                    # candidates per step; 1 with alpha 0 is plain greedy decoding of the policy
+    alpha: float = 1.0            # fluency weight on log pi; higher keeps the text closer to what the policy would say
+    temperature: float = 0.0      # 0 = greedy on the combined score; > 0 samples softmax(score / temperature)
+    max_new_tokens: int = 64
+    direction: str = "lower"      # lower: start from a preferred pair; raise: start from a rejected pair
+    seed: int = 0
+    stop_on_eos: bool = True
+
+    def __post_init__(self):
+        if not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"k={self.k!r}: the policy must propose at least 1 candidate; use k >= 1 (5 is the usual choice)")
+        if not self.alpha >= 0:
+            raise ValueError(f"alpha={self.alpha!r}: the fluency weight cannot be negative; use alpha >= 0 (0 ignores fluency)")
+        if not self.temperature >= 0 or math.isinf(self.temperature):
+            raise ValueError(f"temperature={self.temperature!r}: use 0 for greedy or a finite value > 0 to sample")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens!r}: generate at least 1 token")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction={self.direction!r}: use 'lower' (find a good response the RM scores low) "
+                             f"or 'raise' (find a bad response the RM scores high)")
+
+    @property
+    def sign(self) -> float:
+        return -1.0 if self.direction == "lower" else 1.0
+
+
+@dataclass
+class StepRecord:
+    """One decoding step of one prompt: everything the per-token trace needs."""
+
+    step: int
+    candidate_ids: list[int]
+    candidate_pieces: list[str]
+    logprobs: list[float]         # log pi(candidate | prefix) under the policy (temperature 1)
+    rewards: list[float]          # r(x, [y<i, candidate])
+    scores: list[float]           # sign * reward + alpha * logprob
+    chosen: int                   # index into the candidates
+    token_id: int
+    piece: str
+    running_reward: float         # reward of the response so far (unchanged when the choice is EOS)
+    is_eos: bool
+
+
+@dataclass
+class StepEvent:
+    row: int                      # which prompt of the batch
+    record: StepRecord
+    text: str                     # the response so far
+    done: bool
+
+
+@dataclass
+class DecodingResult:
+    prompt: tuple
+    direction: str
+    path: str
+    token_ids: list[int]
+    text: str
+    steps: list[StepRecord] = field(default_factory=list)
+    final_reward: float = float("nan")
+    perplexity: float = float("nan")   # exp(-mean log pi(chosen)): how natural the policy finds the text
+    stopped: str = "max_new_tokens"    # or "eos"
+
+
+class ControlledDecoder:
+    """Holds a policy (causal LM + tokenizer) and a reward model; decodes batches of prompts.
+
+    ``path="auto"`` takes the fast path when it applies (shared vocabulary, causal RM, an attention
+    implementation that accepts explicit masks) and the general path otherwise.
+    """
+
+    def __init__(self, policy, policy_tokenizer, rm, *, path: str = "auto"):
+        if path not in PATHS:
+            raise ValueError(f"path={path!r}; use one of {PATHS}")
+        self.policy, self.tokenizer, self.rm = policy, policy_tokenizer, rm
+        self.shared_vocab = rm.tokenizer is policy_tokenizer or rm.tokenizer.get_vocab() == policy_tokenizer.get_vocab()
+        attn = getattr(getattr(rm, "backbone", None), "config", None)
+        self.mask_kind = {"sdpa": "bool", "eager": "float"}.get(getattr(attn, "_attn_implementation", None))
+        fast_ok = self.shared_vocab and rm.is_causal and self.mask_kind is not None
+        if path == "fast" and not fast_ok:
+            raise ValueError("the fast path needs a causal RM sharing the policy's tokenizer, with sdpa or eager attention; "
+                             "use path='general'")
+        self.path = ("fast" if fast_ok else "general") if path == "auto" else path
+        eos = policy_tokenizer.eos_token_id
+        gen_eos = getattr(getattr(policy, "generation_config", None), "eos_token_id", None)
+        self.eos_ids = sorted({e for e in ([eos] + (gen_eos if isinstance(gen_eos, list) else [gen_eos])) if e is not None})
+        self.vocab_size = policy.get_output_embeddings().weight.shape[0]
+        self.context = getattr(policy.config, "max_position_embeddings", 4096)
+
+    # ------------------------------------------------------------------ public
+    def stream(self, prompts: Sequence[Sequence[dict]], config: DecodingConfig) -> Iterator[StepEvent]:
+        """Yield one StepEvent per prompt per step, as soon as the step is decided."""
+        if config.k > self.vocab_size:
+            raise ValueError(f"k={config.k} exceeds the policy's vocabulary of {self.vocab_size} tokens; use a smaller k")
+        if not prompts:
+            raise ValueError("no prompts to decode")
+        step_fn = {"fast": self._stream_fast, "general": self._stream_general, "reference": self._stream_reference}[self.path]
+        yield from step_fn([tuple(p) for p in prompts], config)
+
+    def decode(self, prompts: Sequence[Sequence[dict]], config: DecodingConfig) -> list[DecodingResult]:
+        results = [DecodingResult(tuple(p), config.direction, self.path, [], "") for p in prompts]
+        for event in self.stream(prompts, config):
+            res, rec = results[event.row], event.record
+            res.steps.append(rec)
+            if rec.is_eos:
+                res.stopped = "eos"
+            else:
+                res.token_ids.append(rec.token_id)
+                res.final_reward = rec.running_reward
+        for res in results:
+            res.text = self.tokenizer.decode(res.token_ids)
+            chosen_logps = [s.logprobs[s.chosen] for s in res.steps if not s.is_eos]
+            res.perplexity = math.exp(-sum(chosen_logps) / len(chosen_logps)) if chosen_logps else float("nan")
+        return results
+
+    # ------------------------------------------------------------------ shared pieces
+    def _policy_prompt_ids(self, prompt, config) -> list[int]:
+        budget = self.context - config.max_new_tokens
+        if budget < 4:
+            raise DataError(f"max_new_tokens={config.max_new_tokens} leaves no room for a prompt in the policy's "
+                            f"{self.context}-token context.", fix="lower max_new_tokens.")
+        return encode_prompt(self.tokenizer, prompt, budget)[0]
+
+    def _rm_prompt_ids(self, prompt, config) -> list[int]:
+        budget = self.rm.spec.max_length - config.max_new_tokens
+        if budget < 4:
+            raise DataError(f"max_new_tokens={config.max_new_tokens} leaves no room for a prompt within the RM's "
+                            f"max_length={self.rm.spec.max_length}.", fix="lower max_new_tokens or raise the RM's max_length.")
+        return encode_prompt(self.rm.tokenizer, prompt, budget, use_chat_template=self.rm.spec.use_chat_template)[0]
+
+    def _propose(self, logits: torch.Tensor, step: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, V) logits -> (B, k) top-k log-probabilities and token ids. EOS cannot end an empty response."""
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        if step == 0 and self.eos_ids:
+            logp = logp.clone()
+            logp[:, self.eos_ids] = float("-inf")
+        return logp.topk(k, dim=-1)
+
+    @staticmethod
+    def _choose(scores: torch.Tensor, config: DecodingConfig, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """(B, k) combined scores -> (B,) chosen candidate index. One generator per prompt, so a
+        prompt's sample does not depend on which other prompts share its batch."""
+        if config.temperature == 0:
+            return scores.argmax(-1)
+        probs = torch.softmax(scores.float().cpu() / config.temperature, dim=-1)
+        return torch.stack([torch.multinomial(probs[b], 1, generator=g)[0] for b, g in enumerate(generators)]).to(scores.device)
+
+    def _events(self, step, top_ids, top_logp, rewards, scores, choice, done, running, responses, config) -> Iterator[StepEvent]:
+        for b in range(top_ids.shape[0]):
+            if done[b]:
+                continue
+            j = int(choice[b])
+            tok = int(top_ids[b, j])
+            is_eos = config.stop_on_eos and tok in self.eos_ids
+            if not is_eos:
+                responses[b].append(tok)
+                running[b] = float(rewards[b, j])
+            finished = is_eos or step == config.max_new_tokens - 1
+            ids = top_ids[b].tolist()
+            record = StepRecord(step, ids, [self.tokenizer.decode([t]) for t in ids], top_logp[b].tolist(), rewards[b].tolist(),
+                                scores[b].tolist(), j, tok, self.tokenizer.decode([tok]), running[b], is_eos)
+            done[b] = finished
+            yield StepEvent(b, record, self.tokenizer.decode(responses[b]), finished)
+
+    def _policy_start(self, prompts, config):
+        ids, mask = collate([self._policy_prompt_ids(p, config) for p in prompts], self.tokenizer.pad_token_id, "left",
+                            self.policy.device)
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        logits = self.policy(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), past_key_values=cache,
+                             use_cache=True).logits[:, -1]  # (B, V)
+        return logits, mask, cache
+
+    def _policy_advance(self, chosen: torch.Tensor, mask: torch.Tensor, cache):
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        logits = self.policy(input_ids=chosen[:, None], attention_mask=mask, position_ids=_positions(mask)[:, -1:],
+                             past_key_values=cache, use_cache=True).logits[:, -1]
+        return logits, mask
+
+    # ------------------------------------------------------------------ fast path
+    @torch.inference_mode()
+    def _stream_fast(self, prompts, config: DecodingConfig) -> Iterator[StepEvent]:
+        from transformers import DynamicCache
+
+        generators = _generators(config.seed, range(len(prompts)))
+        rm, dev = self.rm, self.rm.device
+        logits, p_mask, p_cache = self._policy_start(prompts, config)
+        r_ids, r_mask = collate([self._rm_prompt_ids(p, config) for p in prompts], rm.tokenizer.pad_token_id, "left", dev)
+        r_cache = DynamicCache()
+        rm.token_rewards(r_ids, r_mask, past_key_values=r_cache)  # prefill the prompt
+        B, prev = len(prompts), None
+        done, running, responses = [False] * B, [float("nan")] * B, [[] for _ in range(B)]
+        for step in range(config.max_new_tokens):
+            top_logp, top_ids = self._propose(logits, step, config.k)  # (B, k)
+            new = top_ids.to(dev) if prev is None else torch.cat([prev[:, None].to(dev), top_ids.to(dev)], dim=1)  # (B, Q)
+            n_prev = 0 if prev is None else 1
+            mask4d, positions = _candidate_mask(r_mask, n_prev, config.k, self.mask_kind, rm.head.weight.dtype)
+            rewards = rm.token_rewards(new, mask4d, past_key_values=r_cache, position_ids=positions)[:, n_prev:].float().cpu()
+            r_cache.crop(-config.k)  # drop the candidates; the chosen one is re-fed as `prev` next step
+            if n_prev:
+                r_mask = torch.cat([r_mask, torch.ones_like(r_mask[:, :1])], dim=1)
+            scores = config.sign * rewards + config.alpha * top_logp.cpu()
+            choice = self._choose(scores, config, generators)
+            chosen = top_ids.gather(1, choice.to(top_ids.device)[:, None]).squeeze(1)  # (B,)
+            yield from self._events(step, top_ids, top_logp, rewards, scores, choice, done, running, responses, config)
+            if all(done):
+                return
+            logits, p_mask = self._policy_advance(chosen, p_mask, p_cache)
+            prev = chosen
+
+    # ------------------------------------------------------------------ general path
+    @torch.inference_mode()
+    def _stream_general(self, prompts, config: DecodingConfig) -> Iterator[StepEvent]:
+        generators = _generators(config.seed, range(len(prompts)))
+        logits, p_mask, p_cache = self._policy_start(prompts, config)
+        B = len(prompts)
+        done, running, responses = [False] * B, [float("nan")] * B, [[] for _ in range(B)]
+        for step in range(config.max_new_tokens):
+            top_logp, top_ids = self._propose(logits, step, config.k)
+            rewards = self._score_as_text(prompts, responses, top_ids, config)
+            scores = config.sign * rewards + config.alpha * top_logp.cpu()
+            choice = self._choose(scores, config, generators)
+            chosen = top_ids.gather(1, choice.to(top_ids.device)[:, None]).squeeze(1)
+            yield from self._events(step, top_ids, top_logp, rewards, scores, choice, done, running, responses, config)
+            if all(done):
+                return
+            logits, p_mask = self._policy_advance(chosen, p_mask, p_cache)
+
+    def _score_as_text(self, prompts, responses, top_ids, config) -> torch.Tensor:
+        """Decode every candidate continuation to text and score all B*k texts in one batch -> (B, k)."""
+        seqs, where = [], []
+        rewards = torch.full(tuple(top_ids.shape), float("nan"))
+        for b, prompt in enumerate(prompts):
+            for j, tok in enumerate(top_ids[b].tolist()):
+                text = self.tokenizer.decode(responses[b] + [tok], skip_special_tokens=False)
+                if not text.strip():
+                    continue  # nothing the RM could read yet
+                enc = encode(self.rm.tokenizer, prompt, text, max_length=self.rm.spec.max_length,
+                             use_chat_template=self.rm.spec.use_chat_template)
+                seqs.append(enc.ids)
+                where.append((b, j))
+        if seqs:
+            scores = score_sequences(self.rm, seqs, batch_size=max(1, len(seqs)), bucket=False)
+            for (b, j), s in zip(where, scores.tolist()):
+                rewards[b, j] = s
+        return torch.nan_to_num(rewards, nan=0.0)
+
+    # ------------------------------------------------------------------ reference path
+    @torch.inference_mode()
+    def _stream_reference(self, prompts, config: DecodingConfig) -> Iterator[StepEvent]:
+        """No caches, one prompt at a time, one RM forward per candidate: the naive loop."""
+        for row, prompt in enumerate(prompts):
+            generators = _generators(config.seed, [row])
+            p_ids = self._policy_prompt_ids(prompt, config)
+            r_ids = self._rm_prompt_ids(prompt, config)
+            done, running, responses = [False], [float("nan")], [[]]
+            for step in range(config.max_new_tokens):
+                ids = torch.tensor([p_ids + responses[0]], device=self.policy.device)
+                logits = self.policy(input_ids=ids).logits[:, -1]
+                top_logp, top_ids = self._propose(logits, step, config.k)
+                rewards = torch.tensor([[self.rm.score(*_single(r_ids + responses[0] + [int(t)], self.rm.device)).item()
+                                         for t in top_ids[0]]])
+                scores = config.sign * rewards + config.alpha * top_logp.cpu()
+                choice = self._choose(scores, config, generators)
+                for event in self._events(step, top_ids, top_logp, rewards, scores, choice, done, running, responses, config):
+                    yield StepEvent(row, event.record, event.text, event.done)
+                if done[0]:
+                    break
+
+
+def _generators(seed: int, rows) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(seed * 1_000_003 + row) for row in rows]
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _single(ids: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    t = torch.tensor([ids], device=device)
+    return t, torch.ones_like(t)
+
+
+def _candidate_mask(cache_mask: torch.Tensor, n_prev: int, k: int, kind: str, dtype: torch.dtype):
+    """Mask and positions for [prev?, c_1..c_k] fed in one row after a cache.
+
+    cache_mask (B, L) marks real cached tokens. Returns a 4D mask (B, 1, Q, L+Q) in which the
+    previous token sees the cache and itself and each candidate sees the cache, the previous token and
+    itself (not its rivals), and positions (B, Q): every candidate sits at the same position.
+    """
+    B, L = cache_mask.shape
+    Q = n_prev + k
+    allowed = torch.zeros(B, 1, Q, L + Q, dtype=torch.bool, device=cache_mask.device)
+    allowed[..., :L] = cache_mask[:, None, None, :].bool()
+    allowed[..., L:] = torch.eye(Q, dtype=torch.bool, device=cache_mask.device)
+    if n_prev:
+        allowed[..., L] = True
+    base = cache_mask.long().sum(-1, keepdim=True)  # (B, 1) real tokens so far
+    positions = torch.cat([base.expand(B, n_prev), (base + n_prev).expand(B, k)], dim=1)
+    if kind == "bool":
+        return allowed, positions
+    additive = torch.zeros(allowed.shape, dtype=dtype, device=cache_mask.device)
+    return additive.masked_fill(~allowed, torch.finfo(dtype).min), positions
