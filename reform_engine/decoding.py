@@ -123,18 +123,26 @@ class ControlledDecoder:
         self.context = getattr(policy.config, "max_position_embeddings", 4096)
 
     # ------------------------------------------------------------------ public
-    def stream(self, prompts: Sequence[Sequence[dict]], config: DecodingConfig) -> Iterator[StepEvent]:
-        """Yield one StepEvent per prompt per step, as soon as the step is decided."""
+    def stream(self, prompts: Sequence[Sequence[dict]], config: DecodingConfig,
+               sample_ids: Sequence[int] | None = None) -> Iterator[StepEvent]:
+        """Yield one StepEvent per prompt per step, as soon as the step is decided.
+
+        ``sample_ids`` (default: the row numbers) seed each prompt's sampler together with
+        ``config.seed``, so a prompt decodes the same whichever batch it is in."""
         if config.k > self.vocab_size:
             raise ValueError(f"k={config.k} exceeds the policy's vocabulary of {self.vocab_size} tokens; use a smaller k")
         if not prompts:
             raise ValueError("no prompts to decode")
+        sample_ids = list(range(len(prompts))) if sample_ids is None else list(sample_ids)
+        if len(sample_ids) != len(prompts):
+            raise ValueError(f"{len(sample_ids)} sample_ids for {len(prompts)} prompts; give one per prompt")
         step_fn = {"fast": self._stream_fast, "general": self._stream_general, "reference": self._stream_reference}[self.path]
-        yield from step_fn([tuple(p) for p in prompts], config)
+        yield from step_fn([tuple(p) for p in prompts], config, _generators(config.seed, sample_ids))
 
-    def decode(self, prompts: Sequence[Sequence[dict]], config: DecodingConfig) -> list[DecodingResult]:
+    def decode(self, prompts: Sequence[Sequence[dict]], config: DecodingConfig,
+               sample_ids: Sequence[int] | None = None) -> list[DecodingResult]:
         results = [DecodingResult(tuple(p), config.direction, self.path, [], "") for p in prompts]
-        for event in self.stream(prompts, config):
+        for event in self.stream(prompts, config, sample_ids):
             res, rec = results[event.row], event.record
             res.steps.append(rec)
             if rec.is_eos:
@@ -215,10 +223,9 @@ class ControlledDecoder:
 
     # ------------------------------------------------------------------ fast path
     @torch.inference_mode()
-    def _stream_fast(self, prompts, config: DecodingConfig) -> Iterator[StepEvent]:
+    def _stream_fast(self, prompts, config: DecodingConfig, generators) -> Iterator[StepEvent]:
         from transformers import DynamicCache
 
-        generators = _generators(config.seed, range(len(prompts)))
         rm, dev = self.rm, self.rm.device
         logits, p_mask, p_cache = self._policy_start(prompts, config)
         r_ids, r_mask = collate([self._rm_prompt_ids(p, config) for p in prompts], rm.tokenizer.pad_token_id, "left", dev)
@@ -246,8 +253,7 @@ class ControlledDecoder:
 
     # ------------------------------------------------------------------ general path
     @torch.inference_mode()
-    def _stream_general(self, prompts, config: DecodingConfig) -> Iterator[StepEvent]:
-        generators = _generators(config.seed, range(len(prompts)))
+    def _stream_general(self, prompts, config: DecodingConfig, generators) -> Iterator[StepEvent]:
         logits, p_mask, p_cache = self._policy_start(prompts, config)
         B = len(prompts)
         done, running, responses = [False] * B, [float("nan")] * B, [[] for _ in range(B)]
@@ -283,10 +289,11 @@ class ControlledDecoder:
 
     # ------------------------------------------------------------------ reference path
     @torch.inference_mode()
-    def _stream_reference(self, prompts, config: DecodingConfig) -> Iterator[StepEvent]:
+    def _stream_reference(self, prompts, config: DecodingConfig, generators) -> Iterator[StepEvent]:
         """No caches, one prompt at a time, one RM forward per candidate: the naive loop."""
+        all_generators = generators
         for row, prompt in enumerate(prompts):
-            generators = _generators(config.seed, [row])
+            generators = all_generators[row:row + 1]
             p_ids = self._policy_prompt_ids(prompt, config)
             r_ids = self._rm_prompt_ids(prompt, config)
             done, running, responses = [False], [float("nan")], [[]]

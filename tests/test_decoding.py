@@ -1,0 +1,128 @@
+import pytest
+import torch
+
+from reform_engine.data import DataError
+from reform_engine.decoding import ControlledDecoder, DecodingConfig, _candidate_mask
+from reform_engine.models import load_causal_lm, load_tokenizer
+from reform_engine.reward_model import RewardModelSpec, build_reward_model
+from reform_engine.scoring import encode, encode_prompt, score_sequences
+from reform_engine.tiny import save_tiny_model
+
+PROMPTS = [[{"role": "user", "content": "Hello there"}],
+           [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yes?"},
+            {"role": "user", "content": "A much longer question about things?"}]]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """ASCII-only tiny policy and RM sharing one tokenizer (every token decodes to whole characters)."""
+    d = str(save_tiny_model(tmp_path_factory.mktemp("ascii"), seed=1, ascii_only=True))
+    policy, tok = load_causal_lm(d, device="cpu"), load_tokenizer(d)
+    rm = build_reward_model(RewardModelSpec(base_model=d, finetune="full", max_length=256), device="cpu", seed=5).eval()
+    return policy, tok, rm
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_fast_general_and_reference_paths_choose_the_same_tokens(models, temperature):
+    cfg = DecodingConfig(k=4, alpha=0.5, temperature=temperature, max_new_tokens=10, stop_on_eos=False, seed=3)
+    out = {p: ControlledDecoder(*models, path=p).decode(PROMPTS, cfg) for p in ("fast", "general", "reference")}
+    ref = [r.token_ids for r in out["reference"]]
+    assert len(ref[0]) == 10 and len(set(ref[0])) > 2, "the tiny models must not be degenerate for this test to mean anything"
+    assert [r.token_ids for r in out["fast"]] == ref
+    assert [r.token_ids for r in out["general"]] == ref
+    for p in ("fast", "general"):
+        for a, b in zip(out[p], out["reference"]):
+            assert a.final_reward == pytest.approx(b.final_reward, abs=1e-4)
+
+
+def test_batch_mates_do_not_change_a_prompts_result(models):
+    cfg = DecodingConfig(k=3, alpha=1.0, temperature=1.0, max_new_tokens=8, seed=11)
+    dec = ControlledDecoder(*models)
+    together = dec.decode(PROMPTS, cfg, sample_ids=[40, 41])
+    alone = dec.decode(PROMPTS[1:], cfg, sample_ids=[41])
+    assert dec.path == "fast" and len(together[1].token_ids) > 2
+    assert alone[0].token_ids == together[1].token_ids
+    assert alone[0].final_reward == pytest.approx(together[1].final_reward, abs=1e-5)
+
+
+def test_k1_alpha0_is_plain_greedy_decoding(models):
+    policy, tok, _ = models
+    cfg = DecodingConfig(k=1, alpha=0.0, max_new_tokens=12, stop_on_eos=True)
+    ours = ControlledDecoder(*models).decode(PROMPTS[:1], cfg)[0]
+    ids = torch.tensor([encode_prompt(tok, PROMPTS[0], 1000)[0]])
+    ref = policy.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                          min_new_tokens=1, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
+    eos = tok.eos_token_id
+    assert ours.token_ids == [t for t in ref if t != eos][: len(ours.token_ids)]
+    assert ours.stopped == ("eos" if eos in ref else "max_new_tokens")
+
+
+def test_running_reward_equals_a_fresh_score_of_the_final_text(models):
+    policy, tok, rm = models
+    for direction in ("lower", "raise"):
+        res = ControlledDecoder(*models).decode(PROMPTS, DecodingConfig(k=5, alpha=0.3, max_new_tokens=15, direction=direction))
+        for prompt, r in zip(PROMPTS, res):
+            enc = encode(rm.tokenizer, prompt, r.text, max_length=256)
+            assert list(enc.ids[enc.response_start:]) == r.token_ids  # ASCII: the text re-tokenizes to the same ids
+            assert r.final_reward == pytest.approx(score_sequences(rm, [enc.ids])[0].item(), abs=1e-4)
+            assert r.steps[-1].running_reward == pytest.approx(r.final_reward) or r.steps[-1].is_eos
+
+
+def test_step_records_hold_candidates_scores_and_the_choice(models):
+    cfg = DecodingConfig(k=4, alpha=2.0, max_new_tokens=5, direction="lower", stop_on_eos=False)
+    res = ControlledDecoder(*models).decode(PROMPTS[:1], cfg)[0]
+    assert len(res.steps) == 5
+    for s in res.steps:
+        assert len(s.candidate_ids) == len(s.logprobs) == len(s.rewards) == len(s.scores) == 4
+        assert s.logprobs == sorted(s.logprobs, reverse=True)
+        for r, lp, sc in zip(s.rewards, s.logprobs, s.scores):
+            assert sc == pytest.approx(-r + 2.0 * lp, abs=1e-5)
+        assert s.chosen == max(range(4), key=lambda j: s.scores[j]) and s.token_id == s.candidate_ids[s.chosen]
+        assert s.running_reward == pytest.approx(s.rewards[s.chosen])
+    assert res.perplexity == pytest.approx(torch.tensor([s.logprobs[s.chosen] for s in res.steps]).mean().neg().exp().item(), rel=1e-5)
+
+
+def test_lowering_finds_lower_rewards_than_raising(models):
+    dec = ControlledDecoder(*models)
+    low = dec.decode(PROMPTS, DecodingConfig(k=8, alpha=0.0, max_new_tokens=12, direction="lower"))
+    high = dec.decode(PROMPTS, DecodingConfig(k=8, alpha=0.0, max_new_tokens=12, direction="raise"))
+    for lo, hi in zip(low, high):
+        assert lo.final_reward < hi.final_reward
+
+
+def test_stream_yields_events_as_they_are_decided(models):
+    stream = ControlledDecoder(*models).stream(PROMPTS, DecodingConfig(k=2, max_new_tokens=3, stop_on_eos=False))
+    first = next(stream)
+    assert (first.row, first.record.step, first.done) == (0, 0, False) and first.text == first.record.piece
+    rest = list(stream)
+    assert len(rest) == 5 and rest[-1].done
+
+
+@pytest.mark.parametrize("kwargs,needle", [({"k": 0}, "k >= 1"), ({"alpha": -1.0}, "alpha >= 0"),
+                                           ({"temperature": -0.5}, "0 for greedy"), ({"max_new_tokens": 0}, "at least 1"),
+                                           ({"direction": "sideways"}, "'lower'")])
+def test_bad_configs_are_refused_with_what_to_do(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        DecodingConfig(**kwargs)
+
+
+def test_k_larger_than_vocabulary_and_too_many_tokens_are_refused(models):
+    dec = ControlledDecoder(*models)
+    with pytest.raises(ValueError, match="exceeds the policy's vocabulary"):
+        list(dec.stream(PROMPTS, DecodingConfig(k=10_000)))
+    with pytest.raises(DataError, match="raise the RM's max_length"):
+        list(dec.stream(PROMPTS, DecodingConfig(max_new_tokens=255)))
+
+
+def test_fast_path_is_refused_when_tokenizers_differ(models, tiny_model_dir):
+    policy, _, _ = models
+    other = build_reward_model(RewardModelSpec(base_model=tiny_model_dir, finetune="head"), device="cpu")
+    with pytest.raises(ValueError, match="path='general'"):
+        ControlledDecoder(policy, models[1], other, path="fast")
+    assert ControlledDecoder(policy, models[1], other).path == "general"
+
+
+def test_candidate_mask_lets_candidates_see_only_the_prefix():
+    mask, pos = _candidate_mask(torch.tensor([[0, 1, 1]]), n_prev=1, k=2, kind="bool", dtype=torch.float32)
+    assert mask[0, 0].int().tolist() == [[0, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 0], [0, 1, 1, 1, 0, 1]]
+    assert pos.tolist() == [[2, 3, 3]]
