@@ -1,0 +1,128 @@
+"""Influential training pairs: REFORM attacks the pairs the RM finds easiest.
+
+Every training pair is scored and its Bradley-Terry loss -log sigmoid(r+ - r-) computed; the
+lowest-loss p% (default 5%) are "influential". Random-p% and highest-loss-p% selections are offered
+beside it, since which pairs to attack is an open question the method's authors name.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .data import DEMO_PATH, PreferencePair, load_preferences, select_rows, write_jsonl
+from .runs import RunDir
+from .runtime import set_cpu_threads
+from .scoring import PairScores
+
+STRATEGIES = ("lowest_loss", "random", "highest_loss")
+
+
+@dataclass
+class ScoredPair:
+    pair: PreferencePair
+    r_chosen: float
+    r_rejected: float
+    loss: float
+    rank: int          # 1 = lowest loss in the whole scored set
+
+    def row(self) -> dict:
+        """Flat record for tables and files."""
+        return {"pair_id": self.pair.pair_id, "prompt": self.pair.prompt_text.strip(), "chosen": self.pair.chosen,
+                "rejected": self.pair.rejected, "r_chosen": self.r_chosen, "r_rejected": self.r_rejected,
+                "margin": self.r_chosen - self.r_rejected, "loss": self.loss, "rank": self.rank}
+
+
+def rank_pairs(pairs: Sequence[PreferencePair], scores: PairScores) -> list[ScoredPair]:
+    """All pairs with their rewards and loss, in input order, ranked by loss (ties by input order)."""
+    losses = scores.losses.tolist()
+    order = sorted(range(len(pairs)), key=lambda i: (losses[i], i))
+    rank = {i: r + 1 for r, i in enumerate(order)}
+    return [ScoredPair(p, float(scores.r_chosen[i]), float(scores.r_rejected[i]), losses[i], rank[i]) for i, p in enumerate(pairs)]
+
+
+def select_influential(scored: Sequence[ScoredPair], fraction: float = 0.05, strategy: str = "lowest_loss",
+                       seed: int = 0) -> list[ScoredPair]:
+    """The ceil(fraction * N) pairs picked by ``strategy``, lowest rank first (random: in drawn order)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction={fraction}: give the share of pairs to select, in (0, 1] (0.05 = 5%)")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy={strategy!r}; use one of {STRATEGIES}")
+    if not scored:
+        raise ValueError("no scored pairs to select from")
+    n = max(1, math.ceil(fraction * len(scored)))
+    by_rank = sorted(scored, key=lambda s: s.rank)
+    if strategy == "lowest_loss":
+        return by_rank[:n]
+    if strategy == "highest_loss":
+        return by_rank[::-1][:n]
+    pick = torch.randperm(len(scored), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    return [scored[i] for i in pick]
+
+
+@dataclass
+class InfluenceConfig:
+    # what
+    reward_model: str                       # checkpoint dir from train-rm (or a seq-cls RM id/path)
+    data: str = str(DEMO_PATH)              # the RM's training data
+    rows: str = ""                          # 'a:b' source rows, '' = all
+    skip_invalid: bool = True
+    # selection
+    fraction: float = 0.05                  # REFORM's default: the lowest-loss 5%
+    strategy: str = "lowest_loss"           # lowest_loss | random | highest_loss
+    seed: int = 0                           # for strategy=random
+    # runtime
+    max_length: int = 1024
+    batch_size: int = 16
+    device: str = "auto"
+    dtype: str = "float32"
+    threads: int = 0
+
+    def __post_init__(self):
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction={self.fraction}: use a share in (0, 1], e.g. 0.05")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy={self.strategy!r}; use one of {STRATEGIES}")
+
+
+@dataclass
+class InfluenceResult:
+    n_scored: int
+    n_selected: int
+    strategy: str
+    mean_loss_all: float
+    mean_loss_selected: float
+    scored_path: str                        # every pair with rewards, loss, rank (JSONL)
+    selected_path: str                      # the selection (JSONL)
+    seconds: float
+
+
+def find_influential(config: InfluenceConfig, run_dir: str | Path) -> InfluenceResult:
+    from .reward_model import load_reward_model
+    from .scoring import score_pairs
+
+    run = RunDir(run_dir)
+    run.write_config(config)
+    run.set_status("running", progress=0.0, message="scoring training pairs")
+    try:
+        set_cpu_threads(config.threads)
+        start = time.perf_counter()
+        pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)
+        rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype, max_length=config.max_length)
+        scored = rank_pairs(pairs, score_pairs(rm, pairs, batch_size=config.batch_size, max_length=config.max_length))
+        selected = select_influential(scored, config.fraction, config.strategy, config.seed)
+        write_jsonl(run.path / "scored.jsonl", [s.row() for s in scored])
+        write_jsonl(run.path / "selected.jsonl", [s.row() for s in selected])
+        result = InfluenceResult(len(scored), len(selected), config.strategy, sum(s.loss for s in scored) / len(scored),
+                                 sum(s.loss for s in selected) / len(selected), str(run.path / "scored.jsonl"),
+                                 str(run.path / "selected.jsonl"), time.perf_counter() - start)
+        run.write_metrics(result)
+        run.set_status("succeeded", progress=1.0, message=f"selected {len(selected)} of {len(scored)} pairs")
+        return result
+    except BaseException as exc:
+        run.set_status("failed", message=f"{type(exc).__name__}: {exc}")
+        raise

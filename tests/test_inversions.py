@@ -1,0 +1,73 @@
+import json
+
+import pytest
+
+from conftest import make_pair
+from reform_engine.data import write_jsonl
+from reform_engine.decoding import DecodingResult
+from reform_engine.influence import ScoredPair
+from reform_engine.inversions import (GenerateVariantsConfig, Variant, check_inversion, generate_variants, make_variant,
+                                      variant_stats)
+from reform_engine.tiny import save_tiny_model
+
+
+def test_check_inversion_in_both_directions():
+    assert check_inversion("lower", r_variant=-1.0, r_chosen=2.0, r_rejected=0.5) == (True, 1.5)
+    assert check_inversion("lower", r_variant=1.0, r_chosen=2.0, r_rejected=0.5) == (False, -0.5)
+    assert check_inversion("raise", r_variant=3.0, r_chosen=2.0, r_rejected=0.5) == (True, 1.0)
+    assert check_inversion("raise", r_variant=1.0, r_chosen=2.0, r_rejected=0.5) == (False, -1.0)
+    with pytest.raises(ValueError, match="use one of"):
+        check_inversion("up", 0, 0, 0)
+
+
+def _variant(direction, r_variant, text="A new answer."):
+    src = ScoredPair(make_pair(3, "Q?", "Good answer.", "Bad answer."), 2.0, 0.5, 0.2, 1)
+    res = DecodingResult(src.pair.prompt, direction, "fast", [1, 2], text, final_reward=r_variant, perplexity=4.0)
+    return make_variant(src, res, r_variant)
+
+
+def test_new_pairs_follow_the_method():
+    low = _variant("lower", -1.0)
+    assert low.is_inversion and low.margin == 1.5
+    assert (low.new_pair().chosen, low.new_pair().rejected) == ("A new answer.", "Bad answer.")
+    high = _variant("raise", 3.0)
+    assert (high.new_pair().chosen, high.new_pair().rejected) == ("Good answer.", "A new answer.")
+    assert _variant("lower", 1.0).new_pair() is None
+    assert _variant("lower", -5.0, text="   ").is_inversion is False  # an empty variant is never a pair
+
+
+def test_variant_stats():
+    vs = [_variant("lower", -1.0), _variant("lower", 1.0), _variant("raise", 3.0), _variant("raise", 0.0)]
+    vs[0].perplexity, vs[2].perplexity = 2.0, 6.0
+    st = variant_stats(vs)
+    assert (st.n, st.inversions, st.success_rate) == (4, 2, 0.5)
+    assert st.mean_perplexity == pytest.approx((2 + 4 + 6 + 4) / 4) and st.mean_perplexity_inversions == pytest.approx(4.0)
+    assert st.by_direction == {"lower": {"n": 2, "inversions": 1}, "raise": {"n": 2, "inversions": 1}}
+
+
+def test_bad_job_config_is_refused_early():
+    with pytest.raises(ValueError, match="'lower', 'raise' or 'both'"):
+        GenerateVariantsConfig(reward_model="x", directions="sideways")
+    with pytest.raises(ValueError, match="k >= 1"):
+        GenerateVariantsConfig(reward_model="x", k=0)
+
+
+def test_generate_variants_job_end_to_end(tmp_path, toy_pairs):
+    from reform_engine.reward_model import RewardModelSpec, build_reward_model
+
+    model = str(save_tiny_model(tmp_path / "m", seed=1, ascii_only=True))
+    build_reward_model(RewardModelSpec(base_model=model, finetune="head", max_length=256), device="cpu", seed=2).save(tmp_path / "rm")
+    write_jsonl(tmp_path / "d.jsonl", [p.to_trl() for p in toy_pairs])
+    cfg = GenerateVariantsConfig(reward_model=str(tmp_path / "rm"), data=str(tmp_path / "d.jsonl"), fraction=0.25, policy=model,
+                                 k=4, alpha=0.1, max_new_tokens=6, batch_size=2, device="cpu")
+    res = generate_variants(cfg, tmp_path / "run")
+    assert res.n_influential == 2 and res.stats.n == 4
+    records = [json.loads(line) for line in open(res.variants_path)]
+    assert sorted(r["direction"] for r in records) == ["lower", "lower", "raise", "raise"]
+    for r in records:
+        assert r["r_variant"] == pytest.approx(r["r_trace"], abs=1e-4)  # ASCII text re-tokenizes to the decoded ids
+        assert 1 <= len(r["steps"]) <= 6 and len(r["steps"][0]["candidate_ids"]) == 4
+        assert (r["new_pair"] is not None) == r["is_inversion"]
+    augment = [json.loads(line) for line in open(res.augment_path)]
+    assert len(augment) == res.stats.inversions
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "succeeded"
