@@ -6,7 +6,10 @@ r(x, [y<i, token]); the next token maximises (or, with a temperature, is sampled
     s = -r + alpha * log pi(token | x, y<i)    direction "lower": a good-looking response scored low
     s = +r + alpha * log pi(token | x, y<i)    direction "raise": a bad response scored high
 
-Three paths choose the same tokens (tests prove it) at very different cost:
+Four paths choose the same tokens (tests prove it) at very different cost:
+- shared (Llama-style policy and causal RM sharing a tokenizer): the fast path below run layer by
+  layer on preallocated caches; when the RM's lower layers equal the policy's (LoRA on the top layers
+  or a head-only RM on the policy's base), they are computed once for both (layer_stack.py).
 - fast (policy and RM share a tokenizer, causal RM): both models keep a KV cache; the k candidates
   are scored in ONE RM forward as k tokens in one row, with a 4D mask that lets each candidate see
   only the prefix (and all at the same position). Per step: one 1-token policy forward and one
@@ -25,10 +28,11 @@ from typing import Iterator, Sequence
 import torch
 
 from .data import DataError
-from .scoring import collate, encode, encode_prompt, score_sequences, token_pieces
+from .layer_stack import StaticKVCache, Stack, attention_mask, prefill_mask, run_layers, shared_depth
+from .scoring import collate, encode, encode_prompt, score_sequences
 
 DIRECTIONS = ("lower", "raise")
-PATHS = ("auto", "fast", "general", "reference")
+PATHS = ("auto", "shared", "fast", "general", "reference")
 
 
 @dataclass
@@ -112,10 +116,14 @@ class ControlledDecoder:
         attn = getattr(getattr(rm, "backbone", None), "config", None)
         self.mask_kind = {"sdpa": "bool", "eager": "float"}.get(getattr(attn, "_attn_implementation", None))
         fast_ok = self.shared_vocab and rm.is_causal and self.mask_kind is not None
-        if path == "fast" and not fast_ok:
-            raise ValueError("the fast path needs a causal RM sharing the policy's tokenizer, with sdpa or eager attention; "
-                             "use path='general'")
-        self.path = ("fast" if fast_ok else "general") if path == "auto" else path
+        self.p_stack = Stack.of(policy) if fast_ok else None
+        self.r_stack = Stack.of(rm.backbone) if fast_ok else None
+        shared_ok = self.p_stack is not None and self.r_stack is not None
+        self.depth = shared_depth(self.p_stack, self.r_stack) if shared_ok else 0
+        if (path == "fast" and not fast_ok) or (path == "shared" and not shared_ok):
+            raise ValueError(f"the {path} path needs a causal RM sharing the policy's tokenizer, with sdpa or eager attention"
+                             f"{' and Llama-style models' if path == 'shared' else ''}; use path='general'")
+        self.path = ("shared" if shared_ok else "fast" if fast_ok else "general") if path == "auto" else path
         eos = policy_tokenizer.eos_token_id
         gen_eos = getattr(getattr(policy, "generation_config", None), "eos_token_id", None)
         self.eos_ids = sorted({e for e in ([eos] + (gen_eos if isinstance(gen_eos, list) else [gen_eos])) if e is not None})
@@ -136,7 +144,7 @@ class ControlledDecoder:
         sample_ids = list(range(len(prompts))) if sample_ids is None else list(sample_ids)
         if len(sample_ids) != len(prompts):
             raise ValueError(f"{len(sample_ids)} sample_ids for {len(prompts)} prompts; give one per prompt")
-        step_fn = {"fast": self._stream_fast, "general": self._stream_general, "reference": self._stream_reference}[self.path]
+        step_fn = {"shared": self._stream_shared, "fast": self._stream_fast, "general": self._stream_general, "reference": self._stream_reference}[self.path]
         yield from step_fn([tuple(p) for p in prompts], config, _generators(config.seed, sample_ids))
 
     def decode(self, prompts: Sequence[Sequence[dict]], config: DecodingConfig,
@@ -250,6 +258,70 @@ class ControlledDecoder:
                 return
             logits, p_mask = self._policy_advance(chosen, p_mask, p_cache)
             prev = chosen
+
+    # ------------------------------------------------------------------ shared path
+    @torch.inference_mode()
+    def _stream_shared(self, prompts, config: DecodingConfig, generators) -> Iterator[StepEvent]:
+        P, R, rm, k = self.p_stack, self.r_stack, self.rm, config.k
+        dev, dtype, pad = rm.device, rm.head.weight.dtype, self.tokenizer.pad_token_id
+        kind = self.mask_kind
+        pol_prompts = [self._policy_prompt_ids(p, config) for p in prompts]
+        rm_prompts = [self._rm_prompt_ids(p, config) for p in prompts]
+        S = self.depth if pol_prompts == rm_prompts else 0  # sharing layers needs the same input tokens
+        top_p, top_r = range(S, len(P.layers)), range(S, len(R.layers))
+
+        p_ids, p_valid = collate(pol_prompts, pad, "left", dev)  # (B, Lp)
+        B = p_ids.shape[0]
+        p_cache = StaticKVCache(P.config, range(len(P.layers)), B, p_ids.shape[1] + config.max_new_tokens + k + 1, dtype, dev)
+        pos = _positions(p_valid)
+        mask = prefill_mask(p_valid, kind, dtype)
+        trunk = run_layers(P, P.layers[:S], P.embed(p_ids), pos, mask, p_cache)  # (B, Lp, H)
+        p_cache.advance(range(S), p_ids.shape[1])
+        top = run_layers(P, P.layers[S:], trunk, pos, mask, p_cache)
+        p_cache.advance(top_p, p_ids.shape[1])
+        logits = self.policy.get_output_embeddings()(P.norm(top[:, -1]))  # (B, V)
+        if S:
+            r_valid, r_hidden, r_pos, r_mask = p_valid, trunk, pos, mask
+        else:
+            r_ids, r_valid = collate(rm_prompts, pad, "left", dev)
+            r_hidden, r_pos, r_mask = R.embed(r_ids), _positions(r_valid), prefill_mask(r_valid, kind, dtype)
+        r_cache = StaticKVCache(R.config, top_r, B, r_valid.shape[1] + config.max_new_tokens + k + 1, dtype, dev)
+        run_layers(R, R.layers[S:], r_hidden, r_pos, r_mask, r_cache)
+        r_cache.advance(top_r, r_valid.shape[1])
+
+        done, running, responses = [False] * B, [float("nan")] * B, [[] for _ in range(B)]
+        rows = torch.arange(B, device=dev)
+        for step in range(config.max_new_tokens):
+            top_logp, top_ids = self._propose(logits, step, k)  # (B, k)
+            cand_ids = top_ids.to(dev)
+            if S:  # candidates through the shared layers once, then the RM's own top layers
+                cand_pos = p_valid.long().sum(-1, keepdim=True).expand(B, k)
+                c_mask = attention_mask(p_valid, k, candidates=True, kind=kind, dtype=dtype)
+                cand = run_layers(P, P.layers[:S], P.embed(cand_ids), cand_pos, c_mask, p_cache)  # (B, k, H)
+                r_out = run_layers(R, R.layers[S:], cand, cand_pos, c_mask, r_cache)
+            else:
+                cand_pos = r_valid.long().sum(-1, keepdim=True).expand(B, k)
+                c_mask = attention_mask(r_valid, k, candidates=True, kind=kind, dtype=dtype)
+                r_out = run_layers(R, R.layers, R.embed(cand_ids), cand_pos, c_mask, r_cache)
+            rewards = rm.head(R.norm(r_out).to(dtype)).squeeze(-1).float().cpu()  # (B, k)
+            scores = config.sign * rewards + config.alpha * top_logp.cpu()
+            choice = self._choose(scores, config, generators)
+            yield from self._events(step, top_ids, top_logp, rewards, scores, choice, done, running, responses, config)
+            if all(done):
+                return
+            choice = choice.to(dev)
+            chosen = cand_ids[rows, choice]  # (B,)
+            p_cache.keep(range(S), choice)
+            r_cache.keep(top_r, choice)
+            x = cand[rows, choice][:, None] if S else P.embed(chosen[:, None])  # (B, 1, H)
+            step_pos = p_valid.long().sum(-1, keepdim=True)
+            one_mask = attention_mask(p_valid, 1, candidates=False, kind=kind, dtype=dtype)
+            h = run_layers(P, P.layers[S:], x, step_pos, one_mask, p_cache)
+            p_cache.advance(top_p, 1)
+            logits = self.policy.get_output_embeddings()(P.norm(h[:, 0]))
+            ones = torch.ones_like(p_valid[:, :1])
+            p_valid = torch.cat([p_valid, ones], dim=1)
+            r_valid = p_valid if S else torch.cat([r_valid, ones], dim=1)
 
     # ------------------------------------------------------------------ general path
     @torch.inference_mode()

@@ -4,7 +4,7 @@ import torch
 from reform_engine.data import DataError
 from reform_engine.decoding import ControlledDecoder, DecodingConfig, _candidate_mask
 from reform_engine.models import load_causal_lm, load_tokenizer
-from reform_engine.reward_model import RewardModelSpec, build_reward_model
+from reform_engine.reward_model import RewardModelSpec, build_reward_model, load_reward_model
 from reform_engine.scoring import encode, encode_prompt, score_sequences
 from reform_engine.tiny import save_tiny_model
 
@@ -25,14 +25,36 @@ def models(tmp_path_factory):
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
 def test_fast_general_and_reference_paths_choose_the_same_tokens(models, temperature):
     cfg = DecodingConfig(k=4, alpha=0.5, temperature=temperature, max_new_tokens=10, stop_on_eos=False, seed=3)
-    out = {p: ControlledDecoder(*models, path=p).decode(PROMPTS, cfg) for p in ("fast", "general", "reference")}
+    out = {p: ControlledDecoder(*models, path=p).decode(PROMPTS, cfg) for p in ("shared", "fast", "general", "reference")}
     ref = [r.token_ids for r in out["reference"]]
     assert len(ref[0]) == 10 and len(set(ref[0])) > 2, "the tiny models must not be degenerate for this test to mean anything"
-    assert [r.token_ids for r in out["fast"]] == ref
-    assert [r.token_ids for r in out["general"]] == ref
-    for p in ("fast", "general"):
+    for p in ("shared", "fast", "general"):
+        assert [r.token_ids for r in out[p]] == ref, p
         for a, b in zip(out[p], out["reference"]):
             assert a.final_reward == pytest.approx(b.final_reward, abs=1e-4)
+
+
+@pytest.mark.parametrize("finetune,lora_layers,depth", [("head", None, 2), ("lora", 1, 1), ("lora", None, 0)])
+def test_shared_layers_are_found_and_give_the_reference_tokens(models, tmp_path, finetune, lora_layers, depth):
+    """An RM fine-tuned on the policy's own base shares the layers below its adapters with it."""
+    policy, tok, _ = models
+    base = policy.config._name_or_path
+    rm = build_reward_model(RewardModelSpec(base_model=base, finetune=finetune, lora_layers=lora_layers, max_length=256),
+                            device="cpu", seed=4)
+    with torch.no_grad():  # train-like perturbation of what the RM may change
+        for p in rm.parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn_like(p))
+    rm.save(tmp_path / "rm")
+    rm = load_reward_model(str(tmp_path / "rm"), device="cpu")  # LoRA merged, as decoding uses it
+    shared = ControlledDecoder(policy, tok, rm)
+    assert shared.path == "shared" and shared.depth == depth
+    cfg = DecodingConfig(k=5, alpha=0.2, max_new_tokens=10, stop_on_eos=False, direction="raise")
+    ours = shared.decode(PROMPTS, cfg)
+    ref = ControlledDecoder(policy, tok, rm, path="reference").decode(PROMPTS, cfg)
+    assert [r.token_ids for r in ours] == [r.token_ids for r in ref]
+    for a, b in zip(ours, ref):
+        assert a.final_reward == pytest.approx(b.final_reward, abs=1e-4)
 
 
 def test_batch_mates_do_not_change_a_prompts_result(models):
@@ -40,7 +62,7 @@ def test_batch_mates_do_not_change_a_prompts_result(models):
     dec = ControlledDecoder(*models)
     together = dec.decode(PROMPTS, cfg, sample_ids=[40, 41])
     alone = dec.decode(PROMPTS[1:], cfg, sample_ids=[41])
-    assert dec.path == "fast" and len(together[1].token_ids) > 2
+    assert dec.path == "shared" and len(together[1].token_ids) > 2
     assert alone[0].token_ids == together[1].token_ids
     assert alone[0].final_reward == pytest.approx(together[1].final_reward, abs=1e-5)
 
