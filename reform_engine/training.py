@@ -33,7 +33,8 @@ class TrainRewardConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0               # 0 keeps a run bit-for-bit repeatable for its seed
-    lora_layers: int = 0                    # LoRA on the top N layers only (0 = all); fewer = faster backward
+    lora_layers: int = 8                    # LoRA on the top N layers only (0 = all): ~2x faster training, and decoding
+                                            # then computes the untouched lower layers once for policy and RM
     use_chat_template: bool = True
     max_length: int = 320                   # tokens; prompt cut from the left to fit, pairs whose response cannot fit are skipped
     trust_remote_code: bool = False

@@ -148,3 +148,28 @@ def test_candidate_mask_lets_candidates_see_only_the_prefix():
     mask, pos = _candidate_mask(torch.tensor([[0, 1, 1]]), n_prev=1, k=2, kind="bool", dtype=torch.float32)
     assert mask[0, 0].int().tolist() == [[0, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 0], [0, 1, 1, 1, 0, 1]]
     assert pos.tolist() == [[2, 3, 3]]
+
+
+@pytest.mark.real_model
+def test_real_smollm2_shared_path_matches_the_reference_loop(tmp_path):
+    """Integration on the real SmolLM2: an RM with LoRA on its top 2 layers shares 28 layers with the policy."""
+    from reform_engine.models import DEFAULT_MODEL
+
+    policy, tok = load_causal_lm(DEFAULT_MODEL, device="cpu"), load_tokenizer(DEFAULT_MODEL)
+    rm = build_reward_model(RewardModelSpec(base_model=DEFAULT_MODEL, lora_layers=2, max_length=256), device="cpu", seed=1)
+    with torch.no_grad():
+        for p in rm.parameters():
+            if p.requires_grad:
+                p.add_(0.02 * torch.randn_like(p))
+    rm.save(tmp_path / "rm")
+    rm = load_reward_model(str(tmp_path / "rm"), device="cpu")
+    prompts = [[{"role": "user", "content": "Give me one tip for sleeping better."}]]
+    cfg = DecodingConfig(k=5, alpha=1.0, max_new_tokens=8, stop_on_eos=False)
+    shared = ControlledDecoder(policy, tok, rm)
+    assert (shared.path, shared.depth) == ("shared", 28)
+    ours = shared.decode(prompts, cfg)[0]
+    ref = ControlledDecoder(policy, tok, rm, path="reference").decode(prompts, cfg)[0]
+    assert ours.token_ids == ref.token_ids and ours.text.strip()
+    assert ours.final_reward == pytest.approx(ref.final_reward, abs=1e-3)
+    enc = encode(rm.tokenizer, prompts[0], ours.text, max_length=256)
+    assert ours.final_reward == pytest.approx(score_sequences(rm, [enc.ids])[0].item(), abs=1e-3)
