@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from .data import DEMO_PATH, PreferencePair, load_preferences, select_rows
-from .runs import RunDir
+from .runs import job_run
 from .runtime import set_cpu_threads
 
 
@@ -74,10 +74,7 @@ def evaluate_reward_model(config: EvaluateRewardConfig, run_dir: str | Path) -> 
     from .reward_model import load_reward_model
     from .scoring import score_pairs
 
-    run = RunDir(run_dir)
-    run.write_config(config)
-    run.set_status("running", progress=0.0, message="loading")
-    try:
+    with job_run(run_dir, config, "loading") as run:
         set_cpu_threads(config.threads)
         start = time.perf_counter()
         data = load_preferences(config.data, skip_invalid=config.skip_invalid)
@@ -90,6 +87,3 @@ def evaluate_reward_model(config: EvaluateRewardConfig, run_dir: str | Path) -> 
         run.write_metrics(result)
         run.set_status("succeeded", progress=1.0, message=f"accuracy {result.metrics.accuracy:.3f}")
         return result
-    except BaseException as exc:
-        run.set_status("failed", message=f"{type(exc).__name__}: {exc}")
-        raise

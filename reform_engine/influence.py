@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from .data import DEMO_PATH, PreferencePair, load_preferences, select_rows, write_jsonl
-from .runs import RunDir
+from .runs import job_run
 from .runtime import set_cpu_threads
 from .scoring import PairScores
 
@@ -105,10 +105,7 @@ def find_influential(config: InfluenceConfig, run_dir: str | Path) -> InfluenceR
     from .reward_model import load_reward_model
     from .scoring import score_pairs
 
-    run = RunDir(run_dir)
-    run.write_config(config)
-    run.set_status("running", progress=0.0, message="scoring training pairs")
-    try:
+    with job_run(run_dir, config, "scoring training pairs") as run:
         set_cpu_threads(config.threads)
         start = time.perf_counter()
         pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)
@@ -123,6 +120,3 @@ def find_influential(config: InfluenceConfig, run_dir: str | Path) -> InfluenceR
         run.write_metrics(result)
         run.set_status("succeeded", progress=1.0, message=f"selected {len(selected)} of {len(scored)} pairs")
         return result
-    except BaseException as exc:
-        run.set_status("failed", message=f"{type(exc).__name__}: {exc}")
-        raise

@@ -19,7 +19,7 @@ from .data import DEMO_PATH, PreferencePair, load_preferences, select_rows, writ
 from .decoding import DIRECTIONS, DecodingConfig, DecodingResult, StepRecord
 from .influence import STRATEGIES, ScoredPair, rank_pairs, select_influential
 from .models import DEFAULT_MODEL
-from .runs import RunDir
+from .runs import job_run
 from .runtime import set_cpu_threads
 
 
@@ -153,10 +153,7 @@ def generate_variants(config: GenerateVariantsConfig, run_dir: str | Path) -> Ge
     from .reward_model import load_reward_model
     from .scoring import encode, score_pairs, score_sequences
 
-    run = RunDir(run_dir)
-    run.write_config(config)
-    run.set_status("running", progress=0.0, message="scoring training pairs")
-    try:
+    with job_run(run_dir, config, "scoring training pairs") as run:
         set_cpu_threads(config.threads)
         start = time.perf_counter()
         pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)
@@ -196,6 +193,3 @@ def generate_variants(config: GenerateVariantsConfig, run_dir: str | Path) -> Ge
         run.write_metrics(result)
         run.set_status("succeeded", progress=1.0, message=f"{result.stats.inversions} inversions of {result.stats.n} variants")
         return result
-    except BaseException as exc:
-        run.set_status("failed", message=f"{type(exc).__name__}: {exc}")
-        raise

@@ -131,3 +131,18 @@ class RunDir:
 
     def status(self) -> dict[str, Any]:
         return read_json(self.status_path, {}) or {}
+
+
+@contextmanager
+def job_run(run_dir: str | os.PathLike, config: Any, message: str = "starting") -> Iterator[RunDir]:
+    """The frame of every job: write the config, mark running, and on any exception mark failed
+    (with the error in status and log) before re-raising. The job marks success itself."""
+    run = RunDir(run_dir)
+    run.write_config(config)
+    run.set_status("running", progress=0.0, message=message)
+    try:
+        yield run
+    except BaseException as exc:
+        run.set_status("failed", message=f"{type(exc).__name__}: {exc}")
+        run.log(f"failed: {type(exc).__name__}: {exc}")
+        raise

@@ -14,7 +14,7 @@ from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, select
 from .evaluation import PairwiseMetrics, pairwise_metrics
 from .models import DEFAULT_MODEL
 from .reward_model import FINETUNE_MODES, RewardModelSpec, build_reward_model
-from .runs import RunDir
+from .runs import job_run
 from .runtime import seed_everything, set_cpu_threads
 from .scoring import Encoded, collate, encode, score_pairs
 
@@ -122,10 +122,7 @@ def train_reward_model(config: TrainRewardConfig, run_dir: str | Path) -> TrainR
     """Train, checkpoint atomically to ``run_dir/checkpoint``, evaluate if asked; status in run_dir."""
     from tqdm.auto import tqdm
 
-    run = RunDir(run_dir)
-    run.write_config(config)
-    run.set_status("running", progress=0.0, message="loading data and model")
-    try:
+    with job_run(run_dir, config, "loading data and model") as run:
         set_cpu_threads(config.threads)
         generator = seed_everything(config.seed)
         data = load_preferences(config.data, skip_invalid=config.skip_invalid)
@@ -195,7 +192,3 @@ def train_reward_model(config: TrainRewardConfig, run_dir: str | Path) -> TrainR
         run.write_metrics(result)
         run.set_status("succeeded", progress=1.0, message="done" + (f"; eval accuracy {metrics.accuracy:.3f}" if metrics else ""))
         return result
-    except BaseException as exc:
-        run.set_status("failed", message=f"{type(exc).__name__}: {exc}")
-        run.log(f"failed: {type(exc).__name__}: {exc}")
-        raise
