@@ -35,12 +35,14 @@ def _jobs():
     from .evaluation import EvaluateRewardConfig, evaluate_reward_model
     from .influence import InfluenceConfig, find_influential
     from .inversions import GenerateVariantsConfig, generate_variants
+    from .robustness import RobustnessConfig, evaluate_robustness
     from .training import TrainRewardConfig, train_reward_model
 
     return {"train-rm": (TrainRewardConfig, train_reward_model, "train a reward model (Bradley-Terry)"),
             "eval-rm": (EvaluateRewardConfig, evaluate_reward_model, "pairwise accuracy + length baselines"),
             "influential": (InfluenceConfig, find_influential, "rank training pairs by loss; select lowest/random/highest p%"),
-            "variants": (GenerateVariantsConfig, generate_variants, "controlled decoding over the influential set + inversion filter")}
+            "variants": (GenerateVariantsConfig, generate_variants, "controlled decoding over the influential set + inversion filter"),
+            "robustness": (RobustnessConfig, evaluate_robustness, "win-rate drop under perturbations + spurious-feature indicators")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,157 @@
+"""Robustness of a reward model under perturbations, and the spurious-feature indicators.
+
+Win rate: the fraction of pairs with r(x, y+) > r(x, y-) (a tie counts one half).
+Win-rate drop of a perturbation: win rate on the clean pairs minus win rate on the same pairs with
+the perturbation applied to its side (perturbations.py). Positive = the RM lost pairs to a change
+that should not matter; 0 = robust; negative = the change helped the RM.
+"""
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .data import DEMO_PATH, PreferencePair, load_preferences, replace, select_rows
+from .perturbations import PERTURBATIONS, perturb
+from .runs import job_run
+from .runtime import set_cpu_threads
+
+
+def win_rate(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float:
+    diff = (r_chosen - r_rejected).float()
+    return float(((diff > 0).float() + 0.5 * (diff == 0).float()).mean())
+
+
+def perturb_pairs(pairs: Sequence[PreferencePair], name: str, seed: int = 0) -> list[PreferencePair]:
+    """The pairs with perturbation ``name`` applied to its side; pair i uses seed ``seed + i``."""
+    side = PERTURBATIONS[name].side if name in PERTURBATIONS else None
+    if side is None:
+        raise ValueError(f"unknown perturbation {name!r}; choose from {sorted(PERTURBATIONS)}")
+    return [replace(p, **{side: perturb(name, getattr(p, side), p.prompt_text, seed + i)}) for i, p in enumerate(pairs)]
+
+
+@dataclass
+class PerturbationResult:
+    name: str
+    side: str
+    clean_win_rate: float
+    perturbed_win_rate: float
+    drop: float                     # clean - perturbed
+
+
+def _pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    if len(x) < 3:
+        return float("nan")
+    t = torch.tensor([list(x), list(y)], dtype=torch.float64)
+    if (t.std(dim=1) == 0).any():
+        return float("nan")
+    return float(torch.corrcoef(t)[0, 1])
+
+
+def repetition_score(text: str) -> float:
+    """Share of word trigrams that occur more than once (0 = no repetition)."""
+    words = re.findall(r"\w+", text.lower())
+    grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+    if not grams:
+        return 0.0
+    counts: dict = {}
+    for g in grams:
+        counts[g] = counts.get(g, 0) + 1
+    return sum(c for c in counts.values() if c > 1) / len(grams)
+
+
+def capital_ratio(text: str) -> float:
+    letters = [c for c in text if c.isalpha()]
+    return sum(c.isupper() for c in letters) / len(letters) if letters else 0.0
+
+
+@dataclass
+class SpuriousIndicators:
+    """Correlations of reward with surface features over all scored responses (both sides)."""
+
+    length_corr: float              # Pearson r of reward vs response length in characters
+    capital_corr: float             # ... vs share of upper-case letters
+    repetition_corr: float          # ... vs repeated-trigram share
+    extreme_negative_share: float   # share of rewards below mean - 2 std
+
+
+def spurious_indicators(texts: Sequence[str], rewards: Sequence[float]) -> SpuriousIndicators:
+    r = torch.tensor(list(rewards), dtype=torch.float64)
+    threshold = r.mean() - 2 * r.std() if len(r) > 1 else torch.tensor(-math.inf)
+    return SpuriousIndicators(_pearson([len(t) for t in texts], rewards), _pearson([capital_ratio(t) for t in texts], rewards),
+                              _pearson([repetition_score(t) for t in texts], rewards), float((r < threshold).double().mean()))
+
+
+@dataclass
+class RobustnessConfig:
+    # what
+    reward_model: str
+    data: str = str(DEMO_PATH)
+    rows: str = ""                                   # held-out rows, e.g. '1500:'
+    skip_invalid: bool = True
+    perturbations: str = ",".join(PERTURBATIONS)     # comma-separated names
+    seed: int = 0
+    # runtime
+    max_length: int = 1024
+    batch_size: int = 16
+    device: str = "auto"
+    dtype: str = "float32"
+    threads: int = 0
+
+    def names(self) -> list[str]:
+        return [n.strip() for n in self.perturbations.split(",") if n.strip()]
+
+    def __post_init__(self):
+        unknown = [n for n in self.names() if n not in PERTURBATIONS]
+        if unknown or not self.names():
+            raise ValueError(f"perturbations={self.perturbations!r}: unknown {unknown}; choose from {sorted(PERTURBATIONS)}")
+
+
+@dataclass
+class RobustnessResult:
+    n_pairs: int
+    clean_win_rate: float
+    mean_drop: float
+    per_perturbation: list[PerturbationResult] = field(default_factory=list)
+    indicators: SpuriousIndicators | None = None
+    seconds: float = 0.0
+
+
+def robustness_report(rm, pairs: Sequence[PreferencePair], names: Sequence[str], *, seed: int = 0, batch_size: int = 16,
+                      max_length: int | None = None, on_progress=None) -> RobustnessResult:
+    from .scoring import score_pairs
+
+    start = time.perf_counter()
+    clean = score_pairs(rm, pairs, batch_size=batch_size, max_length=max_length)
+    base = win_rate(clean.r_chosen, clean.r_rejected)
+    results = []
+    for i, name in enumerate(names):
+        s = score_pairs(rm, perturb_pairs(pairs, name, seed), batch_size=batch_size, max_length=max_length)
+        wr = win_rate(s.r_chosen, s.r_rejected)
+        results.append(PerturbationResult(name, PERTURBATIONS[name].side, base, wr, base - wr))
+        if on_progress:
+            on_progress(i + 1, len(names), name)
+    texts = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    indicators = spurious_indicators(texts, clean.r_chosen.tolist() + clean.r_rejected.tolist())
+    return RobustnessResult(len(pairs), base, sum(r.drop for r in results) / len(results), results, indicators,
+                            time.perf_counter() - start)
+
+
+def evaluate_robustness(config: RobustnessConfig, run_dir: str | Path) -> RobustnessResult:
+    from .reward_model import load_reward_model
+
+    with job_run(run_dir, config, "scoring clean pairs") as run:
+        set_cpu_threads(config.threads)
+        pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)
+        rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype, max_length=config.max_length)
+        result = robustness_report(rm, pairs, config.names(), seed=config.seed, batch_size=config.batch_size,
+                                   max_length=config.max_length,
+                                   on_progress=lambda i, n, name: run.progress(i, n, message=f"{name} done"))
+        run.write_metrics(result)
+        run.set_status("succeeded", progress=1.0, message=f"mean win-rate drop {result.mean_drop:+.3f}")
+        return result

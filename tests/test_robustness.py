@@ -1,0 +1,75 @@
+import json
+
+import pytest
+import torch
+
+from conftest import make_pair
+from reform_engine.data import write_jsonl
+from reform_engine.robustness import (RobustnessConfig, capital_ratio, evaluate_robustness, perturb_pairs, repetition_score,
+                                      robustness_report, spurious_indicators, win_rate)
+
+
+def test_win_rate_counts_ties_as_half():
+    assert win_rate(torch.tensor([1.0, 0.0, 2.0, 1.0]), torch.tensor([0.0, 1.0, 2.0, 0.5])) == pytest.approx(2.5 / 4)
+
+
+def test_perturb_pairs_changes_only_the_named_side():
+    pairs = [make_pair(0, "q", "Good answer.", "Bad answer.")]
+    (verb,) = perturb_pairs(pairs, "verbosity")
+    assert verb.chosen == "Good answer." and verb.rejected.startswith("Bad answer. ")
+    (caps,) = perturb_pairs(pairs, "capitalization")
+    assert (caps.chosen, caps.rejected) == ("GOOD ANSWER.", "Bad answer.")
+    with pytest.raises(ValueError, match="choose from"):
+        perturb_pairs(pairs, "nope")
+
+
+class LengthLovingRM:
+    """A hand-made RM whose reward is the response length: the win-rate drop under verbosity is known."""
+
+    is_causal = False
+
+    def __init__(self, tokenizer):
+        from reform_engine.reward_model import RewardModelSpec
+        self.tokenizer = tokenizer
+        self.spec = RewardModelSpec(base_model="len", finetune="head", use_chat_template=False, max_length=4096)
+        self.device = torch.device("cpu")
+
+    def score(self, ids, mask):
+        return mask.sum(-1).float()
+
+
+def test_win_rate_drop_on_a_hand_made_case():
+    from reform_engine.tiny import build_tiny_tokenizer
+
+    rm = LengthLovingRM(build_tiny_tokenizer())
+    # chosen longer in 3 of 4 pairs -> clean win rate 0.75; verbosity pads every rejected response by
+    # 2-3 filler sentences (>= 60 characters), which makes all four rejected responses longer.
+    pairs = [make_pair(0, "q", "A long and careful answer.", "No."), make_pair(1, "q", "Another good one here.", "Nah."),
+             make_pair(2, "q", "Yes, that works well.", "Hm."), make_pair(3, "q", "Ok.", "A wrong but wordy answer.")]
+    res = robustness_report(rm, pairs, ["verbosity", "capitalization"])
+    assert res.clean_win_rate == 0.75
+    by_name = {r.name: r for r in res.per_perturbation}
+    assert by_name["verbosity"].perturbed_win_rate == 0.0 and by_name["verbosity"].drop == 0.75
+    assert by_name["capitalization"].drop == 0.0  # same length, same reward
+    assert res.mean_drop == pytest.approx(0.375)
+    assert res.indicators.length_corr > 0.9
+
+
+def test_surface_features_and_indicators():
+    assert capital_ratio("ABcd") == 0.5 and capital_ratio("123") == 0.0
+    assert repetition_score("a b c d") == 0.0 and repetition_score("a b c a b c") == pytest.approx(2 / 4)
+    ind = spurious_indicators(["a", "bb", "ccc", "dddd", "eeeee"], [1.0, 2.0, 3.0, 4.0, 5.0])
+    assert ind.length_corr == pytest.approx(1.0) and ind.extreme_negative_share == 0.0
+
+
+def test_evaluate_robustness_job(tiny_rm, toy_pairs, tmp_path):
+    tiny_rm.save(tmp_path / "rm")
+    write_jsonl(tmp_path / "d.jsonl", [p.to_trl() for p in toy_pairs])
+    cfg = RobustnessConfig(reward_model=str(tmp_path / "rm"), data=str(tmp_path / "d.jsonl"), perturbations="verbosity,markdown",
+                           device="cpu")
+    res = evaluate_robustness(cfg, tmp_path / "run")
+    assert res.n_pairs == 8 and [r.name for r in res.per_perturbation] == ["verbosity", "markdown"]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["mean_drop"] == pytest.approx(res.mean_drop)
+    with pytest.raises(ValueError, match="unknown"):
+        RobustnessConfig(reward_model="x", perturbations="verbosity,shouting")
