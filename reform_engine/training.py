@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, select_rows
 from .evaluation import PairwiseMetrics, pairwise_metrics
 from .models import DEFAULT_MODEL
-from .reward_model import FINETUNE_MODES, RewardModelSpec, build_reward_model
+from .reward_model import FINETUNE_MODES, RewardModelSpec, build_reward_model, load_causal_reward_model
 from .runs import job_run
 from .runtime import seed_everything, set_cpu_threads
 from .scoring import Encoded, collate, encode, score_pairs
@@ -26,6 +26,8 @@ class TrainRewardConfig:
     train_rows: str = ""                    # 'a:b' source rows to train on, '' = all
     eval_data: str = ""                     # '' = no evaluation at the end
     eval_rows: str = ""
+    augment_data: str = ""                  # extra pairs (e.g. approved REFORM inversions) added to the training set
+    init_from: str = ""                     # a checkpoint to fine-tune instead of a fresh model (its spec wins)
     skip_invalid: bool = True               # invalid rows are skipped and reported, not fatal
     # model
     model: str = DEFAULT_MODEL              # backbone: the offline SmolLM2 by default, or any id / directory
@@ -127,8 +129,16 @@ def train_reward_model(config: TrainRewardConfig, run_dir: str | Path) -> TrainR
         generator = seed_everything(config.seed)
         data = load_preferences(config.data, skip_invalid=config.skip_invalid)
         pairs = select_rows(data.pairs, config.train_rows)
-        spec = config.spec()
-        rm = build_reward_model(spec, device=config.device, dtype=config.dtype, seed=config.seed)
+        if config.augment_data:
+            extra = load_preferences(config.augment_data, skip_invalid=config.skip_invalid).pairs
+            pairs = pairs + extra
+            run.log(f"{len(extra)} augmentation pairs from {config.augment_data}")
+        if config.init_from:
+            rm = load_causal_reward_model(config.init_from, device=config.device, dtype=config.dtype, trainable=True)
+            spec = rm.spec
+        else:
+            spec = config.spec()
+            rm = build_reward_model(spec, device=config.device, dtype=config.dtype, seed=config.seed)
         pairs, encoded, too_long = encode_for_training(rm.tokenizer, pairs, spec)
         if not pairs:
             raise DataError(f"no trainable pairs in rows {config.train_rows!r} of {config.data}.", fix="check train_rows and max_length.")

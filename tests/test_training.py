@@ -88,3 +88,20 @@ def test_real_smollm2_reward_model_on_the_demo_set(tmp_path):
     trace = reward_trace(rm, prompt, response)
     full = score_sequences(rm, [encode(rm.tokenizer, prompt, response, max_length=192).ids])[0].item()
     assert "".join(trace.pieces) == response and trace.final == pytest.approx(full, abs=1e-4)
+
+
+def test_augmented_retrain_and_fine_tune_from_a_checkpoint(tiny_model_dir, toy_file, tmp_path, toy_pairs):
+    base = train_reward_model(_config(tiny_model_dir, toy_file, epochs=1), tmp_path / "base")
+    extra = tmp_path / "extra.jsonl"
+    write_jsonl(extra, [p.to_trl() for p in toy_pairs[:4]])
+    scratch = train_reward_model(_config(tiny_model_dir, toy_file, epochs=1, augment_data=str(extra)), tmp_path / "scratch")
+    assert scratch.train_pairs == 12 and scratch.steps == 3
+    # a vanishing learning rate leaves the fine-tuned model where it started: at the base checkpoint
+    tuned = train_reward_model(_config(tiny_model_dir, toy_file, epochs=1, init_from=base.checkpoint, lr=1e-12), tmp_path / "ft")
+    before = score_pairs(load_reward_model(base.checkpoint, device="cpu"), toy_pairs).margins
+    after = score_pairs(load_reward_model(tuned.checkpoint, device="cpu"), toy_pairs).margins
+    fresh = score_pairs(load_reward_model(train_reward_model(_config(tiny_model_dir, toy_file, epochs=1, lr=1e-12, seed=5),
+                                                             tmp_path / "fresh").checkpoint, device="cpu"), toy_pairs).margins
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=0)
+    assert not torch.allclose(fresh, before, atol=1e-3)
+    assert json.loads((tmp_path / "ft" / "checkpoint" / "reward_model.json").read_text())["lora_r"] == 4
