@@ -35,9 +35,10 @@ class DataError(ValueError):
     """A bad input: says where (source, row) and what to do about it."""
 
     def __init__(self, message: str, *, source: str = "", row: int | None = None, fix: str = ""):
-        self.source, self.row, self.fix = source, row, fix
+        self.message, self.source, self.row, self.fix = message, source, row, fix
         where = source + (f", row {row}" if row is not None else "")
-        super().__init__(f"{where}: {message}" + (f" Fix: {fix}" if fix else "") if where else message + (f" Fix: {fix}" if fix else ""))
+        text = f"{where}: {message}" if where else message
+        super().__init__(text + (f" Fix: {fix}" if fix else ""))
 
 
 @dataclass(frozen=True)

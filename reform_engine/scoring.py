@@ -78,7 +78,7 @@ def encode_pairs(rm, pairs: Sequence[PreferencePair], *, max_length: int | None 
             out.append(tuple(encode(rm.tokenizer, p.prompt, side, max_length=max_length,
                                     use_chat_template=rm.spec.use_chat_template) for side in (p.chosen, p.rejected)))
         except DataError as exc:
-            raise DataError(str(exc), source=f"pair {p.pair_id}") from exc
+            raise DataError(exc.message, source=f"pair {p.pair_id}", fix=exc.fix) from exc
     return out
 
 

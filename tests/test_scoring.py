@@ -99,3 +99,9 @@ def test_sides_with_differently_cut_prompts_are_scored_alone(tiny_rm):
     assert shared.truncated >= 1
     torch.testing.assert_close(shared.r_chosen, full.r_chosen, atol=1e-5, rtol=0)
     torch.testing.assert_close(shared.r_rejected, full.r_rejected, atol=1e-5, rtol=0)
+
+
+def test_pair_that_cannot_fit_names_the_pair_and_the_fix(tiny_rm):
+    with pytest.raises(DataError) as info:
+        score_pairs(tiny_rm, [make_pair(7, "Q", "y" * 300, "n")], max_length=100)
+    assert str(info.value).startswith("pair t:7: the response alone is 300 tokens") and str(info.value).count("Fix:") == 1
