@@ -25,6 +25,10 @@ from reform_engine.reward_model import RewardModelSpec, build_reward_model  # no
 from reform_engine.scoring import encode_pairs, score_pairs  # noqa: E402
 
 
+def _cat(parts):
+    return torch.cat([s.r_chosen for s in parts]), torch.cat([s.r_rejected for s in parts])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=293)
@@ -36,21 +40,16 @@ def main() -> None:
     rm = build_reward_model(RewardModelSpec(base_model=DEFAULT_MODEL, finetune="head", max_length=args.max_length), device="cpu").eval()
     enc = encode_pairs(rm, pairs)
     tokens = sum(len(e.ids) for p in enc for e in p)
-    modes = {
-        "one_at_a_time": lambda: score_pairs(rm, [p], batch_size=2, bucket=False, share_prompt=False),
-        "bucketed": lambda: score_pairs(rm, pairs, batch_size=args.batch_size, share_prompt=False),
-        "bucketed_shared_prompt": lambda: score_pairs(rm, pairs, batch_size=args.batch_size, share_prompt=True),
+    modes = {  # each returns (r_chosen, r_rejected)
+        "one_at_a_time": lambda: _cat([score_pairs(rm, [p], batch_size=2, bucket=False, share_prompt=False) for p in pairs]),
+        "bucketed": lambda: _cat([score_pairs(rm, pairs, batch_size=args.batch_size, share_prompt=False)]),
+        "bucketed_shared_prompt": lambda: _cat([score_pairs(rm, pairs, batch_size=args.batch_size, share_prompt=True)]),
     }
     score_pairs(rm, pairs[:4])  # warm-up
     results, reference = {}, None
     for name in modes:
         start = time.perf_counter()
-        if name == "one_at_a_time":
-            parts = [score_pairs(rm, [p], batch_size=2, bucket=False, share_prompt=False) for p in pairs]
-            rc, rr = torch.cat([s.r_chosen for s in parts]), torch.cat([s.r_rejected for s in parts])
-        else:
-            s = modes[name]()
-            rc, rr = s.r_chosen, s.r_rejected
+        rc, rr = modes[name]()
         seconds = time.perf_counter() - start
         if reference is None:
             reference = (rc, rr)
