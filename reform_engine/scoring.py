@@ -167,8 +167,10 @@ def _score_shared_prompt(rm, enc: Sequence[tuple[Encoded, Encoded]], batch_size:
         scores = score_sequences(rm, [e.ids for i in alone for e in enc[i]], batch_size=batch_size)
         out[alone] = scores.view(-1, 2)
     pad = rm.tokenizer.pad_token_id
-    lengths = [len(enc[i][0].ids) + len(enc[i][1].ids) - enc[i][0].response_start for i in shared]
-    for b in length_buckets(lengths, max(1, batch_size // 2), max_tokens=8192):
+    # Bucket by prompt length (most of the tokens) so prompts pad little; on CPU small batches cost
+    # nothing in throughput, so padding is what matters.
+    lengths = [enc[i][0].response_start for i in shared]
+    for b in length_buckets(lengths, max(1, batch_size // 4), max_tokens=8192):
         rows = [enc[shared[j]] for j in b]
         p_ids, p_mask = collate([c.ids[: c.response_start] for c, _ in rows], pad, "left", rm.device)  # (B, P)
         cache = DynamicCache()
