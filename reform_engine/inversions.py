@@ -176,14 +176,14 @@ def generate_variants(config: GenerateVariantsConfig, run_dir: str | Path) -> Ge
                 batch = todo[b:b + config.batch_size]
                 results = decoders[name].decode([s.pair.prompt for _, s in batch], config.decoding(d),
                                                 sample_ids=[i for i, _ in batch])
-                for (i, s), res in zip(batch, results):
+                # re-score every non-empty variant from its text, in one RM call per batch
+                readable = [j for j, res in enumerate(results) if res.text.strip()]
+                seqs = [encode(rm.tokenizer, batch[j][1].pair.prompt, results[j].text, max_length=rm.spec.max_length,
+                               use_chat_template=rm.spec.use_chat_template).ids for j in readable]
+                fresh = dict(zip(readable, score_sequences(rm, seqs).tolist())) if seqs else {}
+                for j, ((_, s), res) in enumerate(zip(batch, results)):
                     tokens += len(res.token_ids)
-                    r_variant = float("nan")
-                    if res.text.strip():
-                        enc = encode(rm.tokenizer, s.pair.prompt, res.text, max_length=rm.spec.max_length,
-                                     use_chat_template=rm.spec.use_chat_template)
-                        r_variant = float(score_sequences(rm, [enc.ids])[0])
-                    variants.append(make_variant(s, res, r_variant))
+                    variants.append(make_variant(s, res, fresh.get(j, float("nan"))))
                 run.progress(len(variants), len(jobs), message=f"{len(variants)}/{len(jobs)} variants, "
                              f"{sum(v.is_inversion for v in variants)} inversions")
         write_jsonl(run.path / "variants.jsonl", [v.to_record() for v in variants])

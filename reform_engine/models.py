@@ -7,7 +7,6 @@ safetensors under ``runtime.cache_dir()`` so every later load reads plain weight
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import torch

@@ -16,7 +16,7 @@ from .models import DEFAULT_MODEL
 from .reward_model import FINETUNE_MODES, RewardModelSpec, build_reward_model, load_causal_reward_model
 from .runs import job_run
 from .runtime import seed_everything, set_cpu_threads
-from .scoring import Encoded, collate, encode, score_pairs
+from .scoring import collate, encode, score_pairs
 
 
 @dataclass

@@ -6,7 +6,7 @@ from conftest import make_pair
 from reform_engine.data import write_jsonl
 from reform_engine.decoding import DecodingResult
 from reform_engine.influence import ScoredPair
-from reform_engine.inversions import (GenerateVariantsConfig, Variant, check_inversion, generate_variants, make_variant,
+from reform_engine.inversions import (GenerateVariantsConfig, check_inversion, generate_variants, make_variant,
                                       variant_stats)
 from reform_engine.tiny import save_tiny_model
 
