@@ -24,6 +24,8 @@ class TrainRewardConfig:
     # data
     data: str = str(DEMO_PATH)              # file or hub id (see data.load_preferences)
     train_rows: str = ""                    # 'a:b' source rows to train on, '' = all
+    train_sample: int = 0                   # >0: a seeded random sample of that many of those pairs (e.g. the
+                                            # replay set when fine-tuning on augmentation); 0 = all of them
     eval_data: str = ""                     # '' = no evaluation at the end
     eval_rows: str = ""
     augment_data: str = ""                  # extra pairs (e.g. approved REFORM inversions) added to the training set
@@ -61,7 +63,8 @@ class TrainRewardConfig:
                   (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
                   (self.finetune in FINETUNE_MODES, f"finetune must be one of {FINETUNE_MODES}"),
                   (self.lora_layers >= 0, "lora_layers must be >= 0 (0 = all layers)"),
-                  (self.max_length >= 16, "max_length must be >= 16")]
+                  (self.max_length >= 16, "max_length must be >= 16"),
+                  (self.train_sample >= 0, "train_sample must be >= 0 (0 = all training pairs)")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"TrainRewardConfig: {message}")
@@ -129,6 +132,10 @@ def train_reward_model(config: TrainRewardConfig, run_dir: str | Path) -> TrainR
         generator = seed_everything(config.seed)
         data = load_preferences(config.data, skip_invalid=config.skip_invalid)
         pairs = select_rows(data.pairs, config.train_rows)
+        if config.train_sample and config.train_sample < len(pairs):
+            keep = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(config.seed))[: config.train_sample]
+            pairs = [pairs[i] for i in sorted(keep.tolist())]
+            run.log(f"training on a random sample of {len(pairs)} original pairs (seed {config.seed})")
         if config.augment_data:
             extra = load_preferences(config.augment_data, skip_invalid=config.skip_invalid).pairs
             pairs = pairs + extra

@@ -105,3 +105,13 @@ def test_augmented_retrain_and_fine_tune_from_a_checkpoint(tiny_model_dir, toy_f
     torch.testing.assert_close(after, before, atol=1e-4, rtol=0)
     assert not torch.allclose(fresh, before, atol=1e-3)
     assert json.loads((tmp_path / "ft" / "checkpoint" / "reward_model.json").read_text())["lora_r"] == 4
+
+
+def test_train_sample_takes_a_seeded_subset_then_adds_augmentation(tiny_model_dir, toy_file, tmp_path, toy_pairs):
+    extra = tmp_path / "extra.jsonl"
+    write_jsonl(extra, [p.to_trl() for p in toy_pairs[:2]])
+    result = train_reward_model(_config(tiny_model_dir, toy_file, epochs=1, train_sample=3, augment_data=str(extra)), tmp_path / "s")
+    assert result.train_pairs == 5 and result.steps == 2
+    assert "random sample of 3 original pairs" in (tmp_path / "s" / "log.txt").read_text()
+    with pytest.raises(ValueError, match="train_sample"):
+        _config(tiny_model_dir, toy_file, train_sample=-1)
