@@ -124,20 +124,44 @@ class RobustnessResult:
 
 def robustness_report(rm, pairs: Sequence[PreferencePair], names: Sequence[str], *, seed: int = 0, batch_size: int = 16,
                       max_length: int | None = None, on_progress=None) -> RobustnessResult:
-    from .scoring import score_pairs
+    """Clean and perturbed win rates of ``rm`` on ``pairs``. A perturbation changes one side, so the
+    other side keeps its clean score; each pair's prompt is run once for its clean sides and all its
+    perturbed sides together (scoring.score_encoded_groups). ``on_progress(done, total)`` counts pairs."""
+    from .data import DataError
+    from .scoring import encode, score_encoded_groups
 
     start = time.perf_counter()
-    clean = score_pairs(rm, pairs, batch_size=batch_size, max_length=max_length)
-    base = win_rate(clean.r_chosen, clean.r_rejected)
-    results = []
-    for i, name in enumerate(names):
-        s = score_pairs(rm, perturb_pairs(pairs, name, seed), batch_size=batch_size, max_length=max_length)
-        wr = win_rate(s.r_chosen, s.r_rejected)
-        results.append(PerturbationResult(name, PERTURBATIONS[name].side, base, wr, base - wr))
+    max_length = max_length or rm.spec.max_length
+    perturbed = {name: perturb_pairs(pairs, name, seed) for name in names}
+    sides = [PERTURBATIONS[name].side for name in names]
+    r_c, r_r, r_p = [], [], {name: [] for name in names}
+    chunk = max(1, batch_size)  # pairs per scoring call, so progress moves
+    for lo in range(0, len(pairs), chunk):
+        groups = []
+        for i in range(lo, min(lo + chunk, len(pairs))):
+            p = pairs[i]
+            texts = [p.chosen, p.rejected] + [getattr(perturbed[n][i], side) for n, side in zip(names, sides)]
+            try:
+                groups.append([encode(rm.tokenizer, p.prompt, t, max_length=max_length,
+                                      use_chat_template=rm.spec.use_chat_template) for t in texts])
+            except DataError as exc:
+                raise DataError(exc.message, source=f"pair {p.pair_id}", fix=exc.fix) from exc
+        for g in score_encoded_groups(rm, groups, batch_size=batch_size):
+            r_c.append(g[0])
+            r_r.append(g[1])
+            for name, value in zip(names, g[2:]):
+                r_p[name].append(value)
         if on_progress:
-            on_progress(i + 1, len(names), name)
+            on_progress(len(r_c), len(pairs))
+    clean_c, clean_r = torch.tensor(r_c), torch.tensor(r_r)
+    base = win_rate(clean_c, clean_r)
+    results = []
+    for name, side in zip(names, sides):
+        new = torch.tensor(r_p[name])
+        wr = win_rate(new, clean_r) if side == "chosen" else win_rate(clean_c, new)
+        results.append(PerturbationResult(name, side, base, wr, base - wr))
     texts = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    indicators = spurious_indicators(texts, clean.r_chosen.tolist() + clean.r_rejected.tolist())
+    indicators = spurious_indicators(texts, r_c + r_r)
     return RobustnessResult(len(pairs), base, sum(r.drop for r in results) / len(results), results, indicators,
                             time.perf_counter() - start)
 
@@ -151,7 +175,7 @@ def evaluate_robustness(config: RobustnessConfig, run_dir: str | Path) -> Robust
         rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype, max_length=config.max_length)
         result = robustness_report(rm, pairs, config.names(), seed=config.seed, batch_size=config.batch_size,
                                    max_length=config.max_length,
-                                   on_progress=lambda i, n, name: run.progress(i, n, message=f"{name} done"))
+                                   on_progress=lambda i, n: run.progress(i, n, message=f"{i}/{n} pairs scored"))
         run.write_metrics(result)
         run.set_status("succeeded", progress=1.0, message=f"mean win-rate drop {result.mean_drop:+.3f}")
         return result

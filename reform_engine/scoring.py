@@ -149,39 +149,64 @@ def score_pairs(rm, pairs: Sequence[PreferencePair], *, batch_size: int = 16, ma
     enc = encode_pairs(rm, pairs, max_length=max_length)
     truncated = sum(e.prompt_truncated for pair in enc for e in pair)
     if share_prompt and rm.is_causal and bucket:
-        r_c, r_r = _score_shared_prompt(rm, enc, batch_size)
-        return PairScores(r_c, r_r, truncated)
+        out = score_encoded_groups(rm, enc, batch_size=batch_size)
+        return PairScores(torch.tensor([g[0] for g in out]), torch.tensor([g[1] for g in out]), truncated)
     seqs = [e.ids for pair in enc for e in pair]
     scores = score_sequences(rm, seqs, batch_size=batch_size, bucket=bucket)
     return PairScores(scores[0::2].clone(), scores[1::2].clone(), truncated)
 
 
+def score_encoded_groups(rm, groups: Sequence[Sequence[Encoded]], *, batch_size: int = 16) -> list[list[float]]:
+    """Rewards of groups of sequences that answer one prompt each (a pair's two sides, or a pair plus
+    its perturbed sides) -> one list of rewards per group, in order.
+
+    Causal RM: members whose prompt ids are equal form a unit; the unit's prompt is run once and its
+    KV cache copied to every response (prompts are most of the tokens in dialogue data). Otherwise,
+    and for members whose prompt was cut differently, every sequence is scored whole."""
+    out = [[float("nan")] * len(g) for g in groups]
+    units: dict[tuple, list[tuple[int, int]]] = {}
+    alone: list[tuple[int, int]] = []
+    for gi, group in enumerate(groups):
+        for mi, e in enumerate(group):
+            if rm.is_causal:
+                units.setdefault((gi, e.ids[: e.response_start]), []).append((gi, mi))
+            else:
+                alone.append((gi, mi))
+    for key, members in list(units.items()):  # a prompt nobody shares gains nothing from the cache
+        if len(members) == 1:
+            alone += units.pop(key)
+    if alone:
+        scores = score_sequences(rm, [groups[g][m].ids for g, m in alone], batch_size=batch_size)
+        for (g, m), s in zip(alone, scores.tolist()):
+            out[g][m] = s
+    if units:
+        _score_shared_units(rm, groups, list(units.items()), batch_size, out)
+    return out
+
+
 @torch.inference_mode()
-def _score_shared_prompt(rm, enc: Sequence[tuple[Encoded, Encoded]], batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _score_shared_units(rm, groups, units, batch_size: int, out: list[list[float]]) -> None:
     from transformers import DynamicCache
 
-    out = torch.empty(len(enc), 2, dtype=torch.float32)
-    shared = [i for i, (c, r) in enumerate(enc) if c.ids[: c.response_start] == r.ids[: r.response_start]]
-    alone = sorted(set(range(len(enc))) - set(shared))  # prompts cut differently for the two sides
-    if alone:
-        scores = score_sequences(rm, [e.ids for i in alone for e in enc[i]], batch_size=batch_size)
-        out[alone] = scores.view(-1, 2)
     pad = rm.tokenizer.pad_token_id
     # Bucket by prompt length (most of the tokens) so prompts pad little; on CPU small batches cost
     # nothing in throughput, so padding is what matters.
-    lengths = [enc[i][0].response_start for i in shared]
+    lengths = [len(key[1]) for key, _ in units]
     for b in length_buckets(lengths, max(1, batch_size // 4), max_tokens=8192):
-        rows = [enc[shared[j]] for j in b]
-        p_ids, p_mask = collate([c.ids[: c.response_start] for c, _ in rows], pad, "left", rm.device)  # (B, P)
+        batch = [units[j] for j in b]
+        p_ids, p_mask = collate([list(key[1]) for key, _ in batch], pad, "left", rm.device)  # (U, P)
         cache = DynamicCache()
         rm.token_rewards(p_ids, p_mask, past_key_values=cache)
-        cache.batch_repeat_interleave(2)  # (2B, P): row 2i chosen, 2i+1 rejected
-        r_ids, r_mask = collate([e.ids[e.response_start:] for pair in rows for e in pair], pad, "right", rm.device)  # (2B, R)
-        full_mask = torch.cat([p_mask.repeat_interleave(2, dim=0), r_mask], dim=1)  # (2B, P+R)
-        rewards = rm.token_rewards(r_ids, full_mask, past_key_values=cache)  # (2B, R)
-        last = rewards.gather(1, (r_mask.sum(-1) - 1)[:, None]).squeeze(1).float().cpu()
-        out[[shared[j] for j in b]] = last.view(-1, 2)
-    return out[:, 0].clone(), out[:, 1].clone()
+        owner = torch.tensor([u for u, (_, members) in enumerate(batch) for _ in members], device=rm.device)  # (N,)
+        cache.batch_select_indices(owner)  # (N, P): one copy of its unit's prompt per response
+        members = [m for _, ms in batch for m in ms]
+        r_ids, r_mask = collate([groups[g][m].ids[groups[g][m].response_start:] for g, m in members], pad, "right",
+                                rm.device)  # (N, R)
+        full_mask = torch.cat([p_mask[owner], r_mask], dim=1)  # (N, P+R)
+        rewards = rm.token_rewards(r_ids, full_mask, past_key_values=cache)  # (N, R)
+        last = rewards.gather(1, (r_mask.sum(-1) - 1)[:, None]).squeeze(1).float().cpu().tolist()
+        for (g, m), s in zip(members, last):
+            out[g][m] = s
 
 
 @dataclass

@@ -73,3 +73,14 @@ def test_evaluate_robustness_job(tiny_rm, toy_pairs, tmp_path):
     assert metrics["mean_drop"] == pytest.approx(res.mean_drop)
     with pytest.raises(ValueError, match="unknown"):
         RobustnessConfig(reward_model="x", perturbations="verbosity,shouting")
+
+
+def test_grouped_scoring_gives_the_win_rates_of_rescoring_each_perturbed_set(tiny_rm, toy_pairs):
+    from reform_engine.scoring import score_pairs
+    names = ["verbosity", "capitalization", "prompt_echo", "misspelling"]
+    res = robustness_report(tiny_rm, toy_pairs, names, seed=3, batch_size=4)
+    for r in res.per_perturbation:
+        s = score_pairs(tiny_rm, perturb_pairs(toy_pairs, r.name, 3), share_prompt=False)
+        assert r.perturbed_win_rate == pytest.approx(win_rate(s.r_chosen, s.r_rejected))
+    clean = score_pairs(tiny_rm, toy_pairs, share_prompt=False)
+    assert res.clean_win_rate == pytest.approx(win_rate(clean.r_chosen, clean.r_rejected))

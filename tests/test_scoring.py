@@ -3,8 +3,8 @@ import torch
 
 from conftest import make_pair
 from reform_engine.data import DataError
-from reform_engine.scoring import (PairScores, encode, length_buckets, reward_trace, score_pairs, score_sequences,
-                                   token_pieces)
+from reform_engine.scoring import (PairScores, encode, length_buckets, reward_trace, score_encoded_groups, score_pairs,
+                                   score_sequences, token_pieces)
 from reform_engine.tiny import build_tiny_tokenizer
 
 TOK = build_tiny_tokenizer()
@@ -105,3 +105,13 @@ def test_pair_that_cannot_fit_names_the_pair_and_the_fix(tiny_rm):
     with pytest.raises(DataError) as info:
         score_pairs(tiny_rm, [make_pair(7, "Q", "y" * 300, "n")], max_length=100)
     assert str(info.value).startswith("pair t:7: the response alone is 300 tokens") and str(info.value).count("Fix:") == 1
+
+
+def test_groups_of_uneven_size_share_each_prompt_and_match_whole_sequences(tiny_rm):
+    prompts = [[{"role": "user", "content": "Where is Paris?"}], [{"role": "user", "content": "A longer question, " * 3}]]
+    answers = [["In France.", "IN FRANCE.", "In France. In France.", "no"], ["Sure."]]  # 4 share one prompt, 1 alone
+    groups = [[encode(tiny_rm.tokenizer, p, a, max_length=256) for a in ans] for p, ans in zip(prompts, answers)]
+    got = score_encoded_groups(tiny_rm, groups, batch_size=4)
+    want = [score_sequences(tiny_rm, [e.ids for e in g]).tolist() for g in groups]
+    assert [len(g) for g in got] == [4, 1]
+    torch.testing.assert_close(torch.tensor(sum(got, [])), torch.tensor(sum(want, [])), atol=1e-5, rtol=0)
