@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from .data import DEMO_PATH, PreferencePair, load_preferences, select_rows, write_jsonl
+from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, select_rows, write_jsonl
 from .runs import job_run
 from .runtime import set_cpu_threads
 from .scoring import PairScores
@@ -62,6 +62,25 @@ def select_influential(scored: Sequence[ScoredPair], fraction: float = 0.05, str
         return by_rank[::-1][:n]
     pick = torch.randperm(len(scored), generator=torch.Generator().manual_seed(seed))[:n].tolist()
     return [scored[i] for i in pick]
+
+
+def load_scored(pairs: Sequence[PreferencePair], path: str | Path) -> list[ScoredPair]:
+    """The ranking an ``influential`` run wrote (scored.jsonl), attached to ``pairs`` by pair id, so a
+    later job does not score the whole training set again."""
+    import json
+
+    rows = {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                row = json.loads(line)
+                rows[row["pair_id"]] = row
+    missing = [p.pair_id for p in pairs if p.pair_id not in rows]
+    if missing:
+        raise DataError(f"{len(missing)} pairs (first: {missing[0]}) are not in the scored file.", source=str(path),
+                        fix="run 'influential' on the same data and rows, or leave 'scored' empty to score here.")
+    return [ScoredPair(p, rows[p.pair_id]["r_chosen"], rows[p.pair_id]["r_rejected"], rows[p.pair_id]["loss"],
+                       rows[p.pair_id]["rank"]) for p in pairs]
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Sequence
 
 from .data import DEMO_PATH, PreferencePair, load_preferences, select_rows, write_jsonl
 from .decoding import DIRECTIONS, DecodingConfig, DecodingResult, StepRecord
-from .influence import STRATEGIES, ScoredPair, rank_pairs, select_influential
+from .influence import STRATEGIES, ScoredPair, load_scored, rank_pairs, select_influential
 from .models import DEFAULT_MODEL
 from .runs import job_run
 from .runtime import set_cpu_threads
@@ -106,6 +106,8 @@ class GenerateVariantsConfig:
     fraction: float = 0.05                  # influential share to attack
     strategy: str = "lowest_loss"           # lowest_loss | random | highest_loss
     directions: str = "both"                # lower | raise | both
+    scored: str = ""                        # scored.jsonl of an 'influential' run on the same data: skips re-scoring
+    max_length: int = 1024                  # tokens when scoring pairs and variants (prompt cut from the left)
     # policies
     policy: str = DEFAULT_MODEL             # proposes tokens ("aligned" policy for direction lower)
     raise_policy: str = ""                  # a separate "misaligned" policy for direction raise; '' = policy
@@ -158,7 +160,10 @@ def generate_variants(config: GenerateVariantsConfig, run_dir: str | Path) -> Ge
         start = time.perf_counter()
         pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)
         rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype)
-        scored = rank_pairs(pairs, score_pairs(rm, pairs))
+        if config.scored:
+            scored = load_scored(pairs, config.scored)
+        else:
+            scored = rank_pairs(pairs, score_pairs(rm, pairs, max_length=config.max_length))
         chosen = select_influential(scored, config.fraction, config.strategy, config.seed)
         directions = DIRECTIONS if config.directions == "both" else (config.directions,)
         jobs = [(d, i, s) for d in directions for i, s in enumerate(chosen)]
@@ -178,7 +183,7 @@ def generate_variants(config: GenerateVariantsConfig, run_dir: str | Path) -> Ge
                                                 sample_ids=[i for i, _ in batch])
                 # re-score every non-empty variant from its text, in one RM call per batch
                 readable = [j for j, res in enumerate(results) if res.text.strip()]
-                seqs = [encode(rm.tokenizer, batch[j][1].pair.prompt, results[j].text, max_length=rm.spec.max_length,
+                seqs = [encode(rm.tokenizer, batch[j][1].pair.prompt, results[j].text, max_length=config.max_length,
                                use_chat_template=rm.spec.use_chat_template).ids for j in readable]
                 fresh = dict(zip(readable, score_sequences(rm, seqs).tolist())) if seqs else {}
                 for j, ((_, s), res) in enumerate(zip(batch, results)):

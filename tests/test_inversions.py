@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -71,3 +72,18 @@ def test_generate_variants_job_end_to_end(tmp_path, toy_pairs):
     augment = [json.loads(line) for line in open(res.augment_path)]
     assert len(augment) == res.stats.inversions
     assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "succeeded"
+    # the same job reading an 'influential' run's ranking decodes the same variants
+    from reform_engine.influence import InfluenceConfig, find_influential
+    inf = find_influential(InfluenceConfig(reward_model=str(tmp_path / "rm"), data=str(tmp_path / "d.jsonl"), device="cpu"),
+                           tmp_path / "inf")
+    again = generate_variants(dataclasses.replace(cfg, scored=inf.scored_path), tmp_path / "run2")
+    assert [json.loads(line)["text"] for line in open(again.variants_path)] == [r["text"] for r in records]
+
+
+def test_a_scored_file_from_other_data_is_refused(tmp_path, toy_pairs):
+    from reform_engine.data import DataError
+    from reform_engine.influence import load_scored
+    write_jsonl(tmp_path / "s.jsonl", [{"pair_id": "t:0", "r_chosen": 1.0, "r_rejected": 0.0, "loss": 0.3, "rank": 1}])
+    assert load_scored(toy_pairs[:1], tmp_path / "s.jsonl")[0].rank == 1
+    with pytest.raises(DataError, match="not in the scored file"):
+        load_scored(toy_pairs[:2], tmp_path / "s.jsonl")
