@@ -35,6 +35,7 @@ def _jobs():
     from .evaluation import EvaluateRewardConfig, evaluate_reward_model
     from .influence import InfluenceConfig, find_influential
     from .inversions import GenerateVariantsConfig, generate_variants
+    from .pipeline import PipelineConfig, run_pipeline
     from .robustness import RobustnessConfig, evaluate_robustness
     from .training import TrainRewardConfig, train_reward_model
 
@@ -42,7 +43,8 @@ def _jobs():
             "eval-rm": (EvaluateRewardConfig, evaluate_reward_model, "pairwise accuracy + length baselines"),
             "influential": (InfluenceConfig, find_influential, "rank training pairs by loss; select lowest/random/highest p%"),
             "variants": (GenerateVariantsConfig, generate_variants, "controlled decoding over the influential set + inversion filter"),
-            "robustness": (RobustnessConfig, evaluate_robustness, "win-rate drop under perturbations + spurious-feature indicators")}
+            "robustness": (RobustnessConfig, evaluate_robustness, "win-rate drop under perturbations + spurious-feature indicators"),
+            "pipeline": (PipelineConfig, run_pipeline, "the REFORM loop end to end: base, influential, variants, retrain, robustness")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             parser.error(str(exc))
         result = fn(config, args.run_dir)
-        print(json.dumps({k: v for k, v in to_jsonable(result).items() if k != "loss_curve"}, indent=2))
+        print(json.dumps({k: v for k, v in to_jsonable(result).items() if k not in ("loss_curve", "models")}, indent=2))
     return 0
 
 

@@ -1,0 +1,252 @@
+"""The whole REFORM loop as one job: train base -> select influential -> decode variants -> filter
+inversions -> retrain -> evaluate robustness, base vs retrained vs ablations.
+
+Every stage is an ordinary job in its own sub-directory of the pipeline's run directory
+(``base/``, ``influence/``, ``variants_lowest_loss/``, ``retrain_reform/``, ``robustness_base/``, ...).
+A stage whose directory already holds a succeeded run of the same config is reused, not re-run, so
+a killed pipeline picks up where it stopped and a long base training can be shared between
+pipelines. In this job every inversion counts as approved (``approved`` swaps in a curated file).
+
+Models compared:
+  base     the RM trained on the original pairs
+  reform   retrained on original + inversions decoded from the lowest-loss p% (the method)
+  random   the same with inversions decoded from a random p% (ablation: does influence matter?)
+  no_aug   fine-tune mode only: the same extra epochs on the original pairs alone (ablation: is it
+           just more training?). In scratch mode the base already is the no-augmentation model.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import DEMO_PATH
+from .influence import InfluenceConfig, find_influential
+from .inversions import GenerateVariantsConfig, generate_variants
+from .models import DEFAULT_MODEL
+from .perturbations import PERTURBATIONS
+from .robustness import RobustnessConfig, evaluate_robustness
+from .runs import atomic_write_json, job_run, read_json, to_jsonable
+from .runtime import set_cpu_threads
+from .training import TrainRewardConfig, train_reward_model
+
+RETRAIN_MODES = ("scratch", "finetune")
+RUNTIME_FIELDS = {"device", "dtype", "threads"}  # may differ when a finished stage is reused
+
+
+@dataclass
+class PipelineConfig:
+    # data: the demo set split into train / held-out rows by default
+    data: str = str(DEMO_PATH)
+    train_rows: str = "0:132"
+    eval_data: str = ""                     # '' = the same file as data
+    eval_rows: str = "132:"
+    # base reward model
+    base_rm: str = ""                       # an existing checkpoint to start from; '' = train one here
+    model: str = DEFAULT_MODEL
+    lora_layers: int = 8
+    max_length: int = 320
+    batch_size: int = 8
+    lr: float = 2e-4
+    epochs: int = 2
+    seed: int = 0
+    # influential selection (REFORM: the lowest-loss 5%)
+    fraction: float = 0.05
+    # controlled decoding
+    policy: str = DEFAULT_MODEL
+    directions: str = "both"
+    k: int = 5
+    alpha: float = 1.0
+    temperature: float = 0.0
+    max_new_tokens: int = 64
+    decode_batch_size: int = 4
+    approved: str = ""                      # a file of curated pairs to use instead of every inversion (lowest-loss arm)
+    # retraining
+    retrain: str = "scratch"                # scratch: same hyperparameters and seed as the base (the method's default);
+                                            # finetune: continue the base RM on original + new pairs
+    finetune_epochs: int = 1
+    finetune_lr: float = 0.0                # 0 = lr
+    replay: int = 0                         # finetune: a seeded sample of this many original pairs (0 = all of them)
+    # ablations
+    ablate_random: bool = True              # augmentation from a random p% instead of the lowest-loss p%
+    ablate_no_augment: bool = True          # finetune: the same extra epochs without new pairs
+    # evaluation
+    perturbations: str = ",".join(PERTURBATIONS)
+    eval_max_length: int = 1024
+    # runtime
+    device: str = "auto"
+    dtype: str = "float32"
+    threads: int = 0
+
+    def __post_init__(self):
+        if self.retrain not in RETRAIN_MODES:
+            raise ValueError(f"retrain={self.retrain!r}; use one of {RETRAIN_MODES}")
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"fraction={self.fraction}: use a share in (0, 1], e.g. 0.05")
+        if self.finetune_epochs < 1 or self.replay < 0:
+            raise ValueError("finetune_epochs must be >= 1 and replay >= 0 (0 = all original pairs)")
+        # validate every stage's knobs now, not an hour into the run
+        self.train_config(), self.variants_config("lowest_loss", "x"), self.robustness_config("x")
+
+    def train_config(self, **overrides) -> TrainRewardConfig:
+        fields = ("data", "train_rows", "model", "lora_layers", "max_length", "batch_size", "lr", "epochs", "seed",
+                  "device", "dtype", "threads")
+        return TrainRewardConfig(**{**{f: getattr(self, f) for f in fields}, **overrides})
+
+    def retrain_config(self, base_rm: str, augment: str) -> TrainRewardConfig:
+        if self.retrain == "scratch":
+            return self.train_config(augment_data=augment)
+        return self.train_config(init_from=base_rm, augment_data=augment, epochs=self.finetune_epochs,
+                                 lr=self.finetune_lr or self.lr, train_sample=self.replay)
+
+    def variants_config(self, strategy: str, base_rm: str, scored: str = "") -> GenerateVariantsConfig:
+        return GenerateVariantsConfig(reward_model=base_rm, data=self.data, rows=self.train_rows, fraction=self.fraction,
+                                      strategy=strategy, directions=self.directions, scored=scored, policy=self.policy,
+                                      k=self.k, alpha=self.alpha, temperature=self.temperature,
+                                      max_new_tokens=self.max_new_tokens, seed=self.seed, batch_size=self.decode_batch_size,
+                                      max_length=self.eval_max_length, device=self.device, dtype=self.dtype,
+                                      threads=self.threads)
+
+    def robustness_config(self, rm: str) -> RobustnessConfig:
+        return RobustnessConfig(reward_model=rm, data=self.eval_data or self.data, rows=self.eval_rows,
+                                perturbations=self.perturbations, seed=self.seed, max_length=self.eval_max_length,
+                                device=self.device, dtype=self.dtype, threads=self.threads)
+
+
+@dataclass
+class StageTiming:
+    name: str
+    seconds: float                          # wall time of the stage when it ran
+    reused: bool                            # found finished in the run directory, not run again
+
+
+@dataclass
+class ModelReport:
+    name: str                               # base | reform | random | no_aug
+    checkpoint: str
+    augment_pairs: int
+    clean_accuracy: float                   # win rate on the clean held-out pairs (ties count half)
+    mean_drop: float                        # mean win-rate drop over the perturbations
+    drops: dict[str, float] = field(default_factory=dict)
+    indicators: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineResult:
+    models: list[ModelReport]
+    stages: list[StageTiming]
+    variants: dict[str, dict]               # strategy -> variant stats (inversions, success rate, ...)
+    seconds: float
+    report_path: str
+
+    def summary_rows(self) -> list[dict]:
+        """One row per model: Plotly/pandas-ready."""
+        base = next((m for m in self.models if m.name == "base"), None)
+        return [{"model": m.name, "clean_accuracy": m.clean_accuracy, "mean_drop": m.mean_drop,
+                 "drop_vs_base": (m.mean_drop / base.mean_drop) if base and base.mean_drop else None,
+                 "accuracy_change": m.clean_accuracy - base.clean_accuracy if base else None,
+                 "augment_pairs": m.augment_pairs} for m in self.models]
+
+    def drop_rows(self) -> list[dict]:
+        """Long format (model, perturbation, drop): one bar per cell in a grouped bar chart."""
+        return [{"model": m.name, "perturbation": p, "drop": d} for m in self.models for p, d in m.drops.items()]
+
+
+def _comparable(config: Any) -> dict:
+    return {k: v for k, v in to_jsonable(config).items() if k not in RUNTIME_FIELDS}
+
+
+def run_stage(run_dir: Path, name: str, fn: Callable, config: Any, timings: list[StageTiming], *, reuse: bool = True) -> dict:
+    """Run ``fn(config, run_dir/name)`` unless ``reuse`` and that directory holds a succeeded run of
+    the same config (runtime fields aside); -> the stage's metrics as a dict."""
+    stage_dir = run_dir / name
+    status, previous = read_json(stage_dir / "status.json", {}) or {}, read_json(stage_dir / "config.json")
+    metrics = read_json(stage_dir / "metrics.json")
+    if reuse and status.get("state") == "succeeded" and previous is not None and metrics is not None and \
+            {k: v for k, v in previous.items() if k not in RUNTIME_FIELDS} == _comparable(config):
+        wall = read_json(stage_dir / "stage.json", {}) or {}
+        timings.append(StageTiming(name, float(wall.get("seconds", metrics.get("seconds", 0.0))), True))
+        return metrics
+    start = time.perf_counter()
+    result = to_jsonable(fn(config, stage_dir))
+    seconds = time.perf_counter() - start
+    atomic_write_json(stage_dir / "stage.json", {"seconds": seconds})
+    timings.append(StageTiming(name, seconds, False))
+    return result
+
+
+def _count_lines(path: str) -> int:
+    with open(path, encoding="utf-8") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def run_pipeline(config: PipelineConfig, run_dir: str | Path) -> PipelineResult:
+    """The REFORM loop end to end; writes ``report.json`` (models, stages, tables) in ``run_dir``."""
+    run_dir = Path(run_dir)
+    with job_run(run_dir, config, "starting") as run:
+        set_cpu_threads(config.threads)
+        start = time.perf_counter()
+        timings: list[StageTiming] = []
+        strategies = ["lowest_loss"] + (["random"] if config.ablate_random else [])
+        no_aug = config.ablate_no_augment and config.retrain == "finetune"
+        total = (0 if config.base_rm else 1) + 1 + 2 * len(strategies) + no_aug + 1 + len(strategies) + no_aug
+        done, reuse = 0, True
+
+        def stage(name: str, fn: Callable, cfg: Any) -> dict:
+            # stages read files earlier stages wrote at fixed paths: once one runs afresh, every later one must too
+            nonlocal done, reuse
+            run.progress(done, total, stage=name, message=f"stage {done + 1}/{total}: {name}")
+            out = run_stage(run_dir, name, fn, cfg, timings, reuse=reuse)
+            reuse = reuse and timings[-1].reused
+            run.log(f"stage {name}: {'reused' if timings[-1].reused else 'ran'} ({timings[-1].seconds:.0f} s)")
+            done += 1
+            return out
+
+        base_rm = config.base_rm or stage("base", train_reward_model, config.train_config())["checkpoint"]
+        influence = stage("influence", find_influential, InfluenceConfig(
+            reward_model=base_rm, data=config.data, rows=config.train_rows, fraction=config.fraction,
+            max_length=config.eval_max_length, device=config.device, dtype=config.dtype, threads=config.threads))
+        variants, augment = {}, {}
+        for strategy in strategies:
+            out = stage(f"variants_{strategy}", generate_variants,
+                        config.variants_config(strategy, base_rm, influence["scored_path"]))
+            variants[strategy] = out["stats"]
+            augment[strategy] = out["augment_path"]
+        if config.approved:
+            augment["lowest_loss"] = config.approved
+        arms = {"reform": augment["lowest_loss"]}
+        if "random" in augment:
+            arms["random"] = augment["random"]
+        checkpoints = {"base": (base_rm, 0)}
+        for arm, path in arms.items():
+            n = _count_lines(path)
+            if n == 0:
+                run.log(f"{arm}: no inversions to add; the retrained model would equal the base — skipped")
+                done += 1
+                continue
+            out = stage(f"retrain_{arm}", train_reward_model, config.retrain_config(base_rm, path))
+            checkpoints[arm] = (out["checkpoint"], n)
+        if no_aug:
+            out = stage("retrain_no_aug", train_reward_model, config.retrain_config(base_rm, ""))
+            checkpoints["no_aug"] = (out["checkpoint"], 0)
+        models = []
+        for arm, (ckpt, n) in checkpoints.items():
+            rob = stage(f"robustness_{arm}", evaluate_robustness, config.robustness_config(ckpt))
+            models.append(ModelReport(arm, ckpt, n, rob["clean_win_rate"], rob["mean_drop"],
+                                      {p["name"]: p["drop"] for p in rob["per_perturbation"]}, rob["indicators"] or {}))
+        result = PipelineResult(models, timings, variants, time.perf_counter() - start, str(run_dir / "report.json"))
+        atomic_write_json(run_dir / "report.json", {**to_jsonable(result), "summary": result.summary_rows(),
+                                                    "drops": result.drop_rows()})
+        run.write_metrics(result)
+        reform = next((m for m in models if m.name == "reform"), None)
+        message = f"reform mean drop {reform.mean_drop:+.3f} vs base {models[0].mean_drop:+.3f}" if reform else "no inversions found"
+        run.set_status("succeeded", progress=1.0, step=total, total=total, message=message)
+        return result
+
+
+def load_report(run_dir: str | Path) -> dict | None:
+    """The report.json of a finished pipeline, or None."""
+    return read_json(Path(run_dir) / "report.json")
+

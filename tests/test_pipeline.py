@@ -1,0 +1,55 @@
+import json
+
+import pytest
+
+from reform_engine.data import write_jsonl
+from reform_engine.pipeline import PipelineConfig, run_pipeline
+from reform_engine.tiny import save_tiny_model
+
+
+@pytest.fixture()
+def setup(tmp_path, toy_pairs):
+    model = str(save_tiny_model(tmp_path / "m", seed=1, ascii_only=True))
+    write_jsonl(tmp_path / "d.jsonl", [p.to_trl() for p in toy_pairs])
+    write_jsonl(tmp_path / "approved.jsonl", [{"prompt": "Hi?", "chosen": "Hello, how can I help?", "rejected": "What."},
+                                              {"prompt": "Help?", "chosen": "Sure, tell me more.", "rejected": "No!!"}])
+    cfg = dict(data=str(tmp_path / "d.jsonl"), train_rows="0:6", eval_rows="6:", model=model, policy=model, lora_layers=0,
+               max_length=128, batch_size=4, lr=5e-3, epochs=1, fraction=0.5, k=3, max_new_tokens=4, decode_batch_size=2,
+               approved=str(tmp_path / "approved.jsonl"), perturbations="verbosity,capitalization", device="cpu")
+    return tmp_path, cfg
+
+
+def test_pipeline_end_to_end_on_a_tiny_model_then_resumes_from_its_stages(setup):
+    tmp_path, cfg = setup
+    result = run_pipeline(PipelineConfig(**cfg, retrain="finetune", replay=4), tmp_path / "run")
+    names = [m.name for m in result.models]
+    assert names[0] == "base" and "reform" in names and names[-1] == "no_aug"
+    reform = next(m for m in result.models if m.name == "reform")
+    assert reform.augment_pairs == 2 and set(reform.drops) == {"verbosity", "capitalization"}
+    assert reform.mean_drop == pytest.approx(sum(reform.drops.values()) / 2)
+    ran = [t.name for t in result.stages]
+    assert ran[:3] == ["base", "influence", "variants_lowest_loss"] and "retrain_reform" in ran and "robustness_no_aug" in ran
+    assert not any(t.reused for t in result.stages)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert [r["model"] for r in report["summary"]] == names and report["summary"][0]["accuracy_change"] == 0
+    assert {(r["model"], r["perturbation"]) for r in report["drops"]} == {(n, p) for n in names for p in reform.drops}
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["state"] == "succeeded" and status["progress"] == 1.0
+
+    again = run_pipeline(PipelineConfig(**cfg, retrain="finetune", replay=4), tmp_path / "run")
+    assert all(t.reused for t in again.stages) and again.summary_rows() == result.summary_rows()
+    # a changed decoding knob re-runs the variants and everything after them, but not the base or the ranking
+    changed = run_pipeline(PipelineConfig(**{**cfg, "k": 2}, retrain="finetune", replay=4), tmp_path / "run")
+    assert [t.reused for t in changed.stages][:3] == [True, True, False] and not any(t.reused for t in changed.stages[3:])
+
+
+def test_pipeline_scratch_mode_has_no_no_aug_arm_and_bad_knobs_fail_early(setup):
+    tmp_path, cfg = setup
+    with pytest.raises(ValueError, match="retrain"):
+        PipelineConfig(**cfg, retrain="sometimes")
+    with pytest.raises(ValueError, match="k="):
+        PipelineConfig(**{**cfg, "k": 0})
+    result = run_pipeline(PipelineConfig(**cfg, ablate_random=False), tmp_path / "scratch")
+    assert [m.name for m in result.models] == ["base", "reform"]
+    retrain = json.loads((tmp_path / "scratch" / "retrain_reform" / "config.json").read_text())
+    assert retrain["init_from"] == "" and retrain["epochs"] == 1 and retrain["augment_data"].endswith("approved.jsonl")
