@@ -129,7 +129,10 @@ def find_influential(config: InfluenceConfig, run_dir: str | Path) -> InfluenceR
         start = time.perf_counter()
         pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)
         rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype, max_length=config.max_length)
-        scored = rank_pairs(pairs, score_pairs(rm, pairs, batch_size=config.batch_size, max_length=config.max_length))
+        run.log(f"scoring {len(pairs)} pairs")
+        scores = score_pairs(rm, pairs, batch_size=config.batch_size, max_length=config.max_length,
+                             on_progress=lambda done, total: run.progress(done, total, message=f"{done}/{total} responses scored"))
+        scored = rank_pairs(pairs, scores)
         selected = select_influential(scored, config.fraction, config.strategy, config.seed)
         write_jsonl(run.path / "scored.jsonl", [s.row() for s in scored])
         write_jsonl(run.path / "selected.jsonl", [s.row() for s in selected])

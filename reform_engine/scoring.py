@@ -112,9 +112,10 @@ def length_buckets(lengths: Sequence[int], batch_size: int, max_tokens: int | No
 
 @torch.inference_mode()
 def score_sequences(rm, seqs: Sequence[Sequence[int]], *, batch_size: int = 16, max_tokens: int | None = 8192,
-                    bucket: bool = True) -> torch.Tensor:
+                    bucket: bool = True, on_progress=None) -> torch.Tensor:
     """Rewards of token sequences -> (N,) float32 on CPU. ``bucket=False`` keeps the given order
-    (batches then mix short and long sequences and pad to the longest)."""
+    (batches then mix short and long sequences and pad to the longest). ``on_progress(n)`` is
+    called with the number of sequences each batch scored."""
     lengths = [len(s) for s in seqs]
     batches = length_buckets(lengths, batch_size, max_tokens) if bucket else \
         [list(range(i, min(i + batch_size, len(seqs)))) for i in range(0, len(seqs), batch_size)]
@@ -123,6 +124,8 @@ def score_sequences(rm, seqs: Sequence[Sequence[int]], *, batch_size: int = 16, 
     for b in batches:
         ids, mask = collate([seqs[i] for i in b], rm.tokenizer.pad_token_id, side, rm.device)
         out[b] = rm.score(ids, mask).float().cpu()
+        if on_progress:
+            on_progress(len(b))
     return out
 
 
@@ -143,27 +146,44 @@ class PairScores:
 
 
 def score_pairs(rm, pairs: Sequence[PreferencePair], *, batch_size: int = 16, max_length: int | None = None,
-                bucket: bool = True, share_prompt: bool = True) -> PairScores:
+                bucket: bool = True, share_prompt: bool = True, on_progress=None) -> PairScores:
     """Rewards of both sides of every pair. With a causal RM and ``share_prompt`` the prompt, which
-    both sides share, is run once and its KV cache reused for the two responses."""
+    both sides share, is run once and its KV cache reused for the two responses.
+    ``on_progress(done, total)`` counts scored sides."""
     enc = encode_pairs(rm, pairs, max_length=max_length)
     truncated = sum(e.prompt_truncated for pair in enc for e in pair)
     if share_prompt and rm.is_causal and bucket:
-        out = score_encoded_groups(rm, enc, batch_size=batch_size)
+        out = score_encoded_groups(rm, enc, batch_size=batch_size, on_progress=on_progress)
         return PairScores(torch.tensor([g[0] for g in out]), torch.tensor([g[1] for g in out]), truncated)
     seqs = [e.ids for pair in enc for e in pair]
-    scores = score_sequences(rm, seqs, batch_size=batch_size, bucket=bucket)
+    scores = score_sequences(rm, seqs, batch_size=batch_size, bucket=bucket, on_progress=_counter(len(seqs), on_progress))
     return PairScores(scores[0::2].clone(), scores[1::2].clone(), truncated)
 
 
-def score_encoded_groups(rm, groups: Sequence[Sequence[Encoded]], *, batch_size: int = 16) -> list[list[float]]:
+def _counter(total: int, on_progress):
+    """Turn per-batch counts into on_progress(done, total) calls."""
+    if on_progress is None:
+        return None
+    done = 0
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        on_progress(done, total)
+    return step
+
+
+def score_encoded_groups(rm, groups: Sequence[Sequence[Encoded]], *, batch_size: int = 16,
+                         on_progress=None) -> list[list[float]]:
     """Rewards of groups of sequences that answer one prompt each (a pair's two sides, or a pair plus
     its perturbed sides) -> one list of rewards per group, in order.
 
     Causal RM: members whose prompt ids are equal form a unit; the unit's prompt is run once and its
     KV cache copied to every response (prompts are most of the tokens in dialogue data). Otherwise,
-    and for members whose prompt was cut differently, every sequence is scored whole."""
+    and for members whose prompt was cut differently, every sequence is scored whole.
+    ``on_progress(done, total)`` counts scored sequences."""
     out = [[float("nan")] * len(g) for g in groups]
+    count = _counter(sum(len(g) for g in groups), on_progress)
     units: dict[tuple, list[tuple[int, int]]] = {}
     alone: list[tuple[int, int]] = []
     for gi, group in enumerate(groups):
@@ -176,16 +196,16 @@ def score_encoded_groups(rm, groups: Sequence[Sequence[Encoded]], *, batch_size:
         if len(members) == 1:
             alone += units.pop(key)
     if alone:
-        scores = score_sequences(rm, [groups[g][m].ids for g, m in alone], batch_size=batch_size)
+        scores = score_sequences(rm, [groups[g][m].ids for g, m in alone], batch_size=batch_size, on_progress=count)
         for (g, m), s in zip(alone, scores.tolist()):
             out[g][m] = s
     if units:
-        _score_shared_units(rm, groups, list(units.items()), batch_size, out)
+        _score_shared_units(rm, groups, list(units.items()), batch_size, out, count)
     return out
 
 
 @torch.inference_mode()
-def _score_shared_units(rm, groups, units, batch_size: int, out: list[list[float]]) -> None:
+def _score_shared_units(rm, groups, units, batch_size: int, out: list[list[float]], count=None) -> None:
     from transformers import DynamicCache
 
     pad = rm.tokenizer.pad_token_id
@@ -207,6 +227,8 @@ def _score_shared_units(rm, groups, units, batch_size: int, out: list[list[float
         last = rewards.gather(1, (r_mask.sum(-1) - 1)[:, None]).squeeze(1).float().cpu().tolist()
         for (g, m), s in zip(members, last):
             out[g][m] = s
+        if count:
+            count(len(members))
 
 
 @dataclass

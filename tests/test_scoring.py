@@ -115,3 +115,10 @@ def test_groups_of_uneven_size_share_each_prompt_and_match_whole_sequences(tiny_
     want = [score_sequences(tiny_rm, [e.ids for e in g]).tolist() for g in groups]
     assert [len(g) for g in got] == [4, 1]
     torch.testing.assert_close(torch.tensor(sum(got, [])), torch.tensor(sum(want, [])), atol=1e-5, rtol=0)
+
+
+def test_progress_counts_every_scored_side_once(tiny_rm, toy_pairs):
+    for share in (True, False):
+        calls = []
+        score_pairs(tiny_rm, toy_pairs, batch_size=4, share_prompt=share, on_progress=lambda d, t: calls.append((d, t)))
+        assert calls[-1] == (16, 16) and [d for d, _ in calls] == sorted(d for d, _ in calls)
