@@ -156,9 +156,9 @@ def _read_rows(path: Path, max_bytes: int) -> list[dict[str, Any]]:
                         fix="split the file or raise max_bytes.")
     name = path.name.lower()
     if name.endswith(".parquet"):
-        import pandas as pd
-        try:
-            return pd.read_parquet(path).to_dict("records")
+        import pyarrow.parquet as pq
+        try:  # to_pylist, not pandas: message lists must come back as lists, not numpy arrays
+            return pq.read_table(path).to_pylist()
         except Exception as exc:  # pyarrow raises several types for a bad file
             raise DataError(f"not a readable parquet file ({exc}).", source=str(path), fix="re-export it as parquet or jsonl.") from exc
     raw = path.read_bytes()
