@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, select
 from .evaluation import PairwiseMetrics, pairwise_metrics
 from .models import DEFAULT_MODEL
 from .reward_model import FINETUNE_MODES, RewardModelSpec, build_reward_model, load_causal_reward_model
-from .runs import job_run
+from .runs import RunDir, job_run
 from .runtime import seed_everything, set_cpu_threads
 from .scoring import collate, encode, score_pairs
 
@@ -123,11 +124,52 @@ def _lr_lambda(total: int, warmup: int):
     return lambda step: (step + 1) / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
 
 
+class _SilentRun(RunDir):
+    """The run directory as seen by the non-main processes of a multi-process launch: writes nothing."""
+
+    def __init__(self, path: str | Path):
+        self.path, self._status = Path(path), {}
+
+    def write_config(self, config) -> None: ...
+    def log(self, message: str) -> None: ...
+    def set_status(self, state=None, **fields) -> dict: return {}
+    def write_metrics(self, metrics) -> None: ...
+
+
+def _launched_accelerator(device: str):
+    """An ``accelerate.Accelerator`` under ``accelerate launch`` (or torchrun) with more than one
+    process, else None: a single process never touches accelerate. device='cpu' trains on CPU
+    processes (gloo); otherwise each process takes its own accelerator device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+    return Accelerator(cpu=device == "cpu")
+
+
+def _shard(batches: list[list[int]], accelerator) -> list[list[int]]:
+    """This process's share of an epoch's batches; every process gets the same count (wrapping
+    around), so all take part in every gradient all-reduce."""
+    if accelerator is None:
+        return batches
+    n, k = accelerator.num_processes, accelerator.process_index
+    return [batches[(s * n + k) % len(batches)] for s in range(math.ceil(len(batches) / n))]
+
+
 def train_reward_model(config: TrainRewardConfig, run_dir: str | Path) -> TrainRewardResult:
-    """Train, checkpoint atomically to ``run_dir/checkpoint``, evaluate if asked; status in run_dir."""
+    """Train, checkpoint atomically to ``run_dir/checkpoint``, evaluate if asked; status in run_dir.
+
+    Under ``accelerate launch`` with N processes each trains on 1/N of every epoch's batches with
+    gradients averaged (DDP), so a step covers N * batch_size pairs; only the main process writes
+    the run directory and evaluates."""
+    from contextlib import nullcontext
+
     from tqdm.auto import tqdm
 
-    with job_run(run_dir, config, "loading data and model") as run:
+    accelerator = _launched_accelerator(config.device)
+    is_main = accelerator is None or accelerator.is_main_process
+    device = str(accelerator.device) if accelerator else config.device
+    frame = job_run(run_dir, config, "loading data and model") if is_main else nullcontext(_SilentRun(run_dir))
+    with frame as run:
         set_cpu_threads(config.threads)
         generator = seed_everything(config.seed)
         data = load_preferences(config.data, skip_invalid=config.skip_invalid)
@@ -141,11 +183,11 @@ def train_reward_model(config: TrainRewardConfig, run_dir: str | Path) -> TrainR
             pairs = pairs + extra
             run.log(f"{len(extra)} augmentation pairs from {config.augment_data}")
         if config.init_from:
-            rm = load_causal_reward_model(config.init_from, device=config.device, dtype=config.dtype, trainable=True)
+            rm = load_causal_reward_model(config.init_from, device=device, dtype=config.dtype, trainable=True)
             spec = rm.spec
         else:
             spec = config.spec()
-            rm = build_reward_model(spec, device=config.device, dtype=config.dtype, seed=config.seed)
+            rm = build_reward_model(spec, device=device, dtype=config.dtype, seed=config.seed)
         pairs, encoded, too_long = encode_for_training(rm.tokenizer, pairs, spec)
         if not pairs:
             raise DataError(f"no trainable pairs in rows {config.train_rows!r} of {config.data}.", fix="check train_rows and max_length.")
@@ -154,22 +196,23 @@ def train_reward_model(config: TrainRewardConfig, run_dir: str | Path) -> TrainR
                 f"{len(data.report.skipped)} invalid rows skipped")
 
         lengths = [max(len(c.ids), len(r.ids)) for c, r in encoded]
-        steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
+        steps_per_epoch = math.ceil(math.ceil(len(pairs) / config.batch_size) / (accelerator.num_processes if accelerator else 1))
         total = config.max_steps or steps_per_epoch * config.epochs
         params = [p for p in rm.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, int(total * config.warmup_ratio)))
         pad_id = rm.tokenizer.pad_token_id
+        score = accelerator.prepare(rm) if accelerator else rm.score  # DDP: the wrapper's forward is score and syncs gradients
 
         rm.train()
         losses: list[float] = []
         step, start = 0, time.perf_counter()
-        bar = tqdm(total=total, desc="train-rm", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=total, desc="train-rm", unit="step", dynamic_ncols=True, disable=not is_main)
         while step < total:
-            for batch in batch_order(lengths, config.batch_size, generator):
+            for batch in _shard(batch_order(lengths, config.batch_size, generator), accelerator):
                 seqs = [encoded[i][0].ids for i in batch] + [encoded[i][1].ids for i in batch]
                 ids, mask = collate(seqs, pad_id, "right", rm.device)  # (2B, T)
-                scores = rm.score(ids, mask)  # (2B,)
+                scores = score(ids, mask)  # (2B,)
                 loss = bradley_terry_loss(scores[: len(batch)], scores[len(batch):])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -184,7 +227,7 @@ def train_reward_model(config: TrainRewardConfig, run_dir: str | Path) -> TrainR
                 bar.update(1)
                 bar.set_postfix(loss=f"{recent:.3f}")
                 run.progress(step, total, loss=recent, seconds=elapsed, message=f"step {step}/{total} loss {recent:.3f}")
-                if config.save_every and step % config.save_every == 0 and step < total:
+                if config.save_every and step % config.save_every == 0 and step < total and is_main:
                     rm.save(run.checkpoint_path)
                     run.log(f"checkpoint at step {step}")
                 if step >= total:
@@ -192,11 +235,12 @@ def train_reward_model(config: TrainRewardConfig, run_dir: str | Path) -> TrainR
         bar.close()
         seconds = time.perf_counter() - start
         rm.eval()
-        rm.save(run.checkpoint_path)
+        if is_main:
+            rm.save(run.checkpoint_path)
         run.log(f"trained {step} steps in {seconds:.1f}s; checkpoint saved")
 
         metrics = None
-        if config.eval_data:
+        if config.eval_data and is_main:
             run.set_status("running", progress=1.0, message="evaluating")
             eval_data = load_preferences(config.eval_data, skip_invalid=config.skip_invalid)
             eval_pairs = select_rows(eval_data.pairs, config.eval_rows)

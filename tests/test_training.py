@@ -8,7 +8,8 @@ from reform_engine.data import DEMO_PATH, write_jsonl
 from reform_engine.evaluation import EvaluateRewardConfig, evaluate_reward_model
 from reform_engine.reward_model import load_reward_model
 from reform_engine.scoring import encode, reward_trace, score_pairs, score_sequences
-from reform_engine.training import TrainRewardConfig, batch_order, bradley_terry_loss, train_reward_model
+from reform_engine.training import (TrainRewardConfig, _launched_accelerator, _shard, batch_order, bradley_terry_loss,
+                                    train_reward_model)
 
 
 def test_bradley_terry_loss_literal():
@@ -115,3 +116,21 @@ def test_train_sample_takes_a_seeded_subset_then_adds_augmentation(tiny_model_di
     assert "random sample of 3 original pairs" in (tmp_path / "s" / "log.txt").read_text()
     with pytest.raises(ValueError, match="train_sample"):
         _config(tiny_model_dir, toy_file, train_sample=-1)
+
+
+def test_a_single_process_never_touches_accelerate(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert _launched_accelerator("cpu") is None
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert _launched_accelerator("cpu") is None
+    assert _shard([[0, 1], [2, 3], [4]], None) == [[0, 1], [2, 3], [4]]
+
+
+def test_shard_gives_every_process_the_same_number_of_batches():
+    class TwoProcesses:
+        num_processes, process_index = 2, 1
+
+    batches = [[0], [1], [2], [3], [4]]
+    assert _shard(batches, TwoProcesses()) == [[1], [3], [0]]  # wraps around so both processes take 3 steps
+    TwoProcesses.process_index = 0
+    assert _shard(batches, TwoProcesses()) == [[0], [2], [4]]
