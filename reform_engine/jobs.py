@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -200,7 +200,7 @@ def refresh_job(store: Store, job_id: int) -> dict:
     run_dir = Path(job["run_dir"]) if job["run_dir"] else None
     status = _own_status(run_dir, job["pid"])
     if status.get("state") not in ("succeeded", "failed") and not process_alive(job["pid"], job["proc_start"]):
-        age = (datetime.now(timezone.utc).replace(tzinfo=None) - job["created_at"]).total_seconds()
+        age = (datetime.now(UTC).replace(tzinfo=None) - job["created_at"]).total_seconds()
         if job["pid"] is None and age < NEVER_STARTED_AFTER:
             return job  # between add_job and the spawn
         status = _own_status(run_dir, job["pid"])  # it may have finished since the first read
@@ -216,6 +216,7 @@ def refresh_job(store: Store, job_id: int) -> dict:
         fields["exit_code"] = _reap(job["pid"]) if job["pid"] else None
         if status.get("state") == "succeeded" and (run_dir / "metrics.json").is_file():
             fields["result_path"] = str(run_dir / "metrics.json")
+    fields = {k: v for k, v in fields.items() if job.get(k) != v}  # a look that finds nothing new writes nothing
     job = store.update_job(job_id, **fields) if fields else job
     return _ingest_quietly(store, job) if job["state"] not in ACTIVE else job
 
@@ -248,9 +249,11 @@ def cancel_job(store: Store, job_id: int, grace: float = 10.0) -> dict:
         return job
     if job["pid"]:
         stop_process_group(job["pid"], job["proc_start"], grace)
-    if job["run_dir"] and Path(job["run_dir"]).is_dir():
-        run_dir = Path(job["run_dir"])
-        status = read_json(run_dir / "status.json", {}) or {}
+    run_dir = Path(job["run_dir"]) if job["run_dir"] else None
+    status = _own_status(run_dir, job["pid"])
+    if status.get("state") in ("succeeded", "failed"):  # it ended on its own just before the signal
+        return refresh_job(store, job_id)
+    if run_dir is not None and run_dir.is_dir():
         atomic_write_json(run_dir / "status.json", {**status, "state": "cancelled", "message": "cancelled", "updated_at": time.time()})
         RunDir(run_dir).log("cancelled")
     job = store.update_job(job_id, state="cancelled", message="cancelled", exit_code=_reap(job["pid"]) if job["pid"] else None)

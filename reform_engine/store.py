@@ -27,10 +27,11 @@ import random
 import re
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import duckdb
 
@@ -112,7 +113,7 @@ def default_store_path() -> Path:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)  # stored as UTC
+    return datetime.now(UTC).replace(tzinfo=None)  # stored as UTC
 
 
 # --------------------------------------------------------------------------- input checks (before any write)
@@ -301,7 +302,10 @@ class Store:
                 try:
                     yield con
                 except BaseException:
-                    con.execute("ROLLBACK")
+                    try:
+                        con.execute("ROLLBACK")
+                    except duckdb.Error:
+                        pass  # the transaction is already gone; the original error is the one to see
                     raise
                 con.execute("COMMIT")
             finally:

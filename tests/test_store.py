@@ -194,13 +194,13 @@ def test_threads_and_processes_write_at_once_while_a_reader_polls(store):
             try:
                 seen.append(len(store.list_variants(inversions_only=False)) + len(store.list_jobs()))
                 store.get_variant(ids[0])
-            except Exception as exc:  # any lock error escaping would land here
+            except Exception as exc:  # noqa: BLE001 - any lock error escaping would land here
                 errors.append(exc)
 
     def guarded(*args):
         try:
             _writer(*args)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported by the assert below
             errors.append(exc)
 
     ctx = multiprocessing.get_context("spawn")
