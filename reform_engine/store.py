@@ -268,8 +268,9 @@ def _frame(cur, *json_cols: str):
 
 class Store:
     """The project's DuckDB database. Every method is one short transaction; safe from any number of
-    threads and processes at once. Methods return plain dicts, lists or pandas DataFrames and raise
-    :class:`StoreError` on bad input, having changed nothing."""
+    threads and processes at once. An instance holds no connection, so one can be shared freely (e.g.
+    through ``st.cache_resource``). Methods return plain dicts, lists or pandas DataFrames (newest job
+    first, everything else by id) and raise :class:`StoreError` on bad input, having changed nothing."""
 
     def __init__(self, path: str | os.PathLike | None = None, *, timeout: float = 60.0):
         self.path = Path(path or default_store_path()).expanduser().resolve()

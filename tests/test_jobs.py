@@ -175,3 +175,39 @@ def test_stop_process_group_escalates_to_sigkill():
     proc = sleeper(ignore_term=True, new_session=True)
     stop_process_group(proc.pid, proc_start(proc.pid), grace=0.5)
     assert proc.wait(timeout=HANG_GUARD) == -signal.SIGKILL
+
+
+def test_ingest_reads_every_finished_stage_of_a_pipeline_once(store, tmp_path):
+    from reform_engine.decoding import StepRecord
+    from reform_engine.inversions import Variant
+
+    def stage(name: str, state: str, metrics: dict, config: dict, variants: list | None = None):
+        d = tmp_path / "pipe" / name
+        run = RunDir(d)
+        run.write_config(config)
+        run.write_metrics(metrics)
+        run.set_status(state)
+        if variants is not None:
+            write_jsonl(d / "variants.jsonl", [v.to_record() for v in variants])
+
+    step = StepRecord(0, [7, 8], ["Hi", "Yo"], [-0.1, -2.0], [0.5, 0.25], [-0.6, -2.25], 0, 7, "Hi", 0.5, False)
+    prompt = ({"role": "user", "content": "hello?"},)
+    found = Variant("demo:3", "lower", prompt, "Hello there!", "Go away.", "Hi", -2.0, -2.0, 1.0, -1.0, 1.0, 12.5, True, [step])
+    missed = Variant("demo:4", "raise", prompt, "Hello there!", "Go away.", "", float("nan"), 0.0, 1.0, -1.0, float("nan"),
+                     float("nan"), False, [])
+    stage("", "running", {}, {})
+    stage("variants_lowest_loss", "succeeded", {"stats": {}}, {"reward_model": "base/checkpoint"}, [found, missed])
+    stage("variants_random", "failed", {}, {"reward_model": "base/checkpoint"}, [found])  # unfinished: ignored
+    stage("robustness_base", "succeeded", {"clean_win_rate": 0.75, "mean_drop": 0.125}, {"reward_model": "base/checkpoint"})
+    job_id = store.add_job("pipeline", {}, str(tmp_path / "pipe"))
+    store.update_job(job_id, state="failed")
+
+    out = ingest_results(store, job_id)
+    assert out == {"checkpoints": [], "variants": [1, 2], "eval_results": [1]}
+    assert ingest_results(store, job_id) == out and len(store.list_variants(inversions_only=False)) == 2
+    stored = store.get_variant(1)
+    assert (stored["pair_id"], stored["text"], stored["trace"], stored["steps"][0]["candidate_pieces"]) == ("demo:3", "Hi", [0.5], ["Hi", "Yo"])
+    assert store.get_variant(2)["is_inversion"] is False
+    assert store.list_eval_results()[["label", "metrics"]].values.tolist() == [
+        [f"pipeline #{job_id} robustness_base", {"reward_model": "base/checkpoint", "clean_win_rate": 0.75, "mean_drop": 0.125}]]
+    assert store.get_job(job_id)["ingested"] is True
