@@ -119,7 +119,7 @@ def test_sigkill_mid_checkpoint_marks_failed_and_keeps_the_previous_checkpoint(s
             break
     os.killpg(job["pid"], signal.SIGKILL)
 
-    dead = refresh_job(store, job_id)
+    dead = wait_for(store, job_id)  # the kill lands asynchronously: the first look after it may still see the process
     assert dead["state"] == "failed" and dead["exit_code"] == -signal.SIGKILL
     assert dead["message"].startswith("process died: killed by SIGKILL (kill -9 or out of memory); last: step ")
     assert read_json(os.path.join(run_dir, "status.json"))["state"] == "failed"
