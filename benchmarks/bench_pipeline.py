@@ -34,7 +34,8 @@ def preset(name: str, args) -> PipelineConfig:
     base = OUT / "train_hh" / "checkpoint"
     return PipelineConfig(data=str(HH_DEV_PATH), train_rows="0:1500", eval_rows="1500:",
                           base_rm=str(base.relative_to(ROOT)) if base.is_dir() else "", epochs=2,
-                          retrain=args.retrain, replay=args.replay, finetune_epochs=1, threads=args.threads)
+                          retrain=args.retrain, replay=args.replay, finetune_epochs=1, threads=args.threads,
+                          ablate_no_augment=not args.skip_no_aug)
 
 
 def main() -> None:
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("preset", choices=["demo", "hh"])
     parser.add_argument("--retrain", default="finetune", choices=["scratch", "finetune"], help="hh only")
     parser.add_argument("--replay", type=int, default=400, help="hh finetune: original pairs replayed beside the new ones")
+    parser.add_argument("--skip-no-aug", action="store_true", help="hh: leave out the no-augmentation fine-tune arm")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--run-dir", default="")
     args = parser.parse_args()
