@@ -191,54 +191,58 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path) -> PipelineResult:
         timings: list[StageTiming] = []
         strategies = ["lowest_loss"] + (["random"] if config.ablate_random else [])
         no_aug = config.ablate_no_augment and config.retrain == "finetune"
-        total = (0 if config.base_rm else 1) + 1 + 2 * len(strategies) + no_aug + 1 + len(strategies) + no_aug
-        done, reuse = 0, True
+        total = (0 if config.base_rm else 1) + 2 + 3 * len(strategies) + 2 * no_aug
+        done, fresh = 0, set()  # names of stages that ran (not reused) in this call
 
-        def stage(name: str, fn: Callable, cfg: Any) -> dict:
-            # stages read files earlier stages wrote at fixed paths: once one runs afresh, every later one must too
-            nonlocal done, reuse
+        def stage(name: str, fn: Callable, cfg: Any, after: tuple[str, ...] = ()) -> dict:
+            # a stage reads files its upstream stages wrote at fixed paths: if one of them ran afresh, so must it
+            nonlocal done
             run.progress(done, total, stage=name, message=f"stage {done + 1}/{total}: {name}")
-            out = run_stage(run_dir, name, fn, cfg, timings, reuse=reuse)
-            reuse = reuse and timings[-1].reused
+            out = run_stage(run_dir, name, fn, cfg, timings, reuse=not fresh.intersection(after))
+            if not timings[-1].reused:
+                fresh.add(name)
             run.log(f"stage {name}: {'reused' if timings[-1].reused else 'ran'} ({timings[-1].seconds:.0f} s)")
             done += 1
             return out
 
+        models: list[ModelReport] = []
+        variants: dict[str, dict] = {}
+
+        def evaluate(arm: str, ckpt: str, n: int, after: str) -> None:
+            rob = stage(f"robustness_{arm}", evaluate_robustness, config.robustness_config(ckpt), (after,))
+            models.append(ModelReport(arm, ckpt, n, rob["clean_win_rate"], rob["mean_drop"],
+                                      {p["name"]: p["drop"] for p in rob["per_perturbation"]}, rob["indicators"] or {}))
+            write_report()  # after every model, so a long run shows its results as they come
+
+        def write_report() -> PipelineResult:
+            result = PipelineResult(models, timings, variants, time.perf_counter() - start, str(run_dir / "report.json"))
+            atomic_write_json(run_dir / "report.json", {**to_jsonable(result), "summary": result.summary_rows(),
+                                                        "drops": result.drop_rows(), "complete": done >= total})
+            return result
+
+        # arm by arm, the method first, so the headline comparison exists before the ablations run
         base_rm = config.base_rm or stage("base", train_reward_model, config.train_config())["checkpoint"]
         influence = stage("influence", find_influential, InfluenceConfig(
             reward_model=base_rm, data=config.data, rows=config.train_rows, fraction=config.fraction,
-            max_length=config.eval_max_length, device=config.device, dtype=config.dtype, threads=config.threads))
-        variants, augment = {}, {}
-        for strategy in strategies:
+            max_length=config.eval_max_length, device=config.device, dtype=config.dtype, threads=config.threads), ("base",))
+        evaluate("base", base_rm, 0, "base")
+        for strategy, arm in zip(strategies, ("reform", "random")):
             out = stage(f"variants_{strategy}", generate_variants,
-                        config.variants_config(strategy, base_rm, influence["scored_path"]))
+                        config.variants_config(strategy, base_rm, influence["scored_path"]), ("influence",))
             variants[strategy] = out["stats"]
-            augment[strategy] = out["augment_path"]
-        if config.approved:
-            augment["lowest_loss"] = config.approved
-        arms = {"reform": augment["lowest_loss"]}
-        if "random" in augment:
-            arms["random"] = augment["random"]
-        checkpoints = {"base": (base_rm, 0)}
-        for arm, path in arms.items():
+            path = config.approved if arm == "reform" and config.approved else out["augment_path"]
             n = _count_lines(path)
             if n == 0:
                 run.log(f"{arm}: no inversions to add; the retrained model would equal the base — skipped")
-                done += 1
+                done += 2
                 continue
-            out = stage(f"retrain_{arm}", train_reward_model, config.retrain_config(base_rm, path))
-            checkpoints[arm] = (out["checkpoint"], n)
+            ckpt = stage(f"retrain_{arm}", train_reward_model, config.retrain_config(base_rm, path),
+                         (f"variants_{strategy}",))["checkpoint"]
+            evaluate(arm, ckpt, n, f"retrain_{arm}")
         if no_aug:
-            out = stage("retrain_no_aug", train_reward_model, config.retrain_config(base_rm, ""))
-            checkpoints["no_aug"] = (out["checkpoint"], 0)
-        models = []
-        for arm, (ckpt, n) in checkpoints.items():
-            rob = stage(f"robustness_{arm}", evaluate_robustness, config.robustness_config(ckpt))
-            models.append(ModelReport(arm, ckpt, n, rob["clean_win_rate"], rob["mean_drop"],
-                                      {p["name"]: p["drop"] for p in rob["per_perturbation"]}, rob["indicators"] or {}))
-        result = PipelineResult(models, timings, variants, time.perf_counter() - start, str(run_dir / "report.json"))
-        atomic_write_json(run_dir / "report.json", {**to_jsonable(result), "summary": result.summary_rows(),
-                                                    "drops": result.drop_rows()})
+            ckpt = stage("retrain_no_aug", train_reward_model, config.retrain_config(base_rm, ""), ("base",))["checkpoint"]
+            evaluate("no_aug", ckpt, 0, "retrain_no_aug")
+        result = write_report()
         run.write_metrics(result)
         reform = next((m for m in models if m.name == "reform"), None)
         message = f"reform mean drop {reform.mean_drop:+.3f} vs base {models[0].mean_drop:+.3f}" if reform else "no inversions found"
