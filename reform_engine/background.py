@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from typing import Any, Callable
 
 TASK_STATES = ("running", "succeeded", "failed")
+_LIVE: "weakref.WeakSet[BackgroundTask]" = weakref.WeakSet()
 
 
 class BackgroundTask:
@@ -31,6 +33,7 @@ class BackgroundTask:
         self.started_at = time.monotonic()
         self.finished_at: float | None = None
         self._thread = threading.Thread(target=self._run, args=(fn,), name=f"reform-{name}", daemon=True)
+        _LIVE.add(self)
         self._thread.start()
 
     def _report(self, done: int, total: int | None = None, message: str = "") -> None:
@@ -71,3 +74,12 @@ class BackgroundTask:
         """Block up to ``timeout`` seconds for the task; -> whether it has finished."""
         self._thread.join(timeout)
         return self.finished
+
+
+def wait_all(timeout: float | None = None) -> bool:
+    """Wait for every task still running (e.g. before the interpreter exits, so no thread is cut off
+    inside a native call); -> whether all have finished."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for task in list(_LIVE):
+        task.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    return all(t.finished for t in list(_LIVE))

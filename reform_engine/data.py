@@ -53,7 +53,7 @@ class PreferencePair:
     @property
     def prompt_text(self) -> str:
         """The prompt in HH form, for display and for HH export."""
-        return "".join(f"\n\n{'Human' if m['role'] == 'user' else 'Assistant' if m['role'] == 'assistant' else m['role'].title()}: {m['content']}" for m in self.prompt)
+        return hh_text(self.prompt)
 
     def to_hh(self) -> dict[str, str]:
         return {"chosen": f"{self.prompt_text}{ASSISTANT_TAG} {self.chosen}", "rejected": f"{self.prompt_text}{ASSISTANT_TAG} {self.rejected}"}
@@ -76,6 +76,12 @@ class PreferenceData:
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+
+def hh_text(messages: Sequence[dict[str, str]]) -> str:
+    """Chat messages as HH text ("\n\nHuman: ...\n\nAssistant: ..."); :func:`prompt_from_text` reads it back."""
+    return "".join(f"\n\n{'Human' if m['role'] == 'user' else 'Assistant' if m['role'] == 'assistant' else m['role'].title()}: "
+                   f"{m['content']}" for m in messages)
 
 
 def _row_of(pair: PreferencePair) -> int:

@@ -1,6 +1,6 @@
 import threading
 
-from reform_engine.background import BackgroundTask
+from reform_engine.background import BackgroundTask, wait_all
 
 
 def test_task_reports_progress_then_its_result():
@@ -41,3 +41,11 @@ def test_a_failing_task_keeps_the_error_and_says_what_went_wrong():
     assert task.state == "failed" and isinstance(task.error, ValueError)
     assert task.message == "ValueError: no such file"
     assert task.result is None and task.finished_at is not None
+
+
+def test_wait_all_waits_for_every_running_task():
+    gate = threading.Event()
+    tasks = [BackgroundTask(lambda report: gate.wait(), f"t{i}") for i in range(2)]
+    assert wait_all(timeout=0.01) is False
+    gate.set()
+    assert wait_all() is True and all(t.state == "succeeded" for t in tasks)

@@ -157,6 +157,9 @@ def test_prompt_from_text_keeps_hh_turns_or_makes_one_user_message():
     assert prompt_from_text("Human: Hi\n\nAssistant: Hello!\n\nHuman: Tell me a joke.") == (
         {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
         {"role": "user", "content": "Tell me a joke."})
+    from reform_engine.data import hh_text
+    turns = ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Why?"})
+    assert prompt_from_text(hh_text(turns)) == turns and prompt_from_text(hh_text(turns).strip()) == turns
     with pytest.raises(DataError, match="empty"):
         prompt_from_text("   ")
     with pytest.raises(DataError, match="Human"):
