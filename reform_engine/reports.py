@@ -10,8 +10,9 @@ Results come from the run directories the store points at: a ``pipeline`` or ``r
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,6 @@ from .robustness import RobustnessConfig, evaluate_robustness
 from .runs import atomic_write_json, job_run, read_json, to_jsonable
 from .runtime import set_cpu_threads
 from .training import TrainRewardConfig, train_reward_model
-
-EXPORT_FORMATS = ("jsonl", "parquet")
 
 
 # --------------------------------------------------------------------------- the base's recipe
@@ -67,7 +64,7 @@ def held_out_rows(train_rows: str) -> str:
 class RetrainConfig:
     # what
     base_rm: str                            # the base checkpoint directory
-    augment_data: str                       # the approved pairs, TRL rows (export_approved writes them)
+    augment_data: str                       # the approved pairs, TRL rows (curation.export_approved)
     mode: str = "scratch"                   # scratch: the base's recipe and seed on original + approved pairs;
                                             # finetune: continue the base on them
     data: str = ""                          # the original pairs; '' = the base's own (from its run's config.json)
@@ -162,19 +159,3 @@ def run_retrain(config: RetrainConfig, run_dir: str | Path) -> PipelineResult:
                        message=f"mean drop {new.mean_drop:+.3f} retrained vs {base.mean_drop:+.3f} base; "
                                f"clean accuracy {new.clean_accuracy:.3f} vs {base.clean_accuracy:.3f}")
         return result
-
-
-# --------------------------------------------------------------------------- curated pairs to a file
-
-def export_approved(store, directory: str | Path, fmt: str = "jsonl", stem: str = "approved") -> tuple[Path, int]:
-    """Write the store's approved pairs as TRL rows to a new timestamped file in ``directory`` ->
-    (path, rows). Raises ValueError when nothing is approved yet (an empty file trains nothing)."""
-    if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"format {fmt!r}; use one of {EXPORT_FORMATS}")
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    path = Path(directory).expanduser() / f"{stem}-{stamp}.{fmt}"
-    n = store.export_trl(path)
-    if n == 0:
-        path.unlink(missing_ok=True)
-        raise ValueError("no approved pairs yet; approve inversions on the Curation page first")
-    return path, n

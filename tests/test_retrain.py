@@ -2,17 +2,11 @@ import json
 
 import pytest
 
-from reform_engine.data import load_preferences, write_jsonl
-from reform_engine.decoding import DecodingResult
-from reform_engine.influence import ScoredPair
-from reform_engine.inversions import make_variant
-from reform_engine.retrain import RetrainConfig, base_training_config, export_approved, held_out_rows, run_retrain
+from reform_engine.data import write_jsonl
+from reform_engine.retrain import RetrainConfig, base_training_config, held_out_rows, run_retrain
 from reform_engine.reward_model import RewardModelSpec, build_reward_model
-from reform_engine.store import Store
 from reform_engine.tiny import save_tiny_model
 from reform_engine.training import TrainRewardConfig, train_reward_model
-
-from conftest import make_pair
 
 
 @pytest.fixture()
@@ -88,27 +82,8 @@ def test_held_out_rows():
     assert held_out_rows("") == "" and held_out_rows("10:") == ""
 
 
-def test_export_approved_writes_trl_rows_and_refuses_an_empty_export(tmp_path):
-    store = Store(tmp_path / "reform.duckdb")
-    with pytest.raises(ValueError, match="no approved pairs"):
-        export_approved(store, tmp_path / "out")
-    assert not list((tmp_path / "out").glob("*"))
-    source = ScoredPair(make_pair(1, "Q?", "Good answer.", "Bad answer."), 2.0, 0.5, 0.2, 1)
-    variant = make_variant(source, DecodingResult(source.pair.prompt, "lower", "fast", [1, 2], "Looks fine."), -1.0)
-    (vid,) = store.add_variants([variant.to_record()])
-    store.decide(vid, "approve", note="clear case")
-    path, n = export_approved(store, tmp_path / "out")
-    assert n == 1 and path.parent == tmp_path / "out" and path.suffix == ".jsonl"
-    assert json.loads(path.read_text()) == {"prompt": [{"role": "user", "content": "Q?"}], "chosen": "Looks fine.",
-                                            "rejected": "Bad answer."}
-    parquet, n = export_approved(store, tmp_path / "out", fmt="parquet")
-    assert n == 1 and load_preferences(str(parquet)).pairs[0].chosen == "Looks fine."
-    with pytest.raises(ValueError, match="format 'csv'"):
-        export_approved(store, tmp_path / "out", fmt="csv")
-
-
 def test_retrain_job_trains_evaluates_both_and_resumes(base_run, approved_file, tmp_path):
-    config, checkpoint = base_run
+    _, checkpoint = base_run
     cfg = RetrainConfig(base_rm=checkpoint, augment_data=approved_file, eval_rows="6:", perturbations="verbosity,capitalization",
                         eval_max_length=256, device="cpu")
     result = run_retrain(cfg, tmp_path / "run")
