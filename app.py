@@ -16,6 +16,8 @@ pages = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("pages/influential.py", title="Influential samples", icon=":material/target:"),
     st.Page("pages/decoding.py", title="Controlled decoding", icon=":material/route:"),
+    st.Page("pages/curation.py", title="Curation", icon=":material/fact_check:"),
+    st.Page("pages/retrain.py", title="Retrain & evaluate", icon=":material/model_training:"),
     st.Page("pages/explorer.py", title="Reward explorer", icon=":material/query_stats:"),
     st.Page("pages/data_browser.py", title="Data", icon=":material/table:"),
 ]
@@ -25,6 +27,7 @@ s = settings()
 with st.sidebar:
     st.caption(f"Policy: `{short(s.policy, 40)}`  \nRM: `{short(s.reward_model or 'none', 40)}`  \n"
                f"Data: `{short(s.data, 40)}`" + (f" rows `{s.rows}`" if s.rows else ""))
-    if pending_variants():
-        st.caption(f"{len(pending_variants())} variant(s) waiting for curation")
+    waiting = len(pending_variants())
+    if waiting:
+        st.caption(f"{waiting} variant(s) waiting for curation")
 page.run()

@@ -27,7 +27,7 @@ from reform_engine.data import DEMO_PATH, DataError, PreferencePair
 SCORE_MAX_LENGTH = 1024      # tokens when scoring pairs and variants, as the CLI jobs do (prompt cut from the left)
 UPLOAD_LIMIT_MB = 200        # also server.maxUploadSize in .streamlit/config.toml
 SETTINGS_KEY = "app_settings"
-PENDING_KEY = "curation_pending"
+PENDING_KEY = "curation_pending"      # this tab's hand-offs to curation (the queue is in the store)
 
 
 # --------------------------------------------------------------------------- settings
@@ -290,23 +290,47 @@ def pair_rewards(pair: PreferencePair) -> tuple[float, float]:
     return _pair_rewards(s.reward_model, _stamp(s.reward_model), s.device, pair.prompt, pair.chosen, pair.rejected)
 
 
-# --------------------------------------------------------------------------- curation hand-off
+# --------------------------------------------------------------------------- the project database and the curation hand-off
+
+@st.cache_resource(show_spinner=False)
+def _store(path: str):
+    from reform_engine.store import Store
+
+    return Store(path)  # holds no connection: one instance serves every session and thread
+
+
+def project_store(stop: bool = True):
+    """The project's DuckDB store (``<project dir>/reform.duckdb``). When it cannot be opened: a message
+    on the page and the end of this run (``stop=False``: None)."""
+    import duckdb
+
+    path = Path(settings().project_dir).expanduser().resolve() / "reform.duckdb"
+    try:
+        return _store(str(path))
+    except (ValueError, OSError, duckdb.Error) as exc:
+        show_error(exc, f"Project database {path}")
+        if stop:
+            st.stop()
+        return None
+
 
 def send_to_curation(record: dict) -> int:
-    """Queue a variant (``Variant.to_record()``) for human review; -> how many are queued.
-
-    TODO(issue 6, store): write it with ``Store(default_store_path()).add_variants([record])`` once
-    reform_engine/store.py lands, and let the Curation page list it; until then it lives in this
-    browser session only."""
-    pending = st.session_state.setdefault(PENDING_KEY, [])
-    key = (record["pair_id"], record["direction"], record["text"])
-    if all((r["pair_id"], r["direction"], r["text"]) != key for r in pending):
-        pending.append(record)
-    return len(pending)
+    """Store a variant (``Variant.to_record()``) in the project database for review -> how many
+    variants wait for a decision. Sending the same variant again keeps its one row. This tab's
+    hand-offs (without their decoding steps, with their store id) are also listed in session state."""
+    (variant_id,) = project_store().add_variants([record])
+    sent = st.session_state.setdefault(PENDING_KEY, [])
+    if all(r["id"] != variant_id for r in sent):
+        sent.append({"id": variant_id, **{k: v for k, v in record.items() if k != "steps"}})
+    return len(pending_variants())
 
 
 def pending_variants() -> list[dict]:
-    return st.session_state.get(PENDING_KEY, [])
+    """The Curation page's queue: variants waiting for a decision (from every tab and job), oldest first."""
+    from reform_engine.curation import queue
+
+    store = project_store(stop=False)
+    return [] if store is None else queue(store).to_dict("records")
 
 
 # --------------------------------------------------------------------------- drawing helpers
@@ -316,7 +340,7 @@ def show_error(exc: BaseException | None, what: str = "") -> None:
     if exc is None:
         return
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    if isinstance(exc, DataError):
+    if isinstance(exc, DataError) or getattr(exc, "fix", ""):  # the engine's own errors: message and fix
         message = str(exc)
     elif not isinstance(exc, (ValueError, OSError)):
         message = f"{type(exc).__name__}: {message}"

@@ -141,8 +141,11 @@ st.caption("score = " + ("−" if v.direction == "lower" else "+") + f"reward + 
 
 # ------------------------------------------------------------------ hand-off to curation
 if st.button("Send to curation", key="decoding_send", disabled=not v.text.strip()):
-    n = send_to_curation(v.to_record())
-    st.success(f"Queued for curation ({n} waiting).")
+    try:
+        n = send_to_curation(v.to_record())  # stored in the project database at once
+        st.success(f"Queued for curation ({n} waiting).")
+    except ValueError as exc:  # StoreError: e.g. an oversized text, or the database busy past its timeout
+        show_error(exc, "Not queued")
 pending = pending_variants()
 if pending:
     with st.expander(f"Waiting for curation ({len(pending)})"):

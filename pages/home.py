@@ -1,11 +1,68 @@
 """Home / setup: the policy, the reward model and the data in use, how good the RM is on that data
-(with the length-only baselines), and the switches for all three."""
+(with the length-only baselines), and the switches for all three. Without an RM, a base RM is
+trained here as a background job."""
+from pathlib import Path
+
 import streamlit as st
 
-from pages._shared import (SCORE_MAX_LENGTH, UPLOAD_LIMIT_MB, require, require_data, require_policy, require_rm,
+from pages._jobs import live_jobs
+from pages._shared import (SCORE_MAX_LENGTH, UPLOAD_LIMIT_MB, project_store, require, require_data, require_policy, require_rm,
                            rm_exists, scoring_task, settings, show_error, update_settings)
-from reform_engine.data import DEMO_PATH, DataError, save_upload
+from reform_engine.data import DEMO_PATH, DataError, parse_rows, save_upload
 from reform_engine.evaluation import pairwise_metrics
+from reform_engine.jobs import ACTIVE, start_job
+from reform_engine.reports import latest_job, log_tail
+from reform_engine.training import TrainRewardConfig
+
+BASE_RUN = "base-rm"    # <project>/runs/base-rm/checkpoint is the default reward model (pages/_shared.py)
+
+
+def train_base_rm(s) -> None:
+    """No RM yet: train one on the data in use as a background job, with live progress."""
+    store = project_store()
+    run_dir = Path(s.project_dir) / "runs" / BASE_RUN
+    job = latest_job(store, "train-rm", run_dir)
+    if job is not None and job["state"] in ACTIVE:
+        st.info("Training a base reward model in the background; it is used here as soon as it is done.")
+        if live_jobs("home", job_ids=[job["id"]]):
+            return
+        job = store.get_job(job["id"])
+    if job is not None and job["state"] == "succeeded" and rm_exists(str(run_dir / "checkpoint")):
+        update_settings(reward_model=str(Path(job["run_dir"]) / "checkpoint"))
+        st.rerun()
+    if job is not None and job["state"] in ("failed", "cancelled"):
+        st.error(f"The last base training (job #{job['id']}) {job['state']}: {job['message']}")
+        with st.expander("Its log"):
+            st.code(log_tail(job) or "(nothing logged)", language=None)
+    st.info("There is no reward model yet. Train a base RM on the data in use: it runs as a background job "
+            "(you can leave this page), and becomes the reward model of every page when it is done.")
+    defaults = TrainRewardConfig()
+    c = st.columns(4)
+    backbone = c[0].text_input("Backbone (model id or directory)", value=s.policy, key="home_train_model",
+                               help="the policy by default: decoding is fastest when policy and RM share their layers")
+    rows = c[1].text_input("Training rows ('start:end', empty = all)", value=s.rows, key="home_train_rows",
+                           help="hold out the rest for evaluating robustness later, e.g. 0:132 of the demo set")
+    finetune = c[2].selectbox("Fine-tuning", ["lora", "head", "full"], key="home_train_finetune")
+    lora_layers = c[3].number_input("LoRA on the top N layers (0 = all)", 0, 200, defaults.lora_layers, key="home_train_lora_layers")
+    c = st.columns(4)
+    epochs = c[0].number_input("Epochs", 1, 100, defaults.epochs, key="home_train_epochs")
+    max_steps = c[1].number_input("Max steps (0 = the epochs decide)", 0, 1_000_000, 0, key="home_train_max_steps")
+    batch_size = c[2].number_input("Batch size (pairs)", 1, 512, defaults.batch_size, key="home_train_batch")
+    lr = c[3].number_input("Learning rate", 1e-7, 1.0, defaults.lr, step=1e-5, format="%.1e", key="home_train_lr")
+    max_length = st.number_input("Max tokens per sequence", 16, 32_768, defaults.max_length, key="home_train_max_length")
+    if st.button("Train a base reward model", type="primary", key="home_train"):
+        try:
+            parse_rows(rows.strip())
+            config = TrainRewardConfig(data=s.data, train_rows=rows.strip(), model=backbone.strip() or s.policy, finetune=finetune,
+                                       lora_layers=int(lora_layers), epochs=int(epochs), max_steps=int(max_steps),
+                                       batch_size=int(batch_size), lr=float(lr), max_length=int(max_length), device=s.device)
+            start_job(store, "train-rm", config, run_dir=run_dir)
+            st.rerun()
+        except ValueError as exc:  # StoreError and DataError too: a bad knob, or a run still using the directory
+            show_error(exc, "Not started")
+    with st.expander("Or from a terminal"):
+        st.code(f"python -m reform_engine train-rm --data {s.data} --run-dir {run_dir}", language="bash")
+
 
 st.title("REFORM workbench")
 st.write("Find where your reward model is wrong, curate the evidence, and retrain it (REFORM, arXiv 2507.06419): "
@@ -38,15 +95,7 @@ if loaded is not None:
 
 st.subheader("Reward model on this data")
 if not rm_exists(s.reward_model):
-    st.info("There is no reward model yet. Train a base RM on this data, then come back.")
-    # ------------------------------------------------------------------------------------------------
-    # TODO(issue 6, jobs): "Train base RM" as a background job with live progress, once jobs.py lands:
-    #   job = start_job(Store(default_store_path()), "train-rm", TrainRewardConfig(data=s.data, ...),
-    #                   run_dir=<project_dir>/runs/base-rm)
-    #   then a st.fragment(run_every=2) panel that calls refresh_job(store, job) and draws its progress,
-    #   with cancel_job(store, job) behind a button; on success the RM path below is the checkpoint.
-    # ------------------------------------------------------------------------------------------------
-    st.code(f"python -m reform_engine train-rm --data {s.data} --run-dir {s.project_dir}/runs/base-rm", language="bash")
+    train_base_rm(s)
 elif rm is not None and loaded is not None:
     scored = require(scoring_task(), "Scoring the data with the reward model", stop=False)
     if scored is not None:

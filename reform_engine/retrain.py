@@ -127,6 +127,10 @@ def _count_pairs(path: str) -> int:
     return len(load_preferences(path, skip_invalid=True).pairs)
 
 
+def _log_stage(run, timing, what: str) -> None:
+    run.log(f"stage {timing.name}: {'reused' if timing.reused else 'ran'} ({timing.seconds:.0f} s); {what}")
+
+
 def run_retrain(config: RetrainConfig, run_dir: str | Path) -> PipelineResult:
     """Retrain, then evaluate base and retrained; writes ``report.json`` (the pipeline's format, models
     ``base`` and ``retrained``) in ``run_dir``."""
@@ -141,6 +145,7 @@ def run_retrain(config: RetrainConfig, run_dir: str | Path) -> PipelineResult:
         run.progress(0, total, stage="retrain", message=f"stage 1/{total}: retrain ({n_new} approved pairs added)")
         trained = run_stage(run_dir, "retrain", train_reward_model, training, timings)
         reuse = timings[-1].reused  # the retrained RM's evaluation reads its checkpoint: re-run when it is new
+        _log_stage(run, timings[-1], f"{trained['train_pairs']} training pairs ({n_new} approved), {trained['steps']} steps")
         checkpoints = {"base": (str(Path(config.base_rm).expanduser()), 0), "retrained": (trained["checkpoint"], n_new)}
         models = []
         for i, (arm, (ckpt, n)) in enumerate(checkpoints.items(), start=1):
@@ -148,6 +153,7 @@ def run_retrain(config: RetrainConfig, run_dir: str | Path) -> PipelineResult:
             run.progress(i, total, stage=name, message=f"stage {i + 1}/{total}: {name}")
             rob = run_stage(run_dir, name, evaluate_robustness, config.robustness_config(ckpt, training), timings,
                             reuse=reuse or arm == "base")  # the base's evaluation does not depend on the retraining
+            _log_stage(run, timings[-1], f"clean win rate {rob['clean_win_rate']:.3f}, mean drop {rob['mean_drop']:+.3f}")
             models.append(ModelReport(arm, ckpt, n, rob["clean_win_rate"], rob["mean_drop"],
                                       {p["name"]: p["drop"] for p in rob["per_perturbation"]}, rob["indicators"] or {}))
         result = PipelineResult(models, timings, {}, time.perf_counter() - start, str(run_dir / "report.json"))
