@@ -202,3 +202,23 @@ def test_data_page_shows_pairs_and_reports_a_bad_path(env):
     assert len(at.dataframe) == 1
     at.text_input(key="data_path").set_value("/nonexistent/pairs.jsonl").run()
     assert not at.exception and "no such file" in at.error[0].value
+
+
+def test_a_policy_that_cannot_load_is_a_message_with_retry_not_a_traceback(env, monkeypatch, tmp_path):
+    monkeypatch.setenv("REFORM_POLICY", str(tmp_path / "no-such-policy"))
+    at = settle(AppTest.from_file(APP, default_timeout=120))
+    assert any("no model directory" in e.value for e in at.error), [e.value for e in at.error]
+    at.button(key="app_retry_policy").click()
+    at = settle(at)
+    assert any("no model directory" in e.value for e in at.error)
+    at = settle(at, "pages/decoding.py")  # a page that needs the policy stops with the same message
+    assert any("no model directory" in e.value for e in at.error) and not at.get("plotly_chart")
+
+
+def test_settings_come_from_the_environment():
+    from pages._shared import default_settings
+
+    s = default_settings({"REFORM_POLICY": "/m/policy", "REFORM_PROJECT_DIR": "/p", "REFORM_ROWS": "0:10"})
+    assert (s.policy, s.reward_model, s.project_dir, s.rows, s.device) == ("/m/policy", "/p/runs/base-rm/checkpoint", "/p",
+                                                                           "0:10", "auto")
+    assert default_settings({}).data.endswith("data/demo_pairs.jsonl") and default_settings({}).policy == "smollm2-135m-instruct"
