@@ -105,6 +105,21 @@ def test_home_upload_is_validated_and_used(env):
     at = settle(at)
     assert any("no file chosen" in e.value for e in at.error)
 
+    rows = "".join(json.dumps({"prompt": f"Q{i}?", "chosen": "A careful answer.", "rejected": "No."}) + "\n" for i in range(3))
+    at.file_uploader(key="home_upload").set_value(("../../my pairs.exe", rows.encode(), "application/octet-stream"))
+    at.get("form_submit_button")[0].click()
+    at = settle(at)
+    assert any("unknown file type" in e.value for e in at.error)
+    at.file_uploader(key="home_upload").set_value(("../../my pairs.jsonl", b"not json\n", "application/json"))
+    at.get("form_submit_button")[0].click()
+    at = settle(at)
+    assert any("not valid JSON" in e.value for e in at.error), [e.value for e in at.error]  # validated like any file
+    at.file_uploader(key="home_upload").set_value(("../../my pairs.jsonl", rows.encode(), "application/json"))
+    at.get("form_submit_button")[0].click()
+    at = settle(at)
+    kept = Path(at.session_state["app_settings"].data)
+    assert kept.name == "my_pairs.jsonl" and kept.parent.name == "uploads" and metrics(at)["Pairs"] == "3"
+
 
 def test_home_without_a_reward_model_says_how_to_train_one(env, monkeypatch, tmp_path):
     monkeypatch.setenv("REFORM_REWARD_MODEL", str(tmp_path / "nothing-here"))
