@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -87,17 +88,30 @@ def _stamp(path: str) -> int:
 
 # --------------------------------------------------------------------------- background loading (cached per process)
 
+_LOAD_LOCK = threading.Lock()  # one model load at a time: transformers' lazy imports are not thread-safe
+
+
+def _warm_imports() -> None:
+    """Resolve the lazily imported transformers names once, under the lock, before threads race for them."""
+    import transformers
+
+    for name in ("AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification", "AutoTokenizer",
+                 "DynamicCache", "PreTrainedTokenizerFast"):
+        getattr(transformers, name)
+
 @st.cache_resource(show_spinner=False)
 def _policy_task(name: str, device: str) -> BackgroundTask:
     def load(report):
         from reform_engine.models import DEFAULT_MODEL, converted_default_dir, load_causal_lm, load_tokenizer
 
-        if name in (DEFAULT_MODEL, "default") and not (converted_default_dir() / "model.safetensors").is_file():
-            report(0, None, "converting the packaged SmolLM2 GGUF to safetensors (once, about a minute)")
-        else:
-            report(0, None, f"loading {name}")
-        model = load_causal_lm(name, device=device)
-        return model, load_tokenizer(name)
+        with _LOAD_LOCK:
+            _warm_imports()
+            if name in (DEFAULT_MODEL, "default") and not (converted_default_dir() / "model.safetensors").is_file():
+                report(0, None, "converting the packaged SmolLM2 GGUF to safetensors (once, about a minute)")
+            else:
+                report(0, None, f"loading {name}")
+            model = load_causal_lm(name, device=device)
+            return model, load_tokenizer(name)
     return BackgroundTask(load, "policy")
 
 
@@ -107,14 +121,17 @@ def _rm_task(path: str, stamp: int, device: str) -> BackgroundTask:
         from reform_engine.models import DEFAULT_MODEL, converted_default_dir
         from reform_engine.reward_model import SPEC_FILE, RewardModelSpec, load_reward_model
 
-        spec_file = Path(path).expanduser() / SPEC_FILE
-        if spec_file.is_file():
-            import json
-            base = RewardModelSpec(**json.loads(spec_file.read_text())).base_model
-            if base in (DEFAULT_MODEL, "default") and not (converted_default_dir() / "model.safetensors").is_file():
-                report(0, None, "converting the packaged SmolLM2 GGUF to safetensors (once, about a minute)")
-        report(0, None, f"loading the reward model {path}")
-        return load_reward_model(path, device=device)
+        report(0, None, "waiting for the other model to load")
+        with _LOAD_LOCK:
+            _warm_imports()
+            spec_file = Path(path).expanduser() / SPEC_FILE
+            report(0, None, f"loading the reward model {path}")
+            if spec_file.is_file():
+                import json
+                base = RewardModelSpec(**json.loads(spec_file.read_text())).base_model
+                if base in (DEFAULT_MODEL, "default") and not (converted_default_dir() / "model.safetensors").is_file():
+                    report(0, None, "converting the packaged SmolLM2 GGUF to safetensors (once, about a minute)")
+            return load_reward_model(path, device=device)
     return BackgroundTask(load, "reward-model")
 
 

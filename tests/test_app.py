@@ -105,6 +105,21 @@ def test_home_upload_is_validated_and_used(env):
     at = settle(at)
     assert any("no file chosen" in e.value for e in at.error)
 
+    rows = "".join(json.dumps({"prompt": f"Q{i}?", "chosen": "A careful answer.", "rejected": "No."}) + "\n" for i in range(3))
+    at.file_uploader(key="home_upload").set_value(("../../my pairs.exe", rows.encode(), "application/octet-stream"))
+    at.get("form_submit_button")[0].click()
+    at = settle(at)
+    assert any("unknown file type" in e.value for e in at.error)
+    at.file_uploader(key="home_upload").set_value(("../../my pairs.jsonl", b"not json\n", "application/json"))
+    at.get("form_submit_button")[0].click()
+    at = settle(at)
+    assert any("not valid JSON" in e.value for e in at.error), [e.value for e in at.error]  # validated like any file
+    at.file_uploader(key="home_upload").set_value(("../../my pairs.jsonl", rows.encode(), "application/json"))
+    at.get("form_submit_button")[0].click()
+    at = settle(at)
+    kept = Path(at.session_state["app_settings"].data)
+    assert kept.name == "my_pairs.jsonl" and kept.parent.name == "uploads" and metrics(at)["Pairs"] == "3"
+
 
 def test_home_without_a_reward_model_says_how_to_train_one(env, monkeypatch, tmp_path):
     monkeypatch.setenv("REFORM_REWARD_MODEL", str(tmp_path / "nothing-here"))
@@ -202,3 +217,23 @@ def test_data_page_shows_pairs_and_reports_a_bad_path(env):
     assert len(at.dataframe) == 1
     at.text_input(key="data_path").set_value("/nonexistent/pairs.jsonl").run()
     assert not at.exception and "no such file" in at.error[0].value
+
+
+def test_a_policy_that_cannot_load_is_a_message_with_retry_not_a_traceback(env, monkeypatch, tmp_path):
+    monkeypatch.setenv("REFORM_POLICY", str(tmp_path / "no-such-policy"))
+    at = settle(AppTest.from_file(APP, default_timeout=120))
+    assert any("no model directory" in e.value for e in at.error), [e.value for e in at.error]
+    at.button(key="app_retry_policy").click()
+    at = settle(at)
+    assert any("no model directory" in e.value for e in at.error)
+    at = settle(at, "pages/decoding.py")  # a page that needs the policy stops with the same message
+    assert any("no model directory" in e.value for e in at.error) and not at.get("plotly_chart")
+
+
+def test_settings_come_from_the_environment():
+    from pages._shared import default_settings
+
+    s = default_settings({"REFORM_POLICY": "/m/policy", "REFORM_PROJECT_DIR": "/p", "REFORM_ROWS": "0:10"})
+    assert (s.policy, s.reward_model, s.project_dir, s.rows, s.device) == ("/m/policy", "/p/runs/base-rm/checkpoint", "/p",
+                                                                           "0:10", "auto")
+    assert default_settings({}).data.endswith("data/demo_pairs.jsonl") and default_settings({}).policy == "smollm2-135m-instruct"
