@@ -79,13 +79,12 @@ def history(key: str, kinds: Sequence[str] | None = None) -> None:
         "created_at": st.column_config.DatetimeColumn("created (UTC)"),
         "finished_at": st.column_config.DatetimeColumn("finished (UTC)")})
     ids = [int(i) for i in frame["id"]]
-    picked = st.selectbox("Job details", ids, key=f"{key}_job",
-                          format_func=lambda i: f"#{i} {frame.loc[frame['id'] == i, 'kind'].iloc[0]} · "
-                                                f"{frame.loc[frame['id'] == i, 'state'].iloc[0]}")
+    kinds_of = dict(zip(ids, frame["kind"]))  # no state in the label: it changes under a drawn picker, whose label then went stale in the browser
+    picked = st.selectbox("Job details", ids, key=f"{key}_job", format_func=lambda i: f"#{i} {kinds_of[i]}")
     if picked is None:
         return
     job = store.get_job(picked)
-    st.caption(f"Run directory `{job['run_dir']}` · {job['message']}")
+    st.caption(f"{STATE_ICON.get(job['state'], '')} {job['state']} · run directory `{job['run_dir']}` · {job['message']}")
     c1, _ = st.columns([1, 5])
     if job["state"] in ACTIVE and c1.button("Cancel", key=f"{key}_history_cancel"):
         cancel_job(store, picked, grace=5.0)

@@ -17,7 +17,26 @@ from reform_engine.inversions import GenerateVariantsConfig
 from reform_engine.jobs import start_job
 
 FLASH_KEY = "curation_flash"
+ERROR_KEY = "curation_error"
 STATUS_FILTERS = {"pending": "waiting for a decision", "approved": "approved", "rejected": "rejected", "all": "all"}
+
+
+def decide(variant_id: int, action: str, shown_text: str, shown_decisions: int) -> None:
+    """Write the decision at once (a button callback, so it runs before the page is drawn again)."""
+    store = project_store()
+    decision, edited = decision_for(shown_text, st.session_state.get("curation_text", shown_text)) if action == "approve" \
+        else ("reject", None)
+    try:
+        now = store.get_variant(variant_id)
+        store.decide(variant_id, decision, edited, st.session_state.get("curation_note", ""))
+    except ValueError as exc:  # StoreError: an empty or oversized text, an edit equal to the other response
+        st.session_state[ERROR_KEY] = exc
+        return
+    word = {"approve": "Approved", "edit": "Approved (edited)", "reject": "Rejected"}[decision]
+    meanwhile = len(now["history"]) > shown_decisions
+    st.session_state[FLASH_KEY] = f"{word} variant #{variant_id}." + (
+        f" It had been {now['status']} meanwhile in another tab; this decision is now the latest." if meanwhile else "")
+
 
 st.title("Curation")
 s = settings()
@@ -33,6 +52,7 @@ c[3].caption("The queue holds the true inversions of the batch jobs and every va
 flash = st.session_state.pop(FLASH_KEY, None)
 if flash:
     st.success(flash)
+show_error(st.session_state.pop(ERROR_KEY, None), "Not stored")
 
 # ------------------------------------------------------------------ batch generation (a background job)
 running = live_jobs("curation", kinds=["variants"])
@@ -89,7 +109,7 @@ else:
     st.session_state.curation_ticked = ticked
     if st.session_state.get("curation_variant") not in ids:
         st.session_state.pop("curation_variant", None)
-    label = {int(r["id"]): f"#{r['id']} · {r['pair_id']} · {r['direction']} · {r['status']}" for _, r in frame.iterrows()}
+    label = {int(r["id"]): f"#{r['id']} · {r['pair_id']} · {r['direction']}" for _, r in frame.iterrows()}  # no status: it changes
     vid = st.selectbox("Variant", ids, format_func=label.get, key="curation_variant")
     v = store.get_variant(vid)
 
@@ -129,29 +149,15 @@ else:
     st.markdown(f"**Status: {v['status']}**" + (f" ({v['decision']}, note: {v['note']!r})" if v["decision"] else ""))
     text = st.text_area("Variant text: edit it before approving if it needs it (the edit is stored, the original kept)",
                         key="curation_text", height=120, disabled=not v["is_inversion"])
-    note = st.text_input("Note (optional: why)", key="curation_note")
-    decision, edited = decision_for(v["text"], text) if v["is_inversion"] else ("reject", None)
-    if edited is not None:
+    st.text_input("Note (optional: why)", key="curation_note")
+    if v["is_inversion"] and decision_for(v["text"], text)[1] is not None:
         st.caption("The text is edited: approving stores the edited text.")
+    # callbacks bound to the variant drawn here: a click counts even when, by the time it arrives, another tab's
+    # decision has moved this variant out of the list being shown
     c1, c2, _ = st.columns([1, 1, 4])
-    approve = c1.button("Approve edited text" if edited is not None else "Approve", type="primary", key="curation_approve",
-                        disabled=not v["is_inversion"])
-    reject = c2.button("Reject", key="curation_reject")
-    if approve or reject:
-        if reject:
-            decision, edited = "reject", None
-        seen = st.session_state.get("curation_seen")
-        meanwhile = seen is not None and seen[0] == vid and len(v["history"]) > seen[1]
-        try:
-            store.decide(vid, decision, edited, note)
-        except ValueError as exc:  # StoreError: an empty or oversized text, an edit equal to the other response
-            show_error(exc, "Not stored")
-        else:
-            word = {"approve": "Approved", "edit": "Approved (edited)", "reject": "Rejected"}[decision]
-            st.session_state[FLASH_KEY] = f"{word} variant #{vid}." + (
-                f" It had been {v['status']} meanwhile in another tab; this decision is now the latest." if meanwhile else "")
-            st.rerun()
-    st.session_state.curation_seen = (vid, len(v["history"]))
+    c1.button("Approve", type="primary", key="curation_approve", disabled=not v["is_inversion"], on_click=decide,
+              args=(vid, "approve", v["text"], len(v["history"])))
+    c2.button("Reject", key="curation_reject", on_click=decide, args=(vid, "reject", v["text"], len(v["history"])))
     if v["history"]:
         with st.expander(f"Decision history ({len(v['history'])})"):
             st.dataframe(pd.DataFrame(v["history"]), hide_index=True, key="curation_history")

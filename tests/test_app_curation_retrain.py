@@ -129,7 +129,7 @@ def test_curation_lists_stored_inversions_and_writes_every_decision_to_the_datab
 
     at = settle(AppTest.from_file(APP, default_timeout=120), "pages/curation.py")
     assert {m.label: m.value for m in at.metric}["Waiting"] == "2"
-    assert at.selectbox(key="curation_variant").options == [f"#{low} · t:0 · lower · pending", f"#{high} · t:1 · raise · pending"]
+    assert at.selectbox(key="curation_variant").options == [f"#{low} · t:0 · lower", f"#{high} · t:1 · raise"]
     codes = [c.value for c in at.code]
     assert "Sure, happy to help." in codes and "No. Go away!!" in codes and "Ok Ok" in codes
     assert len(at.get("plotly_chart")) == 1  # the variant's running reward while decoding
@@ -309,3 +309,23 @@ def test_retrain_page_starts_and_cancels_a_pipeline(env):
     at.run()
     assert Store(env["db"]).get_job(job)["state"] == "cancelled" and not job_progress(at)
     assert table(at, "minutes")["state"].tolist() == ["⏹️ cancelled"]
+
+
+def test_two_tabs_deciding_at_once_lose_nothing(env):
+    store = Store(env["db"])
+    first, second = store.add_variants([variant_record(0, "lower", -1.0, "Ok Ok"), variant_record(1, "raise", 3.0, "Whatever.")])
+    tabs = [settle(AppTest.from_file(APP, default_timeout=120), "pages/curation.py") for _ in range(2)]
+    tabs[1].selectbox(key="curation_variant").set_value(second)
+    tabs[1] = settle(tabs[1])
+    tabs[0].button(key="curation_approve").click()   # tab 0 approves the first
+    tabs[1].button(key="curation_reject").click()    # tab 1, drawn before that, rejects the second
+    tabs = [settle(t) for t in tabs]
+    assert decisions(env["db"]) == [(first, "approve", None, ""), (second, "reject", None, "")]
+    # tab 0 still shows the second as pending; its decision lands after tab 1's and says so
+    assert tabs[0].selectbox(key="curation_variant").value == second
+    tabs[0].text_input(key="curation_note").set_value("on second thought, fine")
+    tabs[0].button(key="curation_approve").click()
+    tabs[0] = settle(tabs[0])
+    assert any("It had been rejected meanwhile in another tab" in s.value for s in tabs[0].success)
+    assert [h["decision"] for h in store.get_variant(second)["history"]] == ["reject", "approve"]
+    assert store.get_variant(second)["status"] == "approved"
