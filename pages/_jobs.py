@@ -68,6 +68,7 @@ def draw_job(job: dict, key: str) -> None:
 def history(key: str, kinds: Sequence[str] | None = None) -> None:
     """The run history (newest first) and, for a picked job, its config, log tail, re-run and cancel."""
     store = project_store()
+    _active(store, kinds, None)  # bring running jobs up to date, whichever page started them
     frame = history_frame(store, kinds)
     if frame.empty:
         st.caption("No jobs yet.")

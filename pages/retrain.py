@@ -10,7 +10,7 @@ import streamlit as st
 from pages._jobs import history, live_jobs
 from pages._shared import project_store, rm_exists, settings, short, show_error
 from reform_engine.curation import export_approved
-from reform_engine.data import DEMO_PATH
+from reform_engine.data import DEMO_PATH, parse_rows
 from reform_engine.jobs import start_job
 from reform_engine.perturbations import PERTURBATIONS
 from reform_engine.pipeline import PipelineConfig
@@ -139,6 +139,7 @@ with tab_pipeline:
     p_perturbations = perturbation_picker("pipeline_perturbations")
     if st.button("Run the pipeline", type="primary", key="pipeline_start"):
         try:
+            parse_rows(p_train_rows), parse_rows(p_eval_rows)  # the job would only find out when it reads the data
             approved = str(export_approved(store, Path(s.project_dir) / "curated")[0]) if use_approved else ""
             config = PipelineConfig(data=s.data, train_rows=p_train_rows, eval_rows=p_eval_rows,
                                     base_rm=s.reward_model if use_base else "", model=s.policy, policy=s.policy,
@@ -160,6 +161,7 @@ with tab_eval:
         try:
             if not rm_exists(e_rm):
                 raise ValueError(f"no reward model at {e_rm}; give a checkpoint directory written by train-rm")
+            parse_rows(e_rows)
             config = RobustnessConfig(reward_model=e_rm, data=e_data, rows=e_rows, perturbations=e_perturbations, device=s.device)
             started(start_job(store, "robustness", config), f"robustness of {short(e_rm, 60)}")
         except ValueError as exc:

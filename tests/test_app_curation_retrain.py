@@ -310,6 +310,16 @@ def test_retrain_page_starts_and_cancels_a_pipeline(env):
     assert Store(env["db"]).get_job(job)["state"] == "cancelled" and not job_progress(at)
     assert table(at, "minutes")["state"].tolist() == ["⏹️ cancelled"]
 
+    at.text_input(key="robustness_rm").set_value("/no/such/rm")
+    at.button(key="robustness_start").click()
+    at.run()
+    assert any("Not started: no reward model at /no/such/rm" in e.value for e in at.error)
+    at.text_input(key="pipeline_train_rows").set_value("six")
+    at.button(key="pipeline_start").click()
+    at.run()
+    assert any("Not started" in e.value and "start:end" in e.value for e in at.error)
+    assert len(Store(env["db"]).list_jobs()) == 1 and not at.exception
+
 
 def test_two_tabs_deciding_at_once_lose_nothing(env):
     store = Store(env["db"])
