@@ -1,36 +1,33 @@
-"""REFORM workbench: entry point. Routes to the pages and shows what the tool is working on."""
+"""REFORM workbench: entry point. Routes to the pages and shows, on every page, what the tool is working on.
+
+    streamlit run app.py        (binds to localhost: see .streamlit/config.toml)
+
+Models and data come from the Home page's switches, starting from the environment (see pages/_shared.py).
+"""
 from __future__ import annotations
 
 import streamlit as st
 
-from reform_engine.data import DEMO_PATH, load_preferences
-from reform_engine.models import DEFAULT_MODEL, converted_default_dir
+from pages._shared import pending_variants, settings, short
 
 st.set_page_config(page_title="REFORM workbench", layout="wide")
 
+pages = [
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/influential.py", title="Influential samples", icon=":material/target:"),
+    st.Page("pages/decoding.py", title="Controlled decoding", icon=":material/route:"),
+    st.Page("pages/curation.py", title="Curation", icon=":material/fact_check:"),
+    st.Page("pages/retrain.py", title="Retrain & evaluate", icon=":material/model_training:"),
+    st.Page("pages/explorer.py", title="Reward explorer", icon=":material/query_stats:"),
+    st.Page("pages/data_browser.py", title="Data", icon=":material/table:"),
+]
+page = st.navigation(pages)
 
-@st.cache_data
-def dataset_summary(path: str) -> dict:
-    data = load_preferences(path)
-    pairs = data.pairs
-    return {"pairs": len(pairs), "multi_turn": sum(len(p.prompt) > 1 for p in pairs),
-            "chosen_longer": sum(len(p.chosen) > len(p.rejected) for p in pairs) / len(pairs)}
-
-
-def home() -> None:
-    st.title("REFORM workbench")
-    st.write("Find where your reward model is wrong, curate the evidence, and retrain it. "
-             "This build has the engine foundation: data loading, reward-model training and per-token reward traces.")
-    summary = dataset_summary(str(DEMO_PATH))
-    cols = st.columns(3)
-    cols[0].metric("Demo pairs", summary["pairs"])
-    cols[1].metric("Multi-turn dialogues", summary["multi_turn"])
-    cols[2].metric("Chosen is longer", f"{summary['chosen_longer']:.0%}")
-    ready = (converted_default_dir() / "model.safetensors").is_file()
-    st.write(f"Default policy and RM backbone: **{DEFAULT_MODEL}** "
-             f"({'converted and cached' if ready else 'converted from the packaged GGUF on first use'}).")
-    st.code("python -m reform_engine train-rm --run-dir runs/demo-rm", language="bash")
-
-
-pg = st.navigation([st.Page(home, title="Home", default=True), st.Page("pages/data_browser.py", title="Data")])
-pg.run()
+s = settings()
+with st.sidebar:
+    st.caption(f"Policy: `{short(s.policy, 40)}`  \nRM: `{short(s.reward_model or 'none', 40)}`  \n"
+               f"Data: `{short(s.data, 40)}`" + (f" rows `{s.rows}`" if s.rows else ""))
+    waiting = len(pending_variants())
+    if waiting:
+        st.caption(f"{waiting} variant(s) waiting for curation")
+page.run()

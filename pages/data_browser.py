@@ -2,10 +2,11 @@
 import pandas as pd
 import streamlit as st
 
-from reform_engine.data import DEMO_PATH, DataError, load_preferences
+from pages._shared import settings
+from reform_engine.data import DataError, load_preferences
 
 st.title("Preference data")
-path = st.text_input("Data file (.jsonl, .jsonl.gz, .json, .parquet, .csv)", value=str(DEMO_PATH), key="data_path")
+path = st.text_input("Data file (.jsonl, .jsonl.gz, .json, .parquet, .csv)", value=settings().data, key="data_path")
 try:
     data = load_preferences(path, skip_invalid=True)
 except DataError as exc:

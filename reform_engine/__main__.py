@@ -36,6 +36,7 @@ def _jobs():
     from .influence import InfluenceConfig, find_influential
     from .inversions import GenerateVariantsConfig, generate_variants
     from .pipeline import PipelineConfig, run_pipeline
+    from .retrain import RetrainConfig, run_retrain
     from .robustness import RobustnessConfig, evaluate_robustness
     from .training import TrainRewardConfig, train_reward_model
 
@@ -44,7 +45,8 @@ def _jobs():
             "influential": (InfluenceConfig, find_influential, "rank training pairs by loss; select lowest/random/highest p%"),
             "variants": (GenerateVariantsConfig, generate_variants, "controlled decoding over the influential set + inversion filter"),
             "robustness": (RobustnessConfig, evaluate_robustness, "win-rate drop under perturbations + spurious-feature indicators"),
-            "pipeline": (PipelineConfig, run_pipeline, "the REFORM loop end to end: base, influential, variants, retrain, robustness")}
+            "pipeline": (PipelineConfig, run_pipeline, "the REFORM loop end to end: base, influential, variants, retrain, robustness"),
+            "retrain": (RetrainConfig, run_retrain, "retrain on approved pairs (scratch|finetune), then robustness of base vs retrained")}
 
 
 def main(argv: list[str] | None = None) -> int:

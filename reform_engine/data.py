@@ -53,7 +53,7 @@ class PreferencePair:
     @property
     def prompt_text(self) -> str:
         """The prompt in HH form, for display and for HH export."""
-        return "".join(f"\n\n{'Human' if m['role'] == 'user' else 'Assistant' if m['role'] == 'assistant' else m['role'].title()}: {m['content']}" for m in self.prompt)
+        return hh_text(self.prompt)
 
     def to_hh(self) -> dict[str, str]:
         return {"chosen": f"{self.prompt_text}{ASSISTANT_TAG} {self.chosen}", "rejected": f"{self.prompt_text}{ASSISTANT_TAG} {self.rejected}"}
@@ -76,6 +76,12 @@ class PreferenceData:
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+
+def hh_text(messages: Sequence[dict[str, str]]) -> str:
+    """Chat messages as HH text ("\n\nHuman: ...\n\nAssistant: ..."); :func:`prompt_from_text` reads it back."""
+    return "".join(f"\n\n{'Human' if m['role'] == 'user' else 'Assistant' if m['role'] == 'assistant' else m['role'].title()}: "
+                   f"{m['content']}" for m in messages)
 
 
 def _row_of(pair: PreferencePair) -> int:
@@ -305,3 +311,41 @@ def select_rows(pairs: Sequence[PreferencePair], spec: str) -> list[PreferencePa
     s = parse_rows(spec)
     lo, hi = s.start or 0, s.stop if s.stop is not None else float("inf")
     return [p for p in pairs if lo <= _row_of(p) < hi]
+
+
+def prompt_from_text(text: str) -> tuple[dict[str, str], ...]:
+    """A typed prompt -> chat messages: HH text ("\\n\\nHuman: ... \\n\\nAssistant: ...") keeps its turns,
+    anything else is one user message."""
+    if not text or not text.strip():
+        raise DataError("the prompt is empty.", fix="type the user's message (or an HH dialogue ending with a Human turn).")
+    if text.lstrip().startswith(("Human:", "Assistant:")):
+        text = "\n\n" + text.lstrip()
+    try:
+        messages = _as_messages(text, "prompt")
+    except ValueError as exc:
+        raise DataError(f"{exc}.", fix='write HH turns as "\\n\\nHuman: ..." and "\\n\\nAssistant: ...".') from exc
+    if messages[-1]["role"] != "user":
+        raise DataError("the prompt must end with a Human (user) turn.", fix="end the dialogue with the user's message.")
+    return messages
+
+
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+UPLOAD_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet", ".csv")
+
+
+def save_upload(name: str, content: bytes, directory: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
+    """Keep an uploaded data file under ``directory`` and return its path, after checking its type and
+    size. The name is reduced to its last component with safe characters (no path can escape the
+    directory). The content is validated by :func:`load_preferences` like any other file."""
+    base = _SAFE_NAME.sub("_", Path(str(name).replace("\\", "/")).name).lstrip(".") or "upload"
+    if not base.lower().endswith(UPLOAD_SUFFIXES):
+        raise DataError("unknown file type.", source=str(name), fix="upload .jsonl, .jsonl.gz, .json, .parquet or .csv.")
+    if len(content) > max_bytes:
+        raise DataError(f"file is {len(content) / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB limit.", source=str(name),
+                        fix="split the file, or give its local path instead of uploading it.")
+    if not content:
+        raise DataError("file is empty.", source=str(name), fix="upload a file with at least one preference pair.")
+    target = Path(directory) / base
+    from .runs import atomic_write_bytes
+    atomic_write_bytes(target, content)
+    return target

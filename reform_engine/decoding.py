@@ -148,7 +148,9 @@ class ControlledDecoder:
         yield from step_fn([tuple(p) for p in prompts], config, _generators(config.seed, sample_ids))
 
     def decode(self, prompts: Sequence[Sequence[dict]], config: DecodingConfig,
-               sample_ids: Sequence[int] | None = None) -> list[DecodingResult]:
+               sample_ids: Sequence[int] | None = None, on_event=None) -> list[DecodingResult]:
+        """Decode to the end -> one result per prompt. ``on_event(event)`` (optional) sees every step
+        as it is decided, e.g. to draw tokens live."""
         results = [DecodingResult(tuple(p), config.direction, self.path, [], "") for p in prompts]
         for event in self.stream(prompts, config, sample_ids):
             res, rec = results[event.row], event.record
@@ -158,6 +160,8 @@ class ControlledDecoder:
             else:
                 res.token_ids.append(rec.token_id)
                 res.final_reward = rec.running_reward
+            if on_event is not None:
+                on_event(event)
         for res in results:
             res.text = self.tokenizer.decode(res.token_ids)
             chosen_logps = [s.logprobs[s.chosen] for s in res.steps if not s.is_eos]

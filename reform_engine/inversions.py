@@ -74,6 +74,19 @@ def make_variant(source: ScoredPair, result: DecodingResult, r_variant: float) -
                    result.perplexity, ok and bool(result.text.strip()), result.steps)
 
 
+def score_variant(rm, source: ScoredPair, result: DecodingResult, *, max_length: int = 1024) -> Variant:
+    """One decoded variant, re-scored from its text and judged against its pair (an empty text scores
+    NaN and is never an inversion)."""
+    from .scoring import encode, score_sequences
+
+    r_variant = float("nan")
+    if result.text.strip():
+        enc = encode(rm.tokenizer, source.pair.prompt, result.text, max_length=max_length,
+                     use_chat_template=rm.spec.use_chat_template)
+        r_variant = float(score_sequences(rm, [enc.ids])[0])
+    return make_variant(source, result, r_variant)
+
+
 @dataclass
 class VariantStats:
     n: int

@@ -148,3 +148,34 @@ def test_shared_hh_dev_file_loads(hh_dev_path):
     assert data.report.rows_read == 1793
     assert len(data.pairs) + len(data.report.skipped) == 1793
     assert len(select_rows(data.pairs, "0:1500")) + len(select_rows(data.pairs, "1500:")) == len(data.pairs)
+
+
+def test_prompt_from_text_keeps_hh_turns_or_makes_one_user_message():
+    from reform_engine.data import prompt_from_text
+
+    assert prompt_from_text("  How do I boil an egg? ") == ({"role": "user", "content": "How do I boil an egg?"},)
+    assert prompt_from_text("Human: Hi\n\nAssistant: Hello!\n\nHuman: Tell me a joke.") == (
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Tell me a joke."})
+    from reform_engine.data import hh_text
+    turns = ({"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Why?"})
+    assert prompt_from_text(hh_text(turns)) == turns and prompt_from_text(hh_text(turns).strip()) == turns
+    with pytest.raises(DataError, match="empty"):
+        prompt_from_text("   ")
+    with pytest.raises(DataError, match="Human"):
+        prompt_from_text("Human: Hi\n\nAssistant: Hello!")
+
+
+def test_save_upload_checks_type_and_size_and_keeps_the_name_inside(tmp_path):
+    from reform_engine.data import load_preferences, save_upload
+
+    row = b'{"prompt": "Hi?", "chosen": "Hello!", "rejected": "Go away."}\n'
+    path = save_upload("../../etc/my pairs.jsonl", row, tmp_path / "uploads", max_bytes=1000)
+    assert path == tmp_path / "uploads" / "my_pairs.jsonl" and path.read_bytes() == row
+    assert len(load_preferences(path)) == 1
+    with pytest.raises(DataError, match="unknown file type"):
+        save_upload("pairs.exe", row, tmp_path)
+    with pytest.raises(DataError, match="over the"):
+        save_upload("pairs.jsonl", row * 100, tmp_path, max_bytes=1000)
+    with pytest.raises(DataError, match="empty"):
+        save_upload("pairs.csv", b"", tmp_path)

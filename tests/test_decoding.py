@@ -120,6 +120,15 @@ def test_stream_yields_events_as_they_are_decided(models):
     assert len(rest) == 5 and rest[-1].done
 
 
+def test_decode_shows_every_step_to_on_event_as_the_result_grows(models):
+    seen = []
+    results = ControlledDecoder(*models).decode(PROMPTS, DecodingConfig(k=2, max_new_tokens=3, stop_on_eos=False),
+                                                on_event=lambda e: seen.append((e.row, e.record.step, e.text)))
+    assert [(row, step) for row, step, _ in seen] == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]
+    assert [text for row, _, text in seen if row == 0][-1] == results[0].text
+    assert [text for row, _, text in seen if row == 1][-1] == results[1].text
+
+
 @pytest.mark.parametrize("kwargs,needle", [({"k": 0}, "k >= 1"), ({"alpha": -1.0}, "alpha >= 0"),
                                            ({"temperature": -0.5}, "0 for greedy"), ({"max_new_tokens": 0}, "at least 1"),
                                            ({"direction": "sideways"}, "'lower'")])

@@ -87,3 +87,25 @@ def test_a_scored_file_from_other_data_is_refused(tmp_path, toy_pairs):
     assert load_scored(toy_pairs[:1], tmp_path / "s.jsonl")[0].rank == 1
     with pytest.raises(DataError, match="not in the scored file"):
         load_scored(toy_pairs[:2], tmp_path / "s.jsonl")
+
+
+def test_score_variant_rescores_the_text_and_judges_it(tmp_path):
+    from reform_engine.decoding import ControlledDecoder, DecodingConfig
+    from reform_engine.inversions import score_variant
+    from reform_engine.models import load_causal_lm, load_tokenizer
+    from reform_engine.reward_model import RewardModelSpec, build_reward_model
+    from reform_engine.scoring import score_pairs
+
+    tiny_model_dir = str(save_tiny_model(tmp_path / "m", ascii_only=True))  # every token is whole text: re-encoding is exact
+    tiny_rm = build_reward_model(RewardModelSpec(base_model=tiny_model_dir, finetune="full"), device="cpu", seed=0).eval()
+    pair = make_pair(0, "Can you help me?", "Sure, happy to help.", "No. Go away!!")
+    scores = score_pairs(tiny_rm, [pair])
+    source = ScoredPair(pair, float(scores.r_chosen[0]), float(scores.r_rejected[0]), float(scores.losses[0]), 1)
+    decoder = ControlledDecoder(load_causal_lm(tiny_model_dir, device="cpu"), load_tokenizer(tiny_model_dir), tiny_rm)
+    result = decoder.decode([pair.prompt], DecodingConfig(k=3, max_new_tokens=6, stop_on_eos=False))[0]
+    variant = score_variant(tiny_rm, source, result)
+    assert variant.text == result.text and variant.steps == result.steps
+    assert variant.r_variant == pytest.approx(result.final_reward, abs=1e-4)  # same ids, same reward
+    assert variant.is_inversion == (variant.r_variant < source.r_rejected)
+    empty = score_variant(tiny_rm, source, dataclasses.replace(result, text="  "))
+    assert empty.is_inversion is False and empty.r_variant != empty.r_variant  # NaN

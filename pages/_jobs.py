@@ -1,0 +1,106 @@
+"""Drawing helpers for background jobs (separate processes, reform_engine/jobs.py): a live panel of
+the running ones that polls ``refresh_job`` every couple of seconds, and the run history with each
+job's config and log tail. No engine logic here."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import streamlit as st
+
+from pages._shared import project_store, show_error
+from reform_engine.jobs import ACTIVE, cancel_job, refresh_job, rerun_job
+from reform_engine.reports import history_frame, log_tail, stage_status
+
+POLL_SECONDS = 2.0
+STATE_ICON = {"pending": "⏳", "running": "⏳", "succeeded": "✅", "failed": "❌", "cancelled": "⏹️"}
+
+
+def _active(store, kinds: Sequence[str] | None, job_ids: Sequence[int] | None) -> list[dict]:
+    """Jobs of ``kinds`` (or with ``job_ids``) the store thinks are running, each refreshed from its run directory."""
+    jobs = store.list_jobs()
+    jobs = jobs[jobs["state"].isin(ACTIVE)]
+    if kinds is not None:
+        jobs = jobs[jobs["kind"].isin(list(kinds))]
+    if job_ids is not None:
+        jobs = jobs[jobs["id"].isin(list(job_ids))]
+    return [refresh_job(store, int(i)) for i in sorted(jobs["id"])]
+
+
+def live_jobs(key: str, kinds: Sequence[str] | None = None, job_ids: Sequence[int] | None = None) -> list[dict]:
+    """Draw the running jobs of ``kinds`` (progress, stages, log, cancel); while any runs the panel
+    re-draws itself every POLL_SECONDS, and when one ends the whole page runs again so its results
+    show. -> the jobs that were running at this page run."""
+    store = project_store()
+    running = [j for j in _active(store, kinds, job_ids) if j["state"] in ACTIVE]
+    st.session_state[f"{key}_watching"] = [j["id"] for j in running]
+    if running:
+        st.fragment(_panel, run_every=POLL_SECONDS)(key, kinds, job_ids)
+    return running
+
+
+def _panel(key: str, kinds, job_ids) -> None:
+    store = project_store()
+    watching = st.session_state.get(f"{key}_watching", [])
+    jobs = [refresh_job(store, i) for i in watching] + [j for j in _active(store, kinds, job_ids) if j["id"] not in watching]
+    if any(j["state"] not in ACTIVE for j in jobs):
+        st.rerun()  # one has ended: the whole page, so its results and the history show it
+    for job in jobs:
+        draw_job(job, key)
+
+
+def draw_job(job: dict, key: str) -> None:
+    """One running job: its progress bar, its stages (pipeline, retrain), its log and a cancel button."""
+    share = float(job["progress"] or 0.0)
+    steps = f" · step {job['step']}/{job['total']}" if job.get("total") else ""
+    st.progress(min(1.0, max(0.0, share)), text=f"⏳ job #{job['id']} {job['kind']}{steps}: {job['message']}")
+    stages = stage_status(job["run_dir"])
+    if stages:
+        st.caption(" → ".join(f"{STATE_ICON.get(s['state'], '')} {s['stage']}"
+                              + (f" ({s['progress']:.0%})" if s["state"] == "running" else "") for s in stages))
+    c1, c2 = st.columns([1, 5])
+    if c1.button("Cancel", key=f"{key}_cancel_{job['id']}"):
+        cancel_job(project_store(), int(job["id"]), grace=5.0)
+        st.rerun()
+    with c2.expander("Log"):
+        st.code(log_tail(job) or "(nothing logged yet)", language=None)
+
+
+def history(key: str, kinds: Sequence[str] | None = None) -> None:
+    """The run history (newest first) and, for a picked job, its config, log tail, re-run and cancel."""
+    store = project_store()
+    _active(store, kinds, None)  # bring running jobs up to date, whichever page started them
+    frame = history_frame(store, kinds)
+    if frame.empty:
+        st.caption("No jobs yet.")
+        return
+    shown = frame.assign(state=[f"{STATE_ICON.get(s, '')} {s}" for s in frame["state"]])
+    st.dataframe(shown, hide_index=True, key=f"{key}_history", column_config={
+        "progress": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent"),
+        "minutes": st.column_config.NumberColumn(format="%.1f"),
+        "created_at": st.column_config.DatetimeColumn("created (UTC)"),
+        "finished_at": st.column_config.DatetimeColumn("finished (UTC)")})
+    ids = [int(i) for i in frame["id"]]
+    kinds_of = dict(zip(ids, frame["kind"]))  # no state in the label: it changes under a drawn picker, whose label then went stale in the browser
+    picked = st.selectbox("Job details", ids, key=f"{key}_job", format_func=lambda i: f"#{i} {kinds_of[i]}")
+    if picked is None:
+        return
+    job = store.get_job(picked)
+    st.caption(f"{STATE_ICON.get(job['state'], '')} {job['state']} · run directory `{job['run_dir']}` · {job['message']}")
+    c1, _ = st.columns([1, 5])
+    if job["state"] in ACTIVE and c1.button("Cancel", key=f"{key}_history_cancel"):
+        cancel_job(store, picked, grace=5.0)
+        st.rerun()
+    if job["state"] not in ACTIVE:
+        c1.button("Re-run", key=f"{key}_rerun", on_click=_rerun, args=(key, picked),
+                  help="the same config in a fresh run directory")
+    show_error(st.session_state.pop(f"{key}_rerun_error", None), "Not re-run")
+    with st.expander("Config"):
+        st.json(job["config"], expanded=False)
+    st.code(log_tail(job) or "(nothing logged)", language=None)
+
+
+def _rerun(key: str, job_id: int) -> None:
+    try:  # a callback: it may still point the job picker at the new job
+        st.session_state[f"{key}_job"] = rerun_job(project_store(), job_id)
+    except (ValueError, OSError) as exc:
+        st.session_state[f"{key}_rerun_error"] = exc

@@ -1,0 +1,182 @@
+"""Curation: the queue of inversions to review. The original pair and the variant side by side with
+their rewards and the variant's per-token trace; approve, reject, or edit then approve, with a note.
+Every decision is written to the project database the moment it is made, so any number of tabs can
+review at once. Batch generation over the influential set runs from here as a background job, and the
+approved pairs export as a TRL file."""
+import math
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from pages._jobs import live_jobs
+from pages._shared import fmt, project_store, rm_exists, settings, short, show_error, trace_figure
+from reform_engine.curation import EXPORT_FORMATS, counts, decision_for, export_approved, new_pair, queue, step_trace
+from reform_engine.data import hh_text
+from reform_engine.inversions import GenerateVariantsConfig
+from reform_engine.jobs import start_job
+
+FLASH_KEY = "curation_flash"
+ERROR_KEY = "curation_error"
+STATUS_FILTERS = {"pending": "waiting for a decision", "approved": "approved", "rejected": "rejected", "all": "all"}
+
+
+def decide(variant_id: int, action: str, shown_text: str, shown_decisions: int) -> None:
+    """Write the decision at once (a button callback, so it runs before the page is drawn again)."""
+    store = project_store()
+    decision, edited = decision_for(shown_text, st.session_state.get("curation_text", shown_text)) if action == "approve" \
+        else ("reject", None)
+    try:
+        now = store.get_variant(variant_id)
+        store.decide(variant_id, decision, edited, st.session_state.get("curation_note", ""))
+    except ValueError as exc:  # StoreError: an empty or oversized text, an edit equal to the other response
+        st.session_state[ERROR_KEY] = exc
+        return
+    word = {"approve": "Approved", "edit": "Approved (edited)", "reject": "Rejected"}[decision]
+    meanwhile = len(now["history"]) > shown_decisions
+    st.session_state[FLASH_KEY] = f"{word} variant #{variant_id}." + (
+        f" It had been {now['status']} meanwhile in another tab; this decision is now the latest." if meanwhile else "")
+
+
+st.title("Curation")
+s = settings()
+store = project_store()
+
+n = counts(store)
+c = st.columns(4)
+c[0].metric("Waiting", n["pending"])
+c[1].metric("Approved", n["approved"])
+c[2].metric("Rejected", n["rejected"])
+c[3].caption("The queue holds the true inversions of the batch jobs and every variant sent from Controlled decoding. "
+             "Approved inversions become training pairs on Retrain & evaluate.")
+flash = st.session_state.pop(FLASH_KEY, None)
+if flash:
+    st.success(flash)
+show_error(st.session_state.pop(ERROR_KEY, None), "Not stored")
+
+# ------------------------------------------------------------------ batch generation (a background job)
+running = live_jobs("curation", kinds=["variants"])
+with st.expander("Generate variants over the influential set (background job)", expanded=not running and n["pending"] == 0):
+    if not rm_exists(s.reward_model):
+        st.warning(f"No reward model at `{s.reward_model}` yet: train one on the Home page first.")
+    st.caption(f"Controlled decoding from the influential pairs of the data in use (`{short(s.data, 60)}`"
+               + (f", rows `{s.rows}`" if s.rows else "") + f") with the policy `{short(s.policy, 40)}` and the reward model "
+               "in use; the inversions it finds join the queue when it ends.")
+    c = st.columns(4)
+    percent = c[0].number_input("p: share of the pairs, %", 0.1, 100.0, 5.0, step=1.0, key="curation_gen_p")
+    strategy = c[1].selectbox("Selection", ["lowest_loss", "random", "highest_loss"], key="curation_gen_strategy",
+                              help="REFORM attacks the lowest-loss pairs; random and highest-loss for comparison")
+    directions = c[2].selectbox("Directions", ["both", "lower", "raise"], key="curation_gen_directions")
+    k = c[3].number_input("k candidates", 1, 50, 5, key="curation_gen_k")
+    c = st.columns(4)
+    alpha = c[0].number_input("α fluency weight", 0.0, 10.0, 1.0, step=0.1, key="curation_gen_alpha")
+    temperature = c[1].number_input("temperature (0 = greedy)", 0.0, 5.0, 0.0, step=0.05, key="curation_gen_temperature")
+    max_new_tokens = c[2].number_input("max new tokens", 1, 1024, 64, key="curation_gen_max_tokens")
+    seed = c[3].number_input("seed", 0, 2**31 - 1, 0, key="curation_gen_seed")
+    if st.button("Start generating", type="primary", key="curation_generate", disabled=not rm_exists(s.reward_model)):
+        try:
+            config = GenerateVariantsConfig(reward_model=s.reward_model, data=s.data, rows=s.rows, fraction=float(percent) / 100,
+                                            strategy=strategy, directions=directions, policy=s.policy, k=int(k),
+                                            alpha=float(alpha), temperature=float(temperature),
+                                            max_new_tokens=int(max_new_tokens), seed=int(seed), device=s.device)
+            job_id = start_job(store, "variants", config)
+            st.session_state[FLASH_KEY] = f"Started job #{job_id}: its inversions join the queue when it ends."
+            st.rerun()
+        except ValueError as exc:  # a bad knob (DecodingConfig), or the job could not start (StoreError)
+            show_error(exc, "Not started")
+
+# ------------------------------------------------------------------ the queue
+st.subheader("Queue")
+c1, c2 = st.columns([1, 2])
+status = c1.selectbox("Show", list(STATUS_FILTERS), format_func=STATUS_FILTERS.get, key="curation_status")
+every = c2.toggle("Also the non-inversions of batch jobs (they can only be rejected)", key="curation_every")
+frame = queue(store, None if status == "all" else status, every_variant=every)
+if frame.empty:
+    st.info("Nothing here. Generate variants above, or send one from Controlled decoding." if status == "pending"
+            else "No variants with this status.")
+else:
+    table = pd.DataFrame({"id": frame["id"], "pair": frame["pair_id"], "direction": frame["direction"],
+                          "inversion": frame["is_inversion"], "margin": frame["margin"], "r variant": frame["r_variant"],
+                          "perplexity": frame["perplexity"], "status": frame["status"],
+                          "job": [None if pd.isna(j) else int(j) for j in frame["job_id"]],
+                          "text": [short(t, 100) for t in frame["text"]]})
+    event = st.dataframe(table, hide_index=True, key="curation_table", on_select="rerun", selection_mode="single-row",
+                         column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("margin", "r variant", "perplexity")})
+    ids = [int(i) for i in frame["id"]]
+    ticked = [ids[i] for i in (event.selection.rows if event is not None else []) if i < len(ids)]
+    if ticked and ticked != st.session_state.get("curation_ticked"):  # a row ticked in the table picks that variant
+        st.session_state.curation_variant = ticked[0]
+    st.session_state.curation_ticked = ticked
+    if st.session_state.get("curation_variant") not in ids:
+        st.session_state.pop("curation_variant", None)
+    label = {int(r["id"]): f"#{r['id']} · {r['pair_id']} · {r['direction']}" for _, r in frame.iterrows()}  # no status: it changes
+    vid = st.selectbox("Variant", ids, format_func=label.get, key="curation_variant")
+    v = store.get_variant(vid)
+
+    if st.session_state.get("curation_shown") != vid:  # a new variant: the editor starts from its current text
+        st.session_state.curation_shown = vid
+        st.session_state.curation_text = v["edited_text"] if v["decision"] == "edit" else v["text"]
+        st.session_state.curation_note = ""
+
+    # the original pair and the variant, side by side
+    st.markdown(f"**Prompt**  \n{hh_text(v['prompt']).strip()}")
+    c1, c2, c3 = st.columns(3)
+    c1.markdown(f"**Chosen** · r+ = {fmt(v['r_chosen'])}")
+    c1.code(v["original_chosen"], language=None, wrap_lines=True)
+    c2.markdown(f"**Rejected** · r− = {fmt(v['r_rejected'])}")
+    c2.code(v["original_rejected"], language=None, wrap_lines=True)
+    c3.markdown(f"**Variant** ({v['direction']}) · r = {fmt(v['r_variant'])}"
+                + (f" · perplexity {v['perplexity']:.2f}" if v["perplexity"] is not None and math.isfinite(v["perplexity"]) else ""))
+    c3.code(v["text"] or "(empty)", language=None, wrap_lines=True)
+    if v["direction"] == "imported":
+        st.caption("Imported from a TRL file: it stands for its pair as given.")
+    elif v["is_inversion"]:
+        side = "rejected r−" if v["direction"] == "lower" else "chosen r+"
+        st.caption(f"A true inversion: the RM scores the variant {'below' if v['direction'] == 'lower' else 'above'} the {side}, "
+                   f"by {fmt(v['margin'])}.")
+    else:
+        st.warning("Not an inversion: the RM orders this variant as it should, so it adds no pair. It can only be rejected.")
+    if v["is_inversion"]:
+        chosen, rejected = new_pair(v)
+        st.markdown(f"**It adds the pair** (as it stands now): chosen = “{short(chosen, 140)}” ≻ rejected = “{short(rejected, 140)}”")
+
+    pieces, rewards = step_trace(v["steps"])
+    if rewards:
+        st.plotly_chart(trace_figure([("variant", pieces, rewards)], {"chosen r+": v["r_chosen"], "rejected r−": v["r_rejected"]},
+                                     title="Running reward while decoding", height=300), key="curation_trace")
+
+    # the decision
+    st.markdown(f"**Status: {v['status']}**" + (f" ({v['decision']}, note: {v['note']!r})" if v["decision"] else ""))
+    text = st.text_area("Variant text: edit it before approving if it needs it (the edit is stored, the original kept)",
+                        key="curation_text", height=120, disabled=not v["is_inversion"])
+    st.text_input("Note (optional: why)", key="curation_note")
+    if v["is_inversion"] and decision_for(v["text"], text)[1] is not None:
+        st.caption("The text is edited: approving stores the edited text.")
+    # callbacks bound to the variant drawn here: a click counts even when, by the time it arrives, another tab's
+    # decision has moved this variant out of the list being shown
+    c1, c2, _ = st.columns([1, 1, 4])
+    c1.button("Approve", type="primary", key="curation_approve", disabled=not v["is_inversion"], on_click=decide,
+              args=(vid, "approve", v["text"], len(v["history"])))
+    c2.button("Reject", key="curation_reject", on_click=decide, args=(vid, "reject", v["text"], len(v["history"])))
+    if v["history"]:
+        with st.expander(f"Decision history ({len(v['history'])})"):
+            st.dataframe(pd.DataFrame(v["history"]), hide_index=True, key="curation_history")
+
+# ------------------------------------------------------------------ export
+st.subheader("Export the approved pairs (TRL)")
+c1, c2 = st.columns([1, 3])
+export_format = c1.radio("Format", EXPORT_FORMATS, horizontal=True, key="curation_export_format")
+c2.caption("Rows of prompt messages, chosen and rejected, as TRL's RewardTrainer reads them; edited texts included. "
+           f"Written to `{Path(s.project_dir) / 'exports'}`.")
+if st.button("Export", key="curation_export", disabled=n["approved"] == 0):
+    try:
+        path, rows = export_approved(store, Path(s.project_dir) / "exports", export_format)
+        st.session_state.curation_last_export = (str(path), rows)
+    except (ValueError, OSError) as exc:
+        show_error(exc, "Not exported")
+last = st.session_state.get("curation_last_export")
+if last and Path(last[0]).is_file():
+    st.success(f"{last[1]} approved pair(s) written to `{last[0]}`.")
+    st.download_button("Download it", Path(last[0]).read_bytes(), file_name=Path(last[0]).name, key="curation_download")
+elif n["approved"] == 0:
+    st.caption("Nothing approved yet.")

@@ -1,0 +1,154 @@
+"""Controlled decoding: attack one pair. The policy proposes its top-k tokens, the RM scores each
+candidate prefix, and the token maximising ∓reward + α·log π is taken; tokens appear as they are
+decided, beside the plain policy's own continuation. The result is re-scored from its text and judged
+against the pair; a variant can be sent to curation."""
+import math
+
+import pandas as pd
+import streamlit as st
+
+from pages._shared import (SCORE_MAX_LENGTH, fmt, pair_label, pair_rewards, pending_variants, require_data,
+                           require_decoder, send_to_curation, short, show_error, trace_figure)
+from reform_engine.data import DataError
+from reform_engine.decoding import DecodingConfig
+from reform_engine.influence import ScoredPair
+from reform_engine.inversions import score_variant
+
+LAST_KEY = "decoding_last"
+DIRECTION_HELP = {"lower": "lower: start from a preferred pair; find a good-looking response the RM scores below the rejected one",
+                  "raise": "raise: start from a rejected pair; find a bad response the RM scores above the chosen one"}
+
+st.title("Controlled decoding")
+decoder = require_decoder()
+_, pairs = require_data()
+by_id = {p.pair_id: p for p in pairs}
+
+# ------------------------------------------------------------------ what to attack, and how
+targets = [p for p in st.session_state.get("influential_targets", []) if p in by_id]
+use_queue = st.toggle(f"Only the pairs queued on Influential samples ({len(targets)})", value=bool(targets),
+                      disabled=not targets, key="decoding_use_queue")
+options = targets if use_queue and targets else list(by_id)
+if st.session_state.get("decoding_pair") not in options:
+    st.session_state.pop("decoding_pair", None)
+pair_id = st.selectbox("Pair", options, format_func=lambda i: pair_label(by_id[i]), key="decoding_pair")
+pair = by_id[pair_id]
+try:
+    r_chosen, r_rejected = pair_rewards(pair)
+except DataError as exc:
+    show_error(exc, "This pair cannot be scored")
+    st.stop()
+with st.expander(f"The pair · r+ = {r_chosen:+.3f} · r− = {r_rejected:+.3f}", expanded=False):
+    st.markdown(f"**Prompt**  \n{pair.prompt_text.strip()}")
+    c1, c2 = st.columns(2)
+    c1.markdown(f"**Chosen** (r+ = {r_chosen:+.3f})  \n{pair.chosen}")
+    c2.markdown(f"**Rejected** (r− = {r_rejected:+.3f})  \n{pair.rejected}")
+
+direction = st.radio("Direction", ["lower", "raise"], format_func=lambda d: DIRECTION_HELP[d], key="decoding_direction")
+c = st.columns(5)
+k = c[0].slider("k candidates", 1, 20, 5, key="decoding_k")
+alpha = c[1].slider("α fluency weight", 0.0, 5.0, 1.0, 0.1, key="decoding_alpha")
+temperature = c[2].slider("temperature (0 = greedy)", 0.0, 2.0, 0.0, 0.05, key="decoding_temperature")
+max_tokens = c[3].slider("max new tokens", 1, 256, 48, key="decoding_max_tokens")
+seed = c[4].number_input("seed", 0, 2**31 - 1, 0, key="decoding_seed")
+compare = st.checkbox("Also decode the plain policy (greedy, no RM) for comparison", value=True, key="decoding_compare")
+run = st.button("Run", type="primary", key="decoding_run")
+
+# ------------------------------------------------------------------ slots, filled live while decoding and from the last result after
+left, right = st.columns(2)
+left.markdown(f"**Controlled ({direction})**")
+left_text, left_info = left.empty(), left.empty()
+right.markdown("**Plain policy (greedy)**")
+right_text, right_info = right.empty(), right.empty()
+
+
+def live(text_slot, info_slot, limit: int):
+    def draw(event) -> None:
+        text_slot.code(event.text + ("" if event.done else " ▌"), language=None, wrap_lines=True)
+        info_slot.caption(f"step {event.record.step + 1}/{limit} · running reward {event.record.running_reward:+.3f}")
+    return draw
+
+
+if run:
+    try:
+        config = DecodingConfig(k=int(k), alpha=float(alpha), temperature=float(temperature), max_new_tokens=int(max_tokens),
+                                direction=direction, seed=int(seed))
+        result = decoder.decode([pair.prompt], config, on_event=live(left_text, left_info, config.max_new_tokens))[0]
+        plain = None
+        if compare:
+            plain_config = DecodingConfig(k=1, alpha=0.0, temperature=0.0, max_new_tokens=config.max_new_tokens,
+                                          direction=direction, seed=config.seed)
+            plain = decoder.decode([pair.prompt], plain_config, on_event=live(right_text, right_info, config.max_new_tokens))[0]
+        source = ScoredPair(pair, r_chosen, r_rejected, float("nan"), 0)
+        st.session_state[LAST_KEY] = {
+            "pair_id": pair.pair_id, "config": config,
+            "variant": score_variant(decoder.rm, source, result, max_length=SCORE_MAX_LENGTH),
+            "plain": score_variant(decoder.rm, source, plain, max_length=SCORE_MAX_LENGTH) if plain else None,
+        }
+    except (ValueError, DataError) as exc:  # a bad knob or a prompt that cannot fit: say so on the page
+        show_error(exc, "Decoding did not run")
+
+last = st.session_state.get(LAST_KEY)
+if not last:
+    left_text.caption("Press Run: tokens appear here as they are decided.")
+    st.stop()
+
+# ------------------------------------------------------------------ the last result
+v, plain, cfg = last["variant"], last["plain"], last["config"]
+left_text.code(v.text or "(empty)", language=None, wrap_lines=True)
+left_info.caption(f"{len([x for x in v.steps if not x.is_eos])} tokens · reward {fmt(v.r_variant)} · perplexity {v.perplexity:.2f}")
+if plain is not None:
+    right_text.code(plain.text or "(empty)", language=None, wrap_lines=True)
+    right_info.caption(f"{len([x for x in plain.steps if not x.is_eos])} tokens · reward {fmt(plain.r_variant)} · "
+                       f"perplexity {plain.perplexity:.2f}")
+else:
+    right_text.caption("not decoded")
+if last["pair_id"] != pair.pair_id or cfg.direction != direction:
+    st.caption(f"Showing the last run: pair {last['pair_id']}, direction {cfg.direction}.")
+
+threshold, side = (v.r_rejected, "rejected r−") if v.direction == "lower" else (v.r_chosen, "chosen r+")
+relation = "below" if v.direction == "lower" else "above"
+if v.is_inversion:
+    st.success(f"**True inversion.** The RM scores this variant {fmt(v.r_variant)}, {relation} the {side} = {fmt(threshold)} "
+               f"(by {v.margin:.3f}). It would add the pair "
+               + ("(variant ≻ rejected)." if v.direction == "lower" else "(chosen ≻ variant)."))
+else:
+    reason = "its text is empty" if not v.text.strip() else \
+        f"the RM scores it {fmt(v.r_variant)}, not {relation} the {side} = {fmt(threshold)} (short by {-v.margin:.3f})"
+    st.warning(f"**Not an inversion:** {reason}.")
+st.caption(f"k={cfg.k} · α={cfg.alpha} · temperature={cfg.temperature} · max tokens={cfg.max_new_tokens} · seed={cfg.seed} · "
+           f"path={decoder.path}. Rewards re-scored from the text.")
+
+# per-token trace and step inspector
+tokens = [x for x in v.steps if not x.is_eos]
+if st.session_state.get("decoding_step", 1) > len(v.steps):  # a shorter result than the last one inspected
+    st.session_state.decoding_step = 1
+step = st.slider("Inspect step", 1, max(1, len(v.steps)), 1, key="decoding_step") if len(v.steps) > 1 else 1
+traces = [("controlled", [x.piece for x in tokens], [x.running_reward for x in tokens])]
+if plain is not None:
+    p_tokens = [x for x in plain.steps if not x.is_eos]
+    traces.append(("plain policy", [x.piece for x in p_tokens], [x.running_reward for x in p_tokens]))
+st.plotly_chart(trace_figure(traces, {"chosen r+": v.r_chosen, "rejected r−": v.r_rejected}, mark=step),
+                key="decoding_trace")
+rec = v.steps[step - 1]
+st.markdown(f"**Step {step}**: chose {rec.piece!r}" + (" (end of text)" if rec.is_eos else ""))
+st.dataframe(pd.DataFrame([{"chosen": "✓" if j == rec.chosen else "", "token": repr(piece), "id": tid, "log π": lp, "reward": r,
+                            "score": sc} for j, (piece, tid, lp, r, sc) in
+                           enumerate(zip(rec.candidate_pieces, rec.candidate_ids, rec.logprobs, rec.rewards, rec.scores))]),
+             hide_index=True, key="decoding_candidates",
+             column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("log π", "reward", "score")})
+st.caption("score = " + ("−" if v.direction == "lower" else "+") + f"reward + α·log π (α = {cfg.alpha}); "
+           + ("the highest score is taken." if cfg.temperature == 0 else f"sampled from softmax(score / {cfg.temperature})."))
+
+# ------------------------------------------------------------------ hand-off to curation
+if st.button("Send to curation", key="decoding_send", disabled=not v.text.strip()):
+    try:
+        n = send_to_curation(v.to_record())  # stored in the project database at once
+        st.success(f"Queued for curation ({n} waiting).")
+    except ValueError as exc:  # StoreError: e.g. an oversized text, or the database busy past its timeout
+        show_error(exc, "Not queued")
+pending = pending_variants()
+if pending:
+    with st.expander(f"Waiting for curation ({len(pending)})"):
+        st.dataframe(pd.DataFrame([{"pair": r["pair_id"], "direction": r["direction"], "inversion": r["is_inversion"],
+                                    "margin": r["margin"] if not math.isnan(r["margin"]) else None, "text": short(r["text"], 120)}
+                                   for r in pending]), hide_index=True, key="decoding_pending")

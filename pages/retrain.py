@@ -1,0 +1,201 @@
+"""Retrain & evaluate: retrain the reward model on the approved pairs (from scratch with the base's
+recipe, or as a fine-tune of the base) and measure base and retrained under the perturbations, or run
+the whole REFORM loop with its ablations; every run is a background job with live progress. Results:
+clean accuracy and win-rate drop per perturbation, base vs retrained (vs ablations), and the run history."""
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from pages._jobs import history, live_jobs
+from pages._shared import project_store, rm_exists, settings, short, show_error
+from reform_engine.curation import export_approved
+from reform_engine.data import DEMO_PATH, parse_rows
+from reform_engine.jobs import start_job
+from reform_engine.perturbations import PERTURBATIONS
+from reform_engine.pipeline import PipelineConfig
+from reform_engine.reports import finished_result_jobs, results_frames
+from reform_engine.retrain import RetrainConfig, base_training_config, held_out_rows
+from reform_engine.robustness import RobustnessConfig
+
+FLASH_KEY = "retrain_flash"
+RESULT_KINDS = ["retrain", "pipeline", "robustness"]
+DEMO_SPLIT = ("0:132", "132:")  # the demo set's train / held-out rows, as the pipeline's defaults
+
+
+def started(job_id: int, what: str) -> None:
+    st.session_state[FLASH_KEY] = f"Started job #{job_id}: {what}. Progress below; results appear when it ends."
+    st.rerun()
+
+
+def perturbation_picker(key: str) -> str:
+    names = st.multiselect("Perturbations", list(PERTURBATIONS), default=list(PERTURBATIONS), key=key,
+                           help="; ".join(f"{n}: {p.description} ({p.side})" for n, p in PERTURBATIONS.items()))
+    return ",".join(names)
+
+
+def accuracy_figure(summary) -> go.Figure:
+    fig = go.Figure(go.Bar(x=summary["label"], y=summary["clean_accuracy"], marker_color="#1565c0",
+                           text=[f"{a:.1%}" for a in summary["clean_accuracy"]], textposition="outside",
+                           customdata=summary["checkpoint"], hovertemplate="%{x}: %{y:.3f}<br>%{customdata}<extra></extra>"))
+    fig.update_layout(title="Clean accuracy (win rate on the held-out pairs)", yaxis=dict(range=[0, 1.1], title="win rate"),
+                      height=340, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def drop_figure(drops) -> go.Figure:
+    fig = go.Figure()
+    for label, rows in drops.groupby("label", sort=False):
+        fig.add_trace(go.Bar(name=label, x=rows["perturbation"], y=rows["drop"],
+                             hovertemplate="%{x}: %{y:+.3f}<extra>" + label + "</extra>"))
+    fig.add_hline(y=0, line_color="#616161")
+    fig.update_layout(title="Win-rate drop per perturbation (lower is more robust)", barmode="group", height=380,
+                      yaxis_title="clean − perturbed win rate", margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
+    return fig
+
+
+st.title("Retrain & evaluate")
+s = settings()
+store = project_store()
+flash = st.session_state.pop(FLASH_KEY, None)
+if flash:
+    st.success(flash)
+
+# ------------------------------------------------------------------ start a run
+tab_retrain, tab_pipeline, tab_eval = st.tabs(["Retrain on the approved pairs", "The whole loop (pipeline)",
+                                               "Evaluate one checkpoint"])
+with tab_retrain:
+    n_approved = len(store.approved_pairs())
+    base_rm = st.text_input("Base reward model (checkpoint directory)", value=s.reward_model, key="retrain_base").strip()
+    recipe = base_training_config(base_rm) if base_rm else None
+    c = st.columns(3)
+    c[0].metric("Approved pairs", n_approved)
+    mode = c[1].radio("Retrain", ["scratch", "finetune"], key="retrain_mode", horizontal=True,
+                      format_func={"scratch": "from scratch (the base's recipe)", "finetune": "fine-tune the base"}.get)
+    if recipe is not None:
+        c[2].caption(f"The base was trained on `{short(recipe.data, 50)}` rows `{recipe.train_rows or 'all'}`: {recipe.epochs} "
+                     f"epoch(s), lr {recipe.lr:g}, batch {recipe.batch_size}, {recipe.finetune}, seed {recipe.seed}. "
+                     "Retraining uses the same pairs plus the approved ones.")
+        data, train_rows = "", recipe.train_rows
+    else:
+        c[2].caption("This checkpoint was not trained here, so its training pairs are unknown: give them.")
+        data = st.text_input("Its training data", value=s.data, key="retrain_data").strip()
+        train_rows = st.text_input("Its training rows ('start:end', empty = all)", value=s.rows, key="retrain_train_rows").strip()
+    if mode == "finetune":
+        c = st.columns(3)
+        ft_epochs = c[0].number_input("Fine-tune epochs", 1, 100, 1, key="retrain_ft_epochs")
+        ft_lr = c[1].number_input("Fine-tune lr (0 = the base's)", 0.0, 1.0, 0.0, step=1e-5, format="%.1e", key="retrain_ft_lr")
+        replay = c[2].number_input("Replay: original pairs sampled (0 = all)", 0, 10_000_000, 0, key="retrain_replay")
+    else:
+        ft_epochs, ft_lr, replay = 1, 0.0, 0
+    c = st.columns(2)
+    eval_data = c[0].text_input("Held-out data", value=(recipe.data if recipe else data) or s.data, key="retrain_eval_data").strip()
+    eval_rows = c[1].text_input("Held-out rows ('start:end')", value=held_out_rows(train_rows), key="retrain_eval_rows").strip()
+    if not eval_rows and Path(eval_data).expanduser() == Path(recipe.data if recipe else data or s.data).expanduser():
+        st.warning("The held-out rows are empty: base and retrained are then evaluated on their own training pairs, "
+                   "which measures fit, not robustness.")
+    perturbations = perturbation_picker("retrain_perturbations")
+    if st.button("Retrain and evaluate", type="primary", key="retrain_start", disabled=n_approved == 0 or not base_rm):
+        try:
+            if not rm_exists(base_rm):
+                raise ValueError(f"no reward model at {base_rm}; give a checkpoint directory written by train-rm")
+            path, n = export_approved(store, Path(s.project_dir) / "curated")
+            config = RetrainConfig(base_rm=base_rm, augment_data=str(path), mode=mode, data=data, train_rows=train_rows,
+                                   finetune_epochs=int(ft_epochs), finetune_lr=float(ft_lr), replay=int(replay),
+                                   eval_data=eval_data, eval_rows=eval_rows, perturbations=perturbations, device=s.device)
+            config.training_config()  # an unknown recipe is refused now, not in the job
+            started(start_job(store, "retrain", config), f"retrain ({mode}) on {n} approved pairs, then evaluate base and retrained")
+        except ValueError as exc:  # bad knobs, nothing approved, StoreError
+            show_error(exc, "Not started")
+    if n_approved == 0:
+        st.caption("Approve inversions on the Curation page first.")
+
+with tab_pipeline:
+    st.caption("Train a base RM (or take the current one), rank the training pairs, decode variants from the lowest-loss p%, keep "
+               "the inversions, retrain, and evaluate on held-out pairs, with ablations: inversions from a random p%, and "
+               "(fine-tune) the same extra training without new pairs. Every inversion counts as approved, unless you use "
+               "your approved pairs.")
+    demo = Path(s.data).expanduser().resolve() == DEMO_PATH.resolve()
+    c = st.columns(4)
+    p_train_rows = c[0].text_input("Training rows", value=DEMO_SPLIT[0] if demo else s.rows, key="pipeline_train_rows").strip()
+    p_eval_rows = c[1].text_input("Held-out rows", value=DEMO_SPLIT[1] if demo else held_out_rows(s.rows),
+                                  key="pipeline_eval_rows").strip()
+    use_base = c[2].toggle("Start from the current RM", value=False, key="pipeline_use_base", disabled=not rm_exists(s.reward_model),
+                           help="off: train a base RM on the training rows first")
+    p_mode = c[3].radio("Retrain", ["scratch", "finetune"], key="pipeline_mode", horizontal=True)
+    c = st.columns(4)
+    fraction = c[0].number_input("p: influential share, %", 0.1, 100.0, 5.0, step=1.0, key="pipeline_p")
+    k = c[1].number_input("k candidates", 1, 50, 5, key="pipeline_k")
+    alpha = c[2].number_input("α fluency weight", 0.0, 10.0, 1.0, step=0.1, key="pipeline_alpha")
+    max_new_tokens = c[3].number_input("max new tokens", 1, 1024, 64, key="pipeline_max_tokens")
+    c = st.columns(4)
+    epochs = c[0].number_input("Base epochs", 1, 100, 2, key="pipeline_epochs")
+    ablate_random = c[1].checkbox("Ablation: random p%", value=True, key="pipeline_ablate_random")
+    ablate_no_aug = c[2].checkbox("Ablation: no augmentation (fine-tune)", value=True, key="pipeline_ablate_no_aug",
+                                  disabled=p_mode != "finetune")
+    use_approved = c[3].checkbox("Use my approved pairs for the REFORM arm", value=False, key="pipeline_use_approved",
+                                 disabled=n_approved == 0)
+    p_perturbations = perturbation_picker("pipeline_perturbations")
+    if st.button("Run the pipeline", type="primary", key="pipeline_start"):
+        try:
+            parse_rows(p_train_rows), parse_rows(p_eval_rows)  # the job would only find out when it reads the data
+            approved = str(export_approved(store, Path(s.project_dir) / "curated")[0]) if use_approved else ""
+            config = PipelineConfig(data=s.data, train_rows=p_train_rows, eval_rows=p_eval_rows,
+                                    base_rm=s.reward_model if use_base else "", model=s.policy, policy=s.policy,
+                                    epochs=int(epochs), fraction=float(fraction) / 100, k=int(k), alpha=float(alpha),
+                                    max_new_tokens=int(max_new_tokens), approved=approved, retrain=p_mode,
+                                    ablate_random=ablate_random, ablate_no_augment=ablate_no_aug and p_mode == "finetune",
+                                    perturbations=p_perturbations, device=s.device)
+            started(start_job(store, "pipeline", config), "the REFORM pipeline")
+        except ValueError as exc:
+            show_error(exc, "Not started")
+
+with tab_eval:
+    c = st.columns(3)
+    e_rm = c[0].text_input("Checkpoint", value=s.reward_model, key="robustness_rm").strip()
+    e_data = c[1].text_input("Data", value=s.data, key="robustness_data").strip()
+    e_rows = c[2].text_input("Rows ('start:end', empty = all)", value=s.rows, key="robustness_rows").strip()
+    e_perturbations = perturbation_picker("robustness_perturbations")
+    if st.button("Evaluate", type="primary", key="robustness_start"):
+        try:
+            if not rm_exists(e_rm):
+                raise ValueError(f"no reward model at {e_rm}; give a checkpoint directory written by train-rm")
+            parse_rows(e_rows)
+            config = RobustnessConfig(reward_model=e_rm, data=e_data, rows=e_rows, perturbations=e_perturbations, device=s.device)
+            started(start_job(store, "robustness", config), f"robustness of {short(e_rm, 60)}")
+        except ValueError as exc:
+            show_error(exc, "Not started")
+
+# ------------------------------------------------------------------ live progress
+st.subheader("Running")
+if not live_jobs("retrain", kinds=RESULT_KINDS):
+    st.caption("No retraining or evaluation is running.")
+
+# ------------------------------------------------------------------ results
+st.subheader("Results")
+finished = finished_result_jobs(store)
+if not finished:
+    st.info("No finished evaluation yet: results appear here when a run above ends.")
+else:
+    names = {int(j["id"]): f"#{j['id']} {j['kind']} · {short(str(j['message']), 70)}" for j in finished}
+    if "retrain_compare" not in st.session_state:
+        st.session_state.retrain_compare = [int(finished[0]["id"])]  # the newest run
+    st.session_state.retrain_compare = [i for i in st.session_state.retrain_compare if i in names]
+    picked = st.multiselect("Runs to compare", list(names), format_func=names.get, key="retrain_compare")
+    summary, drops = results_frames([j for j in finished if int(j["id"]) in picked])
+    if summary.empty:
+        st.caption("Pick at least one run.")
+    else:
+        c1, c2 = st.columns([2, 3])
+        c1.plotly_chart(accuracy_figure(summary), key="retrain_accuracy_chart")
+        c2.plotly_chart(drop_figure(drops), key="retrain_drop_chart")
+        st.dataframe(summary[["label", "clean_accuracy", "mean_drop", "drop_vs_base", "checkpoint"]], hide_index=True,
+                     key="retrain_summary", column_config={
+                         "clean_accuracy": st.column_config.NumberColumn("clean accuracy", format="%.3f"),
+                         "mean_drop": st.column_config.NumberColumn("mean win-rate drop", format="%+.3f"),
+                         "drop_vs_base": st.column_config.NumberColumn("drop ÷ base's", format="%.2f")})
+
+# ------------------------------------------------------------------ history
+st.subheader("Run history")
+history("retrain_history")

@@ -1,0 +1,137 @@
+"""What the jobs produced, as tables a page can draw: robustness results of finished runs (base vs
+retrained vs ablations), the run history, the stages of a running pipeline, and the end of a job's logs.
+
+Results come from the run directories the store points at: a ``pipeline`` or ``retrain`` job's
+``report.json`` (one row per model), a ``robustness`` job's ``metrics.json`` (one model). Frames:
+
+    summary   run, job_id, kind, model, label, checkpoint, clean_accuracy, mean_drop, drop_vs_base
+    drops     run, job_id, model, label, perturbation, drop          (long format: one bar per cell)
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .runs import read_json
+
+RESULT_KINDS = ("pipeline", "retrain", "robustness")    # jobs whose results are robustness tables
+SUMMARY_COLUMNS = ["run", "job_id", "kind", "model", "label", "checkpoint", "clean_accuracy", "mean_drop", "drop_vs_base"]
+DROP_COLUMNS = ["run", "job_id", "model", "label", "perturbation", "drop"]
+HISTORY_COLUMNS = ["id", "kind", "state", "progress", "message", "created_at", "finished_at", "minutes", "rerun_of", "run_dir"]
+
+
+def checkpoint_name(path: str) -> str:
+    """A short name for a checkpoint: its run directory's name for ``.../<run>/checkpoint``."""
+    p = Path(str(path).rstrip("/"))
+    return p.parent.name if p.name == "checkpoint" and p.parent.name else p.name or str(path)
+
+
+def job_results(job: dict[str, Any]) -> tuple[list[dict], list[dict]]:
+    """(summary rows, drop rows) of one finished job of a RESULT_KIND; ([], []) while it has none."""
+    run_dir = Path(job["run_dir"]) if job.get("run_dir") else None
+    if run_dir is None or job.get("state") != "succeeded" or job.get("kind") not in RESULT_KINDS:
+        return [], []
+    run = f"#{job['id']} {job['kind']}"
+    if job["kind"] == "robustness":
+        metrics, config = read_json(run_dir / "metrics.json"), read_json(run_dir / "config.json", {}) or {}
+        if not isinstance(metrics, dict) or "clean_win_rate" not in metrics:
+            return [], []
+        model = checkpoint_name(config.get("reward_model", ""))
+        models = [{"name": model, "checkpoint": config.get("reward_model", ""), "clean_accuracy": metrics["clean_win_rate"],
+                   "mean_drop": metrics["mean_drop"], "drops": {p["name"]: p["drop"] for p in metrics["per_perturbation"]}}]
+    else:
+        report = read_json(run_dir / "report.json")
+        if not isinstance(report, dict) or "models" not in report:
+            return [], []
+        models = report["models"]
+    base = next((m for m in models if m["name"] == "base"), None)
+    summary, drops = [], []
+    for m in models:
+        label = f"#{job['id']} {m['name']}"
+        ratio = m["mean_drop"] / base["mean_drop"] if base is not None and base["mean_drop"] else None
+        summary.append({"run": run, "job_id": int(job["id"]), "kind": job["kind"], "model": m["name"], "label": label,
+                        "checkpoint": m["checkpoint"], "clean_accuracy": m["clean_accuracy"], "mean_drop": m["mean_drop"],
+                        "drop_vs_base": ratio})
+        drops += [{"run": run, "job_id": int(job["id"]), "model": m["name"], "label": label, "perturbation": p, "drop": d}
+                  for p, d in m["drops"].items()]
+    return summary, drops
+
+
+def results_frames(jobs: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The summary and drop frames of several finished jobs together (oldest job first)."""
+    summary, drops = [], []
+    for job in sorted(jobs, key=lambda j: j["id"]):
+        s, d = job_results(job)
+        summary += s
+        drops += d
+    return pd.DataFrame(summary, columns=SUMMARY_COLUMNS), pd.DataFrame(drops, columns=DROP_COLUMNS)
+
+
+def finished_result_jobs(store) -> list[dict[str, Any]]:
+    """Succeeded jobs that have a robustness table to show, newest first."""
+    jobs = store.list_jobs()
+    jobs = jobs[jobs["kind"].isin(RESULT_KINDS) & (jobs["state"] == "succeeded")]
+    return [job for job in jobs.to_dict("records") if job_results(job)[0]]
+
+
+def history_frame(store, kinds: Sequence[str] | None = None) -> pd.DataFrame:
+    """The run history (newest first): one row per job with how long it ran, in minutes."""
+    jobs = store.list_jobs()
+    if kinds is not None:
+        jobs = jobs[jobs["kind"].isin(list(kinds))]
+    if jobs.empty:
+        return pd.DataFrame(columns=HISTORY_COLUMNS)
+    jobs = jobs.copy()
+    end = jobs["finished_at"].fillna(jobs["updated_at"])
+    jobs["minutes"] = ((end - jobs["started_at"]).dt.total_seconds() / 60).round(2)
+    return jobs[HISTORY_COLUMNS].reset_index(drop=True)
+
+
+def latest_job(store, kind: str, run_dir: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The newest job of ``kind`` (in ``run_dir``, when given), or None."""
+    jobs = store.list_jobs(kind)
+    if run_dir is not None:
+        jobs = jobs[jobs["run_dir"] == str(Path(run_dir).expanduser().resolve())]
+    return None if jobs.empty else store.get_job(int(jobs["id"].iloc[0]))
+
+
+def stage_status(run_dir: str | os.PathLike | None) -> list[dict[str, Any]]:
+    """The stages of a pipeline or retrain run (its sub-directories with a status.json), in the order
+    they started: name, state, progress, message."""
+    if not run_dir or not Path(run_dir).is_dir():
+        return []
+    stages = []
+    for d in Path(run_dir).iterdir():
+        status = read_json(d / "status.json") if d.is_dir() and not d.name.startswith(".") else None
+        if isinstance(status, dict):
+            stages.append({"stage": d.name, "state": status.get("state", ""), "progress": float(status.get("progress") or 0.0),
+                           "message": status.get("message", ""), "_t": (d / "config.json").stat().st_mtime
+                           if (d / "config.json").exists() else 0.0})
+    return [{k: v for k, v in s.items() if k != "_t"} for s in sorted(stages, key=lambda s: (s["_t"], s["stage"]))]
+
+
+def log_tail(job: dict[str, Any], max_lines: int = 40, max_bytes: int = 16_384) -> str:
+    """The last lines of a job's logs: its own ``log.txt`` (what it did) and ``process.log`` (its
+    output, with any traceback), each at most ``max_lines`` lines from its last ``max_bytes`` bytes."""
+    parts = []
+    run_dir = Path(job["run_dir"]) if job.get("run_dir") else None
+    paths = [run_dir / "log.txt"] if run_dir else []
+    if job.get("log_path"):
+        paths.append(Path(job["log_path"]))
+    for path in paths:
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(max(0, os.path.getsize(path) - max_bytes))
+                raw = fh.read().decode("utf-8", "replace").split("\n")
+        except OSError:
+            continue
+        # progress bars redraw with carriage returns: keep only each line's last state
+        lines = [line.rstrip("\r").rsplit("\r", 1)[-1] for line in raw]
+        lines = [line for line in lines if line.strip()][-max_lines:]
+        if lines:
+            parts.append(f"==> {path.name} <==\n" + "\n".join(lines))
+    return "\n\n".join(parts)

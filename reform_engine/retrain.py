@@ -1,0 +1,167 @@
+"""Retrain a reward model on the pairs a person approved, and compare it with its base: one job that
+trains the RM on its original pairs plus the curated ones, then measures the robustness of the base
+and of the retrained RM on the same held-out pairs.
+
+Retraining follows the pipeline's two modes: ``scratch`` repeats the base's own recipe (its run's
+config.json: backbone, hyperparameters, seed) on the augmented data, ``finetune`` continues the base
+checkpoint for a few epochs. The job's stages are sub-directories (``retrain/``, ``robustness_base/``,
+``robustness_retrained/``) run through ``pipeline.run_stage``, so a re-run resumes, the store ingests
+each stage, and ``report.json`` has the pipeline's tables (``summary``, ``drops``): one reader serves both.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .data import parse_rows
+from .perturbations import PERTURBATIONS
+from .pipeline import RETRAIN_MODES, ModelReport, PipelineResult, run_stage
+from .reward_model import SPEC_FILE, RewardModelSpec
+from .robustness import RobustnessConfig, evaluate_robustness
+from .runs import atomic_write_json, job_run, read_json, to_jsonable
+from .runtime import set_cpu_threads
+from .training import TrainRewardConfig, train_reward_model
+
+
+# --------------------------------------------------------------------------- the base's recipe
+
+def base_training_config(base_rm: str | Path) -> TrainRewardConfig | None:
+    """The TrainRewardConfig that produced checkpoint ``base_rm`` (the ``config.json`` of the run
+    directory holding it, as train-rm and the pipeline's base stage write), or None when there is none."""
+    saved = read_json(Path(base_rm).expanduser() / ".." / "config.json")
+    if not isinstance(saved, dict) or "model" not in saved or "lr" not in saved:
+        return None
+    known = {f.name for f in dataclasses.fields(TrainRewardConfig)}
+    return TrainRewardConfig(**{k: v for k, v in saved.items() if k in known})
+
+
+def _spec_training_config(base_rm: Path) -> TrainRewardConfig:
+    """A recipe for a checkpoint trained elsewhere: the model part from its spec, the rest defaults."""
+    try:
+        spec = RewardModelSpec(**json.loads((base_rm / SPEC_FILE).read_text()))
+    except FileNotFoundError:
+        raise ValueError(f"{base_rm} is not a reward-model checkpoint (no {SPEC_FILE}); give the checkpoint/ directory "
+                         "a train-rm run wrote") from None
+    return TrainRewardConfig(model=spec.base_model, finetune=spec.finetune, lora_r=spec.lora_r, lora_alpha=spec.lora_alpha,
+                             lora_dropout=spec.lora_dropout, lora_layers=spec.lora_layers or 0,
+                             use_chat_template=spec.use_chat_template, max_length=spec.max_length,
+                             trust_remote_code=spec.trust_remote_code)
+
+
+def held_out_rows(train_rows: str) -> str:
+    """The rows after a training range 'a:b' ('b:'), or '' when training took everything to the end."""
+    stop = parse_rows(train_rows).stop
+    return f"{stop}:" if stop is not None else ""
+
+
+# --------------------------------------------------------------------------- the job
+
+@dataclass
+class RetrainConfig:
+    # what
+    base_rm: str                            # the base checkpoint directory
+    augment_data: str                       # the approved pairs, TRL rows (curation.export_approved)
+    mode: str = "scratch"                   # scratch: the base's recipe and seed on original + approved pairs;
+                                            # finetune: continue the base on them
+    data: str = ""                          # the original pairs; '' = the base's own (from its run's config.json)
+    train_rows: str = ""                    # with data: the rows to train on ('' = all)
+    # finetune mode
+    finetune_epochs: int = 1
+    finetune_lr: float = 0.0                # 0 = the base's lr
+    replay: int = 0                         # a seeded sample of this many original pairs (0 = all of them)
+    # evaluation: the same held-out pairs for base and retrained
+    eval_data: str = ""                     # '' = the training data
+    eval_rows: str = ""                     # held-out rows, e.g. '132:'; '' = all rows (then it measures training fit)
+    perturbations: str = ",".join(PERTURBATIONS)
+    eval_max_length: int = 1024
+    seed: int = 0                           # perturbation seed
+    # runtime
+    device: str = "auto"
+    dtype: str = "float32"
+    threads: int = 0
+
+    def __post_init__(self):
+        if self.mode not in RETRAIN_MODES:
+            raise ValueError(f"mode={self.mode!r}; use one of {RETRAIN_MODES}")
+        if not self.base_rm.strip():
+            raise ValueError("base_rm is empty; give the checkpoint directory of the RM to improve")
+        if not self.augment_data.strip():
+            raise ValueError("augment_data is empty; export the approved pairs first (Store.export_trl)")
+        if self.finetune_epochs < 1 or self.finetune_lr < 0 or self.replay < 0:
+            raise ValueError("finetune_epochs must be >= 1, finetune_lr >= 0 (0 = the base's) and replay >= 0 (0 = all pairs)")
+        for rows in (self.train_rows, self.eval_rows):
+            parse_rows(rows)
+        RobustnessConfig(reward_model=self.base_rm, perturbations=self.perturbations)  # checks the names
+
+    def training_config(self) -> TrainRewardConfig:
+        """The retraining run's config. Raises ValueError when the base's recipe is unknown and no data is given."""
+        base_dir = Path(self.base_rm).expanduser()
+        base = base_training_config(base_dir)
+        if base is None:
+            base = _spec_training_config(base_dir)
+            if not self.data:
+                raise ValueError(f"no training config beside {base_dir} (it was not trained here), so its training data "
+                                 "is unknown; give data (and train_rows): the pairs it was trained on")
+        fields: dict[str, Any] = {"augment_data": self.augment_data, "eval_data": "", "eval_rows": "", "save_every": 0,
+                                  "device": self.device, "dtype": self.dtype, "threads": self.threads}
+        if self.data:
+            fields.update(data=self.data, train_rows=self.train_rows)
+        if self.mode == "scratch":
+            return dataclasses.replace(base, init_from="", **fields)
+        return dataclasses.replace(base, init_from=str(base_dir), epochs=self.finetune_epochs, max_steps=0,
+                                   lr=self.finetune_lr or base.lr, train_sample=self.replay, **fields)
+
+    def robustness_config(self, rm: str, training: TrainRewardConfig) -> RobustnessConfig:
+        return RobustnessConfig(reward_model=rm, data=self.eval_data or training.data, rows=self.eval_rows,
+                                perturbations=self.perturbations, seed=self.seed, max_length=self.eval_max_length,
+                                device=self.device, dtype=self.dtype, threads=self.threads)
+
+
+def _count_pairs(path: str) -> int:
+    from .data import load_preferences
+
+    return len(load_preferences(path, skip_invalid=True).pairs)
+
+
+def _log_stage(run, timing, what: str) -> None:
+    run.log(f"stage {timing.name}: {'reused' if timing.reused else 'ran'} ({timing.seconds:.0f} s); {what}")
+
+
+def run_retrain(config: RetrainConfig, run_dir: str | Path) -> PipelineResult:
+    """Retrain, then evaluate base and retrained; writes ``report.json`` (the pipeline's format, models
+    ``base`` and ``retrained``) in ``run_dir``."""
+    run_dir = Path(run_dir)
+    with job_run(run_dir, config, "starting") as run:
+        set_cpu_threads(config.threads)
+        start, timings, total = time.perf_counter(), [], 3
+        training = config.training_config()
+        n_new = _count_pairs(config.augment_data)
+        if n_new == 0:
+            raise ValueError(f"{config.augment_data} holds no pairs; approve some inversions and export them first")
+        run.progress(0, total, stage="retrain", message=f"stage 1/{total}: retrain ({n_new} approved pairs added)")
+        trained = run_stage(run_dir, "retrain", train_reward_model, training, timings)
+        reuse = timings[-1].reused  # the retrained RM's evaluation reads its checkpoint: re-run when it is new
+        _log_stage(run, timings[-1], f"{trained['train_pairs']} training pairs ({n_new} approved), {trained['steps']} steps")
+        checkpoints = {"base": (str(Path(config.base_rm).expanduser()), 0), "retrained": (trained["checkpoint"], n_new)}
+        models = []
+        for i, (arm, (ckpt, n)) in enumerate(checkpoints.items(), start=1):
+            name = f"robustness_{arm}"
+            run.progress(i, total, stage=name, message=f"stage {i + 1}/{total}: {name}")
+            rob = run_stage(run_dir, name, evaluate_robustness, config.robustness_config(ckpt, training), timings,
+                            reuse=reuse or arm == "base")  # the base's evaluation does not depend on the retraining
+            _log_stage(run, timings[-1], f"clean win rate {rob['clean_win_rate']:.3f}, mean drop {rob['mean_drop']:+.3f}")
+            models.append(ModelReport(arm, ckpt, n, rob["clean_win_rate"], rob["mean_drop"],
+                                      {p["name"]: p["drop"] for p in rob["per_perturbation"]}, rob["indicators"] or {}))
+        result = PipelineResult(models, timings, {}, time.perf_counter() - start, str(run_dir / "report.json"))
+        atomic_write_json(run_dir / "report.json", {**to_jsonable(result), "summary": result.summary_rows(),
+                                                    "drops": result.drop_rows()})
+        run.write_metrics(result)
+        base, new = models
+        run.set_status("succeeded", progress=1.0, step=total, total=total,
+                       message=f"mean drop {new.mean_drop:+.3f} retrained vs {base.mean_drop:+.3f} base; "
+                               f"clean accuracy {new.clean_accuracy:.3f} vs {base.clean_accuracy:.3f}")
+        return result

@@ -1,0 +1,341 @@
+"""Curation, Retrain & evaluate, and the store/jobs wiring of Home and Controlled decoding: AppTest in
+process on tiny models, with real background jobs (separate processes) where a page starts one."""
+import json
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import make_pair
+from reform_engine.data import load_preferences, write_jsonl
+from reform_engine.decoding import DecodingResult, StepRecord
+from reform_engine.influence import ScoredPair
+from reform_engine.inversions import make_variant
+from reform_engine.jobs import ACTIVE
+from reform_engine.reward_model import RewardModelSpec, build_reward_model
+from reform_engine.store import Store
+from reform_engine.tiny import save_tiny_model
+from reform_engine.training import TrainRewardConfig, train_reward_model
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+HANG_GUARD = 600  # seconds: only so a broken job cannot hang the suite; never a speed requirement
+ASKS = ["Can you help me?", "What time is it?", "Tell me a fact.", "How do I cook rice?", "Where is Paris?", "Name a colour.",
+        "What is 2+2?", "Say something nice."]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny ASCII policy, a tiny RM on it (untrained), a base RM trained here (its run has config.json),
+    and a small preference file (8 pairs: rows 0-5 to train, 6-7 held out)."""
+    root = tmp_path_factory.mktemp("app2-models")
+    policy = str(save_tiny_model(root / "policy", seed=1, ascii_only=True))
+    rm = build_reward_model(RewardModelSpec(base_model=policy, finetune="full", max_length=256), device="cpu", seed=3)
+    data = root / "pairs.jsonl"
+    write_jsonl(data, [make_pair(i, a, "Sure, happy to help.", "No. Go away!!").to_trl() for i, a in enumerate(ASKS)])
+    base = TrainRewardConfig(data=str(data), train_rows="0:6", model=policy, finetune="lora", lora_r=2, lora_alpha=4,
+                             lora_layers=1, batch_size=4, max_steps=2, max_length=128, device="cpu", warmup_ratio=0.0)
+    train_reward_model(base, root / "base-run")
+    return {"policy": policy, "rm": str(rm.save(root / "rm")), "base": str(root / "base-run" / "checkpoint"), "data": str(data)}
+
+
+@pytest.fixture()
+def env(tiny, tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    for name, value in {"REFORM_POLICY": tiny["policy"], "REFORM_REWARD_MODEL": tiny["rm"], "REFORM_PROJECT_DIR": str(project),
+                        "REFORM_DEVICE": "cpu", "REFORM_DATA": tiny["data"]}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("REFORM_ROWS", "REFORM_COMPARE_RM"):
+        monkeypatch.delenv(name, raising=False)
+    return {**tiny, "project": project, "db": project / "reform.duckdb"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_thread_outlives_the_tests():
+    yield
+    from reform_engine.background import wait_all
+    wait_all()
+
+
+def loading(at: AppTest) -> bool:
+    return any("⏳" in el.value for el in at.info) or any(
+        "⏳" in el.proto.text and "job #" not in el.proto.text for el in at.get("progress"))
+
+
+def settle(at: AppTest, page: str | None = None) -> AppTest:
+    """Run (or switch to ``page``) and re-run while a model is still loading in the background."""
+    (at.switch_page(page) if page else at).run()
+    for _ in range(400):
+        if not loading(at):
+            break
+        time.sleep(0.05)
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not loading(at), "a background load never finished"
+    return at
+
+
+def job_progress(at: AppTest) -> list[str]:
+    return [el.proto.text for el in at.get("progress") if "job #" in el.proto.text]
+
+
+def until_job_ends(at: AppTest, db: Path, job_id: int) -> dict:
+    """Re-run the page (as its live panel's timer does) until the job has ended; -> the job."""
+    deadline = time.monotonic() + HANG_GUARD
+    while True:
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        job = Store(db).get_job(job_id)
+        if job["state"] not in ACTIVE:
+            at.run()  # the page as it is once the job's results are in
+            assert not at.exception, [e.value for e in at.exception]
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} still {job['state']}: {job['message']}"
+        time.sleep(0.3)
+
+
+def table(at: AppTest, column: str):
+    """The first dataframe on the page with ``column`` (AppTest does not expose a dataframe's key)."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def decisions(db: Path) -> list[tuple]:
+    """The decisions table, read with a raw DuckDB connection: what is in the file, not in a session."""
+    con = duckdb.connect(str(db))
+    try:
+        return con.execute("SELECT variant_id, decision, edited_text, note FROM decisions ORDER BY id").fetchall()
+    finally:
+        con.close()
+
+
+def variant_record(i: int, direction: str, r_variant: float, text: str) -> dict:
+    """A real Variant.to_record(): pair i (r+ = 2.0, r- = 0.5), three decoding steps, the last one EOS."""
+    source = ScoredPair(make_pair(i, ASKS[i], "Sure, happy to help.", "No. Go away!!"), 2.0, 0.5, 0.2, 1)
+    steps = [StepRecord(s, [40, 2], ["Ok", "<|im_end|>"], [-0.1, -2.0], [0.3, 0.1], [0.0, 0.0], c, [40, 2][c], ["Ok", ""][c],
+                        [0.3, -0.4, -0.4][s], c == 1) for s, c in enumerate([0, 0, 1])]
+    result = DecodingResult(source.pair.prompt, direction, "shared", [40, 40], text, steps, r_variant, 3.0, "eos")
+    return make_variant(source, result, r_variant).to_record()
+
+
+# ------------------------------------------------------------------ curation
+
+def test_curation_lists_stored_inversions_and_writes_every_decision_to_the_database(env):
+    store = Store(env["db"])
+    low, high = store.add_variants([variant_record(0, "lower", -1.0, "Ok Ok"), variant_record(1, "raise", 3.0, "Whatever.")])
+    job = store.add_job("variants", {})
+    (miss,) = store.add_variants([variant_record(2, "lower", 1.0, "Not low enough.")], job_id=job)  # filtered out
+
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/curation.py")
+    assert {m.label: m.value for m in at.metric}["Waiting"] == "2"
+    assert at.selectbox(key="curation_variant").options == [f"#{low} · t:0 · lower", f"#{high} · t:1 · raise"]
+    codes = [c.value for c in at.code]
+    assert "Sure, happy to help." in codes and "No. Go away!!" in codes and "Ok Ok" in codes
+    assert len(at.get("plotly_chart")) == 1  # the variant's running reward while decoding
+    assert any("It adds the pair" in md.value and "“Ok Ok” ≻ rejected = “No. Go away!!”" in md.value for md in at.markdown)
+
+    at.text_input(key="curation_note").set_value("fluent, and the RM ranks it below the rude answer")
+    at.button(key="curation_approve").click()
+    at = settle(at)
+    assert decisions(env["db"]) == [(low, "approve", None, "fluent, and the RM ranks it below the rude answer")]
+    assert any(f"Approved variant #{low}" in s.value for s in at.success)
+    assert at.selectbox(key="curation_variant").value == high  # the next one waiting
+
+    # bad edits are refused on the page and write nothing
+    at.text_area(key="curation_text").set_value("Sure, happy to help.")  # the chosen side of a "raise" pair
+    at.button(key="curation_approve").click()
+    at = settle(at)
+    assert any("Not stored" in e.value and "equals the other response" in e.value for e in at.error)
+    at.text_area(key="curation_text").set_value("   ")
+    at.button(key="curation_approve").click()
+    at = settle(at)
+    assert any("edited_text is empty" in e.value for e in at.error) and len(decisions(env["db"])) == 1
+
+    at.text_area(key="curation_text").set_value("Whatever. Go away.")
+    at.text_input(key="curation_note").set_value("made it plainly worse")
+    at.button(key="curation_approve").click()
+    at = settle(at)
+    assert decisions(env["db"])[-1] == (high, "edit", "Whatever. Go away.", "made it plainly worse")
+    assert any("Nothing here" in i.value for i in at.info)
+
+    # the filtered-out variant: shown on request, only to be rejected
+    at.selectbox(key="curation_status").set_value("all")
+    at.toggle(key="curation_every").set_value(True)
+    at = settle(at)
+    at.selectbox(key="curation_variant").set_value(miss)
+    at = settle(at)
+    assert at.button(key="curation_approve").disabled and any("Not an inversion" in w.value for w in at.warning)
+    at.button(key="curation_reject").click()
+    at = settle(at)
+    assert decisions(env["db"])[-1] == (miss, "reject", None, "")
+
+    at.button(key="curation_export").click()
+    at = settle(at)
+    (path,) = (env["project"] / "exports").glob("approved-*.jsonl")
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [
+        {"prompt": [{"role": "user", "content": ASKS[0]}], "chosen": "Ok Ok", "rejected": "No. Go away!!"},
+        {"prompt": [{"role": "user", "content": ASKS[1]}], "chosen": "Sure, happy to help.", "rejected": "Whatever. Go away."}]
+    assert any("2 approved pair(s) written" in s.value for s in at.success)
+
+
+def test_curation_runs_batch_generation_as_a_background_job(env):
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/curation.py")
+    at.number_input(key="curation_gen_p").set_value(25.0)  # 2 of the 8 pairs
+    at.number_input(key="curation_gen_k").set_value(2)
+    at.number_input(key="curation_gen_max_tokens").set_value(3)
+    at.button(key="curation_generate").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    (job,) = Store(env["db"]).list_jobs()["id"].tolist()
+    assert any(f"Started job #{job}" in s.value for s in at.success)
+    assert job_progress(at) and f"job #{job} variants" in job_progress(at)[0]  # live progress while it runs
+    ended = until_job_ends(at, env["db"], job)
+    assert ended["state"] == "succeeded", ended["message"]
+    stored = Store(env["db"]).list_variants(inversions_only=False, job_id=job)
+    assert len(stored) == 4 and set(stored["direction"]) == {"lower", "raise"}  # 2 pairs x 2 directions, ingested
+    assert {m.label: m.value for m in at.metric}["Waiting"] == str(int(stored["is_inversion"].sum()))
+    assert not job_progress(at)
+
+
+def test_decoding_page_sends_the_variant_to_the_store(env):
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/decoding.py")
+    at.slider(key="decoding_k").set_value(2)
+    at.slider(key="decoding_max_tokens").set_value(3)
+    at.checkbox(key="decoding_compare").set_value(False)
+    at.button(key="decoding_run").click()
+    at = settle(at)
+    v = at.session_state["decoding_last"]["variant"]
+    at.button(key="decoding_send").click()
+    at = settle(at)
+    assert any("Queued for curation (1 waiting)." in s.value for s in at.success)
+    stored = Store(env["db"]).list_variants(inversions_only=False)
+    assert stored[["pair_id", "direction", "text", "is_inversion"]].values.tolist() == [[v.pair_id, "lower", v.text, v.is_inversion]]
+    assert len(Store(env["db"]).get_variant(int(stored["id"][0]))["steps"]) == len(v.steps)
+    at.button(key="decoding_send").click()  # again: still one row
+    at = settle(at)
+    assert len(Store(env["db"]).list_variants(inversions_only=False)) == 1
+    at = settle(at, "pages/curation.py")  # another page of the same session finds it in the queue
+    assert at.selectbox(key="curation_variant").value == int(stored["id"][0])
+
+
+# ------------------------------------------------------------------ home: the base RM as a job
+
+def test_home_trains_a_base_rm_in_the_background_when_there_is_none(env, monkeypatch, tmp_path):
+    monkeypatch.setenv("REFORM_REWARD_MODEL", str(tmp_path / "no-rm-yet"))
+    at = settle(AppTest.from_file(APP, default_timeout=120))
+    at.text_input(key="home_train_rows").set_value("0:6")
+    at.number_input(key="home_train_lora_layers").set_value(1)
+    at.number_input(key="home_train_max_steps").set_value(2)
+    at.number_input(key="home_train_batch").set_value(4)
+    at.number_input(key="home_train_max_length").set_value(128)
+    at.button(key="home_train").click()
+    at.run()
+    (job,) = Store(env["db"]).list_jobs()["id"].tolist()
+    assert job_progress(at) and f"job #{job} train-rm" in job_progress(at)[0]
+    ended = until_job_ends(at, env["db"], job)
+    assert ended["state"] == "succeeded", ended["message"]
+    checkpoint = env["project"].resolve() / "runs" / "base-rm" / "checkpoint"
+    at = settle(at)
+    assert at.session_state["app_settings"].reward_model == str(checkpoint)
+    assert "RM accuracy" in {m.label for m in at.metric}  # the new RM scored the data
+    assert json.loads((checkpoint.parent / "config.json").read_text())["train_rows"] == "0:6"
+
+
+def test_home_refuses_a_bad_training_knob_on_the_page(env, monkeypatch, tmp_path):
+    monkeypatch.setenv("REFORM_REWARD_MODEL", str(tmp_path / "no-rm-yet"))
+    at = settle(AppTest.from_file(APP, default_timeout=120))
+    at.text_input(key="home_train_rows").set_value("first half")
+    at.button(key="home_train").click()
+    at = settle(at)
+    assert any("Not started" in e.value and "start:end" in e.value for e in at.error)
+    assert Store(env["db"]).list_jobs().empty
+
+
+# ------------------------------------------------------------------ retrain & evaluate
+
+def test_retrain_page_retrains_on_approved_pairs_and_charts_base_vs_retrained(env, monkeypatch):
+    monkeypatch.setenv("REFORM_REWARD_MODEL", env["base"])
+    store = Store(env["db"])
+    ids = store.add_variants([variant_record(0, "lower", -1.0, "Ok, here you go."), variant_record(1, "raise", 3.0, "Meh.")])
+    for i in ids:
+        store.decide(i, "approve")
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/retrain.py")
+    assert {m.label: m.value for m in at.metric}["Approved pairs"] == "2"
+    assert at.text_input(key="retrain_eval_rows").value == "6:"  # held out: the rows after the base's 0:6
+    at.multiselect(key="retrain_perturbations").set_value(["verbosity", "capitalization"])
+    at.text_input(key="retrain_base").set_value("/no/such/rm")
+    at.button(key="retrain_start").click()
+    at = settle(at)
+    assert any("Not started: no reward model at /no/such/rm" in e.value for e in at.error) and store.list_jobs().empty
+
+    at.text_input(key="retrain_base").set_value(env["base"])
+    at.button(key="retrain_start").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    (job,) = store.list_jobs()["id"].tolist()
+    assert job_progress(at) and f"job #{job} retrain" in job_progress(at)[0]
+    ended = until_job_ends(at, env["db"], job)
+    assert ended["state"] == "succeeded", ended["message"]
+    (augment,) = (env["project"] / "curated").glob("approved-*.jsonl")
+    assert len(load_preferences(str(augment)).pairs) == 2
+
+    assert len(at.get("plotly_chart")) == 2  # clean accuracy; win-rate drop per perturbation
+    summary = table(at, "clean_accuracy")
+    assert summary["label"].tolist() == [f"#{job} base", f"#{job} retrained"]
+    report = json.loads((Path(ended["run_dir"]) / "report.json").read_text())
+    assert summary["clean_accuracy"].tolist() == [r["clean_accuracy"] for r in report["summary"]]
+    assert {r["perturbation"] for r in report["drops"]} == {"verbosity", "capitalization"}
+    assert table(at, "minutes")["kind"].tolist() == ["retrain"]
+    assert any("==> log.txt <==" in c.value and "stage retrain" in c.value for c in at.code)  # the job's log tail
+    assert len(store.list_checkpoints()) == 1 and len(store.list_eval_results()) == 2  # ingested stages
+
+
+def test_retrain_page_starts_and_cancels_a_pipeline(env):
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/retrain.py")
+    assert at.button(key="retrain_start").disabled  # nothing approved yet
+    at.text_input(key="pipeline_train_rows").set_value("0:6")
+    at.text_input(key="pipeline_eval_rows").set_value("6:")
+    at.multiselect(key="pipeline_perturbations").set_value(["verbosity"])
+    at.number_input(key="pipeline_k").set_value(2)
+    at.button(key="pipeline_start").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    (job,) = Store(env["db"]).list_jobs()["id"].tolist()
+    config = Store(env["db"]).get_job(job)["config"]
+    assert (config["train_rows"], config["eval_rows"], config["k"], config["perturbations"]) == ("0:6", "6:", 2, "verbosity")
+    assert config["model"] == env["policy"] and config["base_rm"] == ""
+    at.button(key=f"retrain_cancel_{job}").click()
+    at.run()
+    assert Store(env["db"]).get_job(job)["state"] == "cancelled" and not job_progress(at)
+    assert table(at, "minutes")["state"].tolist() == ["⏹️ cancelled"]
+
+    at.text_input(key="robustness_rm").set_value("/no/such/rm")
+    at.button(key="robustness_start").click()
+    at.run()
+    assert any("Not started: no reward model at /no/such/rm" in e.value for e in at.error)
+    at.text_input(key="pipeline_train_rows").set_value("six")
+    at.button(key="pipeline_start").click()
+    at.run()
+    assert any("Not started" in e.value and "start:end" in e.value for e in at.error)
+    assert len(Store(env["db"]).list_jobs()) == 1 and not at.exception
+
+
+def test_two_tabs_deciding_at_once_lose_nothing(env):
+    store = Store(env["db"])
+    first, second = store.add_variants([variant_record(0, "lower", -1.0, "Ok Ok"), variant_record(1, "raise", 3.0, "Whatever.")])
+    tabs = [settle(AppTest.from_file(APP, default_timeout=120), "pages/curation.py") for _ in range(2)]
+    tabs[1].selectbox(key="curation_variant").set_value(second)
+    tabs[1] = settle(tabs[1])
+    tabs[0].button(key="curation_approve").click()   # tab 0 approves the first
+    tabs[1].button(key="curation_reject").click()    # tab 1, drawn before that, rejects the second
+    tabs = [settle(t) for t in tabs]
+    assert decisions(env["db"]) == [(first, "approve", None, ""), (second, "reject", None, "")]
+    # tab 0 still shows the second as pending; its decision lands after tab 1's and says so
+    assert tabs[0].selectbox(key="curation_variant").value == second
+    tabs[0].text_input(key="curation_note").set_value("on second thought, fine")
+    tabs[0].button(key="curation_approve").click()
+    tabs[0] = settle(tabs[0])
+    assert any("It had been rejected meanwhile in another tab" in s.value for s in tabs[0].success)
+    assert [h["decision"] for h in store.get_variant(second)["history"]] == ["reject", "approve"]
+    assert store.get_variant(second)["status"] == "approved"
