@@ -33,7 +33,7 @@ def preset(name: str, args) -> PipelineConfig:
         sys.exit(f"HH dev data not found at {HH_DEV_PATH}; place ../shared beside the repo")
     base = OUT / "train_hh" / "checkpoint"
     return PipelineConfig(data=str(HH_DEV_PATH), train_rows="0:1500", eval_rows=args.eval_rows,
-                          base_rm=str(base.relative_to(ROOT)) if base.is_dir() else "", epochs=2,
+                          base_rm=str(base.relative_to(ROOT)) if base.is_dir() else "", epochs=args.epochs,
                           retrain=args.retrain, replay=args.replay, finetune_epochs=1, threads=args.threads,
                           ablate_no_augment=not args.skip_no_aug)
 
@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--replay", type=int, default=400, help="hh finetune: original pairs replayed beside the new ones")
     parser.add_argument("--eval-rows", default="1500:", help="hh: held-out rows for the robustness evaluation")
     parser.add_argument("--skip-no-aug", action="store_true", help="hh: leave out the no-augmentation fine-tune arm")
+    parser.add_argument("--epochs", type=int, default=2, help="hh: epochs of the base RM (and of scratch retraining)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--run-dir", default="")
     args = parser.parse_args()
