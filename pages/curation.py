@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from pages._jobs import live_jobs
+from pages._routes import through_router
 from pages._shared import fmt, project_store, rm_exists, settings, short, show_error, trace_figure
 from reform_engine.curation import EXPORT_FORMATS, counts, decision_for, export_approved, new_pair, queue, step_trace
 from reform_engine.data import hh_text
@@ -38,6 +39,7 @@ def decide(variant_id: int, action: str, shown_text: str, shown_decisions: int) 
         f" It had been {now['status']} meanwhile in another tab; this decision is now the latest." if meanwhile else "")
 
 
+through_router()
 st.title("Curation")
 s = settings()
 store = project_store()

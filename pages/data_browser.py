@@ -2,9 +2,11 @@
 import pandas as pd
 import streamlit as st
 
+from pages._routes import through_router
 from pages._shared import settings
 from reform_engine.data import DataError, load_preferences
 
+through_router()
 st.title("Preference data")
 path = st.text_input("Data file (.jsonl, .jsonl.gz, .json, .parquet, .csv)", value=settings().data, key="data_path")
 try:

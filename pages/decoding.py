@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import streamlit as st
 
+from pages._routes import through_router
 from pages._shared import (SCORE_MAX_LENGTH, fmt, pair_label, pair_rewards, pending_variants, require_data,
                            require_decoder, send_to_curation, short, show_error, trace_figure)
 from reform_engine.data import DataError
@@ -18,6 +19,7 @@ LAST_KEY = "decoding_last"
 DIRECTION_HELP = {"lower": "lower: start from a preferred pair; find a good-looking response the RM scores below the rejected one",
                   "raise": "raise: start from a rejected pair; find a bad response the RM scores above the chosen one"}
 
+through_router()
 st.title("Controlled decoding")
 decoder = require_decoder()
 _, pairs = require_data()

@@ -3,6 +3,7 @@ reward trace, apply a perturbation and see the trace change, and put two RMs sid
 import pandas as pd
 import streamlit as st
 
+from pages._routes import through_router
 from pages._shared import (pair_label, require_data, require_rm, rm_exists, settings, show_error, trace_figure,
                            trace_of)
 from reform_engine.data import DataError, hh_text, prompt_from_text
@@ -10,6 +11,7 @@ from reform_engine.perturbations import PERTURBATIONS, perturb
 
 NONE = "(none)"
 
+through_router()
 st.title("Reward explorer")
 s = settings()
 require_rm()

@@ -6,6 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from pages._jobs import live_jobs
+from pages._routes import through_router
 from pages._shared import (SCORE_MAX_LENGTH, UPLOAD_LIMIT_MB, project_store, require, require_data, require_policy, require_rm,
                            rm_exists, scoring_task, settings, show_error, update_settings)
 from reform_engine.data import DEMO_PATH, DataError, parse_rows, save_upload
@@ -64,6 +65,7 @@ def train_base_rm(s) -> None:
         st.code(f"python -m reform_engine train-rm --data {s.data} --run-dir {run_dir}", language="bash")
 
 
+through_router()
 st.title("REFORM workbench")
 st.write("Find where your reward model is wrong, curate the evidence, and retrain it (REFORM, arXiv 2507.06419): "
          "rank the training pairs by loss, search for inversions with reward-guided decoding, and inspect any "

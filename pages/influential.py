@@ -5,11 +5,13 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from pages._routes import through_router
 from pages._shared import require_scored
 from reform_engine.influence import select_influential
 
 TARGETS_KEY = "influential_targets"   # pair ids handed to the decoding page
 
+through_router()
 st.title("Influential samples")
 scored = require_scored()
 

@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages._jobs import history, live_jobs
+from pages._routes import through_router
 from pages._shared import project_store, rm_exists, settings, short, show_error
 from reform_engine.curation import export_approved
 from reform_engine.data import DEMO_PATH, parse_rows
@@ -55,6 +56,7 @@ def drop_figure(drops) -> go.Figure:
     return fig
 
 
+through_router()
 st.title("Retrain & evaluate")
 s = settings()
 store = project_store()

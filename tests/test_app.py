@@ -157,6 +157,7 @@ def test_decoding_page_runs_judges_inspects_and_queues_a_variant(env):
     at.session_state["influential_targets"] = ["demo_pairs.jsonl:3"]
     at = settle(at, "pages/decoding.py")
     assert at.selectbox(key="decoding_pair").value == "demo_pairs.jsonl:3"
+    assert any(c.value.startswith("Policy:") for c in at.sidebar.caption)  # the page ran inside app.py's frame
     at.slider(key="decoding_k").set_value(3)
     at.slider(key="decoding_max_tokens").set_value(6)
     at.button(key="decoding_run").click()

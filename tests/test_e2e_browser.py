@@ -66,6 +66,13 @@ def test_every_page_in_a_real_browser_and_a_short_decoding(chromium, server, out
         errors = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         try:
+            # The server's first visit goes straight to a page's URL: it must still run through app.py's
+            # router (Streamlit would otherwise treat pages/ as a legacy multipage folder).
+            page.goto(f"{url}/data_browser")
+            expect(page.get_by_role("heading", name="Preference data")).to_be_visible()
+            nav = page.locator('[data-testid="stSidebarNav"] a')
+            expect(nav.filter(has_text="Controlled decoding")).to_have_count(1)
+            expect(nav).to_have_count(7)  # the app's pages, not every file in pages/
             page.goto(url)
             expect(page.get_by_text("RM accuracy")).to_be_visible()  # models loaded, data scored
             expect(page.get_by_text("Pairs", exact=True)).to_be_visible()
