@@ -99,6 +99,7 @@ def test_every_page_in_a_real_browser_and_a_short_decoding(chromium, server, out
                 verdict = page.get_by_text("True inversion.").or_(page.get_by_text("Not an inversion:"))
                 expect(verdict.first).to_be_visible()
                 expect(page.get_by_role("button", name="Send to curation")).to_be_visible()  # the page drew to its end
+                settle()  # this run's verdict, not the last direction's still on screen
                 if page.get_by_text("True inversion.").count():
                     inverted = True
                     break
