@@ -7,7 +7,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# REFORM_TEST_THREADS=1 lets two test runs share this 2-core machine without collapsing each other.
+torch.set_num_threads(int(os.environ.get("REFORM_TEST_THREADS", 0)) or max(1, min(2, os.cpu_count() or 1)))
 
 from reform_engine.data import HH_DEV_PATH, PreferencePair  # noqa: E402
 from reform_engine.reward_model import RewardModelSpec, build_reward_model  # noqa: E402
