@@ -62,18 +62,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+url_pids: dict[str, int] = {}  # server URL -> pid of its process (for CPU accounting)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its reaped children, from /proc (clock ticks -> s)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def streamlit_server(env: dict[str, str], log_path: Path, start_timeout: float = 180) -> Iterator[str]:
+def streamlit_server(env: dict[str, str], log_path: Path, start_timeout: float = 180,
+                     *, as_configured: bool = False) -> Iterator[str]:
     """``streamlit run app.py`` on localhost and a free port, in its own process group -> its URL.
-    Stopped (SIGTERM, then SIGKILL) on exit."""
+    Stopped (SIGTERM, then SIGKILL) on exit. ``as_configured``: only the port and headless flags, so
+    the server runs on the repo's .streamlit/config.toml as the README's command does."""
     port = free_port()
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.address", "localhost",
-           "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none"]
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+           "--server.headless", "true"]
+    if not as_configured:
+        cmd += ["--server.address", "localhost", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = f"http://localhost:{port}"
+    url_pids[url] = proc.pid
     try:
         deadline = time.monotonic() + start_timeout
         while True:
