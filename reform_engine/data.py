@@ -28,6 +28,9 @@ DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 ASSISTANT_TAG = "\n\nAssistant:"
 _TURN_RE = re.compile(r"\n\n(Human|Assistant):")
 _ROLE = {"Human": "user", "Assistant": "assistant"}
+# A parsed row and its pair cost ~750 bytes beyond their text (1.5M tiny rows took 1.1 GiB), so max_bytes alone
+# would let a 200 KB .jsonl.gz of tiny rows take gigabytes. HH-RLHF has 161k pairs, far fewer than this.
+DEFAULT_MAX_ROWS = 1_000_000
 
 
 class DataError(ValueError):
@@ -222,7 +225,8 @@ def pairs_from_rows(rows: Sequence[dict[str, Any]], source: str, *, fmt: str = "
 
 
 def load_preferences(source: str | os.PathLike, *, fmt: str = "auto", column_map: dict[str, str] | None = None,
-                     skip_invalid: bool = False, max_bytes: int = DEFAULT_MAX_BYTES, split: str = "train") -> PreferenceData:
+                     skip_invalid: bool = False, max_bytes: int = DEFAULT_MAX_BYTES, max_rows: int = DEFAULT_MAX_ROWS,
+                     split: str = "train") -> PreferenceData:
     """Load pairs from a local file or (if no such file exists) a hub dataset id."""
     path = Path(source).expanduser()
     try:  # stat, not open: it never waits on a FIFO; read_rows refuses anything but a regular file
@@ -234,7 +238,7 @@ def load_preferences(source: str | os.PathLike, *, fmt: str = "auto", column_map
         raise DataError(f"cannot be read ({exc.strerror}).", source=str(source), fix="check the path and its permissions.") from exc
     if exists:
         from .loaders import read_rows  # loaders raises DataError, so it imports this module
-        rows = read_rows(path, max_bytes, skip_invalid)
+        rows = read_rows(path, max_bytes, max_rows, skip_invalid)
     elif path.name.lower().endswith(FILE_SUFFIXES) or str(source).startswith((".", "/", "~")):
         raise DataError("no such file.", source=str(source), fix="check the path.")
     else:

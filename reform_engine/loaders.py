@@ -4,6 +4,7 @@
 - ``max_bytes`` caps the bytes *read*, counted after decompression, so a small ``.jsonl.gz`` that inflates
   to gigabytes is refused at the cap with memory bounded by the cap, never by its expanded size.
 - A UTF-8 byte-order mark is accepted; bad UTF-8 and bad JSON are reported with their line.
+- ``max_rows`` caps the rows, checked as they stream in (parsed rows take far more memory than their bytes).
 - A malformed JSON line becomes an :class:`~reform_engine.data.Unreadable` row when ``skip_invalid``, so it is
   counted with the other skipped rows instead of refusing the file.
 """
@@ -64,6 +65,11 @@ def _too_big(source: str, limit: int, when: str) -> DataError:
                      fix="split it into smaller files, or raise max_bytes if you trust the file.")
 
 
+def _too_many(source: str, limit: int) -> DataError:
+    return DataError(f"has more than {limit:,} rows (the max_rows limit).", source=source,
+                     fix="split it into smaller files, or raise max_rows if you trust the file.")
+
+
 def _json_row(text: str) -> dict[str, Any] | Unreadable:
     try:
         obj = json.loads(text)
@@ -83,8 +89,8 @@ def _decode(raw: bytes, source: str, offset: int = 0, row: int | None = None) ->
                         fix="save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8).") from exc
 
 
-def read_rows(path: Path, max_bytes: int, skip_invalid: bool = False) -> list[dict[str, Any] | Unreadable]:
-    """Rows of a local file, read as a stream against ``max_bytes`` (counted after decompression)."""
+def read_rows(path: Path, max_bytes: int, max_rows: int, skip_invalid: bool = False) -> list[dict[str, Any] | Unreadable]:
+    """Rows of a local file, read as a stream against ``max_bytes`` (counted after decompression) and ``max_rows``."""
     source, name = str(path), path.name.lower()
     with _open_regular(path) as fh:
         if not name.endswith((".jsonl", ".jsonl.gz", ".json", ".parquet", ".csv")):
@@ -94,12 +100,12 @@ def read_rows(path: Path, max_bytes: int, skip_invalid: bool = False) -> list[di
             raise DataError(f"file is {size / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB limit.", source=source,
                             fix="split the file or raise max_bytes.")
         if name.endswith(".parquet"):
-            return _read_parquet(fh, source, max_bytes)
+            return _read_parquet(fh, source, max_bytes, max_rows)
         stream = gzip.GzipFile(fileobj=fh) if name.endswith(".gz") else fh
         reader = io.BufferedReader(_CappedReader(stream, max_bytes, source), buffer_size=1 << 20)
         try:
             if name.endswith((".jsonl", ".jsonl.gz")):
-                return _read_jsonl(reader, source, skip_invalid)
+                return _read_jsonl(reader, source, max_rows, skip_invalid)
             raw = reader.read()
         except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError; a truncated stream is EOFError
             if stream is fh:
@@ -110,9 +116,12 @@ def read_rows(path: Path, max_bytes: int, skip_invalid: bool = False) -> list[di
     if name.endswith(".csv"):
         import pandas as pd
         try:
-            return pd.read_csv(io.StringIO(text), keep_default_na=False).to_dict("records")
+            frame = pd.read_csv(io.StringIO(text), keep_default_na=False)
         except Exception as exc:
             raise DataError(f"not a readable CSV file ({exc}).", source=source, fix="check quoting and the header row.") from exc
+        if len(frame) > max_rows:
+            raise _too_many(source, max_rows)
+        return frame.to_dict("records")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -122,10 +131,12 @@ def read_rows(path: Path, max_bytes: int, skip_invalid: bool = False) -> list[di
                         fix="a .json file must be a flat list of row objects ({\"prompt\": ..., \"chosen\": ..., \"rejected\": ...}).") from exc
     if not isinstance(data, list):
         raise DataError("a .json file must hold a list of objects.", source=source, fix="wrap the rows in [...] or use .jsonl.")
+    if len(data) > max_rows:
+        raise _too_many(source, max_rows)
     return data
 
 
-def _read_jsonl(reader: io.BufferedReader, source: str, skip_invalid: bool) -> list[dict[str, Any] | Unreadable]:
+def _read_jsonl(reader: io.BufferedReader, source: str, max_rows: int, skip_invalid: bool) -> list[dict[str, Any] | Unreadable]:
     rows, offset = [], 0
     for i, line in enumerate(reader, start=1):
         text, offset = _decode(line, source, offset, row=i), offset + len(line)
@@ -136,14 +147,18 @@ def _read_jsonl(reader: io.BufferedReader, source: str, skip_invalid: bool) -> l
             raise DataError(f"{row.reason}.", source=source, row=i,
                             fix="each line must be one JSON object (or load with skip_invalid=True to skip such lines).")
         rows.append(row)
+        if len(rows) > max_rows:
+            raise _too_many(source, max_rows)
     return rows
 
 
-def _read_parquet(fh: io.FileIO, source: str, max_bytes: int) -> list[dict[str, Any]]:
+def _read_parquet(fh: io.FileIO, source: str, max_bytes: int, max_rows: int) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
     rows: list[dict[str, Any]] = []
     try:  # to_pylist, not pandas: message lists must come back as lists, not numpy arrays
         pf = pq.ParquetFile(fh)
+        if pf.metadata.num_rows > max_rows:
+            raise _too_many(source, max_rows)
         if sum(pf.metadata.row_group(g).total_byte_size for g in range(pf.metadata.num_row_groups)) > max_bytes:
             raise _too_big(source, max_bytes, "when decoded")
         decoded = 0

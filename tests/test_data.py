@@ -283,3 +283,31 @@ def test_a_csv_with_a_huge_field_loads_whole(tmp_path):
     path = tmp_path / "huge.csv"
     pd.DataFrame([{**ROW, "chosen": "y" * 5_000_000}]).to_csv(path, index=False)
     assert len(load_preferences(path).pairs[0].chosen) == 5_000_000
+
+
+def test_a_gzip_of_many_tiny_rows_is_refused_at_max_rows_before_they_fill_memory(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "rows.jsonl.gz"
+    path.write_bytes(gzip.compress((json.dumps(ROW) + "\n").encode() * 200_000))  # ~9 MiB of rows in ~30 KiB
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as info:
+            load_preferences(path, max_rows=1000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(info.value) == (f"{path}: has more than 1,000 rows (the max_rows limit). "
+                               "Fix: split it into smaller files, or raise max_rows if you trust the file.")
+    assert peak < 16 * 2**20, f"peak {peak / 2**20:.1f} MiB: the loader parsed far past max_rows before refusing"
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
+def test_every_file_type_holds_max_rows_and_refuses_one_more(tmp_path, suffix):
+    path = tmp_path / f"rows{suffix}"
+    frame = pd.DataFrame([ROW] * 11)
+    {".jsonl": lambda: frame.to_json(path, orient="records", lines=True), ".json": lambda: frame.to_json(path, orient="records"),
+     ".csv": lambda: frame.to_csv(path, index=False), ".parquet": lambda: frame.to_parquet(path)}[suffix]()
+    assert len(load_preferences(path, max_rows=11)) == 11
+    with pytest.raises(DataError, match="has more than 10 rows"):
+        load_preferences(path, max_rows=10)
