@@ -7,14 +7,13 @@ Accepted inputs
   ({"role", "content"}); with message lists the prompt may also be implicit (shared leading turns).
 - Sources: a local ``.jsonl``, ``.jsonl.gz``, ``.json``, ``.parquet`` or ``.csv`` file, or a Hugging
   Face hub dataset id (only when online). ``column_map`` renames the file's columns to ours.
+  Files are read by :mod:`reform_engine.loaders` (regular files only, streamed against ``max_bytes``).
 
 Every bad input raises :class:`DataError` naming the source, the row and the fix.
 """
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import io
 import json
 import os
 import re
@@ -29,6 +28,9 @@ DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 ASSISTANT_TAG = "\n\nAssistant:"
 _TURN_RE = re.compile(r"\n\n(Human|Assistant):")
 _ROLE = {"Human": "user", "Assistant": "assistant"}
+# A parsed row and its pair cost ~750 bytes beyond their text (1.5M tiny rows took 1.1 GiB), so max_bytes alone
+# would let a 200 KB .jsonl.gz of tiny rows take gigabytes. HH-RLHF has 161k pairs, far fewer than this.
+DEFAULT_MAX_ROWS = 1_000_000
 
 
 class DataError(ValueError):
@@ -155,62 +157,11 @@ def parse_row(row: dict[str, Any], fmt: str) -> tuple[tuple[dict[str, str], ...]
 
 # --------------------------------------------------------------------------- reading files
 
-def _read_rows(path: Path, max_bytes: int) -> list[dict[str, Any]]:
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise DataError(f"file is {size / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB limit.", source=str(path),
-                        fix="split the file or raise max_bytes.")
-    name = path.name.lower()
-    if name.endswith(".parquet"):
-        import pyarrow.parquet as pq
-        try:  # to_pylist, not pandas: message lists must come back as lists, not numpy arrays
-            return pq.read_table(path).to_pylist()
-        except Exception as exc:  # pyarrow raises several types for a bad file
-            raise DataError(f"not a readable parquet file ({exc}).", source=str(path), fix="re-export it as parquet or jsonl.") from exc
-    raw = path.read_bytes()
-    if name.endswith(".gz"):
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise DataError(f"not a valid gzip file ({exc}).", source=str(path), fix="re-compress it with gzip or give the plain .jsonl.") from exc
-        if len(raw) > max_bytes:
-            raise DataError(f"decompresses to {len(raw) / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB limit.", source=str(path),
-                            fix="split the file or raise max_bytes.")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        row = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"bytes at offset {exc.start} are not valid UTF-8.", source=str(path), row=row,
-                        fix="save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8).") from exc
-    if name.endswith(".csv"):
-        import pandas as pd
-        try:
-            return pd.read_csv(io.StringIO(text), keep_default_na=False).to_dict("records")
-        except Exception as exc:
-            raise DataError(f"not a readable CSV file ({exc}).", source=str(path), fix="check quoting and the header row.") from exc
-    if name.endswith(".json"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"invalid JSON ({exc.msg}).", source=str(path), row=exc.lineno, fix="fix the JSON or use JSON Lines.") from exc
-        if not isinstance(data, list):
-            raise DataError("a .json file must hold a list of objects.", source=str(path), fix="wrap the rows in [...] or use .jsonl.")
-        return data
-    if not (name.endswith(".jsonl") or name.endswith(".jsonl.gz")):
-        raise DataError("unknown file type.", source=str(path), fix="use .jsonl, .jsonl.gz, .json, .parquet or .csv.")
-    rows = []
-    for i, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"line is not valid JSON ({exc.msg}, column {exc.colno}).", source=str(path), row=i,
-                            fix="each line must be one JSON object.") from exc
-        if not isinstance(obj, dict):
-            raise DataError("line is not a JSON object.", source=str(path), row=i, fix="each line must be one JSON object.")
-        rows.append(obj)
-    return rows
+class Unreadable:
+    """Stands in for a row a loader could not parse, so skip_invalid can count it and later row numbers stay put."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
 
 
 def _read_hub(dataset_id: str, split: str) -> list[dict[str, Any]]:
@@ -237,19 +188,26 @@ def pairs_from_rows(rows: Sequence[dict[str, Any]], source: str, *, fmt: str = "
     if not rows:
         raise DataError("no rows.", source=source, fix="give a file with at least one preference pair.")
     if column_map:
-        rows = [{column_map.get(k, k): v for k, v in r.items()} for r in rows]
-    try:
-        kind = detect_format(rows[0].keys())
-    except ValueError as exc:
-        raise DataError(f"{exc}.", source=source, row=1,
-                        fix="name the columns chosen/rejected (HH) or prompt/chosen/rejected (TRL), or pass column_map.") from exc
+        rows = [{column_map.get(k, k): v for k, v in r.items()} if isinstance(r, dict) else r for r in rows]
+    first = next((i for i, r in enumerate(rows) if isinstance(r, dict)), None)
+    kind = "trl"  # with no object row at all, each row is refused (or skipped) below for not being one
+    if first is not None:
+        try:
+            kind = detect_format(rows[first].keys())
+        except ValueError as exc:
+            raise DataError(f"{exc}.", source=source, row=first + 1,
+                            fix="name the columns chosen/rejected (HH) or prompt/chosen/rejected (TRL), or pass column_map.") from exc
     if fmt == "auto":
-        fmt = "trl" if kind == "trl" or not isinstance(rows[0]["chosen"], str) else "hh"
+        fmt = "trl" if kind == "trl" or not isinstance(rows[first]["chosen"], str) else "hh"
     if fmt not in ("hh", "trl"):
         raise DataError(f"format {fmt!r} is unknown.", source=source, fix="use 'auto', 'hh' or 'trl'.")
     pairs: list[PreferencePair] = []
     for i, row in enumerate(rows, start=1):
         try:
+            if isinstance(row, Unreadable):
+                raise ValueError(row.reason)
+            if not isinstance(row, dict):
+                raise ValueError(f'row is a {type(row).__name__}, not an object like {{"prompt": ..., "chosen": ..., "rejected": ...}}')
             missing = [c for c in (("prompt", "chosen", "rejected") if kind == "trl" else ("chosen", "rejected")) if c not in row]
             if missing:
                 raise ValueError(f"missing column(s) {missing}")
@@ -267,13 +225,20 @@ def pairs_from_rows(rows: Sequence[dict[str, Any]], source: str, *, fmt: str = "
 
 
 def load_preferences(source: str | os.PathLike, *, fmt: str = "auto", column_map: dict[str, str] | None = None,
-                     skip_invalid: bool = False, max_bytes: int = DEFAULT_MAX_BYTES, split: str = "train") -> PreferenceData:
+                     skip_invalid: bool = False, max_bytes: int = DEFAULT_MAX_BYTES, max_rows: int = DEFAULT_MAX_ROWS,
+                     split: str = "train") -> PreferenceData:
     """Load pairs from a local file or (if no such file exists) a hub dataset id."""
     path = Path(source).expanduser()
-    if path.is_file():
-        rows = _read_rows(path, max_bytes)
-    elif path.exists():
-        raise DataError("is a directory, not a file.", source=str(path), fix="give the data file inside it.")
+    try:  # stat, not open: it never waits on a FIFO; read_rows refuses anything but a regular file
+        path.stat()
+        exists = True
+    except (FileNotFoundError, NotADirectoryError):
+        exists = False
+    except OSError as exc:  # permission denied, name too long, symlink loop...
+        raise DataError(f"cannot be read ({exc.strerror}).", source=str(source), fix="check the path and its permissions.") from exc
+    if exists:
+        from .loaders import read_rows  # loaders raises DataError, so it imports this module
+        rows = read_rows(path, max_bytes, max_rows, skip_invalid)
     elif path.name.lower().endswith(FILE_SUFFIXES) or str(source).startswith((".", "/", "~")):
         raise DataError("no such file.", source=str(source), fix="check the path.")
     else:

@@ -179,3 +179,135 @@ def test_save_upload_checks_type_and_size_and_keeps_the_name_inside(tmp_path):
         save_upload("pairs.jsonl", row * 100, tmp_path, max_bytes=1000)
     with pytest.raises(DataError, match="empty"):
         save_upload("pairs.csv", b"", tmp_path)
+
+
+# --------------------------------------------------------------------------- hostile and odd files
+
+ROW = {"prompt": "Q", "chosen": "yes", "rejected": "no"}
+
+
+def test_a_gzip_bomb_is_refused_at_the_cap_without_inflating_it_in_memory(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "bomb.jsonl.gz"
+    with gzip.open(path, "wb") as fh:  # 64 MiB of zeros in ~64 KiB; written in chunks so the test itself stays small
+        for _ in range(64):
+            fh.write(bytes(2**20))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as info:
+            load_preferences(path, max_bytes=2**20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(info.value) == (f"{path}: expands beyond 1 MiB when decompressed (the max_bytes limit); stopped reading there. "
+                               "Fix: split it into smaller files, or raise max_bytes if you trust the file.")
+    assert peak < 16 * 2**20, f"peak {peak / 2**20:.1f} MiB: the loader inflated far past the 1 MiB cap before refusing"
+
+
+def test_a_json_list_of_strings_is_refused_with_the_file_and_row(tmp_path):
+    path = tmp_path / "strings.json"
+    path.write_text(json.dumps(["a", "b"]))
+    with pytest.raises(DataError) as info:
+        load_preferences(path)
+    assert (info.value.source, info.value.row) == (str(path), 1)
+    assert 'row is a str, not an object like {"prompt": ..., "chosen": ..., "rejected": ...}' in str(info.value)
+
+
+@pytest.mark.parametrize("suffix,needle", [(".json", "JSON is nested too deeply to read."),
+                                           (".jsonl", "line is JSON nested too deeply to be a preference pair.")])
+def test_json_nested_100000_levels_is_refused_not_a_traceback(tmp_path, suffix, needle):
+    path = tmp_path / f"deep{suffix}"
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(DataError) as info:
+        load_preferences(path)
+    assert info.value.source == str(path) and needle in str(info.value) and "Fix: " in str(info.value)
+
+
+def test_a_fifo_or_a_device_is_named_for_what_it_is_and_never_opened_for_a_blocking_read(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "pairs.jsonl"
+    os.mkfifo(fifo)
+    outcome = {}
+
+    def load(path):  # a loader that opened the FIFO for a blocking read would wait here forever for a writer
+        try:
+            load_preferences(path)
+        except DataError as exc:
+            outcome[str(path)] = str(exc)
+
+    for path in (fifo, "/dev/zero"):
+        worker = threading.Thread(target=load, args=(path,), daemon=True)
+        worker.start()
+        worker.join(timeout=60)  # a hang guard, not a speed bound: a correct loader returns at once
+        assert not worker.is_alive(), f"loading {path} blocked"
+    assert outcome == {str(fifo): f"{fifo}: is a FIFO (named pipe), not a regular file. Fix: save the data to a regular file and give its path.",
+                       "/dev/zero": "/dev/zero: is a character device, not a regular file. Fix: save the data to a regular file and give its path."}
+    with pytest.raises(DataError, match="is a directory, not a regular file. Fix: give the data file inside it."):
+        load_preferences(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv"])
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path, suffix):
+    text = {".jsonl": json.dumps(ROW) + "\n", ".json": json.dumps([ROW]), ".csv": pd.DataFrame([ROW]).to_csv(index=False)}[suffix]
+    path = tmp_path / f"bom{suffix}"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    pair = load_preferences(path).pairs[0]
+    assert (pair.prompt, pair.chosen, pair.rejected) == (({"role": "user", "content": "Q"},), "yes", "no")
+
+
+def test_skip_invalid_skips_and_counts_a_malformed_json_line(tmp_path):
+    path = tmp_path / "f.jsonl"
+    path.write_text(json.dumps(ROW) + "\n{bad\n" + json.dumps({**ROW, "chosen": "sure"}) + "\n")
+    data = load_preferences(path, skip_invalid=True)
+    assert [(p.pair_id, p.chosen) for p in data.pairs] == [("f.jsonl:0", "yes"), ("f.jsonl:2", "sure")]
+    assert data.report.rows_read == 3
+    assert data.report.skipped == [(2, "line is not valid JSON (Expecting property name enclosed in double quotes, column 2)")]
+
+
+def test_a_parquet_that_is_not_parquet_or_inflates_past_the_cap_is_refused(tmp_path):
+    fake = tmp_path / "fake.parquet"
+    fake.write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match="not a readable parquet file"):
+        load_preferences(fake)
+    bomb = tmp_path / "bomb.parquet"  # one repeated 1 KiB answer: dictionary-encoded to a few KiB, 20 MiB once decoded
+    pd.DataFrame([{**ROW, "chosen": "y" * 1024}] * 20_000).to_parquet(bomb)
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(DataError, match="expands beyond 1 MiB when decoded"):
+        load_preferences(bomb, max_bytes=2**20)
+
+
+def test_a_csv_with_a_huge_field_loads_whole(tmp_path):
+    path = tmp_path / "huge.csv"
+    pd.DataFrame([{**ROW, "chosen": "y" * 5_000_000}]).to_csv(path, index=False)
+    assert len(load_preferences(path).pairs[0].chosen) == 5_000_000
+
+
+def test_a_gzip_of_many_tiny_rows_is_refused_at_max_rows_before_they_fill_memory(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "rows.jsonl.gz"
+    path.write_bytes(gzip.compress((json.dumps(ROW) + "\n").encode() * 200_000))  # ~9 MiB of rows in ~30 KiB
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as info:
+            load_preferences(path, max_rows=1000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(info.value) == (f"{path}: has more than 1,000 rows (the max_rows limit). "
+                               "Fix: split it into smaller files, or raise max_rows if you trust the file.")
+    assert peak < 16 * 2**20, f"peak {peak / 2**20:.1f} MiB: the loader parsed far past max_rows before refusing"
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
+def test_every_file_type_holds_max_rows_and_refuses_one_more(tmp_path, suffix):
+    path = tmp_path / f"rows{suffix}"
+    frame = pd.DataFrame([ROW] * 11)
+    {".jsonl": lambda: frame.to_json(path, orient="records", lines=True), ".json": lambda: frame.to_json(path, orient="records"),
+     ".csv": lambda: frame.to_csv(path, index=False), ".parquet": lambda: frame.to_parquet(path)}[suffix]()
+    assert len(load_preferences(path, max_rows=11)) == 11
+    with pytest.raises(DataError, match="has more than 10 rows"):
+        load_preferences(path, max_rows=10)
