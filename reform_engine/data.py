@@ -295,6 +295,15 @@ def replace(pair: PreferencePair, **changes: Any) -> PreferencePair:
     return dataclasses.replace(pair, **changes)
 
 
+def added_pair(direction: str, chosen: str, rejected: str, variant: str) -> tuple[str, str]:
+    """(chosen, rejected) of the pair a REFORM variant adds to the training data, texts stripped: a
+    variant decoded "raise" from the rejected response y- (a bad response the RM scores high) adds
+    (y+, y''); one decoded "lower" from the chosen response (a good one the RM scores low) adds
+    (y', y-), and so does an imported pair, whose variant text is its chosen response. The one rule
+    for the inversion filter, the curation page and the project database (hence here, below them all)."""
+    return (chosen.strip(), variant.strip()) if direction == "raise" else (variant.strip(), rejected.strip())
+
+
 def parse_rows(spec: str) -> slice:
     """'a:b', 'a:', ':b' or '' (all) -> slice over source row numbers (0-based)."""
     if not spec:

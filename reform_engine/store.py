@@ -35,7 +35,7 @@ from typing import Any
 
 import duckdb
 
-from .data import DataError, PreferencePair, load_preferences, write_jsonl
+from .data import DataError, PreferencePair, added_pair, load_preferences, write_jsonl
 from .runs import STATES, to_jsonable
 
 try:
@@ -165,11 +165,6 @@ def _messages(value: Any, what: str) -> list[dict[str, str]]:
     msgs = [{"role": m["role"], "content": m["content"]} for m in value]
     _text(json.dumps(msgs), what, MAX_TEXT * 4)
     return msgs
-
-
-def _new_pair(direction: str, chosen: str, rejected: str, text: str) -> tuple[str, str]:
-    """(chosen, rejected) of the pair a variant adds: (y', y-) for "lower" and imports, (y+, y'') for "raise"."""
-    return (chosen.strip(), text.strip()) if direction == "raise" else (text.strip(), rejected.strip())
 
 
 def _variant_row(rec: Any, job_id: int | None, i: int) -> dict[str, Any]:
@@ -491,7 +486,7 @@ class Store:
                 raise StoreError(f"variant {variant_id} is not an inversion, so it adds no pair to approve.",
                                  fix="reject it, or approve an inversion (list_variants(inversions_only=True)).")
             if decision == "edit":
-                chosen, rejected = _new_pair(v["direction"], v["original_chosen"], v["original_rejected"], edited_text)
+                chosen, rejected = added_pair(v["direction"], v["original_chosen"], v["original_rejected"], edited_text)
                 if chosen == rejected:
                     raise StoreError("the edited text equals the other response of its pair.", fix="edit it so the two differ.")
             return con.execute("INSERT INTO decisions (variant_id, decision, edited_text, note, decided_at) "
@@ -504,7 +499,7 @@ class Store:
         pairs = []
         for r in rows:
             text = r["edited_text"] if r["decision"] == "edit" else r["text"]
-            chosen, rejected = _new_pair(r["direction"], r["original_chosen"], r["original_rejected"], text)
+            chosen, rejected = added_pair(r["direction"], r["original_chosen"], r["original_rejected"], text)
             pairs.append(PreferencePair(f"{r['pair_id']}:{r['direction']}#{r['id']}", tuple(json.loads(r["prompt"])), chosen, rejected))
         return pairs
 

@@ -135,6 +135,14 @@ def test_select_rows_uses_source_row_numbers():
         select_rows(pairs, "1-4")
 
 
+def test_the_pair_a_variant_adds_follows_the_method_with_texts_stripped():
+    from reform_engine.data import added_pair
+
+    assert added_pair("lower", "Good.", "Bad.", " Looks good, is not. ") == ("Looks good, is not.", "Bad.")  # (y', y-)
+    assert added_pair("raise", " Good.", "Bad.", "Bad, scored high.\n") == ("Good.", "Bad, scored high.")  # (y+, y'')
+    assert added_pair("imported", "Good.", "Bad.", "Good, edited.") == ("Good, edited.", "Bad.")  # the variant is its chosen side
+
+
 def test_demo_set_is_large_valid_and_not_length_trivial():
     data = load_demo()
     assert len(data) >= 150 and not data.report.skipped
