@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from reform_engine.data import DataError
-from reform_engine.decoding import ControlledDecoder, DecodingConfig, _candidate_mask
+from reform_engine.decoding import CandidateScorer, ControlledDecoder, DecodingConfig, RewardGuidedScore, _candidate_mask
 from reform_engine.models import load_causal_lm, load_tokenizer
 from reform_engine.reward_model import RewardModelSpec, build_reward_model, load_reward_model
 from reform_engine.scoring import encode, encode_prompt, score_sequences
@@ -127,6 +127,45 @@ def test_decode_shows_every_step_to_on_event_as_the_result_grows(models):
     assert [(row, step) for row, step, _ in seen] == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]
     assert [text for row, _, text in seen if row == 0][-1] == results[0].text
     assert [text for row, _, text in seen if row == 1][-1] == results[1].text
+
+
+def test_reward_guided_score_is_minus_or_plus_reward_plus_alpha_log_pi():
+    rewards = torch.tensor([[1.0, -2.0], [0.5, 0.0]])   # (B, k)
+    logp = torch.tensor([[-0.5, -1.0], [-2.0, -0.25]])  # (B, k)
+    lower = DecodingConfig(alpha=2.0, direction="lower").scorer()
+    assert isinstance(lower, CandidateScorer) and repr(lower) == "RewardGuidedScore(sign=-1.0, alpha=2.0)"
+    assert torch.equal(lower(rewards, logp), torch.tensor([[-2.0, 0.0], [-4.5, -0.5]]))
+    assert torch.equal(RewardGuidedScore(1.0, 0.5)(rewards, logp), torch.tensor([[0.75, -2.5], [-0.5, -0.125]]))
+    assert torch.equal(rewards, torch.tensor([[1.0, -2.0], [0.5, 0.0]]))  # inputs never changed in place
+    assert torch.equal(logp, torch.tensor([[-0.5, -1.0], [-2.0, -0.25]]))
+
+
+@pytest.mark.parametrize("sign,alpha,needle", [(0.0, 1.0, "use -1.0 to push the reward down"), (-1.0, -0.1, "alpha >= 0"),
+                                               (1.0, float("nan"), "alpha >= 0")])
+def test_reward_guided_score_refuses_bad_arguments_with_what_to_do(sign, alpha, needle):
+    with pytest.raises(ValueError, match=needle):
+        RewardGuidedScore(sign, alpha)
+
+
+def test_reward_guided_score_refuses_rewards_and_log_probs_of_different_shapes():
+    with pytest.raises(ValueError, match=r"both \(B, k\)"):
+        RewardGuidedScore(-1.0, 1.0)(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+class PolicyOnlyScore(CandidateScorer):
+    """Another rule behind the same interface: ignore the RM, keep the policy's own preference."""
+
+    def __call__(self, rewards, logp):
+        return logp.clone()
+
+
+@pytest.mark.parametrize("path", ["shared", "fast", "general"])
+def test_every_path_decodes_with_the_scorer_it_is_given(models, path):
+    decoder = ControlledDecoder(*models, path=path)
+    ours = decoder.decode(PROMPTS, DecodingConfig(k=4, alpha=0.5, max_new_tokens=6, stop_on_eos=False), scorer=PolicyOnlyScore())
+    greedy = decoder.decode(PROMPTS, DecodingConfig(k=1, alpha=0.0, max_new_tokens=6, stop_on_eos=False))
+    assert [r.token_ids for r in ours] == [r.token_ids for r in greedy]
+    assert all(s.scores == s.logprobs and s.chosen == 0 for r in ours for s in r.steps)
 
 
 @pytest.mark.parametrize("kwargs,needle", [({"k": 0}, "k >= 1"), ({"alpha": -1.0}, "alpha >= 0"),
