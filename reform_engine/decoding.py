@@ -6,7 +6,8 @@ r(x, [y<i, token]); the next token maximises (or, with a temperature, is sampled
     s = -r + alpha * log pi(token | x, y<i)    direction "lower": a good-looking response scored low
     s = +r + alpha * log pi(token | x, y<i)    direction "raise": a bad response scored high
 
-Four paths choose the same tokens (tests prove it) at very different cost:
+Three paths choose the same tokens as the naive loop (tests/reference_decoding.py, the tests' and the
+benchmark's baseline) at very different cost:
 - shared (Llama-style policy and causal RM sharing a tokenizer): the fast path below run layer by
   layer on preallocated caches; when the RM's lower layers equal the policy's (LoRA on the top layers
   or a head-only RM on the policy's base), they are computed once for both (layer_stack.py).
@@ -16,8 +17,6 @@ Four paths choose the same tokens (tests prove it) at very different cost:
   (k+1)-token RM forward, whatever the length of the text so far.
 - general (different tokenizers, or a non-causal RM): candidates are decoded to text and re-scored
   as whole sequences in one batch per step.
-- reference: what the method's published code does: the policy re-runs on the full prefix every step
-  and each candidate gets its own full RM forward. Kept for tests and as the benchmark's baseline.
 """
 from __future__ import annotations
 
@@ -33,7 +32,7 @@ from .layer_stack import StaticKVCache, Stack, attention_mask, prefill_mask, run
 from .scoring import collate, encode, encode_prompt, score_sequences
 
 DIRECTIONS = ("lower", "raise")
-PATHS = ("auto", "shared", "fast", "general", "reference")
+PATHS = ("auto", "shared", "fast", "general")
 
 
 @dataclass
@@ -147,7 +146,9 @@ class ControlledDecoder:
 
     def __init__(self, policy, policy_tokenizer, rm, *, path: str = "auto"):
         if path not in PATHS:
-            raise ValueError(f"path={path!r}; use one of {PATHS}")
+            moved = " (the naive 'reference' loop is not an engine path: it is the tests' and the benchmark's " \
+                    "baseline, tests/reference_decoding.py)" if path == "reference" else ""
+            raise ValueError(f"path={path!r}; use one of {PATHS}{moved}")
         self.policy, self.tokenizer, self.rm = policy, policy_tokenizer, rm
         self.shared_vocab = rm.tokenizer is policy_tokenizer or rm.tokenizer.get_vocab() == policy_tokenizer.get_vocab()
         attn = getattr(getattr(rm, "backbone", None), "config", None)
@@ -182,8 +183,7 @@ class ControlledDecoder:
         sample_ids = list(range(len(prompts))) if sample_ids is None else list(sample_ids)
         if len(sample_ids) != len(prompts):
             raise ValueError(f"{len(sample_ids)} sample_ids for {len(prompts)} prompts; give one per prompt")
-        step_fn = {"shared": self._stream_shared, "fast": self._stream_fast, "general": self._stream_general, "reference": self._stream_reference}[self.path]
-        yield from step_fn([tuple(p) for p in prompts], config, scorer or config.scorer(), _generators(config.seed, sample_ids))
+        yield from self._run([tuple(p) for p in prompts], config, scorer or config.scorer(), _generators(config.seed, sample_ids))
 
     def decode(self, prompts: Sequence[Sequence[dict]], config: DecodingConfig,
                sample_ids: Sequence[int] | None = None, on_event=None, *,
@@ -208,6 +208,11 @@ class ControlledDecoder:
         return results
 
     # ------------------------------------------------------------------ shared pieces
+    def _run(self, prompts, config: DecodingConfig, score: CandidateScorer, generators) -> Iterator[StepEvent]:
+        """The chosen path's loop (a subclass may bring its own: the tests' reference loop)."""
+        loop = {"shared": self._stream_shared, "fast": self._stream_fast, "general": self._stream_general}[self.path]
+        return loop(prompts, config, score, generators)
+
     def _policy_prompt_ids(self, prompt, config) -> list[int]:
         budget = self.context - config.max_new_tokens
         if budget < 4:
@@ -402,41 +407,12 @@ class ControlledDecoder:
                 rewards[b, j] = s
         return torch.nan_to_num(rewards, nan=0.0)
 
-    # ------------------------------------------------------------------ reference path
-    @torch.inference_mode()
-    def _stream_reference(self, prompts, config: DecodingConfig, score: CandidateScorer, generators) -> Iterator[StepEvent]:
-        """No caches, one prompt at a time, one RM forward per candidate: the naive loop."""
-        all_generators = generators
-        for row, prompt in enumerate(prompts):
-            generators = all_generators[row:row + 1]
-            p_ids = self._policy_prompt_ids(prompt, config)
-            r_ids = self._rm_prompt_ids(prompt, config)
-            done, running, responses = [False], [float("nan")], [[]]
-            for step in range(config.max_new_tokens):
-                ids = torch.tensor([p_ids + responses[0]], device=self.policy.device)
-                logits = self.policy(input_ids=ids).logits[:, -1]
-                top_logp, top_ids = self._propose(logits, step, config.k)
-                rewards = torch.tensor([[self.rm.score(*_single(r_ids + responses[0] + [int(t)], self.rm.device)).item()
-                                         for t in top_ids[0]]])
-                scores = score(rewards, top_logp.cpu())
-                choice = self._choose(scores, config, generators)
-                for event in self._events(step, top_ids, top_logp, rewards, scores, choice, done, running, responses, config):
-                    yield StepEvent(row, event.record, event.text, event.done)
-                if done[0]:
-                    break
-
-
 def _generators(seed: int, rows) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(seed * 1_000_003 + row) for row in rows]
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def _single(ids: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
-    t = torch.tensor([ids], device=device)
-    return t, torch.ones_like(t)
 
 
 def _candidate_mask(cache_mask: torch.Tensor, n_prev: int, k: int, kind: str, dtype: torch.dtype):
