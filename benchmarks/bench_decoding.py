@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT / "tests"))  # the naive loop lives with the tests, 
 
 import torch  # noqa: E402
 
-from reform_engine.data import DEMO_PATH, HH_DEV_PATH, load_preferences, select_rows  # noqa: E402
+from _paths import HH_DEV_PATH  # noqa: E402
+from reform_engine.data import DEMO_PATH, load_preferences, select_rows  # noqa: E402
 from reform_engine.decoding import ControlledDecoder, DecodingConfig  # noqa: E402
 from reform_engine.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer  # noqa: E402
 from reform_engine.reward_model import RewardModelSpec, build_reward_model, load_reward_model  # noqa: E402

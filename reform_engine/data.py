@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 DEMO_PATH = Path(__file__).resolve().parent.parent / "data" / "demo_pairs.jsonl"
-HH_DEV_PATH = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "hh-rlhf-harmless" / "dev.jsonl.gz"
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet", ".csv", ".gz")
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 ASSISTANT_TAG = "\n\nAssistant:"

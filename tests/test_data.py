@@ -158,6 +158,18 @@ def test_shared_hh_dev_file_loads(hh_dev_path):
     assert len(select_rows(data.pairs, "0:1500")) + len(select_rows(data.pairs, "1500:")) == len(data.pairs)
 
 
+def test_the_engine_names_no_path_outside_the_repo():
+    """Data beside the repo (../shared) belongs to the tests and benchmarks that use it, not the library."""
+    import re
+    from pathlib import Path
+
+    import reform_engine
+
+    engine = Path(reform_engine.__file__).parent
+    outside = re.compile(r'parent\.parent\.parent|\.\./shared|"shared"\s*/')  # above the repo, or into ../shared
+    assert [f.name for f in sorted(engine.glob("*.py")) if outside.search(f.read_text())] == []
+
+
 def test_prompt_from_text_keeps_hh_turns_or_makes_one_user_message():
     from reform_engine.data import prompt_from_text
 
