@@ -1,4 +1,4 @@
-"""The project database: datasets, checkpoints, jobs, variants with their decoding records, human
+"""The project database: checkpoints, jobs, variants with their decoding records, human
 decisions and evaluation results in one DuckDB file. All SQL of the workbench lives here, with user
 values always passed as parameters.
 
@@ -83,6 +83,10 @@ MIGRATIONS: list[list[str]] = [
         "CREATE SEQUENCE eval_results_id",
         """CREATE TABLE eval_results (id INTEGER PRIMARY KEY DEFAULT nextval('eval_results_id'), label VARCHAR NOT NULL,
            job_id INTEGER, metrics VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL)""",
+    ],
+    [  # 2: no datasets table: nothing but tests ever wrote to it (the app reads data files, not this table)
+        "DROP TABLE IF EXISTS datasets",
+        "DROP SEQUENCE IF EXISTS datasets_id",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -318,10 +322,6 @@ class Store:
                 con.execute(sql)
             con.execute("INSERT INTO schema_version VALUES (?, ?)", [v + 1, _now()])
 
-    def schema_version(self) -> int:
-        with self._tx() as con:
-            return con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
-
     @staticmethod
     def _require(con, table: str, row_id: Any, what: str) -> dict[str, Any]:
         _int(row_id, f"{what} id", minimum=1)
@@ -330,17 +330,7 @@ class Store:
             raise StoreError(f"there is no {what} with id {row_id}.", fix=f"pick an id from list_{table}().")
         return rows[0]
 
-    # ----------------------------------------------------------------------- datasets and checkpoints
-    def add_dataset(self, name: str, source: str, n_pairs: int) -> int:
-        params = [_text(name, "name", MAX_NAME), _text(source, "source", MAX_NAME), _int(n_pairs, "n_pairs"), _now()]
-        with self._tx() as con:
-            return con.execute("INSERT INTO datasets (name, source, n_pairs, created_at) VALUES (?, ?, ?, ?) RETURNING id",
-                               params).fetchone()[0]
-
-    def list_datasets(self):
-        with self._tx() as con:
-            return con.execute("SELECT * FROM datasets ORDER BY id").df()
-
+    # ----------------------------------------------------------------------- checkpoints
     def add_checkpoint(self, path: str, label: str, base_model: str, job_id: int | None = None,
                        metrics: dict | None = None) -> int:
         """Register a checkpoint directory (or model id); the same path again returns its existing id."""
