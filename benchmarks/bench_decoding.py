@@ -16,15 +16,19 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the naive loop lives with the tests, which check the engine against it
 
 import torch  # noqa: E402
 
-from reform_engine.data import DEMO_PATH, HH_DEV_PATH, load_preferences, select_rows  # noqa: E402
+from _paths import HH_DEV_PATH  # noqa: E402
+from reform_engine.data import DEMO_PATH, load_preferences, select_rows  # noqa: E402
 from reform_engine.decoding import ControlledDecoder, DecodingConfig  # noqa: E402
 from reform_engine.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer  # noqa: E402
 from reform_engine.reward_model import RewardModelSpec, build_reward_model, load_reward_model  # noqa: E402
 from reform_engine.scoring import collate, encode_prompt  # noqa: E402
+from reference_decoding import ReferenceDecoder  # noqa: E402
 
 
 def greedy_tokens_per_s(policy, tok, prompts, n: int) -> float:
@@ -65,7 +69,7 @@ def main() -> None:
         rm, rm_name = load_reward_model(str(tmp), device="cpu"), "untrained LoRA-top-8 RM"
     shared = ControlledDecoder(policy, tok, rm)
     fast = ControlledDecoder(policy, tok, rm, path="fast")
-    naive = ControlledDecoder(policy, tok, rm, path="reference")
+    naive = ReferenceDecoder(policy, tok, rm)
     ours_tokens_per_s(shared, prompts[:1], 4, args.k)  # warm-up
     n = args.tokens
     r = {"greedy_b1": greedy_tokens_per_s(policy, tok, prompts[:1], n),

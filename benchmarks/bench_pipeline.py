@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from reform_engine.data import HH_DEV_PATH  # noqa: E402
+from _paths import HH_DEV_PATH  # noqa: E402
 from reform_engine.pipeline import PipelineConfig, run_pipeline  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reform_engine.data import HH_DEV_PATH  # noqa: E402
+from _paths import HH_DEV_PATH  # noqa: E402
 from reform_engine.runs import to_jsonable  # noqa: E402
 from reform_engine.training import TrainRewardConfig, train_reward_model  # noqa: E402
 

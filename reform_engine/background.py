@@ -14,7 +14,6 @@ import time
 import weakref
 from typing import Any, Callable
 
-TASK_STATES = ("running", "succeeded", "failed")
 _LIVE: "weakref.WeakSet[BackgroundTask]" = weakref.WeakSet()
 
 

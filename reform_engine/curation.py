@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from .data import added_pair
 from .store import STATUSES
 
 EXPORT_FORMATS = ("jsonl", "parquet")
@@ -50,12 +51,9 @@ def step_trace(steps: list[dict[str, Any]] | None) -> tuple[list[str], list[floa
 
 
 def new_pair(variant: dict[str, Any]) -> tuple[str, str]:
-    """(chosen, rejected) of the pair a stored variant adds, with its latest edit: (y', y-) for "lower"
-    and imports, (y+, y'') for "raise"."""
+    """(chosen, rejected) of the pair a stored variant adds (data.added_pair), with its latest edit."""
     text = variant["edited_text"] if variant.get("decision") == "edit" and variant.get("edited_text") else variant["text"]
-    if variant["direction"] == "raise":
-        return variant["original_chosen"], text
-    return text, variant["original_rejected"]
+    return added_pair(variant["direction"], variant["original_chosen"], variant["original_rejected"], text)
 
 
 def export_approved(store, directory: str | Path, fmt: str = "jsonl", stem: str = "approved") -> tuple[Path, int]:

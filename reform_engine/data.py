@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 DEMO_PATH = Path(__file__).resolve().parent.parent / "data" / "demo_pairs.jsonl"
-HH_DEV_PATH = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "hh-rlhf-harmless" / "dev.jsonl.gz"
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet", ".csv", ".gz")
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 ASSISTANT_TAG = "\n\nAssistant:"
@@ -258,6 +257,15 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> N
 
 def replace(pair: PreferencePair, **changes: Any) -> PreferencePair:
     return dataclasses.replace(pair, **changes)
+
+
+def added_pair(direction: str, chosen: str, rejected: str, variant: str) -> tuple[str, str]:
+    """(chosen, rejected) of the pair a REFORM variant adds to the training data, texts stripped: a
+    variant decoded "raise" from the rejected response y- (a bad response the RM scores high) adds
+    (y+, y''); one decoded "lower" from the chosen response (a good one the RM scores low) adds
+    (y', y-), and so does an imported pair, whose variant text is its chosen response. The one rule
+    for the inversion filter, the curation page and the project database (hence here, below them all)."""
+    return (chosen.strip(), variant.strip()) if direction == "raise" else (variant.strip(), rejected.strip())
 
 
 def parse_rows(spec: str) -> slice:

@@ -6,7 +6,8 @@ r(x, [y<i, token]); the next token maximises (or, with a temperature, is sampled
     s = -r + alpha * log pi(token | x, y<i)    direction "lower": a good-looking response scored low
     s = +r + alpha * log pi(token | x, y<i)    direction "raise": a bad response scored high
 
-Four paths choose the same tokens (tests prove it) at very different cost:
+Three paths choose the same tokens as the naive loop (tests/reference_decoding.py, the tests' and the
+benchmark's baseline) at very different cost:
 - shared (Llama-style policy and causal RM sharing a tokenizer): the fast path below run layer by
   layer on preallocated caches; when the RM's lower layers equal the policy's (LoRA on the top layers
   or a head-only RM on the policy's base), they are computed once for both (layer_stack.py).
@@ -16,12 +17,11 @@ Four paths choose the same tokens (tests prove it) at very different cost:
   (k+1)-token RM forward, whatever the length of the text so far.
 - general (different tokenizers, or a non-causal RM): candidates are decoded to text and re-scored
   as whole sequences in one batch per step.
-- reference: what the method's published code does: the policy re-runs on the full prefix every step
-  and each candidate gets its own full RM forward. Kept for tests and as the benchmark's baseline.
 """
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -32,7 +32,7 @@ from .layer_stack import StaticKVCache, Stack, attention_mask, prefill_mask, run
 from .scoring import collate, encode, encode_prompt, score_sequences
 
 DIRECTIONS = ("lower", "raise")
-PATHS = ("auto", "shared", "fast", "general", "reference")
+PATHS = ("auto", "shared", "fast", "general")
 
 
 @dataclass
@@ -48,8 +48,7 @@ class DecodingConfig:
     def __post_init__(self):
         if not isinstance(self.k, int) or self.k < 1:
             raise ValueError(f"k={self.k!r}: the policy must propose at least 1 candidate; use k >= 1 (5 is the usual choice)")
-        if not self.alpha >= 0:
-            raise ValueError(f"alpha={self.alpha!r}: the fluency weight cannot be negative; use alpha >= 0 (0 ignores fluency)")
+        self.scorer()  # refuses a bad alpha
         if not self.temperature >= 0 or math.isinf(self.temperature):
             raise ValueError(f"temperature={self.temperature!r}: use 0 for greedy or a finite value > 0 to sample")
         if self.max_new_tokens < 1:
@@ -62,6 +61,43 @@ class DecodingConfig:
     def sign(self) -> float:
         return -1.0 if self.direction == "lower" else 1.0
 
+    def scorer(self) -> RewardGuidedScore:
+        """The rule that scores this config's candidates."""
+        return RewardGuidedScore(self.sign, self.alpha)
+
+
+class CandidateScorer(ABC):
+    """A rule that scores each step's k candidate tokens; the decoder takes the best score (or samples
+    softmax(score / temperature)). In the spirit of transformers' logits processors: one call, bad
+    arguments refused at construction, inputs never changed in place. Every decoding path calls it,
+    so another rule (an adversary's reward with its penalties) is another such object."""
+
+    @abstractmethod
+    def __call__(self, rewards: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+        """rewards (B, k) r(x, [y<i, c]) and logp (B, k) log pi(c | x, y<i) of each candidate c -> scores (B, k)."""
+
+
+class RewardGuidedScore(CandidateScorer):
+    """REFORM's score s = sign * r + alpha * log pi: sign -1 looks for a good-looking response the RM
+    scores low (direction "lower"), +1 for a bad one it scores high ("raise"); alpha weighs fluency."""
+
+    def __init__(self, sign: float, alpha: float):
+        if sign not in (-1.0, 1.0):
+            raise ValueError(f"sign={sign!r}: use -1.0 to push the reward down (direction 'lower') "
+                             f"or +1.0 to push it up (direction 'raise')")
+        if not alpha >= 0:
+            raise ValueError(f"alpha={alpha!r}: the fluency weight cannot be negative; use alpha >= 0 (0 ignores fluency)")
+        self.sign, self.alpha = float(sign), float(alpha)
+
+    def __call__(self, rewards: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+        if rewards.shape != logp.shape:
+            raise ValueError(f"rewards {tuple(rewards.shape)} and log-probabilities {tuple(logp.shape)} differ in shape; "
+                             f"pass one of each per candidate, both (B, k)")
+        return self.sign * rewards + self.alpha * logp
+
+    def __repr__(self) -> str:
+        return f"RewardGuidedScore(sign={self.sign}, alpha={self.alpha})"
+
 
 @dataclass
 class StepRecord:
@@ -72,7 +108,7 @@ class StepRecord:
     candidate_pieces: list[str]
     logprobs: list[float]         # log pi(candidate | prefix) under the policy (temperature 1)
     rewards: list[float]          # r(x, [y<i, candidate])
-    scores: list[float]           # sign * reward + alpha * logprob
+    scores: list[float]           # the scorer's: sign * reward + alpha * logprob
     chosen: int                   # index into the candidates
     token_id: int
     piece: str
@@ -110,7 +146,9 @@ class ControlledDecoder:
 
     def __init__(self, policy, policy_tokenizer, rm, *, path: str = "auto"):
         if path not in PATHS:
-            raise ValueError(f"path={path!r}; use one of {PATHS}")
+            moved = " (the naive 'reference' loop is not an engine path: it is the tests' and the benchmark's " \
+                    "baseline, tests/reference_decoding.py)" if path == "reference" else ""
+            raise ValueError(f"path={path!r}; use one of {PATHS}{moved}")
         self.policy, self.tokenizer, self.rm = policy, policy_tokenizer, rm
         self.shared_vocab = rm.tokenizer is policy_tokenizer or rm.tokenizer.get_vocab() == policy_tokenizer.get_vocab()
         attn = getattr(getattr(rm, "backbone", None), "config", None)
@@ -132,11 +170,12 @@ class ControlledDecoder:
 
     # ------------------------------------------------------------------ public
     def stream(self, prompts: Sequence[Sequence[dict]], config: DecodingConfig,
-               sample_ids: Sequence[int] | None = None) -> Iterator[StepEvent]:
+               sample_ids: Sequence[int] | None = None, *, scorer: CandidateScorer | None = None) -> Iterator[StepEvent]:
         """Yield one StepEvent per prompt per step, as soon as the step is decided.
 
         ``sample_ids`` (default: the row numbers) seed each prompt's sampler together with
-        ``config.seed``, so a prompt decodes the same whichever batch it is in."""
+        ``config.seed``, so a prompt decodes the same whichever batch it is in. ``scorer`` scores the
+        candidates (default: the config's, ``RewardGuidedScore(config.sign, config.alpha)``)."""
         if config.k > self.vocab_size:
             raise ValueError(f"k={config.k} exceeds the policy's vocabulary of {self.vocab_size} tokens; use a smaller k")
         if not prompts:
@@ -144,15 +183,15 @@ class ControlledDecoder:
         sample_ids = list(range(len(prompts))) if sample_ids is None else list(sample_ids)
         if len(sample_ids) != len(prompts):
             raise ValueError(f"{len(sample_ids)} sample_ids for {len(prompts)} prompts; give one per prompt")
-        step_fn = {"shared": self._stream_shared, "fast": self._stream_fast, "general": self._stream_general, "reference": self._stream_reference}[self.path]
-        yield from step_fn([tuple(p) for p in prompts], config, _generators(config.seed, sample_ids))
+        yield from self._run([tuple(p) for p in prompts], config, scorer or config.scorer(), _generators(config.seed, sample_ids))
 
     def decode(self, prompts: Sequence[Sequence[dict]], config: DecodingConfig,
-               sample_ids: Sequence[int] | None = None, on_event=None) -> list[DecodingResult]:
+               sample_ids: Sequence[int] | None = None, on_event=None, *,
+               scorer: CandidateScorer | None = None) -> list[DecodingResult]:
         """Decode to the end -> one result per prompt. ``on_event(event)`` (optional) sees every step
-        as it is decided, e.g. to draw tokens live."""
+        as it is decided, e.g. to draw tokens live; ``scorer`` as in :meth:`stream`."""
         results = [DecodingResult(tuple(p), config.direction, self.path, [], "") for p in prompts]
-        for event in self.stream(prompts, config, sample_ids):
+        for event in self.stream(prompts, config, sample_ids, scorer=scorer):
             res, rec = results[event.row], event.record
             res.steps.append(rec)
             if rec.is_eos:
@@ -169,6 +208,11 @@ class ControlledDecoder:
         return results
 
     # ------------------------------------------------------------------ shared pieces
+    def _run(self, prompts, config: DecodingConfig, score: CandidateScorer, generators) -> Iterator[StepEvent]:
+        """The chosen path's loop (a subclass may bring its own: the tests' reference loop)."""
+        loop = {"shared": self._stream_shared, "fast": self._stream_fast, "general": self._stream_general}[self.path]
+        return loop(prompts, config, score, generators)
+
     def _policy_prompt_ids(self, prompt, config) -> list[int]:
         budget = self.context - config.max_new_tokens
         if budget < 4:
@@ -235,7 +279,7 @@ class ControlledDecoder:
 
     # ------------------------------------------------------------------ fast path
     @torch.inference_mode()
-    def _stream_fast(self, prompts, config: DecodingConfig, generators) -> Iterator[StepEvent]:
+    def _stream_fast(self, prompts, config: DecodingConfig, score: CandidateScorer, generators) -> Iterator[StepEvent]:
         from transformers import DynamicCache
 
         rm, dev = self.rm, self.rm.device
@@ -254,7 +298,7 @@ class ControlledDecoder:
             r_cache.crop(-config.k)  # drop the candidates; the chosen one is re-fed as `prev` next step
             if n_prev:
                 r_mask = torch.cat([r_mask, torch.ones_like(r_mask[:, :1])], dim=1)
-            scores = config.sign * rewards + config.alpha * top_logp.cpu()
+            scores = score(rewards, top_logp.cpu())
             choice = self._choose(scores, config, generators)
             chosen = top_ids.gather(1, choice.to(top_ids.device)[:, None]).squeeze(1)  # (B,)
             yield from self._events(step, top_ids, top_logp, rewards, scores, choice, done, running, responses, config)
@@ -265,7 +309,7 @@ class ControlledDecoder:
 
     # ------------------------------------------------------------------ shared path
     @torch.inference_mode()
-    def _stream_shared(self, prompts, config: DecodingConfig, generators) -> Iterator[StepEvent]:
+    def _stream_shared(self, prompts, config: DecodingConfig, score: CandidateScorer, generators) -> Iterator[StepEvent]:
         P, R, rm, k = self.p_stack, self.r_stack, self.rm, config.k
         dev, dtype, pad = rm.device, rm.head.weight.dtype, self.tokenizer.pad_token_id
         kind = self.mask_kind
@@ -308,7 +352,7 @@ class ControlledDecoder:
                 c_mask = attention_mask(r_valid, k, candidates=True, kind=kind, dtype=dtype)
                 r_out = run_layers(R, R.layers, R.embed(cand_ids), cand_pos, c_mask, r_cache)
             rewards = rm.head(R.norm(r_out).to(dtype)).squeeze(-1).float().cpu()  # (B, k)
-            scores = config.sign * rewards + config.alpha * top_logp.cpu()
+            scores = score(rewards, top_logp.cpu())
             choice = self._choose(scores, config, generators)
             yield from self._events(step, top_ids, top_logp, rewards, scores, choice, done, running, responses, config)
             if all(done):
@@ -329,14 +373,14 @@ class ControlledDecoder:
 
     # ------------------------------------------------------------------ general path
     @torch.inference_mode()
-    def _stream_general(self, prompts, config: DecodingConfig, generators) -> Iterator[StepEvent]:
+    def _stream_general(self, prompts, config: DecodingConfig, score: CandidateScorer, generators) -> Iterator[StepEvent]:
         logits, p_mask, p_cache = self._policy_start(prompts, config)
         B = len(prompts)
         done, running, responses = [False] * B, [float("nan")] * B, [[] for _ in range(B)]
         for step in range(config.max_new_tokens):
             top_logp, top_ids = self._propose(logits, step, config.k)
             rewards = self._score_as_text(prompts, responses, top_ids, config)
-            scores = config.sign * rewards + config.alpha * top_logp.cpu()
+            scores = score(rewards, top_logp.cpu())
             choice = self._choose(scores, config, generators)
             chosen = top_ids.gather(1, choice.to(top_ids.device)[:, None]).squeeze(1)
             yield from self._events(step, top_ids, top_logp, rewards, scores, choice, done, running, responses, config)
@@ -363,41 +407,12 @@ class ControlledDecoder:
                 rewards[b, j] = s
         return torch.nan_to_num(rewards, nan=0.0)
 
-    # ------------------------------------------------------------------ reference path
-    @torch.inference_mode()
-    def _stream_reference(self, prompts, config: DecodingConfig, generators) -> Iterator[StepEvent]:
-        """No caches, one prompt at a time, one RM forward per candidate: the naive loop."""
-        all_generators = generators
-        for row, prompt in enumerate(prompts):
-            generators = all_generators[row:row + 1]
-            p_ids = self._policy_prompt_ids(prompt, config)
-            r_ids = self._rm_prompt_ids(prompt, config)
-            done, running, responses = [False], [float("nan")], [[]]
-            for step in range(config.max_new_tokens):
-                ids = torch.tensor([p_ids + responses[0]], device=self.policy.device)
-                logits = self.policy(input_ids=ids).logits[:, -1]
-                top_logp, top_ids = self._propose(logits, step, config.k)
-                rewards = torch.tensor([[self.rm.score(*_single(r_ids + responses[0] + [int(t)], self.rm.device)).item()
-                                         for t in top_ids[0]]])
-                scores = config.sign * rewards + config.alpha * top_logp.cpu()
-                choice = self._choose(scores, config, generators)
-                for event in self._events(step, top_ids, top_logp, rewards, scores, choice, done, running, responses, config):
-                    yield StepEvent(row, event.record, event.text, event.done)
-                if done[0]:
-                    break
-
-
 def _generators(seed: int, rows) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(seed * 1_000_003 + row) for row in rows]
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def _single(ids: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
-    t = torch.tensor([ids], device=device)
-    return t, torch.ones_like(t)
 
 
 def _candidate_mask(cache_mask: torch.Tensor, n_prev: int, k: int, kind: str, dtype: torch.dtype):

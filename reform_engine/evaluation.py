@@ -28,7 +28,9 @@ class PairwiseMetrics:
     shorter_baseline: float     # accuracy of "always prefer the shorter response"
 
 
-def _win_rate(diff: torch.Tensor) -> float:
+def win_rate(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float:
+    """(N,), (N,) -> the share of pairs with r_chosen > r_rejected, a tie counting one half."""
+    diff = (r_chosen - r_rejected).float()
     return float(((diff > 0).float() + 0.5 * (diff == 0).float()).mean())
 
 
@@ -36,10 +38,11 @@ def pairwise_metrics(r_chosen: torch.Tensor, r_rejected: torch.Tensor, pairs: Se
     """(N,) rewards of chosen and rejected sides of ``pairs`` -> metrics."""
     if len(pairs) == 0:
         raise ValueError("no pairs to evaluate")
-    len_diff = torch.tensor([len(p.chosen) - len(p.rejected) for p in pairs], dtype=torch.float32)
-    margin = (r_chosen - r_rejected).float()
-    return PairwiseMetrics(n=len(pairs), accuracy=_win_rate(margin), mean_margin=float(margin.mean()),
-                           longer_baseline=_win_rate(len_diff), shorter_baseline=_win_rate(-len_diff))
+    len_chosen = torch.tensor([len(p.chosen) for p in pairs], dtype=torch.float32)
+    len_rejected = torch.tensor([len(p.rejected) for p in pairs], dtype=torch.float32)
+    return PairwiseMetrics(n=len(pairs), accuracy=win_rate(r_chosen, r_rejected),
+                           mean_margin=float((r_chosen - r_rejected).float().mean()),
+                           longer_baseline=win_rate(len_chosen, len_rejected), shorter_baseline=win_rate(len_rejected, len_chosen))
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .data import DEMO_PATH, PreferencePair, load_preferences, select_rows, write_jsonl
+from .data import DEMO_PATH, PreferencePair, added_pair, load_preferences, select_rows, write_jsonl
 from .decoding import DIRECTIONS, DecodingConfig, DecodingResult, StepRecord
 from .influence import STRATEGIES, ScoredPair, load_scored, rank_pairs, select_influential
 from .models import DEFAULT_MODEL
@@ -55,8 +55,8 @@ class Variant:
         """The augmentation pair: (y', y-) for "lower", (y+, y'') for "raise"; None if not an inversion."""
         if not self.is_inversion or not self.text.strip():
             return None
-        chosen, rejected = (self.text, self.original_rejected) if self.direction == "lower" else (self.original_chosen, self.text)
-        return PreferencePair(f"{self.pair_id}:{self.direction}", self.prompt, chosen.strip(), rejected.strip())
+        chosen, rejected = added_pair(self.direction, self.original_chosen, self.original_rejected, self.text)
+        return PreferencePair(f"{self.pair_id}:{self.direction}", self.prompt, chosen, rejected)
 
     def to_record(self, with_steps: bool = True) -> dict:
         rec = dataclasses.asdict(self)

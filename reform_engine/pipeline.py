@@ -248,9 +248,3 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path) -> PipelineResult:
         message = f"reform mean drop {reform.mean_drop:+.3f} vs base {models[0].mean_drop:+.3f}" if reform else "no inversions found"
         run.set_status("succeeded", progress=1.0, step=total, total=total, message=message)
         return result
-
-
-def load_report(run_dir: str | Path) -> dict | None:
-    """The report.json of a finished pipeline, or None."""
-    return read_json(Path(run_dir) / "report.json")
-

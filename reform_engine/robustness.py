@@ -1,6 +1,6 @@
 """Robustness of a reward model under perturbations, and the spurious-feature indicators.
 
-Win rate: the fraction of pairs with r(x, y+) > r(x, y-) (a tie counts one half).
+Win rate (evaluation.win_rate): the fraction of pairs with r(x, y+) > r(x, y-) (a tie counts one half).
 Win-rate drop of a perturbation: win rate on the clean pairs minus win rate on the same pairs with
 the perturbation applied to its side (perturbations.py). Positive = the RM lost pairs to a change
 that should not matter; 0 = robust; negative = the change helped the RM.
@@ -17,14 +17,10 @@ from typing import Sequence
 import torch
 
 from .data import DEMO_PATH, PreferencePair, load_preferences, replace, select_rows
+from .evaluation import win_rate
 from .perturbations import PERTURBATIONS, perturb
 from .runs import job_run
 from .runtime import set_cpu_threads
-
-
-def win_rate(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float:
-    diff = (r_chosen - r_rejected).float()
-    return float(((diff > 0).float() + 0.5 * (diff == 0).float()).mean())
 
 
 def perturb_pairs(pairs: Sequence[PreferencePair], name: str, seed: int = 0) -> list[PreferencePair]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from .data import DataError, PreferencePair
 from .models import format_prompt
@@ -129,6 +130,18 @@ def score_sequences(rm, seqs: Sequence[Sequence[int]], *, batch_size: int = 16, 
     return out
 
 
+REDUCTIONS = ("mean", "none")
+
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """(N,), (N,) rewards -> the Bradley-Terry loss -log sigmoid(r+ - r-): its mean (scalar) for
+    training, or with ``reduction="none"`` each pair's (N,) for ranking pairs by influence."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r}; use 'mean' (training) or 'none' (one loss per pair)")
+    losses = -F.logsigmoid(r_chosen - r_rejected)
+    return losses.mean() if reduction == "mean" else losses
+
+
 @dataclass
 class PairScores:
     r_chosen: torch.Tensor    # (N,)
@@ -142,7 +155,7 @@ class PairScores:
     @property
     def losses(self) -> torch.Tensor:
         """Bradley-Terry loss of each pair: -log sigmoid(r+ - r-)."""
-        return -torch.nn.functional.logsigmoid(self.margins)
+        return bradley_terry_loss(self.r_chosen, self.r_rejected, reduction="none")
 
 
 def score_pairs(rm, pairs: Sequence[PreferencePair], *, batch_size: int = 16, max_length: int | None = None,

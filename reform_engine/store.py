@@ -1,4 +1,4 @@
-"""The project database: datasets, checkpoints, jobs, variants with their decoding records, human
+"""The project database: checkpoints, jobs, variants with their decoding records, human
 decisions and evaluation results in one DuckDB file. All SQL of the workbench lives here, with user
 values always passed as parameters.
 
@@ -35,7 +35,7 @@ from typing import Any
 
 import duckdb
 
-from .data import DataError, PreferencePair, load_preferences, write_jsonl
+from .data import DataError, PreferencePair, added_pair, load_preferences, write_jsonl
 from .runs import STATES, to_jsonable
 
 try:
@@ -83,6 +83,10 @@ MIGRATIONS: list[list[str]] = [
         "CREATE SEQUENCE eval_results_id",
         """CREATE TABLE eval_results (id INTEGER PRIMARY KEY DEFAULT nextval('eval_results_id'), label VARCHAR NOT NULL,
            job_id INTEGER, metrics VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL)""",
+    ],
+    [  # 2: no datasets table: nothing but tests ever wrote to it (the app reads data files, not this table)
+        "DROP TABLE IF EXISTS datasets",
+        "DROP SEQUENCE IF EXISTS datasets_id",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -165,11 +169,6 @@ def _messages(value: Any, what: str) -> list[dict[str, str]]:
     msgs = [{"role": m["role"], "content": m["content"]} for m in value]
     _text(json.dumps(msgs), what, MAX_TEXT * 4)
     return msgs
-
-
-def _new_pair(direction: str, chosen: str, rejected: str, text: str) -> tuple[str, str]:
-    """(chosen, rejected) of the pair a variant adds: (y', y-) for "lower" and imports, (y+, y'') for "raise"."""
-    return (chosen.strip(), text.strip()) if direction == "raise" else (text.strip(), rejected.strip())
 
 
 def _variant_row(rec: Any, job_id: int | None, i: int) -> dict[str, Any]:
@@ -323,10 +322,6 @@ class Store:
                 con.execute(sql)
             con.execute("INSERT INTO schema_version VALUES (?, ?)", [v + 1, _now()])
 
-    def schema_version(self) -> int:
-        with self._tx() as con:
-            return con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
-
     @staticmethod
     def _require(con, table: str, row_id: Any, what: str) -> dict[str, Any]:
         _int(row_id, f"{what} id", minimum=1)
@@ -335,17 +330,7 @@ class Store:
             raise StoreError(f"there is no {what} with id {row_id}.", fix=f"pick an id from list_{table}().")
         return rows[0]
 
-    # ----------------------------------------------------------------------- datasets and checkpoints
-    def add_dataset(self, name: str, source: str, n_pairs: int) -> int:
-        params = [_text(name, "name", MAX_NAME), _text(source, "source", MAX_NAME), _int(n_pairs, "n_pairs"), _now()]
-        with self._tx() as con:
-            return con.execute("INSERT INTO datasets (name, source, n_pairs, created_at) VALUES (?, ?, ?, ?) RETURNING id",
-                               params).fetchone()[0]
-
-    def list_datasets(self):
-        with self._tx() as con:
-            return con.execute("SELECT * FROM datasets ORDER BY id").df()
-
+    # ----------------------------------------------------------------------- checkpoints
     def add_checkpoint(self, path: str, label: str, base_model: str, job_id: int | None = None,
                        metrics: dict | None = None) -> int:
         """Register a checkpoint directory (or model id); the same path again returns its existing id."""
@@ -491,7 +476,7 @@ class Store:
                 raise StoreError(f"variant {variant_id} is not an inversion, so it adds no pair to approve.",
                                  fix="reject it, or approve an inversion (list_variants(inversions_only=True)).")
             if decision == "edit":
-                chosen, rejected = _new_pair(v["direction"], v["original_chosen"], v["original_rejected"], edited_text)
+                chosen, rejected = added_pair(v["direction"], v["original_chosen"], v["original_rejected"], edited_text)
                 if chosen == rejected:
                     raise StoreError("the edited text equals the other response of its pair.", fix="edit it so the two differ.")
             return con.execute("INSERT INTO decisions (variant_id, decision, edited_text, note, decided_at) "
@@ -504,7 +489,7 @@ class Store:
         pairs = []
         for r in rows:
             text = r["edited_text"] if r["decision"] == "edit" else r["text"]
-            chosen, rejected = _new_pair(r["direction"], r["original_chosen"], r["original_rejected"], text)
+            chosen, rejected = added_pair(r["direction"], r["original_chosen"], r["original_rejected"], text)
             pairs.append(PreferencePair(f"{r['pair_id']}:{r['direction']}#{r['id']}", tuple(json.loads(r["prompt"])), chosen, rejected))
         return pairs
 

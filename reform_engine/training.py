@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, select_rows
 from .evaluation import PairwiseMetrics, pairwise_metrics
@@ -17,7 +16,7 @@ from .models import DEFAULT_MODEL
 from .reward_model import FINETUNE_MODES, RewardModelSpec, build_reward_model, load_causal_reward_model
 from .runs import RunDir, job_run
 from .runtime import seed_everything, set_cpu_threads
-from .scoring import collate, encode, score_pairs
+from .scoring import bradley_terry_loss, collate, encode, score_pairs
 
 
 @dataclass
@@ -88,11 +87,6 @@ class TrainRewardResult:
     final_loss: float                       # mean loss over the last 10% of steps
     loss_curve: list[float] = field(default_factory=list)
     eval: PairwiseMetrics | None = None
-
-
-def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
-    """(B,), (B,) -> scalar mean of -log sigmoid(r+ - r-)."""
-    return -F.logsigmoid(r_chosen - r_rejected).mean()
 
 
 def batch_order(lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:

@@ -10,9 +10,12 @@ sys.path.insert(0, str(ROOT))
 # REFORM_TEST_THREADS=1 lets two test runs share this 2-core machine without collapsing each other.
 torch.set_num_threads(int(os.environ.get("REFORM_TEST_THREADS", 0)) or max(1, min(2, os.cpu_count() or 1)))
 
-from reform_engine.data import HH_DEV_PATH, PreferencePair  # noqa: E402
+from reform_engine.data import PreferencePair  # noqa: E402
 from reform_engine.reward_model import RewardModelSpec, build_reward_model  # noqa: E402
 from reform_engine.tiny import save_tiny_model  # noqa: E402
+
+# The shared HH dev file, read-only in ../shared beside the repo (never copied in); tests that need it skip without it.
+HH_DEV_PATH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless" / "dev.jsonl.gz"
 
 
 @pytest.fixture(scope="session")

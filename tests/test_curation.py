@@ -55,6 +55,14 @@ def test_step_trace_and_new_pair_of_a_stored_variant(store):
     assert new_pair(store.get_variant(first)) == ("Looks fine, edited.", "Bad answer.")
 
 
+def test_the_pair_shown_for_a_variant_is_the_pair_it_exports(tmp_path):
+    s = Store(tmp_path / "padded.duckdb")
+    (vid,) = s.add_variants([variant(0, "lower", -1.0, "  Looks fine.\n")])
+    s.decide(vid, "approve")
+    exported = s.approved_pairs()[0]
+    assert new_pair(s.get_variant(vid)) == (exported.chosen, exported.rejected) == ("Looks fine.", "Bad answer.")
+
+
 def test_export_approved_writes_trl_rows_and_refuses_an_empty_export(store, tmp_path):
     with pytest.raises(ValueError, match="no approved pairs"):
         export_approved(store, tmp_path / "out")

@@ -135,6 +135,14 @@ def test_select_rows_uses_source_row_numbers():
         select_rows(pairs, "1-4")
 
 
+def test_the_pair_a_variant_adds_follows_the_method_with_texts_stripped():
+    from reform_engine.data import added_pair
+
+    assert added_pair("lower", "Good.", "Bad.", " Looks good, is not. ") == ("Looks good, is not.", "Bad.")  # (y', y-)
+    assert added_pair("raise", " Good.", "Bad.", "Bad, scored high.\n") == ("Good.", "Bad, scored high.")  # (y+, y'')
+    assert added_pair("imported", "Good.", "Bad.", "Good, edited.") == ("Good, edited.", "Bad.")  # the variant is its chosen side
+
+
 def test_demo_set_is_large_valid_and_not_length_trivial():
     data = load_demo()
     assert len(data) >= 150 and not data.report.skipped
@@ -148,6 +156,18 @@ def test_shared_hh_dev_file_loads(hh_dev_path):
     assert data.report.rows_read == 1793
     assert len(data.pairs) + len(data.report.skipped) == 1793
     assert len(select_rows(data.pairs, "0:1500")) + len(select_rows(data.pairs, "1500:")) == len(data.pairs)
+
+
+def test_the_engine_names_no_path_outside_the_repo():
+    """Data beside the repo (../shared) belongs to the tests and benchmarks that use it, not the library."""
+    import re
+    from pathlib import Path
+
+    import reform_engine
+
+    engine = Path(reform_engine.__file__).parent
+    outside = re.compile(r'parent\.parent\.parent|\.\./shared|"shared"\s*/')  # above the repo, or into ../shared
+    assert [f.name for f in sorted(engine.glob("*.py")) if outside.search(f.read_text())] == []
 
 
 def test_prompt_from_text_keeps_hh_turns_or_makes_one_user_message():

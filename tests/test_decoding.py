@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from reference_decoding import ReferenceDecoder
 from reform_engine.data import DataError
-from reform_engine.decoding import ControlledDecoder, DecodingConfig, _candidate_mask
+from reform_engine.decoding import CandidateScorer, ControlledDecoder, DecodingConfig, RewardGuidedScore, _candidate_mask
 from reform_engine.models import load_causal_lm, load_tokenizer
 from reform_engine.reward_model import RewardModelSpec, build_reward_model, load_reward_model
 from reform_engine.scoring import encode, encode_prompt, score_sequences
@@ -25,7 +26,8 @@ def models(tmp_path_factory):
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
 def test_fast_general_and_reference_paths_choose_the_same_tokens(models, temperature):
     cfg = DecodingConfig(k=4, alpha=0.5, temperature=temperature, max_new_tokens=10, stop_on_eos=False, seed=3)
-    out = {p: ControlledDecoder(*models, path=p).decode(PROMPTS, cfg) for p in ("shared", "fast", "general", "reference")}
+    out = {p: ControlledDecoder(*models, path=p).decode(PROMPTS, cfg) for p in ("shared", "fast", "general")}
+    out["reference"] = ReferenceDecoder(*models).decode(PROMPTS, cfg)
     ref = [r.token_ids for r in out["reference"]]
     assert len(ref[0]) == 10 and len(set(ref[0])) > 2, "the tiny models must not be degenerate for this test to mean anything"
     for p in ("shared", "fast", "general"):
@@ -51,7 +53,7 @@ def test_shared_layers_are_found_and_give_the_reference_tokens(models, tmp_path,
     assert shared.path == "shared" and shared.depth == depth
     cfg = DecodingConfig(k=5, alpha=0.2, max_new_tokens=10, stop_on_eos=False, direction="raise")
     ours = shared.decode(PROMPTS, cfg)
-    ref = ControlledDecoder(policy, tok, rm, path="reference").decode(PROMPTS, cfg)
+    ref = ReferenceDecoder(policy, tok, rm).decode(PROMPTS, cfg)
     assert [r.token_ids for r in ours] == [r.token_ids for r in ref]
     for a, b in zip(ours, ref):
         assert a.final_reward == pytest.approx(b.final_reward, abs=1e-4)
@@ -129,6 +131,45 @@ def test_decode_shows_every_step_to_on_event_as_the_result_grows(models):
     assert [text for row, _, text in seen if row == 1][-1] == results[1].text
 
 
+def test_reward_guided_score_is_minus_or_plus_reward_plus_alpha_log_pi():
+    rewards = torch.tensor([[1.0, -2.0], [0.5, 0.0]])   # (B, k)
+    logp = torch.tensor([[-0.5, -1.0], [-2.0, -0.25]])  # (B, k)
+    lower = DecodingConfig(alpha=2.0, direction="lower").scorer()
+    assert isinstance(lower, CandidateScorer) and repr(lower) == "RewardGuidedScore(sign=-1.0, alpha=2.0)"
+    assert torch.equal(lower(rewards, logp), torch.tensor([[-2.0, 0.0], [-4.5, -0.5]]))
+    assert torch.equal(RewardGuidedScore(1.0, 0.5)(rewards, logp), torch.tensor([[0.75, -2.5], [-0.5, -0.125]]))
+    assert torch.equal(rewards, torch.tensor([[1.0, -2.0], [0.5, 0.0]]))  # inputs never changed in place
+    assert torch.equal(logp, torch.tensor([[-0.5, -1.0], [-2.0, -0.25]]))
+
+
+@pytest.mark.parametrize("sign,alpha,needle", [(0.0, 1.0, "use -1.0 to push the reward down"), (-1.0, -0.1, "alpha >= 0"),
+                                               (1.0, float("nan"), "alpha >= 0")])
+def test_reward_guided_score_refuses_bad_arguments_with_what_to_do(sign, alpha, needle):
+    with pytest.raises(ValueError, match=needle):
+        RewardGuidedScore(sign, alpha)
+
+
+def test_reward_guided_score_refuses_rewards_and_log_probs_of_different_shapes():
+    with pytest.raises(ValueError, match=r"both \(B, k\)"):
+        RewardGuidedScore(-1.0, 1.0)(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+class PolicyOnlyScore(CandidateScorer):
+    """Another rule behind the same interface: ignore the RM, keep the policy's own preference."""
+
+    def __call__(self, rewards, logp):
+        return logp.clone()
+
+
+@pytest.mark.parametrize("path", ["shared", "fast", "general", "reference"])
+def test_every_path_decodes_with_the_scorer_it_is_given(models, path):
+    decoder = ReferenceDecoder(*models) if path == "reference" else ControlledDecoder(*models, path=path)
+    ours = decoder.decode(PROMPTS, DecodingConfig(k=4, alpha=0.5, max_new_tokens=6, stop_on_eos=False), scorer=PolicyOnlyScore())
+    greedy = decoder.decode(PROMPTS, DecodingConfig(k=1, alpha=0.0, max_new_tokens=6, stop_on_eos=False))
+    assert [r.token_ids for r in ours] == [r.token_ids for r in greedy]
+    assert all(s.scores == s.logprobs and s.chosen == 0 for r in ours for s in r.steps)
+
+
 @pytest.mark.parametrize("kwargs,needle", [({"k": 0}, "k >= 1"), ({"alpha": -1.0}, "alpha >= 0"),
                                            ({"temperature": -0.5}, "0 for greedy"), ({"max_new_tokens": 0}, "at least 1"),
                                            ({"direction": "sideways"}, "'lower'")])
@@ -151,6 +192,12 @@ def test_fast_path_is_refused_when_tokenizers_differ(models, tiny_model_dir):
     with pytest.raises(ValueError, match="path='general'"):
         ControlledDecoder(policy, models[1], other, path="fast")
     assert ControlledDecoder(policy, models[1], other).path == "general"
+
+
+def test_the_engine_has_no_reference_path_and_says_where_the_naive_loop_lives(models):
+    with pytest.raises(ValueError, match=r"use one of \('auto', 'shared', 'fast', 'general'\).*tests/reference_decoding.py"):
+        ControlledDecoder(*models, path="reference")
+    assert ReferenceDecoder(*models).decode(PROMPTS[:1], DecodingConfig(k=2, max_new_tokens=2))[0].path == "reference"
 
 
 def test_candidate_mask_lets_candidates_see_only_the_prefix():
@@ -177,7 +224,7 @@ def test_real_smollm2_shared_path_matches_the_reference_loop(tmp_path):
     shared = ControlledDecoder(policy, tok, rm)
     assert (shared.path, shared.depth) == ("shared", 28)
     ours = shared.decode(prompts, cfg)[0]
-    ref = ControlledDecoder(policy, tok, rm, path="reference").decode(prompts, cfg)[0]
+    ref = ReferenceDecoder(policy, tok, rm).decode(prompts, cfg)[0]
     assert ours.token_ids == ref.token_ids and ours.text.strip()
     assert ours.final_reward == pytest.approx(ref.final_reward, abs=1e-3)
     enc = encode(rm.tokenizer, prompts[0], ours.text, max_length=256)

@@ -4,8 +4,18 @@ import pytest
 import torch
 
 from conftest import make_pair
-from reform_engine.evaluation import EvaluateRewardConfig, evaluate_reward_model, pairwise_metrics
+from reform_engine.evaluation import EvaluateRewardConfig, evaluate_reward_model, pairwise_metrics, win_rate
 from reform_engine.data import write_jsonl
+
+
+def test_win_rate_counts_ties_as_half():
+    assert win_rate(torch.tensor([1.0, 0.0, 2.0, 1.0]), torch.tensor([0.0, 1.0, 2.0, 0.5])) == pytest.approx(2.5 / 4)
+
+
+def test_robustness_reads_win_rates_with_the_evaluation_rule():
+    import reform_engine.robustness as robustness
+
+    assert robustness.win_rate is win_rate  # one definition: accuracy and win-rate drops cannot drift apart
 
 
 def test_pairwise_metrics_on_a_hand_made_case():

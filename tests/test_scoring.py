@@ -3,8 +3,8 @@ import torch
 
 from conftest import make_pair
 from reform_engine.data import DataError
-from reform_engine.scoring import (PairScores, encode, length_buckets, reward_trace, score_encoded_groups, score_pairs,
-                                   score_sequences, token_pieces)
+from reform_engine.scoring import (PairScores, bradley_terry_loss, encode, length_buckets, reward_trace, score_encoded_groups,
+                                   score_pairs, score_sequences, token_pieces)
 from reform_engine.tiny import build_tiny_tokenizer
 
 TOK = build_tiny_tokenizer()
@@ -59,6 +59,17 @@ def test_pair_losses_are_bradley_terry():
     s = PairScores(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0]), 0)
     torch.testing.assert_close(s.losses, torch.tensor([0.3132617, 0.6931472]))
     torch.testing.assert_close(s.margins, torch.tensor([1.0, 0.0]))
+
+
+def test_bradley_terry_loss_per_pair_and_its_mean_come_from_one_rule():
+    import reform_engine.training as training
+
+    r_chosen, r_rejected = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 2.0])
+    torch.testing.assert_close(bradley_terry_loss(r_chosen, r_rejected, reduction="none"), torch.tensor([0.3132617, 0.6931472]))
+    torch.testing.assert_close(bradley_terry_loss(r_chosen, r_rejected), torch.tensor((0.3132617 + 0.6931472) / 2))
+    assert training.bradley_terry_loss is bradley_terry_loss  # the loss trained on is the loss pairs are ranked by
+    with pytest.raises(ValueError, match="use 'mean'"):
+        bradley_terry_loss(r_chosen, r_rejected, reduction="sum")
 
 
 def test_trace_last_value_equals_full_sequence_score(tiny_rm):

@@ -28,7 +28,15 @@ def table_counts(path) -> dict:
     con = duckdb.connect(str(path))
     try:
         return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                for t in ("datasets", "checkpoints", "jobs", "variants", "decisions", "eval_results")}
+                for t in ("checkpoints", "jobs", "variants", "decisions", "eval_results")}
+    finally:
+        con.close()
+
+
+def schema_version(path) -> int:
+    con = duckdb.connect(str(path))
+    try:
+        return con.execute("SELECT max(version) FROM schema_version").fetchone()[0]
     finally:
         con.close()
 
@@ -48,23 +56,44 @@ def test_default_path_comes_from_the_project_dir(tmp_path, monkeypatch):
 
 def test_schema_is_created_once_and_migrated_forward(tmp_path, monkeypatch):
     path = tmp_path / "r.duckdb"
-    assert Store(path).schema_version() == SCHEMA_VERSION == 1
-    assert Store(path).schema_version() == 1  # reopening does not re-run migrations
+    Store(path)
+    assert schema_version(path) == SCHEMA_VERSION == 2
+    Store(path)
+    assert schema_version(path) == 2  # reopening does not re-run migrations
     import reform_engine.store as store_module
     monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS + [["ALTER TABLE jobs ADD COLUMN priority INTEGER"]])
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 3)
     migrated = Store(path)
-    assert migrated.schema_version() == 2
+    assert schema_version(path) == 3
     assert "priority" in migrated.list_jobs().columns
-    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1])
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 1)
-    with pytest.raises(StoreError, match="schema version 2; this code knows up to 1"):
+    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:2])
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
+    with pytest.raises(StoreError, match="schema version 3; this code knows up to 2"):
         Store(path)
 
 
-def test_datasets_checkpoints_jobs_and_eval_results(store, tmp_path):
-    assert store.add_dataset("demo", "data/demo_pairs.jsonl", 165) == 1
-    assert store.list_datasets()[["name", "n_pairs"]].values.tolist() == [["demo", 165]]
+def test_a_first_version_database_loses_its_unused_datasets_table_and_keeps_the_rest(tmp_path):
+    import reform_engine.store as store_module
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))  # a database as the first schema left it, with a row in every table
+    for sql in store_module.MIGRATIONS[0]:
+        con.execute(sql)
+    con.execute("INSERT INTO schema_version VALUES (1, now())")
+    con.execute("INSERT INTO datasets (name, source, n_pairs, created_at) VALUES ('demo', 'data/demo_pairs.jsonl', 165, now())")
+    con.execute("INSERT INTO jobs (kind, config, state, created_at, updated_at) VALUES ('train-rm', '{}', 'succeeded', now(), now())")
+    con.close()
+    store = Store(path)
+    assert schema_version(path) == 2
+    assert store.list_jobs()[["id", "kind", "state"]].values.tolist() == [[1, "train-rm", "succeeded"]]
+    con = duckdb.connect(str(path))
+    try:
+        assert con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'datasets'").fetchone()[0] == 0
+    finally:
+        con.close()
+
+
+def test_checkpoints_jobs_and_eval_results(store, tmp_path):
     job = store.add_job("train-rm", {"lr": 0.0002, "data": "demo"}, str(tmp_path / "run"))
     assert store.get_job(job)["state"] == "pending" and store.get_job(job)["config"] == {"lr": 0.0002, "data": "demo"}
     running = store.update_job(job, state="running", progress=0.25, step=1, total=4, pid=4242, message="step 1/4")
@@ -154,7 +183,6 @@ def test_bad_input_is_refused_clearly_and_changes_nothing(store, tmp_path):
         (lambda: store.add_checkpoint("ckpt", "x", "tiny", job_id=12), "there is no job with id 12"),
         (lambda: store.add_eval_result("", None, {}), "label is empty"),
         (lambda: store.add_eval_result("x", None, {"f": object()}), "metrics cannot be stored as JSON"),
-        (lambda: store.add_dataset("d", "s", -1), "n_pairs=-1 is not an integer >= 0"),
         (lambda: store.add_job("rm -rf /", {}, None), "is not a job name"),
         (lambda: store.get_job("1; DROP TABLE jobs"), "is not an integer >= 1"),
         (lambda: store.list_variants(decision="approve"), "decision='approve' is not a status to filter on"),
