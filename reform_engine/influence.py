@@ -100,6 +100,7 @@ class InfluenceConfig:
     device: str = "auto"
     dtype: str = "float32"
     threads: int = 0
+    trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
 
     def __post_init__(self):
         if not 0 < self.fraction <= 1:
@@ -128,7 +129,8 @@ def find_influential(config: InfluenceConfig, run_dir: str | Path) -> InfluenceR
         set_cpu_threads(config.threads)
         start = time.perf_counter()
         pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)
-        rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype, max_length=config.max_length)
+        rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype, max_length=config.max_length,
+                               trust_remote_code=config.trust_remote_code)
         run.log(f"scoring {len(pairs)} pairs")
         scores = score_pairs(rm, pairs, batch_size=config.batch_size, max_length=config.max_length,
                              on_progress=lambda done, total: run.progress(done, total, message=f"{done}/{total} responses scored"))
