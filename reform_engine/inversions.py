@@ -178,7 +178,10 @@ def generate_variants(config: GenerateVariantsConfig, run_dir: str | Path) -> Ge
         if config.scored:
             scored = load_scored(pairs, config.scored)
         else:
-            scored = rank_pairs(pairs, score_pairs(rm, pairs, max_length=config.max_length))
+            scores = score_pairs(rm, pairs, max_length=config.max_length, skip_too_long=True)
+            if scores.skipped:
+                run.log(f"{len(scores.skipped)} pairs skipped: a response longer than max_length={config.max_length} tokens")
+            scored = rank_pairs(pairs, scores)
         chosen = select_influential(scored, config.fraction, config.strategy, config.seed)
         directions = DIRECTIONS if config.directions == "both" else (config.directions,)
         jobs = [(d, i, s) for d in directions for i, s in enumerate(chosen)]
