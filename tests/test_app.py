@@ -118,7 +118,7 @@ def test_home_upload_is_validated_and_used(env):
     at.get("form_submit_button")[0].click()
     at = settle(at)
     kept = Path(at.session_state["app_settings"].data)
-    assert kept.name == "my_pairs.jsonl" and kept.parent.name == "uploads" and metrics(at)["Pairs"] == "3"
+    assert kept.name.endswith("-my_pairs.jsonl") and kept.parent.name == "uploads" and metrics(at)["Pairs"] == "3"
 
 
 def test_home_without_a_reward_model_says_how_to_train_one(env, monkeypatch, tmp_path):
