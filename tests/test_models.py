@@ -99,7 +99,6 @@ def no_hub(monkeypatch):
         if hasattr(module, "hf_hub_download"):
             monkeypatch.setattr(module, "hf_hub_download", called)
     monkeypatch.setattr(socket, "getaddrinfo", called)
-    monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent-hf-cache")
     return called
 
 
