@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import streamlit as st
 
-from pages._shared import project_store, show_error
+from pages._shared import md_code, md_escape, project_store, show_error
 from reform_engine.jobs import ACTIVE, cancel_job, refresh_job, rerun_job
 from reform_engine.reports import history_frame, log_tail, stage_status
 
@@ -52,7 +52,7 @@ def draw_job(job: dict, key: str) -> None:
     """One running job: its progress bar, its stages (pipeline, retrain), its log and a cancel button."""
     share = float(job["progress"] or 0.0)
     steps = f" · step {job['step']}/{job['total']}" if job.get("total") else ""
-    st.progress(min(1.0, max(0.0, share)), text=f"⏳ job #{job['id']} {job['kind']}{steps}: {job['message']}")
+    st.progress(min(1.0, max(0.0, share)), text=f"⏳ job #{job['id']} {job['kind']}{steps}: {md_escape(job['message'])}")
     stages = stage_status(job["run_dir"])
     if stages:
         st.caption(" → ".join(f"{STATE_ICON.get(s['state'], '')} {s['stage']}"
@@ -85,7 +85,8 @@ def history(key: str, kinds: Sequence[str] | None = None) -> None:
     if picked is None:
         return
     job = store.get_job(picked)
-    st.caption(f"{STATE_ICON.get(job['state'], '')} {job['state']} · run directory `{job['run_dir']}` · {job['message']}")
+    st.caption(f"{STATE_ICON.get(job['state'], '')} {job['state']} · run directory {md_code(job['run_dir'])} · "
+               f"{md_escape(job['message'])}")
     c1, _ = st.columns([1, 5])
     if job["state"] in ACTIVE and c1.button("Cancel", key=f"{key}_history_cancel"):
         cancel_job(store, picked, grace=5.0)

@@ -16,14 +16,15 @@ PAGES = (
 
 def app_frame():
     """Register the pages and draw the sidebar's summary of what the tool is working on -> the page to run."""
-    from pages._shared import pending_variants, settings, short
+    from pages._shared import md_code, pending_variants, settings, short, show_trust_warning
 
     st.set_page_config(page_title="REFORM workbench", layout="wide")
     page = st.navigation([st.Page(path, title=title, icon=icon, default=i == 0) for i, (path, title, icon) in enumerate(PAGES)])
     s = settings()
     with st.sidebar:
-        st.caption(f"Policy: `{short(s.policy, 40)}`  \nRM: `{short(s.reward_model or 'none', 40)}`  \n"
-                   f"Data: `{short(s.data, 40)}`" + (f" rows `{s.rows}`" if s.rows else ""))
+        st.caption(f"Policy: {md_code(short(s.policy, 40))}  \nRM: {md_code(short(s.reward_model or 'none', 40))}  \n"
+                   f"Data: {md_code(short(s.data, 40))}" + (f" rows {md_code(s.rows)}" if s.rows else ""))
+        show_trust_warning()
         waiting = len(pending_variants())
         if waiting:
             st.caption(f"{waiting} variant(s) waiting for curation")

@@ -9,12 +9,16 @@ Settings start from environment variables, so a test or a deployment can point t
     REFORM_DATA            preference data: file path or hub id (default: the embedded demo set)
     REFORM_PROJECT_DIR     where uploads, runs and the project database live (default: ./project_data)
     REFORM_DEVICE          torch device for the app's models    (default: auto)
+    REFORM_TRUST_REMOTE_CODE  1: let models run Python code they ship (default: off; also a Home toggle)
+    REFORM_SCORE_MAX_LENGTH   tokens per prompt + response when scoring data (default: 1024; longer pairs are skipped)
 """
 from __future__ import annotations
 
 import dataclasses
+import html
 import math
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +28,8 @@ import streamlit as st
 
 from reform_engine.background import BackgroundTask
 from reform_engine.data import DEMO_PATH, DataError, PreferencePair
+from reform_engine.scoring import SCORE_MAX_LENGTH
 
-SCORE_MAX_LENGTH = 1024      # tokens when scoring pairs and variants, as the CLI jobs do (prompt cut from the left)
 UPLOAD_LIMIT_MB = 200        # also server.maxUploadSize in .streamlit/config.toml
 SETTINGS_KEY = "app_settings"
 PENDING_KEY = "curation_pending"      # this tab's hand-offs to curation (the queue is in the store)
@@ -42,6 +46,8 @@ class Settings:
     project_dir: str
     compare_rm: str
     device: str
+    trust_remote_code: bool = False             # models may run Python code they ship (auto_map): only by the user's leave
+    score_max_length: int = SCORE_MAX_LENGTH    # tokens per prompt + response when scoring data; longer pairs are skipped
 
 
 def default_settings(env: dict | None = None) -> Settings:
@@ -49,10 +55,13 @@ def default_settings(env: dict | None = None) -> Settings:
 
     env = os.environ if env is None else env
     project = env.get("REFORM_PROJECT_DIR") or "project_data"
+    limit = env.get("REFORM_SCORE_MAX_LENGTH", "")
     return Settings(policy=env.get("REFORM_POLICY") or DEFAULT_MODEL,
                     reward_model=env.get("REFORM_REWARD_MODEL") or str(Path(project) / "runs" / "base-rm" / "checkpoint"),
                     data=env.get("REFORM_DATA") or str(DEMO_PATH), rows=env.get("REFORM_ROWS", ""), project_dir=project,
-                    compare_rm=env.get("REFORM_COMPARE_RM", ""), device=env.get("REFORM_DEVICE") or "auto")
+                    compare_rm=env.get("REFORM_COMPARE_RM", ""), device=env.get("REFORM_DEVICE") or "auto",
+                    trust_remote_code=env.get("REFORM_TRUST_REMOTE_CODE", "").strip().lower() in ("1", "true", "yes", "on"),
+                    score_max_length=max(16, int(limit)) if limit.strip().isdigit() else SCORE_MAX_LENGTH)
 
 
 def settings() -> Settings:
@@ -100,7 +109,7 @@ def _warm_imports() -> None:
         getattr(transformers, name)
 
 @st.cache_resource(show_spinner=False)
-def _policy_task(name: str, device: str) -> BackgroundTask:
+def _policy_task(name: str, device: str, trust_remote_code: bool) -> BackgroundTask:
     def load(report):
         from reform_engine.models import DEFAULT_MODEL, converted_default_dir, load_causal_lm, load_tokenizer
 
@@ -110,13 +119,13 @@ def _policy_task(name: str, device: str) -> BackgroundTask:
                 report(0, None, "converting the packaged SmolLM2 GGUF to safetensors (once, about a minute)")
             else:
                 report(0, None, f"loading {name}")
-            model = load_causal_lm(name, device=device)
-            return model, load_tokenizer(name)
+            model = load_causal_lm(name, device=device, trust_remote_code=trust_remote_code)
+            return model, load_tokenizer(name, trust_remote_code=trust_remote_code)
     return BackgroundTask(load, "policy")
 
 
 @st.cache_resource(show_spinner=False)
-def _rm_task(path: str, stamp: int, device: str) -> BackgroundTask:
+def _rm_task(path: str, stamp: int, device: str, trust_remote_code: bool) -> BackgroundTask:
     def load(report):
         from reform_engine.models import DEFAULT_MODEL, converted_default_dir
         from reform_engine.reward_model import SPEC_FILE, RewardModelSpec, load_reward_model
@@ -131,7 +140,7 @@ def _rm_task(path: str, stamp: int, device: str) -> BackgroundTask:
                 base = RewardModelSpec(**json.loads(spec_file.read_text())).base_model
                 if base in (DEFAULT_MODEL, "default") and not (converted_default_dir() / "model.safetensors").is_file():
                     report(0, None, "converting the packaged SmolLM2 GGUF to safetensors (once, about a minute)")
-            return load_reward_model(path, device=device)
+            return load_reward_model(path, device=device, trust_remote_code=trust_remote_code)
     return BackgroundTask(load, "reward-model")
 
 
@@ -150,8 +159,10 @@ def _data_task(source: str, rows: str, stamp: int) -> BackgroundTask:
 
 
 @st.cache_resource(show_spinner=False)
-def _scoring_task(rm_path: str, rm_stamp: int, device: str, source: str, rows: str, data_stamp: int) -> BackgroundTask:
-    rm_task, data_task = _rm_task(rm_path, rm_stamp, device), _data_task(source, rows, data_stamp)
+def _scoring_task(rm_path: str, rm_stamp: int, device: str, trust_remote_code: bool, source: str, rows: str, data_stamp: int,
+                  max_length: int) -> BackgroundTask:
+    """-> (ranked ScoredPairs, ids of the pairs left out as longer than ``max_length``)."""
+    rm_task, data_task = _rm_task(rm_path, rm_stamp, device, trust_remote_code), _data_task(source, rows, data_stamp)
 
     def score(report):
         from reform_engine.influence import rank_pairs
@@ -165,31 +176,51 @@ def _scoring_task(rm_path: str, rm_stamp: int, device: str, source: str, rows: s
                 raise t.error
         pairs = data_task.result[1]
         report(0, 2 * len(pairs), f"scoring {len(pairs)} pairs")
-        scores = score_pairs(rm_task.result, pairs, max_length=SCORE_MAX_LENGTH,
+        scores = score_pairs(rm_task.result, pairs, max_length=max_length, skip_too_long=True,
                              on_progress=lambda done, total: report(done, total, f"{done}/{total} responses scored"))
-        return rank_pairs(pairs, scores)
+        if len(scores.skipped) == len(pairs):
+            raise DataError(f"none of the {len(pairs)} pairs fits the scoring limit of {max_length} tokens.", source=source,
+                            fix="raise the scoring limit under Home > Models.")
+        return rank_pairs(pairs, scores), [pairs[i].pair_id for i in scores.skipped]
     return BackgroundTask(score, "scoring")
 
 
-def policy_task() -> BackgroundTask:
+# the cached tasks' arguments for the current settings (also what a Retry button clears)
+def _policy_args() -> tuple:
     s = settings()
-    return _policy_task(s.policy, s.device)
+    return s.policy, s.device, s.trust_remote_code
+
+
+def _rm_args(path: str | None = None) -> tuple:
+    s = settings()
+    path = s.reward_model if path is None else path
+    return path, _stamp(path), s.device, s.trust_remote_code
+
+
+def _data_args() -> tuple:
+    s = settings()
+    return s.data, s.rows, _stamp(s.data)
+
+
+def _scoring_args() -> tuple:
+    s = settings()
+    return (*_rm_args(), *_data_args(), s.score_max_length)
+
+
+def policy_task() -> BackgroundTask:
+    return _policy_task(*_policy_args())
 
 
 def rm_task(path: str | None = None) -> BackgroundTask:
-    s = settings()
-    path = s.reward_model if path is None else path
-    return _rm_task(path, _stamp(path), s.device)
+    return _rm_task(*_rm_args(path))
 
 
 def data_task() -> BackgroundTask:
-    s = settings()
-    return _data_task(s.data, s.rows, _stamp(s.data))
+    return _data_task(*_data_args())
 
 
 def scoring_task() -> BackgroundTask:
-    s = settings()
-    return _scoring_task(s.reward_model, _stamp(s.reward_model), s.device, s.data, s.rows, _stamp(s.data))
+    return _scoring_task(*_scoring_args())
 
 
 def _retry(task_fn, args) -> None:
@@ -219,7 +250,7 @@ def _progress_panel(task: BackgroundTask, label: str) -> None:
     if task.finished:
         st.rerun()  # the whole page, now that its input is ready
     share = task.progress
-    text = f"⏳ {label}: {task.message} ({task.elapsed:.0f} s)"
+    text = f"⏳ {md_escape(label)}: {md_escape(task.message)} ({task.elapsed:.0f} s)"
     if share is None:
         st.info(text)
     else:
@@ -228,83 +259,84 @@ def _progress_panel(task: BackgroundTask, label: str) -> None:
 
 def require_policy(stop: bool = True):
     """-> (policy model, tokenizer)."""
-    s = settings()
-    return require(policy_task(), f"Policy {s.policy}", retry=(_policy_task, (s.policy, s.device)), stop=stop)
+    return require(policy_task(), f"Policy {settings().policy}", retry=(_policy_task, _policy_args()), stop=stop)
 
 
 def require_rm(path: str | None = None, stop: bool = True):
     s = settings()
     path = s.reward_model if path is None else path
     if not rm_exists(path):
-        st.warning(f"No reward model at `{path}` yet: train one on the Home page, or give a checkpoint there "
+        st.warning(f"No reward model at {md_code(path)} yet: train one on the Home page, or give a checkpoint there "
                    "(or set REFORM_REWARD_MODEL).")
         if stop:
             st.stop()
         return None
-    return require(rm_task(path), f"Reward model {path}", retry=(_rm_task, (path, _stamp(path), s.device)), stop=stop)
+    return require(rm_task(path), f"Reward model {path}", retry=(_rm_task, _rm_args(path)), stop=stop)
 
 
 def require_data(stop: bool = True):
     """-> (PreferenceData, the pairs in the selected rows)."""
-    s = settings()
-    return require(data_task(), f"Data {s.data}", retry=(_data_task, (s.data, s.rows, _stamp(s.data))), stop=stop)
+    return require(data_task(), f"Data {settings().data}", retry=(_data_task, _data_args()), stop=stop)
 
 
 def require_scored(stop: bool = True):
-    """-> every pair of the selected rows with its rewards, loss and rank (list of ScoredPair)."""
-    s = settings()
+    """-> every scored pair of the selected rows with its rewards, loss and rank (list of ScoredPair);
+    pairs too long for the scoring limit are left out (``skipped_by_scoring``)."""
     if require_rm(stop=stop) is None or require_data(stop=stop) is None:
         return None
-    return require(scoring_task(), "Scoring the data with the reward model",
-                   retry=(_scoring_task, (s.reward_model, _stamp(s.reward_model), s.device, s.data, s.rows, _stamp(s.data))),
-                   stop=stop)
+    out = require(scoring_task(), "Scoring the data with the reward model", retry=(_scoring_task, _scoring_args()), stop=stop)
+    return None if out is None else out[0]
+
+
+def skipped_by_scoring() -> list[str]:
+    """Ids of the pairs of the selected rows the finished scoring left out: longer than the scoring limit."""
+    task = scoring_task()
+    return list(task.result[1]) if task.state == "succeeded" else []
 
 
 @st.cache_resource(show_spinner=False)
-def _decoder(policy: str, rm_path: str, rm_stamp: int, device: str):
+def _decoder(policy: str, rm_path: str, rm_stamp: int, device: str, trust_remote_code: bool):
     from reform_engine.decoding import ControlledDecoder
 
-    model, tokenizer = _policy_task(policy, device).result
-    return ControlledDecoder(model, tokenizer, _rm_task(rm_path, rm_stamp, device).result)
+    model, tokenizer = _policy_task(policy, device, trust_remote_code).result
+    return ControlledDecoder(model, tokenizer, _rm_task(rm_path, rm_stamp, device, trust_remote_code).result)
 
 
 def require_decoder():
     """The controlled decoder on the current policy and RM (both loaded first)."""
     require_policy()
     require_rm()
-    s = settings()
-    return _decoder(s.policy, s.reward_model, _stamp(s.reward_model), s.device)
+    return _decoder(settings().policy, *_rm_args())
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def _trace(rm_path: str, rm_stamp: int, device: str, prompt: tuple, response: str) -> dict:
+def _trace(rm_path: str, rm_stamp: int, device: str, trust_remote_code: bool, max_length: int, prompt: tuple,
+           response: str) -> dict:
     from reform_engine.scoring import reward_trace
 
-    t = reward_trace(_rm_task(rm_path, rm_stamp, device).result, prompt, response, max_length=SCORE_MAX_LENGTH)
+    t = reward_trace(_rm_task(rm_path, rm_stamp, device, trust_remote_code).result, prompt, response, max_length=max_length)
     return {"pieces": t.pieces, "rewards": t.rewards, "prompt_truncated": t.prompt_truncated, "slow_path": t.slow_path}
 
 
 def trace_of(prompt: tuple, response: str, rm_path: str | None = None) -> dict:
     """Per-token reward trace {pieces, rewards, prompt_truncated, slow_path} of one response under a
     loaded RM (the current one by default; call require_rm(rm_path) first)."""
-    s = settings()
-    path = s.reward_model if rm_path is None else rm_path
-    return _trace(path, _stamp(path), s.device, tuple(prompt), response)
+    return _trace(*_rm_args(rm_path), settings().score_max_length, tuple(prompt), response)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def _pair_rewards(rm_path: str, rm_stamp: int, device: str, prompt: tuple, chosen: str, rejected: str) -> tuple[float, float]:
+def _pair_rewards(rm_path: str, rm_stamp: int, device: str, trust_remote_code: bool, max_length: int, prompt: tuple,
+                  chosen: str, rejected: str) -> tuple[float, float]:
     from reform_engine.scoring import score_pairs
 
-    scores = score_pairs(_rm_task(rm_path, rm_stamp, device).result, [PreferencePair("single", prompt, chosen, rejected)],
-                         max_length=SCORE_MAX_LENGTH)
+    scores = score_pairs(_rm_task(rm_path, rm_stamp, device, trust_remote_code).result,
+                         [PreferencePair("single", prompt, chosen, rejected)], max_length=max_length)
     return float(scores.r_chosen[0]), float(scores.r_rejected[0])
 
 
 def pair_rewards(pair: PreferencePair) -> tuple[float, float]:
     """(r+, r-) of one pair under the current RM (loaded first), scored as the dataset is."""
-    s = settings()
-    return _pair_rewards(s.reward_model, _stamp(s.reward_model), s.device, pair.prompt, pair.chosen, pair.rejected)
+    return _pair_rewards(*_rm_args(), settings().score_max_length, pair.prompt, pair.chosen, pair.rejected)
 
 
 # --------------------------------------------------------------------------- the project database and the curation hand-off
@@ -351,6 +383,34 @@ def pending_variants() -> list[dict]:
 
 
 # --------------------------------------------------------------------------- drawing helpers
+#
+# Text from data files, models, uploads and people (prompts, responses, variants, notes, file names,
+# model ids, error messages quoting them) is untrusted: drawn through markdown it could show a remote
+# image (a beacon), a link or a heading. It goes out as text (st.code, st.text, dataframes), or through
+# md_escape / md_code where a markdown string must hold it.
+
+_MD_SPECIAL = re.compile(r"([\\`*\[\]<>#!|~$&])")       # images, links, HTML, headings, code, emphasis, tables, math
+_MD_LINE_START = re.compile(r"(?m)^(\s*)(?:([-+=])|(\d+)([.)]))")  # list items, setext heading underlines, ordered lists
+_MD_AUTOLINK = re.compile(r"(?i)(://|www\.)")                      # GFM turns bare URLs into links
+
+
+def md_escape(text: Any) -> str:
+    """``text`` as literal characters inside a markdown string (st.markdown, st.caption, messages,
+    widget labels): no image, link, autolink, heading, list, HTML or math can come out of it.
+    Underscores stay as they are (identifiers such as max_length read as written; at worst italics)."""
+    text = _MD_SPECIAL.sub(r"\\\1", str(text))
+    text = _MD_AUTOLINK.sub(lambda m: m.group(1).replace("/", "\\/").replace(".", "\\."), text)
+    return _MD_LINE_START.sub(lambda m: m.group(1) + (f"\\{m.group(2)}" if m.group(2) else f"{m.group(3)}\\{m.group(4)}"), text)
+
+
+def md_code(text: Any) -> str:
+    """``text`` as an inline code span (drawn as typed, nothing inside renders) that no backtick or line
+    break in it can end."""
+    text = " ".join(str(text).splitlines())
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
 
 def show_error(exc: BaseException | None, what: str = "") -> None:
     """A readable message for any error: the engine's message and fix, never a traceback."""
@@ -361,7 +421,23 @@ def show_error(exc: BaseException | None, what: str = "") -> None:
         message = str(exc)
     elif not isinstance(exc, (ValueError, OSError)):
         message = f"{type(exc).__name__}: {message}"
-    st.error(f"{what + ': ' if what else ''}{message}")
+    st.error(md_escape(f"{what + ': ' if what else ''}{message}"))
+
+
+def show_scoring_skips() -> None:
+    """Say how many pairs the scoring left out as longer than the scoring limit, if any."""
+    skipped = skipped_by_scoring()
+    if skipped:
+        st.warning(f"{len(skipped)} pair(s) not scored: a response longer than the scoring limit of "
+                   f"{settings().score_max_length} tokens (first: {md_code(skipped[0])}). Raise the limit under "
+                   "Home > Models to score them.")
+
+
+def show_trust_warning() -> None:
+    """The standing warning while models may run code they ship."""
+    if settings().trust_remote_code:
+        st.warning("Remote code is allowed: a model or checkpoint loaded now may run Python code shipped with it. "
+                   "Turn it off under Home > Models unless you trust every model in use.", icon=":material/warning:")
 
 
 def short(text: str, n: int = 80) -> str:
@@ -387,7 +463,8 @@ def trace_figure(traces: Sequence[tuple[str, Sequence[str], Sequence[float]]], r
     fig = go.Figure()
     for label, pieces, rewards in traces:
         xs = list(range(1, len(rewards) + 1))
-        fig.add_trace(go.Scatter(x=xs, y=list(rewards), mode="lines+markers", name=label, customdata=[repr(p) for p in pieces],
+        fig.add_trace(go.Scatter(x=xs, y=list(rewards), mode="lines+markers", name=label,
+                                 customdata=[html.escape(repr(p)) for p in pieces],  # plotly draws tags in hover text
                                  hovertemplate="token %{x}: %{customdata}<br>reward %{y:.3f}<extra>" + label + "</extra>"))
     palette = ("#2e7d32", "#c62828", "#6a1b9a", "#ef6c00")
     for i, (label, value) in enumerate((references or {}).items()):

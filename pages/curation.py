@@ -11,7 +11,7 @@ import streamlit as st
 
 from pages._jobs import live_jobs
 from pages._routes import through_router
-from pages._shared import fmt, project_store, rm_exists, settings, short, show_error, trace_figure
+from pages._shared import fmt, md_code, md_escape, project_store, rm_exists, settings, short, show_error, trace_figure
 from reform_engine.curation import EXPORT_FORMATS, counts, decision_for, export_approved, new_pair, queue, step_trace
 from reform_engine.data import hh_text
 from reform_engine.inversions import GenerateVariantsConfig
@@ -60,9 +60,10 @@ show_error(st.session_state.pop(ERROR_KEY, None), "Not stored")
 running = live_jobs("curation", kinds=["variants"])
 with st.expander("Generate variants over the influential set (background job)", expanded=not running and n["pending"] == 0):
     if not rm_exists(s.reward_model):
-        st.warning(f"No reward model at `{s.reward_model}` yet: train one on the Home page first.")
-    st.caption(f"Controlled decoding from the influential pairs of the data in use (`{short(s.data, 60)}`"
-               + (f", rows `{s.rows}`" if s.rows else "") + f") with the policy `{short(s.policy, 40)}` and the reward model "
+        st.warning(f"No reward model at {md_code(s.reward_model)} yet: train one on the Home page first.")
+    st.caption(f"Controlled decoding from the influential pairs of the data in use ({md_code(short(s.data, 60))}"
+               + (f", rows {md_code(s.rows)}" if s.rows else "")
+               + f") with the policy {md_code(short(s.policy, 40))} and the reward model "
                "in use; the inversions it finds join the queue when it ends.")
     c = st.columns(4)
     percent = c[0].number_input("p: share of the pairs, %", 0.1, 100.0, 5.0, step=1.0, key="curation_gen_p")
@@ -80,7 +81,8 @@ with st.expander("Generate variants over the influential set (background job)", 
             config = GenerateVariantsConfig(reward_model=s.reward_model, data=s.data, rows=s.rows, fraction=float(percent) / 100,
                                             strategy=strategy, directions=directions, policy=s.policy, k=int(k),
                                             alpha=float(alpha), temperature=float(temperature),
-                                            max_new_tokens=int(max_new_tokens), seed=int(seed), device=s.device)
+                                            max_new_tokens=int(max_new_tokens), seed=int(seed), device=s.device,
+                                            trust_remote_code=s.trust_remote_code)
             job_id = start_job(store, "variants", config)
             st.session_state[FLASH_KEY] = f"Started job #{job_id}: its inversions join the queue when it ends."
             st.rerun()
@@ -121,13 +123,14 @@ else:
         st.session_state.curation_note = ""
 
     # the original pair and the variant, side by side
-    st.markdown(f"**Prompt**  \n{hh_text(v['prompt']).strip()}")
+    st.markdown("**Prompt**")
+    st.code(hh_text(v["prompt"]).strip(), language=None, wrap_lines=True)
     c1, c2, c3 = st.columns(3)
     c1.markdown(f"**Chosen** · r+ = {fmt(v['r_chosen'])}")
     c1.code(v["original_chosen"], language=None, wrap_lines=True)
     c2.markdown(f"**Rejected** · r− = {fmt(v['r_rejected'])}")
     c2.code(v["original_rejected"], language=None, wrap_lines=True)
-    c3.markdown(f"**Variant** ({v['direction']}) · r = {fmt(v['r_variant'])}"
+    c3.markdown(f"**Variant** ({md_escape(v['direction'])}) · r = {fmt(v['r_variant'])}"
                 + (f" · perplexity {v['perplexity']:.2f}" if v["perplexity"] is not None and math.isfinite(v["perplexity"]) else ""))
     c3.code(v["text"] or "(empty)", language=None, wrap_lines=True)
     if v["direction"] == "imported":
@@ -140,7 +143,8 @@ else:
         st.warning("Not an inversion: the RM orders this variant as it should, so it adds no pair. It can only be rejected.")
     if v["is_inversion"]:
         chosen, rejected = new_pair(v)
-        st.markdown(f"**It adds the pair** (as it stands now): chosen = “{short(chosen, 140)}” ≻ rejected = “{short(rejected, 140)}”")
+        st.markdown("**It adds the pair** (as it stands now):")
+        st.text(f"chosen = “{short(chosen, 140)}” ≻ rejected = “{short(rejected, 140)}”")
 
     pieces, rewards = step_trace(v["steps"])
     if rewards:
@@ -148,7 +152,8 @@ else:
                                      title="Running reward while decoding", height=300), key="curation_trace")
 
     # the decision
-    st.markdown(f"**Status: {v['status']}**" + (f" ({v['decision']}, note: {v['note']!r})" if v["decision"] else ""))
+    st.markdown(f"**Status: {md_escape(v['status'])}**"
+                + (f" ({md_escape(v['decision'])}, note: {md_escape(repr(v['note']))})" if v["decision"] else ""))
     text = st.text_area("Variant text: edit it before approving if it needs it (the edit is stored, the original kept)",
                         key="curation_text", height=120, disabled=not v["is_inversion"])
     st.text_input("Note (optional: why)", key="curation_note")
@@ -178,7 +183,7 @@ if st.button("Export", key="curation_export", disabled=n["approved"] == 0):
         show_error(exc, "Not exported")
 last = st.session_state.get("curation_last_export")
 if last and Path(last[0]).is_file():
-    st.success(f"{last[1]} approved pair(s) written to `{last[0]}`.")
+    st.success(f"{last[1]} approved pair(s) written to {md_code(last[0])}.")
     st.download_button("Download it", Path(last[0]).read_bytes(), file_name=Path(last[0]).name, key="curation_download")
 elif n["approved"] == 0:
     st.caption("Nothing approved yet.")

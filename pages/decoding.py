@@ -8,8 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from pages._routes import through_router
-from pages._shared import (SCORE_MAX_LENGTH, fmt, pair_label, pair_rewards, pending_variants, require_data,
-                           require_decoder, send_to_curation, short, show_error, trace_figure)
+from pages._shared import (fmt, md_escape, pair_label, pair_rewards, pending_variants, require_data, require_decoder,
+                           send_to_curation, settings, short, show_error, trace_figure)
 from reform_engine.data import DataError
 from reform_engine.decoding import DecodingConfig
 from reform_engine.influence import ScoredPair
@@ -40,10 +40,13 @@ except DataError as exc:
     show_error(exc, "This pair cannot be scored")
     st.stop()
 with st.expander(f"The pair · r+ = {r_chosen:+.3f} · r− = {r_rejected:+.3f}", expanded=False):
-    st.markdown(f"**Prompt**  \n{pair.prompt_text.strip()}")
+    st.markdown("**Prompt**")
+    st.code(pair.prompt_text.strip(), language=None, wrap_lines=True)
     c1, c2 = st.columns(2)
-    c1.markdown(f"**Chosen** (r+ = {r_chosen:+.3f})  \n{pair.chosen}")
-    c2.markdown(f"**Rejected** (r− = {r_rejected:+.3f})  \n{pair.rejected}")
+    c1.markdown(f"**Chosen** (r+ = {r_chosen:+.3f})")
+    c1.code(pair.chosen, language=None, wrap_lines=True)
+    c2.markdown(f"**Rejected** (r− = {r_rejected:+.3f})")
+    c2.code(pair.rejected, language=None, wrap_lines=True)
 
 direction = st.radio("Direction", ["lower", "raise"], format_func=lambda d: DIRECTION_HELP[d], key="decoding_direction")
 c = st.columns(5)
@@ -83,8 +86,8 @@ if run:
         source = ScoredPair(pair, r_chosen, r_rejected, float("nan"), 0)
         st.session_state[LAST_KEY] = {
             "pair_id": pair.pair_id, "config": config,
-            "variant": score_variant(decoder.rm, source, result, max_length=SCORE_MAX_LENGTH),
-            "plain": score_variant(decoder.rm, source, plain, max_length=SCORE_MAX_LENGTH) if plain else None,
+            "variant": score_variant(decoder.rm, source, result, max_length=settings().score_max_length),
+            "plain": score_variant(decoder.rm, source, plain, max_length=settings().score_max_length) if plain else None,
         }
     except (ValueError, DataError) as exc:  # a bad knob or a prompt that cannot fit: say so on the page
         show_error(exc, "Decoding did not run")
@@ -105,7 +108,7 @@ if plain is not None:
 else:
     right_text.caption("not decoded")
 if last["pair_id"] != pair.pair_id or cfg.direction != direction:
-    st.caption(f"Showing the last run: pair {last['pair_id']}, direction {cfg.direction}.")
+    st.caption(f"Showing the last run: pair {md_escape(last['pair_id'])}, direction {cfg.direction}.")
 
 threshold, side = (v.r_rejected, "rejected r−") if v.direction == "lower" else (v.r_chosen, "chosen r+")
 relation = "below" if v.direction == "lower" else "above"
@@ -132,7 +135,7 @@ if plain is not None:
 st.plotly_chart(trace_figure(traces, {"chosen r+": v.r_chosen, "rejected r−": v.r_rejected}, mark=step),
                 key="decoding_trace")
 rec = v.steps[step - 1]
-st.markdown(f"**Step {step}**: chose {rec.piece!r}" + (" (end of text)" if rec.is_eos else ""))
+st.markdown(f"**Step {step}**: chose {md_escape(repr(rec.piece))}" + (" (end of text)" if rec.is_eos else ""))
 st.dataframe(pd.DataFrame([{"chosen": "✓" if j == rec.chosen else "", "token": repr(piece), "id": tid, "log π": lp, "reward": r,
                             "score": sc} for j, (piece, tid, lp, r, sc) in
                            enumerate(zip(rec.candidate_pieces, rec.candidate_ids, rec.logprobs, rec.rewards, rec.scores))]),

@@ -4,8 +4,8 @@ import pandas as pd
 import streamlit as st
 
 from pages._routes import through_router
-from pages._shared import (pair_label, require_data, require_rm, rm_exists, settings, show_error, trace_figure,
-                           trace_of)
+from pages._shared import (md_code, md_escape, pair_label, require_data, require_rm, rm_exists, settings, show_error,
+                           trace_figure, trace_of)
 from reform_engine.data import DataError, hh_text, prompt_from_text
 from reform_engine.perturbations import PERTURBATIONS, perturb
 
@@ -37,7 +37,8 @@ with st.expander("Start from a pair of the data, or from the last decoded varian
     last = st.session_state.get("decoding_last")
     if last:
         v = last["variant"]
-        st.button(f"Load the last decoded variant ({v.pair_id}, {v.direction})", key="explorer_load_variant", on_click=load_text,
+        st.button(f"Load the last decoded variant ({md_escape(v.pair_id)}, {v.direction})", key="explorer_load_variant",
+                  on_click=load_text,
                   args=(hh_text(v.prompt).strip(), v.text))
 
 prompt_text = st.text_area("Prompt (one user message, or HH turns 'Human: … Assistant: … Human: …')", key="explorer_prompt",
@@ -69,11 +70,11 @@ if compare_rm:
     if rm_exists(compare_rm):
         rms.append(("Second RM", compare_rm))
     else:
-        st.error(f"No reward model at `{compare_rm}`: give a checkpoint directory written by train-rm.")
+        st.error(f"No reward model at {md_code(compare_rm)}: give a checkpoint directory written by train-rm.")
 columns = st.columns(len(rms))
 for col, (label, path) in zip(columns, rms):
     with col:
-        st.markdown(f"**{label}**  \n`{path}`")
+        st.markdown(f"**{label}**  \n{md_code(path)}")
         if require_rm(path, stop=False) is None:
             continue
         try:

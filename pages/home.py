@@ -7,8 +7,9 @@ import streamlit as st
 
 from pages._jobs import live_jobs
 from pages._routes import through_router
-from pages._shared import (SCORE_MAX_LENGTH, UPLOAD_LIMIT_MB, project_store, require, require_data, require_policy, require_rm,
-                           rm_exists, scoring_task, settings, show_error, update_settings)
+from pages._shared import (UPLOAD_LIMIT_MB, md_code, md_escape, project_store, require_data, require_policy, require_rm,
+                           require_scored, rm_exists, settings, show_error, show_scoring_skips, show_trust_warning,
+                           update_settings)
 from reform_engine.data import DEMO_PATH, DataError, parse_rows, save_upload
 from reform_engine.evaluation import pairwise_metrics
 from reform_engine.jobs import ACTIVE, start_job
@@ -32,7 +33,7 @@ def train_base_rm(s) -> None:
         update_settings(reward_model=str(Path(job["run_dir"]) / "checkpoint"))
         st.rerun()
     if job is not None and job["state"] in ("failed", "cancelled"):
-        st.error(f"The last base training (job #{job['id']}) {job['state']}: {job['message']}")
+        st.error(f"The last base training (job #{job['id']}) {job['state']}: {md_escape(job['message'])}")
         with st.expander("Its log"):
             st.code(log_tail(job) or "(nothing logged)", language=None)
     st.info("There is no reward model yet. Train a base RM on the data in use: it runs as a background job "
@@ -56,7 +57,8 @@ def train_base_rm(s) -> None:
             parse_rows(rows.strip())
             config = TrainRewardConfig(data=s.data, train_rows=rows.strip(), model=backbone.strip() or s.policy, finetune=finetune,
                                        lora_layers=int(lora_layers), epochs=int(epochs), max_steps=int(max_steps),
-                                       batch_size=int(batch_size), lr=float(lr), max_length=int(max_length), device=s.device)
+                                       batch_size=int(batch_size), lr=float(lr), max_length=int(max_length), device=s.device,
+                                       trust_remote_code=s.trust_remote_code)
             start_job(store, "train-rm", config, run_dir=run_dir)
             st.rerun()
         except ValueError as exc:  # StoreError and DataError too: a bad knob, or a run still using the directory
@@ -75,16 +77,16 @@ s = settings()
 st.subheader("In use")
 c_policy, c_rm, c_data = st.columns(3)
 with c_policy:
-    st.markdown(f"**Policy** (proposes tokens)  \n`{s.policy}`")
+    st.markdown(f"**Policy** (proposes tokens)  \n{md_code(s.policy)}")
     if require_policy(stop=False) is not None:
         st.caption("loaded")
 with c_rm:
-    st.markdown(f"**Reward model**  \n`{s.reward_model or 'none'}`")
+    st.markdown(f"**Reward model**  \n{md_code(s.reward_model or 'none')}")
     rm = require_rm(stop=False)
     if rm is not None:
-        st.caption(f"loaded · {'LoRA' if rm.spec.finetune == 'lora' else rm.spec.finetune} on `{rm.spec.base_model}`")
+        st.caption(f"loaded · {'LoRA' if rm.spec.finetune == 'lora' else rm.spec.finetune} on {md_code(rm.spec.base_model)}")
 with c_data:
-    st.markdown(f"**Data**  \n`{s.data}`" + (f" rows `{s.rows}`" if s.rows else ""))
+    st.markdown(f"**Data**  \n{md_code(s.data)}" + (f" rows {md_code(s.rows)}" if s.rows else ""))
     loaded = require_data(stop=False)
 
 if loaded is not None:
@@ -99,8 +101,9 @@ st.subheader("Reward model on this data")
 if not rm_exists(s.reward_model):
     train_base_rm(s)
 elif rm is not None and loaded is not None:
-    scored = require(scoring_task(), "Scoring the data with the reward model", stop=False)
+    scored = require_scored(stop=False)
     if scored is not None:
+        show_scoring_skips()
         import torch
 
         m = pairwise_metrics(torch.tensor([x.r_chosen for x in scored]), torch.tensor([x.r_rejected for x in scored]),
@@ -112,7 +115,8 @@ elif rm is not None and loaded is not None:
         cols[3].metric("Mean margin r+ − r−", f"{m.mean_margin:+.3f}")
         if m.accuracy <= max(m.longer_baseline, m.shorter_baseline):
             st.warning("The RM does not beat a length-only rule on this data: it has learned little beyond length.")
-        st.caption(f"Scored on the data in use (prompts cut from the left to {SCORE_MAX_LENGTH} tokens). "
+        st.caption(f"Scored on the data in use ({len(scored)} pairs; prompts cut from the left to fit "
+                   f"{s.score_max_length} tokens). "
                    "On its own training data this is training accuracy.")
 
 st.subheader("Switch")
@@ -153,12 +157,21 @@ with tab_models:
         reward_model = st.text_input("Reward model: checkpoint directory (or a sequence-classification model id)",
                                      value=s.reward_model, key="home_rm")
         compare_rm = st.text_input("Second reward model for comparisons (optional)", value=s.compare_rm, key="home_compare_rm")
+        score_max_length = st.number_input("Scoring limit: tokens per prompt + response (longer pairs are skipped)", 16,
+                                           131_072, s.score_max_length, key="home_score_max_length",
+                                           help="prompts are cut from the left to fit; a response longer than this is not scored")
+        trust = st.toggle("Allow remote code (trust_remote_code)", value=s.trust_remote_code, key="home_trust_remote_code",
+                          help="lets a model or checkpoint run Python code shipped with it (auto_map in its config). "
+                               "Off: such a model is refused. Only for models whose files you trust.")
         if st.form_submit_button("Use these models"):
-            problems = [f"no reward model at `{p}`" for p in (reward_model.strip(), compare_rm.strip()) if p and not rm_exists(p)]
+            problems = [f"no reward model at {md_code(p)}" for p in (reward_model.strip(), compare_rm.strip())
+                        if p and not rm_exists(p)]
             if not policy.strip():
                 problems.append("the policy is empty")
             if problems:
                 st.error("Not switched: " + "; ".join(problems) + ". Give a checkpoint directory written by train-rm.")
             else:
-                update_settings(policy=policy.strip(), reward_model=reward_model.strip(), compare_rm=compare_rm.strip())
+                update_settings(policy=policy.strip(), reward_model=reward_model.strip(), compare_rm=compare_rm.strip(),
+                                score_max_length=int(score_max_length), trust_remote_code=bool(trust))
                 st.rerun()
+    show_trust_warning()

@@ -6,7 +6,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from pages._routes import through_router
-from pages._shared import require_scored
+from pages._shared import md_escape, require_scored, show_scoring_skips
 from reform_engine.influence import select_influential
 
 TARGETS_KEY = "influential_targets"   # pair ids handed to the decoding page
@@ -14,6 +14,7 @@ TARGETS_KEY = "influential_targets"   # pair ids handed to the decoding page
 through_router()
 st.title("Influential samples")
 scored = require_scored()
+show_scoring_skips()
 
 c1, c2, c3 = st.columns([2, 3, 1])
 strategy = c1.radio("Selection", ["lowest_loss", "random", "highest_loss"], horizontal=True, key="influential_strategy",
@@ -66,4 +67,4 @@ if st.button("Attack these pairs in controlled decoding", type="primary", disabl
     st.session_state[TARGETS_KEY] = list(targets)
     st.switch_page("pages/decoding.py")
 if st.session_state.get(TARGETS_KEY):
-    st.caption(f"Queued for decoding: {', '.join(st.session_state[TARGETS_KEY])}")
+    st.caption(f"Queued for decoding: {md_escape(', '.join(st.session_state[TARGETS_KEY]))}")

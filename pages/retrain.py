@@ -9,7 +9,7 @@ import streamlit as st
 
 from pages._jobs import history, live_jobs
 from pages._routes import through_router
-from pages._shared import project_store, rm_exists, settings, short, show_error
+from pages._shared import md_code, project_store, rm_exists, settings, short, show_error
 from reform_engine.curation import export_approved
 from reform_engine.data import DEMO_PATH, parse_rows
 from reform_engine.jobs import start_job
@@ -76,8 +76,8 @@ with tab_retrain:
     mode = c[1].radio("Retrain", ["scratch", "finetune"], key="retrain_mode", horizontal=True,
                       format_func={"scratch": "from scratch (the base's recipe)", "finetune": "fine-tune the base"}.get)
     if recipe is not None:
-        c[2].caption(f"The base was trained on `{short(recipe.data, 50)}` rows `{recipe.train_rows or 'all'}`: {recipe.epochs} "
-                     f"epoch(s), lr {recipe.lr:g}, batch {recipe.batch_size}, {recipe.finetune}, seed {recipe.seed}. "
+        c[2].caption(f"The base was trained on {md_code(short(recipe.data, 50))} rows {md_code(recipe.train_rows or 'all')}: "
+                     f"{recipe.epochs} epoch(s), lr {recipe.lr:g}, batch {recipe.batch_size}, {recipe.finetune}, seed {recipe.seed}. "
                      "Retraining uses the same pairs plus the approved ones.")
         data, train_rows = "", recipe.train_rows
     else:
@@ -105,7 +105,8 @@ with tab_retrain:
             path, n = export_approved(store, Path(s.project_dir) / "curated")
             config = RetrainConfig(base_rm=base_rm, augment_data=str(path), mode=mode, data=data, train_rows=train_rows,
                                    finetune_epochs=int(ft_epochs), finetune_lr=float(ft_lr), replay=int(replay),
-                                   eval_data=eval_data, eval_rows=eval_rows, perturbations=perturbations, device=s.device)
+                                   eval_data=eval_data, eval_rows=eval_rows, perturbations=perturbations, device=s.device,
+                                   trust_remote_code=s.trust_remote_code)
             config.training_config()  # an unknown recipe is refused now, not in the job
             started(start_job(store, "retrain", config), f"retrain ({mode}) on {n} approved pairs, then evaluate base and retrained")
         except ValueError as exc:  # bad knobs, nothing approved, StoreError
@@ -148,7 +149,7 @@ with tab_pipeline:
                                     epochs=int(epochs), fraction=float(fraction) / 100, k=int(k), alpha=float(alpha),
                                     max_new_tokens=int(max_new_tokens), approved=approved, retrain=p_mode,
                                     ablate_random=ablate_random, ablate_no_augment=ablate_no_aug and p_mode == "finetune",
-                                    perturbations=p_perturbations, device=s.device)
+                                    perturbations=p_perturbations, device=s.device, trust_remote_code=s.trust_remote_code)
             started(start_job(store, "pipeline", config), "the REFORM pipeline")
         except ValueError as exc:
             show_error(exc, "Not started")
@@ -164,8 +165,9 @@ with tab_eval:
             if not rm_exists(e_rm):
                 raise ValueError(f"no reward model at {e_rm}; give a checkpoint directory written by train-rm")
             parse_rows(e_rows)
-            config = RobustnessConfig(reward_model=e_rm, data=e_data, rows=e_rows, perturbations=e_perturbations, device=s.device)
-            started(start_job(store, "robustness", config), f"robustness of {short(e_rm, 60)}")
+            config = RobustnessConfig(reward_model=e_rm, data=e_data, rows=e_rows, perturbations=e_perturbations, device=s.device,
+                                      trust_remote_code=s.trust_remote_code)
+            started(start_job(store, "robustness", config), f"robustness of {md_code(short(e_rm, 60))}")
         except ValueError as exc:
             show_error(exc, "Not started")
 

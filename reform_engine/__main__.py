@@ -23,6 +23,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls) -> None:
     for f in dataclasses.fields(cls):
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         kwargs = {"required": True} if required else {"default": f.default}
+        if hints[f.name] is bool:  # '--trust-remote-code' alone means true; '--flag false' still works
+            kwargs.update(nargs="?", const=True)
         parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_flag_type(hints[f.name]), **kwargs,
                             help=None if required else f"default: {f.default}")
 
@@ -58,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     trace.add_argument("--prompt", required=True)
     trace.add_argument("--response", required=True)
     trace.add_argument("--device", default="auto")
+    trace.add_argument("--trust-remote-code", action="store_true",
+                       help="let Python code shipped with the model run (auto_map); only for models you trust")
     jobs = _jobs()
     for name, (cls, _, help_text) in jobs.items():
         p = sub.add_parser(name, help=help_text)
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "trace":
         from .reward_model import load_reward_model
         from .scoring import reward_trace
-        rm = load_reward_model(args.reward_model, device=args.device)
+        rm = load_reward_model(args.reward_model, device=args.device, trust_remote_code=args.trust_remote_code)
         t = reward_trace(rm, [{"role": "user", "content": args.prompt}], args.response)
         for piece, r in zip(t.pieces, t.rewards):
             print(f"{r:+.4f}\t{piece!r}")

@@ -304,13 +304,31 @@ def prompt_from_text(text: str) -> tuple[dict[str, str], ...]:
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 UPLOAD_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet", ".csv")
+UPLOAD_NAME_CHARS = 100  # of an upload's own name in its kept name (file systems allow 255 bytes)
+
+
+def _safe_base(name: str) -> str:
+    """The last component of ``name`` in safe characters: no path can escape a directory."""
+    return _SAFE_NAME.sub("_", Path(str(name).replace("\\", "/")).name).lstrip(".") or "upload"
+
+
+def upload_file_name(name: str, content: bytes) -> str:
+    """The name an upload is kept under: 16 hex digits of its content's SHA-256, then its own name in
+    safe characters, cut to UPLOAD_NAME_CHARS with its extension kept. A different file uploaded
+    under the same name gets a different name, so the file an earlier run read is never replaced."""
+    import hashlib
+
+    base = _safe_base(name)
+    suffix = next((s for s in sorted(UPLOAD_SUFFIXES, key=len, reverse=True) if base.lower().endswith(s)), "")
+    stem = base[: len(base) - len(suffix)][: UPLOAD_NAME_CHARS - len(suffix)]
+    return f"{hashlib.sha256(content).hexdigest()[:16]}-{stem}{base[len(base) - len(suffix):]}"
 
 
 def save_upload(name: str, content: bytes, directory: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
-    """Keep an uploaded data file under ``directory`` and return its path, after checking its type and
-    size. The name is reduced to its last component with safe characters (no path can escape the
-    directory). The content is validated by :func:`load_preferences` like any other file."""
-    base = _SAFE_NAME.sub("_", Path(str(name).replace("\\", "/")).name).lstrip(".") or "upload"
+    """Keep an uploaded data file under ``directory`` (named by :func:`upload_file_name`) and return
+    its path, after checking its type and size. An identical earlier upload is reused, never rewritten.
+    The content is validated by :func:`load_preferences` like any other file."""
+    base = _safe_base(name)
     if not base.lower().endswith(UPLOAD_SUFFIXES):
         raise DataError("unknown file type.", source=str(name), fix="upload .jsonl, .jsonl.gz, .json, .parquet or .csv.")
     if len(content) > max_bytes:
@@ -318,7 +336,8 @@ def save_upload(name: str, content: bytes, directory: str | os.PathLike, *, max_
                         fix="split the file, or give its local path instead of uploading it.")
     if not content:
         raise DataError("file is empty.", source=str(name), fix="upload a file with at least one preference pair.")
-    target = Path(directory) / base
-    from .runs import atomic_write_bytes
-    atomic_write_bytes(target, content)
+    target = Path(directory) / upload_file_name(name, content)
+    if not target.is_file():  # same name and content hash: this very file is already kept
+        from .runs import atomic_write_bytes
+        atomic_write_bytes(target, content)
     return target

@@ -59,6 +59,7 @@ class EvaluateRewardConfig:
     device: str = "auto"
     dtype: str = "float32"
     threads: int = 0                        # 0 = torch default
+    trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -82,7 +83,8 @@ def evaluate_reward_model(config: EvaluateRewardConfig, run_dir: str | Path) -> 
         start = time.perf_counter()
         data = load_preferences(config.data, skip_invalid=config.skip_invalid)
         pairs = select_rows(data.pairs, config.rows)
-        rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype, max_length=config.max_length)
+        rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype, max_length=config.max_length,
+                               trust_remote_code=config.trust_remote_code)
         run.set_status("running", progress=0.1, message=f"scoring {len(pairs)} pairs")
         scores = score_pairs(rm, pairs, batch_size=config.batch_size, max_length=config.max_length)
         result = EvaluateRewardResult(pairwise_metrics(scores.r_chosen, scores.r_rejected, pairs), len(data.report.skipped),

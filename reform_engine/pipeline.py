@@ -33,7 +33,7 @@ from .runtime import set_cpu_threads
 from .training import TrainRewardConfig, train_reward_model
 
 RETRAIN_MODES = ("scratch", "finetune")
-RUNTIME_FIELDS = {"device", "dtype", "threads"}  # may differ when a finished stage is reused
+RUNTIME_FIELDS = {"device", "dtype", "threads", "trust_remote_code"}  # may differ when a finished stage is reused
 
 
 @dataclass
@@ -79,6 +79,7 @@ class PipelineConfig:
     device: str = "auto"
     dtype: str = "float32"
     threads: int = 0
+    trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
 
     def __post_init__(self):
         if self.retrain not in RETRAIN_MODES:
@@ -92,7 +93,7 @@ class PipelineConfig:
 
     def train_config(self, **overrides) -> TrainRewardConfig:
         fields = ("data", "train_rows", "model", "lora_layers", "max_length", "batch_size", "lr", "epochs", "seed",
-                  "device", "dtype", "threads")
+                  "device", "dtype", "threads", "trust_remote_code")
         return TrainRewardConfig(**{**{f: getattr(self, f) for f in fields}, **overrides})
 
     def retrain_config(self, base_rm: str, augment: str) -> TrainRewardConfig:
@@ -107,12 +108,13 @@ class PipelineConfig:
                                       k=self.k, alpha=self.alpha, temperature=self.temperature,
                                       max_new_tokens=self.max_new_tokens, seed=self.seed, batch_size=self.decode_batch_size,
                                       max_length=self.eval_max_length, device=self.device, dtype=self.dtype,
-                                      threads=self.threads)
+                                      threads=self.threads, trust_remote_code=self.trust_remote_code)
 
     def robustness_config(self, rm: str) -> RobustnessConfig:
         return RobustnessConfig(reward_model=rm, data=self.eval_data or self.data, rows=self.eval_rows,
                                 perturbations=self.perturbations, seed=self.seed, max_length=self.eval_max_length,
-                                device=self.device, dtype=self.dtype, threads=self.threads)
+                                device=self.device, dtype=self.dtype, threads=self.threads,
+                                trust_remote_code=self.trust_remote_code)
 
 
 @dataclass
@@ -224,7 +226,8 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path) -> PipelineResult:
         base_rm = config.base_rm or stage("base", train_reward_model, config.train_config())["checkpoint"]
         influence = stage("influence", find_influential, InfluenceConfig(
             reward_model=base_rm, data=config.data, rows=config.train_rows, fraction=config.fraction,
-            max_length=config.eval_max_length, device=config.device, dtype=config.dtype, threads=config.threads), ("base",))
+            max_length=config.eval_max_length, device=config.device, dtype=config.dtype, threads=config.threads,
+            trust_remote_code=config.trust_remote_code), ("base",))
         evaluate("base", base_rm, 0, "base")
         for strategy, arm in zip(strategies, ("reform", "random")):
             out = stage(f"variants_{strategy}", generate_variants,

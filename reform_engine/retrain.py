@@ -36,7 +36,8 @@ def base_training_config(base_rm: str | Path) -> TrainRewardConfig | None:
     if not isinstance(saved, dict) or "model" not in saved or "lr" not in saved:
         return None
     known = {f.name for f in dataclasses.fields(TrainRewardConfig)}
-    return TrainRewardConfig(**{k: v for k, v in saved.items() if k in known})
+    # remote code is allowed by whoever starts the retraining, never by a file beside the checkpoint
+    return TrainRewardConfig(**{k: v for k, v in saved.items() if k in known and k != "trust_remote_code"})
 
 
 def _spec_training_config(base_rm: Path) -> TrainRewardConfig:
@@ -48,8 +49,7 @@ def _spec_training_config(base_rm: Path) -> TrainRewardConfig:
                          "a train-rm run wrote") from None
     return TrainRewardConfig(model=spec.base_model, finetune=spec.finetune, lora_r=spec.lora_r, lora_alpha=spec.lora_alpha,
                              lora_dropout=spec.lora_dropout, lora_layers=spec.lora_layers or 0,
-                             use_chat_template=spec.use_chat_template, max_length=spec.max_length,
-                             trust_remote_code=spec.trust_remote_code)
+                             use_chat_template=spec.use_chat_template, max_length=spec.max_length)
 
 
 def held_out_rows(train_rows: str) -> str:
@@ -83,6 +83,7 @@ class RetrainConfig:
     device: str = "auto"
     dtype: str = "float32"
     threads: int = 0
+    trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
 
     def __post_init__(self):
         if self.mode not in RETRAIN_MODES:
@@ -107,7 +108,8 @@ class RetrainConfig:
                 raise ValueError(f"no training config beside {base_dir} (it was not trained here), so its training data "
                                  "is unknown; give data (and train_rows): the pairs it was trained on")
         fields: dict[str, Any] = {"augment_data": self.augment_data, "eval_data": "", "eval_rows": "", "save_every": 0,
-                                  "device": self.device, "dtype": self.dtype, "threads": self.threads}
+                                  "device": self.device, "dtype": self.dtype, "threads": self.threads,
+                                  "trust_remote_code": self.trust_remote_code}
         if self.data:
             fields.update(data=self.data, train_rows=self.train_rows)
         if self.mode == "scratch":
@@ -118,7 +120,8 @@ class RetrainConfig:
     def robustness_config(self, rm: str, training: TrainRewardConfig) -> RobustnessConfig:
         return RobustnessConfig(reward_model=rm, data=self.eval_data or training.data, rows=self.eval_rows,
                                 perturbations=self.perturbations, seed=self.seed, max_length=self.eval_max_length,
-                                device=self.device, dtype=self.dtype, threads=self.threads)
+                                device=self.device, dtype=self.dtype, threads=self.threads,
+                                trust_remote_code=self.trust_remote_code)
 
 
 def _count_pairs(path: str) -> int:

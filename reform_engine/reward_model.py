@@ -6,6 +6,10 @@ token. Pitfalls guarded here: the pad token is always set; the score is read at 
 token whatever the padding side; position ids come from the attention mask so left padding does not
 shift positions (identical texts score identically in any batch layout).
 
+Remote code is the caller's to allow (``trust_remote_code`` of the functions here), never the
+checkpoint's: a spec saying ``trust_remote_code: true``, or a backbone or base model whose
+``config.json`` / ``tokenizer_config.json`` has an ``auto_map``, is refused unless the caller allowed it.
+
 Checkpoint directory (written atomically by ``save``)::
 
     reward_model.json    RewardModelSpec
@@ -22,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models import ModelError, load_tokenizer, resolve_model_path
+from .models import ModelError, load_tokenizer, refuse_remote_code, remote_code_requests, resolve_model_path
 from .runs import atomic_directory
 from .runtime import resolve_device, resolve_dtype
 
@@ -43,7 +47,7 @@ class RewardModelSpec:
     lora_layers: int | None = None    # LoRA on the top N layers only; lower layers then need no backward
     use_chat_template: bool = True    # format prompts with the tokenizer's chat template when it has one
     max_length: int = 512             # prompt is truncated from the left to fit; the response never is
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False   # the model needs remote code: a record, never a permission (the loader's caller gives that)
 
     def __post_init__(self):
         if self.finetune not in FINETUNE_MODES:
@@ -115,14 +119,19 @@ class CausalRewardModel(nn.Module):
         return Path(directory)
 
 
-def build_reward_model(spec: RewardModelSpec, *, device: str = "auto", dtype: str = "float32", seed: int = 0) -> CausalRewardModel:
-    """A fresh, trainable RM on ``spec.base_model``: head initialised from ``seed``, LoRA if asked."""
+def build_reward_model(spec: RewardModelSpec, *, device: str = "auto", dtype: str = "float32", seed: int = 0,
+                       trust_remote_code: bool = False) -> CausalRewardModel:
+    """A fresh, trainable RM on ``spec.base_model``: head initialised from ``seed``, LoRA if asked.
+    ``trust_remote_code``: the caller allows code shipped with the base model to run."""
     from transformers import AutoModel
 
     path = resolve_model_path(spec.base_model)
+    requests = remote_code_requests(path)
+    refuse_remote_code(requests, trust_remote_code)
+    spec = dataclasses.replace(spec, trust_remote_code=bool(requests))  # recorded: loading it will need the caller's leave
     try:
         backbone = AutoModel.from_pretrained(path, dtype=resolve_dtype(dtype), use_safetensors=True,
-                                             trust_remote_code=spec.trust_remote_code)
+                                             trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ModelError(f"could not load backbone {spec.base_model!r} ({exc}); only safetensors weights are loaded") from exc
     for p in backbone.parameters():
@@ -137,21 +146,37 @@ def build_reward_model(spec: RewardModelSpec, *, device: str = "auto", dtype: st
                           target_modules=list(LORA_TARGETS), layers_to_transform=layers,
                           layers_pattern="layers" if layers else None)
         backbone = get_peft_model(backbone, lora)
-    model = CausalRewardModel(backbone, spec, load_tokenizer(spec.base_model, trust_remote_code=spec.trust_remote_code))
+    model = CausalRewardModel(backbone, spec, load_tokenizer(spec.base_model, trust_remote_code=trust_remote_code))
     return model.to(resolve_device(device))
 
 
+def read_spec(directory: str | Path) -> RewardModelSpec:
+    """The RewardModelSpec of a checkpoint directory, or ModelError naming its file."""
+    file = Path(directory) / SPEC_FILE
+    try:
+        return RewardModelSpec(**json.loads(file.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelError(f"{file} is not a readable reward-model spec ({exc}); give a checkpoint directory written by train-rm") from exc
+
+
 def load_causal_reward_model(directory: str | Path, *, device: str = "auto", dtype: str = "float32",
-                             trainable: bool = False) -> CausalRewardModel:
-    """Rebuild a saved causal RM. For inference LoRA is merged into the backbone (faster forward)."""
+                             trainable: bool = False, trust_remote_code: bool = False) -> CausalRewardModel:
+    """Rebuild a saved causal RM. For inference LoRA is merged into the backbone (faster forward).
+    ``trust_remote_code``: the caller allows code shipped with the checkpoint or its base model to run;
+    without it a checkpoint that asks for remote code is refused before any of its files is imported."""
     from safetensors.torch import load_file
     from transformers import AutoModel
 
     directory = Path(directory)
-    spec = RewardModelSpec(**json.loads((directory / SPEC_FILE).read_text()))
-    source = directory / "backbone" if spec.finetune == "full" else resolve_model_path(spec.base_model)
+    spec = read_spec(directory)
+    base = resolve_model_path(spec.base_model)
+    source = directory / "backbone" if spec.finetune == "full" else base
+    requests = [f"{directory / SPEC_FILE} (trust_remote_code: true)"] if spec.trust_remote_code else []
+    for model_dir in dict.fromkeys([str(source), base]):  # the backbone's weights and config; the base's tokenizer
+        requests += remote_code_requests(model_dir)
+    refuse_remote_code(requests, trust_remote_code)
     backbone = AutoModel.from_pretrained(source, dtype=resolve_dtype(dtype), use_safetensors=True,
-                                         trust_remote_code=spec.trust_remote_code)
+                                         trust_remote_code=trust_remote_code)
     if spec.finetune == "lora":
         from peft import PeftModel
 
@@ -163,7 +188,7 @@ def load_causal_reward_model(directory: str | Path, *, device: str = "auto", dty
     for name, p in backbone.named_parameters():
         if trainable and spec.finetune == "lora" and "lora_" in name:
             p.requires_grad_(True)
-    model = CausalRewardModel(backbone, spec, load_tokenizer(spec.base_model, trust_remote_code=spec.trust_remote_code))
+    model = CausalRewardModel(backbone, spec, load_tokenizer(spec.base_model, trust_remote_code=trust_remote_code))
     model.head.load_state_dict(load_file(str(directory / "head.safetensors")))
     model.head.requires_grad_(trainable)
     model = model.to(resolve_device(device))
@@ -198,13 +223,14 @@ class SequenceClassifierRewardModel(nn.Module):
 def load_reward_model(name: str, *, device: str = "auto", dtype: str = "float32", trust_remote_code: bool = False,
                       max_length: int = 512):
     """A checkpoint directory written by ``save`` -> CausalRewardModel; any other id/path ->
-    SequenceClassifierRewardModel (safetensors only)."""
+    SequenceClassifierRewardModel (safetensors only). ``trust_remote_code`` comes from the caller only."""
     path = Path(name).expanduser()
     if (path / SPEC_FILE).is_file():
-        return load_causal_reward_model(path, device=device, dtype=dtype)
+        return load_causal_reward_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     from transformers import AutoModelForSequenceClassification
 
     resolved = resolve_model_path(name)
+    refuse_remote_code(remote_code_requests(resolved), trust_remote_code)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(resolved, dtype=resolve_dtype(dtype), use_safetensors=True,
                                                                    trust_remote_code=trust_remote_code)

@@ -98,6 +98,7 @@ class RobustnessConfig:
     device: str = "auto"
     dtype: str = "float32"
     threads: int = 0
+    trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
 
     def names(self) -> list[str]:
         return [n.strip() for n in self.perturbations.split(",") if n.strip()]
@@ -168,7 +169,8 @@ def evaluate_robustness(config: RobustnessConfig, run_dir: str | Path) -> Robust
     with job_run(run_dir, config, "scoring clean pairs") as run:
         set_cpu_threads(config.threads)
         pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)
-        rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype, max_length=config.max_length)
+        rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype, max_length=config.max_length,
+                               trust_remote_code=config.trust_remote_code)
         result = robustness_report(rm, pairs, config.names(), seed=config.seed, batch_size=config.batch_size,
                                    max_length=config.max_length,
                                    on_progress=lambda i, n: run.progress(i, n, message=f"{i}/{n} pairs scored"))

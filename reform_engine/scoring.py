@@ -16,6 +16,7 @@ from .data import DataError, PreferencePair
 from .models import format_prompt
 
 MIN_PROMPT_TOKENS = 4  # a prompt cut below this no longer says what was asked
+SCORE_MAX_LENGTH = 1024  # tokens per scored prompt + response when scoring a data set (jobs' and app's default)
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,11 @@ def encode(tokenizer, prompt: Sequence[dict], response: str, *, max_length: int,
     return Encoded(tuple(ids) + tuple(resp), len(ids), truncated)
 
 
-def encode_pairs(rm, pairs: Sequence[PreferencePair], *, max_length: int | None = None) -> list[tuple[Encoded, Encoded]]:
-    """Encode both sides of each pair with the RM's tokenizer and prompt format; errors name the pair."""
+def encode_pairs(rm, pairs: Sequence[PreferencePair], *, max_length: int | None = None,
+                 skip_too_long: bool = False) -> list[tuple[Encoded, Encoded] | None]:
+    """Encode both sides of each pair with the RM's tokenizer and prompt format; errors name the pair.
+    ``skip_too_long``: a pair that cannot fit ``max_length`` (a response longer than the limit) is None
+    instead of an error."""
     max_length = max_length or rm.spec.max_length
     out = []
     for p in pairs:
@@ -79,7 +83,9 @@ def encode_pairs(rm, pairs: Sequence[PreferencePair], *, max_length: int | None 
             out.append(tuple(encode(rm.tokenizer, p.prompt, side, max_length=max_length,
                                     use_chat_template=rm.spec.use_chat_template) for side in (p.chosen, p.rejected)))
         except DataError as exc:
-            raise DataError(exc.message, source=f"pair {p.pair_id}", fix=exc.fix) from exc
+            if not skip_too_long:
+                raise DataError(exc.message, source=f"pair {p.pair_id}", fix=exc.fix) from exc
+            out.append(None)
     return out
 
 
@@ -144,9 +150,15 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, reducti
 
 @dataclass
 class PairScores:
-    r_chosen: torch.Tensor    # (N,)
+    r_chosen: torch.Tensor    # (N,) over the scored pairs
     r_rejected: torch.Tensor  # (N,)
     truncated: int            # how many sides had their prompt cut to fit
+    skipped: tuple[int, ...] = ()  # input positions of the pairs left unscored: too long for max_length (skip_too_long)
+
+    def scored(self, pairs: Sequence[PreferencePair]) -> list[PreferencePair]:
+        """The pairs these scores belong to: ``pairs`` without the skipped ones, in order."""
+        left_out = set(self.skipped)
+        return [p for i, p in enumerate(pairs) if i not in left_out]
 
     @property
     def margins(self) -> torch.Tensor:
@@ -159,18 +171,23 @@ class PairScores:
 
 
 def score_pairs(rm, pairs: Sequence[PreferencePair], *, batch_size: int = 16, max_length: int | None = None,
-                bucket: bool = True, share_prompt: bool = True, on_progress=None) -> PairScores:
+                bucket: bool = True, share_prompt: bool = True, skip_too_long: bool = False, on_progress=None) -> PairScores:
     """Rewards of both sides of every pair. With a causal RM and ``share_prompt`` the prompt, which
     both sides share, is run once and its KV cache reused for the two responses.
-    ``on_progress(done, total)`` counts scored sides."""
-    enc = encode_pairs(rm, pairs, max_length=max_length)
+    ``skip_too_long``: a pair with a response too long for ``max_length`` is left out (listed in
+    ``skipped``) instead of failing the whole run. ``on_progress(done, total)`` counts scored sides."""
+    encoded = encode_pairs(rm, pairs, max_length=max_length, skip_too_long=skip_too_long)
+    skipped = tuple(i for i, e in enumerate(encoded) if e is None)
+    enc = [e for e in encoded if e is not None]
     truncated = sum(e.prompt_truncated for pair in enc for e in pair)
+    if not enc:
+        return PairScores(torch.empty(0), torch.empty(0), 0, skipped)
     if share_prompt and rm.is_causal and bucket:
         out = score_encoded_groups(rm, enc, batch_size=batch_size, on_progress=on_progress)
-        return PairScores(torch.tensor([g[0] for g in out]), torch.tensor([g[1] for g in out]), truncated)
+        return PairScores(torch.tensor([g[0] for g in out]), torch.tensor([g[1] for g in out]), truncated, skipped)
     seqs = [e.ids for pair in enc for e in pair]
     scores = score_sequences(rm, seqs, batch_size=batch_size, bucket=bucket, on_progress=_counter(len(seqs), on_progress))
-    return PairScores(scores[0::2].clone(), scores[1::2].clone(), truncated)
+    return PairScores(scores[0::2].clone(), scores[1::2].clone(), truncated, skipped)
 
 
 def _counter(total: int, on_progress):

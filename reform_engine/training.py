@@ -41,7 +41,8 @@ class TrainRewardConfig:
                                             # then computes the untouched lower layers once for policy and RM
     use_chat_template: bool = True
     max_length: int = 320                   # tokens; prompt cut from the left to fit, pairs whose response cannot fit are skipped
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False         # let Python code shipped with the model (auto_map) run: only for models you trust;
+                                            # the only way to allow it (a checkpoint cannot allow itself)
     # optimisation
     batch_size: int = 8                     # pairs per step (2x sequences per forward)
     lr: float = 2e-4
@@ -177,11 +178,13 @@ def train_reward_model(config: TrainRewardConfig, run_dir: str | Path) -> TrainR
             pairs = pairs + extra
             run.log(f"{len(extra)} augmentation pairs from {config.augment_data}")
         if config.init_from:
-            rm = load_causal_reward_model(config.init_from, device=device, dtype=config.dtype, trainable=True)
+            rm = load_causal_reward_model(config.init_from, device=device, dtype=config.dtype, trainable=True,
+                                          trust_remote_code=config.trust_remote_code)
             spec = rm.spec
         else:
             spec = config.spec()
-            rm = build_reward_model(spec, device=device, dtype=config.dtype, seed=config.seed)
+            rm = build_reward_model(spec, device=device, dtype=config.dtype, seed=config.seed,
+                                    trust_remote_code=config.trust_remote_code)
         pairs, encoded, too_long = encode_for_training(rm.tokenizer, pairs, spec)
         if not pairs:
             raise DataError(f"no trainable pairs in rows {config.train_rows!r} of {config.data}.", fix="check train_rows and max_length.")

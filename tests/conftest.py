@@ -47,3 +47,31 @@ def toy_pairs():
     asks = ["Can you help me?", "What time is it?", "Tell me a fact.", "How do I cook rice?", "Where is Paris?",
             "Name a colour.", "What is 2+2?", "Say something nice."]
     return [make_pair(i, a, "Sure, happy to help.", "No. Go away!!") for i, a in enumerate(asks)]
+
+
+def write_remote_code_model(directory: Path, marker: Path, *, tokenizer_only: bool = False) -> Path:
+    """A tiny model directory that asks to run code shipped beside it: its config.json (or, with
+    ``tokenizer_only``, its tokenizer_config.json) has an auto_map naming configuration_marker.py,
+    which creates ``marker`` the moment it is imported."""
+    import json
+
+    save_tiny_model(directory)
+    (directory / "configuration_marker.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('shipped code ran')\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM\n\n\nclass MarkerConfig(LlamaConfig):\n    pass\n\n\n"
+        "class MarkerForCausalLM(LlamaForCausalLM):\n    config_class = MarkerConfig\n")
+    name = "tokenizer_config.json" if tokenizer_only else "config.json"
+    config = json.loads((directory / name).read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_marker.MarkerConfig",
+                          "AutoModelForCausalLM": "configuration_marker.MarkerForCausalLM"} if not tokenizer_only else \
+        {"AutoTokenizer": ["configuration_marker.MarkerConfig", None]}
+    (directory / name).write_text(json.dumps(config))
+    return directory
+
+
+@pytest.fixture()
+def remote_code_model(tmp_path) -> tuple[Path, Path]:
+    """-> (a model directory whose config.json asks to run its shipped configuration_marker.py, the
+    marker file that code would create)."""
+    marker = tmp_path / "MARKER-shipped-code-ran"
+    return write_remote_code_model(tmp_path / "remote-code-model", marker), marker

@@ -1,6 +1,7 @@
 """Every page renders without exceptions and its main action works, on tiny models (AppTest, in process)."""
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -118,7 +119,13 @@ def test_home_upload_is_validated_and_used(env):
     at.get("form_submit_button")[0].click()
     at = settle(at)
     kept = Path(at.session_state["app_settings"].data)
-    assert kept.name == "my_pairs.jsonl" and kept.parent.name == "uploads" and metrics(at)["Pairs"] == "3"
+    assert kept.name.endswith("-my_pairs.jsonl") and kept.parent.name == "uploads" and metrics(at)["Pairs"] == "3"
+    more = rows + json.dumps({"prompt": "Q3?", "chosen": "Another answer.", "rejected": "No."}) + "\n"
+    at.file_uploader(key="home_upload").set_value(("../../my pairs.jsonl", more.encode(), "application/json"))
+    at.get("form_submit_button")[0].click()
+    at = settle(at)
+    second = Path(at.session_state["app_settings"].data)
+    assert second != kept and kept.read_text() == rows and metrics(at)["Pairs"] == "4"  # the first upload is untouched
 
 
 def test_home_without_a_reward_model_says_how_to_train_one(env, monkeypatch, tmp_path):
@@ -238,3 +245,86 @@ def test_settings_come_from_the_environment():
     assert (s.policy, s.reward_model, s.project_dir, s.rows, s.device) == ("/m/policy", "/p/runs/base-rm/checkpoint", "/p",
                                                                            "0:10", "auto")
     assert default_settings({}).data.endswith("data/demo_pairs.jsonl") and default_settings({}).policy == "smollm2-135m-instruct"
+    assert (default_settings({}).trust_remote_code, default_settings({}).score_max_length) == (False, 1024)
+    s = default_settings({"REFORM_TRUST_REMOTE_CODE": "1", "REFORM_SCORE_MAX_LENGTH": "2048"})
+    assert (s.trust_remote_code, s.score_max_length) == (True, 2048)
+
+
+BEACON = "![x](http://evil/beacon.png)"
+
+
+def rendered_markup(at: AppTest) -> list[str]:
+    """Images, links and heading lines that the page's markdown would render (code spans draw their
+    text as typed, so they are left out)."""
+    found = []
+    for el in [*at.markdown, *at.caption, *at.info, *at.warning, *at.error, *at.success, *at.sidebar.caption]:
+        outside = re.sub(r"(`+).*?\1", "", el.value, flags=re.S)
+        found += re.findall(r"(?<!\\)\[[^\]]*(?<!\\)\]\(", outside) + re.findall(r"(?m)^ {0,3}#{1,6} ", outside)
+    return found
+
+
+def test_data_and_file_names_are_drawn_as_text_not_markdown(env, monkeypatch, tmp_path):
+    evil = f"{BEACON}\n# Heading\nSure."
+    path = tmp_path / "![x](beacon.png) # notes.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Q{i}? {BEACON}", "chosen": evil if i == 1 else "Fine.", "rejected": "No."})
+                            + "\n" for i in range(3)))
+    monkeypatch.setenv("REFORM_DATA", str(path))
+    at = settle(AppTest.from_file(APP, default_timeout=120))
+    assert metrics(at)["Pairs"] == "3" and not rendered_markup(at)
+    assert any(str(path) in md.value for md in at.markdown)  # the name is shown, inside a code span
+    at = settle(at, "pages/decoding.py")
+    pair_id = f"{path.name}:1"
+    at.selectbox(key="decoding_pair").set_value(pair_id)
+    at = settle(at)
+    assert not rendered_markup(at), rendered_markup(at)
+    assert evil in [c.value for c in at.code] and f"Human: Q1? {BEACON}" in [c.value for c in at.code]
+    assert not any(BEACON in el.value or "# Heading" in el.value for el in [*at.markdown, *at.caption])
+
+
+def test_an_over_long_pair_is_skipped_with_a_count_on_home_and_influential(env, monkeypatch, tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"Q{i}?", "chosen": "A careful answer.", "rejected": "No."} for i in range(5)]
+    rows.insert(2, {"prompt": "Q?", "chosen": "y " * 600, "rejected": "No."})  # 1200 tokens: over the 1024 limit
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("REFORM_DATA", str(path))
+    at = settle(AppTest.from_file(APP, default_timeout=120))
+    assert metrics(at)["Pairs"] == "6" and metrics(at)["RM accuracy"].endswith("%") and not at.error
+    assert [w.value for w in at.warning if "not scored" in w.value] == [
+        "1 pair(s) not scored: a response longer than the scoring limit of 1024 tokens (first: `pairs.jsonl:2`). "
+        "Raise the limit under Home > Models to score them."]
+    assert any(c.value.startswith("Scored on the data in use (5 pairs;") for c in at.caption)
+    at = settle(at, "pages/influential.py")
+    assert len(at.dataframe[0].value) == 1 and any("1 pair(s) not scored" in w.value for w in at.warning)
+    assert metrics(at)["Selected pairs"] == "1 of 5"
+
+
+def test_the_scoring_limit_and_remote_code_are_settings_with_a_warning_while_allowed(env):
+    at = settle(AppTest.from_file(APP, default_timeout=120))
+    assert at.session_state["app_settings"].trust_remote_code is False and not at.sidebar.warning
+    at.number_input(key="home_score_max_length").set_value(512)
+    at.toggle(key="home_trust_remote_code").set_value(True)
+    at.get("form_submit_button")[1].click()  # "Use these models"
+    at = settle(at)
+    s = at.session_state["app_settings"]
+    assert (s.score_max_length, s.trust_remote_code) == (512, True)
+    assert any(w.value.startswith("Remote code is allowed") for w in at.sidebar.warning)
+
+
+def test_a_checkpoint_asking_for_remote_code_is_refused_on_the_page(env, monkeypatch, tmp_path):
+    from conftest import write_remote_code_model
+
+    marker = tmp_path / "MARKER"
+    base = write_remote_code_model(tmp_path / "base", marker)
+    rm = build_reward_model(RewardModelSpec(base_model=env["policy"], finetune="head", max_length=64), device="cpu")
+    ckpt = rm.save(tmp_path / "ckpt")
+    spec = json.loads((ckpt / "reward_model.json").read_text())
+    (ckpt / "reward_model.json").write_text(json.dumps({**spec, "base_model": str(base), "trust_remote_code": True}))
+    monkeypatch.setenv("REFORM_REWARD_MODEL", str(ckpt))
+    at = settle(AppTest.from_file(APP, default_timeout=120))
+    refusals = [e.value for e in at.error if "remote code is not allowed" in e.value]
+    assert len(refusals) == 1 and str(ckpt / "reward_model.json") in refusals[0] and str(base / "config.json") in refusals[0]
+    monkeypatch.setenv("REFORM_REWARD_MODEL", env["rm"])
+    monkeypatch.setenv("REFORM_COMPARE_RM", str(ckpt))  # the second RM of the explorer goes the same way
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/explorer.py")
+    assert any("remote code is not allowed" in e.value and str(ckpt / "reward_model.json") in e.value for e in at.error)
+    assert not marker.exists()

@@ -133,7 +133,8 @@ def test_curation_lists_stored_inversions_and_writes_every_decision_to_the_datab
     codes = [c.value for c in at.code]
     assert "Sure, happy to help." in codes and "No. Go away!!" in codes and "Ok Ok" in codes
     assert len(at.get("plotly_chart")) == 1  # the variant's running reward while decoding
-    assert any("It adds the pair" in md.value and "“Ok Ok” ≻ rejected = “No. Go away!!”" in md.value for md in at.markdown)
+    assert any("It adds the pair" in md.value for md in at.markdown)
+    assert any("“Ok Ok” ≻ rejected = “No. Go away!!”" in t.value for t in at.text)  # data drawn as text, not markdown
 
     at.text_input(key="curation_note").set_value("fluent, and the RM ranks it below the rude answer")
     at.button(key="curation_approve").click()

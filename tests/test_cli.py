@@ -24,3 +24,17 @@ def test_bad_flag_value_exits_with_usage(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train-rm", "--run-dir", str(tmp_path), "--batch-size", "0"])
     assert "batch_size must be >= 1" in capsys.readouterr().err
+
+
+def test_trust_remote_code_is_off_unless_the_flag_is_given():
+    import argparse
+
+    from reform_engine.__main__ import add_config_args
+    from reform_engine.training import TrainRewardConfig
+
+    parser = argparse.ArgumentParser()
+    add_config_args(parser, TrainRewardConfig)
+    assert parser.parse_args([]).trust_remote_code is False
+    assert parser.parse_args(["--trust-remote-code"]).trust_remote_code is True
+    assert parser.parse_args(["--trust-remote-code=false"]).trust_remote_code is False
+    assert parser.parse_args(["--skip-invalid", "false"]).skip_invalid is False

@@ -191,7 +191,7 @@ def test_save_upload_checks_type_and_size_and_keeps_the_name_inside(tmp_path):
 
     row = b'{"prompt": "Hi?", "chosen": "Hello!", "rejected": "Go away."}\n'
     path = save_upload("../../etc/my pairs.jsonl", row, tmp_path / "uploads", max_bytes=1000)
-    assert path == tmp_path / "uploads" / "my_pairs.jsonl" and path.read_bytes() == row
+    assert path == tmp_path / "uploads" / "8a40d9df3a32d283-my_pairs.jsonl" and path.read_bytes() == row
     assert len(load_preferences(path)) == 1
     with pytest.raises(DataError, match="unknown file type"):
         save_upload("pairs.exe", row, tmp_path)
@@ -331,3 +331,24 @@ def test_every_file_type_holds_max_rows_and_refuses_one_more(tmp_path, suffix):
     assert len(load_preferences(path, max_rows=11)) == 11
     with pytest.raises(DataError, match="has more than 10 rows"):
         load_preferences(path, max_rows=10)
+
+
+def test_an_upload_under_an_earlier_name_never_replaces_the_earlier_file(tmp_path):
+    from reform_engine.data import save_upload
+
+    first, second = (f'{{"prompt": "Hi?", "chosen": "Hello {i}!", "rejected": "Go away."}}\n'.encode() for i in (1, 2))
+    a = save_upload("pairs.jsonl", first, tmp_path)
+    b = save_upload("pairs.jsonl", second, tmp_path)
+    assert a != b and a.read_bytes() == first and b.read_bytes() == second
+    assert save_upload("pairs.jsonl", first, tmp_path) == a and sorted(p.name for p in tmp_path.iterdir()) == sorted([a.name, b.name])
+
+
+def test_upload_names_are_cut_to_fit_and_keep_their_extension(tmp_path):
+    from reform_engine.data import UPLOAD_NAME_CHARS, load_preferences, save_upload, upload_file_name
+
+    row = b'{"prompt": "Hi?", "chosen": "Hello!", "rejected": "Go away."}\n'
+    name = upload_file_name("x" * 300 + ".jsonl.gz", row)
+    assert name == "8a40d9df3a32d283-" + "x" * (UPLOAD_NAME_CHARS - len(".jsonl.gz")) + ".jsonl.gz"
+    assert upload_file_name("é" * 300 + ".JSON", b"") == "e3b0c44298fc1c14-" + "_" + ".JSON"  # a run of unsafe characters is one '_'
+    path = save_upload("y" * 300 + ".jsonl", row, tmp_path)
+    assert len(path.name) == 17 + UPLOAD_NAME_CHARS and path.name.endswith("y.jsonl") and len(load_preferences(path)) == 1

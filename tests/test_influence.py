@@ -44,3 +44,19 @@ def test_find_influential_job_writes_tables(tiny_rm, toy_pairs, tmp_path):
     rows = [json.loads(line) for line in open(res.selected_path)]
     assert [r["rank"] for r in rows] == [1, 2] and res.mean_loss_selected <= res.mean_loss_all
     assert set(rows[0]) == {"pair_id", "prompt", "chosen", "rejected", "r_chosen", "r_rejected", "margin", "loss", "rank"}
+
+
+def test_influential_job_skips_an_over_long_pair_counts_it_and_variants_read_the_ranking(tiny_rm, toy_pairs, tmp_path):
+    from conftest import make_pair
+    from reform_engine.data import load_preferences
+    from reform_engine.influence import load_scored
+
+    tiny_rm.save(tmp_path / "rm")
+    pairs = toy_pairs + [make_pair(99, "Q", "y" * 300, "n")]
+    write_jsonl(tmp_path / "d.jsonl", [p.to_trl() for p in pairs])
+    res = find_influential(InfluenceConfig(reward_model=str(tmp_path / "rm"), data=str(tmp_path / "d.jsonl"), fraction=0.25,
+                                           max_length=100, device="cpu"), tmp_path / "run")
+    assert (res.n_scored, res.n_skipped, res.n_selected) == (8, 1, 2)
+    assert [json.loads(line)["pair_id"] for line in open(tmp_path / "run" / "skipped.jsonl")] == ["d.jsonl:8"]
+    loaded = load_scored(load_preferences(tmp_path / "d.jsonl").pairs, res.scored_path)  # a later variants job leaves it out too
+    assert [s.pair.pair_id for s in loaded] == [f"d.jsonl:{i}" for i in range(8)]

@@ -53,3 +53,82 @@ def test_default_smollm2_converts_once_and_chats():
     ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
     out = model.generate(**ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+def test_a_model_directory_cannot_grant_itself_remote_code(remote_code_model):
+    directory, marker = remote_code_model
+    for load in (load_causal_lm, load_tokenizer):
+        with pytest.raises(ModelError, match="remote code is not allowed") as refused:
+            load(str(directory))
+        assert (f"{directory / 'config.json'} (auto_map: configuration_marker.MarkerConfig, "
+                "configuration_marker.MarkerForCausalLM) asks to run Python code") in str(refused.value)
+        assert "--trust-remote-code" in str(refused.value)
+    assert not marker.exists()
+
+
+def test_a_tokenizer_config_auto_map_is_refused_naming_that_file(tmp_path):
+    from conftest import write_remote_code_model
+
+    marker = tmp_path / "marker"
+    directory = write_remote_code_model(tmp_path / "m", marker, tokenizer_only=True)
+    with pytest.raises(ModelError, match="tokenizer_config.json") as refused:
+        load_tokenizer(str(directory))
+    assert str(directory / "tokenizer_config.json") in str(refused.value) and not marker.exists()
+
+
+def test_the_callers_flag_is_what_lets_shipped_code_run(remote_code_model, tmp_path, monkeypatch):
+    import transformers.dynamic_module_utils as dynamic
+
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "hf-modules"))  # keep the copied module out of ~/.cache
+    directory, marker = remote_code_model
+    model = load_causal_lm(str(directory), device="cpu", trust_remote_code=True)
+    assert type(model).__name__ == "MarkerForCausalLM" and marker.read_text() == "shipped code ran"
+
+
+@pytest.fixture()
+def no_hub(monkeypatch):
+    """Any hub download or host lookup fails the test: names must be refused before the network."""
+    import socket
+
+    import huggingface_hub
+    import transformers.utils.hub
+
+    def called(*args, **kwargs):
+        raise AssertionError(f"network used: {args[:2]}")
+    for module in (huggingface_hub, huggingface_hub.file_download, transformers.utils.hub):
+        if hasattr(module, "hf_hub_download"):
+            monkeypatch.setattr(module, "hf_hub_download", called)
+    monkeypatch.setattr(socket, "getaddrinfo", called)
+    return called
+
+
+def test_names_that_cannot_be_hub_ids_are_missing_local_paths_at_once(no_hub, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for name in ("etc/passwd/x", "my models/rm", "org/name/../x", "a--b/c"):
+        with pytest.raises(ModelError, match=f"no model directory at {name}; give an existing directory"):
+            load_tokenizer(name)
+
+
+def test_a_hub_id_offline_says_at_once_that_the_hub_cannot_be_reached(no_hub, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("etc/passwd", "HuggingFaceTB/SmolLM2-135M-Instruc"):
+        for load in (load_tokenizer, load_causal_lm):
+            with pytest.raises(ModelError, match=r"the model hub cannot be reached \(HF_HUB_OFFLINE is set\); "
+                                                 r"give a local model directory"):
+                load(name)
+
+
+def test_a_hub_host_that_does_not_resolve_means_no_network_without_a_download(no_hub, monkeypatch):
+    import socket
+
+    import reform_engine.models as models
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    monkeypatch.setattr(models, "_resolved_hosts", set())
+    with pytest.raises(ModelError, match=r"cannot be reached \(huggingface.co does not resolve: no network\)"):
+        resolve_model_path("etc/passwd")

@@ -117,3 +117,65 @@ def test_sequence_classifier_rm_loads_and_scores(tmp_path):
 def test_unloadable_reward_model_says_what_it_needs(tmp_path):
     with pytest.raises(ModelError, match="no model directory"):
         load_reward_model("./does-not-exist")
+
+
+@pytest.fixture()
+def remote_code_checkpoint(remote_code_model, tiny_model_dir, tmp_path):
+    """A full-finetune checkpoint that asks for remote code three ways: its reward_model.json says
+    trust_remote_code true, its backbone's config.json has an auto_map naming code shipped beside it,
+    and its base model (for the tokenizer) is a directory that does the same. -> (checkpoint, marker)."""
+    import json
+    import shutil
+
+    directory, marker = remote_code_model
+    ckpt = build_reward_model(RewardModelSpec(base_model=tiny_model_dir, finetune="full", max_length=64), device="cpu").save(
+        tmp_path / "ckpt")
+    shutil.copy(directory / "configuration_marker.py", ckpt / "backbone")
+    config = json.loads((ckpt / "backbone" / "config.json").read_text())
+    (ckpt / "backbone" / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoConfig": "configuration_marker.MarkerConfig"}}))
+    spec = json.loads((ckpt / "reward_model.json").read_text())
+    (ckpt / "reward_model.json").write_text(json.dumps({**spec, "base_model": str(directory), "trust_remote_code": True}))
+    return ckpt, marker
+
+
+def _refused_naming_every_file(call, ckpt, base):
+    with pytest.raises(ModelError, match="remote code is not allowed") as refused:
+        call()
+    message = str(refused.value)
+    assert f"{ckpt / 'reward_model.json'} (trust_remote_code: true)" in message
+    assert f"{ckpt / 'backbone' / 'config.json'} (auto_map: configuration_marker.MarkerConfig)" in message
+    assert f"{base / 'config.json'} (auto_map: " in message and "--trust-remote-code" in message
+
+
+def test_a_checkpoint_cannot_grant_itself_remote_code(remote_code_checkpoint, remote_code_model):
+    ckpt, marker = remote_code_checkpoint
+    _refused_naming_every_file(lambda: load_reward_model(str(ckpt), device="cpu"), ckpt, remote_code_model[0])
+    _refused_naming_every_file(lambda: load_causal_reward_model(ckpt, device="cpu", trainable=True), ckpt, remote_code_model[0])
+    with pytest.raises(ModelError, match=f"{remote_code_model[0] / 'config.json'}"):
+        build_reward_model(RewardModelSpec(base_model=str(remote_code_model[0]), trust_remote_code=True), device="cpu")
+    assert not marker.exists()
+
+
+def test_init_from_and_retrain_refuse_a_checkpoint_that_asks_for_remote_code(remote_code_checkpoint, remote_code_model,
+                                                                             toy_pairs, tmp_path):
+    from reform_engine.data import write_jsonl
+    from reform_engine.retrain import RetrainConfig, run_retrain
+    from reform_engine.training import TrainRewardConfig, train_reward_model
+
+    ckpt, marker = remote_code_checkpoint
+    data = tmp_path / "toy.jsonl"
+    write_jsonl(data, [p.to_trl() for p in toy_pairs])
+    init = TrainRewardConfig(data=str(data), init_from=str(ckpt), max_steps=1, max_length=64, device="cpu")
+    _refused_naming_every_file(lambda: train_reward_model(init, tmp_path / "init-run"), ckpt, remote_code_model[0])
+    for mode in ("finetune", "scratch"):
+        config = RetrainConfig(base_rm=str(ckpt), augment_data=str(data), data=str(data), mode=mode, eval_max_length=64,
+                               device="cpu")
+        with pytest.raises(ModelError, match=f"{remote_code_model[0] / 'config.json'}.*remote code is not allowed"):
+            run_retrain(config, tmp_path / f"retrain-{mode}")
+    assert not marker.exists()
+
+
+def test_a_checkpoint_records_remote_code_only_when_its_model_asks_for_it(tiny_model_dir):
+    rm = build_reward_model(RewardModelSpec(base_model=tiny_model_dir, finetune="head", trust_remote_code=True), device="cpu",
+                            trust_remote_code=True)
+    assert rm.spec.trust_remote_code is False  # allowing it does not make every later load of this checkpoint need leave

@@ -133,3 +133,15 @@ def test_progress_counts_every_scored_side_once(tiny_rm, toy_pairs):
         calls = []
         score_pairs(tiny_rm, toy_pairs, batch_size=4, share_prompt=share, on_progress=lambda d, t: calls.append((d, t)))
         assert calls[-1] == (16, 16) and [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+def test_an_over_long_pair_is_skipped_and_counted_while_the_others_are_scored(tiny_rm, toy_pairs):
+    pairs = toy_pairs[:3] + [make_pair(99, "Q", "y" * 300, "n")] + toy_pairs[3:]
+    for share in (True, False):
+        scores = score_pairs(tiny_rm, pairs, max_length=100, share_prompt=share, skip_too_long=True)
+        alone = score_pairs(tiny_rm, toy_pairs, max_length=100, share_prompt=share)
+        assert scores.skipped == (3,) and [p.pair_id for p in scores.scored(pairs)] == [p.pair_id for p in toy_pairs]
+        torch.testing.assert_close(scores.r_chosen, alone.r_chosen, atol=1e-5, rtol=0)
+        torch.testing.assert_close(scores.r_rejected, alone.r_rejected, atol=1e-5, rtol=0)
+    with pytest.raises(DataError, match="pair t:99"):  # without skip_too_long it stays an error naming the pair
+        score_pairs(tiny_rm, pairs, max_length=100)
