@@ -7,7 +7,8 @@ checkpoint/, its outputs; see runs.py); its stdout and stderr go to ``process.lo
 learns about it through :func:`refresh_job`, which anyone may call at any time (the app does, while it
 shows the job): it copies progress from status.json, notices a process that died without saying so
 (SIGKILL, out of memory: pid gone, a zombie, or a pid reused by another program) and marks it failed,
-keeping its logs, and when the job has ended ingests its results once (:func:`ingest_results`).
+keeping its logs, and when the job has ended ingests the variants it decoded once (:func:`ingest_results`).
+Checkpoints and evaluation results stay in the run directory, where ``reports.py`` reads them.
 """
 from __future__ import annotations
 
@@ -270,7 +271,7 @@ def rerun_job(store: Store, job_id: int, *, same_run_dir: bool = False) -> int:
     return start_job(store, job["kind"], job["config"], job["run_dir"] if same_run_dir else None, rerun_of=job_id)
 
 
-# --------------------------------------------------------------------------- results into the store
+# --------------------------------------------------------------------------- variants into the store
 
 def _ingest_quietly(store: Store, job: dict) -> dict:
     """Ingest without letting a bad result file break the caller's page: the problem goes in the message."""
@@ -288,32 +289,20 @@ def _result_dirs(run_dir: Path) -> list[Path]:
 
 
 def ingest_results(store: Store, job_id: int) -> dict:
-    """Copy what the job produced into the store -> {checkpoints, variants, eval_results} ids.
+    """Copy the variants the job decoded into the store, for curation -> {"variants": ids}.
 
     Every run directory among the job's own and its immediate sub-directories that succeeded is
-    read: a ``checkpoint/`` becomes a checkpoint, ``variants.jsonl`` variants, and the metrics of an
-    evaluation (eval-rm, robustness, train-rm with eval_data) an evaluation result. Idempotent:
-    calling it again adds nothing. So a failed pipeline still yields the stages it finished."""
+    read, and its ``variants.jsonl`` becomes variants. Idempotent: calling it again adds nothing. So a
+    failed pipeline still yields the stages it finished."""
     job = store.get_job(job_id)
     if job["state"] in ACTIVE:
         raise StoreError(f"job {job_id} is still {job['state']}.", fix="ingest after it has ended (refresh_job does it).")
-    out: dict[str, list[int]] = {"checkpoints": [], "variants": [], "eval_results": []}
+    out: dict[str, list[int]] = {"variants": []}
     run_dir = Path(job["run_dir"]) if job["run_dir"] else None
     for d in _result_dirs(run_dir) if run_dir and run_dir.is_dir() else []:
-        label = f"{job['kind']} #{job_id}" + (f" {d.name}" if d != run_dir else "")
-        metrics = read_json(d / "metrics.json", {}) or {}
-        config = read_json(d / "config.json", {}) or {}
-        spec = read_json(d / "checkpoint" / "reward_model.json")
-        if spec is not None:
-            summary = {k: v for k, v in metrics.items() if k != "loss_curve"}
-            out["checkpoints"].append(store.add_checkpoint(str(d / "checkpoint"), label, spec.get("base_model", ""), job_id, summary))
         if (d / "variants.jsonl").is_file():
             with open(d / "variants.jsonl", encoding="utf-8") as fh:
                 records = [json.loads(line) for line in fh if line.strip()]
             out["variants"] += store.add_variants(records, job_id)
-        evaluated = metrics.get("eval") or metrics.get("metrics") or ("clean_win_rate" in metrics and metrics)
-        if evaluated:
-            rm = config.get("reward_model") or str(d / "checkpoint")
-            out["eval_results"].append(store.add_eval_result(label, job_id, {"reward_model": rm, **evaluated}))
     store.update_job(job_id, ingested=True)
     return out

@@ -2,10 +2,10 @@
 inversions -> retrain -> evaluate robustness, base vs retrained vs ablations.
 
 Every stage is an ordinary job in its own sub-directory of the pipeline's run directory
-(``base/``, ``influence/``, ``variants_lowest_loss/``, ``retrain_reform/``, ``robustness_base/``, ...).
-A stage whose directory already holds a succeeded run of the same config is reused, not re-run, so
-a killed pipeline picks up where it stopped and a long base training can be shared between
-pipelines. In this job every inversion counts as approved (``approved`` swaps in a curated file).
+(``base/``, ``influence/``, ``variants_lowest_loss/``, ``retrain_reform/``, ``robustness_base/``, ...),
+run through ``stages.Stages``: a stage whose directory already holds a succeeded run of the same config
+is reused, not re-run, so a killed pipeline picks up where it stopped and a long base training can be
+shared between pipelines. In this job every inversion counts as approved (``approved`` swaps in a curated file).
 
 Models compared:
   base     the RM trained on the original pairs
@@ -16,11 +16,8 @@ Models compared:
 """
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .data import DEMO_PATH
 from .influence import InfluenceConfig, find_influential
@@ -28,12 +25,10 @@ from .inversions import GenerateVariantsConfig, generate_variants
 from .models import DEFAULT_MODEL
 from .perturbations import PERTURBATIONS
 from .robustness import RobustnessConfig, evaluate_robustness
-from .runs import atomic_write_json, job_run, read_json, to_jsonable
+from .runs import job_run
 from .runtime import set_cpu_threads
+from .stages import ComparisonResult, ModelReport, Stages, check_retrain, retrain_config
 from .training import TrainRewardConfig, train_reward_model
-
-RETRAIN_MODES = ("scratch", "finetune")
-RUNTIME_FIELDS = {"device", "dtype", "threads", "trust_remote_code"}  # may differ when a finished stage is reused
 
 
 @dataclass
@@ -82,12 +77,9 @@ class PipelineConfig:
     trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
 
     def __post_init__(self):
-        if self.retrain not in RETRAIN_MODES:
-            raise ValueError(f"retrain={self.retrain!r}; use one of {RETRAIN_MODES}")
+        check_retrain("retrain", self.retrain, self.finetune_epochs, self.finetune_lr, self.replay)
         if not 0 < self.fraction <= 1:
             raise ValueError(f"fraction={self.fraction}: use a share in (0, 1], e.g. 0.05")
-        if self.finetune_epochs < 1 or self.replay < 0:
-            raise ValueError("finetune_epochs must be >= 1 and replay >= 0 (0 = all original pairs)")
         # validate every stage's knobs now, not an hour into the run
         self.train_config(), self.variants_config("lowest_loss", "x"), self.robustness_config("x")
 
@@ -97,10 +89,8 @@ class PipelineConfig:
         return TrainRewardConfig(**{**{f: getattr(self, f) for f in fields}, **overrides})
 
     def retrain_config(self, base_rm: str, augment: str) -> TrainRewardConfig:
-        if self.retrain == "scratch":
-            return self.train_config(augment_data=augment)
-        return self.train_config(init_from=base_rm, augment_data=augment, epochs=self.finetune_epochs,
-                                 lr=self.finetune_lr or self.lr, train_sample=self.replay)
+        return retrain_config(self.train_config(), self.retrain, base_rm, augment, finetune_epochs=self.finetune_epochs,
+                              finetune_lr=self.finetune_lr, replay=self.replay)
 
     def variants_config(self, strategy: str, base_rm: str, scored: str = "") -> GenerateVariantsConfig:
         return GenerateVariantsConfig(reward_model=base_rm, data=self.data, rows=self.train_rows, fraction=self.fraction,
@@ -117,137 +107,53 @@ class PipelineConfig:
                                 trust_remote_code=self.trust_remote_code)
 
 
-@dataclass
-class StageTiming:
-    name: str
-    seconds: float                          # wall time of the stage when it ran
-    reused: bool                            # found finished in the run directory, not run again
-
-
-@dataclass
-class ModelReport:
-    name: str                               # base | reform | random | no_aug
-    checkpoint: str
-    augment_pairs: int
-    clean_accuracy: float                   # win rate on the clean held-out pairs (ties count half)
-    mean_drop: float                        # mean win-rate drop over the perturbations
-    drops: dict[str, float] = field(default_factory=dict)
-    indicators: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class PipelineResult:
-    models: list[ModelReport]
-    stages: list[StageTiming]
-    variants: dict[str, dict]               # strategy -> variant stats (inversions, success rate, ...)
-    seconds: float
-    report_path: str
-
-    def summary_rows(self) -> list[dict]:
-        """One row per model: Plotly/pandas-ready."""
-        base = next((m for m in self.models if m.name == "base"), None)
-        return [{"model": m.name, "clean_accuracy": m.clean_accuracy, "mean_drop": m.mean_drop,
-                 "drop_vs_base": (m.mean_drop / base.mean_drop) if base and base.mean_drop else None,
-                 "accuracy_change": m.clean_accuracy - base.clean_accuracy if base else None,
-                 "augment_pairs": m.augment_pairs} for m in self.models]
-
-    def drop_rows(self) -> list[dict]:
-        """Long format (model, perturbation, drop): one bar per cell in a grouped bar chart."""
-        return [{"model": m.name, "perturbation": p, "drop": d} for m in self.models for p, d in m.drops.items()]
-
-
-def _comparable(config: Any) -> dict:
-    return {k: v for k, v in to_jsonable(config).items() if k not in RUNTIME_FIELDS}
-
-
-def run_stage(run_dir: Path, name: str, fn: Callable, config: Any, timings: list[StageTiming], *, reuse: bool = True) -> dict:
-    """Run ``fn(config, run_dir/name)`` unless ``reuse`` and that directory holds a succeeded run of
-    the same config (runtime fields aside); -> the stage's metrics as a dict."""
-    stage_dir = run_dir / name
-    status, previous = read_json(stage_dir / "status.json", {}) or {}, read_json(stage_dir / "config.json")
-    metrics = read_json(stage_dir / "metrics.json")
-    if reuse and status.get("state") == "succeeded" and previous is not None and metrics is not None and \
-            {k: v for k, v in previous.items() if k not in RUNTIME_FIELDS} == _comparable(config):
-        wall = read_json(stage_dir / "stage.json", {}) or {}
-        timings.append(StageTiming(name, float(wall.get("seconds", metrics.get("seconds", 0.0))), True))
-        return metrics
-    start = time.perf_counter()
-    result = to_jsonable(fn(config, stage_dir))
-    seconds = time.perf_counter() - start
-    atomic_write_json(stage_dir / "stage.json", {"seconds": seconds})
-    timings.append(StageTiming(name, seconds, False))
-    return result
-
-
 def _count_lines(path: str) -> int:
     with open(path, encoding="utf-8") as fh:
         return sum(1 for line in fh if line.strip())
 
 
-def run_pipeline(config: PipelineConfig, run_dir: str | Path) -> PipelineResult:
+def run_pipeline(config: PipelineConfig, run_dir: str | Path) -> ComparisonResult:
     """The REFORM loop end to end; writes ``report.json`` (models, stages, tables) in ``run_dir``."""
     run_dir = Path(run_dir)
     with job_run(run_dir, config, "starting") as run:
         set_cpu_threads(config.threads)
-        start = time.perf_counter()
-        timings: list[StageTiming] = []
         strategies = ["lowest_loss"] + (["random"] if config.ablate_random else [])
         no_aug = config.ablate_no_augment and config.retrain == "finetune"
-        total = (0 if config.base_rm else 1) + 2 + 3 * len(strategies) + 2 * no_aug
-        done, fresh = 0, set()  # names of stages that ran (not reused) in this call
-
-        def stage(name: str, fn: Callable, cfg: Any, after: tuple[str, ...] = ()) -> dict:
-            # a stage reads files its upstream stages wrote at fixed paths: if one of them ran afresh, so must it
-            nonlocal done
-            run.progress(done, total, stage=name, message=f"stage {done + 1}/{total}: {name}")
-            out = run_stage(run_dir, name, fn, cfg, timings, reuse=not fresh.intersection(after))
-            if not timings[-1].reused:
-                fresh.add(name)
-            run.log(f"stage {name}: {'reused' if timings[-1].reused else 'ran'} ({timings[-1].seconds:.0f} s)")
-            done += 1
-            return out
-
+        stages = Stages(run, total=(0 if config.base_rm else 1) + 2 + 3 * len(strategies) + 2 * no_aug)
         models: list[ModelReport] = []
         variants: dict[str, dict] = {}
 
         def evaluate(arm: str, ckpt: str, n: int, after: str) -> None:
-            rob = stage(f"robustness_{arm}", evaluate_robustness, config.robustness_config(ckpt), (after,))
-            models.append(ModelReport(arm, ckpt, n, rob["clean_win_rate"], rob["mean_drop"],
-                                      {p["name"]: p["drop"] for p in rob["per_perturbation"]}, rob["indicators"] or {}))
-            write_report()  # after every model, so a long run shows its results as they come
-
-        def write_report() -> PipelineResult:
-            result = PipelineResult(models, timings, variants, time.perf_counter() - start, str(run_dir / "report.json"))
-            atomic_write_json(run_dir / "report.json", {**to_jsonable(result), "summary": result.summary_rows(),
-                                                        "drops": result.drop_rows(), "complete": done >= total})
-            return result
+            rob = stages(f"robustness_{arm}", evaluate_robustness, config.robustness_config(ckpt), (after,))
+            models.append(ModelReport.from_robustness(arm, ckpt, n, rob))
+            stages.write_report(models, variants)  # after every model, so a long run shows its results as they come
 
         # arm by arm, the method first, so the headline comparison exists before the ablations run
-        base_rm = config.base_rm or stage("base", train_reward_model, config.train_config())["checkpoint"]
-        influence = stage("influence", find_influential, InfluenceConfig(
+        base_rm = config.base_rm or stages("base", train_reward_model, config.train_config())["checkpoint"]
+        influence = stages("influence", find_influential, InfluenceConfig(
             reward_model=base_rm, data=config.data, rows=config.train_rows, fraction=config.fraction,
             max_length=config.eval_max_length, device=config.device, dtype=config.dtype, threads=config.threads,
             trust_remote_code=config.trust_remote_code), ("base",))
         evaluate("base", base_rm, 0, "base")
         for strategy, arm in zip(strategies, ("reform", "random")):
-            out = stage(f"variants_{strategy}", generate_variants,
+            out = stages(f"variants_{strategy}", generate_variants,
                         config.variants_config(strategy, base_rm, influence["scored_path"]), ("influence",))
             variants[strategy] = out["stats"]
             path = config.approved if arm == "reform" and config.approved else out["augment_path"]
             n = _count_lines(path)
             if n == 0:
                 run.log(f"{arm}: no inversions to add; the retrained model would equal the base — skipped")
-                done += 2
+                stages.skip(2)
                 continue
-            ckpt = stage(f"retrain_{arm}", train_reward_model, config.retrain_config(base_rm, path),
+            ckpt = stages(f"retrain_{arm}", train_reward_model, config.retrain_config(base_rm, path),
                          (f"variants_{strategy}",))["checkpoint"]
             evaluate(arm, ckpt, n, f"retrain_{arm}")
         if no_aug:
-            ckpt = stage("retrain_no_aug", train_reward_model, config.retrain_config(base_rm, ""), ("base",))["checkpoint"]
+            ckpt = stages("retrain_no_aug", train_reward_model, config.retrain_config(base_rm, ""), ("base",))["checkpoint"]
             evaluate("no_aug", ckpt, 0, "retrain_no_aug")
-        result = write_report()
+        result = stages.write_report(models, variants)
         run.write_metrics(result)
         reform = next((m for m in models if m.name == "reform"), None)
         message = f"reform mean drop {reform.mean_drop:+.3f} vs base {models[0].mean_drop:+.3f}" if reform else "no inversions found"
-        run.set_status("succeeded", progress=1.0, step=total, total=total, message=message)
+        run.set_status("succeeded", progress=1.0, step=stages.total, total=stages.total, message=message)
         return result

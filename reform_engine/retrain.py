@@ -4,26 +4,24 @@ and of the retrained RM on the same held-out pairs.
 
 Retraining follows the pipeline's two modes: ``scratch`` repeats the base's own recipe (its run's
 config.json: backbone, hyperparameters, seed) on the augmented data, ``finetune`` continues the base
-checkpoint for a few epochs. The job's stages are sub-directories (``retrain/``, ``robustness_base/``,
-``robustness_retrained/``) run through ``pipeline.run_stage``, so a re-run resumes, the store ingests
-each stage, and ``report.json`` has the pipeline's tables (``summary``, ``drops``): one reader serves both.
+checkpoint for a few epochs (one recipe with the pipeline's: ``stages.retrain_config``). The job's stages
+are sub-directories (``retrain/``, ``robustness_base/``, ``robustness_retrained/``) run through
+``stages.Stages``, so a re-run resumes, and ``report.json`` is the pipeline's: one reader serves both.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .data import parse_rows
 from .perturbations import PERTURBATIONS
-from .pipeline import RETRAIN_MODES, ModelReport, PipelineResult, run_stage
 from .reward_model import SPEC_FILE, RewardModelSpec
 from .robustness import RobustnessConfig, evaluate_robustness
-from .runs import atomic_write_json, job_run, read_json, to_jsonable
+from .runs import job_run, read_json
 from .runtime import set_cpu_threads
+from .stages import ComparisonResult, ModelReport, Stages, check_retrain, retrain_config
 from .training import TrainRewardConfig, train_reward_model
 
 
@@ -86,14 +84,11 @@ class RetrainConfig:
     trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
 
     def __post_init__(self):
-        if self.mode not in RETRAIN_MODES:
-            raise ValueError(f"mode={self.mode!r}; use one of {RETRAIN_MODES}")
         if not self.base_rm.strip():
             raise ValueError("base_rm is empty; give the checkpoint directory of the RM to improve")
         if not self.augment_data.strip():
             raise ValueError("augment_data is empty; export the approved pairs first (Store.export_trl)")
-        if self.finetune_epochs < 1 or self.finetune_lr < 0 or self.replay < 0:
-            raise ValueError("finetune_epochs must be >= 1, finetune_lr >= 0 (0 = the base's) and replay >= 0 (0 = all pairs)")
+        check_retrain("mode", self.mode, self.finetune_epochs, self.finetune_lr, self.replay)
         for rows in (self.train_rows, self.eval_rows):
             parse_rows(rows)
         RobustnessConfig(reward_model=self.base_rm, perturbations=self.perturbations)  # checks the names
@@ -107,15 +102,10 @@ class RetrainConfig:
             if not self.data:
                 raise ValueError(f"no training config beside {base_dir} (it was not trained here), so its training data "
                                  "is unknown; give data (and train_rows): the pairs it was trained on")
-        fields: dict[str, Any] = {"augment_data": self.augment_data, "eval_data": "", "eval_rows": "", "save_every": 0,
-                                  "device": self.device, "dtype": self.dtype, "threads": self.threads,
-                                  "trust_remote_code": self.trust_remote_code}
-        if self.data:
-            fields.update(data=self.data, train_rows=self.train_rows)
-        if self.mode == "scratch":
-            return dataclasses.replace(base, init_from="", **fields)
-        return dataclasses.replace(base, init_from=str(base_dir), epochs=self.finetune_epochs, max_steps=0,
-                                   lr=self.finetune_lr or base.lr, train_sample=self.replay, **fields)
+        data = {"data": self.data, "train_rows": self.train_rows} if self.data else {}
+        return retrain_config(base, self.mode, str(base_dir), self.augment_data, finetune_epochs=self.finetune_epochs,
+                              finetune_lr=self.finetune_lr, replay=self.replay, device=self.device, dtype=self.dtype,
+                              threads=self.threads, trust_remote_code=self.trust_remote_code, **data)
 
     def robustness_config(self, rm: str, training: TrainRewardConfig) -> RobustnessConfig:
         return RobustnessConfig(reward_model=rm, data=self.eval_data or training.data, rows=self.eval_rows,
@@ -130,41 +120,30 @@ def _count_pairs(path: str) -> int:
     return len(load_preferences(path, skip_invalid=True).pairs)
 
 
-def _log_stage(run, timing, what: str) -> None:
-    run.log(f"stage {timing.name}: {'reused' if timing.reused else 'ran'} ({timing.seconds:.0f} s); {what}")
-
-
-def run_retrain(config: RetrainConfig, run_dir: str | Path) -> PipelineResult:
+def run_retrain(config: RetrainConfig, run_dir: str | Path) -> ComparisonResult:
     """Retrain, then evaluate base and retrained; writes ``report.json`` (the pipeline's format, models
     ``base`` and ``retrained``) in ``run_dir``."""
     run_dir = Path(run_dir)
     with job_run(run_dir, config, "starting") as run:
         set_cpu_threads(config.threads)
-        start, timings, total = time.perf_counter(), [], 3
+        stages = Stages(run, total=3)
         training = config.training_config()
         n_new = _count_pairs(config.augment_data)
         if n_new == 0:
             raise ValueError(f"{config.augment_data} holds no pairs; approve some inversions and export them first")
-        run.progress(0, total, stage="retrain", message=f"stage 1/{total}: retrain ({n_new} approved pairs added)")
-        trained = run_stage(run_dir, "retrain", train_reward_model, training, timings)
-        reuse = timings[-1].reused  # the retrained RM's evaluation reads its checkpoint: re-run when it is new
-        _log_stage(run, timings[-1], f"{trained['train_pairs']} training pairs ({n_new} approved), {trained['steps']} steps")
-        checkpoints = {"base": (str(Path(config.base_rm).expanduser()), 0), "retrained": (trained["checkpoint"], n_new)}
+        trained = stages("retrain", train_reward_model, training, note=f" ({n_new} approved pairs added)",
+                         describe=lambda m: f"{m['train_pairs']} training pairs ({n_new} approved), {m['steps']} steps")
         models = []
-        for i, (arm, (ckpt, n)) in enumerate(checkpoints.items(), start=1):
-            name = f"robustness_{arm}"
-            run.progress(i, total, stage=name, message=f"stage {i + 1}/{total}: {name}")
-            rob = run_stage(run_dir, name, evaluate_robustness, config.robustness_config(ckpt, training), timings,
-                            reuse=reuse or arm == "base")  # the base's evaluation does not depend on the retraining
-            _log_stage(run, timings[-1], f"clean win rate {rob['clean_win_rate']:.3f}, mean drop {rob['mean_drop']:+.3f}")
-            models.append(ModelReport(arm, ckpt, n, rob["clean_win_rate"], rob["mean_drop"],
-                                      {p["name"]: p["drop"] for p in rob["per_perturbation"]}, rob["indicators"] or {}))
-        result = PipelineResult(models, timings, {}, time.perf_counter() - start, str(run_dir / "report.json"))
-        atomic_write_json(run_dir / "report.json", {**to_jsonable(result), "summary": result.summary_rows(),
-                                                    "drops": result.drop_rows()})
+        for arm, ckpt, n in (("base", str(Path(config.base_rm).expanduser()), 0), ("retrained", trained["checkpoint"], n_new)):
+            # the base's evaluation does not depend on the retraining; the retrained one's reads its checkpoint
+            rob = stages(f"robustness_{arm}", evaluate_robustness, config.robustness_config(ckpt, training),
+                         () if arm == "base" else ("retrain",),
+                         describe=lambda m: f"clean win rate {m['clean_win_rate']:.3f}, mean drop {m['mean_drop']:+.3f}")
+            models.append(ModelReport.from_robustness(arm, ckpt, n, rob))
+        result = stages.write_report(models)
         run.write_metrics(result)
         base, new = models
-        run.set_status("succeeded", progress=1.0, step=total, total=total,
+        run.set_status("succeeded", progress=1.0, step=stages.total, total=stages.total,
                        message=f"mean drop {new.mean_drop:+.3f} retrained vs {base.mean_drop:+.3f} base; "
                                f"clean accuracy {new.clean_accuracy:.3f} vs {base.clean_accuracy:.3f}")
         return result

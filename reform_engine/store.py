@@ -1,5 +1,5 @@
-"""The project database: checkpoints, jobs, variants with their decoding records, human
-decisions and evaluation results in one DuckDB file. All SQL of the workbench lives here, with user
+"""The project database: jobs, variants with their decoding records and human decisions in one
+DuckDB file. All SQL of the workbench lives here, with user
 values always passed as parameters.
 
 Concurrency. DuckDB lets one process at a time hold a file open, and whoever holds it locks everyone
@@ -12,7 +12,8 @@ outside this module (a duckdb shell) is waited out by retrying the open. A calle
 :class:`StoreError` ("busy for 60 s, close the other program"), never DuckDB's lock error.
 
 Job processes do not write here: they write their run directory (see runs.py) and
-``jobs.refresh_job``, called by the app, copies progress and results in.
+``jobs.refresh_job``, called by the app, copies progress and the variants a job decoded in. Checkpoints
+and evaluation results are not copied here: they live in their run directories, which ``reports.py`` reads.
 
 Schema. ``schema_version`` holds the version; ``MIGRATIONS[i]`` takes a database from version i to
 i + 1, each in one transaction, on first use of a ``Store``. JSON (configs, metrics, prompts, decoding
@@ -87,6 +88,12 @@ MIGRATIONS: list[list[str]] = [
     [  # 2: no datasets table: nothing but tests ever wrote to it (the app reads data files, not this table)
         "DROP TABLE IF EXISTS datasets",
         "DROP SEQUENCE IF EXISTS datasets_id",
+    ],
+    [  # 3: no copies of results: checkpoints and evaluation results live in their run directories (reports.py reads them)
+        "DROP TABLE IF EXISTS checkpoints",
+        "DROP SEQUENCE IF EXISTS checkpoints_id",
+        "DROP TABLE IF EXISTS eval_results",
+        "DROP SEQUENCE IF EXISTS eval_results_id",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -330,28 +337,6 @@ class Store:
             raise StoreError(f"there is no {what} with id {row_id}.", fix=f"pick an id from list_{table}().")
         return rows[0]
 
-    # ----------------------------------------------------------------------- checkpoints
-    def add_checkpoint(self, path: str, label: str, base_model: str, job_id: int | None = None,
-                       metrics: dict | None = None) -> int:
-        """Register a checkpoint directory (or model id); the same path again returns its existing id."""
-        path = _text(str(path), "path", MAX_NAME)
-        if Path(path).expanduser().exists():
-            path = str(Path(path).expanduser().resolve())
-        params = [path, _text(label, "label", MAX_NAME), _text(base_model, "base_model", MAX_NAME),
-                  _int(job_id, "job_id", minimum=1, optional=True), None if metrics is None else _json(metrics, "metrics"), _now()]
-        with self._tx() as con:
-            if job_id is not None:
-                self._require(con, "jobs", job_id, "job")
-            found = con.execute("SELECT id FROM checkpoints WHERE path = ?", [path]).fetchone()
-            if found:
-                return found[0]
-            return con.execute("INSERT INTO checkpoints (path, label, base_model, job_id, metrics, created_at) "
-                               "VALUES (?, ?, ?, ?, ?, ?) RETURNING id", params).fetchone()[0]
-
-    def list_checkpoints(self):
-        with self._tx() as con:
-            return _frame(con.execute("SELECT * FROM checkpoints ORDER BY id"), "metrics")
-
     # ----------------------------------------------------------------------- jobs
     def add_job(self, kind: str, config: dict, run_dir: str | None = None) -> int:
         if not isinstance(kind, str) or not re.fullmatch(r"[a-z][a-z0-9-]{0,63}", kind):
@@ -492,23 +477,6 @@ class Store:
             chosen, rejected = added_pair(r["direction"], r["original_chosen"], r["original_rejected"], text)
             pairs.append(PreferencePair(f"{r['pair_id']}:{r['direction']}#{r['id']}", tuple(json.loads(r["prompt"])), chosen, rejected))
         return pairs
-
-    # ----------------------------------------------------------------------- evaluation results
-    def add_eval_result(self, label: str, job_id: int | None, metrics: dict) -> int:
-        """-> id; for a job, the same label again returns the existing row (ingestion is idempotent)."""
-        params = [_text(label, "label", MAX_NAME), _int(job_id, "job_id", minimum=1, optional=True), _json(metrics, "metrics"), _now()]
-        with self._tx() as con:
-            if job_id is not None:
-                self._require(con, "jobs", job_id, "job")
-                found = con.execute("SELECT id FROM eval_results WHERE job_id = ? AND label = ?", [job_id, label]).fetchone()
-                if found:
-                    return found[0]
-            return con.execute("INSERT INTO eval_results (label, job_id, metrics, created_at) VALUES (?, ?, ?, ?) RETURNING id",
-                               params).fetchone()[0]
-
-    def list_eval_results(self):
-        with self._tx() as con:
-            return _frame(con.execute("SELECT * FROM eval_results ORDER BY id"), "metrics")
 
     # ----------------------------------------------------------------------- TRL files
     def export_trl(self, path: str | os.PathLike) -> int:

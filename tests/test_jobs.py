@@ -87,7 +87,7 @@ def test_start_job_refuses_unknown_kinds_and_bad_configs(store):
     assert store.list_jobs().empty
 
 
-def test_a_train_job_runs_in_its_own_process_and_its_results_are_ingested(store, tiny_model_dir, toy_file):
+def test_a_train_job_runs_in_its_own_process_and_leaves_its_results_in_its_run_directory(store, tiny_model_dir, toy_file):
     job_id = start_job(store, "train-rm", train_config(tiny_model_dir, toy_file, max_steps=2, eval_data=toy_file))
     started = store.get_job(job_id)
     assert started["state"] == "running" and started["pid"] != os.getpid()
@@ -96,15 +96,10 @@ def test_a_train_job_runs_in_its_own_process_and_its_results_are_ingested(store,
     assert (job["state"], job["progress"], job["step"], job["total"], job["exit_code"]) == ("succeeded", 1.0, 2, 2, 0)
     assert job["ingested"] and job["result_path"] == os.path.join(job["run_dir"], "metrics.json")
     assert "eval accuracy" in job["message"] and os.path.getsize(job["log_path"]) > 0
-    checkpoints = store.list_checkpoints()
-    assert checkpoints[["path", "label", "base_model", "job_id"]].values.tolist() == [
-        [os.path.join(job["run_dir"], "checkpoint"), f"train-rm #{job_id}", tiny_model_dir, job_id]]
-    assert checkpoints["metrics"][0]["steps"] == 2 and "loss_curve" not in checkpoints["metrics"][0]
-    evals = store.list_eval_results()
-    assert evals["label"].tolist() == [f"train-rm #{job_id}"] and evals["metrics"][0]["n"] == 8
-    again = ingest_results(store, job_id)  # idempotent
-    assert again == {"checkpoints": [int(checkpoints["id"][0])], "variants": [], "eval_results": [int(evals["id"][0])]}
-    assert len(store.list_checkpoints()) == 1 and len(store.list_eval_results()) == 1
+    metrics = read_json(job["result_path"])
+    assert metrics["steps"] == 2 and metrics["eval"]["n"] == 8
+    assert read_json(os.path.join(job["run_dir"], "checkpoint", "reward_model.json"))["base_model"] == tiny_model_dir
+    assert ingest_results(store, job_id) == {"variants": []}  # a training job decodes nothing to curate
 
 
 def test_sigkill_mid_checkpoint_marks_failed_and_keeps_the_previous_checkpoint(store, tiny_model_dir, toy_file, toy_pairs):
@@ -130,7 +125,6 @@ def test_sigkill_mid_checkpoint_marks_failed_and_keeps_the_previous_checkpoint(s
     assert score_pairs(rm, toy_pairs[:2]).r_chosen.isfinite().all()
     reopened = Store(store.path)
     assert reopened.get_job(job_id)["state"] == "failed"
-    assert reopened.list_checkpoints().empty  # a failed run's checkpoint is not registered as a result
 
     rerun = rerun_job(reopened, job_id)
     fresh = reopened.get_job(rerun)
@@ -203,11 +197,9 @@ def test_ingest_reads_every_finished_stage_of_a_pipeline_once(store, tmp_path):
     store.update_job(job_id, state="failed")
 
     out = ingest_results(store, job_id)
-    assert out == {"checkpoints": [], "variants": [1, 2], "eval_results": [1]}
+    assert out == {"variants": [1, 2]}
     assert ingest_results(store, job_id) == out and len(store.list_variants(inversions_only=False)) == 2
     stored = store.get_variant(1)
     assert (stored["pair_id"], stored["text"], stored["trace"], stored["steps"][0]["candidate_pieces"]) == ("demo:3", "Hi", [0.5], ["Hi", "Yo"])
     assert store.get_variant(2)["is_inversion"] is False
-    assert store.list_eval_results()[["label", "metrics"]].values.tolist() == [
-        [f"pipeline #{job_id} robustness_base", {"reward_model": "base/checkpoint", "clean_win_rate": 0.75, "mean_drop": 0.125}]]
     assert store.get_job(job_id)["ingested"] is True

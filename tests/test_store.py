@@ -28,7 +28,7 @@ def table_counts(path) -> dict:
     con = duckdb.connect(str(path))
     try:
         return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                for t in ("checkpoints", "jobs", "variants", "decisions", "eval_results")}
+                for t in ("jobs", "variants", "decisions")}
     finally:
         con.close()
 
@@ -57,18 +57,18 @@ def test_default_path_comes_from_the_project_dir(tmp_path, monkeypatch):
 def test_schema_is_created_once_and_migrated_forward(tmp_path, monkeypatch):
     path = tmp_path / "r.duckdb"
     Store(path)
-    assert schema_version(path) == SCHEMA_VERSION == 2
+    assert schema_version(path) == SCHEMA_VERSION == 3
     Store(path)
-    assert schema_version(path) == 2  # reopening does not re-run migrations
+    assert schema_version(path) == 3  # reopening does not re-run migrations
     import reform_engine.store as store_module
     monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS + [["ALTER TABLE jobs ADD COLUMN priority INTEGER"]])
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 4)
     migrated = Store(path)
-    assert schema_version(path) == 3
+    assert schema_version(path) == 4
     assert "priority" in migrated.list_jobs().columns
-    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:2])
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
-    with pytest.raises(StoreError, match="schema version 3; this code knows up to 2"):
+    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:3])
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 3)
+    with pytest.raises(StoreError, match="schema version 4; this code knows up to 3"):
         Store(path)
 
 
@@ -84,7 +84,7 @@ def test_a_first_version_database_loses_its_unused_datasets_table_and_keeps_the_
     con.execute("INSERT INTO jobs (kind, config, state, created_at, updated_at) VALUES ('train-rm', '{}', 'succeeded', now(), now())")
     con.close()
     store = Store(path)
-    assert schema_version(path) == 2
+    assert schema_version(path) == SCHEMA_VERSION
     assert store.list_jobs()[["id", "kind", "state"]].values.tolist() == [[1, "train-rm", "succeeded"]]
     con = duckdb.connect(str(path))
     try:
@@ -93,7 +93,37 @@ def test_a_first_version_database_loses_its_unused_datasets_table_and_keeps_the_
         con.close()
 
 
-def test_checkpoints_jobs_and_eval_results(store, tmp_path):
+def test_a_second_version_database_loses_its_copies_of_results_and_keeps_jobs_variants_and_decisions(tmp_path):
+    import reform_engine.store as store_module
+
+    path = tmp_path / "v2.duckdb"
+    con = duckdb.connect(str(path))  # a database as the second schema left it, with a row in every table
+    for sql in store_module.MIGRATIONS[0] + store_module.MIGRATIONS[1]:
+        con.execute(sql)
+    con.execute("INSERT INTO schema_version VALUES (1, now()), (2, now())")
+    con.execute("INSERT INTO jobs (kind, config, state, created_at, updated_at) VALUES ('train-rm', '{}', 'succeeded', now(), now())")
+    con.execute("INSERT INTO checkpoints (path, label, base_model, job_id, created_at) VALUES ('runs/1/checkpoint', 'x', 'tiny', 1, now())")
+    con.execute("INSERT INTO eval_results (label, job_id, metrics, created_at) VALUES ('x', 1, '{}', now())")
+    con.execute("INSERT INTO variants (key, pair_id, direction, prompt, original_chosen, original_rejected, text, is_inversion, "
+                "steps, trace, created_at) VALUES ('k', 'toy:0', 'lower', '[{\"role\": \"user\", \"content\": \"q\"}]', "
+                "'good', 'bad', 'worse', TRUE, '[]', '[]', now())")
+    con.execute("INSERT INTO decisions (variant_id, decision, note, decided_at) VALUES (1, 'approve', 'ok', now())")
+    con.close()
+    store = Store(path)
+    assert schema_version(path) == 3
+    assert store.list_jobs()[["id", "kind"]].values.tolist() == [[1, "train-rm"]]
+    assert store.list_variants()[["pair_id", "status", "note"]].values.tolist() == [["toy:0", "approved", "ok"]]
+    con = duckdb.connect(str(path))
+    try:
+        left = con.execute("SELECT table_name FROM information_schema.tables ORDER BY table_name").fetchall()
+        sequences = con.execute("SELECT sequence_name FROM duckdb_sequences() ORDER BY sequence_name").fetchall()
+    finally:
+        con.close()
+    assert [t for (t,) in left] == ["decisions", "jobs", "schema_version", "variants"]
+    assert [s for (s,) in sequences] == ["decisions_id", "jobs_id", "variants_id"]
+
+
+def test_a_job_row_keeps_its_config_state_and_times(store, tmp_path):
     job = store.add_job("train-rm", {"lr": 0.0002, "data": "demo"}, str(tmp_path / "run"))
     assert store.get_job(job)["state"] == "pending" and store.get_job(job)["config"] == {"lr": 0.0002, "data": "demo"}
     running = store.update_job(job, state="running", progress=0.25, step=1, total=4, pid=4242, message="step 1/4")
@@ -101,15 +131,6 @@ def test_checkpoints_jobs_and_eval_results(store, tmp_path):
     assert running["started_at"] is not None and running["finished_at"] is None
     done = store.update_job(job, state="succeeded", progress=1.0)
     assert done["finished_at"] is not None and done["started_at"] == running["started_at"]
-    ckpt = tmp_path / "run" / "checkpoint"
-    ckpt.mkdir(parents=True)
-    first = store.add_checkpoint(str(ckpt), "base", "tiny", job_id=job, metrics={"final_loss": 0.5})
-    assert store.add_checkpoint(str(ckpt), "again", "tiny", job_id=job) == first  # same path: same row
-    assert store.list_checkpoints()[["label", "job_id", "metrics"]].values.tolist() == [["base", job, {"final_loss": 0.5}]]
-    e = store.add_eval_result("robustness base", job, {"mean_drop": 0.125})
-    assert store.add_eval_result("robustness base", job, {"mean_drop": 9.0}) == e
-    assert store.add_eval_result("manual", None, {"accuracy": 0.75}) == e + 1
-    assert store.list_eval_results()["metrics"].tolist() == [{"mean_drop": 0.125}, {"accuracy": 0.75}]
     assert store.list_jobs(kind="variants").empty and store.list_jobs()["id"].tolist() == [job]
 
 
@@ -180,9 +201,7 @@ def test_bad_input_is_refused_clearly_and_changes_nothing(store, tmp_path):
         (lambda: store.add_variants([variant_record(5), {"pair_id": "x"}]), "variant record 1 lacks"),
         (lambda: store.add_variants([variant_record(5)], job_id=12), "there is no job with id 12"),
         (lambda: store.add_variants([variant_record(5, text="t" * (MAX_TEXT + 1))]), "text of variant record 0 is 50,001"),
-        (lambda: store.add_checkpoint("ckpt", "x", "tiny", job_id=12), "there is no job with id 12"),
-        (lambda: store.add_eval_result("", None, {}), "label is empty"),
-        (lambda: store.add_eval_result("x", None, {"f": object()}), "metrics cannot be stored as JSON"),
+        (lambda: store.add_job("train-rm", {"f": object()}, None), "config cannot be stored as JSON"),
         (lambda: store.add_job("rm -rf /", {}, None), "is not a job name"),
         (lambda: store.get_job("1; DROP TABLE jobs"), "is not an integer >= 1"),
         (lambda: store.list_variants(decision="approve"), "decision='approve' is not a status to filter on"),

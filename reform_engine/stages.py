@@ -1,0 +1,173 @@
+"""The stages of a job that trains and compares reward models (``pipeline``, ``retrain``).
+
+A stage is an ordinary job run in its own sub-directory of the parent job's run directory. A stage
+whose directory already holds a succeeded run of the same config (runtime fields aside) is reused,
+not re-run, so a killed parent resumes where it stopped; a stage that reads what an upstream stage
+wrote re-runs whenever that upstream stage ran afresh.
+
+Each compared model gets a :class:`ModelReport` from its robustness stage, and the parent writes
+``report.json`` through :meth:`Stages.write_report`, one schema for every such job::
+
+    models    [{name, checkpoint, augment_pairs, clean_accuracy, mean_drop, drops, indicators}]
+    stages    [{name, seconds, reused}]
+    variants  {strategy: variant stats}          (empty when the job decodes none)
+    seconds, report_path
+    summary   ComparisonResult.summary_rows()
+    drops     ComparisonResult.drop_rows()
+    complete  whether every planned stage has run (a running job rewrites it after each model)
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .runs import RunDir, atomic_write_json, read_json, to_jsonable
+from .training import TrainRewardConfig
+
+RETRAIN_MODES = ("scratch", "finetune")
+RUNTIME_FIELDS = {"device", "dtype", "threads", "trust_remote_code"}  # may differ when a finished stage is reused
+
+
+# --------------------------------------------------------------------------- the retraining recipe
+
+def check_retrain(mode_field: str, mode: str, finetune_epochs: int, finetune_lr: float, replay: int) -> None:
+    """Refuse bad retraining knobs of a config whose mode field is called ``mode_field``."""
+    if mode not in RETRAIN_MODES:
+        raise ValueError(f"{mode_field}={mode!r}; use one of {RETRAIN_MODES}")
+    if finetune_epochs < 1 or finetune_lr < 0 or replay < 0:
+        raise ValueError("finetune_epochs must be >= 1, finetune_lr >= 0 (0 = the base's lr) and replay >= 0 "
+                         "(0 = all original pairs)")
+
+
+def retrain_config(base: TrainRewardConfig, mode: str, base_rm: str, augment_data: str, *, finetune_epochs: int = 1,
+                   finetune_lr: float = 0.0, replay: int = 0, **fields: Any) -> TrainRewardConfig:
+    """The config that retrains a base RM on its pairs plus ``augment_data``.
+
+    ``base`` is the recipe that trained the base (backbone, hyperparameters, seed, data). scratch:
+    that recipe again, from a fresh model; finetune: continue checkpoint ``base_rm`` for
+    ``finetune_epochs`` at ``finetune_lr`` (0 = the base's lr), replaying a seeded sample of
+    ``replay`` original pairs (0 = all). Neither evaluates at the end nor saves midway (the compared
+    models are evaluated by their own stages). ``fields`` override anything else (data, runtime)."""
+    fields = {"augment_data": augment_data, "eval_data": "", "eval_rows": "", "save_every": 0, **fields}
+    if mode == "scratch":
+        return dataclasses.replace(base, init_from="", **fields)
+    if mode == "finetune":
+        return dataclasses.replace(base, init_from=str(base_rm), epochs=finetune_epochs, max_steps=0,
+                                   lr=finetune_lr or base.lr, train_sample=replay, **fields)
+    raise ValueError(f"retrain mode {mode!r}; use one of {RETRAIN_MODES}")
+
+
+# --------------------------------------------------------------------------- what a job reports
+
+@dataclass
+class StageTiming:
+    name: str
+    seconds: float                          # wall time of the stage when it ran
+    reused: bool                            # found finished in the run directory, not run again
+
+
+@dataclass
+class ModelReport:
+    name: str                               # base | reform | random | no_aug | retrained
+    checkpoint: str
+    augment_pairs: int
+    clean_accuracy: float                   # win rate on the clean held-out pairs (ties count half)
+    mean_drop: float                        # mean win-rate drop over the perturbations
+    drops: dict[str, float] = field(default_factory=dict)
+    indicators: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_robustness(cls, name: str, checkpoint: str, augment_pairs: int, metrics: dict) -> ModelReport:
+        """From the metrics of a robustness stage (RobustnessResult as a dict)."""
+        return cls(name, checkpoint, augment_pairs, metrics["clean_win_rate"], metrics["mean_drop"],
+                   {p["name"]: p["drop"] for p in metrics["per_perturbation"]}, metrics["indicators"] or {})
+
+
+@dataclass
+class ComparisonResult:
+    models: list[ModelReport]
+    stages: list[StageTiming]
+    variants: dict[str, dict]               # strategy -> variant stats (inversions, success rate, ...)
+    seconds: float
+    report_path: str
+
+    def summary_rows(self) -> list[dict]:
+        """One row per model: Plotly/pandas-ready."""
+        base = next((m for m in self.models if m.name == "base"), None)
+        return [{"model": m.name, "clean_accuracy": m.clean_accuracy, "mean_drop": m.mean_drop,
+                 "drop_vs_base": (m.mean_drop / base.mean_drop) if base and base.mean_drop else None,
+                 "accuracy_change": m.clean_accuracy - base.clean_accuracy if base else None,
+                 "augment_pairs": m.augment_pairs} for m in self.models]
+
+    def drop_rows(self) -> list[dict]:
+        """Long format (model, perturbation, drop): one bar per cell in a grouped bar chart."""
+        return [{"model": m.name, "perturbation": p, "drop": d} for m in self.models for p, d in m.drops.items()]
+
+
+# --------------------------------------------------------------------------- running stages
+
+def _comparable(config: Any) -> dict:
+    return {k: v for k, v in to_jsonable(config).items() if k not in RUNTIME_FIELDS}
+
+
+def run_stage(run_dir: Path, name: str, fn: Callable, config: Any, timings: list[StageTiming], *, reuse: bool = True) -> dict:
+    """Run ``fn(config, run_dir/name)`` unless ``reuse`` and that directory holds a succeeded run of
+    the same config (runtime fields aside); appends the stage's timing -> its metrics as a dict."""
+    stage_dir = run_dir / name
+    status, previous = read_json(stage_dir / "status.json", {}) or {}, read_json(stage_dir / "config.json")
+    metrics = read_json(stage_dir / "metrics.json")
+    if reuse and status.get("state") == "succeeded" and previous is not None and metrics is not None and \
+            {k: v for k, v in previous.items() if k not in RUNTIME_FIELDS} == _comparable(config):
+        wall = read_json(stage_dir / "stage.json", {}) or {}
+        timings.append(StageTiming(name, float(wall.get("seconds", metrics.get("seconds", 0.0))), True))
+        return metrics
+    start = time.perf_counter()
+    result = to_jsonable(fn(config, stage_dir))
+    seconds = time.perf_counter() - start
+    atomic_write_json(stage_dir / "stage.json", {"seconds": seconds})
+    timings.append(StageTiming(name, seconds, False))
+    return result
+
+
+class Stages:
+    """The stages of one job: ``stages(name, fn, config, after)`` runs (or reuses) one, with progress
+    ``stage i/total`` in the job's status and a line in its log; :meth:`write_report` writes its
+    ``report.json``."""
+
+    def __init__(self, run: RunDir, total: int):
+        self.run, self.total = run, total
+        self.done = 0                       # stages run, reused or skipped so far
+        self.timings: list[StageTiming] = []
+        self.fresh: set[str] = set()        # stages that ran (not reused) in this call
+        self.start = time.perf_counter()
+
+    def __call__(self, name: str, fn: Callable, config: Any, after: Sequence[str] = (), *, note: str = "",
+                 describe: Callable[[dict], str] | None = None) -> dict:
+        """Run stage ``name``; ``after``: the stages whose files it reads (it re-runs when one of them
+        ran afresh); ``note`` extends its progress message, ``describe(metrics)`` its log line."""
+        self.run.progress(self.done, self.total, stage=name, message=f"stage {self.done + 1}/{self.total}: {name}{note}")
+        out = run_stage(self.run.path, name, fn, config, self.timings, reuse=not self.fresh.intersection(after))
+        timing = self.timings[-1]
+        if not timing.reused:
+            self.fresh.add(name)
+        detail = f"; {describe(out)}" if describe else ""
+        self.run.log(f"stage {name}: {'reused' if timing.reused else 'ran'} ({timing.seconds:.0f} s){detail}")
+        self.done += 1
+        return out
+
+    def skip(self, n: int) -> None:
+        """Count ``n`` planned stages as done without running them."""
+        self.done += n
+
+    def write_report(self, models: Sequence[ModelReport], variants: dict[str, dict] | None = None) -> ComparisonResult:
+        """Write ``report.json`` (see the module docstring) -> the result it holds."""
+        path = self.run.path / "report.json"
+        result = ComparisonResult(list(models), list(self.timings), dict(variants or {}), time.perf_counter() - self.start,
+                                  str(path))
+        atomic_write_json(path, {**to_jsonable(result), "summary": result.summary_rows(), "drops": result.drop_rows(),
+                                 "complete": self.done >= self.total})
+        return result

@@ -1,0 +1,189 @@
+import json
+import re
+from dataclasses import dataclass
+
+import pytest
+
+from reform_engine.data import write_jsonl
+from reform_engine.pipeline import PipelineConfig, run_pipeline
+from reform_engine.retrain import RetrainConfig, run_retrain
+from reform_engine.runs import RunDir, atomic_write_json, job_run, read_json
+from reform_engine.stages import (ComparisonResult, ModelReport, StageTiming, Stages, check_retrain, retrain_config,
+                                  run_stage)
+from reform_engine.tiny import save_tiny_model
+from reform_engine.training import TrainRewardConfig
+
+
+@dataclass
+class WordsConfig:
+    text: str
+    device: str = "cpu"                     # a runtime field: a finished stage is reused whatever it says
+
+
+CALLS: list[tuple[str, str, str]] = []      # (stage directory, text, the parent's progress message) of every run
+
+
+def count_words(config: WordsConfig, run_dir) -> dict:
+    """A tiny job with the run-directory contract of every engine job."""
+    with job_run(run_dir, config) as run:
+        parent = read_json(run.path.parent / "status.json", {}) or {}
+        CALLS.append((run.path.name, config.text, parent.get("message", "")))
+        run.write_metrics({"words": len(config.text.split())})
+        run.set_status("succeeded", progress=1.0)
+        return {"words": len(config.text.split())}
+
+
+@pytest.fixture(autouse=True)
+def no_calls():
+    CALLS.clear()
+
+
+def log_lines(run_dir) -> list[str]:
+    return [line.split(" ", 2)[2] for line in (run_dir / "log.txt").read_text().splitlines()]  # without the time stamp
+
+
+def test_a_stage_with_the_same_config_is_reused_and_a_changed_config_runs_again(tmp_path):
+    timings: list[StageTiming] = []
+    assert run_stage(tmp_path, "count", count_words, WordsConfig("one two three"), timings) == {"words": 3}
+    assert run_stage(tmp_path, "count", count_words, WordsConfig("one two three", device="cuda"), timings) == {"words": 3}
+    assert [(t.name, t.reused) for t in timings] == [("count", False), ("count", True)]
+    assert timings[1].seconds == read_json(tmp_path / "count" / "stage.json")["seconds"] == timings[0].seconds
+    assert run_stage(tmp_path, "count", count_words, WordsConfig("one two"), timings) == {"words": 2}
+    assert run_stage(tmp_path, "count", count_words, WordsConfig("one two"), timings, reuse=False) == {"words": 2}
+    assert [t.reused for t in timings] == [False, True, False, False]
+    assert [c[:2] for c in CALLS] == [("count", "one two three"), ("count", "one two"), ("count", "one two")]
+
+
+def test_a_stage_whose_last_run_did_not_succeed_runs_again(tmp_path):
+    run_stage(tmp_path, "count", count_words, WordsConfig("a b"), [])
+    RunDir(tmp_path / "count").set_status("failed", message="killed")
+    timings: list[StageTiming] = []
+    assert run_stage(tmp_path, "count", count_words, WordsConfig("a b"), timings) == {"words": 2}
+    assert not timings[0].reused and len(CALLS) == 2
+
+
+def test_stages_count_progress_log_each_stage_and_rerun_what_reads_a_fresh_stage(tmp_path):
+    def plan(first: str) -> Stages:
+        stages = Stages(RunDir(tmp_path), total=4)
+        stages("first", count_words, WordsConfig(first))
+        stages("second", count_words, WordsConfig("x y"), ("first",), note=" (two words)",
+               describe=lambda m: f"{m['words']} words")
+        stages("third", count_words, WordsConfig("z"))  # reads nothing of the others
+        stages.skip(1)
+        return stages
+
+    plan("a b c")
+    assert CALLS == [("first", "a b c", "stage 1/4: first"), ("second", "x y", "stage 2/4: second (two words)"),
+                     ("third", "z", "stage 3/4: third")]
+    again = plan("a b c")
+    assert [(t.name, t.reused) for t in again.timings] == [("first", True), ("second", True), ("third", True)]
+    changed = plan("a b")  # the first stage's config changed: it and the stage after it run, the third is reused
+    assert [(t.name, t.reused) for t in changed.timings] == [("first", False), ("second", False), ("third", True)]
+    assert [c[:2] for c in CALLS[3:]] == [("first", "a b"), ("second", "x y")]
+    assert changed.done == 4 and changed.fresh == {"first", "second"}
+    lines = log_lines(tmp_path)
+    assert [re.sub(r"\(\d+ s\)", "(N s)", line) for line in lines[-3:]] == [
+        "stage first: ran (N s)", "stage second: ran (N s); 2 words", "stage third: reused (N s)"]
+    assert read_json(tmp_path / "status.json")["stage"] == "third"
+
+
+def test_the_report_says_whether_every_planned_stage_has_run(tmp_path):
+    stages = Stages(RunDir(tmp_path), total=2)
+    stages("count", count_words, WordsConfig("a b"))
+    base = ModelReport("base", "b/checkpoint", 0, 0.5, 0.25, {"verbosity": 0.25}, {})
+    partial = stages.write_report([base])
+    assert read_json(tmp_path / "report.json")["complete"] is False
+    stages.skip(1)
+    new = ModelReport("retrained", "r/checkpoint", 2, 0.75, 0.125, {"verbosity": 0.125}, {})
+    result = stages.write_report([base, new], {"lowest_loss": {"inversions": 2}})
+    report = read_json(tmp_path / "report.json")
+    assert report["complete"] is True and partial.models == [base]
+    assert report["models"][1] == {"name": "retrained", "checkpoint": "r/checkpoint", "augment_pairs": 2,
+                                   "clean_accuracy": 0.75, "mean_drop": 0.125, "drops": {"verbosity": 0.125},
+                                   "indicators": {}}
+    assert report["summary"] == result.summary_rows() == [
+        {"model": "base", "clean_accuracy": 0.5, "mean_drop": 0.25, "drop_vs_base": 1.0, "accuracy_change": 0.0,
+         "augment_pairs": 0},
+        {"model": "retrained", "clean_accuracy": 0.75, "mean_drop": 0.125, "drop_vs_base": 0.5, "accuracy_change": 0.25,
+         "augment_pairs": 2}]
+    assert report["drops"] == [{"model": "base", "perturbation": "verbosity", "drop": 0.25},
+                               {"model": "retrained", "perturbation": "verbosity", "drop": 0.125}]
+    assert report["variants"] == {"lowest_loss": {"inversions": 2}} and report["report_path"] == str(tmp_path / "report.json")
+    assert [s["name"] for s in report["stages"]] == ["count"]
+
+
+def test_a_model_report_is_read_from_robustness_metrics():
+    metrics = {"clean_win_rate": 0.75, "mean_drop": 0.125, "indicators": None,
+               "per_perturbation": [{"name": "verbosity", "drop": 0.25}, {"name": "capitalization", "drop": 0.0}]}
+    assert ModelReport.from_robustness("reform", "ckpt", 3, metrics) == ModelReport(
+        "reform", "ckpt", 3, 0.75, 0.125, {"verbosity": 0.25, "capitalization": 0.0}, {})
+    assert ComparisonResult([], [], {}, 0.0, "r").summary_rows() == []
+
+
+def test_scratch_repeats_the_base_recipe_and_finetune_continues_the_base_with_replay():
+    base = TrainRewardConfig(data="d.jsonl", train_rows="0:6", lr=1e-3, epochs=2, max_steps=10, seed=3,
+                             eval_data="e.jsonl", eval_rows="6:", save_every=5, device="cpu")
+    same = dict(data="d.jsonl", train_rows="0:6", seed=3, device="cpu", augment_data="a.jsonl")
+    assert retrain_config(base, "scratch", "base/checkpoint", "a.jsonl") == TrainRewardConfig(
+        **same, lr=1e-3, epochs=2, max_steps=10)
+    assert retrain_config(base, "finetune", "base/checkpoint", "a.jsonl", finetune_epochs=3, replay=4) == TrainRewardConfig(
+        **same, lr=1e-3, epochs=3, init_from="base/checkpoint", train_sample=4)
+    other = retrain_config(base, "finetune", "b", "", finetune_lr=1e-4, data="o.jsonl", threads=2)
+    assert (other.lr, other.augment_data, other.data, other.threads, other.epochs) == (1e-4, "", "o.jsonl", 2, 1)
+    with pytest.raises(ValueError, match=r"retrain mode 'sometimes'; use one of \('scratch', 'finetune'\)"):
+        retrain_config(base, "sometimes", "b", "a.jsonl")
+
+
+def test_bad_retrain_knobs_are_refused_with_the_config_field_named():
+    with pytest.raises(ValueError, match=r"^mode='often'; use one of \('scratch', 'finetune'\)$"):
+        check_retrain("mode", "often", 1, 0.0, 0)
+    for epochs, lr, replay in ((0, 0.0, 0), (1, -1e-4, 0), (1, 0.0, -1)):
+        with pytest.raises(ValueError, match="finetune_epochs must be >= 1, finetune_lr >= 0"):
+            check_retrain("retrain", "finetune", epochs, lr, replay)
+    with pytest.raises(ValueError, match="finetune_lr >= 0"):
+        PipelineConfig(finetune_lr=-1.0)
+    check_retrain("retrain", "scratch", 1, 0.0, 0)
+
+
+def test_pipeline_and_retrain_job_retrain_a_base_with_one_recipe(tmp_path):
+    pipeline = PipelineConfig(data="d.jsonl", train_rows="0:6", lr=1e-3, epochs=2, seed=3, device="cpu", retrain="finetune",
+                              finetune_epochs=2, replay=4)
+    checkpoint = tmp_path / "base" / "checkpoint"
+    checkpoint.mkdir(parents=True)
+    atomic_write_json(tmp_path / "base" / "config.json", pipeline.train_config())  # as the pipeline's base stage writes it
+    for mode in ("scratch", "finetune"):
+        pipeline.retrain = mode
+        job = RetrainConfig(base_rm=str(checkpoint), augment_data="a.jsonl", mode=mode, finetune_epochs=2, replay=4,
+                            device="cpu")
+        assert job.training_config() == pipeline.retrain_config(str(checkpoint), "a.jsonl")
+
+
+def schema(report: dict) -> dict:
+    """The keys of a report.json, level by level."""
+    return {"top": sorted(report), **{part: sorted({k for row in report[part] for k in row})
+                                      for part in ("models", "stages", "summary", "drops")}}
+
+
+def test_report_json_of_pipeline_and_retrain_has_one_schema(tmp_path, toy_pairs):
+    model = str(save_tiny_model(tmp_path / "m", seed=1, ascii_only=True))
+    write_jsonl(tmp_path / "d.jsonl", [p.to_trl() for p in toy_pairs])
+    write_jsonl(tmp_path / "approved.jsonl", [{"prompt": "Hi?", "chosen": "Hello, how can I help?", "rejected": "What."}])
+    run_pipeline(PipelineConfig(data=str(tmp_path / "d.jsonl"), train_rows="0:6", eval_rows="6:", model=model, policy=model,
+                                lora_layers=0, max_length=128, batch_size=4, lr=5e-3, epochs=1, fraction=0.5, k=2,
+                                max_new_tokens=2, decode_batch_size=2, approved=str(tmp_path / "approved.jsonl"),
+                                perturbations="verbosity", ablate_random=False, device="cpu"), tmp_path / "pipe")
+    run_retrain(RetrainConfig(base_rm=str(tmp_path / "pipe" / "base" / "checkpoint"),
+                              augment_data=str(tmp_path / "approved.jsonl"), eval_rows="6:", perturbations="verbosity",
+                              device="cpu"), tmp_path / "re")
+    pipe, re_ = read_json(tmp_path / "pipe" / "report.json"), read_json(tmp_path / "re" / "report.json")
+    assert schema(pipe) == schema(re_) == {
+        "top": ["complete", "drops", "models", "report_path", "seconds", "stages", "summary", "variants"],
+        "models": ["augment_pairs", "checkpoint", "clean_accuracy", "drops", "indicators", "mean_drop", "name"],
+        "stages": ["name", "reused", "seconds"],
+        "summary": ["accuracy_change", "augment_pairs", "clean_accuracy", "drop_vs_base", "mean_drop", "model"],
+        "drops": ["drop", "model", "perturbation"]}
+    assert [m["name"] for m in pipe["models"]] == ["base", "reform"] and [m["name"] for m in re_["models"]] == ["base", "retrained"]
+    assert pipe["complete"] is True and re_["complete"] is True and re_["variants"] == {}
+    assert set(pipe["variants"]) == {"lowest_loss"}
+    # both evaluate the same base on the same held-out rows: one number
+    assert pipe["models"][0]["clean_accuracy"] == re_["models"][0]["clean_accuracy"]
