@@ -144,7 +144,7 @@ class RestoreResult:
 
 _DISK_FULL = ("no space left", "disk full", "file too large", "quota exceeded")
 _DAMAGED = ("corrupt", "checksum", "not a valid duckdb database", "could not read enough bytes", "failed to read",
-            "invalid block", "deserializ", "serializ")
+            "invalid block", "deserializ")
 
 
 def _store_error(exc: BaseException, db: Path) -> StoreError:
@@ -780,6 +780,9 @@ def verify_database(path: str | os.PathLike) -> dict[str, int]:
     try:
         con = duckdb.connect(str(path), read_only=True)
     except duckdb.Error as exc:
+        if "lock" in str(exc).lower():  # in use by a program outside this module: busy, not damaged
+            raise StoreError(f"{path} is open in another program ({' '.join(str(exc).split())}).",
+                             fix="close it there (e.g. a duckdb shell), then try again.") from exc
         raise StoreCorrupt(path, " ".join(str(exc).split())) from exc
     try:
         tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
