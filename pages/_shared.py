@@ -350,10 +350,10 @@ _DAMAGED: dict[str, tuple[tuple[int, int] | None, Exception]] = {}
 
 def _identity(path: Path) -> tuple[int, int] | None:
     try:
-        st_ = os.stat(path)
+        info = os.stat(path)
     except FileNotFoundError:
         return None
-    return st_.st_dev, st_.st_ino
+    return info.st_dev, info.st_ino
 
 
 def mark_damaged(exc: Exception) -> None:
