@@ -1,5 +1,6 @@
-"""The app's frame: its pages in one list, the router and the sidebar every page shows. app.py calls
-it; so does every page, first thing, for the runs that do not start in app.py."""
+"""The app's frame: its pages in one list, the router, the sidebar every page shows, and the recovery
+page shown instead of any page while the project database cannot be read. app.py calls it; so does
+every page, first thing, for the runs that do not start in app.py."""
 import streamlit as st
 
 # (script, title, icon); the first is the default page
@@ -12,11 +13,41 @@ PAGES = (
     ("pages/explorer.py", "Reward explorer", ":material/query_stats:"),
     ("pages/data_browser.py", "Data", ":material/table:"),
 )
+FLASH_KEY = "app_flash"
+
+
+class _Guarded:
+    """A page whose store errors end as a message, not a traceback: a damaged database turns every
+    page into the recovery page; any other StoreError (busy, disk full) is shown where it happened."""
+
+    def __init__(self, page):
+        self.page = page
+
+    def run(self) -> None:
+        from pages._shared import mark_damaged, show_error
+        from reform_engine.store import StoreCorrupt, StoreError
+
+        try:
+            self.page.run()
+        except StoreCorrupt as exc:
+            mark_damaged(exc)
+            st.rerun()  # drawn again from the top: the recovery page alone, not below half a page
+        except StoreError as exc:
+            show_error(exc, "Project database")
+
+
+class _Recovery:
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def run(self) -> None:
+        recovery_page(self.error)
 
 
 def app_frame():
-    """Register the pages and draw the sidebar's summary of what the tool is working on -> the page to run."""
-    from pages._shared import md_code, pending_variants, settings, short, show_trust_warning
+    """Register the pages and draw the sidebar's summary of what the tool is working on -> the page to
+    run (the recovery page while the project database cannot be read)."""
+    from pages._shared import damage, md_code, queue_caption, reviewer_input, settings, short, show_trust_warning
 
     st.set_page_config(page_title="REFORM workbench", layout="wide")
     page = st.navigation([st.Page(path, title=title, icon=icon, default=i == 0) for i, (path, title, icon) in enumerate(PAGES)])
@@ -25,10 +56,82 @@ def app_frame():
         st.caption(f"Policy: {md_code(short(s.policy, 40))}  \nRM: {md_code(short(s.reward_model or 'none', 40))}  \n"
                    f"Data: {md_code(short(s.data, 40))}" + (f" rows {md_code(s.rows)}" if s.rows else ""))
         show_trust_warning()
-        waiting = len(pending_variants())
-        if waiting:
-            st.caption(f"{waiting} variant(s) waiting for curation")
-    return page
+        reviewer_input()
+        line = queue_caption() if damage() is None else "The project database cannot be read."
+        if line:
+            st.caption(line)
+    flash = st.session_state.pop(FLASH_KEY, None)
+    if flash:
+        st.success(flash)
+    error = damage()
+    return _Guarded(page) if error is None else _Recovery(error)
+
+
+def _restore() -> None:
+    from pages._shared import forget_damage, project_db_path
+    from reform_engine.backups import BackupConfig
+    from reform_engine.store import StoreError, restore_database
+
+    try:
+        done = restore_database(project_db_path(), config=BackupConfig.from_env())
+    except (StoreError, ValueError) as exc:
+        st.session_state["app_recovery_error"] = exc
+        return
+    forget_damage()
+    skipped = f" Newer snapshots that did not read back: {'; '.join(done.skipped)}." if done.skipped else ""
+    st.session_state[FLASH_KEY] = (f"Restored the project database from `{done.restored_from.name}`. The damaged file is kept "
+                                   f"at `{done.kept_aside}`.{skipped}")
+
+
+def _start_fresh() -> None:
+    from pages._shared import forget_damage, project_db_path
+    from reform_engine.store import StoreError, set_aside
+
+    try:
+        aside = set_aside(project_db_path())
+    except StoreError as exc:
+        st.session_state["app_recovery_error"] = exc
+        return
+    forget_damage()
+    st.session_state[FLASH_KEY] = f"Started a fresh, empty project database. The damaged file is kept at `{aside}`."
+
+
+def recovery_page(error: Exception) -> None:
+    """What happened, the file, its snapshots and the ways out; nothing here deletes anything."""
+    import pandas as pd
+
+    from pages._shared import forget_damage, project_db_path, show_error
+    from reform_engine.backups import BackupConfig, describe, list_backups
+
+    path = project_db_path()
+    st.title("The project database cannot be read")
+    st.error(f"{getattr(error, 'detail', None) or error}")
+    st.markdown(f"DuckDB found damaged data in `{path}`: the file was cut short or partly overwritten (a full disk, a "
+                "crash while copying it, another program writing to it). Every page stays closed until it is repaired, "
+                "so that nothing is written on top of it. **Nothing has been deleted**: whatever you choose below, the "
+                "damaged file is kept beside it under a new name.")
+    show_error(st.session_state.pop("app_recovery_error", None), "Not done")
+    try:
+        config = BackupConfig.from_env()
+        snapshots = list_backups(path, config)
+    except ValueError as exc:
+        show_error(exc, "Backup settings")
+        config, snapshots = None, []
+    if snapshots:
+        st.subheader(f"Snapshots ({len(snapshots)}, newest first)")
+        st.dataframe(pd.DataFrame([describe(p, path) for p in snapshots]), hide_index=True, key="app_recovery_snapshots")
+        st.button("Restore the newest good snapshot", type="primary", key="app_recovery_restore", on_click=_restore,
+                  help="Reads each snapshot back in full, newest first, and puts the first good one in place; "
+                       "the damaged file is renamed aside first.")
+    else:
+        st.info(f"There are no snapshots of this database in `{config.folder(path) if config else 'the backup folder'}`.")
+    st.button("Start a fresh, empty database (keep the damaged file aside)", key="app_recovery_fresh", on_click=_start_fresh)
+    st.button("Check again", key="app_recovery_check", on_click=forget_damage,
+              help="After repairing or restoring the file by other means.")
+    st.markdown("From a shell (the app may keep running):")
+    st.code(f"python -m reform_engine restore --db {path} --list\n"
+            f"python -m reform_engine restore --db {path}                 # the newest snapshot that reads back\n"
+            f"python -m reform_engine restore --db {path} --from SNAPSHOT", language="bash")
 
 
 def through_router() -> None:

@@ -11,6 +11,8 @@ Settings start from environment variables, so a test or a deployment can point t
     REFORM_DEVICE          torch device for the app's models    (default: auto)
     REFORM_TRUST_REMOTE_CODE  1: let models run Python code they ship (default: off; also a Home toggle)
     REFORM_SCORE_MAX_LENGTH   tokens per prompt + response when scoring data (default: 1024; longer pairs are skipped)
+    REFORM_REVIEWER        the reviewer name decisions are stored with (default: asked in the sidebar)
+    REFORM_BACKUP_EVERY, REFORM_BACKUP_KEEP, REFORM_BACKUP_DIR   snapshots of the project database (backups.BackupConfig)
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from reform_engine.scoring import SCORE_MAX_LENGTH
 UPLOAD_LIMIT_MB = 200        # also server.maxUploadSize in .streamlit/config.toml
 SETTINGS_KEY = "app_settings"
 PENDING_KEY = "curation_pending"      # this tab's hand-offs to curation (the queue is in the store)
+REVIEWER_KEY = "app_reviewer"         # who is deciding in this tab: stored with every decision
 
 
 # --------------------------------------------------------------------------- settings
@@ -343,24 +346,85 @@ def pair_rewards(pair: PreferencePair) -> tuple[float, float]:
 
 @st.cache_resource(show_spinner=False)
 def _store(path: str):
+    from reform_engine.backups import BackupConfig
     from reform_engine.store import Store
 
-    return Store(path)  # holds no connection: one instance serves every session and thread
+    return Store(path, backup=BackupConfig.from_env())  # holds no connection: one instance serves every session and thread
+
+
+def project_db_path() -> Path:
+    return Path(settings().project_dir).expanduser().resolve() / "reform.duckdb"
 
 
 def project_store(stop: bool = True):
     """The project's DuckDB store (``<project dir>/reform.duckdb``). When it cannot be opened: a message
-    on the page and the end of this run (``stop=False``: None)."""
+    on the page and the end of this run (``stop=False``: None). A damaged file raises StoreCorrupt, for
+    the app's frame to show the recovery page instead of any page."""
     import duckdb
 
-    path = Path(settings().project_dir).expanduser().resolve() / "reform.duckdb"
+    from reform_engine.store import StoreCorrupt
+
+    path = project_db_path()
     try:
         return _store(str(path))
+    except StoreCorrupt:
+        raise
     except (ValueError, OSError, duckdb.Error) as exc:
         show_error(exc, f"Project database {path}")
         if stop:
             st.stop()
         return None
+
+
+# a damaged database, per file, for every session of this server: (device, inode) of the file then, the error
+_DAMAGED: dict[str, tuple[tuple[int, int] | None, Exception]] = {}
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def mark_damaged(exc: Exception) -> None:
+    """Remember that the project database cannot be read: every page shows the recovery page until the
+    file is replaced (a restore, a fresh start, from the app or the command line) or it is checked again."""
+    path = project_db_path()
+    _DAMAGED[str(path)] = (_identity(path), exc)
+
+
+def damage() -> Exception | None:
+    """The error that marked the project database damaged, while the same file is still there."""
+    path = project_db_path()
+    found = _DAMAGED.get(str(path))
+    if found is None:
+        return None
+    if found[0] != _identity(path):  # another file is there now (restored or started afresh elsewhere)
+        _DAMAGED.pop(str(path), None)
+        return None
+    return found[1]
+
+
+def forget_damage() -> None:
+    _DAMAGED.pop(str(project_db_path()), None)
+    _store.clear()
+
+
+def reviewer() -> str:
+    """The name this tab's decisions are stored with ('' until one is given in the sidebar)."""
+    return str(st.session_state.get(REVIEWER_KEY) or "").strip()
+
+
+def reviewer_input() -> None:
+    """The sidebar's reviewer name, prefilled from REFORM_REVIEWER."""
+    if REVIEWER_KEY not in st.session_state:
+        st.session_state[REVIEWER_KEY] = os.environ.get("REFORM_REVIEWER", "")
+    st.text_input("Reviewer", key=REVIEWER_KEY, placeholder="your name", max_chars=200,
+                  help="Stored with every decision you make on Curation, with its time and note.")
+    if not reviewer():
+        st.caption("Give your name to make decisions on Curation.")
 
 
 def send_to_curation(record: dict) -> int:
@@ -380,6 +444,25 @@ def pending_variants() -> list[dict]:
 
     store = project_store(stop=False)
     return [] if store is None else queue(store).to_dict("records")
+
+
+def queue_caption() -> str:
+    """The sidebar's line on the curation queue. A count that fails is a line saying so, never an
+    exception; a damaged database is remembered (mark_damaged) for the frame to show the recovery page."""
+    from reform_engine.curation import counts
+    from reform_engine.store import StoreCorrupt, StoreError
+
+    try:
+        store = _store(str(project_db_path()))
+        waiting = counts(store)["pending"]
+    except StoreCorrupt as exc:
+        mark_damaged(exc)
+        return "The project database cannot be read."
+    except (StoreError, ValueError, OSError) as exc:
+        return f"Curation queue unavailable: {getattr(exc, 'message', None) or exc}"
+    if store.backup_error is not None:
+        return f"{waiting} variant(s) waiting for curation. Last automatic backup failed: {store.backup_error.message}"
+    return f"{waiting} variant(s) waiting for curation" if waiting else ""
 
 
 # --------------------------------------------------------------------------- drawing helpers

@@ -1,8 +1,9 @@
 """Curation: the queue of inversions to review. The original pair and the variant side by side with
 their rewards and the variant's per-token trace; approve, reject, or edit then approve, with a note.
 Every decision is written to the project database the moment it is made, so any number of tabs can
-review at once. Batch generation over the influential set runs from here as a background job, and the
-approved pairs export as a TRL file."""
+review at once, each decision stored with the reviewer named in the sidebar. Batch generation over the
+influential set runs from here as a background job; the approved pairs export as a TRL file and every
+decision ever made as a log."""
 import math
 from pathlib import Path
 
@@ -11,8 +12,9 @@ import streamlit as st
 
 from pages._jobs import live_jobs
 from pages._routes import through_router
-from pages._shared import fmt, md_code, md_escape, project_store, rm_exists, settings, short, show_error, trace_figure
-from reform_engine.curation import EXPORT_FORMATS, counts, decision_for, export_approved, new_pair, queue, step_trace
+from pages._shared import fmt, md_code, md_escape, project_store, reviewer, rm_exists, settings, short, show_error, trace_figure
+from reform_engine.curation import (EXPORT_FORMATS, counts, decision_for, export_approved, export_decision_log, new_pair, queue,
+                                    step_trace)
 from reform_engine.data import hh_text
 from reform_engine.inversions import GenerateVariantsConfig
 from reform_engine.jobs import start_job
@@ -25,17 +27,20 @@ STATUS_FILTERS = {"pending": "waiting for a decision", "approved": "approved", "
 def decide(variant_id: int, action: str, shown_text: str, shown_decisions: int) -> None:
     """Write the decision at once (a button callback, so it runs before the page is drawn again)."""
     store = project_store()
+    if not reviewer():
+        st.session_state[ERROR_KEY] = ValueError("no reviewer name: give yours in the sidebar, it is stored with the decision")
+        return
     decision, edited = decision_for(shown_text, st.session_state.get("curation_text", shown_text)) if action == "approve" \
         else ("reject", None)
     try:
         now = store.get_variant(variant_id)
-        store.decide(variant_id, decision, edited, st.session_state.get("curation_note", ""))
+        store.decide(variant_id, decision, edited, st.session_state.get("curation_note", ""), reviewer=reviewer())
     except ValueError as exc:  # StoreError: an empty or oversized text, an edit equal to the other response
         st.session_state[ERROR_KEY] = exc
         return
     word = {"approve": "Approved", "edit": "Approved (edited)", "reject": "Rejected"}[decision]
     meanwhile = len(now["history"]) > shown_decisions
-    st.session_state[FLASH_KEY] = f"{word} variant #{variant_id}." + (
+    st.session_state[FLASH_KEY] = f"{word} variant #{variant_id} as {md_escape(reviewer())}." + (
         f" It had been {now['status']} meanwhile in another tab; this decision is now the latest." if meanwhile else "")
 
 
@@ -161,10 +166,13 @@ else:
         st.caption("The text is edited: approving stores the edited text.")
     # callbacks bound to the variant drawn here: a click counts even when, by the time it arrives, another tab's
     # decision has moved this variant out of the list being shown
+    if not reviewer():
+        st.warning("Give your name as **Reviewer** in the sidebar first: it is stored with every decision.")
     c1, c2, _ = st.columns([1, 1, 4])
-    c1.button("Approve", type="primary", key="curation_approve", disabled=not v["is_inversion"], on_click=decide,
-              args=(vid, "approve", v["text"], len(v["history"])))
-    c2.button("Reject", key="curation_reject", on_click=decide, args=(vid, "reject", v["text"], len(v["history"])))
+    c1.button("Approve", type="primary", key="curation_approve", disabled=not v["is_inversion"] or not reviewer(),
+              on_click=decide, args=(vid, "approve", v["text"], len(v["history"])))
+    c2.button("Reject", key="curation_reject", disabled=not reviewer(), on_click=decide,
+              args=(vid, "reject", v["text"], len(v["history"])))
     if v["history"]:
         with st.expander(f"Decision history ({len(v['history'])})"):
             st.dataframe(pd.DataFrame(v["history"]), hide_index=True, key="curation_history")
@@ -187,3 +195,22 @@ if last and Path(last[0]).is_file():
     st.download_button("Download it", Path(last[0]).read_bytes(), file_name=Path(last[0]).name, key="curation_download")
 elif n["approved"] == 0:
     st.caption("Nothing approved yet.")
+
+# ------------------------------------------------------------------ the decision log
+st.subheader("Export the decision log")
+c1, c2 = st.columns([1, 3])
+log_format = c1.radio("Format", EXPORT_FORMATS, horizontal=True, key="curation_log_format")
+c2.caption("Every decision ever made, oldest first: approvals, rejections and edits (with the edited text), notes, "
+           "reviewer and time (UTC), each with its variant and original pair. "
+           f"Written to `{Path(s.project_dir) / 'exports'}`.")
+if st.button("Export the log", key="curation_log_export"):
+    try:
+        path, rows = export_decision_log(store, Path(s.project_dir) / "exports", log_format)
+        st.session_state.curation_last_log = (str(path), rows)
+    except (ValueError, OSError) as exc:
+        show_error(exc, "Not exported")
+last_log = st.session_state.get("curation_last_log")
+if last_log and Path(last_log[0]).is_file():
+    st.success(f"{last_log[1]} decision(s) written to `{last_log[0]}`.")
+    st.download_button("Download the log", Path(last_log[0]).read_bytes(), file_name=Path(last_log[0]).name,
+                       key="curation_log_download")

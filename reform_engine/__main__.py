@@ -51,6 +51,56 @@ def _jobs():
             "retrain": (RetrainConfig, run_retrain, "retrain on approved pairs (scratch|finetune), then robustness of base vs retrained")}
 
 
+def _add_store_commands(sub) -> None:
+    db_help = "the project database (default: $REFORM_PROJECT_DIR/reform.duckdb, or ./project_data/reform.duckdb)"
+    p = sub.add_parser("backup", help="snapshot the project database (read back in full before it counts)")
+    p.add_argument("--db", default=None, help=db_help)
+    p.add_argument("--to", default=None, help="a new file, or a folder (default: the backups folder beside the database, "
+                                              "oldest snapshots beyond REFORM_BACKUP_KEEP deleted)")
+    p = sub.add_parser("restore", help="put a snapshot in place of the project database, keeping the current file aside")
+    p.add_argument("--db", default=None, help=db_help)
+    p.add_argument("--from", dest="source", default=None, help="the snapshot (default: the newest one that reads back)")
+    p.add_argument("--list", action="store_true", help="only list the snapshots, newest first")
+    p = sub.add_parser("export-decisions", help="every decision (approve, reject, edit) with note, reviewer and time")
+    p.add_argument("--db", default=None, help=db_help)
+    p.add_argument("--to", required=True, help="a .jsonl or .parquet file")
+
+
+def _run_store_command(args) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from .backups import BackupConfig, describe, list_backups
+    from .store import Store, StoreError, default_store_path, restore_database
+
+    db = Path(args.db or default_store_path()).expanduser().resolve()
+    config = dataclasses.replace(BackupConfig.from_env(), on_start=False)  # a CLI call is no start of the app
+    try:
+        if args.command == "restore":
+            if args.list:
+                for path in list_backups(db, config):
+                    d = describe(path, db)
+                    print(f"{d['taken (UTC)']}  {d['reason']:<6}  {d['MB']:>8.3f} MB  {path}")
+                return 0
+            done = restore_database(db, args.source, config=config)
+            for why in done.skipped:
+                print(f"skipped {why}")
+            print(f"restored {db} from {done.restored_from}"
+                  + (f"; the previous file is kept at {done.kept_aside}" if done.kept_aside else ""))
+            return 0
+        if not db.is_file():
+            raise StoreError(f"there is no database at {db}.", fix="pass --db, or set REFORM_PROJECT_DIR.")
+        store = Store(db, backup=config)
+        if args.command == "backup":
+            print(store.backup(args.to))
+        else:
+            print(f"{store.export_decisions(args.to)} decision(s) written to {args.to}")
+        return 0
+    except (StoreError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reform_engine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     trace.add_argument("--device", default="auto")
     trace.add_argument("--trust-remote-code", action="store_true",
                        help="let Python code shipped with the model run (auto_map); only for models you trust")
+    _add_store_commands(sub)
     jobs = _jobs()
     for name, (cls, _, help_text) in jobs.items():
         p = sub.add_parser(name, help=help_text)
@@ -69,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         add_config_args(p, cls)
     args = parser.parse_args(argv)
 
+    if args.command in ("backup", "restore", "export-decisions"):
+        return _run_store_command(args)
     if args.command == "convert-model":
         from .models import ensure_default_model
         print(ensure_default_model())

@@ -1,5 +1,5 @@
 """Human curation of the variants: what is queued for review, what a decision on an edited text is,
-the per-token trace of a stored variant, and the approved pairs as a TRL file.
+the per-token trace of a stored variant, the approved pairs as a TRL file and every decision as a log.
 
 The queue holds the true inversions (what the inversion filter lets through) and every variant a
 person sent by hand from the decoding page (stored without a job), inversion or not; the other
@@ -67,4 +67,18 @@ def export_approved(store, directory: str | Path, fmt: str = "jsonl", stem: str 
     if n == 0:
         path.unlink(missing_ok=True)
         raise ValueError("no approved pairs yet; approve inversions on the Curation page first")
+    return path, n
+
+
+def export_decision_log(store, directory: str | Path, fmt: str = "jsonl", stem: str = "decisions") -> tuple[Path, int]:
+    """Write every decision (Store.decision_log: approvals, rejections, edits, notes, reviewer, time) to a
+    new timestamped file in ``directory`` -> (path, rows). Raises ValueError when there is none yet."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"format {fmt!r}; use one of {EXPORT_FORMATS}")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    path = Path(directory).expanduser() / f"{stem}-{stamp}.{fmt}"
+    n = store.export_decisions(path)
+    if n == 0:
+        path.unlink(missing_ok=True)
+        raise ValueError("no decisions yet; approve or reject variants on the Curation page first")
     return path, n

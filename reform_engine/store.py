@@ -4,19 +4,28 @@ values always passed as parameters.
 
 Concurrency. DuckDB lets one process at a time hold a file open, and whoever holds it locks everyone
 else out. So nobody holds it: every call opens a connection, runs one transaction and closes it again
-(tens of milliseconds), and calls from all threads and processes take turns through an advisory lock
-(``flock``) on ``<db>.lock``, waited for with backoff up to ``timeout`` seconds. The kernel drops that
-lock when its holder dies, even by SIGKILL, and DuckDB's write-ahead log discards a transaction cut
-short, so a killed writer costs nothing but its own unfinished write. A program holding the file
-outside this module (a duckdb shell) is waited out by retrying the open. A caller only ever sees a
-:class:`StoreError` ("busy for 60 s, close the other program"), never DuckDB's lock error.
+(tens of milliseconds), and calls from all threads and processes take turns, first come first served,
+through turns.py (an advisory ``flock`` on ``<db>.lock`` behind a FIFO queue of waiters), waited for up
+to ``timeout`` seconds. The kernel drops those locks when their holder dies, even by SIGKILL, and
+DuckDB's write-ahead log discards a transaction cut short, so a killed writer costs nothing but its own
+unfinished write. A program holding the file outside this module (a duckdb shell) is waited out by
+retrying the open. A caller only ever sees a :class:`StoreError` ("busy for 60 s, close the other
+program"), never DuckDB's own errors: a full disk, text DuckDB cannot store and a damaged file
+(:class:`StoreCorrupt`) each get a message saying what to do.
+
+Backups. An existing database is snapshotted on its first use in a process and after every
+``BackupConfig.every`` decisions, the newest ``keep`` kept (backups.py says how and why a byte copy
+after a CHECKPOINT under the lock). Every snapshot is read back in full before it counts, so a
+damaged database is found then and never rotates a good snapshot out. :func:`restore_database` and
+:func:`set_aside` replace or give up a database, always keeping the current file under another name.
 
 Job processes do not write here: they write their run directory (see runs.py) and
 ``jobs.refresh_job``, called by the app, copies progress and the variants a job decoded in. Checkpoints
 and evaluation results are not copied here: they live in their run directories, which ``reports.py`` reads.
 
 Schema. ``schema_version`` holds the version; ``MIGRATIONS[i]`` takes a database from version i to
-i + 1, each in one transaction, on first use of a ``Store``. JSON (configs, metrics, prompts, decoding
+i + 1, each in one transaction, on first use of a ``Store`` (and again when the file is replaced, as
+by a restore); an older database is snapshotted before it is migrated. JSON (configs, metrics, prompts, decoding
 steps) is stored as text and parsed on the way out.
 """
 from __future__ import annotations
@@ -26,23 +35,21 @@ import json
 import os
 import random
 import re
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
+from . import backups
+from .backups import BackupConfig
 from .data import DataError, PreferencePair, added_pair, load_preferences, write_jsonl
 from .runs import STATES, to_jsonable
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: threads still take turns; other processes are waited out by open retries
-    fcntl = None
+from .turns import turn
 
 MAX_TEXT = 50_000          # characters in a response or an edited text: far above real responses
 MAX_NOTE = 5_000           # characters in a note or a job message
@@ -95,27 +102,81 @@ MIGRATIONS: list[list[str]] = [
         "DROP TABLE IF EXISTS eval_results",
         "DROP SEQUENCE IF EXISTS eval_results_id",
     ],
+    [  # 4: who decided (NULL for decisions stored before names were asked for)
+        "ALTER TABLE decisions ADD COLUMN reviewer VARCHAR",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # the latest decision of each variant, and the status it gives the variant
 _VARIANT_STATUS = """
-    SELECT v.*, d.decision, d.edited_text, d.note, d.decided_at,
+    SELECT v.*, d.decision, d.edited_text, d.note, d.reviewer, d.decided_at,
            CASE WHEN d.decision IS NULL THEN 'pending' WHEN d.decision = 'reject' THEN 'rejected' ELSE 'approved' END AS status
     FROM variants v LEFT JOIN (
         SELECT *, row_number() OVER (PARTITION BY variant_id ORDER BY id DESC) AS latest FROM decisions
     ) d ON d.variant_id = v.id AND d.latest = 1"""
 _VARIANT_LIST_COLUMNS = ("id, job_id, pair_id, direction, prompt, original_chosen, original_rejected, text, r_variant, "
                          "r_trace, r_chosen, r_rejected, margin, perplexity, is_inversion, status, decision, edited_text, "
-                         "note, decided_at")
+                         "note, reviewer, decided_at")
 
 
 class StoreError(ValueError):
-    """A bad request to the store (unknown id, oversized text, invalid value): says what to do instead."""
+    """A bad request to the store (unknown id, oversized text, invalid value), or one it could not carry
+    out (busy, disk full): says what to do instead."""
 
     def __init__(self, message: str, fix: str = ""):
         self.message, self.fix = message, fix
         super().__init__(message + (f" Fix: {fix}" if fix else ""))
+
+
+class StoreCorrupt(StoreError):
+    """The database file is damaged (truncated, overwritten in part): DuckDB cannot read it back."""
+
+    def __init__(self, db: Path, detail: str):
+        self.db, self.detail = Path(db), detail
+        super().__init__(f"the project database {db} is damaged and cannot be read ({detail}).",
+                         fix="restore the newest good backup (python -m reform_engine restore), or set the file aside "
+                             "and start a fresh database; the damaged file is kept either way.")
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    added: int            # pairs new to the store, each an approved imported variant
+    already_present: int  # rows skipped: the same prompt, chosen and rejected is already stored or approved
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    db: Path
+    restored_from: Path
+    kept_aside: Path | None            # where the replaced file is now (None: there was none)
+    skipped: tuple[str, ...] = ()      # newer snapshots that failed to read back, with why
+
+
+_DISK_FULL = ("no space left", "disk full", "file too large", "quota exceeded")
+_DAMAGED = ("corrupt", "checksum", "not a valid duckdb database", "could not read enough bytes", "failed to read",
+            "invalid block", "deserializ")
+
+
+def _store_error(exc: BaseException, db: Path) -> StoreError:
+    """A DuckDB error -> the StoreError that says what happened and what to do."""
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    low = detail.lower()
+    if isinstance(exc, StoreError):
+        return exc
+    if any(s in low for s in _DISK_FULL):
+        return StoreError(f"the disk holding {db} is full, so nothing was stored ({detail}).",
+                          fix="free some disk space, then do it again; everything stored before is intact.")
+    if isinstance(exc, duckdb.SerializationException) or any(s in low for s in _DAMAGED):
+        return StoreCorrupt(db, detail)
+    if "surrogate" in low:
+        return StoreError(f"the text contains a lone surrogate, which cannot be stored ({detail}).",
+                          fix="remove the broken character (an unpaired UTF-16 half) from the text.")
+    if isinstance(exc, duckdb.PermissionException) or "permission denied" in low or "read-only" in low:
+        return StoreError(f"the project database {db} cannot be written ({detail}).",
+                          fix="give this user write access to the file and its folder, or use another project folder.")
+    return StoreError(f"the project database {db} refused the request ({type(exc).__name__}: {detail}).",
+                      fix="try again; if it repeats, back it up (python -m reform_engine backup) and report the message.")
 
 
 def default_store_path() -> Path:
@@ -129,9 +190,20 @@ def _now() -> datetime:
 
 # --------------------------------------------------------------------------- input checks (before any write)
 
+def _encodable(value: str, what: str) -> str:
+    """Refuse text that is not valid Unicode (a lone surrogate, e.g. from JSON's "\\ud800"): DuckDB stores UTF-8 only."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise StoreError(f"{what} contains a lone surrogate ({value[exc.start]!r} at character {exc.start:,}), which is "
+                         "not valid text.", fix=f"remove or replace that character in {what}.") from None
+    return value
+
+
 def _text(value: Any, what: str, limit: int = MAX_TEXT, *, empty: bool = False) -> str:
     if not isinstance(value, str):
         raise StoreError(f"{what} must be text, got {type(value).__name__}.", fix=f"pass {what} as a string.")
+    _encodable(value, what)
     if len(value) > limit:
         raise StoreError(f"{what} is {len(value):,} characters long, over the limit of {limit:,}.",
                          fix=f"shorten it to at most {limit:,} characters.")
@@ -164,7 +236,7 @@ def _json(value: Any, what: str) -> str:
     if len(text) > MAX_JSON:
         raise StoreError(f"{what} is {len(text):,} characters as JSON, over the limit of {MAX_JSON:,}.",
                          fix="store large artefacts as files in the run directory and keep their path here.")
-    return text
+    return _encodable(text, what)
 
 
 def _messages(value: Any, what: str) -> list[dict[str, str]]:
@@ -212,40 +284,21 @@ def _variant_row(rec: Any, job_id: int | None, i: int) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- taking turns on the file
 
-_held = threading.local()
-_thread_turn = threading.Lock()  # used only where flock is missing
+def _turn(lock_path: Path, deadline: float, db: Path):
+    """Exclusive use of the database among all threads and processes using this module, in the order they asked."""
+    return turn(lock_path, deadline, lambda: _busy(db))
 
 
-@contextmanager
-def _turn(lock_path: Path, deadline: float, db: Path) -> Iterator[None]:
-    """Exclusive use of the database among all threads and processes using this module."""
-    if getattr(_held, "busy", False):
-        raise RuntimeError("Store calls must not nest (the outer call holds the database)")
-    if fcntl is None:
-        with _thread_turn:
-            _held.busy = True
-            try:
-                yield
-            finally:
-                _held.busy = False
-        return
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)  # a fresh open file: flock then also separates threads
+_STARTED: set[Path] = set()  # databases snapshotted on their first use in this process
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file: changes when a restore or a fresh start puts another file there."""
     try:
-        delay = 0.001
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise _busy(db) from None
-                time.sleep(delay * random.uniform(0.5, 1.0))  # jitter: waiters do not wake in lockstep
-                delay = min(delay * 2, 0.05)
-        _held.busy = True
-        yield
-    finally:
-        _held.busy = False
-        os.close(fd)  # releases the flock
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _busy(db: Path) -> StoreError:
@@ -278,13 +331,27 @@ class Store:
     through ``st.cache_resource``). Methods return plain dicts, lists or pandas DataFrames (newest job
     first, everything else by id) and raise :class:`StoreError` on bad input, having changed nothing."""
 
-    def __init__(self, path: str | os.PathLike | None = None, *, timeout: float = 60.0):
+    def __init__(self, path: str | os.PathLike | None = None, *, timeout: float = 60.0, backup: BackupConfig | None = None):
         self.path = Path(path or default_store_path()).expanduser().resolve()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
+        self.backup_config = backup or BackupConfig()
+        self.backup_error: StoreError | None = None  # why the last automatic snapshot failed (the change itself was stored)
         self._lock_path = self.path.with_name(self.path.name + ".lock")
-        with self._tx() as con:
-            self._migrate(con)
+        self._migrated: tuple[int, int] | None = None  # (device, inode) of the file last migrated
+        with self._tx(migrate=False) as con:
+            version = self._version(con)
+        if version and self.backup_config.on_start and self.path not in _STARTED:
+            _STARTED.add(self.path)  # once per process: a page run or a CLI call is not a start
+            try:
+                self.backup(reason="start")  # before any migration: the file as the older code left it
+            except StoreCorrupt:
+                _STARTED.discard(self.path)
+                raise
+            except StoreError as exc:
+                self.backup_error = exc
+        with self._tx():
+            pass  # creates or migrates the schema
 
     def _open(self, deadline: float) -> duckdb.DuckDBPyConnection:
         delay = 0.01
@@ -300,27 +367,44 @@ class Store:
                 delay = min(delay * 2, 0.5)
 
     @contextmanager
-    def _tx(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def _tx(self, *, migrate: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One transaction under the turn; any DuckDB error leaves as a StoreError, the transaction rolled back."""
         deadline = time.monotonic() + self.timeout
         with _turn(self._lock_path, deadline, self.path):
-            con = self._open(deadline)
             try:
-                con.execute("BEGIN TRANSACTION")
+                con = self._open(deadline)
+            except duckdb.Error as exc:
+                raise _store_error(exc, self.path) from exc
+            try:
                 try:
+                    con.execute("BEGIN TRANSACTION")
+                    if migrate and self._migrated != _identity(self.path):
+                        self._migrate(con)
                     yield con
-                except BaseException:
+                    con.execute("COMMIT")
+                except BaseException as exc:
                     try:
                         con.execute("ROLLBACK")
                     except duckdb.Error:
                         pass  # the transaction is already gone; the original error is the one to see
+                    if isinstance(exc, duckdb.Error):
+                        raise _store_error(exc, self.path) from exc
                     raise
-                con.execute("COMMIT")
+                if migrate:
+                    self._migrated = _identity(self.path)
             finally:
-                con.close()
+                try:
+                    con.close()
+                except duckdb.Error:
+                    pass  # closing checkpoints; the commit is already in the write-ahead log, replayed on the next open
+
+    @staticmethod
+    def _version(con) -> int:
+        exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'").fetchone()[0]
+        return (con.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0) if exists else 0
 
     def _migrate(self, con) -> None:
-        exists = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_version'").fetchone()[0]
-        version = (con.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0) if exists else 0
+        version = self._version(con)
         if version > SCHEMA_VERSION:
             raise StoreError(f"{self.path} has schema version {version}; this code knows up to {SCHEMA_VERSION}.",
                              fix="update the workbench, or point REFORM_PROJECT_DIR at another project.")
@@ -328,6 +412,63 @@ class Store:
             for sql in MIGRATIONS[v]:
                 con.execute(sql)
             con.execute("INSERT INTO schema_version VALUES (?, ?)", [v + 1, _now()])
+
+    # ----------------------------------------------------------------------- backups
+    def backup(self, to: str | os.PathLike | None = None, *, reason: str = "manual") -> Path:
+        """Snapshot the database -> the snapshot's path. Into the backup folder (then the oldest beyond
+        ``keep`` are deleted), or to ``to``: a new file, or a folder to put it in. The copy is taken
+        under the lock right after a CHECKPOINT and read back in full before it counts; a database
+        that fails that read raises :class:`StoreCorrupt` and leaves no snapshot behind."""
+        dest = backups.snapshot_path(self.path, self.backup_config, reason)
+        if to is not None:
+            to = Path(to).expanduser()
+            dest = to / dest.name if to.is_dir() else to
+            if dest.exists():
+                raise StoreError(f"{dest} already exists.", fix="name a new file, or a folder to put the snapshot in.")
+        tmp = backups.temp_beside(dest)
+        deadline = time.monotonic() + self.timeout
+        try:
+            with _turn(self._lock_path, deadline, self.path):
+                try:
+                    con = self._open(deadline)
+                    try:
+                        con.execute("CHECKPOINT")  # everything committed moves from the log into the file
+                    finally:
+                        con.close()
+                except duckdb.Error as exc:
+                    raise _store_error(exc, self.path) from exc
+                if backups.wal_of(self.path).exists() and backups.wal_of(self.path).stat().st_size:
+                    raise StoreError(f"{self.path} kept a write-ahead log after a checkpoint, so a copy would miss part of it.",
+                                     fix="close other programs that have it open (e.g. a duckdb shell), then back up again.")
+                backups.copy_file(self.path, tmp)
+            try:
+                verify_database(tmp)  # outside the lock: the copy is ours alone
+            except StoreCorrupt as exc:  # a byte copy fails where the database itself would
+                raise StoreCorrupt(self.path, exc.detail.replace(str(tmp), str(self.path))) from None
+            backups.publish(tmp, dest)
+        except OSError as exc:
+            raise StoreError(f"could not write the snapshot {dest} ({exc}).",
+                             fix="free disk space or make the backup folder writable (REFORM_BACKUP_DIR moves it).") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        if to is None:
+            backups.rotate(self.path, self.backup_config)
+        return dest
+
+    def _snapshot_every(self, first_id: int, last_id: int) -> None:
+        """Snapshot when decisions first_id..last_id crossed a multiple of ``every``. A failed snapshot is
+        kept in ``backup_error`` rather than raised: the decisions themselves are stored."""
+        every = self.backup_config.every
+        if every and last_id // every > (first_id - 1) // every:
+            try:
+                self.backup(reason="auto")
+                self.backup_error = None
+            except StoreError as exc:
+                self.backup_error = exc
+
+    def list_backups(self) -> list[Path]:
+        """This database's snapshots in the backup folder, newest first."""
+        return backups.list_backups(self.path, self.backup_config)
 
     @staticmethod
     def _require(con, table: str, row_id: Any, what: str) -> dict[str, Any]:
@@ -406,24 +547,32 @@ class Store:
         return self._insert_variants(rows, job_id)[0]
 
     def _insert_variants(self, rows: list[dict], job_id: int | None, note: str | None = None) -> tuple[list[int], int]:
-        """-> (ids, how many were new); with ``note``, each newly inserted variant also gets an 'approve' decision carrying it."""
+        """-> (ids, how many were new); with ``note``, each newly inserted variant also gets an 'approve'
+        decision carrying it. A row with a ``content`` digest (an import) whose pair an approved variant
+        already adds is skipped (its id is None)."""
         cols = ["key", "job_id", "pair_id", "direction", "prompt", "original_chosen", "original_rejected", "text", "r_variant",
                 "r_trace", "r_chosen", "r_rejected", "margin", "perplexity", "is_inversion", "steps", "trace"]
         sql = f"INSERT INTO variants ({', '.join(cols)}, created_at) VALUES ({', '.join('?' * len(cols))}, ?) RETURNING id"
-        now, ids, new = _now(), [], 0
+        now, ids, new, decided = _now(), [], 0, []
         with self._tx() as con:
             if job_id is not None:
                 self._require(con, "jobs", job_id, "job")
+            approved = {_pair_digest(r["prompt"], *self._pair_of(r)) for r in self._approved_rows(con)} \
+                if any("content" in r for r in rows) else set()
             for row in rows:
                 found = con.execute("SELECT id FROM variants WHERE key = ?", [row["key"]]).fetchone()
-                if found:
-                    ids.append(found[0])
+                if found or row.get("content") in approved:
+                    ids.append(found[0] if found else None)
                     continue
                 ids.append(con.execute(sql, [row[c] for c in cols] + [now]).fetchone()[0])
                 new += 1
+                if "content" in row:
+                    approved.add(row["content"])
                 if note is not None:
-                    con.execute("INSERT INTO decisions (variant_id, decision, edited_text, note, decided_at) "
-                                "VALUES (?, 'approve', NULL, ?, ?)", [ids[-1], note, now])
+                    decided.append(con.execute("INSERT INTO decisions (variant_id, decision, edited_text, note, decided_at) "
+                                               "VALUES (?, 'approve', NULL, ?, ?) RETURNING id", [ids[-1], note, now]).fetchone()[0])
+        if decided:
+            self._snapshot_every(decided[0], decided[-1])
         return ids, new
 
     def list_variants(self, inversions_only: bool = True, decision: str | None = None, job_id: int | None = None):
@@ -442,12 +591,16 @@ class Store:
         with self._tx() as con:
             self._require(con, "variants", variant_id, "variant")
             row = _rows(con.execute(f"SELECT * FROM ({_VARIANT_STATUS}) WHERE id = ?", [variant_id]))[0]
-            row["history"] = _rows(con.execute("SELECT id, decision, edited_text, note, decided_at FROM decisions "
+            row["history"] = _rows(con.execute("SELECT id, decision, edited_text, note, reviewer, decided_at FROM decisions "
                                                "WHERE variant_id = ? ORDER BY id", [variant_id]))
         return _parse(row, "prompt", "steps", "trace")
 
-    def decide(self, variant_id: int, decision: str, edited_text: str | None = None, note: str = "") -> int:
-        """Record a human decision -> its id. The latest decision of a variant counts; older ones stay as history."""
+    def decide(self, variant_id: int, decision: str, edited_text: str | None = None, note: str = "", *,
+               reviewer: str | None = None) -> int:
+        """Record a human decision, and who made it -> its id. The latest decision of a variant counts;
+        older ones stay as history. Every ``backup_config.every``-th decision also snapshots the database."""
+        if reviewer is not None:
+            _text(reviewer, "reviewer", MAX_NAME)
         if decision not in DECISIONS:
             raise StoreError(f"decision={decision!r} is not a decision.", fix=f"use one of {DECISIONS}.")
         if decision == "edit":
@@ -464,63 +617,191 @@ class Store:
                 chosen, rejected = added_pair(v["direction"], v["original_chosen"], v["original_rejected"], edited_text)
                 if chosen == rejected:
                     raise StoreError("the edited text equals the other response of its pair.", fix="edit it so the two differ.")
-            return con.execute("INSERT INTO decisions (variant_id, decision, edited_text, note, decided_at) "
-                               "VALUES (?, ?, ?, ?, ?) RETURNING id", [variant_id, decision, edited_text, note, _now()]).fetchone()[0]
+            decision_id = con.execute("INSERT INTO decisions (variant_id, decision, edited_text, note, reviewer, decided_at) "
+                                      "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                                      [variant_id, decision, edited_text, note, reviewer and reviewer.strip(), _now()]).fetchone()[0]
+        self._snapshot_every(decision_id, decision_id)
+        return decision_id
+
+    def decision_log(self) -> list[dict[str, Any]]:
+        """Every decision ever made, oldest first, with its variant: approvals, rejections, edits (the
+        edited text), notes, reviewer (None before names were recorded) and time (UTC)."""
+        with self._tx() as con:
+            rows = _rows(con.execute(
+                "SELECT d.id AS decision_id, d.decided_at, d.reviewer, d.decision, d.note, d.edited_text, d.variant_id, "
+                "v.job_id, v.pair_id, v.direction, v.is_inversion, v.prompt, v.original_chosen, v.original_rejected, "
+                "v.text AS variant_text, v.r_variant, v.r_chosen, v.r_rejected, v.margin "
+                "FROM decisions d JOIN variants v ON v.id = d.variant_id ORDER BY d.id"))
+        for r in rows:
+            r["prompt"] = json.loads(r["prompt"])
+        return rows
+
+    def export_decisions(self, path: str | os.PathLike) -> int:
+        """Write :meth:`decision_log` to ``.jsonl`` or ``.parquet`` (by suffix), atomically -> rows written."""
+        path = Path(path)
+        rows = [{**r, "decided_at": r["decided_at"].isoformat() + "Z"} for r in self.decision_log()]
+        return _write_rows(path, rows, None)
+
+    @staticmethod
+    def _approved_rows(con) -> list[dict[str, Any]]:
+        return _rows(con.execute(f"SELECT * FROM ({_VARIANT_STATUS}) WHERE status = 'approved' AND is_inversion ORDER BY id"))
+
+    @staticmethod
+    def _pair_of(r: dict[str, Any]) -> tuple[str, str]:
+        """(chosen, rejected) an approved variant row adds, with its edited text if edited."""
+        text = r["edited_text"] if r["decision"] == "edit" else r["text"]
+        return added_pair(r["direction"], r["original_chosen"], r["original_rejected"], text)
 
     def approved_pairs(self) -> list[PreferencePair]:
         """The new pair of every approved inversion (with its edited text, if edited), in variant order."""
         with self._tx() as con:
-            rows = _rows(con.execute(f"SELECT * FROM ({_VARIANT_STATUS}) WHERE status = 'approved' AND is_inversion ORDER BY id"))
-        pairs = []
-        for r in rows:
-            text = r["edited_text"] if r["decision"] == "edit" else r["text"]
-            chosen, rejected = added_pair(r["direction"], r["original_chosen"], r["original_rejected"], text)
-            pairs.append(PreferencePair(f"{r['pair_id']}:{r['direction']}#{r['id']}", tuple(json.loads(r["prompt"])), chosen, rejected))
-        return pairs
+            rows = self._approved_rows(con)
+        return [PreferencePair(f"{r['pair_id']}:{r['direction']}#{r['id']}", tuple(json.loads(r["prompt"])), *self._pair_of(r))
+                for r in rows]
 
     # ----------------------------------------------------------------------- TRL files
     def export_trl(self, path: str | os.PathLike) -> int:
         """Write the approved pairs as TRL rows (prompt messages, chosen, rejected) to ``.jsonl`` or
         ``.parquet`` (by suffix), atomically -> rows written."""
-        path = Path(path)
-        if path.suffix.lower() not in (".jsonl", ".parquet"):
-            raise StoreError(f"{path.name}: unknown export format.", fix="name the file .jsonl or .parquet.")
-        rows = [p.to_trl() for p in self.approved_pairs()]
-        if path.suffix.lower() == ".jsonl":
-            write_jsonl(path, rows)
-            return len(rows)
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
+        path = Path(path)
+        rows = [p.to_trl() for p in self.approved_pairs()]
         message = pa.struct([("role", pa.string()), ("content", pa.string())])
-        schema = pa.schema([("prompt", pa.list_(message)), ("chosen", pa.string()), ("rejected", pa.string())])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return len(rows)
+        return _write_rows(path, rows, pa.schema([("prompt", pa.list_(message)), ("chosen", pa.string()), ("rejected", pa.string())]))
 
-    def import_trl(self, path: str | os.PathLike) -> int:
-        """Read TRL (or HH) preference rows back as approved pairs -> how many were new.
+    def import_trl(self, path: str | os.PathLike) -> ImportResult:
+        """Read TRL (or HH) preference rows back as approved pairs -> how many were added and how many
+        were already present.
 
         Each row becomes a variant of direction "imported" (its chosen response as the variant text,
-        so an edit replaces the chosen side) with an 'approve' decision noting the file; a pair
-        already in the store is skipped, so importing a file twice adds nothing. A bad row refuses the
-        whole file, naming the row."""
+        so an edit replaces the chosen side) with an 'approve' decision noting the file. A row is
+        already present when a pair with the same prompt, chosen and rejected (up to surrounding
+        whitespace) was imported before or is the pair of an approved variant, so exporting the
+        approved pairs and importing them back adds nothing. A bad row refuses the whole file, naming the row."""
         try:
             pairs = load_preferences(path).pairs
         except DataError as exc:
             raise StoreError(str(exc).removesuffix(f" Fix: {exc.fix}"), fix=exc.fix) from exc
         rows = []
-        for p in pairs:
-            prompt = _json(_messages(p.prompt, "prompt"), "prompt")
+        for i, p in enumerate(pairs, start=1):
+            prompt = _json(_messages(p.prompt, f"prompt of pair {i}"), f"prompt of pair {i}")
             digest = hashlib.sha256(json.dumps([prompt, p.chosen, p.rejected]).encode()).hexdigest()[:32]
             rows.append({"key": f"import:{digest}", "job_id": None, "pair_id": _text(p.pair_id, "pair_id", MAX_NAME),
-                         "direction": "imported", "prompt": prompt, "original_chosen": _text(p.chosen, "chosen"),
-                         "original_rejected": _text(p.rejected, "rejected"), "text": p.chosen, "is_inversion": True,
-                         "steps": "[]", "trace": "[]", **{k: None for k in ("r_variant", "r_trace", "r_chosen", "r_rejected",
-                                                                             "margin", "perplexity")}})
-        return self._insert_variants(rows, None, note=f"imported from {Path(path).name}")[1]
+                         "direction": "imported", "prompt": prompt, "original_chosen": _text(p.chosen, f"chosen of pair {i}"),
+                         "original_rejected": _text(p.rejected, f"rejected of pair {i}"), "text": p.chosen, "is_inversion": True,
+                         "steps": "[]", "trace": "[]", "content": _pair_digest(prompt, p.chosen, p.rejected),
+                         **{k: None for k in ("r_variant", "r_trace", "r_chosen", "r_rejected", "margin", "perplexity")}})
+        added = self._insert_variants(rows, None, note=f"imported from {Path(path).name}")[1]
+        return ImportResult(added=added, already_present=len(rows) - added)
+
+
+def _pair_digest(prompt_json: str, chosen: str, rejected: str) -> str:
+    """What makes two preference pairs the same: prompt messages, chosen and rejected, stripped as exported."""
+    return hashlib.sha256(json.dumps([prompt_json, chosen.strip(), rejected.strip()]).encode()).hexdigest()
+
+
+def _write_rows(path: Path, rows: list[dict], schema) -> int:
+    """Rows to ``.jsonl`` or ``.parquet`` (by suffix), written to a temporary file and renamed -> how many."""
+    if path.suffix.lower() not in (".jsonl", ".parquet"):
+        raise StoreError(f"{path.name}: unknown export format.", fix="name the file .jsonl or .parquet.")
+    if path.suffix.lower() == ".jsonl":
+        write_jsonl(path, rows)
+        return len(rows)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(rows)
+
+
+# --------------------------------------------------------------------------- checking, restoring, giving up a file
+
+def verify_database(path: str | os.PathLike) -> dict[str, int]:
+    """Read every row of every table of a DuckDB file (opened read-only), so that any damaged block
+    fails here -> rows per table. Raises :class:`StoreCorrupt` when it cannot be read, StoreError when
+    it is no project database."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{path} is not a file.", fix="give the path of a database file or a snapshot.")
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as exc:
+        if "lock" in str(exc).lower():  # in use by a program outside this module: busy, not damaged
+            raise StoreError(f"{path} is open in another program ({' '.join(str(exc).split())}).",
+                             fix="close it there (e.g. a duckdb shell), then try again.") from exc
+        raise StoreCorrupt(path, " ".join(str(exc).split())) from exc
+    try:
+        tables = [r[0] for r in con.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
+                                            "ORDER BY table_name").fetchall()]
+        if "schema_version" not in tables:
+            raise StoreError(f"{path} is a DuckDB file but no project database (it has no schema_version table).",
+                             fix="pick a snapshot of reform.duckdb.")
+        counts = {}
+        for t in tables:
+            name = '"' + t.replace('"', '""') + '"'  # names read from the file itself, quoted as identifiers
+            counts[t] = con.execute(f"SELECT count(*), max(hash({name})) FROM {name}").fetchone()[0]  # hash(row): every column read
+        return counts
+    except duckdb.Error as exc:
+        raise StoreCorrupt(path, " ".join(str(exc).split())) from exc
+    finally:
+        con.close()
+
+
+def _lock_of(db: Path) -> Path:
+    return db.with_name(db.name + ".lock")
+
+
+def restore_database(db: str | os.PathLike, backup: str | os.PathLike | None = None, *, config: BackupConfig | None = None,
+                     timeout: float = 60.0) -> RestoreResult:
+    """Put a snapshot in place of the database ``db``: ``backup``, or the newest one of the backup folder
+    that reads back in full. The current file (and its write-ahead log) is kept aside first as
+    ``<db>.replaced-<time>``; if it cannot be, nothing is replaced. Stores using ``db`` pick the new
+    file up (and migrate it) on their next call."""
+    db = Path(db).expanduser().resolve()
+    config = config or BackupConfig()
+    candidates = [Path(backup).expanduser()] if backup is not None else backups.list_backups(db, config)
+    if not candidates:
+        raise StoreError(f"there are no snapshots of {db} in {config.folder(db)}.",
+                         fix="give one with --from, or set the damaged file aside and start a fresh database.")
+    skipped = []
+    for cand in candidates:
+        try:
+            verify_database(cand)
+            break
+        except StoreError as exc:
+            if backup is not None:
+                raise StoreError(f"the snapshot {cand} cannot be restored: {exc.message}",
+                                 fix="pick another snapshot (python -m reform_engine restore --list).") from exc
+            skipped.append(f"{cand.name}: {exc.message}")
+    else:
+        raise StoreError(f"none of the {len(candidates)} snapshots of {db} reads back.",
+                         fix="set the damaged file aside and start a fresh database.")
+    tmp = backups.temp_beside(db)
+    try:
+        backups.copy_file(cand, tmp)
+        with _turn(_lock_of(db), time.monotonic() + timeout, db):
+            aside = backups.put_in_place(tmp, db, "replaced")
+    except OSError as exc:
+        raise StoreError(f"could not restore {cand} to {db} ({exc}); the database is as it was.",
+                         fix="free disk space or make the folder writable, then restore again.") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return RestoreResult(db, cand, aside, tuple(skipped))
+
+
+def set_aside(db: str | os.PathLike, *, timeout: float = 60.0) -> Path | None:
+    """Rename the database ``db`` (and its write-ahead log) to ``<db>.broken-<time>`` -> its new path
+    (None when there was no file). The next use of ``db`` starts a fresh, empty database."""
+    db = Path(db).expanduser().resolve()
+    try:
+        with _turn(_lock_of(db), time.monotonic() + timeout, db):
+            return backups.move_aside(db, "broken")
+    except OSError as exc:
+        raise StoreError(f"could not rename {db} aside ({exc}).", fix="make its folder writable, then try again.") from exc

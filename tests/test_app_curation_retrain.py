@@ -45,9 +45,9 @@ def tiny(tmp_path_factory):
 def env(tiny, tmp_path, monkeypatch):
     project = tmp_path / "project"
     for name, value in {"REFORM_POLICY": tiny["policy"], "REFORM_REWARD_MODEL": tiny["rm"], "REFORM_PROJECT_DIR": str(project),
-                        "REFORM_DEVICE": "cpu", "REFORM_DATA": tiny["data"]}.items():
+                        "REFORM_DEVICE": "cpu", "REFORM_DATA": tiny["data"], "REFORM_REVIEWER": "tester"}.items():
         monkeypatch.setenv(name, value)
-    for name in ("REFORM_ROWS", "REFORM_COMPARE_RM"):
+    for name in ("REFORM_ROWS", "REFORM_COMPARE_RM", "REFORM_BACKUP_EVERY", "REFORM_BACKUP_KEEP", "REFORM_BACKUP_DIR"):
         monkeypatch.delenv(name, raising=False)
     return {**tiny, "project": project, "db": project / "reform.duckdb"}
 
@@ -140,7 +140,7 @@ def test_curation_lists_stored_inversions_and_writes_every_decision_to_the_datab
     at.button(key="curation_approve").click()
     at = settle(at)
     assert decisions(env["db"]) == [(low, "approve", None, "fluent, and the RM ranks it below the rude answer")]
-    assert any(f"Approved variant #{low}" in s.value for s in at.success)
+    assert any(f"Approved variant #{low} as tester." in s.value for s in at.success)
     assert at.selectbox(key="curation_variant").value == high  # the next one waiting
 
     # bad edits are refused on the page and write nothing
@@ -340,3 +340,108 @@ def test_two_tabs_deciding_at_once_lose_nothing(env):
     assert any("It had been rejected meanwhile in another tab" in s.value for s in tabs[0].success)
     assert [h["decision"] for h in store.get_variant(second)["history"]] == ["reject", "approve"]
     assert store.get_variant(second)["status"] == "approved"
+
+
+# ------------------------------------------------------------------ who decided, the decision log, a damaged database
+
+def test_curation_asks_for_a_reviewer_name_and_stores_it_with_each_decision(env, monkeypatch):
+    monkeypatch.delenv("REFORM_REVIEWER")
+    store = Store(env["db"])
+    first, second = store.add_variants([variant_record(0, "lower", -1.0, "Ok Ok"), variant_record(1, "raise", 3.0, "Whatever.")])
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/curation.py")
+    assert at.text_input(key="app_reviewer").value == ""
+    assert at.button(key="curation_approve").disabled and at.button(key="curation_reject").disabled
+    assert any("Give your name as **Reviewer** in the sidebar" in w.value for w in at.warning)
+    at.text_input(key="app_reviewer").set_value("Ada")
+    at = settle(at)
+    at.button(key="curation_approve").click()
+    at = settle(at)
+    at.text_input(key="app_reviewer").set_value("Bo")
+    at.button(key="curation_reject").click()
+    at = settle(at)
+    assert [(h["decision"], h["reviewer"]) for v in (first, second) for h in store.get_variant(v)["history"]] == [
+        ("approve", "Ada"), ("reject", "Bo")]
+    assert any(f"Rejected variant #{second} as Bo." in s.value for s in at.success)
+
+    at.radio(key="curation_log_format").set_value("jsonl")
+    at.button(key="curation_log_export").click()
+    at = settle(at)
+    (path,) = (env["project"] / "exports").glob("decisions-*.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["variant_id"], r["decision"], r["reviewer"]) for r in rows] == [(first, "approve", "Ada"), (second, "reject", "Bo")]
+    assert any("2 decision(s) written" in s.value for s in at.success)
+
+
+def test_the_reviewer_name_comes_from_the_environment(env):
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/curation.py")
+    assert at.text_input(key="app_reviewer").value == "tester"
+
+
+def approve_with_snapshots(db: Path, n: int) -> list[int]:
+    """n approved variants in a store snapshotting every 4 decisions."""
+    from reform_engine.backups import BackupConfig
+
+    store = Store(db, backup=BackupConfig(every=4))
+    ids = store.add_variants([variant_record(i % len(ASKS), "lower", -1.0, f"Ok {i}") for i in range(n)])
+    for i in ids:
+        store.decide(i, "approve", reviewer="tester")
+    return ids
+
+
+def cut_in_half(path: Path) -> bytes:
+    data = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(data)
+    return data
+
+
+def garbage_over_blocks(path: Path) -> bytes:
+    """4 KiB of garbage at the start of every storage block after the first (the catalog): it still opens."""
+    data = bytearray(path.read_bytes())
+    for block in range(12_288 + 262_144, len(data), 262_144):
+        data[block:block + 4096] = bytes((i * 7919 + 13) % 256 for i in range(4096))
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+@pytest.mark.parametrize("damage", [cut_in_half, garbage_over_blocks])
+def test_a_damaged_database_shows_the_recovery_page_and_a_restore_brings_the_decisions_back(env, damage):
+    approve_with_snapshots(env["db"], 9)  # snapshots after decisions 4 and 8
+    broken = damage(env["db"])
+    for page in ("pages/curation.py", "pages/home.py", "pages/retrain.py"):
+        at = settle(AppTest.from_file(APP, default_timeout=120), page)  # settle: no exception, sidebar included
+        assert at.title[0].value == "The project database cannot be read"
+        assert any(str(env["db"].resolve()) in md.value and "Nothing has been deleted" in md.value for md in at.markdown)
+        assert any("The project database cannot be read." in c.value for c in at.sidebar.caption)
+        assert len(at.dataframe[0].value) == 2 and any("reform_engine restore --db" in c.value for c in at.code)
+    at.button(key="app_recovery_restore").click()
+    at = settle(at)
+    assert at.title[0].value == "Retrain & evaluate"
+    assert any("Restored the project database from" in s.value and "The damaged file is kept at" in s.value for s in at.success)
+    (kept,) = env["project"].glob("reform.duckdb.replaced-*")
+    assert kept.read_bytes() == broken
+    assert len(Store(env["db"]).list_variants(decision="approved")) == 8  # as of the newest snapshot
+    at = settle(at, "pages/curation.py")
+    assert {m.label: m.value for m in at.metric}["Approved"] == "8"
+
+
+def test_a_fresh_start_keeps_the_damaged_file_aside(env):
+    approve_with_snapshots(env["db"], 3)  # no snapshot yet
+    broken = cut_in_half(env["db"])
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/curation.py")
+    assert any("There are no snapshots of this database" in i.value for i in at.info)
+    at.button(key="app_recovery_fresh").click()
+    at = settle(at)
+    (kept,) = env["project"].glob("reform.duckdb.broken-*")
+    assert kept.read_bytes() == broken
+    assert at.title[0].value == "Curation" and {m.label: m.value for m in at.metric}["Waiting"] == "0"
+    assert any("Started a fresh, empty project database" in s.value for s in at.success)
+
+
+def test_a_count_that_fails_is_a_message_in_the_sidebar_not_a_crash(env):
+    Store(env["db"])
+    con = duckdb.connect(str(env["db"]))
+    con.execute("DROP TABLE decisions")  # every count of the queue now fails, the file itself is sound
+    con.close()
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/curation.py")
+    assert any(c.value.startswith("Curation queue unavailable: the project database") for c in at.sidebar.caption)
+    assert any(e.value.startswith("Project database: the project database") and "CatalogException" in e.value for e in at.error)

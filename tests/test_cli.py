@@ -38,3 +38,41 @@ def test_trust_remote_code_is_off_unless_the_flag_is_given():
     assert parser.parse_args(["--trust-remote-code"]).trust_remote_code is True
     assert parser.parse_args(["--trust-remote-code=false"]).trust_remote_code is False
     assert parser.parse_args(["--skip-invalid", "false"]).skip_invalid is False
+
+
+def test_backup_restore_and_export_decisions_from_the_command_line(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    from reform_engine.backups import BackupConfig
+    from reform_engine.store import Store, verify_database
+
+    monkeypatch.setenv("REFORM_PROJECT_DIR", str(tmp_path))
+    store = Store(tmp_path / "reform.duckdb", backup=BackupConfig(every=0))
+    (vid,) = store.add_variants([{"pair_id": "p", "direction": "lower", "prompt": [{"role": "user", "content": "q"}],
+                                  "original_chosen": "good", "original_rejected": "bad", "text": "fine", "is_inversion": True}])
+    store.decide(vid, "approve", reviewer="ann")
+    assert main(["backup"]) == 0
+    snapshot = Path(capsys.readouterr().out.strip())
+    assert snapshot.parent == tmp_path / "backups" and verify_database(snapshot)["decisions"] == 1
+    assert main(["backup", "--to", str(tmp_path / "copy.duckdb")]) == 0
+    assert verify_database(tmp_path / "copy.duckdb")["decisions"] == 1
+    assert main(["backup", "--to", str(tmp_path / "copy.duckdb")]) == 1
+    assert "copy.duckdb already exists" in capsys.readouterr().err
+    assert main(["backup", "--db", str(tmp_path / "none.duckdb")]) == 1
+    assert "there is no database at" in capsys.readouterr().err
+
+    store.decide(vid, "reject", reviewer="bea")
+    assert main(["restore", "--list"]) == 0
+    assert str(snapshot) in capsys.readouterr().out
+    assert main(["restore"]) == 0
+    out = capsys.readouterr().out
+    kept = Path(out.strip().rsplit("the previous file is kept at ", 1)[1])
+    assert f"from {snapshot}" in out and verify_database(kept)["decisions"] == 2  # the replaced file, with both decisions
+    assert [h["reviewer"] for h in store.get_variant(vid)["history"]] == ["ann"]
+    assert main(["restore", "--from", str(tmp_path / "copy.duckdb.missing")]) == 1
+    assert "is not a file" in capsys.readouterr().err
+
+    assert main(["export-decisions", "--to", str(tmp_path / "log.jsonl")]) == 0
+    assert "1 decision(s) written" in capsys.readouterr().out
+    (row,) = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert (row["decision"], row["reviewer"], row["variant_text"]) == ("approve", "ann", "fine")

@@ -44,7 +44,8 @@ def server(tmp_path_factory, out_dir):
     policy = str(save_tiny_model(root / "policy", seed=1, ascii_only=True))
     rm = build_reward_model(RewardModelSpec(base_model=policy, finetune="full", max_length=256), device="cpu", seed=3)
     env = {"REFORM_POLICY": policy, "REFORM_REWARD_MODEL": str(rm.save(root / "rm")), "REFORM_PROJECT_DIR": str(root / "project"),
-           "REFORM_DEVICE": "cpu", "REFORM_DATA": "", "REFORM_ROWS": "0:40", "REFORM_COMPARE_RM": ""}
+           "REFORM_DEVICE": "cpu", "REFORM_DATA": "", "REFORM_ROWS": "0:40", "REFORM_COMPARE_RM": "",
+           "REFORM_REVIEWER": "e2e"}
     with streamlit_server(env, out_dir / "streamlit.log") as url:
         yield url, env["REFORM_PROJECT_DIR"]
 
@@ -123,7 +124,7 @@ def test_every_page_in_a_real_browser_and_a_short_decoding(chromium, server, out
             page.screenshot(path=out_dir / "4-curation.png", full_page=True)
             approved = Store(Path(project) / "reform.duckdb").list_variants(decision="approved")
             assert len(approved) == 1, approved
-            assert approved.iloc[0]["note"] == "e2e: approved in the browser"
+            assert (approved.iloc[0]["note"], approved.iloc[0]["reviewer"]) == ("e2e: approved in the browser", "e2e")
 
             page.get_by_role("link", name="Retrain & evaluate").click()
             expect(page.get_by_role("heading", name="Retrain & evaluate")).to_be_visible()

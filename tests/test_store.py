@@ -8,7 +8,9 @@ import duckdb
 import pytest
 
 from reform_engine.data import PreferencePair, load_preferences, write_jsonl
-from reform_engine.store import MAX_TEXT, SCHEMA_VERSION, Store, StoreError, default_store_path
+from reform_engine.backups import BackupConfig
+from reform_engine.store import (MAX_TEXT, SCHEMA_VERSION, ImportResult, Store, StoreCorrupt, StoreError, default_store_path,
+                                 restore_database, set_aside, verify_database)
 
 
 def variant_record(i: int, direction: str = "lower", inversion: bool = True, text: str | None = None) -> dict:
@@ -57,18 +59,18 @@ def test_default_path_comes_from_the_project_dir(tmp_path, monkeypatch):
 def test_schema_is_created_once_and_migrated_forward(tmp_path, monkeypatch):
     path = tmp_path / "r.duckdb"
     Store(path)
-    assert schema_version(path) == SCHEMA_VERSION == 3
+    assert schema_version(path) == SCHEMA_VERSION == 4
     Store(path)
-    assert schema_version(path) == 3  # reopening does not re-run migrations
+    assert schema_version(path) == 4  # reopening does not re-run migrations
     import reform_engine.store as store_module
     monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS + [["ALTER TABLE jobs ADD COLUMN priority INTEGER"]])
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 4)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 5)
     migrated = Store(path)
-    assert schema_version(path) == 4
+    assert schema_version(path) == 5
     assert "priority" in migrated.list_jobs().columns
-    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:3])
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 3)
-    with pytest.raises(StoreError, match="schema version 4; this code knows up to 3"):
+    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:4])
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 4)
+    with pytest.raises(StoreError, match="schema version 5; this code knows up to 4"):
         Store(path)
 
 
@@ -110,7 +112,7 @@ def test_a_second_version_database_loses_its_copies_of_results_and_keeps_jobs_va
     con.execute("INSERT INTO decisions (variant_id, decision, note, decided_at) VALUES (1, 'approve', 'ok', now())")
     con.close()
     store = Store(path)
-    assert schema_version(path) == 3
+    assert schema_version(path) == SCHEMA_VERSION
     assert store.list_jobs()[["id", "kind"]].values.tolist() == [[1, "train-rm"]]
     assert store.list_variants()[["pair_id", "status", "note"]].values.tolist() == [["toy:0", "approved", "ok"]]
     con = duckdb.connect(str(path))
@@ -169,8 +171,8 @@ def test_export_and_import_trl_round_trip(store, tmp_path):
     assert rows[1] == {"prompt": [{"role": "user", "content": "question 1"}], "chosen": "good answer 1", "rejected": "worse"}
     assert [p.to_trl() for p in load_preferences(tmp_path / "approved.parquet").pairs] == rows  # train-rm reads it back
     other = Store(tmp_path / "other.duckdb")
-    assert other.import_trl(tmp_path / "approved.parquet") == 2
-    assert other.import_trl(tmp_path / "approved.jsonl") == 0  # the same pairs: nothing new
+    assert other.import_trl(tmp_path / "approved.parquet") == ImportResult(added=2, already_present=0)
+    assert other.import_trl(tmp_path / "approved.jsonl") == ImportResult(added=0, already_present=2)  # nothing new
     assert [p.to_trl() for p in other.approved_pairs()] == rows
     assert other.list_variants()["note"].tolist() == ["imported from approved.parquet"] * 2
     other.decide(1, "edit", edited_text="a better chosen answer")  # an imported pair's variant side is its chosen one
@@ -295,3 +297,241 @@ def test_a_writer_killed_mid_write_leaves_the_store_usable(store, tmp_path):
     assert confirmed <= len(history) <= confirmed + 1
     assert [h["note"] for h in history[:confirmed]] == [f"kill-{i}" for i in range(confirmed)]
     assert reopened.decide(1, "approve") == len(history) + 1
+
+
+# --------------------------------------------------------------------------- decisions are unlosable
+
+def approved_store(path, n: int, every: int = 0, keep: int = 10) -> Store:
+    """A store with n approved inversions (variants 1..n), one decision each, by 'ann'."""
+    store = Store(path, backup=BackupConfig(every=every, keep=keep))
+    for i in store.add_variants([variant_record(i) for i in range(n)]):
+        store.decide(i, "approve", reviewer="ann")
+    return store
+
+
+BLOCK, HEADERS = 262_144, 12_288  # DuckDB's storage blocks, after its three 4 KiB headers
+
+
+def damage(path, how: str) -> bytes:
+    """Cut the file in half, or write 4 KiB of garbage over the start of every storage block in the
+    middle of the file, all but the first (the catalog: the file still opens, as in the issue; a small
+    database fills only the start of its blocks) -> the damaged bytes."""
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        del data[len(data) // 2:]
+    else:
+        for block in range(HEADERS + BLOCK, len(data), BLOCK):
+            data[block:block + 4096] = bytes((i * 7919 + 13) % 256 for i in range(4096))
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def test_an_old_database_keeps_its_decisions_and_records_the_reviewer_from_now_on(tmp_path, monkeypatch):
+    import reform_engine.store as store_module
+
+    path = tmp_path / "old.duckdb"
+    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1])
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 1)
+    Store(path).add_variants([variant_record(0)])
+    con = duckdb.connect(str(path))  # a decision as the code before reviewers wrote it
+    con.execute("INSERT INTO decisions (variant_id, decision, edited_text, note, decided_at) VALUES (1, 'approve', NULL, 'old', now())")
+    con.close()
+    monkeypatch.undo()
+
+    store = Store(path)
+    assert schema_version(path) == SCHEMA_VERSION == 4
+    (snapshot,) = store.list_backups()  # taken before the migration: the file as the older code left it
+    assert "-start" in snapshot.name and verify_database(snapshot)["schema_version"] == 1
+    store.decide(1, "reject", note="new", reviewer="  Bea ")
+    history = store.get_variant(1)["history"]
+    assert [(h["decision"], h["note"], h["reviewer"]) for h in history] == [("approve", "old", None), ("reject", "new", "Bea")]
+    assert store.list_variants(decision="rejected")["reviewer"].tolist() == ["Bea"]
+    with pytest.raises(StoreError, match="reviewer is empty"):
+        store.decide(1, "approve", reviewer=" ")
+
+
+def test_the_full_decision_log_exports_every_decision_with_its_note_reviewer_and_time(store, tmp_path):
+    ids = store.add_variants([variant_record(0), variant_record(1, "raise")])
+    store.decide(ids[0], "reject", note="too odd", reviewer="ann")
+    store.decide(ids[0], "approve", note="fine after all", reviewer="bea")
+    store.decide(ids[1], "edit", edited_text="worse", reviewer="ann")
+    log = store.decision_log()
+    assert [(r["decision_id"], r["variant_id"], r["decision"], r["note"], r["reviewer"], r["edited_text"]) for r in log] == [
+        (1, ids[0], "reject", "too odd", "ann", None), (2, ids[0], "approve", "fine after all", "bea", None),
+        (3, ids[1], "edit", "", "ann", "worse")]
+    assert log[2]["prompt"] == [{"role": "user", "content": "question 1"}] and log[2]["variant_text"] == "variant 1 raise"
+    assert log[0]["decided_at"] <= log[1]["decided_at"] <= log[2]["decided_at"]
+
+    assert store.export_decisions(tmp_path / "log.jsonl") == 3
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["decided_at"] for r in rows] == [r["decided_at"].isoformat() + "Z" for r in log]
+    assert [{k: v for k, v in r.items() if k != "decided_at"} for r in rows] == [
+        {k: v for k, v in r.items() if k != "decided_at"} for r in log]
+    import pyarrow.parquet as pq
+
+    assert store.export_decisions(tmp_path / "log.parquet") == 3
+    assert pq.read_table(tmp_path / "log.parquet").to_pylist() == rows
+
+
+def test_exporting_the_approved_pairs_and_importing_them_back_adds_nothing(tmp_path):
+    store = approved_store(tmp_path / "reform.duckdb", 11)
+    store.decide(1, "edit", edited_text="an edited variant 0")  # the edited pair is the one exported
+    assert store.export_trl(tmp_path / "approved.jsonl") == 11
+    assert store.import_trl(tmp_path / "approved.jsonl") == ImportResult(added=0, already_present=11)
+    assert len(store.approved_pairs()) == 11
+    rows = [json.loads(line) for line in (tmp_path / "approved.jsonl").read_text().splitlines()]
+    write_jsonl(tmp_path / "more.jsonl", rows + [{"prompt": "a new question", "chosen": "a", "rejected": "b"}])
+    assert store.import_trl(tmp_path / "more.jsonl") == ImportResult(added=1, already_present=11)
+    assert store.import_trl(tmp_path / "more.jsonl") == ImportResult(added=0, already_present=12)
+    assert len(store.approved_pairs()) == 12
+
+
+def test_text_with_a_lone_surrogate_is_refused_with_a_message_and_stores_nothing(store, tmp_path):
+    store.add_variants([variant_record(0)])
+    before = table_counts(store.path)
+    bad = "fine \ud800 text"
+    refusals = [
+        (lambda: store.decide(1, "reject", note=bad), "note contains a lone surrogate ('\\ud800' at character 5)"),
+        (lambda: store.decide(1, "edit", edited_text=bad), "edited_text contains a lone surrogate"),
+        (lambda: store.decide(1, "reject", reviewer=bad), "reviewer contains a lone surrogate"),
+        (lambda: store.add_variants([variant_record(1, text=bad)]), "text of variant record 0 contains a lone surrogate"),
+        (lambda: store.add_variants([{**variant_record(1), "prompt": [{"role": "user", "content": bad}]}]),
+         "prompt contains a lone surrogate"),
+        (lambda: store.add_job("train-rm", {"data": bad}), "config contains a lone surrogate"),
+    ]
+    for call, message in refusals:
+        with pytest.raises(StoreError) as info:
+            call()
+        assert message in str(info.value) and info.value.fix.startswith("remove or replace that character"), str(info.value)
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "q", "chosen": "fine", "rejected": "no"}\n'
+                                        '{"prompt": "q", "chosen": "ok \\ud800", "rejected": "no"}\n')
+    assert len(load_preferences(tmp_path / "bad.jsonl").pairs) == 2  # the loader takes it: JSON allows the escape
+    with pytest.raises(StoreError, match="chosen of pair 2 contains a lone surrogate"):
+        store.import_trl(tmp_path / "bad.jsonl")
+    assert table_counts(store.path) == before
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="a full disk is simulated with /dev/full")
+def test_a_full_disk_is_a_store_error_and_everything_stored_before_stays(store):
+    store.add_variants([variant_record(0)])
+    store.decide(1, "approve", note="kept")
+    wal = store.path.with_name(store.path.name + ".wal")
+    wal.symlink_to("/dev/full")  # every write to the write-ahead log fails with "No space left on device"
+    with pytest.raises(StoreError) as info:
+        store.decide(1, "reject", note="lost to the full disk")
+    assert f"the disk holding {store.path} is full, so nothing was stored" in info.value.message
+    assert "No space left on device" in info.value.message and info.value.fix.startswith("free some disk space")
+    wal.unlink()  # space again
+    assert [h["note"] for h in store.get_variant(1)["history"]] == ["kept"]
+    store.decide(1, "reject", note="after freeing space")
+    assert [h["note"] for h in store.get_variant(1)["history"]] == ["kept", "after freeing space"]
+
+
+def test_any_other_duckdb_error_is_a_store_error_with_duckdbs_message(store):
+    con = duckdb.connect(str(store.path))
+    con.execute("DROP TABLE eval_results")  # someone edited the file by hand
+    con.close()
+    with pytest.raises(StoreError) as info:
+        store.list_eval_results()
+    assert "refused the request (CatalogException" in info.value.message and "eval_results does not exist" in info.value.message
+    assert info.value.fix
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage"])
+def test_a_damaged_file_is_store_corrupt_on_every_call_and_is_never_written_over(tmp_path, how):
+    path = tmp_path / "reform.duckdb"
+    store = approved_store(path, 40)
+    damaged = damage(path, how)
+    with pytest.raises(StoreCorrupt) as info:
+        store.decision_log()  # reads every decision, so it reaches the damage
+    assert info.value.db == path and str(path) in info.value.message
+    assert "python -m reform_engine restore" in info.value.fix and "kept" in info.value.fix
+    with pytest.raises(StoreCorrupt):
+        Store(path)  # its first use in a process snapshots it, and the read-back finds the damage
+    with pytest.raises(StoreCorrupt):
+        verify_database(path)
+    with pytest.raises(StoreCorrupt):
+        store.decide(1, "reject", reviewer="ann")
+    assert path.read_bytes() == damaged
+    assert store.list_backups() == []  # a damaged file is never taken for a snapshot
+
+
+def test_snapshots_are_taken_on_start_and_every_n_decisions_and_the_oldest_are_rotated_out(tmp_path):
+    path = tmp_path / "reform.duckdb"
+    config = BackupConfig(every=4, keep=3)
+    store = Store(path, backup=config)  # a new database: nothing to snapshot yet
+    assert store.list_backups() == []
+    ids = store.add_variants([variant_record(i) for i in range(12)])
+    for n, i in enumerate(ids[:10], start=1):
+        store.decide(i, "approve", reviewer="ann")
+        assert len(store.list_backups()) == n // 4
+    Store(path, backup=config)  # the first use of an existing database in this process
+    Store(path, backup=config)  # not the second
+    snapshots = store.list_backups()
+    assert [s.name.rsplit("-", 1)[1] for s in snapshots] == ["start.duckdb", "auto.duckdb", "auto.duckdb"]
+    assert [verify_database(s)["decisions"] for s in snapshots] == [10, 8, 4]
+    store.decide(ids[10], "approve")
+    store.decide(ids[11], "approve")
+    assert [verify_database(s)["decisions"] for s in store.list_backups()] == [12, 10, 8]  # the oldest rotated out
+    assert store.backup_error is None
+
+
+def test_restore_keeps_the_current_file_aside_and_takes_the_newest_snapshot_that_reads_back(tmp_path):
+    path = tmp_path / "reform.duckdb"
+    store = approved_store(path, 10, every=5, keep=5)
+    newest, older = store.list_backups()
+    damage(newest, "truncated")
+    broken = damage(path, "garbage")
+    with pytest.raises(StoreError, match="cannot be restored"):
+        restore_database(path, newest)  # named explicitly: refused, nothing replaced
+    assert path.read_bytes() == broken
+
+    done = restore_database(path, config=store.backup_config)
+    assert done.restored_from == older and len(done.skipped) == 1 and done.skipped[0].startswith(newest.name)
+    assert done.kept_aside.name.startswith("reform.duckdb.replaced-") and done.kept_aside.read_bytes() == broken
+    assert store.list_variants(decision="approved")["id"].tolist() == [1, 2, 3, 4, 5]  # the same Store reads the new file
+    assert store.decide(6, "approve", reviewer="bea") == 6
+    with pytest.raises(StoreError, match="there are no snapshots"):
+        restore_database(tmp_path / "other.duckdb")
+
+
+def test_setting_a_damaged_file_aside_keeps_it_and_the_next_call_starts_a_fresh_database(tmp_path):
+    path = tmp_path / "reform.duckdb"
+    store = approved_store(path, 3)
+    broken = damage(path, "truncated")
+    aside = set_aside(path)
+    assert aside.name.startswith("reform.duckdb.broken-") and aside.read_bytes() == broken
+    assert store.list_variants().empty and schema_version(path) == SCHEMA_VERSION
+    assert set_aside(tmp_path / "nothing.duckdb") is None
+
+
+def _greedy_holder(lock, order: list, queued_behind: threading.Event) -> None:
+    import time
+
+    from reform_engine import store as store_module
+
+    for i in range(40):
+        with store_module._turn(lock, time.monotonic() + 60, lock):
+            order.append("holder")
+            if i == 0:
+                queued_behind.set()
+                queue = lock.with_name(lock.name + ".queue")
+                guard = time.monotonic() + 2  # hang guard only: flock with backoff has no queue to watch
+                while len(list(queue.glob("0*"))) < 2 and time.monotonic() < guard:
+                    time.sleep(0.001)
+            time.sleep(0.002)
+
+
+def test_a_waiter_gets_the_turn_before_a_holder_that_asks_again(tmp_path):
+    import time
+
+    from reform_engine import store as store_module
+
+    lock, order, queued_behind = tmp_path / "db.lock", [], threading.Event()
+    holder = threading.Thread(target=_greedy_holder, args=(lock, order, queued_behind))
+    holder.start()
+    queued_behind.wait()
+    with store_module._turn(lock, time.monotonic() + 60, lock):
+        order.append("waiter")
+    holder.join()
+    assert order[:3] == ["holder", "waiter", "holder"]  # it asked during the first turn, so it has the second
