@@ -429,11 +429,11 @@ def test_a_full_disk_is_a_store_error_and_everything_stored_before_stays(store):
 
 def test_any_other_duckdb_error_is_a_store_error_with_duckdbs_message(store):
     con = duckdb.connect(str(store.path))
-    con.execute("DROP TABLE eval_results")  # someone edited the file by hand
+    con.execute("DROP TABLE jobs")  # someone edited the file by hand
     con.close()
     with pytest.raises(StoreError) as info:
-        store.list_eval_results()
-    assert "refused the request (CatalogException" in info.value.message and "eval_results does not exist" in info.value.message
+        store.list_jobs()
+    assert "refused the request (CatalogException" in info.value.message and "jobs does not exist" in info.value.message
     assert info.value.fix
 
 
