@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .models import ModelError, load_tokenizer, resolve_model_path
-from .runs import atomic_directory
+from .runs import atomic_directory, recover_directory
 from .runtime import resolve_device, resolve_dtype
 
 FINETUNE_MODES = ("lora", "head", "full")
@@ -148,6 +148,7 @@ def load_causal_reward_model(directory: str | Path, *, device: str = "auto", dty
     from transformers import AutoModel
 
     directory = Path(directory)
+    recover_directory(directory)  # a save killed between its two renames left the previous checkpoint as .old
     spec = RewardModelSpec(**json.loads((directory / SPEC_FILE).read_text()))
     source = directory / "backbone" if spec.finetune == "full" else resolve_model_path(spec.base_model)
     backbone = AutoModel.from_pretrained(source, dtype=resolve_dtype(dtype), use_safetensors=True,
@@ -200,6 +201,7 @@ def load_reward_model(name: str, *, device: str = "auto", dtype: str = "float32"
     """A checkpoint directory written by ``save`` -> CausalRewardModel; any other id/path ->
     SequenceClassifierRewardModel (safetensors only)."""
     path = Path(name).expanduser()
+    recover_directory(path)
     if (path / SPEC_FILE).is_file():
         return load_causal_reward_model(path, device=device, dtype=dtype)
     from transformers import AutoModelForSequenceClassification
