@@ -106,14 +106,19 @@ def app_threads(running: int, *, cores: int, limit: int, full: int) -> int:
     return max(1, min(full, cores - running * job_threads(cores, limit)))
 
 
+def running_jobs(store: Store) -> int:
+    """Jobs of ``store`` holding a slot (started, or being started)."""
+    jobs = store.list_jobs()
+    return int(jobs["state"].isin(SLOT_STATES).sum())
+
+
 def cap_app_threads(store: Store, full: int) -> int:
     """Set the torch threads of the calling thread for in-process model work (scoring, decoding,
     traces) from the jobs running now -> that number. Call it in the thread that does the work:
     with OpenMP each thread keeps its own count, so a cap set elsewhere would not reach it."""
     from .runtime import set_cpu_threads
 
-    jobs = store.list_jobs()
-    n = app_threads(int(jobs["state"].isin(SLOT_STATES).sum()), cores=cpu_cores(), limit=max_jobs(), full=full)
+    n = app_threads(running_jobs(store), cores=cpu_cores(), limit=max_jobs(), full=full)
     set_cpu_threads(n)
     return n
 

@@ -1,6 +1,8 @@
 """Curation, Retrain & evaluate, and the store/jobs wiring of Home and Controlled decoding: AppTest in
 process on tiny models, with real background jobs (separate processes) where a page starts one."""
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -339,3 +341,23 @@ def test_two_tabs_deciding_at_once_lose_nothing(env):
     assert any("It had been rejected meanwhile in another tab" in s.value for s in tabs[0].success)
     assert [h["decision"] for h in store.get_variant(second)["history"]] == ["reject", "approve"]
     assert store.get_variant(second)["status"] == "approved"
+
+
+def test_a_queued_job_shows_its_place_in_the_queue_and_can_be_cancelled(env, monkeypatch, tmp_path):
+    monkeypatch.setenv("REFORM_MAX_JOBS", "1")
+    store = Store(env["db"])
+    busy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # the one slot is taken
+    running = store.add_job("robustness", {"reward_model": env["rm"]}, str(tmp_path / "busy"))
+    store.update_job(running, state="running", pid=busy.pid, message="scoring")
+    queued = store.add_job("robustness", {"reward_model": env["rm"]}, str(tmp_path / "next"), state="queued")
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/retrain.py")
+    assert job_progress(at) == [f"⏳ job #{running} robustness: scoring",
+                                f"🕒 job #{queued} robustness: queued, number 1 in the queue; it starts when a slot frees "
+                                "(1 job at a time, REFORM_MAX_JOBS)"]
+    at.button(key=f"retrain_cancel_{queued}").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert store.get_job(queued)["state"] == "cancelled" and store.get_job(running)["state"] == "running"
+    assert job_progress(at) == [f"⏳ job #{running} robustness: scoring"]
+    busy.kill()
+    busy.wait()
