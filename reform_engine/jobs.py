@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .runs import ACTIVE_STATES, RunDir, atomic_write_json, read_json, recover_directory, to_jsonable
+from .runs import ACTIVE_STATES, atomic_write_json, read_json, recover_directory, to_jsonable
 from .store import MAX_NOTE, Store, StoreError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
