@@ -107,9 +107,11 @@ def app_threads(running: int, *, cores: int, limit: int, full: int) -> int:
 
 
 def running_jobs(store: Store) -> int:
-    """Jobs of ``store`` holding a slot (started, or being started)."""
+    """Jobs of ``store`` whose process runs now, or is being started: what competes for the cores. A
+    row still marked running whose process died unseen does not count (no page has looked yet)."""
     jobs = store.list_jobs()
-    return int(jobs["state"].isin(SLOT_STATES).sum())
+    busy = jobs[jobs["state"].isin(SLOT_STATES)].astype(object).where(lambda f: f.notna(), None)
+    return sum(1 for pid, start in zip(busy["pid"], busy["proc_start"]) if pid is None or process_alive(int(pid), start))
 
 
 def cap_app_threads(store: Store, full: int) -> int:

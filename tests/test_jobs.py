@@ -329,8 +329,8 @@ def test_the_app_takes_only_the_cores_the_running_jobs_leave(store, tmp_path, mo
         job_id, proc = hold_the_slot(store, tmp_path)
         seen.append((cap_app_threads(store, full=2), torch.get_num_threads()))
         proc.kill()
-        proc.wait()
-        refresh_job(store, job_id)
+        proc.wait()  # the job died and no page has looked yet: its row still says running
+        assert store.get_job(job_id)["state"] == "running"
         seen.append((cap_app_threads(store, full=2), torch.get_num_threads()))
         torch.set_num_threads(before)
 
