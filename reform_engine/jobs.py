@@ -89,7 +89,8 @@ def max_jobs(env: dict | None = None) -> int:
     if not raw:
         return max(1, cpu_cores() // CORES_PER_JOB)
     if not raw.isdigit() or int(raw) < 1:
-        raise StoreError(f"{MAX_JOBS_ENV}={raw!r} is not a whole number >= 1.", fix=f"unset it (one job per {CORES_PER_JOB} cores) or set e.g. 1.")
+        raise StoreError(f"{MAX_JOBS_ENV}={raw!r} is not a whole number >= 1.",
+                         fix=f"unset it (one job per {CORES_PER_JOB} cores) or set e.g. 1.")
     return int(raw)
 
 

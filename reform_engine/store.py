@@ -410,8 +410,9 @@ class Store:
         now = _now()
         with self._tx() as con:
             self._require(con, "jobs", job_id, "job")
-            return con.execute("UPDATE jobs SET state = 'cancelled', message = 'cancelled while queued', updated_at = ?, "
-                               "finished_at = ? WHERE id = ? AND state = 'queued' RETURNING id", [now, now, job_id]).fetchone() is not None
+            cancelled = con.execute("UPDATE jobs SET state = 'cancelled', message = 'cancelled while queued', updated_at = ?, "
+                                    "finished_at = ? WHERE id = ? AND state = 'queued' RETURNING id", [now, now, job_id]).fetchone()
+            return cancelled is not None
 
     def update_job(self, job_id: int, **fields: Any) -> dict[str, Any]:
         """Set any of JOB_FIELDS; ``updated_at`` follows, ``started_at`` / ``finished_at`` are filled in
