@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -179,6 +180,7 @@ def main() -> None:
         watch.stop()
         cancel_job(store, job_id, grace=5.0)
         refresh_job(store, job_id)
+        shutil.rmtree(work, ignore_errors=True)
     train_rate = (train_before + train_after) / 2
     for m in modes.values():
         m["throughput_vs_sequential"] = round(m["score_pairs_per_s"] / score_alone + m["train_steps_per_s"] / train_rate, 3)
