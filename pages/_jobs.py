@@ -1,6 +1,7 @@
 """Drawing helpers for background jobs (separate processes, reform_engine/jobs.py): a live panel of
-the running ones that polls ``refresh_job`` every couple of seconds, and the run history with each
-job's config and log tail. No engine logic here."""
+the running and queued ones that polls ``refresh_job`` every couple of seconds (which also starts a
+queued job when a slot frees), and the run history with each job's config and log tail. No engine
+logic here."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -8,11 +9,11 @@ from collections.abc import Sequence
 import streamlit as st
 
 from pages._shared import md_code, md_escape, project_store, show_error
-from reform_engine.jobs import ACTIVE, cancel_job, refresh_job, rerun_job
+from reform_engine.jobs import ACTIVE, cancel_job, max_jobs, queue_position, refresh_job, rerun_job
 from reform_engine.reports import history_frame, log_tail, stage_status
 
 POLL_SECONDS = 2.0
-STATE_ICON = {"pending": "⏳", "running": "⏳", "succeeded": "✅", "failed": "❌", "cancelled": "⏹️"}
+STATE_ICON = {"queued": "🕒", "pending": "⏳", "running": "⏳", "succeeded": "✅", "failed": "❌", "cancelled": "⏹️"}
 
 
 def _active(store, kinds: Sequence[str] | None, job_ids: Sequence[int] | None) -> list[dict]:
@@ -27,9 +28,9 @@ def _active(store, kinds: Sequence[str] | None, job_ids: Sequence[int] | None) -
 
 
 def live_jobs(key: str, kinds: Sequence[str] | None = None, job_ids: Sequence[int] | None = None) -> list[dict]:
-    """Draw the running jobs of ``kinds`` (progress, stages, log, cancel); while any runs the panel
-    re-draws itself every POLL_SECONDS, and when one ends the whole page runs again so its results
-    show. -> the jobs that were running at this page run."""
+    """Draw the running and queued jobs of ``kinds`` (progress or place in the queue, stages, log,
+    cancel); while any is active the panel re-draws itself every POLL_SECONDS, and when one ends the
+    whole page runs again so its results show. -> the jobs that were active at this page run."""
     store = project_store()
     running = [j for j in _active(store, kinds, job_ids) if j["state"] in ACTIVE]
     st.session_state[f"{key}_watching"] = [j["id"] for j in running]
@@ -48,8 +49,22 @@ def _panel(key: str, kinds, job_ids) -> None:
         draw_job(job, key)
 
 
+def queued_text(job: dict, position: int | None, slots: int) -> str:
+    """The line a queued job shows instead of progress."""
+    place = f"number {position} in the queue" if position else "about to start"
+    return (f"🕒 job #{job['id']} {job['kind']}: queued, {place}; it starts when a slot frees "
+            f"({slots} job{'s' if slots != 1 else ''} at a time, REFORM_MAX_JOBS)")
+
+
 def draw_job(job: dict, key: str) -> None:
-    """One running job: its progress bar, its stages (pipeline, retrain), its log and a cancel button."""
+    """One running or queued job: its progress bar (or place in the queue), its stages (pipeline,
+    retrain), its log and a cancel button."""
+    if job["state"] == "queued":
+        st.progress(0.0, text=queued_text(job, queue_position(project_store(), int(job["id"])), max_jobs()))
+        if st.button("Cancel", key=f"{key}_cancel_{job['id']}"):
+            cancel_job(project_store(), int(job["id"]), grace=5.0)
+            st.rerun()
+        return
     share = float(job["progress"] or 0.0)
     steps = f" · step {job['step']}/{job['total']}" if job.get("total") else ""
     st.progress(min(1.0, max(0.0, share)), text=f"⏳ job #{job['id']} {job['kind']}{steps}: {md_escape(job['message'])}")

@@ -13,6 +13,11 @@ Settings start from environment variables, so a test or a deployment can point t
     REFORM_SCORE_MAX_LENGTH   tokens per prompt + response when scoring data (default: 1024; longer pairs are skipped)
     REFORM_REVIEWER        the reviewer name decisions are stored with (default: asked in the sidebar)
     REFORM_BACKUP_EVERY, REFORM_BACKUP_KEEP, REFORM_BACKUP_DIR   snapshots of the project database (backups.BackupConfig)
+    REFORM_MAX_JOBS        background jobs running at once; the others wait, queued (default: one per 4 cores)
+
+While background jobs run, the app's own model work (scoring, decoding, traces) keeps to
+the cores they leave (``share_cpu``): two torch processes on the same cores slow each other down
+many times over.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import math
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -81,10 +87,12 @@ def update_settings(**changes: Any) -> Settings:
 def rm_exists(path: str) -> bool:
     """A local REFORM checkpoint, or anything that is not a local path (a hub id is tried when loaded)."""
     from reform_engine.reward_model import SPEC_FILE
+    from reform_engine.runs import recover_directory
 
     if not path:
         return False
     p = Path(path).expanduser()
+    recover_directory(p)  # a save killed between its two renames left the checkpoint as .old
     if p.exists():
         return (p / SPEC_FILE).is_file() or (p / "config.json").is_file()
     return not path.startswith((".", "/", "~")) and path.count("/") <= 1  # "org/name": a hub id
@@ -96,6 +104,40 @@ def _stamp(path: str) -> int:
         return os.stat(Path(path).expanduser()).st_mtime_ns
     except OSError:
         return 0
+
+
+# --------------------------------------------------------------------------- sharing the CPU with background jobs
+
+CPU_CHECK_SECONDS = 2.0      # how stale the count of running jobs may be when the app caps its threads
+_KNOWN_STORES: dict[str, Any] = {}   # every project database this server has opened: their jobs share our cores
+_cpu_lock = threading.Lock()
+_cpu = {"checked_at": -math.inf, "running": 0, "full": 0}
+
+
+def share_cpu() -> int:
+    """Call in the thread about to run model work (torch keeps a thread count per thread): its torch
+    threads become what the running jobs leave (jobs.app_threads: 1 on 2 cores while one runs), and
+    the app's own default again when none runs -> that number. Safe from any thread; the store is
+    read at most every CPU_CHECK_SECONDS."""
+    import torch
+    from reform_engine.jobs import app_threads, cpu_cores, max_jobs, running_jobs
+    from reform_engine.runtime import set_cpu_threads
+
+    with _cpu_lock:
+        if not _cpu["full"]:
+            _cpu["full"] = torch.get_num_threads()  # before any cap: the app's own default
+        if time.monotonic() - _cpu["checked_at"] > CPU_CHECK_SECONDS:
+            try:
+                _cpu["running"] = sum(running_jobs(store) for store in list(_KNOWN_STORES.values()))
+            except Exception:  # noqa: BLE001 - a busy or broken database must not stop the model work; keep the last count
+                pass
+            _cpu["checked_at"] = time.monotonic()
+        try:
+            n = app_threads(_cpu["running"], cores=cpu_cores(), limit=max_jobs(), full=_cpu["full"])
+        except ValueError:  # a bad REFORM_MAX_JOBS: the job pages say so; here, assume one slot
+            n = app_threads(_cpu["running"], cores=cpu_cores(), limit=1, full=_cpu["full"])
+    set_cpu_threads(n)
+    return n
 
 
 # --------------------------------------------------------------------------- background loading (cached per process)
@@ -179,8 +221,13 @@ def _scoring_task(rm_path: str, rm_stamp: int, device: str, trust_remote_code: b
                 raise t.error
         pairs = data_task.result[1]
         report(0, 2 * len(pairs), f"scoring {len(pairs)} pairs")
-        scores = score_pairs(rm_task.result, pairs, max_length=max_length, skip_too_long=True,
-                             on_progress=lambda done, total: report(done, total, f"{done}/{total} responses scored"))
+
+        def progress(done: int, total: int) -> None:
+            share_cpu()  # a job may have started (or ended) since the last batch
+            report(done, total, f"{done}/{total} responses scored")
+
+        share_cpu()
+        scores = score_pairs(rm_task.result, pairs, max_length=max_length, skip_too_long=True, on_progress=progress)
         if len(scores.skipped) == len(pairs):
             raise DataError(f"none of the {len(pairs)} pairs fits the scoring limit of {max_length} tokens.", source=source,
                             fix="raise the scoring limit under Home > Models.")
@@ -309,6 +356,7 @@ def require_decoder():
     """The controlled decoder on the current policy and RM (both loaded first)."""
     require_policy()
     require_rm()
+    share_cpu()  # the page decodes in this thread
     return _decoder(settings().policy, *_rm_args())
 
 
@@ -317,6 +365,7 @@ def _trace(rm_path: str, rm_stamp: int, device: str, trust_remote_code: bool, ma
            response: str) -> dict:
     from reform_engine.scoring import reward_trace
 
+    share_cpu()
     t = reward_trace(_rm_task(rm_path, rm_stamp, device, trust_remote_code).result, prompt, response, max_length=max_length)
     return {"pieces": t.pieces, "rewards": t.rewards, "prompt_truncated": t.prompt_truncated, "slow_path": t.slow_path}
 
@@ -332,6 +381,7 @@ def _pair_rewards(rm_path: str, rm_stamp: int, device: str, trust_remote_code: b
                   chosen: str, rejected: str) -> tuple[float, float]:
     from reform_engine.scoring import score_pairs
 
+    share_cpu()
     scores = score_pairs(_rm_task(rm_path, rm_stamp, device, trust_remote_code).result,
                          [PreferencePair("single", prompt, chosen, rejected)], max_length=max_length)
     return float(scores.r_chosen[0]), float(scores.r_rejected[0])
@@ -366,7 +416,9 @@ def project_store(stop: bool = True):
 
     path = project_db_path()
     try:
-        return _store(str(path))
+        store = _store(str(path))
+        _KNOWN_STORES.setdefault(str(path), store)
+        return store
     except StoreCorrupt:
         raise
     except (ValueError, OSError, duckdb.Error) as exc:

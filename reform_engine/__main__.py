@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     trace.add_argument("--trust-remote-code", action="store_true",
                        help="let Python code shipped with the model run (auto_map); only for models you trust")
     _add_store_commands(sub)
+    sub.add_parser("queue", help="look at the project's jobs (REFORM_PROJECT_DIR) and start queued ones that have a free slot")
     jobs = _jobs()
     for name, (cls, _, help_text) in jobs.items():
         p = sub.add_parser(name, help=help_text)
@@ -132,13 +133,28 @@ def main(argv: list[str] | None = None) -> int:
         t = reward_trace(rm, [{"role": "user", "content": args.prompt}], args.response)
         for piece, r in zip(t.pieces, t.rewards):
             print(f"{r:+.4f}\t{piece!r}")
+    elif args.command == "queue":
+        from .jobs import ACTIVE, launch_queued, queue_position
+        from .store import Store
+        store = Store()
+        launch_queued(store)
+        jobs = store.list_jobs()
+        for job in jobs[jobs["state"].isin(ACTIVE)].sort_values("id").to_dict("records"):
+            place = f" (position {queue_position(store, job['id'])})" if job["state"] == "queued" else ""
+            print(f"#{job['id']}\t{job['kind']}\t{job['state']}{place}\t{job['message']}")
     else:
         cls, fn, _ = jobs[args.command]
         try:
             config = config_from_args(cls, args)
         except ValueError as exc:
             parser.error(str(exc))
-        result = fn(config, args.run_dir)
+        from .jobs import hand_off
+        try:
+            result = fn(config, args.run_dir)
+        except BaseException as exc:
+            hand_off(exc)  # a job started from the queue passes its slot on as it ends
+            raise
+        hand_off()
         print(json.dumps({k: v for k, v in to_jsonable(result).items() if k not in ("loss_curve", "models")}, indent=2))
     return 0
 

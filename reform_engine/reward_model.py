@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .models import ModelError, load_tokenizer, refuse_remote_code, remote_code_requests, resolve_model_path
-from .runs import atomic_directory
+from .runs import atomic_directory, recover_directory
 from .runtime import resolve_device, resolve_dtype
 
 FINETUNE_MODES = ("lora", "head", "full")
@@ -168,6 +168,7 @@ def load_causal_reward_model(directory: str | Path, *, device: str = "auto", dty
     from transformers import AutoModel
 
     directory = Path(directory)
+    recover_directory(directory)  # a save killed between its two renames left the previous checkpoint as .old
     spec = read_spec(directory)
     base = resolve_model_path(spec.base_model)
     source = directory / "backbone" if spec.finetune == "full" else base
@@ -225,6 +226,7 @@ def load_reward_model(name: str, *, device: str = "auto", dtype: str = "float32"
     """A checkpoint directory written by ``save`` -> CausalRewardModel; any other id/path ->
     SequenceClassifierRewardModel (safetensors only). ``trust_remote_code`` comes from the caller only."""
     path = Path(name).expanduser()
+    recover_directory(path)
     if (path / SPEC_FILE).is_file():
         return load_causal_reward_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     from transformers import AutoModelForSequenceClassification

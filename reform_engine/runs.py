@@ -11,16 +11,24 @@ Layout of ``run_dir``::
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Iterator
 
-STATES = ("pending", "running", "succeeded", "failed", "cancelled")
+try:
+    import fcntl
+except ImportError:  # not POSIX: swaps in one directory are not serialised between processes
+    fcntl = None
+
+STATES = ("queued", "pending", "running", "succeeded", "failed", "cancelled")
+ACTIVE_STATES = ("queued", "pending", "running")   # a job in one of these still owns its run directory
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -62,6 +70,22 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=True))
 
 
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
+def overwrite_in_place(path: str | os.PathLike, data: bytes) -> None:
+    """Rewrite an existing small file over its own blocks, padded with spaces to its old size (JSON
+    ignores them): the last resort when a full disk refuses the temp file of an atomic write, since
+    no new block is needed. Not atomic; a reader may catch it half-written once."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        data += b" " * max(0, os.fstat(fd).st_size - len(data))
+        os.pwrite(fd, data, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:
     try:
         with open(path, encoding="utf-8") as fh:
@@ -70,30 +94,99 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
         return default
 
 
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and directory under ``root`` (files first), so a rename of ``root`` never
+    publishes names whose data is still only in the page cache."""
+    for dirpath, _, files in os.walk(root, topdown=False):
+        for name in files:
+            _fsync_path(Path(dirpath) / name)
+        _fsync_path(Path(dirpath))
+
+
+@contextmanager
+def _swap_lock(parent: Path) -> Iterator[None]:
+    """Serialise swaps and recoveries in one directory across processes (a reader recovering
+    ``.old`` must not undo a writer's swap half-way): flock on the directory itself, no lock file."""
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _old_name(final: Path) -> Path:
+    return final.parent / f".{final.name}.old"
+
+
+def _recover(final: Path) -> bool:
+    old = _old_name(final)
+    if not old.exists():
+        return False
+    if final.exists():  # the swap finished; only the clean-up was cut short
+        shutil.rmtree(old, ignore_errors=True)
+        return False
+    os.replace(old, final)  # cut between the two renames: the previous version is the latest complete one
+    _fsync_path(final.parent)
+    return True
+
+
+def recover_directory(final: str | os.PathLike) -> bool:
+    """Finish a swap of :func:`atomic_directory` that a kill cut short -> whether ``final`` was restored.
+
+    Only ``.<name>.old`` present means the process died between its two renames: that is the
+    previous complete version, so it goes back to ``final``. Both present means the swap finished and
+    ``.old`` is litter. Harmless when there is nothing to do (a stat); a directory this process may
+    not write is left as it is."""
+    final = Path(final)
+    if not _old_name(final).exists():
+        return False
+    try:
+        with _swap_lock(final.parent):
+            return _recover(final)
+    except OSError:
+        return False
+
+
 @contextmanager
 def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a fresh temp directory beside ``final``; on success swap it into place by rename.
+    """Yield a fresh temp directory beside ``final``; on success fsync it and swap it into place by rename.
 
     A process killed inside the block leaves ``final`` as it was (the previous checkpoint) plus a
-    ``.tmp`` directory that the next save removes.
+    ``.tmp`` directory that the next save removes. Killed between the swap's two renames, it leaves
+    only ``.<name>.old``: :func:`recover_directory` (run by the next save and by loaders) puts it back.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(final)
     for stale in final.parent.glob(f".{final.name}.*.tmp"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         yield tmp
+        _fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = final.parent / f".{final.name}.old"
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    old = _old_name(final)
+    with _swap_lock(final.parent):
+        _recover(final)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync_path(final.parent)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class RunDir:
@@ -124,7 +217,12 @@ class RunDir:
         self._status.update(to_jsonable(fields))
         self._status["pid"] = os.getpid()
         self._status["updated_at"] = time.time()
-        atomic_write_json(self.status_path, self._status)
+        try:
+            atomic_write_json(self.status_path, self._status)
+        except OSError as exc:
+            if exc.errno not in FULL_DISK or not self.status_path.is_file():
+                raise
+            overwrite_in_place(self.status_path, json.dumps(to_jsonable(self._status), sort_keys=True).encode("utf-8"))
         return dict(self._status)
 
     def progress(self, step: int, total: int, **fields: Any) -> None:
@@ -147,6 +245,19 @@ def job_run(run_dir: str | os.PathLike, config: Any, message: str = "starting") 
     try:
         yield run
     except BaseException as exc:
-        run.set_status("failed", message=f"{type(exc).__name__}: {exc}")
-        run.log(f"failed: {type(exc).__name__}: {exc}")
+        _record_failure(run, exc)
         raise
+
+
+def _record_failure(run: RunDir, exc: BaseException) -> None:
+    """Say in status and log why the job failed. A write that fails too (the disk that made the job
+    fail is still full) must not hide the job's own error, which the caller re-raises; the job's
+    process then tells the store itself (jobs.hand_off)."""
+    message = f"{type(exc).__name__}: {exc}"
+    try:
+        run.set_status("failed", message=message)
+    except OSError as write_error:
+        with suppress(OSError):
+            print(f"status.json not updated ({write_error}); the job failed with {message}", file=sys.stderr, flush=True)
+    with suppress(OSError):
+        run.log(f"failed: {message}")

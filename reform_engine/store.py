@@ -21,7 +21,8 @@ damaged database is found then and never rotates a good snapshot out. :func:`res
 
 Job processes do not write here: they write their run directory (see runs.py) and
 ``jobs.refresh_job``, called by the app, copies progress and the variants a job decoded in. Checkpoints
-and evaluation results are not copied here: they live in their run directories, which ``reports.py`` reads.
+and evaluation results are not copied here: they live in their run directories, which ``reports.py`` reads. A job process only comes here as it ends, to hand its
+slot on (``jobs.hand_off``).
 
 Schema. ``schema_version`` holds the version; ``MIGRATIONS[i]`` takes a database from version i to
 i + 1, each in one transaction, on first use of a ``Store`` (and again when the file is replaced, as
@@ -479,15 +480,50 @@ class Store:
         return rows[0]
 
     # ----------------------------------------------------------------------- jobs
-    def add_job(self, kind: str, config: dict, run_dir: str | None = None) -> int:
+    def add_job(self, kind: str, config: dict, run_dir: str | None = None, state: str = "pending") -> int:
+        """Record a job -> its id. ``state``: 'pending' (about to start) or 'queued' (waiting for a
+        slot, see claim_queued_job). A ``run_dir`` that an unfinished job owns is refused in the same
+        transaction as the insert, so two racing starts never share a directory."""
         if not isinstance(kind, str) or not re.fullmatch(r"[a-z][a-z0-9-]{0,63}", kind):
             raise StoreError(f"kind={kind!r} is not a job name.", fix="use a CLI command name such as 'train-rm'.")
         if not isinstance(config, dict):
             raise StoreError(f"config is a {type(config).__name__}.", fix="pass the job config as a dict (dataclasses.asdict).")
-        params = [kind, _json(config, "config"), None if run_dir is None else _text(str(run_dir), "run_dir", MAX_NAME), _now()]
+        if state not in ("pending", "queued"):
+            raise StoreError(f"a job cannot start as {state!r}.", fix="add it as 'pending' or 'queued'.")
+        params = [kind, _json(config, "config"), state, None if run_dir is None else _text(str(run_dir), "run_dir", MAX_NAME), _now()]
         with self._tx() as con:
+            if run_dir is not None:
+                owner = con.execute("SELECT id FROM jobs WHERE run_dir = ? AND state IN ('queued', 'pending', 'running') "
+                                    "ORDER BY id LIMIT 1", [params[3]]).fetchone()
+                if owner:
+                    raise StoreError(f"job {owner[0]} is still using {run_dir}.", fix="wait for it, cancel it, or pick another run_dir.")
             return con.execute("INSERT INTO jobs (kind, config, state, run_dir, created_at, updated_at) "
-                               "VALUES (?, ?, 'pending', ?, ?, ?) RETURNING id", params + [params[-1]]).fetchone()[0]
+                               "VALUES (?, ?, ?, ?, ?, ?) RETURNING id", params + [params[-1]]).fetchone()[0]
+
+    def claim_queued_job(self, limit: int) -> dict[str, Any] | None:
+        """The oldest queued job, turned 'pending' in the same transaction that finds fewer than
+        ``limit`` jobs pending or running -> that job (the caller starts it), or None when no slot is
+        free or nothing waits. Schedulers in several processes never fill one slot twice."""
+        _int(limit, "limit", minimum=1)
+        with self._tx() as con:
+            busy = con.execute("SELECT count(*) FROM jobs WHERE state IN ('pending', 'running')").fetchone()[0]
+            nxt = None if busy >= limit else con.execute(
+                "SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1").fetchone()
+            if nxt is None:
+                return None
+            con.execute("UPDATE jobs SET state = 'pending', updated_at = ? WHERE id = ?", [_now(), nxt[0]])
+            return _parse(self._require(con, "jobs", nxt[0], "job"), "config")
+
+    def cancel_queued_job(self, job_id: int) -> bool:
+        """Take a job out of the queue (state cancelled) if it is still queued -> whether it was; a
+        scheduler that claimed it first wins, and the caller then stops it as a started job."""
+        _int(job_id, "job id", minimum=1)
+        now = _now()
+        with self._tx() as con:
+            self._require(con, "jobs", job_id, "job")
+            cancelled = con.execute("UPDATE jobs SET state = 'cancelled', message = 'cancelled while queued', updated_at = ?, "
+                                    "finished_at = ? WHERE id = ? AND state = 'queued' RETURNING id", [now, now, job_id]).fetchone()
+            return cancelled is not None
 
     def update_job(self, job_id: int, **fields: Any) -> dict[str, Any]:
         """Set any of JOB_FIELDS; ``updated_at`` follows, ``started_at`` / ``finished_at`` are filled in

@@ -1,6 +1,8 @@
 """Curation, Retrain & evaluate, and the store/jobs wiring of Home and Controlled decoding: AppTest in
 process on tiny models, with real background jobs (separate processes) where a page starts one."""
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -445,3 +447,23 @@ def test_a_count_that_fails_is_a_message_in_the_sidebar_not_a_crash(env):
     at = settle(AppTest.from_file(APP, default_timeout=120), "pages/curation.py")
     assert any(c.value.startswith("Curation queue unavailable: the project database") for c in at.sidebar.caption)
     assert any(e.value.startswith("Project database: the project database") and "CatalogException" in e.value for e in at.error)
+
+
+def test_a_queued_job_shows_its_place_in_the_queue_and_can_be_cancelled(env, monkeypatch, tmp_path):
+    monkeypatch.setenv("REFORM_MAX_JOBS", "1")
+    store = Store(env["db"])
+    busy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # the one slot is taken
+    running = store.add_job("robustness", {"reward_model": env["rm"]}, str(tmp_path / "busy"))
+    store.update_job(running, state="running", pid=busy.pid, message="scoring")
+    queued = store.add_job("robustness", {"reward_model": env["rm"]}, str(tmp_path / "next"), state="queued")
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/retrain.py")
+    assert job_progress(at) == [f"⏳ job #{running} robustness: scoring",
+                                f"🕒 job #{queued} robustness: queued, number 1 in the queue; it starts when a slot frees "
+                                "(1 job at a time, REFORM_MAX_JOBS)"]
+    at.button(key=f"retrain_cancel_{queued}").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert store.get_job(queued)["state"] == "cancelled" and store.get_job(running)["state"] == "running"
+    assert job_progress(at) == [f"⏳ job #{running} robustness: scoring"]
+    busy.kill()
+    busy.wait()

@@ -1,20 +1,25 @@
 import argparse
 import dataclasses
+import errno
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
+import torch
 
 from reform_engine.__main__ import add_config_args, config_from_args
 from reform_engine.data import write_jsonl
-from reform_engine.jobs import (cancel_job, command_line, ingest_results, job_kinds, process_alive, refresh_job,
-                                rerun_job, start_job, stop_process_group)
+from reform_engine.jobs import (app_threads, cancel_job, cap_app_threads, command_line, cpu_cores, ingest_results, job_kinds,
+                                max_jobs, process_alive, queue_position, refresh_job, rerun_job, start_job,
+                                stop_process_group)
 from reform_engine.reward_model import load_reward_model
-from reform_engine.runs import RunDir, read_json
+from reform_engine.runs import RunDir, read_json, to_jsonable
 from reform_engine.scoring import score_pairs
 from reform_engine.store import Store, StoreError
 
@@ -203,3 +208,195 @@ def test_ingest_reads_every_finished_stage_of_a_pipeline_once(store, tmp_path):
     assert (stored["pair_id"], stored["text"], stored["trace"], stored["steps"][0]["candidate_pieces"]) == ("demo:3", "Hi", [0.5], ["Hi", "Yo"])
     assert store.get_variant(2)["is_inversion"] is False
     assert store.get_job(job_id)["ingested"] is True
+
+
+def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def hold_the_slot(store, tmp_path, name="busy") -> tuple[int, subprocess.Popen]:
+    """A job the store sees running (a sleeping process), so that with one slot every start queues."""
+    proc = sleeper()
+    job_id = store.add_job("eval-rm", {}, str(tmp_path / name))
+    store.update_job(job_id, state="running", pid=proc.pid, proc_start=proc_start(proc.pid))
+    return job_id, proc
+
+
+def _race_start(store_path, run_dir, config, gate, results) -> None:
+    store = Store(store_path)
+    gate.wait()
+    try:
+        results.put(start_job(store, "train-rm", config, run_dir))
+    except StoreError as exc:
+        results.put(str(exc))
+
+
+def test_racing_starts_on_one_run_dir_make_exactly_one_job(store, tmp_path, tiny_model_dir, toy_file, monkeypatch):
+    monkeypatch.setenv("REFORM_MAX_JOBS", "1")
+    _, busy = hold_the_slot(store, tmp_path)  # the winner only queues: no training runs in this test
+    run_dir = tmp_path / "project" / "runs" / "base-rm"
+    config = train_config(tiny_model_dir, toy_file, max_steps=1)
+    job_kinds()  # imported once here, not in each forked racer
+    fork = multiprocessing.get_context("fork")
+    for trial in range(4):  # before the fix, about half of such trials put two jobs in the directory
+        gate, results = fork.Barrier(8), fork.Queue()
+        racers = [fork.Process(target=_race_start, args=(store.path, run_dir, config, gate, results)) for _ in range(8)]
+        for p in racers:
+            p.start()
+        outcomes = [results.get(timeout=HANG_GUARD) for _ in racers]
+        for p in racers:
+            p.join()
+        ids = [o for o in outcomes if isinstance(o, int)]
+        assert len(ids) == 1, (trial, outcomes)
+        assert sorted(o for o in outcomes if isinstance(o, str)) == [
+            f"job {ids[0]} is still using {run_dir}. Fix: wait for it, cancel it, or pick another run_dir."] * 7
+        assert cancel_job(store, ids[0])["state"] == "cancelled"
+    jobs = store.list_jobs()
+    assert jobs[jobs["run_dir"] == str(run_dir)]["state"].tolist() == ["cancelled"] * 4
+    busy.kill()
+    busy.wait()
+
+
+def test_a_queued_job_can_be_cancelled_and_never_starts(store, tmp_path, tiny_model_dir, toy_file, monkeypatch):
+    monkeypatch.setenv("REFORM_MAX_JOBS", "1")
+    busy_id, busy = hold_the_slot(store, tmp_path)
+    first = start_job(store, "train-rm", train_config(tiny_model_dir, toy_file, max_steps=1))
+    second = start_job(store, "train-rm", train_config(tiny_model_dir, toy_file, max_steps=1))
+    assert [refresh_job(store, i)["state"] for i in (first, second)] == ["queued", "queued"]
+    assert (queue_position(store, first), queue_position(store, second)) == (1, 2)
+    cancelled = cancel_job(store, first)
+    assert (cancelled["state"], cancelled["message"], cancelled["pid"]) == ("cancelled", "cancelled while queued", None)
+    assert cancelled["finished_at"] is not None
+    assert (queue_position(store, first), queue_position(store, second)) == (None, 1)
+    assert cancel_job(store, second)["state"] == "cancelled"
+    busy.kill()
+    busy.wait()
+    assert refresh_job(store, busy_id)["state"] == "failed"  # the slot is free now, and nothing is left to start
+    assert [store.get_job(i)["pid"] for i in (first, second)] == [None, None]
+    assert not os.path.exists(store.get_job(first)["run_dir"])  # never started: nothing was written
+
+
+def test_with_one_slot_the_second_job_waits_and_starts_when_the_first_ends(store, tiny_model_dir, toy_file, monkeypatch):
+    monkeypatch.setenv("REFORM_MAX_JOBS", "1")
+    first = start_job(store, "train-rm", train_config(tiny_model_dir, toy_file, max_steps=2))
+    second = start_job(store, "train-rm", train_config(tiny_model_dir, toy_file, max_steps=1))
+    waiting = store.get_job(second)
+    assert (store.get_job(first)["state"], waiting["state"], waiting["message"], waiting["pid"]) == ("running", "queued", "queued", None)
+    assert queue_position(store, second) == 1 and queue_position(store, first) is None
+    assert refresh_job(store, second)["state"] == "queued"  # a look while the slot is taken starts nothing
+    # no one polls now, as with no page open: the first job's own process starts the second as it ends
+    job = store.get_job(first)
+    deadline = time.monotonic() + HANG_GUARD
+    while process_alive(job["pid"], job["proc_start"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    handed = store.get_job(second)
+    assert store.get_job(first)["state"] == "succeeded"
+    assert handed["state"] == "running" and handed["pid"] not in (None, job["pid"])
+    assert handed["started_at"] >= store.get_job(first)["finished_at"]
+    done = wait_for(store, second)
+    assert (done["state"], done["step"]) == ("succeeded", 1)
+    assert store.list_checkpoints()["job_id"].tolist() == [first, second]
+
+
+def test_max_jobs_comes_from_the_setting_or_the_core_count():
+    assert max_jobs({"REFORM_MAX_JOBS": "3"}) == 3
+    assert max_jobs({}) == max(1, cpu_cores() // 4)
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(StoreError, match=f"REFORM_MAX_JOBS='{bad}' is not a whole number >= 1. Fix: unset it"):
+            max_jobs({"REFORM_MAX_JOBS": bad})
+
+
+def test_the_app_takes_only_the_cores_the_running_jobs_leave(store, tmp_path, monkeypatch):
+    assert [app_threads(n, cores=2, limit=1, full=2) for n in (0, 1)] == [2, 1]
+    assert [app_threads(n, cores=8, limit=2, full=4) for n in (0, 1, 2)] == [4, 4, 1]
+    assert app_threads(1, cores=16, limit=4, full=8) == 8
+    monkeypatch.setenv("REFORM_MAX_JOBS", "1")
+    monkeypatch.setattr("reform_engine.jobs.cpu_cores", lambda: 2)
+    seen = []
+
+    def app_work():  # torch keeps a thread count per thread: the cap is set where the model work runs
+        before = torch.get_num_threads()
+        seen.append((cap_app_threads(store, full=2), torch.get_num_threads()))
+        job_id, proc = hold_the_slot(store, tmp_path)
+        seen.append((cap_app_threads(store, full=2), torch.get_num_threads()))
+        proc.kill()
+        proc.wait()  # the job died and no page has looked yet: its row still says running
+        assert store.get_job(job_id)["state"] == "running"
+        seen.append((cap_app_threads(store, full=2), torch.get_num_threads()))
+        torch.set_num_threads(before)
+
+    worker = threading.Thread(target=app_work)
+    worker.start()
+    worker.join()
+    assert seen == [(2, 2), (1, 1), (2, 2)]
+
+
+def test_polling_a_dead_job_on_a_full_disk_marks_it_failed_and_never_raises(store, tmp_path, monkeypatch):
+    proc = sleeper()
+    run = RunDir(tmp_path / "run")
+    run.set_status("running", step=3, total=10, message="step 3/10")
+    job_id = store.add_job("train-rm", {}, str(run.path))
+    store.update_job(job_id, state="running", pid=proc.pid, proc_start=proc_start(proc.pid))
+    (run.path / "status.json").write_text(json.dumps({**run.status(), "pid": proc.pid}))
+    os.kill(proc.pid, signal.SIGKILL)
+    monkeypatch.setattr("reform_engine.jobs.atomic_write_json", full_disk)
+    job = wait_for(store, job_id)
+    assert (job["state"], job["message"]) == (
+        "failed", "process died; last: step 3/10; run directory not updated: [Errno 28] No space left on device")
+    assert refresh_job(store, job_id)["state"] == "failed"  # and the next poll is quiet too
+    proc.wait()
+
+
+def test_an_unreadable_status_never_breaks_a_poll(store, tmp_path, monkeypatch):
+    proc = sleeper()
+    job_id = store.add_job("train-rm", {}, str(tmp_path / "run"))
+    store.update_job(job_id, state="running", pid=proc.pid, proc_start=proc_start(proc.pid), message="step 1/10")
+    RunDir(tmp_path / "run").set_status("running", message="step 2/10")
+    for error in (OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EIO, "Input/output error"),
+                  json.JSONDecodeError("Expecting value", "{", 1)):
+        def unreadable(*args, error=error, **kwargs):
+            raise error
+        monkeypatch.setattr("reform_engine.jobs.read_json", unreadable)
+        assert (refresh_job(store, job_id)["state"], store.get_job(job_id)["message"]) == ("running", "step 1/10")
+    os.kill(proc.pid, signal.SIGKILL)
+    job = wait_for(store, job_id)  # still unreadable: the process tells the story
+    assert (job["state"], job["message"]) == ("failed", "process died; results not ingested: Expecting value: line 1 column 2 (char 1)")
+    proc.wait()
+
+
+def test_a_job_that_cannot_write_its_status_tells_the_store_its_real_error(store, tmp_path, tiny_model_dir, toy_file):
+    config = job_kinds()["train-rm"](**train_config(tiny_model_dir, toy_file, max_steps=1))
+    run_dir = tmp_path / "run"
+    job_id = store.add_job("train-rm", to_jsonable(config), str(run_dir))
+    code = ("import errno, sys\n"
+            "from reform_engine import runs\n"
+            "from reform_engine.__main__ import main\n"
+            "def full_disk(*args, **kwargs):\n"
+            "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
+            "runs.atomic_write_bytes = runs.overwrite_in_place = full_disk\n"
+            "main(sys.argv[1:])\n")
+    env = {**os.environ, "REFORM_JOB_STORE": str(store.path), "REFORM_JOB_ID": str(job_id)}
+    proc = subprocess.Popen([sys.executable, "-c", code] + command_line("train-rm", config, run_dir)[3:], env=env,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    store.update_job(job_id, state="running", pid=proc.pid, proc_start=proc_start(proc.pid))
+    assert "OSError: [Errno 28] No space left on device" in proc.communicate(timeout=HANG_GUARD)[1]
+    assert proc.returncode == 1
+    job = store.get_job(job_id)  # nobody refreshed: the job's own process said it
+    assert (job["state"], job["message"]) == ("failed", "OSError: [Errno 28] No space left on device")
+    assert not (run_dir / "status.json").exists()
+
+
+def test_a_job_killed_between_the_checkpoint_renames_gets_its_checkpoint_back(store, tmp_path, tiny_rm):
+    proc = sleeper()
+    run_dir = tmp_path / "run"
+    tiny_rm.save(run_dir / "checkpoint")
+    os.replace(run_dir / "checkpoint", run_dir / ".checkpoint.old")
+    job_id = store.add_job("train-rm", {}, str(run_dir))
+    store.update_job(job_id, state="running", pid=proc.pid, proc_start=proc_start(proc.pid))
+    os.kill(proc.pid, signal.SIGKILL)
+    assert wait_for(store, job_id)["state"] == "failed"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint", "log.txt", "status.json"]
+    assert load_reward_model(str(run_dir / "checkpoint"), device="cpu").spec == tiny_rm.spec
+    proc.wait()
