@@ -43,3 +43,36 @@ def save_short_answer_policy(directory: str | Path, seed: int = 1, steps: int = 
         optimizer.step()
     model.eval().save_pretrained(directory)
     return str(directory)
+
+
+def save_attack_models(root: str | Path) -> dict:
+    """Everything an attack needs, tiny: the short-answer policy, a target RM (LoRA on the top layer),
+    two penalty RMs (LoRA on another seed, head-only) and a judge (full fine-tune), each with random
+    weights where training would have put some (so they disagree), and 8 preference pairs."""
+    from conftest import make_pair
+    from reform_engine.data import write_jsonl
+    from reform_engine.reward_model import RewardModelSpec, build_reward_model
+
+    root = Path(root)
+    policy = save_short_answer_policy(root / "policy")
+    paths = {}
+    for name, finetune, seed in (("target", "lora", 3), ("penalty1", "lora", 4), ("penalty2", "head", 5), ("judge", "full", 6)):
+        rm = build_reward_model(RewardModelSpec(base_model=policy, finetune=finetune, lora_layers=1, lora_r=2, max_length=128),
+                                device="cpu", seed=seed)
+        with torch.no_grad():
+            for param_name, p in rm.named_parameters():
+                if "lora_B" in param_name:
+                    p.normal_(0, 0.3)
+        paths[name] = str(rm.save(root / name))
+    data = root / "pairs.jsonl"
+    write_jsonl(data, [make_pair(i, a, "Sure, happy to help.", "No. Go away!!").to_trl() for i, a in enumerate(ASKS)])
+    return {"policy": policy, **paths, "penalties": f"{paths['penalty1']},{paths['penalty2']}", "data": str(data)}
+
+
+def tiny_attack(models: dict, **overrides) -> dict:
+    """An AttackConfig's fields for a few-second attack on the tiny models; a filter so loose that
+    every sample ending in EOS passes (the tests are about the plumbing, not the attack's strength)."""
+    return {"target_rm": models["target"], "penalty_rms": models["penalties"], "judge_rm": models["judge"],
+            "policy": models["policy"], "data": models["data"], "prompts": 4, "steps": 4, "group_size": 2, "prompts_per_step": 2,
+            "max_new_tokens": 10, "base_samples": 4, "fresh_samples": 2, "threshold": -10.0, "u_z_min": -10.0,
+            "lora_layers": 1, "lora_r": 2, "lora_alpha": 4, "lr": 1e-2, "device": "cpu", "threads": 1, **overrides}
