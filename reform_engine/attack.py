@@ -167,6 +167,32 @@ def read_kept(run_dir: str | Path) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
+def companion_configs(target_rm: str, penalties: int, judge: bool, *, data: str, rows: str, share: float = 0.8,
+                      device: str = "auto", trust_remote_code: bool = False) -> list[tuple[str, "TrainRewardConfig"]]:
+    """train-rm configs for the RMs an attack on ``target_rm`` lacks -> [(role, config)]: ``penalties``
+    penalty RMs, then the judge if asked. Each is the target's recipe (its run's config.json; else its
+    spec trained on ``data`` rows ``rows``) on another seed and a seeded ``share`` of its training pairs;
+    the last penalty is head-only, so the ensemble does not share one way of being wrong."""
+    import dataclasses
+
+    from .reward_model import read_spec
+    from .retrain import base_training_config
+    from .training import TrainRewardConfig
+
+    recipe = base_training_config(target_rm)
+    if recipe is None:
+        spec = read_spec(target_rm)
+        recipe = TrainRewardConfig(data=data, train_rows=rows, model=spec.base_model, finetune=spec.finetune, lora_r=spec.lora_r,
+                                   lora_alpha=spec.lora_alpha, lora_layers=spec.lora_layers or 0,
+                                   use_chat_template=spec.use_chat_template, max_length=spec.max_length)
+    n = len(select_rows(load_preferences(recipe.data, skip_invalid=recipe.skip_invalid).pairs, recipe.train_rows))
+    common = dict(train_sample=max(1, round(share * n)), eval_data="", eval_rows="", augment_data="", init_from="",
+                  save_every=0, device=device, trust_remote_code=trust_remote_code)
+    roles = [(f"penalty {i + 1}", recipe.seed + 1 + i, "head" if i == penalties - 1 else recipe.finetune) for i in range(penalties)]
+    roles += [("judge", recipe.seed + 101, recipe.finetune)] if judge else []
+    return [(role, dataclasses.replace(recipe, seed=seed, finetune=finetune, **common)) for role, seed, finetune in roles]
+
+
 # --------------------------------------------------------------------------- the job
 
 def _candidates(roll, raw, logp0, prompt_index, norm: PromptNorm, origin: str) -> list[Candidate]:
