@@ -50,11 +50,12 @@ class AttackConfig:
     skip_invalid: bool = True
     max_prompt_tokens: int = 256            # prompts cut from the left beyond this (and to fit every RM's max_length)
     # reward: r = Z_t - lambda * clip(Z_p) if Z_t > T else Z_t - C; no EOS: -C; minus beta * KL
-    penalty_weight: float = 2.0             # lambda > 1: a response the penalty RMs like as much as the target earns less; 0 = over-optimisation baseline
+    penalty_weight: float = 2.0             # lambda > 1: a response the penalty RMs like as much as the target earns
+                                            # less; 0 = the over-optimisation baseline
     kl_weight: float = 0.05                 # beta: keeps the adversary near pi0 so its text stays readable (TRL's RLOO default)
     threshold: float = 1.0                  # T, in target z: beat ~84% of the base samples before the disagreement counts
     below_cost: float = 5.0                 # C: below T and without EOS; above lambda * clip_high (4), so crossing T always pays
-    clip_low: float = -2.0                  # pushing the penalty RMs below -2 sd earns nothing more: no prize for gibberish they hate
+    clip_low: float = -2.0                  # pushing the penalty RMs below -2 sd earns nothing more (no prize for gibberish)
     clip_high: float = 2.0                  # bounds the penalty, so one outlier does not swamp its group's advantages
     sd_floor: float = 0.25                  # per-prompt sd >= this share of the median sd: flat prompts do not blow up z
     base_samples: int = 8                   # N samples of pi0 per prompt for the mean and sd (8: sd within ~25%)
