@@ -23,8 +23,9 @@ reward of the other k - 1, and the loss is -mean(advantage * sum_t log pi(y_t | 
 Hand-written rather than TRL's RLOOTrainer (not installed here): TRL samples with ``generate`` and runs
 every RM and a separate reference model over whole sequences. Here pi0 is the policy with its adapter
 off, and the frozen lower layers are computed once, while sampling, for the policy, pi0 and every RM
-(rollouts.py), so a step costs little more than the sampling itself (benchmarks/bench_rloo_step.py
-measures it against ``generate``); the update below is a few lines.
+(rollouts.py), so a whole step (8 rollouts x 48 tokens, three RMs, pi0, one update) took 0.91x the time
+of ``generate`` sampling the same rollouts on HH prompts, 1.14x on the short demo prompts
+(benchmarks/bench_rloo_step.py, 1 thread); the update below is a few lines.
 """
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ Stages, in the run directory (runs.py) beside config/status/log/metrics:
 """
 from __future__ import annotations
 
+import gc
 import json
 import math
 import time
@@ -62,13 +63,13 @@ class AttackConfig:
     # RLOO
     group_size: int = 4                     # k rollouts per prompt (the paper's 4)
     prompts_per_step: int = 2               # 2 x 4 = 8 rollouts per step
-    steps: int = 100
+    steps: int = 100                        # RLOO updates; every prompt is drawn ~6 times at the defaults
     max_new_tokens: int = 48                # short responses: the RM's verdict on 48 tokens, at CPU cost
     lr: float = 1e-4                        # LoRA's usual rate; RL on a 135M model diverges well above 1e-3
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0              # one group of outlier rewards cannot throw the adapter far
     lora_layers: int = 4                    # LoRA on the top 4 layers: the trunk below is shared with pi0 and the RMs
-    lora_r: int = 8
-    lora_alpha: int = 16
+    lora_r: int = 8                         # a small adapter: the adversary moves the policy, it does not retrain it
+    lora_alpha: int = 16                    # alpha / r = 2, as train-rm's default
     # keeping and confirming
     keep_last: float = 0.5                  # rollouts of the last half of the steps are candidates (early ones are still pi0's)
     fresh_samples: int = 4                  # per prompt, from the final policy (candidates) and from pi0 (the base pass rate)
@@ -370,6 +371,7 @@ def run_attack(config: AttackConfig, run_dir: str | Path) -> AttackResult:
                            per_prompt=config.cap_per_prompt, total=config.cap_total)
         target = rms[0]
         del engine, rms, policy  # the judge's turn: the policy and the penalty RMs are done
+        gc.collect()
         judge = load_reward_model(config.judge_rm, **load) if config.judge_rm.strip() else None
         records = _confirm(kept, pairs, target, judge, base_ppl) if kept else []
         write_jsonl(run.path / KEPT_FILE, records)
