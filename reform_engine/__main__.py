@@ -34,6 +34,7 @@ def config_from_args(cls, args: argparse.Namespace):
 
 
 def _jobs():
+    from .attack import AttackConfig, run_attack
     from .evaluation import EvaluateRewardConfig, evaluate_reward_model
     from .influence import InfluenceConfig, find_influential
     from .inversions import GenerateVariantsConfig, generate_variants
@@ -48,7 +49,8 @@ def _jobs():
             "variants": (GenerateVariantsConfig, generate_variants, "controlled decoding over the influential set + inversion filter"),
             "robustness": (RobustnessConfig, evaluate_robustness, "win-rate drop under perturbations + spurious-feature indicators"),
             "pipeline": (PipelineConfig, run_pipeline, "the REFORM loop end to end: base, influential, variants, retrain, robustness"),
-            "retrain": (RetrainConfig, run_retrain, "retrain on approved pairs (scratch|finetune), then robustness of base vs retrained")}
+            "retrain": (RetrainConfig, run_retrain, "retrain on approved pairs (scratch|finetune), then robustness of base vs retrained"),
+            "attack": (AttackConfig, run_attack, "Adv-RM: an RLOO adversary against a target RM; kept samples become pairs")}
 
 
 def _add_store_commands(sub) -> None:
