@@ -100,7 +100,6 @@ def test_kept_samples_reach_the_store_and_the_curation_queue_as_adv_rm_pairs(mod
     (pair,) = store.approved_pairs()
     assert (pair.chosen, pair.rejected) == ("Sure, happy to help.", variant["text"].strip())
     assert ingest_results(store, job_id)["variants"] == sorted(stored["id"].tolist())  # idempotent
-    assert store.list_checkpoints().empty  # the adapter is not a reward model
 
 
 def test_an_attack_survives_cancel_and_kill_like_the_other_jobs(models, store):
