@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from conftest import make_pair
-from reform_engine.evaluation import EvaluateRewardConfig, evaluate_reward_model, pairwise_metrics, win_rate
+from reform_engine.evaluation import (EvaluateRewardConfig, bootstrap_diff, bootstrap_mean, evaluate_reward_model, pair_wins,
+                                      paired_bootstrap_diff, pairwise_metrics, win_rate)
 from reform_engine.data import write_jsonl
 
 
@@ -50,3 +51,54 @@ def test_evaluate_job_failure_is_recorded(tmp_path):
         evaluate_reward_model(config, tmp_path / "run")
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["state"] == "failed" and "missing-rm" in status["message"]
+
+
+def test_the_bootstrap_of_a_constant_is_that_constant():
+    got = bootstrap_mean([0.7] * 25, n_boot=200, seed=3)
+    assert (got.estimate, got.low, got.high, got.n) == pytest.approx((0.7, 0.7, 0.7, 25))
+
+
+def test_the_bootstrap_of_two_items_spans_both_and_of_one_in_four_ends_at_three_quarters():
+    # two items: the resampled mean is 0, 0.5 or 1 with chances 1/4, 1/2, 1/4, so the 2.5% and 97.5% points are 0 and 1
+    two = bootstrap_mean([0.0, 1.0], n_boot=4000, seed=0)
+    assert (two.estimate, two.low, two.high) == (0.5, 0.0, 1.0)
+    # [0, 0, 0, 1]: the mean is k/4 with k ~ Binomial(4, 1/4); P(k = 0) = 0.32 > 2.5% and P(k <= 2) = 0.95 < 97.5% < P(k <= 3)
+    one_in_four = bootstrap_mean([0, 0, 0, 1], n_boot=4000, seed=0)
+    assert (one_in_four.estimate, one_in_four.low, one_in_four.high) == (0.25, 0.0, 0.75)
+
+
+def test_the_bootstrap_of_a_half_rate_over_a_hundred_items_matches_the_normal_interval():
+    got = bootstrap_mean([0, 1] * 50, seed=1)  # sd of the mean 0.05: 0.5 -+ 1.96 * 0.05
+    assert got.estimate == 0.5 and got.low == pytest.approx(0.402, abs=0.015) and got.high == pytest.approx(0.598, abs=0.015)
+
+
+def test_a_bootstrap_is_repeatable_for_its_seed():
+    values = [0, 1, 1, 0, 1, 1, 1, 0, 0, 1, 1]
+    assert bootstrap_mean(values, seed=5) == bootstrap_mean(values, seed=5)
+    assert bootstrap_mean(values, n_boot=50, seed=5) != bootstrap_mean(values, n_boot=50, seed=6)
+
+
+def test_the_paired_bootstrap_sees_a_constant_gain_that_separate_resampling_blurs():
+    base = [0.0, 1.0, 0.5, 1.0, 0.0, 0.0, 1.0, 1.0]
+    better = [v + 0.25 for v in base]
+    paired = paired_bootstrap_diff(better, base, n_boot=500)
+    assert (paired.estimate, paired.low, paired.high) == pytest.approx((0.25, 0.25, 0.25))
+    unpaired = bootstrap_diff(better, base, n_boot=500)
+    assert unpaired.estimate == pytest.approx(0.25) and unpaired.low < 0 and unpaired.high > 0.5
+
+
+def test_pair_wins_are_the_items_of_the_win_rate():
+    r_c, r_r = torch.tensor([1.0, 0.0, 2.0, 1.0]), torch.tensor([0.0, 1.0, 2.0, 0.5])
+    assert pair_wins(r_c, r_r).tolist() == [1.0, 0.0, 0.5, 1.0]
+    assert pair_wins(r_c, r_r).mean() == win_rate(r_c, r_r)
+
+
+def test_bootstrap_refuses_what_it_cannot_resample_and_has_no_interval_without_items():
+    with pytest.raises(ValueError, match="drop the NaN items"):
+        bootstrap_mean([0.0, float("nan")])
+    with pytest.raises(ValueError, match="paired values need the same items: 2 vs 3"):
+        paired_bootstrap_diff([0, 1], [0, 1, 1])
+    with pytest.raises(ValueError, match=r"level in \(0, 1\)"):
+        bootstrap_mean([1.0], level=95)
+    empty = bootstrap_mean([])
+    assert empty.n == 0 and empty.estimate != empty.estimate and bootstrap_diff([], [1.0]).n == 0
