@@ -71,7 +71,7 @@ def draw_curves(run_dir: str, job_id: int) -> None:
     st.plotly_chart(steps_figure(steps), key=f"adversarial_curves_{job_id}")
     last = steps.iloc[-1]
     st.caption(f"Step {int(last['step'])}: reward {last['reward']:+.3f} = target z − λ·clip(penalty z) (above T: "
-               f"{last['above_threshold']:.0%}) − C below T / without EOS (no EOS: {last['no_eos_rate']:.0%}) − β·KL "
+               f"{last['above_threshold']:.0%}) − C below T / when cut off (cut off: {last['incomplete_rate']:.0%}) − β·KL "
                f"({last['kl_term']:.3f}); {last['seconds']:.1f} s per step.")
 
 

@@ -18,19 +18,29 @@ def _flag_type(tp):
     return tp
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls) -> None:
+def _is_config(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
+    """One ``--flag`` per field; a field that is itself a config gives ``--field.sub-field`` flags."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if _is_config(hints[f.name]):
+            add_config_args(parser, hints[f.name], f"{prefix}{f.name}.")
+            continue
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         kwargs = {"required": True} if required else {"default": f.default}
         if hints[f.name] is bool:  # '--trust-remote-code' alone means true; '--flag false' still works
             kwargs.update(nargs="?", const=True)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=_flag_type(hints[f.name]), **kwargs,
-                            help=None if required else f"default: {f.default}")
+        parser.add_argument(f"--{prefix.replace('_', '-')}{f.name.replace('_', '-')}", dest=prefix + f.name,
+                            type=_flag_type(hints[f.name]), **kwargs, help=None if required else f"default: {f.default}")
 
 
-def config_from_args(cls, args: argparse.Namespace):
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+def config_from_args(cls, args: argparse.Namespace, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    return cls(**{f.name: config_from_args(hints[f.name], args, f"{prefix}{f.name}.") if _is_config(hints[f.name])
+                  else getattr(args, prefix + f.name) for f in dataclasses.fields(cls)})
 
 
 def _jobs():

@@ -9,7 +9,8 @@ policy's N samples of x, so prompts and RMs are on one scale:
     Z_p = mean of Z_m over the penalty RMs
     r   = Z_t - lambda * clip(Z_p, lo, hi)    if Z_t > T
           Z_t - C                             otherwise
-          -C                                  if y did not end with EOS
+          -C                                  if y is incomplete: no EOS (nor a sentence end in the
+                                              last tokens, when the attack counts those; rollouts.py)
     r  -= beta * sum_t k3_t                   k3_t = pi0/pi - 1 - log(pi0/pi) at each sampled token (>= 0)
 
 Z_p is the mean, not the min, over the ensemble: with the min the adversary is paid for fooling the
@@ -42,9 +43,10 @@ class RolloutReward(ABC):
     inputs never changed in place."""
 
     @abstractmethod
-    def __call__(self, z_target: torch.Tensor, z_penalties: torch.Tensor, ended: torch.Tensor,
+    def __call__(self, z_target: torch.Tensor, z_penalties: torch.Tensor, complete: torch.Tensor,
                  kl: torch.Tensor) -> "RewardParts":
-        """z_target (N,), z_penalties (N, M), ended (N,) bool, kl (N,) summed per rollout -> RewardParts."""
+        """z_target (N,), z_penalties (N, M), complete (N,) bool (the response ended: rollouts.Rollouts.complete),
+        kl (N,) summed per rollout -> RewardParts."""
 
 
 @dataclass
@@ -54,10 +56,10 @@ class RewardParts:
     total: torch.Tensor
     z_target: torch.Tensor
     z_penalty: torch.Tensor          # the ensemble's mean
-    above: torch.Tensor              # bool: ended with EOS and Z_t > T
+    above: torch.Tensor              # bool: complete and Z_t > T
     penalty: torch.Tensor            # lambda * clip(Z_p) where above, else 0
-    shortfall: torch.Tensor          # C where ended but Z_t <= T, else 0
-    no_eos: torch.Tensor             # bool: no EOS (or unscorable): the reward is -C
+    shortfall: torch.Tensor          # C where complete but Z_t <= T, else 0
+    incomplete: torch.Tensor         # bool: cut off by the token limit (or unscorable): the reward is -C
     kl_cost: torch.Tensor            # beta * KL estimate
 
     def means(self) -> dict[str, float]:
@@ -68,7 +70,7 @@ class RewardParts:
             return float(x.mean()) if x.numel() else float("nan")
         return {"reward": mean(self.total), "target_z": mean(self.z_target), "penalty_z": mean(self.z_penalty),
                 "disagreement": mean(self.z_target - self.z_penalty), "above_threshold": mean(self.above),
-                "penalty_term": mean(self.penalty), "shortfall_term": mean(self.shortfall), "no_eos_rate": mean(self.no_eos),
+                "penalty_term": mean(self.penalty), "shortfall_term": mean(self.shortfall), "incomplete_rate": mean(self.incomplete),
                 "kl_term": mean(self.kl_cost)}
 
 
@@ -95,12 +97,12 @@ class AdversarialReward(RolloutReward):
         self.penalty_weight, self.kl_weight, self.threshold, self.below_cost = penalty_weight, kl_weight, threshold, below_cost
         self.clip = (float(lo), float(hi))
 
-    def __call__(self, z_target, z_penalties, ended, kl) -> RewardParts:
+    def __call__(self, z_target, z_penalties, complete, kl) -> RewardParts:
         if z_penalties.dim() != 2 or z_penalties.shape[0] != z_target.shape[0] or kl.shape != z_target.shape:
             raise ValueError(f"z_target {tuple(z_target.shape)}, z_penalties {tuple(z_penalties.shape)}, kl {tuple(kl.shape)}: "
                              f"pass (N,), (N, M) and (N,)")
         z_penalty = z_penalties.mean(-1)
-        valid = ended.bool() & torch.isfinite(z_target) & torch.isfinite(z_penalty)
+        valid = complete.bool() & torch.isfinite(z_target) & torch.isfinite(z_penalty)
         above = valid & (z_target > self.threshold)
         zero = torch.zeros_like(z_target)
         penalty = torch.where(above, self.penalty_weight * z_penalty.clamp(*self.clip), zero)

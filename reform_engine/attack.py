@@ -13,6 +13,15 @@ Stages, in the run directory (runs.py) beside config/status/log/metrics:
    the fresh samples; each kept sample is confirmed (judge RM, rules) and written to ``variants.jsonl``
    as a variant of direction "adv-rm": the pair (y+ preferred over the sample), y+ being the dataset's
    chosen response. The store ingests that file when the job ends, so they join the Curation queue.
+5. ``samples.jsonl``: every fresh sample (of the final policy and of pi0), scored from its text by the
+   target and the judge against y+ and checked by the rules: the rate of confirmed failures among what
+   the attack produces (the success criterion it shares with REFORM in compare.py).
+
+A response is complete when it ends with EOS or, with ``sentence_window`` > 0, at a sentence end in
+the last ``sentence_window`` tokens of its budget (rollouts.py). SmolLM2 on HH prompts rarely says
+EOS within 48 tokens, so with EOS alone nearly every rollout earns -C and the advantages carry no
+signal; the window keeps the paper's rule (a cut-off text is no response) while accepting an answer
+that closes a sentence near the limit (benchmarks/RESULTS.md: the completion rates measured).
 """
 from __future__ import annotations
 
@@ -26,7 +35,7 @@ from pathlib import Path
 import torch
 
 from .adversary import AdversarialReward, PromptNorm, kl_k3, rloo_advantages, rloo_loss
-from .confirm import Candidate, RuleContext, check_rules, confirmation, passes, select_kept
+from .confirm import Candidate, ConfirmConfig, Rule, RuleContext, check_rules, confirmation, passes, select_kept
 from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, select_rows, write_jsonl
 from .models import DEFAULT_MODEL
 from .runs import atomic_directory, job_run
@@ -34,6 +43,7 @@ from .runtime import seed_everything, set_cpu_threads
 
 STEPS_FILE = "steps.jsonl"
 KEPT_FILE = "variants.jsonl"      # the name the store's ingestion reads (jobs.ingest_results)
+SAMPLES_FILE = "samples.jsonl"    # every fresh sample, judged: the attack's output as a whole
 SOURCE = "adv-rm"                 # the variants' direction in the store: the pair (y+, sample), as "raise"
 
 
@@ -65,6 +75,8 @@ class AttackConfig:
     prompts_per_step: int = 2               # 2 x 4 = 8 rollouts per step
     steps: int = 100                        # RLOO updates; every prompt is drawn ~6 times at the defaults
     max_new_tokens: int = 48                # short responses: the RM's verdict on 48 tokens, at CPU cost
+    sentence_window: int = 16               # a sentence end (. ! ?) in the last 16 tokens also ends a response; 0 = EOS
+                                            # only (the paper). SmolLM2 rarely says EOS within 48 tokens on HH
     lr: float = 1e-4                        # LoRA's usual rate; RL on a 135M model diverges well above 1e-3
     max_grad_norm: float = 1.0              # one group of outlier rewards cannot throw the adapter far
     lora_layers: int = 4                    # LoRA on the top 4 layers: the trunk below is shared with pi0 and the RMs
@@ -77,6 +89,7 @@ class AttackConfig:
     dedupe_jaccard: float = 0.8             # character-trigram Jaccard at or above which two samples are one
     cap_per_prompt: int = 4                 # at most this many pairs per prompt
     cap_total: int = 200                    # and in total
+    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)  # the rules that confirm a sample bad without a human
     # runtime
     seed: int = 0
     device: str = "auto"
@@ -103,6 +116,7 @@ class AttackConfig:
             (self.prompts_per_step >= 1, "prompts_per_step must be >= 1"),
             (self.steps >= 1, "steps must be >= 1"),
             (self.max_new_tokens >= 2, "max_new_tokens must be >= 2"),
+            (self.sentence_window >= 0, "sentence_window must be >= 0 (0 = only EOS ends a response)"),
             (self.lr > 0, "lr must be > 0"),
             (self.max_grad_norm > 0, "max_grad_norm must be > 0"),
             (self.lora_layers >= 1 and self.lora_r >= 1 and self.lora_alpha >= 1, "lora_layers, lora_r and lora_alpha must be >= 1"),
@@ -118,6 +132,9 @@ class AttackConfig:
             if not ok:
                 raise ValueError(f"AttackConfig: {message}")
         self.reward()  # refuses a bad lambda, beta, T, C or clip range now, not in the job
+
+    def rules(self) -> tuple[Rule, ...]:
+        return self.confirm.build()
 
     def penalty_list(self) -> list[str]:
         return [p.strip() for p in self.penalty_rms.split(",") if p.strip()]
@@ -141,8 +158,12 @@ class AttackResult:
     confirmed_rate: float                   # confirmed / kept
     rules_fired: dict = field(default_factory=dict)   # rule -> how many kept samples it flags
     base_perplexity: float = float("nan")   # median perplexity under pi0 of the base samples (the rules' yardstick)
+    success_rate: float = float("nan")      # fresh samples of the final policy the target prefers to y+ and that are
+                                            # confirmed bad (samples.jsonl)
+    base_success_rate: float = float("nan")  # the same for pi0's fresh samples
     seconds: float = 0.0
     seconds_per_step: float = 0.0
+    cpu_seconds: float = 0.0                # CPU time of the job's process (all its threads), RL included
 
 
 def read_steps(run_dir: str | Path) -> list[dict]:
@@ -203,13 +224,14 @@ def _candidates(roll, raw, logp0, prompt_index, norm: PromptNorm, origin: str) -
     u = z[:, 0] - z_pen
     u_z = norm.u_z(u, prompt_index)
     ppl = torch.exp(-logp0.sum(-1) / roll.lengths.clamp(min=1))
-    return [Candidate(int(prompt_index[n]), roll.texts[n], bool(roll.ended[n]), float(z[n, 0]), float(z_pen[n]), float(u[n]),
+    return [Candidate(int(prompt_index[n]), roll.texts[n], bool(roll.complete[n]), float(z[n, 0]), float(z_pen[n]), float(u[n]),
                       float(u_z[n]), float(ppl[n]), origin, z[n, 1:].tolist()) for n in range(len(roll.texts))]
 
 
 def _sample_scored(engine, prompts, ids: list[int], k: int, generator, config: AttackConfig, adapter: bool):
     """k samples of each prompt in ``ids`` -> (rollouts, (N, M) rewards, (N, T) log pi0, (N,) prompt index)."""
-    roll = engine.sample([prompts[i] for i in ids], k, generator, max_new_tokens=config.max_new_tokens, adapter=adapter)
+    roll = engine.sample([prompts[i] for i in ids], k, generator, max_new_tokens=config.max_new_tokens, adapter=adapter,
+                         sentence_window=config.sentence_window)
     logp0, _ = engine.logprobs(roll, adapter=False)
     return roll, engine.rm_rewards(roll), logp0, torch.tensor(ids)[roll.owner.cpu()]
 
@@ -218,10 +240,11 @@ def _chunks(n_prompts: int, per_call: int) -> list[list[int]]:
     return [list(range(i, min(n_prompts, i + per_call))) for i in range(0, n_prompts, per_call)]
 
 
-def _record(c: Candidate, pair: PreferencePair, target_scores, judge_scores, trace, base_ppl: float) -> dict:
+def _record(c: Candidate, pair: PreferencePair, target_scores, judge_scores, trace, base_ppl: float,
+            rules: tuple[Rule, ...]) -> dict:
     """One kept sample as a store variant (direction "adv-rm") with its Adv-RM evidence."""
     r_chosen, r_rejected = target_scores
-    flags = check_rules(c.text, RuleContext(pair.prompt[-1]["content"], c.perplexity, base_ppl))
+    flags = check_rules(c.text, RuleContext(pair.prompt[-1]["content"], c.perplexity, base_ppl), rules)
     judge_chosen, judge_sample = judge_scores
     by = confirmation(judge_sample, judge_chosen, flags)
     r_variant = trace.final if trace is not None else float("nan")
@@ -234,10 +257,43 @@ def _record(c: Candidate, pair: PreferencePair, target_scores, judge_scores, tra
             "z_target": c.z_target, "z_penalty": c.z_penalty, "z_penalties": c.z_penalties, "u": c.u, "u_z": c.u_z,
             "origin": c.origin, "judge_chosen": judge_chosen, "judge_sample": judge_sample,
             "flags": [{"rule": f.rule, "evidence": f.evidence} for f in flags], "confirmed_by": by, "confirmed": bool(by),
-            "new_pair": {"prompt": [dict(m) for m in pair.prompt], "chosen": pair.chosen.strip(), "rejected": c.text.strip()}}
+            "success": bool(by) and r_variant > r_chosen, "new_pair": {"prompt": [dict(m) for m in pair.prompt], "chosen": pair.chosen.strip(), "rejected": c.text.strip()}}
 
 
-def _confirm(kept: list[Candidate], pairs: list[PreferencePair], target, judge, base_ppl: float) -> list[dict]:
+def _duels(rm, cands: list[Candidate], pairs: list[PreferencePair]) -> dict[int, tuple[float, float]]:
+    """n -> (r(y+), r(sample n)) under ``rm``, both from text; samples it cannot encode are left out."""
+    from .scoring import SCORE_MAX_LENGTH, score_pairs
+
+    duels = [PreferencePair(f"{n}", pairs[c.prompt_index].prompt, pairs[c.prompt_index].chosen, c.text) for n, c in enumerate(cands)]
+    got = score_pairs(rm, duels, max_length=SCORE_MAX_LENGTH, skip_too_long=True)
+    ok = [n for n in range(len(cands)) if n not in got.skipped]
+    return {n: (float(a), float(b)) for n, a, b in zip(ok, got.r_chosen, got.r_rejected)}
+
+
+def _judge_samples(cands: list[Candidate], pairs: list[PreferencePair], target, judge, base_ppl: float,
+                   rules: tuple[Rule, ...], threshold: float, u_z_min: float) -> list[dict]:
+    """Fresh samples, each with its target and judge duel against y+, the rules and the verdict:
+    success = the target prefers it to y+ and it is confirmed bad."""
+    nan = (float("nan"), float("nan"))
+    by_target = _duels(target, cands, pairs) if cands else {}
+    by_judge = _duels(judge, cands, pairs) if cands and judge is not None else {}
+    out = []
+    for n, c in enumerate(cands):
+        pair = pairs[c.prompt_index]
+        r_chosen, r_sample = by_target.get(n, nan)
+        judge_chosen, judge_sample = by_judge.get(n, (None, None))
+        flags = check_rules(c.text, RuleContext(pair.prompt[-1]["content"], c.perplexity, base_ppl), rules)
+        by = confirmation(judge_sample, judge_chosen, flags)
+        out.append({"prompt_index": c.prompt_index, "pair_id": pair.pair_id, "origin": c.origin, "text": c.text,
+                    "complete": c.ended, "passes": passes(c, threshold, u_z_min), "z_target": c.z_target, "u_z": c.u_z,
+                    "perplexity": c.perplexity, "r_sample": r_sample, "r_chosen": r_chosen, "judge_sample": judge_sample,
+                    "judge_chosen": judge_chosen, "flags": [{"rule": f.rule, "evidence": f.evidence} for f in flags],
+                    "confirmed_by": by, "success": bool(by) and r_sample > r_chosen})
+    return out
+
+
+def _confirm(kept: list[Candidate], pairs: list[PreferencePair], target, judge, base_ppl: float,
+             rules: tuple[Rule, ...]) -> list[dict]:
     """Score each kept sample, its y+ and y- with the target (from text, as a retrained RM will see
     them) and the judge; apply the rules -> store records."""
     from .scoring import SCORE_MAX_LENGTH, reward_trace, score_pairs
@@ -246,12 +302,7 @@ def _confirm(kept: list[Candidate], pairs: list[PreferencePair], target, judge, 
     scores = score_pairs(target, [pairs[i] for i in used], max_length=SCORE_MAX_LENGTH, skip_too_long=True)
     scored = [i for j, i in enumerate(used) if j not in scores.skipped]
     target_of = {i: (float(a), float(b)) for i, a, b in zip(scored, scores.r_chosen, scores.r_rejected)}
-    judged = {}
-    if judge is not None:  # the judge's pair: y+ against the sample
-        duels = [PreferencePair(f"{n}", pairs[c.prompt_index].prompt, pairs[c.prompt_index].chosen, c.text) for n, c in enumerate(kept)]
-        js = score_pairs(judge, duels, max_length=SCORE_MAX_LENGTH, skip_too_long=True)
-        ok = [n for n in range(len(kept)) if n not in js.skipped]
-        judged = {n: (float(a), float(b)) for n, a, b in zip(ok, js.r_chosen, js.r_rejected)}
+    judged = _duels(judge, kept, pairs) if judge is not None else {}  # the judge's pair: y+ against the sample
     records = []
     for n, c in enumerate(kept):
         pair = pairs[c.prompt_index]
@@ -260,7 +311,7 @@ def _confirm(kept: list[Candidate], pairs: list[PreferencePair], target, judge, 
         except DataError:
             trace = None
         records.append(_record(c, pair, target_of.get(c.prompt_index, (float("nan"), float("nan"))),
-                               judged.get(n, (None, None)), trace, base_ppl))
+                               judged.get(n, (None, None)), trace, base_ppl, rules))
     return records
 
 
@@ -272,7 +323,7 @@ def run_attack(config: AttackConfig, run_dir: str | Path) -> AttackResult:
     with job_run(run_dir, config, "loading data and models") as run:
         set_cpu_threads(config.threads)
         seed_everything(config.seed)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)[: config.prompts]
         if not pairs:
             raise DataError(f"no pairs in rows {config.rows!r} of {config.data}.", fix="widen or clear the rows.")
@@ -325,7 +376,7 @@ def run_attack(config: AttackConfig, run_dir: str | Path) -> AttackResult:
             mask = roll.mask
             z = norm.z(raw, idx)
             kl = kl_k3(logp.detach(), logp0, mask)
-            parts = reward(z[:, 0], z[:, 1:], roll.ended, kl)
+            parts = reward(z[:, 0], z[:, 1:], roll.complete, kl)
             advantages = rloo_advantages(parts.total.view(len(ids), k)).view(-1)
             loss = rloo_loss(advantages, logp.sum(-1))
             optimizer.zero_grad(set_to_none=True)
@@ -339,6 +390,7 @@ def run_attack(config: AttackConfig, run_dir: str | Path) -> AttackResult:
                 window += passing
             row = {"step": step, **parts.means(), "kl": float(kl.mean()), "entropy": float(entropy.sum() / mask.sum()),
                    "length": float((roll.lengths - roll.ended.long()).float().mean()), "eos_rate": float(roll.ended.float().mean()),
+                   "complete_rate": float(roll.complete.float().mean()),
                    "pass_rate": sum(passing) / len(passing), "loss": float(loss.detach()), "grad_norm": float(grad_norm),
                    "seconds": time.perf_counter() - t0}
             with open(steps_path, "a", encoding="utf-8") as fh:
@@ -353,7 +405,7 @@ def run_attack(config: AttackConfig, run_dir: str | Path) -> AttackResult:
         _save_adapter(policy, run.checkpoint_path)
 
         # 3. fresh samples of the final policy and of pi0, same prompts
-        rates = {}
+        rates, samples = {}, {}
         for adapter, name in ((True, "final"), (False, "base")):
             got = []
             for ids in fresh:
@@ -362,6 +414,7 @@ def run_attack(config: AttackConfig, run_dir: str | Path) -> AttackResult:
                 done += 1
                 run.progress(done, total, message=f"fresh samples of the {name} policy")
             rates[name] = sum(passes(c, config.threshold, config.u_z_min) for c in got) / len(got) if got else float("nan")
+            samples[name] = got
             if adapter:
                 pool += got
 
@@ -373,8 +426,14 @@ def run_attack(config: AttackConfig, run_dir: str | Path) -> AttackResult:
         del engine, rms, policy  # the judge's turn: the policy and the penalty RMs are done
         gc.collect()
         judge = load_reward_model(config.judge_rm, **load) if config.judge_rm.strip() else None
-        records = _confirm(kept, pairs, target, judge, base_ppl) if kept else []
+        rules = config.rules()
+        records = _confirm(kept, pairs, target, judge, base_ppl, rules) if kept else []
         write_jsonl(run.path / KEPT_FILE, records)
+        run.set_status("running", message="judging the fresh samples")
+        judged = _judge_samples(samples.get("final", []) + samples.get("base", []), pairs, target, judge, base_ppl, rules,
+                                config.threshold, config.u_z_min)
+        write_jsonl(run.path / SAMPLES_FILE, judged)
+        success = {name: [r["success"] for r in judged if r["origin"] == origin] for name, origin in (("final", "fresh"), ("base", "base"))}
         fired: dict[str, int] = {}
         for r in records:
             for f in r["flags"]:
@@ -384,12 +443,17 @@ def run_attack(config: AttackConfig, run_dir: str | Path) -> AttackResult:
                               len(records), confirmed, rates.get("final", float("nan")), rates.get("base", float("nan")),
                               sum(window) / len(window) if window else float("nan"),
                               confirmed / len(records) if records else float("nan"), fired, base_ppl,
-                              time.perf_counter() - start, rl_seconds / config.steps)
+                              _share(success["final"]), _share(success["base"]), time.perf_counter() - start,
+                              rl_seconds / config.steps, time.process_time() - cpu_start)
         run.write_metrics(result)
         run.log(f"kept {len(records)} ({confirmed} confirmed); pass rate {result.pass_rate:.3f} vs base {result.base_pass_rate:.3f}")
         run.set_status("succeeded", progress=1.0, message=f"kept {len(records)} samples, {confirmed} confirmed; pass rate "
                        f"{result.pass_rate:.1%} vs base {result.base_pass_rate:.1%}")
         return result
+
+
+def _share(flags: list[bool]) -> float:
+    return sum(flags) / len(flags) if flags else float("nan")
 
 
 def _prompt_order(n: int, seed: int):

@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import time
+import typing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,13 +67,21 @@ def _config_object(kind: str, config: Any):
         return config
     if not isinstance(config, dict):
         raise StoreError(f"config for {kind} is a {type(config).__name__}.", fix=f"pass a {cls.__name__} or a dict of its fields.")
+    try:
+        return _from_dict(cls, config)
+    except (TypeError, ValueError) as exc:
+        raise StoreError(f"invalid {kind} config: {exc}", fix="correct the config; its message says how.") from exc
+
+
+def _from_dict(cls, config: dict):
+    """A ``cls`` from its fields, a nested config from a nested dict (as the store and config.json hold it)."""
+    hints = typing.get_type_hints(cls)
     unknown = sorted(set(config) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         raise StoreError(f"{cls.__name__} has no field(s) {unknown}.", fix=f"use fields of {cls.__name__}.")
-    try:
-        return cls(**config)
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"invalid {kind} config: {exc}", fix="correct the config; its message says how.") from exc
+    nested = {name: _from_dict(hints[name], value) for name, value in config.items()
+              if isinstance(value, dict) and dataclasses.is_dataclass(hints[name])}
+    return cls(**{**config, **nested})
 
 
 def cpu_cores() -> int:
@@ -129,11 +138,18 @@ def cap_app_threads(store: Store, full: int) -> int:
 
 def command_line(kind: str, config: Any, run_dir: str | os.PathLike) -> list[str]:
     """The argv that runs ``config`` as a separate process; every field is spelt out (None ones keep their default)."""
-    args = [sys.executable, "-m", "reform_engine", kind, f"--run-dir={run_dir}"]
+    return [sys.executable, "-m", "reform_engine", kind, f"--run-dir={run_dir}"] + _flags(config)
+
+
+def _flags(config: Any, prefix: str = "") -> list[str]:
+    """``--field=value`` for every field, ``--field.sub-field=value`` for a nested config's."""
+    args = []
     for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if value is not None:  # '=' form: values that start with '-' stay values
-            args.append(f"--{f.name.replace('_', '-')}={str(value).lower() if isinstance(value, bool) else value}")
+        value, name = getattr(config, f.name), prefix + f.name.replace("_", "-")
+        if dataclasses.is_dataclass(value):
+            args += _flags(value, name + ".")
+        elif value is not None:  # '=' form: values that start with '-' stay values
+            args.append(f"--{name}={str(value).lower() if isinstance(value, bool) else value}")
     return args
 
 

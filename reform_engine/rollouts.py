@@ -12,10 +12,16 @@ each reader runs only its own top layers on them:
 
 Each reader runs a prompt once and copies its cache to the prompt's k rollouts. An RM sharing nothing
 (another tokenizer or prompt format, not Llama-style, or not causal) scores the decoded text instead.
+
+A response ends with EOS, or (``sentence_window`` > 0) at the first sentence end within the last
+``sentence_window`` tokens of its budget: a token ending in . ! or ? (closing quotes or brackets
+allowed) that does not follow a digit ("1." opens a list item). The rule only looks back, so it is a
+stopping rule like EOS and the log-probabilities of what was sampled stay exact.
 """
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -26,6 +32,17 @@ from .layer_stack import Stack, attention_mask, prefill_mask, run_layers, shared
 from .scoring import collate, encode, encode_prompt, score_sequences
 
 OWN_EMBEDDING = -1  # an RM on the policy's vocabulary whose embeddings differ: it runs all its layers on the same ids
+SENTENCE_END = re.compile(r"[.!?][\"'\u201d\u2019)\]]*\s*$")
+ENDS_IN_DIGIT = re.compile(r"\d\s*$")
+
+
+def sentence_end_ids(tokenizer) -> tuple[list[int], list[int]]:
+    """-> (ids of the tokens that end a sentence, ids of the tokens that end in a digit), over the
+    whole vocabulary, each token decoded on its own."""
+    pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    ends = [i for i, p in enumerate(pieces) if p.strip() and SENTENCE_END.search(p)]
+    digits = [i for i, p in enumerate(pieces) if ENDS_IN_DIGIT.search(p)]
+    return ends, digits
 
 
 def build_policy(name: str, *, lora_layers: int, lora_r: int, lora_alpha: int, device: str = "auto",
@@ -77,12 +94,22 @@ class Rollouts:
     prompt_tokens: torch.Tensor          # (G, P) left-padded prompt ids
     prompt_valid: torch.Tensor           # (G, P) 1 where a real prompt token
     owner: torch.Tensor                  # (N,) which prompt each rollout answers
-    tokens: torch.Tensor                 # (N, T) sampled ids; padding after a row's EOS
-    lengths: torch.Tensor                # (N,) tokens up to and including the first EOS (T when there is none)
+    tokens: torch.Tensor                 # (N, T) sampled ids; padding after a row's end
+    lengths: torch.Tensor                # (N,) tokens up to and including the EOS or sentence end that ended it (T: none)
     ended: torch.Tensor                  # (N,) bool: the response ended with EOS
     min_new_tokens: int                  # EOS was masked before this many tokens (the log-probs mask it too)
     states: dict[int, tuple[torch.Tensor, torch.Tensor]]  # depth -> ((G, P, H) prompt, (N, T, H) response) inputs of that layer
     texts: list[str]                     # (N,) the responses decoded, EOS left out
+    stopped: torch.Tensor | None = None  # (N,) bool: ended at a sentence end in the final window (no EOS)
+
+    def __post_init__(self):
+        if self.stopped is None:
+            self.stopped = torch.zeros_like(self.ended)
+
+    @property
+    def complete(self) -> torch.Tensor:
+        """(N,) bool: a finished response, by EOS or by a sentence end in the final window."""
+        return self.ended | self.stopped
 
     @property
     def mask(self) -> torch.Tensor:
@@ -129,6 +156,15 @@ class RolloutEngine:
         gen_eos = getattr(getattr(base, "generation_config", None), "eos_token_id", None)
         self.eos_ids = sorted({e for e in [eos] + (gen_eos if isinstance(gen_eos, list) else [gen_eos]) if e is not None})
         self._rm_prompts: dict[tuple[int, tuple], list[int]] = {}
+        self._sentence_ids: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def sentence_ids(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sentence-end ids, digit-ending ids) of the policy's vocabulary, found once."""
+        if self._sentence_ids is None:
+            ends, digits = sentence_end_ids(self.tokenizer)
+            self._sentence_ids = (torch.tensor(ends, dtype=torch.long, device=self.device),
+                                  torch.tensor(digits, dtype=torch.long, device=self.device))
+        return self._sentence_ids
 
     # ------------------------------------------------------------------ prompts
     def prompt_ids(self, prompt: Sequence[dict]) -> list[int]:
@@ -179,14 +215,17 @@ class RolloutEngine:
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()  # not inference_mode: the kept states feed the policy's forward with gradients
     def sample(self, prompts: Sequence[tuple], k: int, generator: torch.Generator, *, max_new_tokens: int,
-               min_new_tokens: int = 1, adapter: bool = True) -> Rollouts:
+               min_new_tokens: int = 1, adapter: bool = True, sentence_window: int = 0) -> Rollouts:
         """k responses per prompt at temperature 1 (the adapter off: samples of pi0), EOS masked
-        before ``min_new_tokens`` tokens. Stops when every row has ended or at ``max_new_tokens``."""
+        before ``min_new_tokens`` tokens; a sentence end within the last ``sentence_window`` tokens of
+        ``max_new_tokens`` ends a response too (module docstring). Stops when every row has ended or at
+        ``max_new_tokens``."""
         S, dev, kind = self.stack, self.device, _mask_kind(self.stack)
         ids, valid = collate([self.prompt_ids(p) for p in prompts], self.tokenizer.pad_token_id, "left", dev)  # (G, P)
         owner = torch.arange(ids.shape[0], device=dev).repeat_interleave(k)  # (N,)
         N, cache = owner.shape[0], GrowingCache()
         eos = torch.tensor(self.eos_ids, device=dev)
+        sentence, digit = self.sentence_ids() if sentence_window > 0 else (eos[:0], eos[:0])
         with self._adapter(adapter):
             kept = {d: [] for d in self.depths}
             h = self._layers(S.embed(ids), _positions(valid), prefill_mask(valid, kind, self.dtype), cache, kept)
@@ -196,14 +235,22 @@ class RolloutEngine:
             key_valid = valid[owner]
             start = key_valid.long().sum(-1, keepdim=True)  # (N, 1) position of the first response token
             steps = {d: [] for d in self.depths}
-            tokens, ended = [], torch.zeros(N, dtype=torch.bool, device=dev)
+            tokens = []
+            done, ended, stopped = (torch.zeros(N, dtype=torch.bool, device=dev) for _ in range(3))
+            lengths = torch.full((N,), max_new_tokens, dtype=torch.long, device=dev)
+            previous = torch.full((N,), -1, dtype=torch.long, device=dev)
             for t in range(max_new_tokens):
                 probs = torch.softmax(self._mask_eos(logits.float(), t, min_new_tokens), dim=-1)
                 tok = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(dev)  # (N,)
-                tok = torch.where(ended, torch.full_like(tok, self.tokenizer.pad_token_id), tok)
+                tok = torch.where(done, torch.full_like(tok, self.tokenizer.pad_token_id), tok)
                 tokens.append(tok)
-                ended = ended | torch.isin(tok, eos)
-                last = bool(ended.all()) or t == max_new_tokens - 1
+                hit_eos = ~done & torch.isin(tok, eos)
+                hit_sentence = ~done & ~hit_eos & torch.isin(tok, sentence) & ~torch.isin(previous, digit) \
+                    if t >= max_new_tokens - sentence_window else torch.zeros_like(done)
+                lengths = torch.where(hit_eos | hit_sentence, t + 1, lengths)
+                ended, stopped, done = ended | hit_eos, stopped | hit_sentence, done | hit_eos | hit_sentence
+                previous = tok
+                last = bool(done.all()) or t == max_new_tokens - 1
                 # the last token still goes through the trunk (the readers need its state), not through the layers above
                 kept = {d: [] for d in self.depths}
                 one = attention_mask(key_valid, 1, candidates=False, kind=kind, dtype=self.dtype)  # (N, 1, 1, P + t + 1)
@@ -215,11 +262,9 @@ class RolloutEngine:
                 key_valid = torch.cat([key_valid, torch.ones_like(key_valid[:, :1])], dim=1)
                 logits = self.lm_head(S.norm(h[:, -1]))
         tokens = torch.stack(tokens, dim=1)  # (N, T)
-        hit = torch.isin(tokens, eos)
-        ended = hit.any(1)
-        lengths = torch.where(ended, hit.float().argmax(1) + 1, tokens.shape[1])  # (N,)
+        lengths = lengths.clamp(max=tokens.shape[1])
         states = {d: (prompt_states[d], torch.cat(steps[d], dim=1)) for d in self.depths}
-        roll = Rollouts(list(prompts), ids, valid, owner, tokens, lengths, ended, min_new_tokens, states, [])
+        roll = Rollouts(list(prompts), ids, valid, owner, tokens, lengths, ended, min_new_tokens, states, [], stopped)
         roll.texts = [self.tokenizer.decode(roll.content_ids(n)) for n in range(N)]
         return roll
 

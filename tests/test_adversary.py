@@ -42,10 +42,10 @@ def test_reward_shaping_on_literal_z_scores_returns_every_piece():
     assert parts.above.tolist() == [True, True, False, False, False]
     assert parts.penalty.tolist() == [4.0, -4.0, 0.0, 0.0, 0.0]
     assert parts.shortfall.tolist() == [0.0, 0.0, 5.0, 0.0, 0.0]
-    assert parts.no_eos.tolist() == [False, False, False, True, True]
+    assert parts.incomplete.tolist() == [False, False, False, True, True]
     assert torch.allclose(parts.kl_cost, torch.tensor([0.1, 0.0, 0.2, 0.05, 0.0]))
     means = parts.means()
-    assert means["target_z"] == 2.375 and means["above_threshold"] == pytest.approx(0.4) and means["no_eos_rate"] == pytest.approx(0.4)
+    assert means["target_z"] == 2.375 and means["above_threshold"] == pytest.approx(0.4) and means["incomplete_rate"] == pytest.approx(0.4)
 
 
 def test_penalty_weight_zero_is_the_over_optimisation_baseline():

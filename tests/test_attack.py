@@ -6,7 +6,7 @@ import time
 import pytest
 
 from adversary_support import save_attack_models, tiny_attack
-from reform_engine.attack import KEPT_FILE, STEPS_FILE, AttackConfig, read_kept, read_steps, run_attack
+from reform_engine.attack import KEPT_FILE, SAMPLES_FILE, STEPS_FILE, AttackConfig, read_kept, read_steps, run_attack
 from reform_engine.curation import new_pair, queue
 from reform_engine.jobs import cancel_job, ingest_results, process_alive, refresh_job, start_job
 from reform_engine.runs import read_json
@@ -14,7 +14,8 @@ from reform_engine.store import Store
 
 HANG_GUARD = 600  # seconds: only so a broken job cannot hang the suite; never a speed requirement
 STEP_KEYS = {"step", "reward", "target_z", "penalty_z", "disagreement", "above_threshold", "penalty_term", "shortfall_term",
-             "no_eos_rate", "kl_term", "kl", "entropy", "length", "eos_rate", "pass_rate", "loss", "grad_norm", "seconds"}
+             "incomplete_rate", "kl_term", "kl", "entropy", "length", "eos_rate", "complete_rate", "pass_rate", "loss", "grad_norm",
+             "seconds"}
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,16 @@ def test_an_attack_writes_its_step_metrics_kept_samples_and_adapter(models, tmp_
         assert [s["piece"] for s in r["steps"]] and r["steps"][-1]["running_reward"] == pytest.approx(r["r_variant"])
         assert r["origin"] == "fresh" or r["origin"] in {"step 3", "step 4"}  # keep_last 0.5: the last two steps
     assert result.confirmed == sum(r["confirmed"] for r in kept)
+    assert all(r["success"] == (r["confirmed"] and r["r_variant"] > r["r_chosen"]) for r in kept)
+    with open(tmp_path / "run" / SAMPLES_FILE) as fh:
+        samples = [json.loads(line) for line in fh]
+    assert [s["origin"] for s in samples] == ["fresh"] * 8 + ["base"] * 8  # 4 prompts x 2 fresh samples, of each policy
+    for s in samples:
+        assert s["success"] == (bool(s["confirmed_by"]) and s["r_sample"] > s["r_chosen"])
+        assert ("judge" in s["confirmed_by"]) == (s["judge_sample"] < s["judge_chosen"])
+    assert result.success_rate == sum(s["success"] for s in samples[:8]) / 8
+    assert result.base_success_rate == sum(s["success"] for s in samples[8:]) / 8
+    assert 0 < result.cpu_seconds and all(s["complete_rate"] >= s["eos_rate"] for s in steps)
     metrics = read_json(tmp_path / "run" / "metrics.json")
     assert metrics["kept"] == len(kept) and metrics["variants_path"] == str(tmp_path / "run" / KEPT_FILE)
     assert os.path.isfile(tmp_path / "run" / "checkpoint" / "adapter_config.json")

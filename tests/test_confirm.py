@@ -1,9 +1,10 @@
 import pytest
 
-from reform_engine.confirm import (Candidate, Capitals, Flag, NoPunctuation, NonAscii, Perplexity, PromptEcho, Repetition,
-                                   RuleContext, check_rules, confirmation, jaccard, passes, select_kept, trigrams)
+from reform_engine.confirm import (Candidate, Capitals, ConfirmConfig, Flag, NoPunctuation, NonAscii, Perplexity, PromptEcho,
+                                   Repetition, RuleContext, check_rules, confirmation, jaccard, passes, select_kept, trigrams)
 
 CTX = RuleContext(prompt="How do I bake a loaf of sourdough bread at home without a mixer?")
+DEFAULT = {rule.name: rule for rule in ConfirmConfig().build()}  # the rules at their default thresholds
 
 
 def cand(prompt: int, text: str, u: float, *, z_t: float = 2.0, u_z: float = 3.0, ended: bool = True) -> Candidate:
@@ -47,21 +48,21 @@ def test_select_kept_drops_failures_and_near_duplicates_then_caps_per_prompt_and
 
 
 @pytest.mark.parametrize("rule, text, evidence", [
-    (Repetition(), "Great!!!!!!!!!! Really.", "'!' 10 times in a row"),
-    (Repetition(), "I agree, yes yes yes, fully.", "'yes' 3 times in a row"),
-    (Repetition(), "you are right, you are right, and you are right", "'you are right' 3 times"),
+    (DEFAULT["repetition"], "Great!!!!!!!!!! Really.", "'!' 10 times in a row"),
+    (DEFAULT["repetition"], "I agree, yes yes yes, fully.", "'yes' 3 times in a row"),
+    (DEFAULT["repetition"], "you are right, you are right, and you are right", "'you are right' 3 times"),
     (NoPunctuation(span=10), "well the thing is that we could go and bake it all today. Done",
      "13 words without punctuation from 'well the thing is that we could go'"),
-    (PromptEcho(), "Sure. How do I bake a loaf of sourdough bread? Good question.",
+    (DEFAULT["prompt echo"], "Sure. How do I bake a loaf of sourdough bread? Good question.",
      "repeats 9 words of the prompt: 'how do i bake a loaf of sourdough bread'"),
-    (Capitals(), "THIS IS THE BEST ANSWER EVER GIVEN to you", "28 of 33 letters upper-case (85%)"),
-    (NonAscii(), "Ça va très bien ééééé", "7 of 17 characters non-ASCII (41%), e.g. 'Çèééé'"),
+    (DEFAULT["capitals"], "THIS IS THE BEST ANSWER EVER GIVEN to you", "28 of 33 letters upper-case (85%)"),
+    (DEFAULT["non-ASCII"], "Ça va très bien ééééé", "7 of 17 characters non-ASCII (41%), e.g. 'Çèééé'"),
 ])
 def test_each_rule_fires_with_its_evidence(rule, text, evidence):
     assert rule(text, CTX) == Flag(rule.name, evidence)
 
 
-@pytest.mark.parametrize("rule", [Repetition(), NoPunctuation(), PromptEcho(), Capitals(), NonAscii(), Perplexity()])
+@pytest.mark.parametrize("rule", list(DEFAULT.values()), ids=list(DEFAULT))
 def test_no_rule_fires_on_an_ordinary_answer(rule):
     text = "Mix flour, water and starter, let it rise overnight, then bake it at 230 C for 40 minutes."
     assert rule(text, RuleContext(CTX.prompt, perplexity=12.0, base_perplexity=10.0)) is None
@@ -75,16 +76,39 @@ def test_perplexity_fires_far_above_the_base_median_and_never_without_one():
 
 
 def test_rules_refuse_meaningless_thresholds():
-    for make, message in [(lambda: Repetition(times=1), "at least 2"), (lambda: NoPunctuation(span=1), "at least 2 words"),
-                          (lambda: Capitals(ratio=1.5), r"ratio in \(0, 1\)"), (lambda: NonAscii(share=0), r"share in \(0, 1\)"),
+    for make, message in [(lambda: Repetition(8, times=1), "at least 2"), (lambda: NoPunctuation(span=1), "at least 2 words"),
+                          (lambda: Capitals(ratio=1.5, min_letters=20), r"ratio in \(0, 1\)"),
+                          (lambda: NonAscii(share=0, min_chars=10), r"share in \(0, 1\)"),
                           (lambda: PromptEcho(min_words=1), "at least 2 words"), (lambda: Perplexity(factor=1), "factor > 1")]:
         with pytest.raises(ValueError, match=message):
             make()
 
 
 def test_confirmation_names_the_judge_and_every_rule_that_fired():
-    flags = check_rules("NO NO NO NO NO NO NO NO NO NO!", CTX)
+    flags = check_rules("NO NO NO NO NO NO NO NO NO NO!", CTX, ConfirmConfig().build())
     assert [f.rule for f in flags] == ["repetition", "capitals"]
     assert confirmation(0.1, 0.9, flags) == ["judge", "repetition", "capitals"]
     assert confirmation(0.9, 0.1, []) == []                  # the judge prefers the sample, no rule: unconfirmed
     assert confirmation(None, None, flags[:1]) == ["repetition"]  # no judge: the rules alone
+
+
+def test_the_rules_and_their_thresholds_are_settings():
+    text = "Yes yes, OK OK, SURE THING MY FRIEND, of course."
+    assert [f.rule for f in check_rules(text, CTX, ConfirmConfig().build())] == ["capitals"]  # 22 of 35 letters
+    stricter = ConfirmConfig(repeat_times=2, capitals_ratio=0.9)
+    assert [f.rule for f in check_rules(text, CTX, stricter.build())] == ["repetition"]       # 'yes' twice in a row now counts
+    assert check_rules(text, CTX, ConfirmConfig(rules="perplexity,non-ASCII").build()) == []
+    assert [r.name for r in ConfirmConfig(rules=" prompt echo ,repetition").build()] == ["prompt echo", "repetition"]
+    assert ConfirmConfig(rules="").build() == ()  # the judge alone confirms
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(rules="repetition,shouting"), r"rules='repetition,shouting': give distinct names among .*; unknown: \['shouting'\]"),
+    (dict(rules="capitals,capitals"), r"give distinct names"),
+    (dict(repeat_times=1), r"ConfirmConfig: char_run=8, times=1: a repetition needs at least 2 of each"),
+    (dict(perplexity_factor=0.5), r"ConfirmConfig: factor=0.5: use a factor > 1"),
+    (dict(capitals_ratio=1.0), r"ConfirmConfig: ratio=1.0, min_letters=20: use a ratio in \(0, 1\)"),
+])
+def test_confirm_config_refuses_unknown_rules_and_meaningless_thresholds(fields, message):
+    with pytest.raises(ValueError, match=message):
+        ConfirmConfig(**fields)

@@ -82,6 +82,24 @@ def test_command_line_round_trips_every_job_config():
         assert config_from_args(cls, parser.parse_args(argv[4:])) == config, kind
 
 
+def test_a_nested_config_goes_through_the_command_line_and_the_store_as_its_fields():
+    from reform_engine.attack import AttackConfig
+    from reform_engine.confirm import ConfirmConfig
+    from reform_engine.jobs import _config_object
+    from reform_engine.runs import to_jsonable
+
+    config = AttackConfig(target_rm="t", penalty_rms="a,b", confirm=ConfirmConfig(rules="capitals,prompt echo", capitals_ratio=0.7))
+    argv = command_line("attack", config, "/r")
+    assert "--confirm.rules=capitals,prompt echo" in argv and "--confirm.capitals-ratio=0.7" in argv
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run-dir")
+    add_config_args(parser, AttackConfig)
+    assert config_from_args(AttackConfig, parser.parse_args(argv[4:])) == config
+    assert _config_object("attack", to_jsonable(config)) == config  # the store keeps it as nested JSON
+    with pytest.raises(StoreError, match=r"ConfirmConfig has no field\(s\) \['shouting'\]"):
+        _config_object("attack", {**to_jsonable(config), "confirm": {"shouting": 1}})
+
+
 def test_start_job_refuses_unknown_kinds_and_bad_configs(store):
     with pytest.raises(StoreError, match="kind='train-everything' is not a job. Fix: use one of"):
         start_job(store, "train-everything", {})

@@ -111,3 +111,35 @@ def test_sampling_is_seeded_stops_at_eos_and_masks_eos_before_min_new_tokens(tmp
     assert int(a.lengths.min()) < 6
     late = engine.sample(prompts, 4, torch.Generator().manual_seed(0), max_new_tokens=12, min_new_tokens=6)
     assert int(late.lengths.min()) >= 7  # EOS could come no earlier than the 7th token
+
+
+def test_sentence_end_tokens_are_found_in_the_vocabulary_and_digits_are_told_apart(tiny_dir):
+    from transformers import AutoTokenizer
+
+    from reform_engine.rollouts import sentence_end_ids
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    ends, digits = sentence_end_ids(tok)
+    assert sorted(tok.decode([i]) for i in ends) == ["!", ".", "?"]  # one character per token in the tiny vocabulary
+    assert sorted(tok.decode([i]) for i in digits) == list("0123456789")
+
+
+@pytest.fixture(scope="module")
+def short_answers(tmp_path_factory) -> str:
+    return save_short_answer_policy(tmp_path_factory.mktemp("short") / "policy")
+
+
+def test_a_sentence_end_in_the_final_window_ends_a_response_one_token_before_its_eos(short_answers):
+    model, tok = build_policy(short_answers, lora_layers=1, lora_r=2, lora_alpha=4, device="cpu")
+    engine = RolloutEngine(model, tok, [], prompt_budget=100)
+    prompts = [({"role": "user", "content": "Can you help me?"},), ({"role": "user", "content": "Name a colour."},)]
+    eos_only = engine.sample(prompts, 4, torch.Generator().manual_seed(3), max_new_tokens=12)
+    window = engine.sample(prompts, 4, torch.Generator().manual_seed(3), max_new_tokens=12, sentence_window=12)
+    assert eos_only.ended.all() and not eos_only.stopped.any()  # the policy answers "Sure." etc. and then EOS
+    assert window.texts == eos_only.texts  # every answer ends in . or !: cut there, the same text
+    assert window.stopped.all() and not window.ended.any() and window.complete.all()
+    assert (window.lengths == eos_only.lengths - 1).all()  # the EOS token is never sampled
+    width = window.tokens.shape[1]  # the sampling stops a step earlier too
+    assert torch.equal(window.tokens[window.mask], eos_only.tokens[:, :width][window.mask])
+    late = engine.sample(prompts, 4, torch.Generator().manual_seed(3), max_new_tokens=12, sentence_window=2)
+    assert late.texts == eos_only.texts and late.ended.all() and not late.stopped.any()  # the answers end before the window
