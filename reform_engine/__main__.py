@@ -44,6 +44,7 @@ def config_from_args(cls, args: argparse.Namespace, prefix: str = ""):
 
 
 def _jobs():
+    from .adv_rounds import AdvRoundsConfig, run_adv_rounds
     from .attack import AttackConfig, run_attack
     from .evaluation import EvaluateRewardConfig, evaluate_reward_model
     from .influence import InfluenceConfig, find_influential
@@ -60,7 +61,9 @@ def _jobs():
             "robustness": (RobustnessConfig, evaluate_robustness, "win-rate drop under perturbations + spurious-feature indicators"),
             "pipeline": (PipelineConfig, run_pipeline, "the REFORM loop end to end: base, influential, variants, retrain, robustness"),
             "retrain": (RetrainConfig, run_retrain, "retrain on approved pairs (scratch|finetune), then robustness of base vs retrained"),
-            "attack": (AttackConfig, run_attack, "Adv-RM: an RLOO adversary against a target RM; kept samples become pairs")}
+            "attack": (AttackConfig, run_attack, "Adv-RM: an RLOO adversary against a target RM; kept samples become pairs"),
+            "adv-rounds": (AdvRoundsConfig, run_adv_rounds, "Adv-RM rounds: attack, add the samples as pairs, retrain from "
+                           "scratch, attack the retrained RM; robustness of every RM")}
 
 
 def _add_store_commands(sub) -> None:

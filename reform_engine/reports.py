@@ -1,7 +1,7 @@
 """What the jobs produced, as tables a page can draw: robustness results of finished runs (base vs
 retrained vs ablations), the run history, the stages of a running pipeline, and the end of a job's logs.
 
-Results come from the run directories the store points at: a ``pipeline`` or ``retrain`` job's
+Results come from the run directories the store points at: a ``pipeline``, ``retrain`` or ``adv-rounds`` job's
 ``report.json`` (one row per model), a ``robustness`` job's ``metrics.json`` (one model). Frames:
 
     summary   run, job_id, kind, model, label, checkpoint, clean_accuracy, mean_drop, drop_vs_base
@@ -18,7 +18,7 @@ import pandas as pd
 
 from .runs import read_json
 
-RESULT_KINDS = ("pipeline", "retrain", "robustness")    # jobs whose results are robustness tables
+RESULT_KINDS = ("pipeline", "retrain", "robustness", "adv-rounds")    # jobs whose results are robustness tables
 SUMMARY_COLUMNS = ["run", "job_id", "kind", "model", "label", "checkpoint", "clean_accuracy", "mean_drop", "drop_vs_base"]
 DROP_COLUMNS = ["run", "job_id", "model", "label", "perturbation", "drop"]
 HISTORY_COLUMNS = ["id", "kind", "state", "progress", "message", "created_at", "finished_at", "minutes", "rerun_of", "run_dir"]

@@ -50,6 +50,20 @@ def _spec_training_config(base_rm: Path) -> TrainRewardConfig:
                              use_chat_template=spec.use_chat_template, max_length=spec.max_length)
 
 
+def base_recipe(base_rm: str | Path, data: str = "", train_rows: str = "") -> TrainRewardConfig:
+    """The recipe that trained checkpoint ``base_rm`` (its run's config.json), its data replaced by
+    ``data`` / ``train_rows`` when given; for a checkpoint trained elsewhere, its spec with ``data``,
+    which is then required. Raises ValueError saying what to give."""
+    base_dir = Path(base_rm).expanduser()
+    base = base_training_config(base_dir)
+    if base is None:
+        base = _spec_training_config(base_dir)
+        if not data:
+            raise ValueError(f"no training config beside {base_dir} (it was not trained here), so its training data "
+                             "is unknown; give data (and train_rows): the pairs it was trained on")
+    return dataclasses.replace(base, data=data, train_rows=train_rows) if data else base
+
+
 def held_out_rows(train_rows: str) -> str:
     """The rows after a training range 'a:b' ('b:'), or '' when training took everything to the end."""
     stop = parse_rows(train_rows).stop
@@ -95,17 +109,11 @@ class RetrainConfig:
 
     def training_config(self) -> TrainRewardConfig:
         """The retraining run's config. Raises ValueError when the base's recipe is unknown and no data is given."""
-        base_dir = Path(self.base_rm).expanduser()
-        base = base_training_config(base_dir)
-        if base is None:
-            base = _spec_training_config(base_dir)
-            if not self.data:
-                raise ValueError(f"no training config beside {base_dir} (it was not trained here), so its training data "
-                                 "is unknown; give data (and train_rows): the pairs it was trained on")
-        data = {"data": self.data, "train_rows": self.train_rows} if self.data else {}
-        return retrain_config(base, self.mode, str(base_dir), self.augment_data, finetune_epochs=self.finetune_epochs,
-                              finetune_lr=self.finetune_lr, replay=self.replay, device=self.device, dtype=self.dtype,
-                              threads=self.threads, trust_remote_code=self.trust_remote_code, **data)
+        base = base_recipe(self.base_rm, self.data, self.train_rows)
+        return retrain_config(base, self.mode, str(Path(self.base_rm).expanduser()), self.augment_data,
+                              finetune_epochs=self.finetune_epochs, finetune_lr=self.finetune_lr, replay=self.replay,
+                              device=self.device, dtype=self.dtype, threads=self.threads,
+                              trust_remote_code=self.trust_remote_code)
 
     def robustness_config(self, rm: str, training: TrainRewardConfig) -> RobustnessConfig:
         return RobustnessConfig(reward_model=rm, data=self.eval_data or training.data, rows=self.eval_rows,

@@ -11,6 +11,7 @@ Each compared model gets a :class:`ModelReport` from its robustness stage, and t
     models    [{name, checkpoint, augment_pairs, clean_accuracy, mean_drop, drops, indicators}]
     stages    [{name, seconds, reused}]
     variants  {strategy: variant stats}          (empty when the job decodes none)
+    rounds    [{round, target, pass_rate, ...}]   (adv-rounds: one row per attack; empty for the others)
     seconds, report_path
     summary   ComparisonResult.summary_rows()
     drops     ComparisonResult.drop_rows()
@@ -94,6 +95,7 @@ class ComparisonResult:
     variants: dict[str, dict]               # strategy -> variant stats (inversions, success rate, ...)
     seconds: float
     report_path: str
+    rounds: list[dict] = field(default_factory=list)  # adv-rounds: one row per attack (rounds.RoundReport)
 
     def summary_rows(self) -> list[dict]:
         """One row per model: Plotly/pandas-ready."""
@@ -163,11 +165,12 @@ class Stages:
         """Count ``n`` planned stages as done without running them."""
         self.done += n
 
-    def write_report(self, models: Sequence[ModelReport], variants: dict[str, dict] | None = None) -> ComparisonResult:
+    def write_report(self, models: Sequence[ModelReport], variants: dict[str, dict] | None = None,
+                     rounds: Sequence[Any] = ()) -> ComparisonResult:
         """Write ``report.json`` (see the module docstring) -> the result it holds."""
         path = self.run.path / "report.json"
         result = ComparisonResult(list(models), list(self.timings), dict(variants or {}), time.perf_counter() - self.start,
-                                  str(path))
+                                  str(path), [to_jsonable(r) for r in rounds])
         atomic_write_json(path, {**to_jsonable(result), "summary": result.summary_rows(), "drops": result.drop_rows(),
                                  "complete": self.done >= self.total})
         return result

@@ -73,6 +73,9 @@ def test_command_line_round_trips_every_job_config():
         tricky = {f.name: "-5:" for f in dataclasses.fields(cls) if f.name in ("rows", "train_rows", "eval_rows")}
         if kind == "attack":  # two penalty RMs, other than the target
             required["penalty_rms"] = "penalty one,-penalty two"
+        if kind == "adv-rounds":  # its attack is a nested config
+            from reform_engine.attack import AttackConfig
+            required["attack"] = AttackConfig(target_rm="some/path with spaces", penalty_rms="penalty one,-penalty two", rows="-5:")
         config = cls(**required, **tricky)
         argv = command_line(kind, config, "/tmp/run dir")
         assert argv[:5] == [sys.executable, "-m", "reform_engine", kind, "--run-dir=/tmp/run dir"]

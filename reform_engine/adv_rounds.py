@@ -1,0 +1,217 @@
+"""Adv-RM's rounds of adversarial training: attack the RM, add what the attack found as rejected
+responses, retrain from scratch, and attack the retrained RM again.
+
+    python -m reform_engine adv-rounds --run-dir D --attack.target-rm T --attack.penalty-rms P1,P2 [--attack.judge-rm J] ...
+
+Each step is a stage in a sub-directory of the run directory (stages.Stages: a finished stage with the
+same config is reused, so a killed job resumes):
+
+    robustness_base/        the base RM (``attack.target_rm``) on the held-out pairs
+    attack_r1/              the attack on the base RM (attack.run_attack: z-scores afresh, against pi0's
+                            samples as the RM under attack scores them)
+    attack_r1_lambda0/      with ``baseline_arm``: the same attack with lambda = 0, the over-optimisation
+                            baseline; reported beside, never trained on
+    pairs_r1.jsonl          every adversarial pair so far, (y+ preferred over the sample), TRL rows
+    retrain_r1/             the base's recipe from scratch on its pairs plus those
+    robustness_r1/          the retrained RM on the same held-out pairs
+    attack_r2/ ...          round 2 attacks round 1's RM; and so on for ``rounds`` retrainings
+    attack_r3/              with ``final_attack``: the last RM attacked once more (no retraining), so the
+                            report says whether it still falls
+
+A round whose attack passes the keep filter on fewer than ``pass_floor`` of its fresh samples ends
+the rounds (the RM no longer falls for the attack), and so does one that keeps no pair to add. The
+penalty RMs and the judge stay the same in every round; only the target changes.
+
+``report.json`` has the pipeline's schema (stages.py), so the Retrain page shows it: models ``base``,
+``round 1``, ``round 2``...; and ``rounds``, one :class:`RoundReport` per attack.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .attack import AttackConfig, read_kept, run_attack
+from .data import load_preferences, select_rows
+from .perturbations import PERTURBATIONS
+from .retrain import base_recipe, held_out_rows
+from .robustness import RobustnessConfig, evaluate_robustness
+from .runs import atomic_write_text, job_run
+from .runtime import set_cpu_threads
+from .stages import ComparisonResult, ModelReport, Stages, retrain_config
+from .training import TrainRewardConfig, train_reward_model
+
+BASELINE = "lambda=0"     # the arm name of the over-optimisation baseline's rows
+
+
+@dataclass
+class AdvRoundsConfig:
+    attack: AttackConfig                    # every round's attack; its target_rm is the base RM (round 1's target),
+                                            # later rounds put the last retrained RM in its place
+    rounds: int = 2                         # retrainings: the paper's attack stopped working after 2
+    pass_floor: float = 0.05                # a round whose attack passes the filter on fewer than 5% of its fresh samples
+                                            # ends the rounds: pi0 passes by chance at ~2% (Z_t > 1 and U's z > 1.96)
+    final_attack: bool = True               # after the last retraining, attack once more to see whether it still falls
+    confirmed_only: bool = True             # only samples the judge or a rule confirms become pairs (the paper relies on
+                                            # disagreement plus its filter); False: every kept sample
+    baseline_arm: bool = False              # each attack also with lambda = 0 (the over-optimisation baseline), reported
+    # retraining: the base's recipe (its run's config.json), from scratch, on its pairs + the adversarial ones
+    data: str = ""                          # the original pairs; '' = the base's own
+    train_rows: str = ""                    # with data: the rows to train on ('' = all)
+    # evaluation: every RM on the same held-out pairs
+    eval_data: str = ""                     # '' = the training data
+    eval_rows: str = ""                     # '' = the rows after the training rows (all rows when it trained on all)
+    perturbations: str = ",".join(PERTURBATIONS)
+    eval_max_length: int = 1024
+    seed: int = 0                           # perturbation seed
+
+    def __post_init__(self):
+        checks = [(self.rounds >= 1, "rounds must be >= 1"),
+                  (0 <= self.pass_floor <= 1, "pass_floor must be a share in [0, 1] (0 = never stop early)"),
+                  (self.attack.fresh_samples >= 1, "attack.fresh_samples must be >= 1: a round's pass rate is measured on "
+                   "fresh samples of the final policy")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"AdvRoundsConfig: {message}")
+        RobustnessConfig(reward_model="x", perturbations=self.perturbations)  # checks the names now
+
+    def runtime(self) -> dict:
+        """The attack's runtime, for every stage."""
+        a = self.attack
+        return {"device": a.device, "dtype": a.dtype, "threads": a.threads, "trust_remote_code": a.trust_remote_code}
+
+    def recipe(self) -> TrainRewardConfig:
+        return base_recipe(self.attack.target_rm, self.data, self.train_rows)
+
+    def retrain_config(self, pairs_path: str) -> TrainRewardConfig:
+        return retrain_config(self.recipe(), "scratch", self.attack.target_rm, pairs_path, **self.runtime())
+
+    def robustness_config(self, rm: str) -> RobustnessConfig:
+        recipe = self.recipe()
+        rows = self.eval_rows if self.eval_rows or self.eval_data else held_out_rows(recipe.train_rows)
+        return RobustnessConfig(reward_model=rm, data=self.eval_data or recipe.data, rows=rows, perturbations=self.perturbations,
+                                seed=self.seed, max_length=self.eval_max_length, **self.runtime())
+
+    def attack_config(self, target: str, baseline: bool = False) -> AttackConfig:
+        return dataclasses.replace(self.attack, target_rm=target, **({"penalty_weight": 0.0} if baseline else {}))
+
+
+@dataclass
+class RoundReport:
+    round: int
+    arm: str                                # "adv-rm", or "lambda=0" (the baseline)
+    target: str                             # the model attacked: "base", "round 1", ...
+    checkpoint: str                         # its checkpoint
+    pass_rate: float                        # fresh samples of the final policy passing the keep filter
+    base_pass_rate: float                   # pi0's fresh samples, same filter
+    confirmed_rate: float                   # confirmed / kept
+    success_rate: float                     # fresh samples the target prefers to y+ and confirmed bad
+    kept: int
+    confirmed: int
+    added: int = 0                          # pairs this round adds to the training set
+    total_pairs: int = 0                    # adversarial pairs the retrained RM was trained on
+    retrained: str = ""                     # the retrained RM's checkpoint ('' = none this round)
+    stop: str = ""                          # why the rounds ended here ('' = they went on)
+    cpu_seconds: float = 0.0                # the attack's CPU time, RL included
+    rules_fired: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_attack(cls, r: int, arm: str, target: str, checkpoint: str, m: dict) -> RoundReport:
+        return cls(r, arm, target, checkpoint, m["pass_rate"], m["base_pass_rate"], m["confirmed_rate"], m["success_rate"],
+                   m["kept"], m["confirmed"], cpu_seconds=m.get("cpu_seconds", 0.0), rules_fired=m.get("rules_fired", {}))
+
+
+def adversarial_pairs(attack_dir: str | Path, confirmed_only: bool) -> list[dict]:
+    """The TRL rows a finished attack adds: (y+ preferred over the sample) for each kept (or each
+    confirmed) sample."""
+    return [dict(r["new_pair"]) for r in read_kept(attack_dir) if r["confirmed"] or not confirmed_only]
+
+
+def _write_pairs(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _key(row: dict) -> str:
+    return json.dumps([row["prompt"], row["chosen"], row["rejected"]], sort_keys=True)
+
+
+def check_prompts_held_out(config: AdvRoundsConfig) -> None:
+    """Refuse attack prompts among the held-out pairs: their pairs would be trained on, then evaluated."""
+    rob = config.robustness_config("x")
+    if Path(config.attack.data).expanduser().resolve() != Path(rob.data).expanduser().resolve():
+        return
+    pairs = load_preferences(config.attack.data, skip_invalid=config.attack.skip_invalid).pairs
+    attacked = {p.pair_id for p in select_rows(pairs, config.attack.rows)[: config.attack.prompts]}
+    shared = sorted(attacked & {p.pair_id for p in select_rows(pairs, rob.rows)})
+    if shared:
+        raise ValueError(f"{len(shared)} attacked prompts are among the held-out pairs (rows {rob.rows!r} of {rob.data}), e.g. "
+                         f"{shared[0]}: their pairs would be trained on and then evaluated; set attack.rows within the "
+                         "training rows, or eval_rows apart from them")
+
+
+def run_adv_rounds(config: AdvRoundsConfig, run_dir: str | Path) -> ComparisonResult:
+    """Attack, keep, retrain, evaluate, round after round; see the module docstring."""
+    run_dir = Path(run_dir)
+    with job_run(run_dir, config, "starting") as run:
+        set_cpu_threads(config.attack.threads)
+        config.recipe()  # an unknown recipe fails here, before any attack
+        check_prompts_held_out(config)
+        b = int(config.baseline_arm)
+        stages = Stages(run, total=1 + config.rounds * (3 + b) + int(config.final_attack) * (1 + b))
+        models: list[ModelReport] = []
+        rows: list[RoundReport] = []
+        pairs: list[dict] = []
+
+        def evaluate(name: str, ckpt: str, n: int, after: tuple[str, ...]) -> None:
+            rob = stages(f"robustness_{name.replace('round ', 'r')}", evaluate_robustness, config.robustness_config(ckpt), after,
+                         describe=lambda m: f"clean win rate {m['clean_win_rate']:.3f}, mean drop {m['mean_drop']:+.3f}")
+            models.append(ModelReport.from_robustness(name, ckpt, n, rob))
+            stages.write_report(models, rounds=rows)
+
+        def attack(r: int, target: str, ckpt: str, after: tuple[str, ...]) -> RoundReport:
+            m = stages(f"attack_r{r}", run_attack, config.attack_config(ckpt), after,
+                       describe=lambda m: f"pass rate {m['pass_rate']:.3f} (pi0 {m['base_pass_rate']:.3f}), kept {m['kept']}, "
+                                          f"{m['confirmed']} confirmed")
+            row = RoundReport.from_attack(r, "adv-rm", target, ckpt, m)
+            rows.append(row)
+            if config.baseline_arm:
+                m0 = stages(f"attack_r{r}_lambda0", run_attack, config.attack_config(ckpt, baseline=True), after)
+                rows.append(RoundReport.from_attack(r, BASELINE, target, ckpt, m0))
+            return row
+
+        base = str(Path(config.attack.target_rm).expanduser())
+        evaluate("base", base, 0, ())
+        target, ckpt, after = "base", base, ()
+        for r in range(1, config.rounds + 1):
+            row = attack(r, target, ckpt, after)
+            rate = row.pass_rate
+            new = [p for p in adversarial_pairs(run.path / f"attack_r{r}", config.confirmed_only)
+                   if _key(p) not in {_key(q) for q in pairs}]
+            if not rate >= config.pass_floor or not new:  # NaN (nothing sampled) stops too
+                row.stop = (f"pass rate {rate:.3f} below the floor {config.pass_floor}: the RM no longer falls for the attack"
+                            if not rate >= config.pass_floor else
+                            f"no new {'confirmed ' if config.confirmed_only else ''}sample to add")
+                run.log(f"round {r}: {row.stop}; the rounds end here")
+                stages.skip(stages.total - stages.done)
+                break
+            pairs += new
+            path = run.path / f"pairs_r{r}.jsonl"
+            _write_pairs(path, pairs)
+            trained = stages(f"retrain_r{r}", train_reward_model, config.retrain_config(str(path)),
+                             tuple(f"attack_r{i}" for i in range(1, r + 1)), note=f" ({len(pairs)} adversarial pairs)",
+                             describe=lambda m: f"{m['train_pairs']} training pairs, {m['steps']} steps")
+            row.added, row.total_pairs, row.retrained = len(new), len(pairs), trained["checkpoint"]
+            target, ckpt, after = f"round {r}", trained["checkpoint"], (f"retrain_r{r}",)
+            evaluate(target, ckpt, len(pairs), after)
+        else:  # every round retrained: the last RM, attacked once more
+            if config.final_attack:
+                row = attack(config.rounds + 1, target, ckpt, after)
+                if not row.pass_rate >= config.pass_floor:
+                    row.stop = f"pass rate {row.pass_rate:.3f} below the floor {config.pass_floor}: the RM no longer falls for the attack"
+        result = stages.write_report(models, rounds=rows)
+        run.write_metrics(result)
+        attacks = [x for x in rows if x.arm == "adv-rm"]
+        message = "; ".join(f"{x.target}: pass rate {x.pass_rate:.1%}" for x in attacks)
+        run.set_status("succeeded", progress=1.0, step=stages.total, total=stages.total, message=message)
+        return result
