@@ -131,6 +131,7 @@ class InfluenceResult:
     scored_path: str                        # every pair with rewards, loss, rank (JSONL)
     selected_path: str                      # the selection (JSONL)
     seconds: float
+    cpu_seconds: float = 0.0                # CPU time of the job's process, all its threads
 
 
 def find_influential(config: InfluenceConfig, run_dir: str | Path) -> InfluenceResult:
@@ -139,7 +140,7 @@ def find_influential(config: InfluenceConfig, run_dir: str | Path) -> InfluenceR
 
     with job_run(run_dir, config, "scoring training pairs") as run:
         set_cpu_threads(config.threads)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)
         rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype, max_length=config.max_length,
                                trust_remote_code=config.trust_remote_code)
@@ -161,7 +162,8 @@ def find_influential(config: InfluenceConfig, run_dir: str | Path) -> InfluenceR
                                               for i in scores.skipped])
         result = InfluenceResult(len(scored), len(scores.skipped), len(selected), config.strategy,
                                  sum(s.loss for s in scored) / len(scored), sum(s.loss for s in selected) / len(selected),
-                                 str(run.path / "scored.jsonl"), str(run.path / "selected.jsonl"), time.perf_counter() - start)
+                                 str(run.path / "scored.jsonl"), str(run.path / "selected.jsonl"), time.perf_counter() - start,
+                                 time.process_time() - cpu_start)
         run.write_metrics(result)
         run.set_status("succeeded", progress=1.0, message=f"selected {len(selected)} of {len(scored)} pairs"
                        + (f"; {len(scores.skipped)} too long to score, skipped" if scores.skipped else ""))

@@ -160,6 +160,7 @@ class GenerateVariantsResult:
     n_influential: int
     tokens: int
     seconds: float
+    cpu_seconds: float = 0.0                # CPU time of the job's process, all its threads
 
 
 def generate_variants(config: GenerateVariantsConfig, run_dir: str | Path) -> GenerateVariantsResult:
@@ -171,7 +172,7 @@ def generate_variants(config: GenerateVariantsConfig, run_dir: str | Path) -> Ge
 
     with job_run(run_dir, config, "scoring training pairs") as run:
         set_cpu_threads(config.threads)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)
         rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype,
                                trust_remote_code=config.trust_remote_code)
@@ -214,7 +215,8 @@ def generate_variants(config: GenerateVariantsConfig, run_dir: str | Path) -> Ge
         write_jsonl(run.path / "variants.jsonl", [v.to_record() for v in variants])
         write_jsonl(run.path / "augment.jsonl", [v.new_pair().to_trl() for v in variants if v.new_pair()])
         result = GenerateVariantsResult(str(run.path / "variants.jsonl"), str(run.path / "augment.jsonl"), variant_stats(variants),
-                                        len(chosen), tokens, time.perf_counter() - start)
+                                        len(chosen), tokens, time.perf_counter() - start,
+                                        time.process_time() - cpu_start)
         run.write_metrics(result)
         run.set_status("succeeded", progress=1.0, message=f"{result.stats.inversions} inversions of {result.stats.n} variants")
         return result

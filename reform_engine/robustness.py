@@ -4,9 +4,13 @@ Win rate (evaluation.win_rate): the fraction of pairs with r(x, y+) > r(x, y-) (
 Win-rate drop of a perturbation: win rate on the clean pairs minus win rate on the same pairs with
 the perturbation applied to its side (perturbations.py). Positive = the RM lost pairs to a change
 that should not matter; 0 = robust; negative = the change helped the RM.
+
+A robustness run also writes every pair's rewards (``scores.jsonl``: clean and per perturbation), so
+intervals and paired comparisons of two RMs on the same pairs can be drawn later (:class:`PairScores`).
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -14,12 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from .data import DEMO_PATH, PreferencePair, load_preferences, replace, select_rows
-from .evaluation import win_rate
+from .evaluation import pair_wins, win_rate
 from .perturbations import PERTURBATIONS, perturb
-from .runs import job_run
+from .runs import atomic_write_text, job_run
+
+SCORES_FILE = "scores.jsonl"
 from .runtime import set_cpu_threads
 
 
@@ -119,15 +126,56 @@ class RobustnessResult:
     seconds: float = 0.0
 
 
-def robustness_report(rm, pairs: Sequence[PreferencePair], names: Sequence[str], *, seed: int = 0, batch_size: int = 16,
-                      max_length: int | None = None, on_progress=None) -> RobustnessResult:
-    """Clean and perturbed win rates of ``rm`` on ``pairs``. A perturbation changes one side, so the
+@dataclass
+class PairScores:
+    """Every pair's rewards: clean, and of the perturbed side under each perturbation."""
+
+    pair_ids: list[str]
+    chosen: list[float]                     # (N,) r(x, y+)
+    rejected: list[float]                   # (N,) r(x, y-)
+    perturbed: dict[str, list[float]]       # name -> (N,) r of its side perturbed, the other side clean
+
+    def wins(self, name: str | None = None) -> np.ndarray:
+        """(N,) per-pair wins (1, a tie 0.5, 0): clean, or under perturbation ``name``."""
+        if name is None:
+            return pair_wins(self.chosen, self.rejected)
+        new = self.perturbed[name]
+        return pair_wins(new, self.rejected) if PERTURBATIONS[name].side == "chosen" else pair_wins(self.chosen, new)
+
+    def drops(self, name: str | None = None) -> np.ndarray:
+        """(N,) per-pair win drop under ``name`` (None: the mean over the perturbations): its mean is the drop."""
+        if name is None:
+            return np.mean([self.drops(n) for n in self.perturbed], axis=0)
+        return self.wins() - self.wins(name)
+
+    def to_rows(self) -> list[dict]:
+        return [{"pair_id": p, "chosen": c, "rejected": r, "perturbed": {n: v[i] for n, v in self.perturbed.items()}}
+                for i, (p, c, r) in enumerate(zip(self.pair_ids, self.chosen, self.rejected))]
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[dict]) -> PairScores:
+        names = list(rows[0]["perturbed"]) if rows else []
+        return cls([r["pair_id"] for r in rows], [r["chosen"] for r in rows], [r["rejected"] for r in rows],
+                   {n: [r["perturbed"][n] for r in rows] for n in names})
+
+
+def read_pair_scores(run_dir: str | Path) -> PairScores | None:
+    """The per-pair rewards of a finished robustness run, None when it wrote none (an older run)."""
+    path = Path(run_dir) / SCORES_FILE
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return PairScores.from_rows([json.loads(line) for line in fh if line.strip()])
+
+
+def score_robustness(rm, pairs: Sequence[PreferencePair], names: Sequence[str], *, seed: int = 0, batch_size: int = 16,
+                     max_length: int | None = None, on_progress=None) -> PairScores:
+    """Every pair's clean and perturbed rewards under ``rm``. A perturbation changes one side, so the
     other side keeps its clean score; each pair's prompt is run once for its clean sides and all its
     perturbed sides together (scoring.score_encoded_groups). ``on_progress(done, total)`` counts pairs."""
     from .data import DataError
     from .scoring import encode, score_encoded_groups
 
-    start = time.perf_counter()
     max_length = max_length or rm.spec.max_length
     perturbed = {name: perturb_pairs(pairs, name, seed) for name in names}
     sides = [PERTURBATIONS[name].side for name in names]
@@ -150,17 +198,31 @@ def robustness_report(rm, pairs: Sequence[PreferencePair], names: Sequence[str],
                 r_p[name].append(value)
         if on_progress:
             on_progress(len(r_c), len(pairs))
-    clean_c, clean_r = torch.tensor(r_c), torch.tensor(r_r)
+    return PairScores([p.pair_id for p in pairs], [float(x) for x in r_c], [float(x) for x in r_r],
+                      {n: [float(x) for x in v] for n, v in r_p.items()})
+
+
+def summarize_robustness(scores: PairScores, pairs: Sequence[PreferencePair], seconds: float = 0.0) -> RobustnessResult:
+    """Win rates, drops and indicators from the per-pair rewards of ``pairs``."""
+    clean_c, clean_r = torch.tensor(scores.chosen), torch.tensor(scores.rejected)
     base = win_rate(clean_c, clean_r)
     results = []
-    for name, side in zip(names, sides):
-        new = torch.tensor(r_p[name])
+    for name, values in scores.perturbed.items():
+        side = PERTURBATIONS[name].side
+        new = torch.tensor(values)
         wr = win_rate(new, clean_r) if side == "chosen" else win_rate(clean_c, new)
         results.append(PerturbationResult(name, side, base, wr, base - wr))
     texts = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    indicators = spurious_indicators(texts, r_c + r_r)
-    return RobustnessResult(len(pairs), base, sum(r.drop for r in results) / len(results), results, indicators,
-                            time.perf_counter() - start)
+    indicators = spurious_indicators(texts, scores.chosen + scores.rejected)
+    return RobustnessResult(len(pairs), base, sum(r.drop for r in results) / len(results), results, indicators, seconds)
+
+
+def robustness_report(rm, pairs: Sequence[PreferencePair], names: Sequence[str], *, seed: int = 0, batch_size: int = 16,
+                      max_length: int | None = None, on_progress=None) -> RobustnessResult:
+    """Clean and perturbed win rates of ``rm`` on ``pairs`` (:func:`score_robustness`, summarized)."""
+    start = time.perf_counter()
+    scores = score_robustness(rm, pairs, names, seed=seed, batch_size=batch_size, max_length=max_length, on_progress=on_progress)
+    return summarize_robustness(scores, pairs, time.perf_counter() - start)
 
 
 def evaluate_robustness(config: RobustnessConfig, run_dir: str | Path) -> RobustnessResult:
@@ -171,9 +233,12 @@ def evaluate_robustness(config: RobustnessConfig, run_dir: str | Path) -> Robust
         pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)
         rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype, max_length=config.max_length,
                                trust_remote_code=config.trust_remote_code)
-        result = robustness_report(rm, pairs, config.names(), seed=config.seed, batch_size=config.batch_size,
-                                   max_length=config.max_length,
-                                   on_progress=lambda i, n: run.progress(i, n, message=f"{i}/{n} pairs scored"))
+        start = time.perf_counter()
+        scores = score_robustness(rm, pairs, config.names(), seed=config.seed, batch_size=config.batch_size,
+                                  max_length=config.max_length,
+                                  on_progress=lambda i, n: run.progress(i, n, message=f"{i}/{n} pairs scored"))
+        result = summarize_robustness(scores, pairs, time.perf_counter() - start)
+        atomic_write_text(run.path / SCORES_FILE, "".join(json.dumps(r) + "\n" for r in scores.to_rows()))
         run.write_metrics(result)
         run.set_status("succeeded", progress=1.0, message=f"mean win-rate drop {result.mean_drop:+.3f}")
         return result

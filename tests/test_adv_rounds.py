@@ -32,6 +32,7 @@ def test_two_rounds_retrain_on_every_pair_so_far_and_report_each_round_and_each_
     result = run_adv_rounds(config, tmp_path / "run")
     run = tmp_path / "run"
     report = read_json(run / "report.json")
+    assert sorted(report) == ["complete", "drops", "models", "report_path", "rounds", "seconds", "stages", "summary", "variants"]
     assert report["complete"] and [m["name"] for m in report["models"]] == ["base", "round 1", "round 2"]
     rows = report["rounds"]
     assert [(r["round"], r["arm"], r["target"]) for r in rows] == [

@@ -7,7 +7,7 @@ from conftest import make_pair
 from reform_engine.data import write_jsonl
 from reform_engine.evaluation import win_rate
 from reform_engine.robustness import (RobustnessConfig, capital_ratio, evaluate_robustness, perturb_pairs, repetition_score,
-                                      robustness_report, spurious_indicators)
+                                      read_pair_scores, robustness_report, spurious_indicators)
 
 
 def test_perturb_pairs_changes_only_the_named_side():
@@ -68,6 +68,13 @@ def test_evaluate_robustness_job(tiny_rm, toy_pairs, tmp_path):
     assert res.n_pairs == 8 and [r.name for r in res.per_perturbation] == ["verbosity", "markdown"]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["mean_drop"] == pytest.approx(res.mean_drop)
+    scores = read_pair_scores(tmp_path / "run")  # every pair's rewards: the items of any interval on these figures
+    assert scores.pair_ids == [f"d.jsonl:{i}" for i in range(8)] and list(scores.perturbed) == ["verbosity", "markdown"]
+    assert scores.wins().mean() == pytest.approx(res.clean_win_rate)
+    for r in res.per_perturbation:
+        assert scores.wins(r.name).mean() == pytest.approx(r.perturbed_win_rate) and scores.drops(r.name).mean() == pytest.approx(r.drop)
+    assert scores.drops().mean() == pytest.approx(res.mean_drop)
+    assert read_pair_scores(tmp_path / "nowhere") is None
     with pytest.raises(ValueError, match="unknown"):
         RobustnessConfig(reward_model="x", perturbations="verbosity,shouting")
 

@@ -177,13 +177,13 @@ def test_report_json_of_pipeline_and_retrain_has_one_schema(tmp_path, toy_pairs)
                               device="cpu"), tmp_path / "re")
     pipe, re_ = read_json(tmp_path / "pipe" / "report.json"), read_json(tmp_path / "re" / "report.json")
     assert schema(pipe) == schema(re_) == {
-        "top": ["complete", "drops", "models", "report_path", "seconds", "stages", "summary", "variants"],
+        "top": ["complete", "drops", "models", "report_path", "rounds", "seconds", "stages", "summary", "variants"],
         "models": ["augment_pairs", "checkpoint", "clean_accuracy", "drops", "indicators", "mean_drop", "name"],
         "stages": ["name", "reused", "seconds"],
         "summary": ["accuracy_change", "augment_pairs", "clean_accuracy", "drop_vs_base", "mean_drop", "model"],
         "drops": ["drop", "model", "perturbation"]}
     assert [m["name"] for m in pipe["models"]] == ["base", "reform"] and [m["name"] for m in re_["models"]] == ["base", "retrained"]
-    assert pipe["complete"] is True and re_["complete"] is True and re_["variants"] == {}
+    assert pipe["complete"] is True and re_["complete"] is True and re_["variants"] == {} and pipe["rounds"] == re_["rounds"] == []
     assert set(pipe["variants"]) == {"lowest_loss"}
     # both evaluate the same base on the same held-out rows: one number
     assert pipe["models"][0]["clean_accuracy"] == re_["models"][0]["clean_accuracy"]
