@@ -46,6 +46,7 @@ def config_from_args(cls, args: argparse.Namespace, prefix: str = ""):
 def _jobs():
     from .adv_rounds import AdvRoundsConfig, run_adv_rounds
     from .attack import AttackConfig, run_attack
+    from .compare import CompareConfig, run_compare
     from .evaluation import EvaluateRewardConfig, evaluate_reward_model
     from .influence import InfluenceConfig, find_influential
     from .inversions import GenerateVariantsConfig, generate_variants
@@ -63,7 +64,9 @@ def _jobs():
             "retrain": (RetrainConfig, run_retrain, "retrain on approved pairs (scratch|finetune), then robustness of base vs retrained"),
             "attack": (AttackConfig, run_attack, "Adv-RM: an RLOO adversary against a target RM; kept samples become pairs"),
             "adv-rounds": (AdvRoundsConfig, run_adv_rounds, "Adv-RM rounds: attack, add the samples as pairs, retrain from "
-                           "scratch, attack the retrained RM; robustness of every RM")}
+                           "scratch, attack the retrained RM; robustness of every RM"),
+            "compare": (CompareConfig, run_compare, "REFORM vs Adv-RM on one base RM: confirmed failures, cost, diversity, "
+                        "retrained on equal pairs, cross-attacks, with bootstrap intervals")}
 
 
 def _add_store_commands(sub) -> None:

@@ -33,11 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .attack import AttackConfig, read_kept, run_attack
-from .data import load_preferences, select_rows
+from .data import load_preferences, select_rows, write_jsonl
 from .perturbations import PERTURBATIONS
 from .retrain import base_recipe, held_out_rows
 from .robustness import RobustnessConfig, evaluate_robustness
-from .runs import atomic_write_text, job_run
+from .runs import job_run, read_json
 from .runtime import set_cpu_threads
 from .stages import ComparisonResult, ModelReport, Stages, retrain_config
 from .training import TrainRewardConfig, train_reward_model
@@ -122,14 +122,22 @@ class RoundReport:
                    m["kept"], m["confirmed"], cpu_seconds=m.get("cpu_seconds", 0.0), rules_fired=m.get("rules_fired", {}))
 
 
+def read_rounds_config(run_dir: str | Path) -> AdvRoundsConfig:
+    """The config of the adv-rounds run in ``run_dir`` (its config.json, the attack nested)."""
+    from .confirm import ConfirmConfig
+
+    saved = read_json(Path(run_dir) / "config.json")
+    if not isinstance(saved, dict) or not isinstance(saved.get("attack"), dict):
+        raise ValueError(f"{run_dir} holds no adv-rounds config (config.json with an attack); pick an adv-rounds run directory")
+    attack = dict(saved["attack"])
+    attack["confirm"] = ConfirmConfig(**attack.get("confirm", {}))
+    return AdvRoundsConfig(**{**saved, "attack": AttackConfig(**attack)})
+
+
 def adversarial_pairs(attack_dir: str | Path, confirmed_only: bool) -> list[dict]:
     """The TRL rows a finished attack adds: (y+ preferred over the sample) for each kept (or each
     confirmed) sample."""
     return [dict(r["new_pair"]) for r in read_kept(attack_dir) if r["confirmed"] or not confirmed_only]
-
-
-def _write_pairs(path: Path, rows: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _key(row: dict) -> str:
@@ -197,7 +205,7 @@ def run_adv_rounds(config: AdvRoundsConfig, run_dir: str | Path) -> ComparisonRe
                 break
             pairs += new
             path = run.path / f"pairs_r{r}.jsonl"
-            _write_pairs(path, pairs)
+            write_jsonl(path, pairs)
             trained = stages(f"retrain_r{r}", train_reward_model, config.retrain_config(str(path)),
                              tuple(f"attack_r{i}" for i in range(1, r + 1)), note=f" ({len(pairs)} adversarial pairs)",
                              describe=lambda m: f"{m['train_pairs']} training pairs, {m['steps']} steps")

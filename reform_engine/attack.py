@@ -284,7 +284,8 @@ def _judge_samples(cands: list[Candidate], pairs: list[PreferencePair], target, 
         judge_chosen, judge_sample = by_judge.get(n, (None, None))
         flags = check_rules(c.text, RuleContext(pair.prompt[-1]["content"], c.perplexity, base_ppl), rules)
         by = confirmation(judge_sample, judge_chosen, flags)
-        out.append({"prompt_index": c.prompt_index, "pair_id": pair.pair_id, "origin": c.origin, "text": c.text,
+        out.append({"prompt_index": c.prompt_index, "pair_id": pair.pair_id, "prompt": [dict(m) for m in pair.prompt],
+                    "origin": c.origin, "text": c.text,
                     "complete": c.ended, "passes": passes(c, threshold, u_z_min), "z_target": c.z_target, "u_z": c.u_z,
                     "perplexity": c.perplexity, "r_sample": r_sample, "r_chosen": r_chosen, "judge_sample": judge_sample,
                     "judge_chosen": judge_chosen, "flags": [{"rule": f.rule, "evidence": f.evidence} for f in flags],

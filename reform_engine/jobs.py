@@ -47,6 +47,7 @@ NEVER_STARTED_AFTER = 60.0   # seconds a pending job may lack a pid (between its
 CORES_PER_JOB = 4            # default slots: one job per 4 cores, at least one (a job uses every core it is given)
 MAX_JOBS_ENV = "REFORM_MAX_JOBS"
 STORE_ENV, JOB_ID_ENV = "REFORM_JOB_STORE", "REFORM_JOB_ID"   # tell a job process where to hand off as it ends
+MEASURING_KINDS = ("compare",)  # jobs whose decoding and attacks only measure: their variants are not for Curation
 _children: dict[int, subprocess.Popen] = {}  # processes started here and not yet reaped
 _exit_codes: dict[int, int] = {}             # return codes of processes reaped here
 
@@ -493,7 +494,7 @@ def ingest_results(store: Store, job_id: int) -> dict:
     if job["state"] in ACTIVE:
         raise StoreError(f"job {job_id} is still {job['state']}.", fix="ingest after it has ended (refresh_job does it).")
     out: dict[str, list[int]] = {"variants": []}
-    run_dir = Path(job["run_dir"]) if job["run_dir"] else None
+    run_dir = Path(job["run_dir"]) if job["run_dir"] and job["kind"] not in MEASURING_KINDS else None
     for d in _result_dirs(run_dir) if run_dir and run_dir.is_dir() else []:
         if (d / "variants.jsonl").is_file():
             with open(d / "variants.jsonl", encoding="utf-8") as fh:

@@ -116,14 +116,23 @@ def _comparable(config: Any) -> dict:
     return {k: v for k, v in to_jsonable(config).items() if k not in RUNTIME_FIELDS}
 
 
+def finished(stage_dir: str | Path, config: Any) -> dict | None:
+    """The metrics of a succeeded run of ``config`` (runtime fields aside) in ``stage_dir``, else None."""
+    stage_dir = Path(stage_dir)
+    status, previous = read_json(stage_dir / "status.json", {}) or {}, read_json(stage_dir / "config.json")
+    metrics = read_json(stage_dir / "metrics.json")
+    if status.get("state") == "succeeded" and isinstance(previous, dict) and metrics is not None and \
+            {k: v for k, v in previous.items() if k not in RUNTIME_FIELDS} == _comparable(config):
+        return metrics
+    return None
+
+
 def run_stage(run_dir: Path, name: str, fn: Callable, config: Any, timings: list[StageTiming], *, reuse: bool = True) -> dict:
     """Run ``fn(config, run_dir/name)`` unless ``reuse`` and that directory holds a succeeded run of
     the same config (runtime fields aside); appends the stage's timing -> its metrics as a dict."""
     stage_dir = run_dir / name
-    status, previous = read_json(stage_dir / "status.json", {}) or {}, read_json(stage_dir / "config.json")
-    metrics = read_json(stage_dir / "metrics.json")
-    if reuse and status.get("state") == "succeeded" and previous is not None and metrics is not None and \
-            {k: v for k, v in previous.items() if k not in RUNTIME_FIELDS} == _comparable(config):
+    metrics = finished(stage_dir, config) if reuse else None
+    if metrics is not None:
         wall = read_json(stage_dir / "stage.json", {}) or {}
         timings.append(StageTiming(name, float(wall.get("seconds", metrics.get("seconds", 0.0))), True))
         return metrics

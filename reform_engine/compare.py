@@ -1,0 +1,455 @@
+"""REFORM and Adv-RM side by side, on the same base RM, prompts and held-out pairs.
+
+    python -m reform_engine compare --run-dir D --pipeline-dir P --rounds-dir A
+
+P is a finished ``pipeline`` run (REFORM), A a finished ``adv-rounds`` run (Adv-RM) whose target is
+P's base RM. One criterion of success serves both: the target RM prefers the sample to the dataset's
+chosen response y+, and the sample is confirmed bad, by the judge RM (scores it below y+) or a rule
+(confirm.py), the judge and rules of A's attack. REFORM's samples are its "raise" variants (decoded
+from a rejected response to score high: the kind of failure Adv-RM looks for; "lower" variants are
+another kind and not counted); Adv-RM's are the fresh samples of round 1's final policy.
+
+Stages, in sub-directories of the run directory (stages.Stages, so a re-run resumes):
+
+    judge_reform/           REFORM's raise variants, judged (samples.jsonl, as the attack writes it)
+    retrain_reform/         with equal_pairs: the base recipe from scratch on n of REFORM's pairs, n the
+    retrain_advrm/          smaller of the two methods' counts (Adv-RM: round 1's pairs), a seeded sample
+    robustness_reform/      of the method with more; a finished run of the same config in P or A (the
+    robustness_advrm/       pipeline's reform arm, round 1) is used instead of training again
+    variants_vs_advrm/      with cross_attacks: REFORM's decoding of its influential pairs against the
+    judge_vs_advrm/         Adv-RM-hardened RM, judged
+    attack_vs_reform/       round 1's attack against the REFORM-hardened RM
+
+``comparison.json`` is the table (:func:`comparison_table`): success per sample and per prompt,
+confirmed failures per CPU-minute, diversity, the retrained RMs' clean accuracy and drops with
+paired differences, and the cross-attacks; every rate with its 95% bootstrap interval.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Sequence
+
+from .adv_rounds import read_rounds_config
+from .attack import SAMPLES_FILE, AttackConfig, read_kept, run_attack
+from .confirm import ConfirmConfig, RuleContext, check_rules, confirmation, jaccard, trigrams
+from .data import PreferencePair, hh_text, write_jsonl
+from .evaluation import BOOTSTRAP_RESAMPLES, Interval, bootstrap_diff, bootstrap_mean, paired_bootstrap_diff
+from .inversions import GenerateVariantsConfig, generate_variants
+from .robustness import evaluate_robustness, read_pair_scores
+from .runs import atomic_write_json, job_run, read_json
+from .runtime import set_cpu_threads
+from .stages import Stages, finished, retrain_config
+from .training import train_reward_model
+
+TABLE_FILE = "comparison.json"
+REFORM, ADVRM = "REFORM", "Adv-RM"
+
+
+# --------------------------------------------------------------------------- judging REFORM's variants
+
+@dataclass
+class JudgeVariantsConfig:
+    variants: str                           # a variants job's variants.jsonl
+    judge_rm: str = ""                      # '' = the rules alone confirm
+    base_perplexity: float = float("nan")   # the perplexity rule's yardstick: pi0's median (the attack's metrics)
+    direction: str = "raise"                # the variants judged: a bad response the RM scores high
+    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
+    device: str = "auto"
+    dtype: str = "float32"
+    threads: int = 0
+    trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
+
+
+@dataclass
+class JudgeVariantsResult:
+    samples_path: str
+    n: int
+    confirmed: int
+    successes: int
+    success_rate: float
+
+
+def judge_variants(config: JudgeVariantsConfig, run_dir: str | Path) -> JudgeVariantsResult:
+    """Each variant of ``direction``: the judge's duel against y+, the rules, and success (the target,
+    as the variants job scored it from text, prefers it to y+, and it is confirmed bad)."""
+    from .reward_model import load_reward_model
+    from .scoring import SCORE_MAX_LENGTH, score_pairs
+
+    with job_run(run_dir, config, "judging variants") as run:
+        set_cpu_threads(config.threads)
+        with open(config.variants, encoding="utf-8") as fh:
+            variants = [v for v in map(json.loads, filter(str.strip, fh)) if v["direction"] == config.direction]
+        judged: dict[int, tuple[float, float]] = {}
+        if config.judge_rm.strip() and variants:
+            judge = load_reward_model(config.judge_rm, device=config.device, dtype=config.dtype,
+                                      trust_remote_code=config.trust_remote_code)
+            duels = [PreferencePair(str(n), tuple(v["prompt"]), v["original_chosen"], v["text"]) for n, v in enumerate(variants)]
+            got = score_pairs(judge, duels, max_length=SCORE_MAX_LENGTH, skip_too_long=True)
+            ok = [n for n in range(len(variants)) if n not in got.skipped]
+            judged = {n: (float(a), float(b)) for n, a, b in zip(ok, got.r_chosen, got.r_rejected)}
+        rules, rows = config.confirm.build(), []
+        for n, v in enumerate(variants):
+            judge_chosen, judge_sample = judged.get(n, (None, None))
+            flags = check_rules(v["text"], RuleContext(v["prompt"][-1]["content"], v["perplexity"], config.base_perplexity), rules)
+            by = confirmation(judge_sample, judge_chosen, flags)
+            rows.append({"pair_id": v["pair_id"], "prompt": v["prompt"], "origin": f"reform {v['direction']}", "text": v["text"],
+                         "r_sample": v["r_variant"], "r_chosen": v["r_chosen"], "judge_sample": judge_sample,
+                         "judge_chosen": judge_chosen, "perplexity": v["perplexity"],
+                         "flags": [{"rule": f.rule, "evidence": f.evidence} for f in flags], "confirmed_by": by,
+                         "success": bool(by) and bool(v["text"].strip()) and v["r_variant"] > v["r_chosen"]})
+        write_jsonl(run.path / SAMPLES_FILE, rows)
+        wins = sum(r["success"] for r in rows)
+        result = JudgeVariantsResult(str(run.path / SAMPLES_FILE), len(rows), sum(bool(r["confirmed_by"]) for r in rows), wins,
+                                     wins / len(rows) if rows else float("nan"))
+        run.write_metrics(result)
+        run.set_status("succeeded", progress=1.0, message=f"{wins} of {len(rows)} variants are confirmed failures")
+        return result
+
+
+def read_samples(run_dir: str | Path, origin: str | None = None) -> list[dict]:
+    """The judged samples of an attack or a judge_variants run (``origin``: only those, e.g. "fresh")."""
+    path = Path(run_dir) / SAMPLES_FILE
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    return [r for r in rows if origin is None or r["origin"] == origin]
+
+
+# --------------------------------------------------------------------------- the table
+
+def _interval(i: Interval, **row: Any) -> dict:
+    return {**row, "value": i.estimate, "low": i.low, "high": i.high, "n": i.n}
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct word n-grams over all n-grams of ``texts`` (1 = no n-gram repeats anywhere)."""
+    grams = [tuple(ws[i:i + n]) for t in texts for ws in [t.lower().split()] for i in range(len(ws) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def trigram_overlap(texts: Sequence[str], max_texts: int = 300, seed: int = 0) -> float:
+    """Mean character-trigram Jaccard over all pairs of ``texts`` (a seeded sample of ``max_texts``):
+    0 = nothing shared, 1 = one text over and over."""
+    texts = list(texts)
+    if len(texts) > max_texts:
+        texts = random.Random(seed).sample(texts, max_texts)
+    grams = [trigrams(t) for t in texts]
+    pairs = list(combinations(range(len(grams)), 2))
+    return sum(jaccard(grams[i], grams[j]) for i, j in pairs) / len(pairs) if pairs else float("nan")
+
+
+@dataclass
+class MethodRun:
+    """One method's judged samples, and what finding them cost."""
+
+    name: str
+    samples: list[dict]                     # the method's output, judged (each with prompt text in "prompt_text", "success")
+    failures: list[dict]                    # every distinct confirmed failure it found (samples, plus kept ones outside them)
+    cpu_seconds: float                      # NaN when a stage did not record it
+
+
+def _success_rows(runs: Sequence[MethodRun], n_boot: int, seed: int, shared: set[str]) -> list[dict]:
+    rows, per_prompt = [], {}
+    for run in runs:
+        flags = [float(s["success"]) for s in run.samples]
+        rows.append(_interval(bootstrap_mean(flags, n_boot=n_boot, seed=seed), method=run.name, unit="sample", prompts="all"))
+        by_prompt: dict[str, bool] = {}
+        for s in run.samples:
+            by_prompt[s["prompt_text"]] = by_prompt.get(s["prompt_text"], False) or bool(s["success"])
+        per_prompt[run.name] = by_prompt
+        rows.append(_interval(bootstrap_mean([float(v) for v in by_prompt.values()], n_boot=n_boot, seed=seed), method=run.name,
+                              unit="prompt", prompts="all"))
+        if shared:
+            rows.append(_interval(bootstrap_mean([float(by_prompt[p]) for p in sorted(shared)], n_boot=n_boot, seed=seed),
+                                  method=run.name, unit="prompt", prompts="shared"))
+    if len(runs) == 2:
+        a, b = runs
+        rows.append(_interval(bootstrap_diff([float(s["success"]) for s in a.samples], [float(s["success"]) for s in b.samples],
+                                             n_boot=n_boot, seed=seed), method=f"{a.name} − {b.name}", unit="sample", prompts="all"))
+        if shared:  # the same prompts on both sides: paired
+            rows.append(_interval(paired_bootstrap_diff([float(per_prompt[a.name][p]) for p in sorted(shared)],
+                                                        [float(per_prompt[b.name][p]) for p in sorted(shared)], n_boot=n_boot,
+                                                        seed=seed), method=f"{a.name} − {b.name}", unit="prompt", prompts="shared"))
+    return rows
+
+
+def _efficiency_rows(runs: Sequence[MethodRun], n_boot: int, seed: int) -> list[dict]:
+    rows = []
+    for run in runs:
+        minutes = run.cpu_seconds / 60
+        got = bootstrap_mean([float(s["success"]) for s in run.failures], n_boot=n_boot, seed=seed)
+        scale = len(run.failures) / minutes if minutes > 0 else float("nan")  # the count is n x the success share
+        rows.append({"method": run.name, "confirmed_failures": sum(s["success"] for s in run.failures), "cpu_minutes": minutes,
+                     "value": got.estimate * scale, "low": got.low * scale, "high": got.high * scale, "n": got.n})
+    return rows
+
+
+def _diversity_rows(runs: Sequence[MethodRun], seed: int) -> list[dict]:
+    rows = []
+    for run in runs:
+        texts = [s["text"] for s in run.failures if s["success"]]
+        fired = Counter(f["rule"] for s in run.failures if s["success"] for f in s["flags"])
+        judged = sum("judge" in s["confirmed_by"] for s in run.failures if s["success"])
+        rows.append({"method": run.name, "failures": len(texts), "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2),
+                     "trigram_overlap": trigram_overlap(texts, seed=seed), "judge": judged, "rules": dict(sorted(fired.items()))})
+    return rows
+
+
+def _retrained_rows(models: dict[str, Any], n_boot: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """models: name -> (added pairs, PairScores) -> (per-model rows, paired differences vs REFORM's RM)."""
+    rows, diffs = [], []
+    for name, (added, scores) in models.items():
+        metrics = [("clean accuracy", scores.wins()), ("mean drop", scores.drops())]
+        metrics += [(p, scores.drops(p)) for p in scores.perturbed]
+        rows += [_interval(bootstrap_mean(v, n_boot=n_boot, seed=seed), model=name, added_pairs=added, metric=m) for m, v in metrics]
+    if ADVRM in models and REFORM in models:
+        a, b = models[ADVRM][1], models[REFORM][1]
+        if a.pair_ids == b.pair_ids:
+            pairs = [("clean accuracy", a.wins(), b.wins()), ("mean drop", a.drops(), b.drops())]
+            pairs += [(p, a.drops(p), b.drops(p)) for p in a.perturbed if p in b.perturbed]
+            diffs = [_interval(paired_bootstrap_diff(x, y, n_boot=n_boot, seed=seed), metric=m, difference=f"{ADVRM} − {REFORM}")
+                     for m, x, y in pairs]
+    return rows, diffs
+
+
+def _cross_rows(cross: Sequence[tuple[str, str, list[dict]]], n_boot: int, seed: int) -> list[dict]:
+    """(attacker, target, judged samples) -> success per sample, and each hardened target against base."""
+    rows = [_interval(bootstrap_mean([float(s["success"]) for s in samples], n_boot=n_boot, seed=seed), attacker=a, target=t)
+            for a, t, samples in cross]
+    by = {(a, t): samples for a, t, samples in cross}
+    for a, t, samples in cross:
+        if t != "base" and (a, "base") in by:
+            rows.append(_interval(bootstrap_diff([float(s["success"]) for s in samples], [float(s["success"]) for s in by[a, "base"]],
+                                                 n_boot=n_boot, seed=seed), attacker=a, target=f"{t} − base"))
+    return rows
+
+
+def comparison_table(runs: Sequence[MethodRun], *, retrained: dict[str, Any] | None = None,
+                     cross: Sequence[tuple[str, str, list[dict]]] = (), checks: Sequence[dict] = (),
+                     n_boot: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+    """The comparison as tables (lists of flat rows, Plotly/pandas-ready), every rate with its
+    percentile-bootstrap interval (value, low, high, n):
+
+        checks       what makes the comparison fair, each with ok and detail
+        success      per sample and per prompt (all prompts, and the prompts both attacked), and the differences
+        efficiency   confirmed failures, CPU minutes, failures per CPU-minute
+        diversity    over the confirmed failures: distinct-1/2, mean pairwise trigram overlap, judge and rule counts
+        retrained    per RM (base, REFORM's, Adv-RM's, same number of added pairs): clean accuracy and drops
+        paired       Adv-RM's RM minus REFORM's, on the same held-out pairs (paired bootstrap)
+        cross        success of each attacker against base and against the other method's RM
+    """
+    prompts = [{s["prompt_text"] for s in run.samples} for run in runs]
+    shared = set.intersection(*prompts) if len(prompts) == 2 else set()
+    rows, diffs = _retrained_rows(retrained or {}, n_boot, seed)
+    return {"checks": list(checks), "success": _success_rows(runs, n_boot, seed, shared),
+            "efficiency": _efficiency_rows(runs, n_boot, seed), "diversity": _diversity_rows(runs, seed), "retrained": rows,
+            "paired": diffs, "cross": _cross_rows(cross, n_boot, seed), "shared_prompts": len(shared),
+            "n_boot": n_boot, "seed": seed}
+
+
+# --------------------------------------------------------------------------- the job
+
+@dataclass
+class CompareConfig:
+    pipeline_dir: str                       # a finished pipeline run: REFORM on the base RM
+    rounds_dir: str                         # a finished adv-rounds run whose target is that base RM
+    equal_pairs: bool = True                # retrain both methods' RMs on the same number of added pairs and evaluate them
+    cross_attacks: bool = True              # REFORM's decoding against Adv-RM's RM, and the attack against REFORM's
+    n_boot: int = BOOTSTRAP_RESAMPLES       # bootstrap resamples of every interval
+    seed: int = 0                           # of the bootstrap and of the pair samples
+    device: str = "auto"
+    dtype: str = "float32"
+    threads: int = 0
+    trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
+
+    def __post_init__(self):
+        for name in ("pipeline_dir", "rounds_dir"):
+            if not getattr(self, name).strip():
+                raise ValueError(f"CompareConfig: {name} is empty; give the run directory of a finished "
+                                 f"{'pipeline' if name == 'pipeline_dir' else 'adv-rounds'} job")
+        if self.n_boot < 1:
+            raise ValueError("CompareConfig: n_boot must be >= 1 (2000 gives intervals within ~0.5 point)")
+
+    def runtime(self) -> dict:
+        return {"device": self.device, "dtype": self.dtype, "threads": self.threads, "trust_remote_code": self.trust_remote_code}
+
+
+@dataclass
+class CompareResult:
+    table_path: str
+    success: dict                           # method -> confirmed-failure rate per sample
+    failures_per_cpu_minute: dict           # method -> that
+    added_pairs: int                        # per method, in the equal-pairs retraining (0: not retrained)
+    seconds: float = 0.0
+
+
+def _finished_run(path: Path, kind: str) -> dict:
+    status = read_json(path / "status.json", {}) or {}
+    if status.get("state") != "succeeded":
+        raise ValueError(f"{path} is not a finished {kind} run (state {status.get('state', 'missing')!r}); pick the run "
+                         f"directory of a {kind} job that succeeded")
+    return read_json(path / "config.json")
+
+
+def _same_file(a: str, b: str) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _count(path: str | Path) -> int:
+    with open(path, encoding="utf-8") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def _pair_sample(source: str, n: int, out: Path, seed: int) -> str:
+    """``source`` itself when it holds n pairs, else a seeded sample of n of them (in their order) at ``out``."""
+    with open(source, encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    if len(rows) == n:
+        return source
+    keep = sorted(random.Random(seed).sample(range(len(rows)), n))
+    write_jsonl(out, [rows[i] for i in keep])
+    return str(out)
+
+
+def _with_prompt_text(rows: list[dict]) -> list[dict]:
+    return [{**r, "prompt_text": hh_text(r["prompt"])} for r in rows]
+
+
+def run_compare(config: CompareConfig, run_dir: str | Path) -> CompareResult:
+    """Judge, retrain on equal pairs, cross-attack, and write ``comparison.json``; see the module docstring."""
+    import time
+
+    P, A = Path(config.pipeline_dir).expanduser(), Path(config.rounds_dir).expanduser()
+    with job_run(run_dir, config, "reading the runs") as run:
+        set_cpu_threads(config.threads)
+        start = time.perf_counter()
+        pipe = _finished_run(P, "pipeline")
+        _finished_run(A, "adv-rounds")
+        rounds = read_rounds_config(A)
+        attack: AttackConfig = rounds.attack
+        report = read_json(P / "report.json", {}) or {}
+        base = next((m["checkpoint"] for m in report.get("models", []) if m["name"] == "base"), "")
+        variants_dir = P / "variants_lowest_loss"
+        if not (A / "attack_r1" / SAMPLES_FILE).is_file() or not (variants_dir / "variants.jsonl").is_file():
+            raise ValueError("the runs lack what is compared: the pipeline's variants_lowest_loss/variants.jsonl and the "
+                             f"rounds' attack_r1/{SAMPLES_FILE} (an attack from before samples were judged); run them again")
+        stages = Stages(run, total=1 + 4 * config.equal_pairs + 3 * config.cross_attacks)
+        judge = dict(judge_rm=attack.judge_rm, base_perplexity=read_json(A / "attack_r1" / "metrics.json")["base_perplexity"],
+                     confirm=attack.confirm, **config.runtime())
+
+        # REFORM's raise variants and Adv-RM's round-1 fresh samples, judged alike
+        stages("judge_reform", judge_variants, JudgeVariantsConfig(str(variants_dir / "variants.jsonl"), **judge))
+        reform = _with_prompt_text(read_samples(run.path / "judge_reform"))
+        fresh = _with_prompt_text(read_samples(A / "attack_r1", "fresh"))
+        texts = {s["text"] for s in fresh}
+        kept = _with_prompt_text([k for k in read_kept(A / "attack_r1") if k["text"] not in texts])
+        cpu = [read_json(d / "metrics.json", {}) or {} for d in (P / "influence", variants_dir, A / "attack_r1")]
+        recorded = all("cpu_seconds" in m for m in cpu)
+        runs = [MethodRun(REFORM, reform, reform, cpu[0].get("cpu_seconds", float("nan")) + cpu[1].get("cpu_seconds", float("nan"))),
+                MethodRun(ADVRM, fresh, fresh + kept, cpu[2].get("cpu_seconds", float("nan")))]
+        prompts = [{s["prompt_text"] for s in r.samples} for r in runs]
+        rob_base = [read_json(d / "robustness_base" / "config.json", {}) or {} for d in (P, A)]
+        checks = [{"check": "same base RM", "ok": bool(base) and _same_file(base, attack.target_rm),
+                   "detail": f"pipeline {base}; attack {attack.target_rm}"},
+                  {"check": "same held-out pairs", "ok": all(rob_base) and _same_file(rob_base[0]["data"], rob_base[1]["data"])
+                   and rob_base[0]["rows"] == rob_base[1]["rows"],
+                   "detail": "; ".join(f"{n}: {c.get('data', '?')} rows {c.get('rows', '?')!r}" for n, c in zip(("pipeline", "rounds"), rob_base))},
+                  {"check": "same prompts", "ok": prompts[0] == prompts[1],
+                   "detail": f"{len(prompts[0] & prompts[1])} shared of {len(prompts[0])} (REFORM) and {len(prompts[1])} (Adv-RM)"},
+                  {"check": "same judge and rules", "ok": True, "detail": f"judge {attack.judge_rm or 'none'}; rules {attack.confirm.rules}"},
+                  {"check": "CPU time recorded", "ok": recorded, "detail": "influence + variants (REFORM), the round-1 attack "
+                   "with its RL (Adv-RM); the penalty RMs' training is not counted"}]
+
+        # the same number of added pairs: retrain both, evaluate on the rounds' held-out pairs
+        hardened: dict[str, str] = {}
+        retrained: dict[str, Any] = {}
+        if config.equal_pairs:
+            sources = {REFORM: pipe.get("approved") or str(variants_dir / "augment.jsonl"), ADVRM: str(A / "pairs_r1.jsonl")}
+            counts = {m: _count(p) if Path(p).is_file() else 0 for m, p in sources.items()}
+            n = min(counts.values())
+            checks.append({"check": "same number of added pairs", "ok": n > 0,
+                           "detail": f"{n} each ({', '.join(f'{m} had {c}' for m, c in counts.items())})"})
+            if n == 0:
+                stages.skip(4 + 2 * config.cross_attacks)
+            else:
+                base_scores = read_pair_scores(A / "robustness_base")
+                retrained["base"] = (0, base_scores)
+                for method, own, slug in ((REFORM, P / "retrain_reform", "reform"), (ADVRM, A / "retrain_r1", "advrm")):
+                    pairs = _pair_sample(sources[method], n, run.path / f"pairs_{slug}.jsonl", config.seed)
+                    train = retrain_config(rounds.recipe(), "scratch", attack.target_rm, pairs, **config.runtime())
+                    got = finished(own, train)
+                    if got is None:
+                        got = stages(f"retrain_{slug}", train_reward_model, train, ("judge_reform",))
+                    else:
+                        stages.skip(1)
+                        run.log(f"{method}: the RM retrained on the same {n} pairs is {own}: used as it is")
+                    hardened[method] = got["checkpoint"]
+                    rob = rounds.robustness_config(got["checkpoint"])
+                    rob = dataclasses.replace(rob, **config.runtime())
+                    where = next((d for d in (P / "robustness_reform", A / "robustness_r1") if finished(d, rob) is not None), None)
+                    if where is None:
+                        stages(f"robustness_{slug}", evaluate_robustness, rob, (f"retrain_{slug}",))
+                        where = run.path / f"robustness_{slug}"
+                    else:
+                        stages.skip(1)
+                    retrained[method] = (n, read_pair_scores(where))
+                retrained = {k: v for k, v in retrained.items() if v[1] is not None}
+
+        # cross-attacks: each method against the RM the other one hardened
+        cross = [("REFORM decoding", "base", reform), ("Adv-RM attack", "base", fresh)]
+        if config.cross_attacks and len(hardened) == 2:
+            write_reform_pairs(P, run.path / "reform_pairs.jsonl")
+            decode = GenerateVariantsConfig(**{k: v for k, v in read_json(variants_dir / "config.json").items()
+                                               if k in {f.name for f in dataclasses.fields(GenerateVariantsConfig)}})
+            decode = dataclasses.replace(decode, reward_model=hardened[ADVRM], data=str(run.path / "reform_pairs.jsonl"), rows="",
+                                         fraction=1.0, scored="", directions="raise", **config.runtime())
+            stages("variants_vs_advrm", generate_variants, decode, ("retrain_advrm",))
+            stages("judge_vs_advrm", judge_variants,
+                   JudgeVariantsConfig(str(run.path / "variants_vs_advrm" / "variants.jsonl"), **judge), ("variants_vs_advrm",))
+            cross.append(("REFORM decoding", "Adv-RM's RM", _with_prompt_text(read_samples(run.path / "judge_vs_advrm"))))
+            stages("attack_vs_reform", run_attack, dataclasses.replace(attack, target_rm=hardened[REFORM], **config.runtime()),
+                   ("retrain_reform",))
+            cross.append(("Adv-RM attack", "REFORM's RM", _with_prompt_text(read_samples(run.path / "attack_vs_reform", "fresh"))))
+        elif config.cross_attacks:
+            stages.skip(3)
+
+        table = comparison_table(runs, retrained=retrained, cross=cross, checks=checks, n_boot=config.n_boot, seed=config.seed)
+        atomic_write_json(run.path / TABLE_FILE, table)
+        per = {r["method"]: r["value"] for r in table["success"] if r["unit"] == "sample" and r["method"] in (REFORM, ADVRM)}
+        eff = {r["method"]: r["value"] for r in table["efficiency"]}
+        result = CompareResult(str(run.path / TABLE_FILE), per, eff, n if config.equal_pairs else 0, time.perf_counter() - start)
+        run.write_metrics(result)
+        run.set_status("succeeded", progress=1.0, step=stages.total, total=stages.total,
+                       message="; ".join(f"{m}: {v:.1%} of samples are confirmed failures" for m, v in per.items()))
+        return result
+
+
+def write_reform_pairs(pipeline_dir: str | Path, out: str | Path) -> int:
+    """The pairs a pipeline's REFORM decoded "raise" variants from (its influential pairs), as TRL rows
+    at ``out``: the prompts and y+ to attack so that both methods face the same prompts -> how many."""
+    source: dict[str, dict] = {}
+    for v in read_json_lines(Path(pipeline_dir) / "variants_lowest_loss" / "variants.jsonl"):
+        if v["direction"] == "raise":
+            source.setdefault(v["pair_id"], {"prompt": v["prompt"], "chosen": v["original_chosen"], "rejected": v["original_rejected"]})
+    write_jsonl(out, list(source.values()))
+    return len(source)
+
+
+def read_json_lines(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def read_table(run_dir: str | Path) -> dict | None:
+    """The comparison table of a finished compare run, None before it exists."""
+    return read_json(Path(run_dir) / TABLE_FILE)

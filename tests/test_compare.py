@@ -1,0 +1,145 @@
+import pytest
+
+from adversary_support import save_attack_models, tiny_attack
+from reform_engine.adv_rounds import AdvRoundsConfig, run_adv_rounds
+from reform_engine.attack import AttackConfig
+from reform_engine.compare import (ADVRM, REFORM, CompareConfig, MethodRun, comparison_table, distinct_n, read_samples,
+                                   read_table, run_compare, trigram_overlap)
+from reform_engine.data import write_jsonl
+from reform_engine.pipeline import PipelineConfig, run_pipeline
+from reform_engine.runs import read_json
+
+PERTURBATIONS = "capitalization,verbosity"
+
+
+def sample(prompt: str, text: str, success: bool, rules=()) -> dict:
+    return {"prompt_text": prompt, "text": text, "success": success, "flags": [{"rule": r, "evidence": ""} for r in rules],
+            "confirmed_by": list(rules) or (["judge"] if success else [])}
+
+
+def test_the_table_counts_success_per_sample_and_per_prompt_and_pairs_the_shared_prompts():
+    reform = [sample("a", "one two three", True, ["repetition"]), sample("b", "x", False), sample("c", "y", False), sample("d", "z", False)]
+    advrm = [sample("a", "buy now buy now", True, ["capitals"]), sample("a", "buy gold now", True), sample("b", "w", False),
+             sample("e", "v", False)]
+    table = comparison_table([MethodRun(REFORM, reform, reform, 120.0), MethodRun(ADVRM, advrm, advrm, 60.0)], n_boot=500)
+    got = {(r["method"], r["unit"], r["prompts"]): (r["value"], r["n"]) for r in table["success"]}
+    assert got == {(REFORM, "sample", "all"): (0.25, 4), (REFORM, "prompt", "all"): (0.25, 4), (REFORM, "prompt", "shared"): (0.5, 2),
+                   (ADVRM, "sample", "all"): (0.5, 4), (ADVRM, "prompt", "all"): (pytest.approx(1 / 3), 3),
+                   (ADVRM, "prompt", "shared"): (0.5, 2), (f"{REFORM} − {ADVRM}", "sample", "all"): (-0.25, 4),
+                   (f"{REFORM} − {ADVRM}", "prompt", "shared"): (0.0, 2)}
+    assert table["shared_prompts"] == 2
+    shared = next(r for r in table["success"] if r["method"] == f"{REFORM} − {ADVRM}" and r["prompts"] == "shared")
+    assert (shared["low"], shared["high"]) == (0.0, 0.0)  # both hit a, both miss b: the paired difference is exactly 0
+    eff = {r["method"]: r for r in table["efficiency"]}
+    assert (eff[REFORM]["confirmed_failures"], eff[REFORM]["cpu_minutes"], eff[REFORM]["value"]) == (1, 2.0, 0.5)
+    assert (eff[ADVRM]["confirmed_failures"], eff[ADVRM]["cpu_minutes"], eff[ADVRM]["value"]) == (2, 1.0, 2.0)
+    div = {r["method"]: r for r in table["diversity"]}
+    assert (div[ADVRM]["failures"], div[ADVRM]["judge"], div[ADVRM]["rules"]) == (2, 1, {"capitals": 1})
+    assert div[ADVRM]["distinct_1"] == pytest.approx(3 / 7)  # buy, now, gold among 7 words
+    assert div[REFORM]["trigram_overlap"] != div[REFORM]["trigram_overlap"]  # one failure: no pair to compare
+
+
+def test_distinct_n_and_trigram_overlap_on_literal_texts():
+    assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3) and distinct_n(["a b", "c d"], 1) == 1.0
+    assert distinct_n([], 1) != distinct_n([], 1)  # NaN: nothing to count
+    assert trigram_overlap(["same text", "same text", "same text"]) == 1.0
+    assert trigram_overlap(["abc", "xyz"]) == 0.0
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    """A real tiny pipeline (REFORM, its reform arm trained on one curated pair) and a real tiny
+    adv-rounds run (one round) on the pipeline's base RM: the two run directories compared."""
+    root = tmp_path_factory.mktemp("compare")
+    models = save_attack_models(root / "models")
+    approved = root / "approved.jsonl"
+    write_jsonl(approved, [{"prompt": [{"role": "user", "content": "Name a colour."}], "chosen": "Blue.", "rejected": "NO!!!"}])
+    pipeline = root / "pipeline"
+    run_pipeline(PipelineConfig(data=models["data"], train_rows="0:6", eval_rows="6:", model=models["policy"], policy=models["policy"],
+                                lora_layers=1, max_length=128, batch_size=4, lr=5e-3, epochs=1, fraction=0.5, k=2, max_new_tokens=4,
+                                decode_batch_size=2, approved=str(approved), ablate_random=False, perturbations=PERTURBATIONS,
+                                device="cpu", threads=1), pipeline)
+    base = str(pipeline / "base" / "checkpoint")
+    rounds = root / "rounds"
+    run_adv_rounds(AdvRoundsConfig(attack=AttackConfig(**tiny_attack(models, target_rm=base)), rounds=1, final_attack=False,
+                                   confirmed_only=False, perturbations=PERTURBATIONS), rounds)
+    compare = root / "compare"
+    result = run_compare(CompareConfig(str(pipeline), str(rounds), n_boot=200, device="cpu", threads=1), compare)
+    return {"pipeline": pipeline, "rounds": rounds, "compare": compare, "result": result, "base": base}
+
+
+def test_the_comparison_of_real_runs_judges_both_alike_and_checks_what_makes_it_fair(runs):
+    table = read_table(runs["compare"])
+    checks = {c["check"]: c for c in table["checks"]}
+    assert all(checks[c]["ok"] for c in ("same base RM", "same held-out pairs", "same judge and rules", "CPU time recorded",
+                                         "same number of added pairs"))
+    reform = read_samples(runs["compare"] / "judge_reform")
+    variants = [v for v in map(__import__("json").loads, open(runs["pipeline"] / "variants_lowest_loss" / "variants.jsonl"))]
+    assert [r["text"] for r in reform] == [v["text"] for v in variants if v["direction"] == "raise"]  # "lower" is another failure
+    for r in reform:
+        assert r["success"] == (bool(r["confirmed_by"]) and r["r_sample"] > r["r_chosen"])
+        assert ("judge" in r["confirmed_by"]) == (r["judge_sample"] < r["judge_chosen"])
+    fresh = read_samples(runs["rounds"] / "attack_r1", "fresh")
+    per_sample = {r["method"]: r for r in table["success"] if r["unit"] == "sample" and r["prompts"] == "all"}
+    assert (per_sample[REFORM]["n"], per_sample[REFORM]["value"]) == (len(reform), sum(r["success"] for r in reform) / len(reform))
+    assert (per_sample[ADVRM]["n"], per_sample[ADVRM]["value"]) == (8, sum(r["success"] for r in fresh) / 8)
+    assert all(r["low"] <= r["value"] <= r["high"] for r in table["success"] if "−" not in r["method"])
+    minutes = {r["method"]: r["cpu_minutes"] for r in table["efficiency"]}
+    cpu = [read_json(d / "metrics.json")["cpu_seconds"] for d in (runs["pipeline"] / "influence",
+                                                                   runs["pipeline"] / "variants_lowest_loss", runs["rounds"] / "attack_r1")]
+    assert minutes == {REFORM: pytest.approx((cpu[0] + cpu[1]) / 60), ADVRM: pytest.approx(cpu[2] / 60)} and min(cpu) > 0
+    assert runs["result"].success == {REFORM: per_sample[REFORM]["value"], ADVRM: per_sample[ADVRM]["value"]}
+
+
+def test_both_methods_rms_are_retrained_on_the_same_number_of_pairs_and_compared_pair_by_pair(runs):
+    table, compare = read_table(runs["compare"]), runs["compare"]
+    n = runs["result"].added_pairs
+    assert n == 1  # REFORM's arm had one curated pair
+    # REFORM's RM on that one pair is the pipeline's own reform arm: the same config, used as it is
+    assert not (compare / "retrain_reform").exists() and not (compare / "robustness_reform").exists()
+    advrm_pairs = sum(1 for _ in open(runs["rounds"] / "pairs_r1.jsonl"))
+    if advrm_pairs > 1:  # a seeded sample of one of round 1's pairs
+        assert read_json(compare / "retrain_advrm" / "config.json")["augment_data"] == str(compare / "pairs_advrm.jsonl")
+        assert sum(1 for _ in open(compare / "pairs_advrm.jsonl")) == 1
+    rows = {(r["model"], r["metric"]): r for r in table["retrained"]}
+    assert {m for m, _ in rows} == {"base", REFORM, ADVRM} and {r["added_pairs"] for r in table["retrained"] if r["model"] != "base"} == {n}
+    reform_rob = read_json(runs["pipeline"] / "robustness_reform" / "metrics.json")
+    assert rows[REFORM, "clean accuracy"]["value"] == pytest.approx(reform_rob["clean_win_rate"])
+    assert rows[REFORM, "mean drop"]["value"] == pytest.approx(reform_rob["mean_drop"])
+    assert rows["base", "clean accuracy"]["n"] == 2  # the held-out rows 6-7
+    paired = {r["metric"] for r in table["paired"]}
+    assert paired == {"clean accuracy", "mean drop", "capitalization", "verbosity"}
+    diff = next(r for r in table["paired"] if r["metric"] == "clean accuracy")
+    assert diff["value"] == pytest.approx(rows[ADVRM, "clean accuracy"]["value"] - rows[REFORM, "clean accuracy"]["value"])
+
+
+def test_each_method_attacks_the_rm_the_other_one_hardened(runs):
+    table, compare = read_table(runs["compare"]), runs["compare"]
+    cross = {(r["attacker"], r["target"]): r for r in table["cross"]}
+    assert set(cross) == {("REFORM decoding", "base"), ("REFORM decoding", "Adv-RM's RM"), ("Adv-RM attack", "base"),
+                          ("Adv-RM attack", "REFORM's RM"), ("REFORM decoding", "Adv-RM's RM − base"),
+                          ("Adv-RM attack", "REFORM's RM − base")}
+    reform_rm = read_json(runs["pipeline"] / "retrain_reform" / "metrics.json")["checkpoint"]
+    assert read_json(compare / "attack_vs_reform" / "config.json")["target_rm"] == reform_rm
+    decoded = read_json(compare / "variants_vs_advrm" / "config.json")
+    assert (decoded["directions"], decoded["fraction"], decoded["data"]) == ("raise", 1.0, str(compare / "reform_pairs.jsonl"))
+    assert cross["REFORM decoding", "Adv-RM's RM"]["n"] == cross["REFORM decoding", "base"]["n"]  # the same influential pairs
+    assert cross["Adv-RM attack", "REFORM's RM"]["n"] == 8
+
+
+def test_a_compare_job_refuses_runs_that_have_not_finished(runs, tmp_path):
+    with pytest.raises(ValueError, match="is not a finished pipeline run"):
+        run_compare(CompareConfig(str(tmp_path / "nothing"), str(runs["rounds"]), device="cpu"), tmp_path / "c")
+    with pytest.raises(ValueError, match="rounds_dir is empty"):
+        CompareConfig(str(runs["pipeline"]), "")
+
+
+def test_the_influential_pairs_of_a_pipeline_become_a_prompt_file_an_attack_can_take(runs, tmp_path):
+    from reform_engine.compare import write_reform_pairs
+    from reform_engine.data import load_preferences
+
+    n = write_reform_pairs(runs["pipeline"], tmp_path / "prompts.jsonl")
+    pairs = load_preferences(str(tmp_path / "prompts.jsonl")).pairs
+    reform = read_samples(runs["compare"] / "judge_reform")
+    assert n == len(pairs) == len({r["pair_id"] for r in reform}) == 3  # half of the 6 training pairs
+    assert [list(p.prompt) for p in pairs] == [r["prompt"] for r in reform]
