@@ -232,6 +232,12 @@ def test_ingest_reads_every_finished_stage_of_a_pipeline_once(store, tmp_path):
     assert store.get_variant(2)["is_inversion"] is False
     assert store.get_job(job_id)["ingested"] is True
 
+    # a compare job decodes and attacks only to measure: the same files in its stages stay out of Curation
+    measuring = store.add_job("compare", {}, str(tmp_path / "pipe"))
+    store.update_job(measuring, state="succeeded")
+    assert ingest_results(store, measuring) == {"variants": []} and store.get_job(measuring)["ingested"] is True
+    assert len(store.list_variants(inversions_only=False)) == 2
+
 
 def full_disk(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
