@@ -3,6 +3,7 @@ high while penalty RMs disagree. Pick the target, penalty and judge RMs (or trai
 jobs), set the reward and RL knobs, start the attack as a background job and follow its curves step by
 step; browse what it kept (z-scores, disagreement, the judge's verdict, the rules that fired) and send
 it to Curation, where each kept sample stands as the pair (y+ preferred over it)."""
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -13,9 +14,12 @@ from plotly.subplots import make_subplots
 from pages._jobs import history, live_jobs
 from pages._routes import through_router
 from pages._shared import fmt, md_code, md_escape, project_store, rm_exists, settings, short, show_error, trace_figure
+from reform_engine.adv_rounds import AdvRoundsConfig, read_rounds
 from reform_engine.attack import AttackConfig, companion_configs, read_kept, read_steps
+from reform_engine.confirm import RULES, ConfirmConfig
 from reform_engine.data import hh_text
 from reform_engine.jobs import ACTIVE, ingest_results, refresh_job, start_job
+from reform_engine.retrain import base_training_config
 from reform_engine.runs import read_json
 
 FLASH_KEY = "adversarial_flash"
@@ -23,6 +27,13 @@ CURVES = [("target_z", "target z"), ("penalty_z", "penalty z (mean)"), ("disagre
           ("entropy", "entropy per token"), ("length", "mean length (tokens)"), ("eos_rate", "EOS rate"),
           ("pass_rate", "filter-pass rate")]
 DEFAULTS = AttackConfig(target_rm="t", penalty_rms="a,b")  # the settings' defaults, from their one home
+DEFAULT_CONFIRM = DEFAULTS.confirm
+ROUND_DEFAULTS = {f.name: f.default for f in dataclasses.fields(AdvRoundsConfig) if f.default is not dataclasses.MISSING}
+CONFIRM_FIELDS = [("repeat_char_run", "char repeated N times"), ("repeat_times", "phrase repeated N times"),
+                  ("punctuation_span", "N words without punctuation"), ("echo_words", "N words of the prompt echoed"),
+                  ("perplexity_factor", "perplexity × base median"), ("capitals_ratio", "capital share above"),
+                  ("capitals_min_letters", "… over N letters"), ("non_ascii_share", "non-ASCII share above"),
+                  ("non_ascii_min_chars", "… over N characters")]
 
 
 def flash(message: str) -> None:
@@ -51,6 +62,30 @@ def train_missing(target: str, n_penalties: int, judge: bool) -> None:
         flash(f"Started train-rm job(s) {', '.join(started)}; their checkpoints are in the fields below and count once trained.")
     except ValueError as exc:  # no spec at the target, unreadable data, StoreError
         st.session_state.adversarial_train_error = exc
+
+
+def draw_rounds(job: dict) -> None:
+    """An adv-rounds job: one row per attack (pass rates, kept, confirmed, added pairs, why it stopped),
+    pass rates by round, and each RM's clean accuracy and mean drop."""
+    st.caption(f"{md_escape(job['state'])} · {md_escape(job['message'])} · run directory {md_code(job['run_dir'])}")
+    rows, models = read_rounds(job["run_dir"])
+    if not rows:
+        st.caption("No round has finished yet.")
+        return
+    frame = pd.DataFrame(rows)
+    st.dataframe(frame[["round", "arm", "target", "pass_rate", "base_pass_rate", "success_rate", "kept", "confirmed", "added",
+                        "total_pairs", "stop"]], hide_index=True, key="adversarial_rounds_table",
+                 column_config={c: st.column_config.NumberColumn(format="percent") for c in ("pass_rate", "base_pass_rate", "success_rate")})
+    fig = go.Figure()
+    for arm, part in frame.groupby("arm", sort=False):
+        fig.add_trace(go.Bar(x=[f"round {r} (vs {t})" for r, t in zip(part["round"], part["target"])], y=part["pass_rate"], name=arm))
+    fig.update_layout(barmode="group", height=300, yaxis_title="fresh samples passing the filter", yaxis_tickformat=".0%",
+                      margin=dict(l=10, r=10, t=30, b=10), title="Pass rate of each round's attack")
+    st.plotly_chart(fig, key="adversarial_rounds_figure")
+    if models:
+        st.dataframe(pd.DataFrame([{"model": m["name"], "adversarial pairs": m["augment_pairs"], "clean accuracy": m["clean_accuracy"],
+                                    "mean drop": m["mean_drop"]} for m in models]), hide_index=True, key="adversarial_rounds_models")
+        st.page_link("pages/retrain.py", label="Every drop, per perturbation: Retrain & evaluate", icon=":material/model_training:")
 
 
 def steps_figure(steps: pd.DataFrame) -> go.Figure:
@@ -200,11 +235,13 @@ group_size = c[0].number_input("Group size k (rollouts per prompt)", 2, 64, DEFA
 prompts_per_step = c[1].number_input("Prompts per step", 1, 64, DEFAULTS.prompts_per_step, key="adversarial_prompts_per_step")
 n_prompts = c[2].number_input("Prompts attacked", 1, 100_000, DEFAULTS.prompts, key="adversarial_prompts")
 steps = c[3].number_input("RL steps", 1, 1_000_000, DEFAULTS.steps, key="adversarial_steps")
-c = st.columns(4)
+c = st.columns(5)
 max_tokens = c[0].number_input("Max new tokens", 2, 1024, DEFAULTS.max_new_tokens, key="adversarial_max_tokens")
-seed = c[1].number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed, key="adversarial_seed")
-lr = c[2].number_input("Learning rate", 1e-7, 1.0, DEFAULTS.lr, step=1e-5, format="%.1e", key="adversarial_lr")
-lora_layers = c[3].number_input("LoRA on the top N layers", 1, 200, DEFAULTS.lora_layers, key="adversarial_lora_layers")
+sentence_window = c[1].number_input("A sentence end in the last N tokens ends a response (0 = EOS only)", 0, 1024,
+                                    DEFAULTS.sentence_window, key="adversarial_sentence_window")
+seed = c[2].number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed, key="adversarial_seed")
+lr = c[3].number_input("Learning rate", 1e-7, 1.0, DEFAULTS.lr, step=1e-5, format="%.1e", key="adversarial_lr")
+lora_layers = c[4].number_input("LoRA on the top N layers", 1, 200, DEFAULTS.lora_layers, key="adversarial_lora_layers")
 with st.expander("Normalisation and the keep filter"):
     c = st.columns(4)
     clip_low = c[0].number_input("clip Z_p: low", -100.0, 100.0, DEFAULTS.clip_low, step=0.5, key="adversarial_clip_low")
@@ -216,28 +253,82 @@ with st.expander("Normalisation and the keep filter"):
     keep_last = c[1].number_input("Keep from the last share of steps", 0.0, 1.0, DEFAULTS.keep_last, step=0.1, key="adversarial_keep_last")
     cap_per_prompt = c[2].number_input("Cap per prompt", 1, 1000, DEFAULTS.cap_per_prompt, key="adversarial_cap_prompt")
     cap_total = c[3].number_input("Cap in total", 1, 1_000_000, DEFAULTS.cap_total, key="adversarial_cap_total")
+with st.expander("Confirmation rules (a kept sample any of them flags is confirmed bad, as is one the judge scores below y+)"):
+    rules = st.multiselect("Rules", [r.name for r in RULES], DEFAULT_CONFIRM.names(), key="adversarial_rules")
+    c = st.columns(5)
+    confirm_values = {name: c[i % 5].number_input(label, value=getattr(DEFAULT_CONFIRM, name), key=f"adversarial_confirm_{name}",
+                                                  **({"step": 0.05, "format": "%.2f"} if isinstance(getattr(DEFAULT_CONFIRM, name), float)
+                                                     else {"step": 1}))
+                      for i, (name, label) in enumerate(CONFIRM_FIELDS)}
+
+
+def attack_config() -> AttackConfig:
+    """The attack the settings above describe (raises ValueError, saying what to fix)."""
+    confirm = ConfirmConfig(rules=",".join(rules), **confirm_values)
+    return AttackConfig(target_rm=target, penalty_rms=",".join(penalties), judge_rm=judge, policy=s.policy, data=s.data,
+                        rows=s.rows, prompts=int(n_prompts), penalty_weight=float(penalty_weight), kl_weight=float(kl_weight),
+                        threshold=float(threshold), below_cost=float(below_cost), clip_low=float(clip_low),
+                        clip_high=float(clip_high), base_samples=int(base_samples), group_size=int(group_size),
+                        prompts_per_step=int(prompts_per_step), steps=int(steps), max_new_tokens=int(max_tokens),
+                        sentence_window=int(sentence_window), lr=float(lr), lora_layers=int(lora_layers), keep_last=float(keep_last),
+                        fresh_samples=int(fresh_samples), u_z_min=float(u_z_min), cap_per_prompt=int(cap_per_prompt),
+                        cap_total=int(cap_total), confirm=confirm, seed=int(seed), device=s.device,
+                        trust_remote_code=s.trust_remote_code)
+
+
 ready = rm_exists(target) and not missing_penalties and len(penalties) >= 2 and (not judge or rm_exists(judge))
 if st.button("Start the attack", type="primary", key="adversarial_start", disabled=not ready):
     try:
-        config = AttackConfig(target_rm=target, penalty_rms=",".join(penalties), judge_rm=judge, policy=s.policy, data=s.data,
-                              rows=s.rows, prompts=int(n_prompts), penalty_weight=float(penalty_weight), kl_weight=float(kl_weight),
-                              threshold=float(threshold), below_cost=float(below_cost), clip_low=float(clip_low),
-                              clip_high=float(clip_high), base_samples=int(base_samples), group_size=int(group_size),
-                              prompts_per_step=int(prompts_per_step), steps=int(steps), max_new_tokens=int(max_tokens),
-                              lr=float(lr), lora_layers=int(lora_layers), keep_last=float(keep_last), fresh_samples=int(fresh_samples),
-                              u_z_min=float(u_z_min), cap_per_prompt=int(cap_per_prompt), cap_total=int(cap_total), seed=int(seed),
-                              device=s.device, trust_remote_code=s.trust_remote_code)
-        job_id = start_job(store, "attack", config)
+        job_id = start_job(store, "attack", attack_config())
         st.session_state.adversarial_job = job_id
         flash(f"Started attack job #{job_id}: curves below as it goes; kept samples join Curation when it ends.")
         st.rerun()
     except ValueError as exc:  # AttackConfig's checks, StoreError
         show_error(exc, "Not started")
 
+# ------------------------------------------------------------------ rounds of adversarial training
+st.subheader("Rounds: attack, add the samples as pairs, retrain, attack again")
+st.caption("An adv-rounds job runs the attack above on the target, adds what it kept as pairs (y+ preferred over the sample), "
+           "retrains the target's recipe from scratch on its pairs plus all adversarial pairs so far, and attacks the retrained "
+           "RM with fresh z-scores; every RM is evaluated on the same held-out pairs (Retrain & evaluate shows them).")
+c = st.columns(5)
+n_rounds = c[0].number_input("Rounds (retrainings)", 1, 20, ROUND_DEFAULTS["rounds"], key="adversarial_rounds")
+pass_floor = c[1].number_input("Stop below this pass rate", 0.0, 1.0, ROUND_DEFAULTS["pass_floor"], step=0.01,
+                               key="adversarial_pass_floor")
+eval_rows = c[2].text_input("Held-out rows ('' = after the training rows)", ROUND_DEFAULTS["eval_rows"], key="adversarial_eval_rows")
+confirmed_only = c[3].toggle("Confirmed samples only", ROUND_DEFAULTS["confirmed_only"], key="adversarial_confirmed_only")
+baseline_arm = c[4].toggle("Also the λ = 0 arm", ROUND_DEFAULTS["baseline_arm"], key="adversarial_baseline_arm")
+recipe_known = rm_exists(target) and base_training_config(target) is not None
+train_rows = "" if recipe_known else st.text_input(
+    f"The target was not trained here: its training rows in {short(s.data, 40)} (retraining repeats its recipe on them)",
+    key="adversarial_train_rows").strip()
+if st.button("Start the rounds", key="adversarial_rounds_start", disabled=not ready):
+    try:
+        rounds_config = AdvRoundsConfig(attack=attack_config(), rounds=int(n_rounds), pass_floor=float(pass_floor),
+                                        eval_rows=eval_rows.strip(), confirmed_only=confirmed_only, baseline_arm=baseline_arm,
+                                        **({} if recipe_known else {"data": s.data, "train_rows": train_rows}))
+        rounds_config.recipe()  # an unknown recipe is refused here, not in the job
+        job_id = start_job(store, "adv-rounds", rounds_config)
+        st.session_state.adversarial_rounds_job = job_id
+        flash(f"Started adv-rounds job #{job_id}: its rounds appear below as they finish.")
+        st.rerun()
+    except ValueError as exc:
+        show_error(exc, "Not started")
+
 # ------------------------------------------------------------------ running jobs
 st.subheader("Running")
-if not live_jobs("adversarial", kinds=["attack", "train-rm"]):
-    st.caption("No attack or RM training is running.")
+if not live_jobs("adversarial", kinds=["attack", "adv-rounds", "train-rm"]):
+    st.caption("No attack, rounds or RM training is running.")
+
+# ------------------------------------------------------------------ rounds: one row per attack
+rounds_jobs = store.list_jobs("adv-rounds")
+if not rounds_jobs.empty:
+    st.subheader("Rounds")
+    ids = [int(i) for i in rounds_jobs["id"]]
+    if st.session_state.get("adversarial_rounds_job") not in ids:
+        st.session_state.adversarial_rounds_job = ids[0]
+    rounds_id = st.selectbox("Adv-rounds job", ids, key="adversarial_rounds_job", format_func=lambda i: f"#{i} adv-rounds")
+    draw_rounds(refresh_job(store, rounds_id))
 
 # ------------------------------------------------------------------ one attack: its curves and what it kept
 attacks = store.list_jobs("attack")

@@ -134,6 +134,12 @@ def read_rounds_config(run_dir: str | Path) -> AdvRoundsConfig:
     return AdvRoundsConfig(**{**saved, "attack": AttackConfig(**attack)})
 
 
+def read_rounds(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
+    """(round rows, model rows) of an adv-rounds run's report.json so far; ([], []) before its first."""
+    report = read_json(Path(run_dir) / "report.json")
+    return (report.get("rounds", []), report.get("models", [])) if isinstance(report, dict) else ([], [])
+
+
 def adversarial_pairs(attack_dir: str | Path, confirmed_only: bool) -> list[dict]:
     """The TRL rows a finished attack adds: (y+ preferred over the sample) for each kept (or each
     confirmed) sample."""
@@ -186,6 +192,7 @@ def run_adv_rounds(config: AdvRoundsConfig, run_dir: str | Path) -> ComparisonRe
             if config.baseline_arm:
                 m0 = stages(f"attack_r{r}_lambda0", run_attack, config.attack_config(ckpt, baseline=True), after)
                 rows.append(RoundReport.from_attack(r, BASELINE, target, ckpt, m0))
+            stages.write_report(models, rounds=rows)  # a page shows each round as it ends
             return row
 
         base = str(Path(config.attack.target_rm).expanduser())

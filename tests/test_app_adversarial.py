@@ -132,3 +132,33 @@ def test_missing_penalty_and_judge_rms_are_trained_as_jobs_from_the_page(env):
     finally:
         for job_id in jobs["id"]:
             cancel_job(store, int(job_id), grace=5)
+
+
+def test_the_page_starts_rounds_of_adversarial_training_and_shows_each_round(env):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page(PAGE)
+    run(at)
+    at.text_area(key="adversarial_penalties").set_value(f"{env['penalty1']}\n{env['penalty2']}")
+    at.text_input(key="adversarial_judge").set_value(env["judge"])
+    for key, value in {"adversarial_prompts": 4, "adversarial_steps": 2, "adversarial_group": 2, "adversarial_max_tokens": 10,
+                       "adversarial_lr": 1e-2, "adversarial_lora_layers": 1, "adversarial_base_samples": 4, "adversarial_fresh": 2,
+                       "adversarial_threshold": -10.0, "adversarial_u_z": -10.0, "adversarial_rounds": 1,
+                       "adversarial_confirm_repeat_times": 2}.items():
+        at.number_input(key=key).set_value(value)
+    at.toggle(key="adversarial_confirmed_only").set_value(False)
+    at.multiselect(key="adversarial_rules").set_value(["repetition", "capitals"])
+    run(at)
+    at.text_input(key="adversarial_train_rows").set_value("0:6")  # the tiny target was not trained here
+    run(at)
+    at.button(key="adversarial_rounds_start").click()
+    run(at)
+    (job_id,) = Store(env["db"]).list_jobs()["id"].tolist()
+    assert any(f"Started adv-rounds job #{job_id}" in s.value for s in at.success)
+    config = Store(env["db"]).get_job(job_id)["config"]
+    assert (config["rounds"], config["confirmed_only"], config["train_rows"], config["data"]) == (1, False, "0:6", env["data"])
+    assert config["attack"]["confirm"]["rules"] == "repetition,capitals" and config["attack"]["confirm"]["repeat_times"] == 2
+    job = until_job_ends(at, env["db"], job_id)
+    assert job["state"] == "succeeded", job["message"]
+    rounds = table(at, "pass_rate")
+    assert rounds["round"].tolist() == [1, 2] and rounds["target"].tolist() == ["base", "round 1"]  # the final attack too
+    assert table(at, "clean accuracy")["model"].tolist() == ["base", "round 1"]
