@@ -9,6 +9,7 @@ PAGES = (
     ("pages/influential.py", "Influential samples", ":material/target:"),
     ("pages/decoding.py", "Controlled decoding", ":material/route:"),
     ("pages/adversarial.py", "Adversarial attack", ":material/swords:"),
+    ("pages/compare.py", "REFORM vs Adv-RM", ":material/compare_arrows:"),
     ("pages/curation.py", "Curation", ":material/fact_check:"),
     ("pages/retrain.py", "Retrain & evaluate", ":material/model_training:"),
     ("pages/explorer.py", "Reward explorer", ":material/query_stats:"),

@@ -76,3 +76,29 @@ def tiny_attack(models: dict, **overrides) -> dict:
             "policy": models["policy"], "data": models["data"], "prompts": 4, "steps": 4, "group_size": 2, "prompts_per_step": 2,
             "max_new_tokens": 10, "base_samples": 4, "fresh_samples": 2, "threshold": -10.0, "u_z_min": -10.0,
             "lora_layers": 1, "lora_r": 2, "lora_alpha": 4, "lr": 1e-2, "device": "cpu", "threads": 1, **overrides}
+
+
+def save_compared_runs(root: str | Path) -> dict:
+    """A real tiny pipeline (REFORM; its reform arm trained on one curated pair) and a real tiny
+    adv-rounds run (one round, every kept sample added) on the pipeline's base RM: the two run
+    directories a comparison reads -> {"pipeline", "rounds", "base", "models"}."""
+    from reform_engine.adv_rounds import AdvRoundsConfig, run_adv_rounds
+    from reform_engine.attack import AttackConfig
+    from reform_engine.data import write_jsonl
+    from reform_engine.pipeline import PipelineConfig, run_pipeline
+
+    root = Path(root)
+    models = save_attack_models(root / "models")
+    approved = root / "approved.jsonl"
+    write_jsonl(approved, [{"prompt": [{"role": "user", "content": "Name a colour."}], "chosen": "Blue.", "rejected": "NO!!!"}])
+    perturbations = "capitalization,verbosity"
+    pipeline = root / "pipeline"
+    run_pipeline(PipelineConfig(data=models["data"], train_rows="0:6", eval_rows="6:", model=models["policy"], policy=models["policy"],
+                                lora_layers=1, max_length=128, batch_size=4, lr=5e-3, epochs=1, fraction=0.5, k=2, max_new_tokens=4,
+                                decode_batch_size=2, approved=str(approved), ablate_random=False, perturbations=perturbations,
+                                device="cpu", threads=1), pipeline)
+    base = str(pipeline / "base" / "checkpoint")
+    rounds = root / "rounds"
+    run_adv_rounds(AdvRoundsConfig(attack=AttackConfig(**tiny_attack(models, target_rm=base)), rounds=1, final_attack=False,
+                                   confirmed_only=False, perturbations=perturbations), rounds)
+    return {"pipeline": pipeline, "rounds": rounds, "base": base, "models": models}

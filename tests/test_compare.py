@@ -1,15 +1,9 @@
 import pytest
 
-from adversary_support import save_attack_models, tiny_attack
-from reform_engine.adv_rounds import AdvRoundsConfig, run_adv_rounds
-from reform_engine.attack import AttackConfig
+from adversary_support import save_compared_runs
 from reform_engine.compare import (ADVRM, REFORM, CompareConfig, MethodRun, comparison_table, distinct_n, read_samples,
                                    read_table, run_compare, trigram_overlap)
-from reform_engine.data import write_jsonl
-from reform_engine.pipeline import PipelineConfig, run_pipeline
 from reform_engine.runs import read_json
-
-PERTURBATIONS = "capitalization,verbosity"
 
 
 def sample(prompt: str, text: str, success: bool, rules=()) -> dict:
@@ -48,24 +42,11 @@ def test_distinct_n_and_trigram_overlap_on_literal_texts():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
-    """A real tiny pipeline (REFORM, its reform arm trained on one curated pair) and a real tiny
-    adv-rounds run (one round) on the pipeline's base RM: the two run directories compared."""
     root = tmp_path_factory.mktemp("compare")
-    models = save_attack_models(root / "models")
-    approved = root / "approved.jsonl"
-    write_jsonl(approved, [{"prompt": [{"role": "user", "content": "Name a colour."}], "chosen": "Blue.", "rejected": "NO!!!"}])
-    pipeline = root / "pipeline"
-    run_pipeline(PipelineConfig(data=models["data"], train_rows="0:6", eval_rows="6:", model=models["policy"], policy=models["policy"],
-                                lora_layers=1, max_length=128, batch_size=4, lr=5e-3, epochs=1, fraction=0.5, k=2, max_new_tokens=4,
-                                decode_batch_size=2, approved=str(approved), ablate_random=False, perturbations=PERTURBATIONS,
-                                device="cpu", threads=1), pipeline)
-    base = str(pipeline / "base" / "checkpoint")
-    rounds = root / "rounds"
-    run_adv_rounds(AdvRoundsConfig(attack=AttackConfig(**tiny_attack(models, target_rm=base)), rounds=1, final_attack=False,
-                                   confirmed_only=False, perturbations=PERTURBATIONS), rounds)
+    made = save_compared_runs(root)
     compare = root / "compare"
-    result = run_compare(CompareConfig(str(pipeline), str(rounds), n_boot=200, device="cpu", threads=1), compare)
-    return {"pipeline": pipeline, "rounds": rounds, "compare": compare, "result": result, "base": base}
+    result = run_compare(CompareConfig(str(made["pipeline"]), str(made["rounds"]), n_boot=200, device="cpu", threads=1), compare)
+    return {**made, "compare": compare, "result": result}
 
 
 def test_the_comparison_of_real_runs_judges_both_alike_and_checks_what_makes_it_fair(runs):

@@ -1,0 +1,141 @@
+"""REFORM vs Adv-RM: pick a finished pipeline run (REFORM) and a finished adv-rounds run (Adv-RM) on the
+same base RM, start a compare job (it judges both methods' samples alike, retrains both RMs on the same
+number of added pairs, and runs the cross-attacks), and read its table: success per sample and per
+prompt, confirmed failures per CPU-minute, diversity, the retrained RMs' accuracy and drops, and the
+cross-attacks, every rate with its 95% bootstrap interval as an error bar."""
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from pages._jobs import history, live_jobs
+from pages._routes import through_router
+from pages._shared import md_code, md_escape, project_store, settings, show_error
+from reform_engine.compare import CompareConfig, read_table
+from reform_engine.jobs import refresh_job, start_job
+
+FLASH_KEY = "compare_flash"
+COLORS = {"REFORM": "#1565c0", "Adv-RM": "#c62828", "base": "#757575"}
+
+
+def error_bars(frame: pd.DataFrame, x: str, group: str, title: str, *, percent: bool = True, height: int = 340) -> go.Figure:
+    """Bars of ``value`` by ``x``, one colour per ``group``, each with its interval [low, high] as an error bar."""
+    fig = go.Figure()
+    for name, part in frame.groupby(group, sort=False):
+        fig.add_trace(go.Bar(x=part[x], y=part["value"], name=str(name), marker_color=COLORS.get(str(name)),
+                             error_y=dict(type="data", symmetric=False, array=(part["high"] - part["value"]).tolist(),
+                                          arrayminus=(part["value"] - part["low"]).tolist()),
+                             customdata=part[["low", "high", "n"]].to_numpy(),
+                             hovertemplate="%{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}], n = %{customdata[2]}"
+                                           f"<extra>{name}</extra>"))
+    fig.update_layout(barmode="group", title=title, height=height, margin=dict(l=10, r=10, t=40, b=10),
+                      yaxis_tickformat=".0%" if percent else None)
+    return fig
+
+
+def draw_table(table: dict, job_id: int) -> None:
+    checks = pd.DataFrame(table["checks"])
+    if not checks.empty:
+        checks.insert(0, "", ["✅" if ok else "⚠️" for ok in checks.pop("ok")])
+        st.dataframe(checks, hide_index=True, key=f"compare_checks_{job_id}")
+    st.caption(f"Intervals: 95% percentile bootstrap, {table['n_boot']} resamples, seed {table['seed']}; differences of two "
+               "methods on different samples resample each side, of two RMs on the same pairs resample the pairs once (paired).")
+
+    st.markdown("**Success**: the target RM prefers the sample to y+, and the judge RM or a rule confirms it is bad")
+    success = pd.DataFrame(table["success"])
+    methods = success[~success["method"].str.contains("−")].copy()
+    methods["measured"] = methods["unit"] + "s, " + methods["prompts"] + " prompts"
+    st.plotly_chart(error_bars(methods, "measured", "method", "Confirmed failures: share of samples, of prompts"),
+                    key=f"compare_success_{job_id}")
+    diffs = success[success["method"].str.contains("−")]
+    if not diffs.empty:
+        st.dataframe(diffs[["method", "unit", "prompts", "value", "low", "high", "n"]], hide_index=True, key=f"compare_diffs_{job_id}")
+
+    c1, c2 = st.columns(2)
+    efficiency = pd.DataFrame(table["efficiency"])
+    c1.plotly_chart(error_bars(efficiency.assign(x="per CPU-minute"), "x", "method", "Confirmed failures per CPU-minute (RL included)",
+                               percent=False), key=f"compare_efficiency_{job_id}")
+    c1.dataframe(efficiency[["method", "confirmed_failures", "cpu_minutes"]], hide_index=True, key=f"compare_cpu_{job_id}")
+    diversity = pd.DataFrame(table["diversity"])
+    diversity["rules"] = [", ".join(f"{r} {n}" for r, n in rules.items()) for rules in diversity["rules"]]
+    c2.markdown("**Diversity of the confirmed failures**")
+    c2.dataframe(diversity, hide_index=True, key=f"compare_diversity_{job_id}",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("distinct_1", "distinct_2", "trigram_overlap")})
+
+    retrained = pd.DataFrame(table["retrained"])
+    if not retrained.empty:
+        pairs = int(retrained.loc[retrained["model"] != "base", "added_pairs"].max())
+        st.markdown(f"**Retrained on the same number of added pairs ({pairs} each), on the same held-out pairs**")
+        c1, c2 = st.columns([1, 3])
+        c1.plotly_chart(error_bars(retrained[retrained["metric"] == "clean accuracy"], "metric", "model", "Clean accuracy"),
+                        key=f"compare_accuracy_{job_id}")
+        drops = retrained[retrained["metric"] != "clean accuracy"]
+        c2.plotly_chart(error_bars(drops, "metric", "model", "Win-rate drop: the mean and each perturbation (lower is more robust)"),
+                        key=f"compare_drops_{job_id}")
+    paired = pd.DataFrame(table["paired"])
+    if not paired.empty:
+        st.plotly_chart(error_bars(paired, "metric", "difference", "Adv-RM's RM minus REFORM's, pair by pair (paired bootstrap)",
+                                   height=300), key=f"compare_paired_{job_id}")
+    cross = pd.DataFrame(table["cross"])
+    direct = cross[~cross["target"].str.contains("−")]
+    st.plotly_chart(error_bars(direct, "attacker", "target", "Cross-attacks: confirmed failures per sample, by the RM attacked"),
+                    key=f"compare_cross_{job_id}")
+    if len(direct) < len(cross):
+        st.dataframe(cross[cross["target"].str.contains("−")][["attacker", "target", "value", "low", "high", "n"]], hide_index=True,
+                     key=f"compare_cross_diffs_{job_id}")
+
+
+def finished_runs(store, kind: str) -> dict[int, str]:
+    jobs = store.list_jobs(kind)
+    jobs = jobs[jobs["state"] == "succeeded"]
+    return {int(i): d for i, d in zip(jobs["id"], jobs["run_dir"])}
+
+
+through_router()
+st.title("REFORM vs Adv-RM")
+s = settings()
+store = project_store()
+message = st.session_state.pop(FLASH_KEY, None)
+if message:
+    st.success(message)
+st.caption("Both methods on the same base RM: REFORM's controlled decoding (a pipeline run) and Adv-RM's RL attack (an adv-rounds run "
+           "whose target is the pipeline's base). One criterion of success for both; their RMs retrained on the same number of "
+           "added pairs; each attacks the RM the other hardened.")
+
+pipelines, rounds = finished_runs(store, "pipeline"), finished_runs(store, "adv-rounds")
+if not pipelines or not rounds:
+    st.info("Needs a finished pipeline run (Retrain & evaluate) and a finished adv-rounds run (Adversarial attack) on the same base RM.")
+else:
+    c = st.columns([2, 2, 1, 1])
+    p = c[0].selectbox("REFORM: pipeline run", list(pipelines), key="compare_pipeline", format_func=lambda i: f"#{i} pipeline")
+    a = c[1].selectbox("Adv-RM: adv-rounds run", list(rounds), key="compare_rounds", format_func=lambda i: f"#{i} adv-rounds")
+    equal_pairs = c[2].toggle("Retrain on equal pairs", True, key="compare_equal_pairs")
+    cross_attacks = c[3].toggle("Cross-attacks", True, key="compare_cross_attacks", disabled=not equal_pairs)
+    if st.button("Compare (background job)", type="primary", key="compare_start"):
+        try:
+            config = CompareConfig(pipelines[p], rounds[a], equal_pairs=equal_pairs, cross_attacks=cross_attacks and equal_pairs,
+                                   device=s.device, trust_remote_code=s.trust_remote_code)
+            job_id = start_job(store, "compare", config)
+            st.session_state.compare_job = job_id
+            st.session_state[FLASH_KEY] = f"Started compare job #{job_id}: the table appears below when it ends."
+            st.rerun()
+        except ValueError as exc:
+            show_error(exc, "Not started")
+
+st.subheader("Running")
+if not live_jobs("compare", kinds=["compare"]):
+    st.caption("No comparison is running.")
+
+jobs = store.list_jobs("compare")
+if not jobs.empty:
+    st.subheader("Comparison")
+    ids = [int(i) for i in jobs["id"]]
+    if st.session_state.get("compare_job") not in ids:
+        st.session_state.compare_job = ids[0]
+    job_id = st.selectbox("Compare job", ids, key="compare_job", format_func=lambda i: f"#{i} compare")
+    job = refresh_job(store, job_id)
+    st.caption(f"{md_escape(job['state'])} · {md_escape(job['message'])} · run directory {md_code(job['run_dir'])}")
+    table = read_table(job["run_dir"]) if job["state"] == "succeeded" else None
+    if table:
+        draw_table(table, job_id)
+    st.subheader("History")
+    history("compare_history", kinds=["compare"])
