@@ -75,7 +75,8 @@ def draw_rounds(job: dict) -> None:
     frame = pd.DataFrame(rows)
     st.dataframe(frame[["round", "arm", "target", "pass_rate", "base_pass_rate", "success_rate", "kept", "confirmed", "added",
                         "total_pairs", "stop"]], hide_index=True, key="adversarial_rounds_table",
-                 column_config={c: st.column_config.NumberColumn(format="percent") for c in ("pass_rate", "base_pass_rate", "success_rate")})
+                 column_config={c: st.column_config.NumberColumn(format="percent")
+                                for c in ("pass_rate", "base_pass_rate", "success_rate")})
     fig = go.Figure()
     for arm, part in frame.groupby("arm", sort=False):
         fig.add_trace(go.Bar(x=[f"round {r} (vs {t})" for r, t in zip(part["round"], part["target"])], y=part["pass_rate"], name=arm))

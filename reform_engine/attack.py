@@ -36,6 +36,7 @@ import torch
 
 from .adversary import AdversarialReward, PromptNorm, kl_k3, rloo_advantages, rloo_loss
 from .confirm import Candidate, ConfirmConfig, Rule, RuleContext, check_rules, confirmation, passes, select_kept
+from .judging import SAMPLES_FILE, duel_scores, duels, judge_candidates
 from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, select_rows, write_jsonl
 from .models import DEFAULT_MODEL
 from .runs import atomic_directory, job_run
@@ -43,7 +44,6 @@ from .runtime import seed_everything, set_cpu_threads
 
 STEPS_FILE = "steps.jsonl"
 KEPT_FILE = "variants.jsonl"      # the name the store's ingestion reads (jobs.ingest_results)
-SAMPLES_FILE = "samples.jsonl"    # every fresh sample, judged: the attack's output as a whole
 SOURCE = "adv-rm"                 # the variants' direction in the store: the pair (y+, sample), as "raise"
 
 
@@ -257,40 +257,8 @@ def _record(c: Candidate, pair: PreferencePair, target_scores, judge_scores, tra
             "z_target": c.z_target, "z_penalty": c.z_penalty, "z_penalties": c.z_penalties, "u": c.u, "u_z": c.u_z,
             "origin": c.origin, "judge_chosen": judge_chosen, "judge_sample": judge_sample,
             "flags": [{"rule": f.rule, "evidence": f.evidence} for f in flags], "confirmed_by": by, "confirmed": bool(by),
-            "success": bool(by) and r_variant > r_chosen, "new_pair": {"prompt": [dict(m) for m in pair.prompt], "chosen": pair.chosen.strip(), "rejected": c.text.strip()}}
-
-
-def _duels(rm, cands: list[Candidate], pairs: list[PreferencePair]) -> dict[int, tuple[float, float]]:
-    """n -> (r(y+), r(sample n)) under ``rm``, both from text; samples it cannot encode are left out."""
-    from .scoring import SCORE_MAX_LENGTH, score_pairs
-
-    duels = [PreferencePair(f"{n}", pairs[c.prompt_index].prompt, pairs[c.prompt_index].chosen, c.text) for n, c in enumerate(cands)]
-    got = score_pairs(rm, duels, max_length=SCORE_MAX_LENGTH, skip_too_long=True)
-    ok = [n for n in range(len(cands)) if n not in got.skipped]
-    return {n: (float(a), float(b)) for n, a, b in zip(ok, got.r_chosen, got.r_rejected)}
-
-
-def _judge_samples(cands: list[Candidate], pairs: list[PreferencePair], target, judge, base_ppl: float,
-                   rules: tuple[Rule, ...], threshold: float, u_z_min: float) -> list[dict]:
-    """Fresh samples, each with its target and judge duel against y+, the rules and the verdict:
-    success = the target prefers it to y+ and it is confirmed bad."""
-    nan = (float("nan"), float("nan"))
-    by_target = _duels(target, cands, pairs) if cands else {}
-    by_judge = _duels(judge, cands, pairs) if cands and judge is not None else {}
-    out = []
-    for n, c in enumerate(cands):
-        pair = pairs[c.prompt_index]
-        r_chosen, r_sample = by_target.get(n, nan)
-        judge_chosen, judge_sample = by_judge.get(n, (None, None))
-        flags = check_rules(c.text, RuleContext(pair.prompt[-1]["content"], c.perplexity, base_ppl), rules)
-        by = confirmation(judge_sample, judge_chosen, flags)
-        out.append({"prompt_index": c.prompt_index, "pair_id": pair.pair_id, "prompt": [dict(m) for m in pair.prompt],
-                    "origin": c.origin, "text": c.text,
-                    "complete": c.ended, "passes": passes(c, threshold, u_z_min), "z_target": c.z_target, "u_z": c.u_z,
-                    "perplexity": c.perplexity, "r_sample": r_sample, "r_chosen": r_chosen, "judge_sample": judge_sample,
-                    "judge_chosen": judge_chosen, "flags": [{"rule": f.rule, "evidence": f.evidence} for f in flags],
-                    "confirmed_by": by, "success": bool(by) and r_sample > r_chosen})
-    return out
+            "success": bool(by) and r_variant > r_chosen,
+            "new_pair": {"prompt": [dict(m) for m in pair.prompt], "chosen": pair.chosen.strip(), "rejected": c.text.strip()}}
 
 
 def _confirm(kept: list[Candidate], pairs: list[PreferencePair], target, judge, base_ppl: float,
@@ -303,7 +271,7 @@ def _confirm(kept: list[Candidate], pairs: list[PreferencePair], target, judge, 
     scores = score_pairs(target, [pairs[i] for i in used], max_length=SCORE_MAX_LENGTH, skip_too_long=True)
     scored = [i for j, i in enumerate(used) if j not in scores.skipped]
     target_of = {i: (float(a), float(b)) for i, a, b in zip(scored, scores.r_chosen, scores.r_rejected)}
-    judged = _duels(judge, kept, pairs) if judge is not None else {}  # the judge's pair: y+ against the sample
+    judged = duel_scores(judge, duels(kept, pairs)) if judge is not None else {}  # the judge's pair: y+ against the sample
     records = []
     for n, c in enumerate(kept):
         pair = pairs[c.prompt_index]
@@ -431,10 +399,11 @@ def run_attack(config: AttackConfig, run_dir: str | Path) -> AttackResult:
         records = _confirm(kept, pairs, target, judge, base_ppl, rules) if kept else []
         write_jsonl(run.path / KEPT_FILE, records)
         run.set_status("running", message="judging the fresh samples")
-        judged = _judge_samples(samples.get("final", []) + samples.get("base", []), pairs, target, judge, base_ppl, rules,
-                                config.threshold, config.u_z_min)
+        judged = judge_candidates(samples.get("final", []) + samples.get("base", []), pairs, target, judge, base_ppl, rules,
+                                  config.threshold, config.u_z_min)
         write_jsonl(run.path / SAMPLES_FILE, judged)
-        success = {name: [r["success"] for r in judged if r["origin"] == origin] for name, origin in (("final", "fresh"), ("base", "base"))}
+        success = {name: [r["success"] for r in judged if r["origin"] == origin]
+                   for name, origin in (("final", "fresh"), ("base", "base"))}
         fired: dict[str, int] = {}
         for r in records:
             for f in r["flags"]:

@@ -11,7 +11,7 @@ another kind and not counted); Adv-RM's are the fresh samples of round 1's final
 
 Stages, in sub-directories of the run directory (stages.Stages, so a re-run resumes):
 
-    judge_reform/           REFORM's raise variants, judged (samples.jsonl, as the attack writes it)
+    judge_reform/           REFORM's raise variants, judged (judging.py: samples.jsonl, as the attack writes it)
     retrain_reform/         with equal_pairs: the base recipe from scratch on n of REFORM's pairs, n the
     retrain_advrm/          smaller of the two methods' counts (Adv-RM: round 1's pairs), a seeded sample
     robustness_reform/      of the method with more; a finished run of the same config in P or A (the
@@ -30,17 +30,18 @@ import dataclasses
 import json
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 from typing import Any, Sequence
 
 from .adv_rounds import read_rounds_config
-from .attack import SAMPLES_FILE, AttackConfig, read_kept, run_attack
-from .confirm import ConfirmConfig, RuleContext, check_rules, confirmation, jaccard, trigrams
-from .data import PreferencePair, hh_text, write_jsonl
+from .attack import AttackConfig, read_kept, run_attack
+from .confirm import jaccard, trigrams
+from .data import hh_text, write_jsonl
 from .evaluation import BOOTSTRAP_RESAMPLES, Interval, bootstrap_diff, bootstrap_mean, paired_bootstrap_diff
 from .inversions import GenerateVariantsConfig, generate_variants
+from .judging import SAMPLES_FILE, JudgeVariantsConfig, judge_variants, read_samples
 from .robustness import evaluate_robustness, read_pair_scores
 from .runs import atomic_write_json, job_run, read_json
 from .runtime import set_cpu_threads
@@ -49,77 +50,6 @@ from .training import train_reward_model
 
 TABLE_FILE = "comparison.json"
 REFORM, ADVRM = "REFORM", "Adv-RM"
-
-
-# --------------------------------------------------------------------------- judging REFORM's variants
-
-@dataclass
-class JudgeVariantsConfig:
-    variants: str                           # a variants job's variants.jsonl
-    judge_rm: str = ""                      # '' = the rules alone confirm
-    base_perplexity: float = float("nan")   # the perplexity rule's yardstick: pi0's median (the attack's metrics)
-    direction: str = "raise"                # the variants judged: a bad response the RM scores high
-    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
-    device: str = "auto"
-    dtype: str = "float32"
-    threads: int = 0
-    trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
-
-
-@dataclass
-class JudgeVariantsResult:
-    samples_path: str
-    n: int
-    confirmed: int
-    successes: int
-    success_rate: float
-
-
-def judge_variants(config: JudgeVariantsConfig, run_dir: str | Path) -> JudgeVariantsResult:
-    """Each variant of ``direction``: the judge's duel against y+, the rules, and success (the target,
-    as the variants job scored it from text, prefers it to y+, and it is confirmed bad)."""
-    from .reward_model import load_reward_model
-    from .scoring import SCORE_MAX_LENGTH, score_pairs
-
-    with job_run(run_dir, config, "judging variants") as run:
-        set_cpu_threads(config.threads)
-        with open(config.variants, encoding="utf-8") as fh:
-            variants = [v for v in map(json.loads, filter(str.strip, fh)) if v["direction"] == config.direction]
-        judged: dict[int, tuple[float, float]] = {}
-        if config.judge_rm.strip() and variants:
-            judge = load_reward_model(config.judge_rm, device=config.device, dtype=config.dtype,
-                                      trust_remote_code=config.trust_remote_code)
-            duels = [PreferencePair(str(n), tuple(v["prompt"]), v["original_chosen"], v["text"]) for n, v in enumerate(variants)]
-            got = score_pairs(judge, duels, max_length=SCORE_MAX_LENGTH, skip_too_long=True)
-            ok = [n for n in range(len(variants)) if n not in got.skipped]
-            judged = {n: (float(a), float(b)) for n, a, b in zip(ok, got.r_chosen, got.r_rejected)}
-        rules, rows = config.confirm.build(), []
-        for n, v in enumerate(variants):
-            judge_chosen, judge_sample = judged.get(n, (None, None))
-            flags = check_rules(v["text"], RuleContext(v["prompt"][-1]["content"], v["perplexity"], config.base_perplexity), rules)
-            by = confirmation(judge_sample, judge_chosen, flags)
-            rows.append({"pair_id": v["pair_id"], "prompt": v["prompt"], "origin": f"reform {v['direction']}", "text": v["text"],
-                         "r_sample": v["r_variant"], "r_chosen": v["r_chosen"], "judge_sample": judge_sample,
-                         "judge_chosen": judge_chosen, "perplexity": v["perplexity"],
-                         "flags": [{"rule": f.rule, "evidence": f.evidence} for f in flags], "confirmed_by": by,
-                         "success": bool(by) and bool(v["text"].strip()) and v["r_variant"] > v["r_chosen"]})
-        write_jsonl(run.path / SAMPLES_FILE, rows)
-        wins = sum(r["success"] for r in rows)
-        result = JudgeVariantsResult(str(run.path / SAMPLES_FILE), len(rows), sum(bool(r["confirmed_by"]) for r in rows), wins,
-                                     wins / len(rows) if rows else float("nan"))
-        run.write_metrics(result)
-        run.set_status("succeeded", progress=1.0, message=f"{wins} of {len(rows)} variants are confirmed failures")
-        return result
-
-
-def read_samples(run_dir: str | Path, origin: str | None = None) -> list[dict]:
-    """The judged samples of an attack or a judge_variants run (``origin``: only those, e.g. "fresh")."""
-    path = Path(run_dir) / SAMPLES_FILE
-    if not path.is_file():
-        return []
-    with open(path, encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh if line.strip()]
-    return [r for r in rows if origin is None or r["origin"] == origin]
 
 
 # --------------------------------------------------------------------------- the table
@@ -360,10 +290,12 @@ def run_compare(config: CompareConfig, run_dir: str | Path) -> CompareResult:
                    "detail": f"pipeline {base}; attack {attack.target_rm}"},
                   {"check": "same held-out pairs", "ok": all(rob_base) and _same_file(rob_base[0]["data"], rob_base[1]["data"])
                    and rob_base[0]["rows"] == rob_base[1]["rows"],
-                   "detail": "; ".join(f"{n}: {c.get('data', '?')} rows {c.get('rows', '?')!r}" for n, c in zip(("pipeline", "rounds"), rob_base))},
+                   "detail": "; ".join(f"{n}: {c.get('data', '?')} rows {c.get('rows', '?')!r}"
+                                       for n, c in zip(("pipeline", "rounds"), rob_base))},
                   {"check": "same prompts", "ok": prompts[0] == prompts[1],
                    "detail": f"{len(prompts[0] & prompts[1])} shared of {len(prompts[0])} (REFORM) and {len(prompts[1])} (Adv-RM)"},
-                  {"check": "same judge and rules", "ok": True, "detail": f"judge {attack.judge_rm or 'none'}; rules {attack.confirm.rules}"},
+                  {"check": "same judge and rules", "ok": True,
+                   "detail": f"judge {attack.judge_rm or 'none'}; rules {attack.confirm.rules}"},
                   {"check": "CPU time recorded", "ok": recorded, "detail": "influence + variants (REFORM), the round-1 attack "
                    "with its RL (Adv-RM); the penalty RMs' training is not counted"}]
 

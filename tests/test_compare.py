@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from adversary_support import save_compared_runs
@@ -12,7 +14,8 @@ def sample(prompt: str, text: str, success: bool, rules=()) -> dict:
 
 
 def test_the_table_counts_success_per_sample_and_per_prompt_and_pairs_the_shared_prompts():
-    reform = [sample("a", "one two three", True, ["repetition"]), sample("b", "x", False), sample("c", "y", False), sample("d", "z", False)]
+    reform = [sample("a", "one two three", True, ["repetition"]), sample("b", "x", False), sample("c", "y", False),
+              sample("d", "z", False)]
     advrm = [sample("a", "buy now buy now", True, ["capitals"]), sample("a", "buy gold now", True), sample("b", "w", False),
              sample("e", "v", False)]
     table = comparison_table([MethodRun(REFORM, reform, reform, 120.0), MethodRun(ADVRM, advrm, advrm, 60.0)], n_boot=500)
@@ -55,7 +58,8 @@ def test_the_comparison_of_real_runs_judges_both_alike_and_checks_what_makes_it_
     assert all(checks[c]["ok"] for c in ("same base RM", "same held-out pairs", "same judge and rules", "CPU time recorded",
                                          "same number of added pairs"))
     reform = read_samples(runs["compare"] / "judge_reform")
-    variants = [v for v in map(__import__("json").loads, open(runs["pipeline"] / "variants_lowest_loss" / "variants.jsonl"))]
+    with open(runs["pipeline"] / "variants_lowest_loss" / "variants.jsonl") as fh:
+        variants = [json.loads(line) for line in fh]
     assert [r["text"] for r in reform] == [v["text"] for v in variants if v["direction"] == "raise"]  # "lower" is another failure
     for r in reform:
         assert r["success"] == (bool(r["confirmed_by"]) and r["r_sample"] > r["r_chosen"])
@@ -83,7 +87,8 @@ def test_both_methods_rms_are_retrained_on_the_same_number_of_pairs_and_compared
         assert read_json(compare / "retrain_advrm" / "config.json")["augment_data"] == str(compare / "pairs_advrm.jsonl")
         assert sum(1 for _ in open(compare / "pairs_advrm.jsonl")) == 1
     rows = {(r["model"], r["metric"]): r for r in table["retrained"]}
-    assert {m for m, _ in rows} == {"base", REFORM, ADVRM} and {r["added_pairs"] for r in table["retrained"] if r["model"] != "base"} == {n}
+    assert {m for m, _ in rows} == {"base", REFORM, ADVRM}
+    assert {r["added_pairs"] for r in table["retrained"] if r["model"] != "base"} == {n}
     reform_rob = read_json(runs["pipeline"] / "robustness_reform" / "metrics.json")
     assert rows[REFORM, "clean accuracy"]["value"] == pytest.approx(reform_rob["clean_win_rate"])
     assert rows[REFORM, "mean drop"]["value"] == pytest.approx(reform_rob["mean_drop"])
