@@ -73,7 +73,7 @@ def test_every_page_in_a_real_browser_and_a_short_decoding(chromium, server, out
             expect(page.get_by_role("heading", name="Preference data")).to_be_visible()
             nav = page.locator('[data-testid="stSidebarNav"] a')
             expect(nav.filter(has_text="Controlled decoding")).to_have_count(1)
-            expect(nav).to_have_count(8)  # the app's pages, not every file in pages/
+            expect(nav).to_have_count(9)  # the app's pages, not every file in pages/
             page.goto(url)
             expect(page.get_by_text("RM accuracy")).to_be_visible()  # models loaded, data scored
             expect(page.get_by_text("Pairs", exact=True)).to_be_visible()
@@ -150,11 +150,16 @@ def test_every_page_in_a_real_browser_and_a_short_decoding(chromium, server, out
             expect(page.get_by_role("button", name="Start the attack")).to_be_visible()  # the page drew to its form's end
             settle()
             page.screenshot(path=out_dir / "8-adversarial.png", full_page=True)
+
+            page.get_by_role("link", name="REFORM vs Adv-RM").click()
+            expect(page.get_by_role("heading", name="REFORM vs Adv-RM")).to_be_visible()
+            settle()
+            page.screenshot(path=out_dir / "9-compare.png", full_page=True)
         finally:
             page.screenshot(path=out_dir / "last.png", full_page=True)
             browser.close()
     assert not errors, errors
     log = (out_dir / "streamlit.log").read_text()
     assert "Traceback" not in log, log[-3000:]
-    for name in ("1-home", "2-influential", "3-decoding", "4-curation", "5-retrain", "6-explorer", "7-data", "8-adversarial"):
+    for name in ("1-home", "2-influential", "3-decoding", "4-curation", "5-retrain", "6-explorer", "7-data", "8-adversarial", "9-compare"):
         assert (out_dir / f"{name}.png").stat().st_size > 10_000
