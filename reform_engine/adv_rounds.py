@@ -51,7 +51,7 @@ class AdvRoundsConfig:
                                             # later rounds put the last retrained RM in its place
     rounds: int = 2                         # retrainings: the paper's attack stopped working after 2
     pass_floor: float = 0.05                # a round whose attack passes the filter on fewer than 5% of its fresh samples
-                                            # ends the rounds: pi0 passes by chance at ~2% (Z_t > 1 and U's z > 1.96)
+                                            # ends the rounds: pi0's own samples pass at most ~2.5% (U's z > 1.96 is a 2.5% tail)
     final_attack: bool = True               # after the last retraining, attack once more to see whether it still falls
     confirmed_only: bool = True             # only samples the judge or a rule confirms become pairs (the paper relies on
                                             # disagreement plus its filter); False: every kept sample
