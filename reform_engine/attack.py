@@ -36,8 +36,8 @@ import torch
 
 from .adversary import AdversarialReward, PromptNorm, kl_k3, rloo_advantages, rloo_loss
 from .confirm import Candidate, ConfirmConfig, Rule, RuleContext, check_rules, confirmation, passes, select_kept
-from .judging import SAMPLES_FILE, duel_scores, duels, judge_candidates
 from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, select_rows, write_jsonl
+from .judging import SAMPLES_FILE, duel_scores, duels, judge_candidates
 from .models import DEFAULT_MODEL
 from .runs import atomic_directory, job_run
 from .runtime import seed_everything, set_cpu_threads
