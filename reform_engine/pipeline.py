@@ -16,6 +16,7 @@ Models compared:
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,9 +32,10 @@ from .robustness import RobustnessConfig, evaluate_robustness
 from .runs import atomic_write_json, job_run, read_json, to_jsonable
 from .runtime import set_cpu_threads
 from .training import TrainRewardConfig, train_reward_model
+from .trunk_cache import DEFAULT_CAP_GB
 
 RETRAIN_MODES = ("scratch", "finetune")
-RUNTIME_FIELDS = {"device", "dtype", "threads"}  # may differ when a finished stage is reused
+RUNTIME_FIELDS = {"device", "dtype", "threads", "trunk_cache", "trunk_cache_gb"}  # may differ when a finished stage is reused
 
 
 @dataclass
@@ -79,6 +81,9 @@ class PipelineConfig:
     device: str = "auto"
     dtype: str = "float32"
     threads: int = 0
+    trunk_cache: str = "auto"               # 'auto': one run_dir/trunk_cache shared by every stage (only new texts pay
+                                            # for the frozen layers); 'off'; or directories (trunk_cache.py)
+    trunk_cache_gb: float = DEFAULT_CAP_GB  # cap on what each stage writes there
 
     def __post_init__(self):
         if self.retrain not in RETRAIN_MODES:
@@ -92,7 +97,7 @@ class PipelineConfig:
 
     def train_config(self, **overrides) -> TrainRewardConfig:
         fields = ("data", "train_rows", "model", "lora_layers", "max_length", "batch_size", "lr", "epochs", "seed",
-                  "device", "dtype", "threads")
+                  "device", "dtype", "threads", "trunk_cache", "trunk_cache_gb")
         return TrainRewardConfig(**{**{f: getattr(self, f) for f in fields}, **overrides})
 
     def retrain_config(self, base_rm: str, augment: str) -> TrainRewardConfig:
@@ -112,7 +117,8 @@ class PipelineConfig:
     def robustness_config(self, rm: str) -> RobustnessConfig:
         return RobustnessConfig(reward_model=rm, data=self.eval_data or self.data, rows=self.eval_rows,
                                 perturbations=self.perturbations, seed=self.seed, max_length=self.eval_max_length,
-                                device=self.device, dtype=self.dtype, threads=self.threads)
+                                device=self.device, dtype=self.dtype, threads=self.threads, trunk_cache=self.trunk_cache,
+                                trunk_cache_gb=self.trunk_cache_gb)
 
 
 @dataclass
@@ -187,6 +193,8 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path) -> PipelineResult:
     run_dir = Path(run_dir)
     with job_run(run_dir, config, "starting") as run:
         set_cpu_threads(config.threads)
+        if config.trunk_cache == "auto":  # every stage reads and writes one cache
+            config = dataclasses.replace(config, trunk_cache=str(run_dir / "trunk_cache"))
         start = time.perf_counter()
         timings: list[StageTiming] = []
         strategies = ["lowest_loss"] + (["random"] if config.ablate_random else [])
@@ -224,7 +232,8 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path) -> PipelineResult:
         base_rm = config.base_rm or stage("base", train_reward_model, config.train_config())["checkpoint"]
         influence = stage("influence", find_influential, InfluenceConfig(
             reward_model=base_rm, data=config.data, rows=config.train_rows, fraction=config.fraction,
-            max_length=config.eval_max_length, device=config.device, dtype=config.dtype, threads=config.threads), ("base",))
+            max_length=config.eval_max_length, device=config.device, dtype=config.dtype, threads=config.threads,
+            trunk_cache=config.trunk_cache, trunk_cache_gb=config.trunk_cache_gb), ("base",))
         evaluate("base", base_rm, 0, "base")
         for strategy, arm in zip(strategies, ("reform", "random")):
             out = stage(f"variants_{strategy}", generate_variants,

@@ -25,6 +25,7 @@ from .robustness import RobustnessConfig, evaluate_robustness
 from .runs import atomic_write_json, job_run, read_json, to_jsonable
 from .runtime import set_cpu_threads
 from .training import TrainRewardConfig, train_reward_model
+from .trunk_cache import DEFAULT_CAP_GB, run_cache_dirs
 
 
 # --------------------------------------------------------------------------- the base's recipe
@@ -83,6 +84,9 @@ class RetrainConfig:
     device: str = "auto"
     dtype: str = "float32"
     threads: int = 0
+    trunk_cache: str = "auto"               # 'auto': run_dir/trunk_cache for every stage, reading the base run's too,
+                                            # so only the new pairs pay for the frozen layers; 'off'; or directories
+    trunk_cache_gb: float = DEFAULT_CAP_GB  # cap on what each stage writes
 
     def __post_init__(self):
         if self.mode not in RETRAIN_MODES:
@@ -107,7 +111,8 @@ class RetrainConfig:
                 raise ValueError(f"no training config beside {base_dir} (it was not trained here), so its training data "
                                  "is unknown; give data (and train_rows): the pairs it was trained on")
         fields: dict[str, Any] = {"augment_data": self.augment_data, "eval_data": "", "eval_rows": "", "save_every": 0,
-                                  "device": self.device, "dtype": self.dtype, "threads": self.threads}
+                                  "device": self.device, "dtype": self.dtype, "threads": self.threads,
+                                  "trunk_cache": self.trunk_cache, "trunk_cache_gb": self.trunk_cache_gb}
         if self.data:
             fields.update(data=self.data, train_rows=self.train_rows)
         if self.mode == "scratch":
@@ -118,7 +123,8 @@ class RetrainConfig:
     def robustness_config(self, rm: str, training: TrainRewardConfig) -> RobustnessConfig:
         return RobustnessConfig(reward_model=rm, data=self.eval_data or training.data, rows=self.eval_rows,
                                 perturbations=self.perturbations, seed=self.seed, max_length=self.eval_max_length,
-                                device=self.device, dtype=self.dtype, threads=self.threads)
+                                device=self.device, dtype=self.dtype, threads=self.threads, trunk_cache=self.trunk_cache,
+                                trunk_cache_gb=self.trunk_cache_gb)
 
 
 def _count_pairs(path: str) -> int:
@@ -137,6 +143,9 @@ def run_retrain(config: RetrainConfig, run_dir: str | Path) -> PipelineResult:
     run_dir = Path(run_dir)
     with job_run(run_dir, config, "starting") as run:
         set_cpu_threads(config.threads)
+        if config.trunk_cache == "auto":  # one cache for the stages, reading the base's: only new texts pay
+            shared = [run_dir / "trunk_cache", *run_cache_dirs(config.base_rm)]
+            config = dataclasses.replace(config, trunk_cache=",".join(map(str, dict.fromkeys(shared))))
         start, timings, total = time.perf_counter(), [], 3
         training = config.training_config()
         n_new = _count_pairs(config.augment_data)
