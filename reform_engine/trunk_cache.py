@@ -117,7 +117,8 @@ class TrunkStore:
     and ``.idx`` (fixed-size records, written after the data, so a reader never sees a record
     without its bytes; a torn trailing record is ignored)."""
 
-    def __init__(self, meta: dict, write_dir: Path | None, read_dirs: Sequence[Path] = (), cap_bytes: int = 0):
+    def __init__(self, meta: dict, write_dir: Path | None, read_dirs: Sequence[Path] = (),
+                 cap_bytes: int = int(DEFAULT_CAP_GB * 2**30)):
         self.meta, self.cap = meta, cap_bytes
         self.name = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:32]
         self.dtype, self.hidden = getattr(torch, meta["dtype"].removeprefix("torch.")), meta["hidden"]

@@ -44,3 +44,23 @@ def test_find_influential_job_writes_tables(tiny_rm, toy_pairs, tmp_path):
     rows = [json.loads(line) for line in open(res.selected_path)]
     assert [r["rank"] for r in rows] == [1, 2] and res.mean_loss_selected <= res.mean_loss_all
     assert set(rows[0]) == {"pair_id", "prompt", "chosen", "rejected", "r_chosen", "r_rejected", "margin", "loss", "rank"}
+
+
+def test_influence_right_after_training_reads_the_training_cache_and_scores_as_uncached(tiny_model_dir, toy_pairs, tmp_path):
+    from reform_engine.training import TrainRewardConfig, train_reward_model
+
+    write_jsonl(tmp_path / "d.jsonl", [p.to_trl() for p in toy_pairs])
+    trained = train_reward_model(TrainRewardConfig(model=tiny_model_dir, data=str(tmp_path / "d.jsonl"), lora_r=4, lora_alpha=8,
+                                                   lora_layers=1, batch_size=4, epochs=1, max_length=128, device="cpu"),
+                                 tmp_path / "train")
+    runs = {}
+    for setting in ("auto", "off"):
+        runs[setting] = find_influential(InfluenceConfig(reward_model=trained.checkpoint, data=str(tmp_path / "d.jsonl"),
+                                                         device="cpu", trunk_cache=setting), tmp_path / setting)
+    cached, cold = ([json.loads(line) for line in open(runs[s].scored_path)] for s in ("auto", "off"))
+    assert [r["rank"] for r in cached] == [r["rank"] for r in cold]
+    torch.testing.assert_close(torch.tensor([[r["r_chosen"], r["r_rejected"]] for r in cached]),
+                               torch.tensor([[r["r_chosen"], r["r_rejected"]] for r in cold]), atol=1e-5, rtol=0)
+    # every state comes from the training run's files; the influence run writes none of its own
+    assert {k: runs["auto"].trunk_cache[k] for k in ("hits", "misses", "written_bytes")} == {"hits": 24, "misses": 0, "written_bytes": 0}
+    assert not (tmp_path / "auto" / "trunk_cache").exists()
