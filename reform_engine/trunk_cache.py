@@ -203,6 +203,10 @@ class TrunkStore:
         self._finalizer()
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} KB"
+
+
 def _digest(key: np.ndarray) -> bytes:
     return hashlib.sha256(key.tobytes()).digest()[:16]
 
@@ -279,8 +283,8 @@ class TrunkCache:
         """The job log's line."""
         s = self.summary()
         cap = f"; {s['not_stored_over_cap']} not stored (over the {self.store.cap / 2**30:.2f} GB cap)" if s["not_stored_over_cap"] else ""
-        return (f"trunk cache: {s['hits']} hits, {s['misses']} misses; {s['entries']} entries, {s['bytes'] / 2**20:.1f} MB "
-                f"({s['written_bytes'] / 2**20:.1f} MB written by this job{cap}); layers 0-{self.split - 1} of "
+        return (f"trunk cache: {s['hits']} hits, {s['misses']} misses; {s['entries']} entries, {_size(s['bytes'])} "
+                f"({_size(s['written_bytes'])} written by this job{cap}); layers 0-{self.split - 1} of "
                 f"{s['layers']} cached, in {s['directory']}")
 
     def close(self) -> None:

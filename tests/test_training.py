@@ -167,3 +167,24 @@ def test_training_past_the_cache_cap_still_gives_the_uncached_losses(tiny_model_
     torch.testing.assert_close(torch.tensor(capped.loss_curve), torch.tensor(off.loss_curve), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="trunk_cache='off' turns the cache off"):
         _config(tiny_model_dir, toy_file, trunk_cache_gb=0)
+
+
+def test_two_launched_processes_each_cache_their_shard_then_read_each_others(tiny_model_dir, toy_file, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "reform_engine", "train-rm",
+           "--run-dir", str(tmp_path / "run"), "--data", toy_file, "--model", tiny_model_dir, "--lora-layers", "1",
+           "--lora-r", "4", "--batch-size", "2", "--epochs", "3", "--max-length", "128", "--device", "cpu"]
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"] == 6  # 4 batches of 2 pairs an epoch, shared by 2 processes, 3 epochs
+    # the main process computed its half of epoch 1 (2 batches x 2 pairs x 3 entries) and read every later one,
+    # including those the other process stored
+    assert {k: metrics["trunk_cache"][k] for k in ("hits", "misses", "entries")} == {"hits": 24, "misses": 12, "entries": 24}
+    assert len(list((tmp_path / "run" / "trunk_cache").glob("*/part-*.bin"))) == 2
