@@ -16,23 +16,23 @@ the stages, as the pipeline does). Stages, as in the pipeline with from-scratch 
     robustness_k  each retrained arm on the same held-out rows
 
 New pairs keep a training prompt and chosen response and get a new rejected response (a
-perturbation), as REFORM's inversions do. Each stage reports wall and CPU seconds and the peak RSS
-of the process while it ran (sampled every 50 ms); the checks print the largest score and
-loss-curve differences between before and after. Results go to benchmarks/out/trunk_cache*.json.
+perturbation), as REFORM's inversions do. Each stage runs in a fresh process (as the app's jobs do)
+and reports its wall and CPU seconds and that process's peak RSS; the checks print the largest score
+and loss-curve differences between before and after. Results go to benchmarks/out/trunk_cache*.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import resource
 import sys
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psutil  # noqa: E402
 import torch  # noqa: E402
 
 from reform_engine import prompt_once  # noqa: E402
@@ -59,32 +59,21 @@ def todays_scoring(before: bool):
         prompt_once.applies = saved
 
 
-class PeakRSS:
-    """Largest resident set size of this process while the block runs, sampled every 50 ms."""
-
-    def __enter__(self):
-        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            self._stop.wait(0.05)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
-
-
-def timed(fn, *args):
-    with PeakRSS() as mem:
+def _stage_process(job, config, run_dir, before: bool, threads: int):
+    """In a fresh process: the job, its wall and CPU seconds, and the process's peak RSS."""
+    if threads:
+        torch.set_num_threads(threads)
+    with todays_scoring(before):
         wall, cpu = time.perf_counter(), time.process_time()
-        result = fn(*args)
+        result = job(config, run_dir)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return result, {"seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "peak_rss_gb": round(mem.peak / 2**30, 2)}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return result, {"seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "peak_rss_gb": round(peak / 2**30, 2)}
+
+
+def timed(job, config, run_dir, before: bool, threads: int):
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_stage_process, (job, config, run_dir, before, threads))
 
 
 def new_pairs_file(data: str, train_rows: str, n: int, arm: int, path: Path) -> str:
@@ -110,8 +99,7 @@ def run_loop(n: int, args, out: Path) -> dict:
 
     def stage(name, job, make_config):
         for when in ("before", "after"):
-            with todays_scoring(when == "before"):
-                result, cost = timed(job, make_config(when), out / when / name)
+            result, cost = timed(job, make_config(when), out / when / name, when == "before", args.threads)
             runs[when][name] = result
             stages.setdefault(name, {})[when] = cost
             print(f"  n={n} {name:14s} {when:6s} {cost}", flush=True)

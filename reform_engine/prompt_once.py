@@ -12,7 +12,8 @@ every path, and attention under the explicit mask runs on the CPU flash kernel (
 so the mask costs nothing extra. The copied-cache path lost its time to padding: each batch of
 responses padded to its longest and prompts padded within their bucket (matmul 7.7 s against 5.4 s
 packed), plus the cache copies (0.2 s). A packed row has no padding between responses and copies
-nothing: on 20 pairs, 1.76x one pair at a time in CPU time, where the token-count ceiling is 1.72x.
+nothing: on 40 HH pairs (benchmarks/bench_scoring.py), 1.61x one pair at a time in CPU time against
+a token-count ceiling of 1.63x; the copied-cache path, 1.00x.
 
 Only Llama-style decoders (``layer_stack.Stack``) are packed; ``lower`` lets a caller start the
 layers at a split point with hidden states it already has (``trunk_cache``).

@@ -19,7 +19,7 @@ dtype or code versions are another namespace: a stale entry cannot be read.
 **Storage: append-only files in the run directory, read back with pread; nothing kept in process
 memory.** fp16 storage was ruled out: it moves scores by ~1e-3, and the cached path must give the
 uncached path's losses and scores to 1e-5, so states are stored in the model's dtype. Files (not a
-dict) because (1) a process's memory then does not grow with the cache: an HH training run (~1 GB of
+dict) because (1) a process's memory then does not grow with the cache: an HH training run (~0.8 GB of
 fp32 states for 1,500 pairs at 320 tokens, the prompt stored once per pair) stays at the size of its
 model and batch, far under 8 GB, and the OS page cache serves re-reads at memory speed; (2) the
 influence, evaluation and robustness jobs that follow training, and retraining arms, are separate
@@ -52,7 +52,7 @@ from .layer_stack import Stack
 from .prompt_once import Packed, Unit, lower_states, pack, units_of
 
 FORMAT = 1
-DEFAULT_CAP_GB = 4.0                 # HH: ~1 GB for 1,500 training pairs, ~0.5 GB for robustness on 290 pairs
+DEFAULT_CAP_GB = 4.0                 # HH fp32: ~0.8 GB for 1,500 training pairs at 320 tokens, ~0.45 GB for robustness on 290
 RECORD = struct.Struct("<16sQII")    # key digest, data offset, key length (int32s), rows of states
 CONFIG_NOISE = ("_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype", "_commit_hash")
 
