@@ -15,7 +15,7 @@ items by the unpaired one, resampling each side on its own.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -25,6 +25,7 @@ import torch
 from .data import DEMO_PATH, PreferencePair, load_preferences, select_rows
 from .runs import job_run
 from .runtime import set_cpu_threads
+from .trunk_cache import DEFAULT_CAP_GB, check_setting, finish, open_trunk_cache
 
 
 @dataclass
@@ -147,8 +148,12 @@ class EvaluateRewardConfig:
     dtype: str = "float32"
     threads: int = 0                        # 0 = torch default
     trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
+    trunk_cache: str = "auto"               # frozen lower layers' states, computed once (trunk_cache.py): 'auto' =
+                                            # run_dir/trunk_cache + the reward model's run's; 'off'; or dirs (first written)
+    trunk_cache_gb: float = DEFAULT_CAP_GB  # cap on what this job writes there
 
     def __post_init__(self):
+        check_setting(self.trunk_cache, self.trunk_cache_gb)
         if self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size} must be >= 1")
 
@@ -159,6 +164,7 @@ class EvaluateRewardResult:
     skipped_rows: int
     prompts_truncated: int
     seconds: float
+    trunk_cache: dict = field(default_factory=dict)  # hits, misses, entries, bytes (trunk_cache.TrunkCache.summary)
 
 
 def evaluate_reward_model(config: EvaluateRewardConfig, run_dir: str | Path) -> EvaluateRewardResult:
@@ -173,9 +179,11 @@ def evaluate_reward_model(config: EvaluateRewardConfig, run_dir: str | Path) -> 
         rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype, max_length=config.max_length,
                                trust_remote_code=config.trust_remote_code)
         run.set_status("running", progress=0.1, message=f"scoring {len(pairs)} pairs")
-        scores = score_pairs(rm, pairs, batch_size=config.batch_size, max_length=config.max_length)
+        trunk, note = open_trunk_cache(rm, config.trunk_cache, run.path, config.trunk_cache_gb, related=[config.reward_model])
+        run.log(note)
+        scores = score_pairs(rm, pairs, batch_size=config.batch_size, max_length=config.max_length, trunk=trunk)
         result = EvaluateRewardResult(pairwise_metrics(scores.r_chosen, scores.r_rejected, pairs), len(data.report.skipped),
-                                      scores.truncated, time.perf_counter() - start)
+                                      scores.truncated, time.perf_counter() - start, finish(trunk, note, run.log))
         run.write_metrics(result)
         run.set_status("succeeded", progress=1.0, message=f"accuracy {result.metrics.accuracy:.3f}")
         return result

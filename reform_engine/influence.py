@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +18,7 @@ from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, select
 from .runs import job_run
 from .runtime import set_cpu_threads
 from .scoring import SCORE_MAX_LENGTH, PairScores
+from .trunk_cache import DEFAULT_CAP_GB, check_setting, finish, open_trunk_cache
 
 STRATEGIES = ("lowest_loss", "random", "highest_loss")
 SKIPPED_FILE = "skipped.jsonl"  # beside scored.jsonl: the pairs an influential run could not score (too long)
@@ -112,8 +113,12 @@ class InfluenceConfig:
     dtype: str = "float32"
     threads: int = 0
     trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
+    trunk_cache: str = "auto"               # frozen lower layers' states, computed once (trunk_cache.py): 'auto' =
+                                            # run_dir/trunk_cache + the reward model's run's; 'off'; or dirs (first written)
+    trunk_cache_gb: float = DEFAULT_CAP_GB  # cap on what this job writes there
 
     def __post_init__(self):
+        check_setting(self.trunk_cache, self.trunk_cache_gb)
         if not 0 < self.fraction <= 1:
             raise ValueError(f"fraction={self.fraction}: use a share in (0, 1], e.g. 0.05")
         if self.strategy not in STRATEGIES:
@@ -131,6 +136,7 @@ class InfluenceResult:
     scored_path: str                        # every pair with rewards, loss, rank (JSONL)
     selected_path: str                      # the selection (JSONL)
     seconds: float
+    trunk_cache: dict = field(default_factory=dict)  # hits, misses, entries, bytes (trunk_cache.TrunkCache.summary)
     cpu_seconds: float = 0.0                # CPU time of the job's process, all its threads
 
 
@@ -144,8 +150,9 @@ def find_influential(config: InfluenceConfig, run_dir: str | Path) -> InfluenceR
         pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)
         rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype, max_length=config.max_length,
                                trust_remote_code=config.trust_remote_code)
-        run.log(f"scoring {len(pairs)} pairs")
-        scores = score_pairs(rm, pairs, batch_size=config.batch_size, max_length=config.max_length,
+        trunk, note = open_trunk_cache(rm, config.trunk_cache, run.path, config.trunk_cache_gb, related=[config.reward_model])
+        run.log(f"scoring {len(pairs)} pairs; {note}")
+        scores = score_pairs(rm, pairs, batch_size=config.batch_size, max_length=config.max_length, trunk=trunk,
                              skip_too_long=config.skip_too_long,
                              on_progress=lambda done, total: run.progress(done, total, message=f"{done}/{total} responses scored"))
         if scores.skipped:
@@ -163,7 +170,7 @@ def find_influential(config: InfluenceConfig, run_dir: str | Path) -> InfluenceR
         result = InfluenceResult(len(scored), len(scores.skipped), len(selected), config.strategy,
                                  sum(s.loss for s in scored) / len(scored), sum(s.loss for s in selected) / len(selected),
                                  str(run.path / "scored.jsonl"), str(run.path / "selected.jsonl"), time.perf_counter() - start,
-                                 time.process_time() - cpu_start)
+                                 finish(trunk, note, run.log), time.process_time() - cpu_start)
         run.write_metrics(result)
         run.set_status("succeeded", progress=1.0, message=f"selected {len(selected)} of {len(scored)} pairs"
                        + (f"; {len(scores.skipped)} too long to score, skipped" if scores.skipped else ""))

@@ -16,6 +16,7 @@ Models compared:
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from .runs import job_run
 from .runtime import set_cpu_threads
 from .stages import ComparisonResult, ModelReport, Stages, check_retrain, retrain_config
 from .training import TrainRewardConfig, train_reward_model
+from .trunk_cache import DEFAULT_CAP_GB
 
 
 @dataclass
@@ -75,6 +77,9 @@ class PipelineConfig:
     dtype: str = "float32"
     threads: int = 0
     trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
+    trunk_cache: str = "auto"               # 'auto': one run_dir/trunk_cache shared by every stage (only new texts pay
+                                            # for the frozen layers); 'off'; or directories (trunk_cache.py)
+    trunk_cache_gb: float = DEFAULT_CAP_GB  # cap on what each stage writes there
 
     def __post_init__(self):
         check_retrain("retrain", self.retrain, self.finetune_epochs, self.finetune_lr, self.replay)
@@ -85,7 +90,7 @@ class PipelineConfig:
 
     def train_config(self, **overrides) -> TrainRewardConfig:
         fields = ("data", "train_rows", "model", "lora_layers", "max_length", "batch_size", "lr", "epochs", "seed",
-                  "device", "dtype", "threads", "trust_remote_code")
+                  "device", "dtype", "threads", "trust_remote_code", "trunk_cache", "trunk_cache_gb")
         return TrainRewardConfig(**{**{f: getattr(self, f) for f in fields}, **overrides})
 
     def retrain_config(self, base_rm: str, augment: str) -> TrainRewardConfig:
@@ -104,7 +109,8 @@ class PipelineConfig:
         return RobustnessConfig(reward_model=rm, data=self.eval_data or self.data, rows=self.eval_rows,
                                 perturbations=self.perturbations, seed=self.seed, max_length=self.eval_max_length,
                                 device=self.device, dtype=self.dtype, threads=self.threads,
-                                trust_remote_code=self.trust_remote_code)
+                                trust_remote_code=self.trust_remote_code, trunk_cache=self.trunk_cache,
+                                trunk_cache_gb=self.trunk_cache_gb)
 
 
 def _count_lines(path: str) -> int:
@@ -117,6 +123,8 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path) -> ComparisonResul
     run_dir = Path(run_dir)
     with job_run(run_dir, config, "starting") as run:
         set_cpu_threads(config.threads)
+        if config.trunk_cache == "auto":  # every stage reads and writes one cache
+            config = dataclasses.replace(config, trunk_cache=str(run_dir / "trunk_cache"))
         strategies = ["lowest_loss"] + (["random"] if config.ablate_random else [])
         no_aug = config.ablate_no_augment and config.retrain == "finetune"
         stages = Stages(run, total=(0 if config.base_rm else 1) + 2 + 3 * len(strategies) + 2 * no_aug)
@@ -133,7 +141,8 @@ def run_pipeline(config: PipelineConfig, run_dir: str | Path) -> ComparisonResul
         influence = stages("influence", find_influential, InfluenceConfig(
             reward_model=base_rm, data=config.data, rows=config.train_rows, fraction=config.fraction,
             max_length=config.eval_max_length, device=config.device, dtype=config.dtype, threads=config.threads,
-            trust_remote_code=config.trust_remote_code), ("base",))
+            trust_remote_code=config.trust_remote_code, trunk_cache=config.trunk_cache,
+            trunk_cache_gb=config.trunk_cache_gb), ("base",))
         evaluate("base", base_rm, 0, "base")
         for strategy, arm in zip(strategies, ("reform", "random")):
             out = stages(f"variants_{strategy}", generate_variants,

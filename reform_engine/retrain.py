@@ -23,6 +23,7 @@ from .runs import job_run, read_json
 from .runtime import set_cpu_threads
 from .stages import ComparisonResult, ModelReport, Stages, check_retrain, retrain_config
 from .training import TrainRewardConfig, train_reward_model
+from .trunk_cache import DEFAULT_CAP_GB, run_cache_dirs
 
 
 # --------------------------------------------------------------------------- the base's recipe
@@ -96,6 +97,9 @@ class RetrainConfig:
     dtype: str = "float32"
     threads: int = 0
     trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
+    trunk_cache: str = "auto"               # 'auto': run_dir/trunk_cache for every stage, reading the base run's too,
+                                            # so only the new pairs pay for the frozen layers; 'off'; or directories
+    trunk_cache_gb: float = DEFAULT_CAP_GB  # cap on what each stage writes
 
     def __post_init__(self):
         if not self.base_rm.strip():
@@ -113,13 +117,15 @@ class RetrainConfig:
         return retrain_config(base, self.mode, str(Path(self.base_rm).expanduser()), self.augment_data,
                               finetune_epochs=self.finetune_epochs, finetune_lr=self.finetune_lr, replay=self.replay,
                               device=self.device, dtype=self.dtype, threads=self.threads,
-                              trust_remote_code=self.trust_remote_code)
+                              trust_remote_code=self.trust_remote_code, trunk_cache=self.trunk_cache,
+                              trunk_cache_gb=self.trunk_cache_gb)
 
     def robustness_config(self, rm: str, training: TrainRewardConfig) -> RobustnessConfig:
         return RobustnessConfig(reward_model=rm, data=self.eval_data or training.data, rows=self.eval_rows,
                                 perturbations=self.perturbations, seed=self.seed, max_length=self.eval_max_length,
                                 device=self.device, dtype=self.dtype, threads=self.threads,
-                                trust_remote_code=self.trust_remote_code)
+                                trust_remote_code=self.trust_remote_code, trunk_cache=self.trunk_cache,
+                                trunk_cache_gb=self.trunk_cache_gb)
 
 
 def _count_pairs(path: str) -> int:
@@ -134,6 +140,9 @@ def run_retrain(config: RetrainConfig, run_dir: str | Path) -> ComparisonResult:
     run_dir = Path(run_dir)
     with job_run(run_dir, config, "starting") as run:
         set_cpu_threads(config.threads)
+        if config.trunk_cache == "auto":  # one cache for the stages, reading the base's: only new texts pay
+            shared = [run_dir / "trunk_cache", *run_cache_dirs(config.base_rm)]
+            config = dataclasses.replace(config, trunk_cache=",".join(map(str, dict.fromkeys(shared))))
         stages = Stages(run, total=3)
         training = config.training_config()
         n_new = _count_pairs(config.augment_data)

@@ -25,9 +25,10 @@ from .data import DEMO_PATH, PreferencePair, load_preferences, replace, select_r
 from .evaluation import pair_wins, win_rate
 from .perturbations import PERTURBATIONS, perturb
 from .runs import atomic_write_text, job_run
+from .runtime import set_cpu_threads
+from .trunk_cache import DEFAULT_CAP_GB, check_setting, finish, open_trunk_cache
 
 SCORES_FILE = "scores.jsonl"
-from .runtime import set_cpu_threads
 
 
 def perturb_pairs(pairs: Sequence[PreferencePair], name: str, seed: int = 0) -> list[PreferencePair]:
@@ -106,11 +107,15 @@ class RobustnessConfig:
     dtype: str = "float32"
     threads: int = 0
     trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
+    trunk_cache: str = "auto"               # frozen lower layers' states, computed once (trunk_cache.py): 'auto' =
+                                            # run_dir/trunk_cache + the reward model's run's; 'off'; or dirs (first written)
+    trunk_cache_gb: float = DEFAULT_CAP_GB  # cap on what this job writes there
 
     def names(self) -> list[str]:
         return [n.strip() for n in self.perturbations.split(",") if n.strip()]
 
     def __post_init__(self):
+        check_setting(self.trunk_cache, self.trunk_cache_gb)
         unknown = [n for n in self.names() if n not in PERTURBATIONS]
         if unknown or not self.names():
             raise ValueError(f"perturbations={self.perturbations!r}: unknown {unknown}; choose from {sorted(PERTURBATIONS)}")
@@ -124,6 +129,7 @@ class RobustnessResult:
     per_perturbation: list[PerturbationResult] = field(default_factory=list)
     indicators: SpuriousIndicators | None = None
     seconds: float = 0.0
+    trunk_cache: dict = field(default_factory=dict)  # hits, misses, entries, bytes (trunk_cache.TrunkCache.summary)
 
 
 @dataclass
@@ -169,10 +175,11 @@ def read_pair_scores(run_dir: str | Path) -> PairScores | None:
 
 
 def score_robustness(rm, pairs: Sequence[PreferencePair], names: Sequence[str], *, seed: int = 0, batch_size: int = 16,
-                     max_length: int | None = None, on_progress=None) -> PairScores:
+                     max_length: int | None = None, on_progress=None, trunk=None) -> PairScores:
     """Every pair's clean and perturbed rewards under ``rm``. A perturbation changes one side, so the
     other side keeps its clean score; each pair's prompt is run once for its clean sides and all its
-    perturbed sides together (scoring.score_encoded_groups). ``on_progress(done, total)`` counts pairs."""
+    perturbed sides together (scoring.score_encoded_groups; ``trunk``: a trunk_cache.TrunkCache).
+    ``on_progress(done, total)`` counts pairs."""
     from .data import DataError
     from .scoring import encode, score_encoded_groups
 
@@ -191,7 +198,7 @@ def score_robustness(rm, pairs: Sequence[PreferencePair], names: Sequence[str], 
                                       use_chat_template=rm.spec.use_chat_template) for t in texts])
             except DataError as exc:
                 raise DataError(exc.message, source=f"pair {p.pair_id}", fix=exc.fix) from exc
-        for g in score_encoded_groups(rm, groups, batch_size=batch_size):
+        for g in score_encoded_groups(rm, groups, batch_size=batch_size, trunk=trunk):
             r_c.append(g[0])
             r_r.append(g[1])
             for name, value in zip(names, g[2:]):
@@ -218,10 +225,11 @@ def summarize_robustness(scores: PairScores, pairs: Sequence[PreferencePair], se
 
 
 def robustness_report(rm, pairs: Sequence[PreferencePair], names: Sequence[str], *, seed: int = 0, batch_size: int = 16,
-                      max_length: int | None = None, on_progress=None) -> RobustnessResult:
+                      max_length: int | None = None, on_progress=None, trunk=None) -> RobustnessResult:
     """Clean and perturbed win rates of ``rm`` on ``pairs`` (:func:`score_robustness`, summarized)."""
     start = time.perf_counter()
-    scores = score_robustness(rm, pairs, names, seed=seed, batch_size=batch_size, max_length=max_length, on_progress=on_progress)
+    scores = score_robustness(rm, pairs, names, seed=seed, batch_size=batch_size, max_length=max_length, on_progress=on_progress,
+                              trunk=trunk)
     return summarize_robustness(scores, pairs, time.perf_counter() - start)
 
 
@@ -233,11 +241,14 @@ def evaluate_robustness(config: RobustnessConfig, run_dir: str | Path) -> Robust
         pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)
         rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype, max_length=config.max_length,
                                trust_remote_code=config.trust_remote_code)
+        trunk, note = open_trunk_cache(rm, config.trunk_cache, run.path, config.trunk_cache_gb, related=[config.reward_model])
+        run.log(note)
         start = time.perf_counter()
         scores = score_robustness(rm, pairs, config.names(), seed=config.seed, batch_size=config.batch_size,
-                                  max_length=config.max_length,
+                                  max_length=config.max_length, trunk=trunk,
                                   on_progress=lambda i, n: run.progress(i, n, message=f"{i}/{n} pairs scored"))
         result = summarize_robustness(scores, pairs, time.perf_counter() - start)
+        result.trunk_cache = finish(trunk, note, run.log)
         atomic_write_text(run.path / SCORES_FILE, "".join(json.dumps(r) + "\n" for r in scores.to_rows()))
         run.write_metrics(result)
         run.set_status("succeeded", progress=1.0, message=f"mean win-rate drop {result.mean_drop:+.3f}")

@@ -30,7 +30,7 @@ from .runs import RunDir, atomic_write_json, read_json, to_jsonable
 from .training import TrainRewardConfig
 
 RETRAIN_MODES = ("scratch", "finetune")
-RUNTIME_FIELDS = {"device", "dtype", "threads", "trust_remote_code"}  # may differ when a finished stage is reused
+RUNTIME_FIELDS = {"device", "dtype", "threads", "trust_remote_code", "trunk_cache", "trunk_cache_gb"}  # may differ when a finished stage is reused
 
 
 # --------------------------------------------------------------------------- the retraining recipe
