@@ -11,16 +11,17 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from .data import DEMO_PATH, PreferencePair, load_preferences, replace, select_rows
+from .configs import nested, setting
+from .data import PreferencePair, replace
 from .evaluation import win_rate
 from .perturbations import PERTURBATIONS, perturb
-from .runs import job_run
-from .runtime import set_cpu_threads
+from .runs import RunDir, job
+from .runtime import Runtime
+from .scoring import ScoringJob
 
 
 def perturb_pairs(pairs: Sequence[PreferencePair], name: str, seed: int = 0) -> list[PreferencePair]:
@@ -84,26 +85,16 @@ def spurious_indicators(texts: Sequence[str], rewards: Sequence[float]) -> Spuri
 
 
 @dataclass
-class RobustnessConfig:
-    # what
-    reward_model: str
-    data: str = str(DEMO_PATH)
-    rows: str = ""                                   # held-out rows, e.g. '1500:'
-    skip_invalid: bool = True
-    perturbations: str = ",".join(PERTURBATIONS)     # comma-separated names
-    seed: int = 0
-    # runtime
-    max_length: int = 1024
-    batch_size: int = 16
-    device: str = "auto"
-    dtype: str = "float32"
-    threads: int = 0
-    trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
+class RobustnessConfig(ScoringJob):
+    perturbations: str = setting(",".join(PERTURBATIONS), "comma-separated perturbation names (perturbations.py)")
+    batch_size: int = setting(16, "sequences per forward pass")
+    runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (of the perturbations), remote-code leave")
 
     def names(self) -> list[str]:
         return [n.strip() for n in self.perturbations.split(",") if n.strip()]
 
     def __post_init__(self):
+        super().__post_init__()
         unknown = [n for n in self.names() if n not in PERTURBATIONS]
         if unknown or not self.names():
             raise ValueError(f"perturbations={self.perturbations!r}: unknown {unknown}; choose from {sorted(PERTURBATIONS)}")
@@ -163,17 +154,13 @@ def robustness_report(rm, pairs: Sequence[PreferencePair], names: Sequence[str],
                             time.perf_counter() - start)
 
 
-def evaluate_robustness(config: RobustnessConfig, run_dir: str | Path) -> RobustnessResult:
+@job("scoring clean pairs", done=lambda r: f"mean win-rate drop {r.mean_drop:+.3f}")
+def evaluate_robustness(config: RobustnessConfig, run: RunDir) -> RobustnessResult:
+    """Clean and perturbed win rates of ``config.reward_model`` on the rows, with the indicators."""
     from .reward_model import load_reward_model
 
-    with job_run(run_dir, config, "scoring clean pairs") as run:
-        set_cpu_threads(config.threads)
-        pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)
-        rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype, max_length=config.max_length,
-                               trust_remote_code=config.trust_remote_code)
-        result = robustness_report(rm, pairs, config.names(), seed=config.seed, batch_size=config.batch_size,
-                                   max_length=config.max_length,
-                                   on_progress=lambda i, n: run.progress(i, n, message=f"{i}/{n} pairs scored"))
-        run.write_metrics(result)
-        run.set_status("succeeded", progress=1.0, message=f"mean win-rate drop {result.mean_drop:+.3f}")
-        return result
+    pairs = config.read_pairs()[1]
+    rm = load_reward_model(config.reward_model, **config.runtime.load_args(), max_length=config.max_length)
+    return robustness_report(rm, pairs, config.names(), seed=config.runtime.seed, batch_size=config.batch_size,
+                             max_length=config.max_length,
+                             on_progress=lambda i, n: run.progress(i, n, message=f"{i}/{n} pairs scored"))

@@ -6,7 +6,8 @@ from safetensors.torch import load_file
 
 from reform_engine.data import DEMO_PATH, write_jsonl
 from reform_engine.evaluation import EvaluateRewardConfig, evaluate_reward_model
-from reform_engine.reward_model import load_reward_model
+from reform_engine.reward_model import RewardModelSpec, load_reward_model
+from reform_engine.runtime import Runtime
 from reform_engine.scoring import encode, reward_trace, score_pairs, score_sequences
 from reform_engine.training import (TrainRewardConfig, _launched_accelerator, _shard, batch_order, bradley_terry_loss,
                                     train_reward_model)
@@ -29,9 +30,9 @@ def toy_file(tmp_path, toy_pairs):
     return str(path)
 
 
-def _config(model_dir, data, **kw):
-    base = dict(model=model_dir, data=data, finetune="lora", lora_r=4, lora_alpha=8, batch_size=4, epochs=8, lr=5e-3,
-                max_length=128, device="cpu", warmup_ratio=0.0)
+def _config(model_dir, data, seed=0, **kw):
+    base = dict(model=RewardModelSpec(base_model=model_dir, finetune="lora", lora_r=4, lora_alpha=8, max_length=128), data=data,
+                batch_size=4, epochs=8, lr=5e-3, runtime=Runtime(device="cpu", seed=seed), warmup_ratio=0.0)
     return TrainRewardConfig(**{**base, **kw})
 
 
@@ -57,7 +58,8 @@ def test_checkpoint_rebuilds_the_trained_model(tiny_model_dir, toy_file, tmp_pat
     result = train_reward_model(_config(tiny_model_dir, toy_file, epochs=1), tmp_path / "run")
     rm = load_reward_model(result.checkpoint, device="cpu")
     scores = score_pairs(rm, toy_pairs)
-    ev = evaluate_reward_model(EvaluateRewardConfig(reward_model=result.checkpoint, data=toy_file, device="cpu"), tmp_path / "ev")
+    ev = evaluate_reward_model(EvaluateRewardConfig(reward_model=result.checkpoint, data=toy_file, runtime=Runtime(device="cpu")),
+                               tmp_path / "ev")
     assert ev.metrics.mean_margin == pytest.approx(float(scores.margins.mean()), abs=1e-5)
 
 
@@ -65,7 +67,7 @@ def test_invalid_config_is_refused_with_a_reason():
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         TrainRewardConfig(batch_size=0)
     with pytest.raises(ValueError, match="finetune must be one of"):
-        TrainRewardConfig(finetune="adapter")
+        TrainRewardConfig(model=RewardModelSpec(finetune="adapter"))
 
 
 def test_failed_run_is_marked_failed(tiny_model_dir, tmp_path):
@@ -78,7 +80,8 @@ def test_failed_run_is_marked_failed(tiny_model_dir, tmp_path):
 def test_real_smollm2_reward_model_on_the_demo_set(tmp_path):
     """Integration: the offline SmolLM2 backbone, LoRA, a few steps on the embedded demo pairs."""
     config = TrainRewardConfig(data=str(DEMO_PATH), train_rows="0:16", eval_data=str(DEMO_PATH), eval_rows="150:165",
-                               batch_size=4, epochs=1, max_length=192, lora_layers=2, device="cpu")
+                               batch_size=4, epochs=1, model=RewardModelSpec(max_length=192, lora_layers=2),
+                               runtime=Runtime(device="cpu"))
     result = train_reward_model(config, tmp_path / "run")
     assert result.steps == 4 and result.eval.n == 15
     assert all(torch.isfinite(torch.tensor(result.loss_curve)))
