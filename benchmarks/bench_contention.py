@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from reform_engine.data import DEMO_PATH, HH_DEV_PATH, load_preferences, select_rows, write_jsonl  # noqa: E402
+from _paths import HH_DEV_PATH  # noqa: E402
+from reform_engine.data import DEMO_PATH, load_preferences, select_rows, write_jsonl  # noqa: E402
 from reform_engine.jobs import cancel_job, cap_app_threads, refresh_job, start_job  # noqa: E402
 from reform_engine.models import DEFAULT_MODEL  # noqa: E402
 from reform_engine.reward_model import RewardModelSpec, build_reward_model  # noqa: E402

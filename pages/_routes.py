@@ -8,6 +8,7 @@ PAGES = (
     ("pages/home.py", "Home", ":material/home:"),
     ("pages/influential.py", "Influential samples", ":material/target:"),
     ("pages/decoding.py", "Controlled decoding", ":material/route:"),
+    ("pages/adversarial.py", "Adversarial attack", ":material/swords:"),
     ("pages/curation.py", "Curation", ":material/fact_check:"),
     ("pages/retrain.py", "Retrain & evaluate", ":material/model_training:"),
     ("pages/explorer.py", "Reward explorer", ":material/query_stats:"),

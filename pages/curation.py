@@ -140,6 +140,10 @@ else:
     c3.code(v["text"] or "(empty)", language=None, wrap_lines=True)
     if v["direction"] == "imported":
         st.caption("Imported from a TRL file: it stands for its pair as given.")
+    elif v["direction"] == "adv-rm":
+        found_by = f"an Adv-RM attack (job #{int(v['job_id'])})" if v["job_id"] else "an Adv-RM attack"
+        st.caption(f"Found by {found_by}: the target RM scores it {fmt(v['margin'])} against the chosen r+ while its penalty "
+                   "RMs disagree; its z-scores, judge score and rule flags are on Adversarial attack.")
     elif v["is_inversion"]:
         side = "rejected r−" if v["direction"] == "lower" else "chosen r+"
         st.caption(f"A true inversion: the RM scores the variant {'below' if v['direction'] == 'lower' else 'above'} the {side}, "

@@ -263,9 +263,10 @@ def added_pair(direction: str, chosen: str, rejected: str, variant: str) -> tupl
     """(chosen, rejected) of the pair a REFORM variant adds to the training data, texts stripped: a
     variant decoded "raise" from the rejected response y- (a bad response the RM scores high) adds
     (y+, y''); one decoded "lower" from the chosen response (a good one the RM scores low) adds
-    (y', y-), and so does an imported pair, whose variant text is its chosen response. The one rule
-    for the inversion filter, the curation page and the project database (hence here, below them all)."""
-    return (chosen.strip(), variant.strip()) if direction == "raise" else (variant.strip(), rejected.strip())
+    (y', y-), and so does an imported pair, whose variant text is its chosen response; an Adv-RM sample
+    ("adv-rm") is a rejected side, as "raise": (y+, sample). The one rule for the inversion filter, the
+    curation page and the project database (hence here, below them all)."""
+    return (chosen.strip(), variant.strip()) if direction in ("raise", "adv-rm") else (variant.strip(), rejected.strip())
 
 
 def parse_rows(spec: str) -> slice:

@@ -18,6 +18,7 @@ class Job(NamedTuple):
 @cache
 def jobs() -> dict[str, Job]:
     """Job name -> Job. The modules load on first use: a CLI call that runs no job imports none of them."""
+    from .attack import AttackConfig, run_attack
     from .evaluation import EvaluateRewardConfig, evaluate_reward_model
     from .influence import InfluenceConfig, find_influential
     from .inversions import GenerateVariantsConfig, generate_variants
@@ -35,4 +36,5 @@ def jobs() -> dict[str, Job]:
         "robustness": Job(RobustnessConfig, evaluate_robustness, "win-rate drop under perturbations + spurious-feature indicators"),
         "pipeline": Job(PipelineConfig, run_pipeline, "the REFORM loop end to end: base, influential, variants, retrain, robustness"),
         "retrain": Job(RetrainConfig, run_retrain, "retrain on approved pairs (scratch|finetune), then robustness of base vs retrained"),
+        "attack": Job(AttackConfig, run_attack, "Adv-RM: an RLOO adversary against a target RM; kept samples become pairs"),
     }

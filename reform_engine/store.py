@@ -58,7 +58,7 @@ MAX_NAME = 1_000           # characters in a name, label, kind or path
 MAX_JSON = 20_000_000      # characters of one JSON value (a config, metrics, a variant's decoding steps)
 DECISIONS = ("approve", "reject", "edit")          # edit = approve with the variant's text replaced
 STATUSES = ("pending", "approved", "rejected")     # what a variant's latest decision makes it
-DIRECTIONS = ("lower", "raise")                    # as in decoding.DIRECTIONS; "imported" marks import_trl rows
+DIRECTIONS = ("lower", "raise", "adv-rm")          # decoding.DIRECTIONS + an Adv-RM attack sample; "imported" marks import_trl rows
 JOB_FIELDS = {"state", "progress", "step", "total", "message", "pid", "proc_start", "exit_code", "run_dir",
               "log_path", "result_path", "rerun_of", "ingested", "started_at", "finished_at"}
 

@@ -33,15 +33,17 @@ class TrainRewardConfig:
     # model
     model: RewardModelSpec = nested(RewardModelSpec, "the reward model to build: backbone, fine-tuning, max length",
                                     set_by_job=("trust_remote_code",))
+    # how long, and the checkpoints on the way
+    epochs: int = setting(1, "passes over the training pairs")
+    max_steps: int = setting(0, "> 0: stop after this many steps; 0 = the epochs decide")
+    save_every: int = setting(0, "steps between intermediate checkpoints; 0 = at the end only")
     # optimisation
-    batch_size: int = setting(8, "pairs per step (2x sequences per forward)")
+    batch_size: int = setting(8, "pairs per step (2x sequences per forward); under accelerate launch each of N processes "
+                                 "takes a batch, so a step covers N x batch_size pairs")
     lr: float = setting(2e-4, "peak learning rate (AdamW, linear warm-up then decay)")
     weight_decay: float = setting(0.0, "AdamW weight decay")
     warmup_ratio: float = setting(0.05, "share of the steps spent warming the learning rate up")
-    epochs: int = setting(1, "passes over the training pairs")
-    max_steps: int = setting(0, "> 0: stop after this many steps; 0 = the epochs decide")
     max_grad_norm: float = setting(1.0, "gradient clipping norm (0 = no clipping)")
-    save_every: int = setting(0, "steps between intermediate checkpoints; 0 = at the end only")
     runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (model init and data order), remote-code leave")
 
     def __post_init__(self):

@@ -73,7 +73,7 @@ def test_every_page_in_a_real_browser_and_a_short_decoding(chromium, server, out
             expect(page.get_by_role("heading", name="Preference data")).to_be_visible()
             nav = page.locator('[data-testid="stSidebarNav"] a')
             expect(nav.filter(has_text="Controlled decoding")).to_have_count(1)
-            expect(nav).to_have_count(7)  # the app's pages, not every file in pages/
+            expect(nav).to_have_count(8)  # the app's pages, not every file in pages/
             page.goto(url)
             expect(page.get_by_text("RM accuracy")).to_be_visible()  # models loaded, data scored
             expect(page.get_by_text("Pairs", exact=True)).to_be_visible()
@@ -144,11 +144,17 @@ def test_every_page_in_a_real_browser_and_a_short_decoding(chromium, server, out
             expect(page.get_by_role("heading", name="Preference data")).to_be_visible()
             settle()
             page.screenshot(path=out_dir / "7-data.png", full_page=True)
+
+            page.get_by_role("link", name="Adversarial attack").click()
+            expect(page.get_by_role("heading", name="Adversarial attack")).to_be_visible()
+            expect(page.get_by_role("button", name="Start the attack")).to_be_visible()  # the page drew to its form's end
+            settle()
+            page.screenshot(path=out_dir / "8-adversarial.png", full_page=True)
         finally:
             page.screenshot(path=out_dir / "last.png", full_page=True)
             browser.close()
     assert not errors, errors
     log = (out_dir / "streamlit.log").read_text()
     assert "Traceback" not in log, log[-3000:]
-    for name in ("1-home", "2-influential", "3-decoding", "4-curation", "5-retrain", "6-explorer", "7-data"):
+    for name in ("1-home", "2-influential", "3-decoding", "4-curation", "5-retrain", "6-explorer", "7-data", "8-adversarial"):
         assert (out_dir / f"{name}.png").stat().st_size > 10_000

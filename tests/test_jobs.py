@@ -73,6 +73,8 @@ def test_command_line_round_trips_every_job_config():
         required = {f.name: "some/path with spaces" for f in dataclasses.fields(cls)
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
         tricky = {f.name: "-5:" for f in dataclasses.fields(cls) if f.name in ("rows", "train_rows", "eval_rows")}
+        if kind == "attack":  # two penalty RMs, other than the target
+            required["penalty_rms"] = "penalty one,-penalty two"
         config = cls(**required, **tricky)
         argv = command_line(kind, config, "/tmp/run dir")
         assert argv[:5] == [sys.executable, "-m", "reform_engine", kind, "--run-dir=/tmp/run dir"]

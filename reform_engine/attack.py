@@ -1,0 +1,406 @@
+"""The Adv-RM attack job: train an adversary policy against a target RM and keep what it finds.
+
+    python -m reform_engine attack --run-dir D --target-rm T --penalty-rms P1,P2 [--judge-rm J] ...
+
+Stages, in the run directory (runs.py) beside config/status/log/metrics:
+1. Normalisation: ``base_samples`` samples of pi0 per prompt, scored by the target and penalty RMs,
+   give every prompt's mean and sd (adversary.PromptNorm).
+2. RLOO steps (adversary.py); each appends its metrics to ``steps.jsonl`` as it ends, so a page can
+   draw the curves live; ``checkpoint/`` holds the LoRA adapter (at the end, or every ``save_every``).
+3. ``fresh_samples`` per prompt from the final policy and from pi0: the pass rates of both under the
+   same filter, on the same prompts.
+4. Keeping (confirm.select_kept) among the rollouts of the last ``keep_last`` share of the steps and
+   the fresh samples; each kept sample is confirmed (judge RM, rules) and written to ``variants.jsonl``
+   as a variant of direction "adv-rm": the pair (y+ preferred over the sample), y+ being the dataset's
+   chosen response. The store ingests that file when the job ends, so they join the Curation queue.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .adversary import AdversarialReward, PromptNorm, kl_k3, rloo_advantages, rloo_loss
+from .confirm import Candidate, RuleContext, check_rules, confirmation, passes, select_kept
+from .configs import nested, required, setting
+from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, parse_rows, select_rows, write_jsonl
+from .models import DEFAULT_MODEL
+from .runs import RunDir, atomic_directory, job
+from .runtime import Runtime, seed_everything
+
+STEPS_FILE = "steps.jsonl"
+KEPT_FILE = "variants.jsonl"      # the name the store's ingestion reads (jobs.ingest_results)
+SOURCE = "adv-rm"                 # the variants' direction in the store: the pair (y+, sample), as "raise"
+
+
+@dataclass
+class AttackConfig:
+    # models
+    target_rm: str = required("the RM under attack: a train-rm checkpoint directory")
+    penalty_rms: str = required(">= 2 checkpoints, comma-separated: the target's recipe on other seeds or subsets")
+    judge_rm: str = setting("", "confirms success, never in the reward; '' = only the rules confirm")
+    policy: str = setting(DEFAULT_MODEL, "the adversary starts as this model (pi0); LoRA is trained on its top layers")
+    # prompts
+    data: str = setting(str(DEMO_PATH), "preference data: its prompts are attacked, its chosen responses are y+")
+    rows: str = setting("", "'a:b' source rows ('' = all)")
+    prompts: int = setting(32, "the first this many pairs of those rows")
+    skip_invalid: bool = setting(True, "invalid rows are skipped and counted, not fatal")
+    max_prompt_tokens: int = setting(256, "prompts are cut from the left beyond this (and to fit every RM's max_length)")
+    # reward: r = Z_t - lambda * clip(Z_p) if Z_t > T else Z_t - C; no EOS: -C; minus beta * KL
+    penalty_weight: float = setting(2.0, "lambda > 1: a response the penalty RMs like as much as the target earns less; "
+                                         "0 = the over-optimisation baseline")
+    kl_weight: float = setting(0.05, "beta: keeps the adversary near pi0 so its text stays readable (TRL's RLOO default)")
+    threshold: float = setting(1.0, "T, in target z: beat ~84% of the base samples before the disagreement counts")
+    below_cost: float = setting(5.0, "C: the cost below T and without EOS; above lambda * clip_high (4), so crossing T "
+                                     "always pays")
+    clip_low: float = setting(-2.0, "pushing the penalty RMs below -2 sd earns nothing more (no prize for gibberish)")
+    clip_high: float = setting(2.0, "bounds the penalty, so one outlier does not swamp its group's advantages")
+    sd_floor: float = setting(0.25, "per-prompt sd >= this share of the median sd: flat prompts do not blow up z")
+    base_samples: int = setting(8, "N samples of pi0 per prompt for the mean and sd (8: sd within ~25%)")
+    # RLOO
+    group_size: int = setting(4, "k rollouts per prompt (the paper's 4)")
+    prompts_per_step: int = setting(2, "prompts per step: 2 x 4 = 8 rollouts")
+    steps: int = setting(100, "RLOO updates; every prompt is drawn ~6 times at the defaults")
+    max_new_tokens: int = setting(48, "rollout length: the RM's verdict on short responses, at CPU cost")
+    lr: float = setting(1e-4, "LoRA's usual rate; RL on a 135M model diverges well above 1e-3")
+    max_grad_norm: float = setting(1.0, "gradient clipping: one group of outlier rewards cannot throw the adapter far")
+    lora_layers: int = setting(4, "LoRA on the top N layers: the trunk below is shared with pi0 and the RMs")
+    lora_r: int = setting(8, "a small adapter: the adversary moves the policy, it does not retrain it")
+    lora_alpha: int = setting(16, "LoRA scale: alpha / r = 2, as train-rm's default")
+    save_every: int = setting(0, "steps between adapter checkpoints; 0 = at the end only")
+    # keeping and confirming
+    keep_last: float = setting(0.5, "rollouts of the last half of the steps are candidates: the early ones are still much "
+                                    "like pi0's")
+    fresh_samples: int = setting(4, "per prompt, from the final policy (candidates) and from pi0 (the base pass rate)")
+    u_z_min: float = setting(1.96, "keep when the disagreement's z-score exceeds this (two-sided 5%)")
+    dedupe_jaccard: float = setting(0.8, "character-trigram Jaccard at or above which two samples are one")
+    cap_per_prompt: int = setting(4, "at most this many pairs per prompt")
+    cap_total: int = setting(200, "and at most this many in total")
+    runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (pi0's samples, RLOO, prompt order), remote-code leave")
+
+    def __post_init__(self):
+        penalties = self.penalty_list()
+        checks = [
+            (bool(self.target_rm.strip()), "target_rm is empty: give the checkpoint of the RM to attack"),
+            (len(penalties) >= 2 and len(set(penalties)) == len(penalties),
+             f"penalty_rms={self.penalty_rms!r}: give at least 2 different checkpoints, comma-separated (train them "
+             "with train-rm on other seeds or train_sample subsets)"),
+            (self.target_rm.strip() not in penalties, "the target RM is among the penalty RMs: a model cannot disagree with "
+             "itself; give other checkpoints"),
+            (not self.judge_rm.strip() or self.judge_rm.strip() not in penalties + [self.target_rm.strip()],
+             "the judge RM is also in the reward: give a judge trained apart, or '' to confirm by the rules alone"),
+            (self.prompts >= 1, "prompts must be >= 1"),
+            (self.max_prompt_tokens >= 4, "max_prompt_tokens must be >= 4"),
+            (self.base_samples >= 2, "base_samples must be >= 2: an sd needs two samples"),
+            (self.group_size >= 2, "group_size must be >= 2: leave-one-out needs another rollout of the prompt"),
+            (self.prompts_per_step >= 1, "prompts_per_step must be >= 1"),
+            (self.steps >= 1, "steps must be >= 1"),
+            (self.max_new_tokens >= 2, "max_new_tokens must be >= 2"),
+            (self.lr > 0, "lr must be > 0"),
+            (self.max_grad_norm > 0, "max_grad_norm must be > 0"),
+            (self.lora_layers >= 1 and self.lora_r >= 1 and self.lora_alpha >= 1, "lora_layers, lora_r and lora_alpha must be >= 1"),
+            (0 <= self.keep_last <= 1, "keep_last must be a share in [0, 1]"),
+            (self.fresh_samples >= 0, "fresh_samples must be >= 0 (0 = no fresh samples, no pass rates)"),
+            (math.isfinite(self.u_z_min), "u_z_min must be finite (1.96: two-sided 5%)"),
+            (self.cap_per_prompt >= 1 and self.cap_total >= 1, "cap_per_prompt and cap_total must be >= 1"),
+            (0 < self.dedupe_jaccard <= 1, "dedupe_jaccard must be in (0, 1] (1 drops exact duplicates only)"),
+            (0 < self.sd_floor <= 1, "sd_floor must be a share of the median sd in (0, 1]"),
+            (self.save_every >= 0, "save_every must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"AttackConfig: {message}")
+        parse_rows(self.rows)
+        self.reward()  # refuses a bad lambda, beta, T, C or clip range now, not in the job
+
+    def penalty_list(self) -> list[str]:
+        return [p.strip() for p in self.penalty_rms.split(",") if p.strip()]
+
+    def reward(self) -> AdversarialReward:
+        return AdversarialReward(self.penalty_weight, self.kl_weight, self.threshold, self.below_cost, (self.clip_low, self.clip_high))
+
+
+@dataclass
+class AttackResult:
+    variants_path: str                      # the kept samples with everything about them (JSONL)
+    steps_path: str                         # one line of metrics per RLOO step (JSONL)
+    adapter: str                            # the final LoRA adapter (checkpoint/)
+    steps: int
+    prompts: int
+    kept: int
+    confirmed: int
+    pass_rate: float                        # fresh samples of the final policy passing the keep filter
+    base_pass_rate: float                   # fresh samples of pi0, same prompts, same filter
+    rollout_pass_rate: float                # RL rollouts of the keep window passing it
+    confirmed_rate: float                   # confirmed / kept
+    rules_fired: dict = field(default_factory=dict)   # rule -> how many kept samples it flags
+    base_perplexity: float = float("nan")   # median perplexity under pi0 of the base samples (the rules' yardstick)
+    seconds: float = 0.0
+    seconds_per_step: float = 0.0
+
+
+def read_steps(run_dir: str | Path) -> list[dict]:
+    """The per-step metrics written so far (a line being written is left for the next read)."""
+    rows = []
+    try:
+        with open(Path(run_dir) / STEPS_FILE, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break
+    except FileNotFoundError:
+        pass
+    return rows
+
+
+def read_kept(run_dir: str | Path) -> list[dict]:
+    """The kept samples of a finished attack (records of variants.jsonl), [] before it ends."""
+    path = Path(run_dir) / KEPT_FILE
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def companion_configs(target_rm: str, penalties: int, judge: bool, *, data: str, rows: str, share: float = 0.8,
+                      runtime: Runtime | None = None) -> list[tuple[str, "TrainRewardConfig"]]:
+    """train-rm configs for the RMs an attack on ``target_rm`` lacks -> [(role, config)]: ``penalties``
+    penalty RMs, then the judge if asked. Each is the target's recipe (its run's config.json; else its
+    spec trained on ``data`` rows ``rows``) on another seed and a seeded ``share`` of its training pairs;
+    the last penalty is head-only, so the ensemble does not share one way of being wrong. ``runtime``:
+    where they train (its seed is replaced by each one's own)."""
+    import dataclasses
+
+    from .reward_model import read_spec
+    from .retrain import base_training_config
+    from .training import TrainRewardConfig
+
+    recipe = base_training_config(target_rm)
+    if recipe is None:
+        recipe = TrainRewardConfig(data=data, train_rows=rows, model=dataclasses.replace(read_spec(target_rm), trust_remote_code=False))
+    n = len(select_rows(load_preferences(recipe.data, skip_invalid=recipe.skip_invalid).pairs, recipe.train_rows))
+    common = dict(train_sample=max(1, round(share * n)), eval_data="", eval_rows="", augment_data="", init_from="", save_every=0)
+    seed = recipe.runtime.seed
+    roles = [(f"penalty {i + 1}", seed + 1 + i, "head" if i == penalties - 1 else recipe.model.finetune) for i in range(penalties)]
+    roles += [("judge", seed + 101, recipe.model.finetune)] if judge else []
+    placement = runtime or Runtime()
+    return [(role, dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, finetune=finetune),
+                                       runtime=dataclasses.replace(placement, seed=role_seed), **common))
+            for role, role_seed, finetune in roles]
+
+
+# --------------------------------------------------------------------------- the job
+
+def _candidates(roll, raw, logp0, prompt_index, norm: PromptNorm, origin: str) -> list[Candidate]:
+    z = norm.z(raw, prompt_index)
+    z_pen = z[:, 1:].mean(-1)
+    u = z[:, 0] - z_pen
+    u_z = norm.u_z(u, prompt_index)
+    ppl = torch.exp(-logp0.sum(-1) / roll.lengths.clamp(min=1))
+    return [Candidate(int(prompt_index[n]), roll.texts[n], bool(roll.ended[n]), float(z[n, 0]), float(z_pen[n]), float(u[n]),
+                      float(u_z[n]), float(ppl[n]), origin, z[n, 1:].tolist()) for n in range(len(roll.texts))]
+
+
+def _sample_scored(engine, prompts, ids: list[int], k: int, generator, config: AttackConfig, adapter: bool):
+    """k samples of each prompt in ``ids`` -> (rollouts, (N, M) rewards, (N, T) log pi0, (N,) prompt index)."""
+    roll = engine.sample([prompts[i] for i in ids], k, generator, max_new_tokens=config.max_new_tokens, adapter=adapter)
+    logp0, _ = engine.logprobs(roll, adapter=False)
+    return roll, engine.rm_rewards(roll), logp0, torch.tensor(ids)[roll.owner.cpu()]
+
+
+def _chunks(n_prompts: int, per_call: int) -> list[list[int]]:
+    return [list(range(i, min(n_prompts, i + per_call))) for i in range(0, n_prompts, per_call)]
+
+
+def _record(c: Candidate, pair: PreferencePair, target_scores, judge_scores, trace, base_ppl: float) -> dict:
+    """One kept sample as a store variant (direction "adv-rm") with its Adv-RM evidence."""
+    r_chosen, r_rejected = target_scores
+    flags = check_rules(c.text, RuleContext(pair.prompt[-1]["content"], c.perplexity, base_ppl))
+    judge_chosen, judge_sample = judge_scores
+    by = confirmation(judge_sample, judge_chosen, flags)
+    r_variant = trace.final if trace is not None else float("nan")
+    steps = [] if trace is None else [{"step": i, "token_id": t, "piece": p, "running_reward": r, "is_eos": False}
+                                      for i, (t, p, r) in enumerate(zip(trace.token_ids, trace.pieces, trace.rewards))]
+    return {"pair_id": pair.pair_id, "direction": SOURCE, "prompt": [dict(m) for m in pair.prompt],
+            "original_chosen": pair.chosen, "original_rejected": pair.rejected, "text": c.text,
+            "r_variant": r_variant, "r_trace": r_variant, "r_chosen": r_chosen, "r_rejected": r_rejected,
+            "margin": r_variant - r_chosen, "perplexity": c.perplexity, "is_inversion": True, "steps": steps,
+            "z_target": c.z_target, "z_penalty": c.z_penalty, "z_penalties": c.z_penalties, "u": c.u, "u_z": c.u_z,
+            "origin": c.origin, "judge_chosen": judge_chosen, "judge_sample": judge_sample,
+            "flags": [{"rule": f.rule, "evidence": f.evidence} for f in flags], "confirmed_by": by, "confirmed": bool(by),
+            "new_pair": {"prompt": [dict(m) for m in pair.prompt], "chosen": pair.chosen.strip(), "rejected": c.text.strip()}}
+
+
+def _confirm(kept: list[Candidate], pairs: list[PreferencePair], target, judge, base_ppl: float) -> list[dict]:
+    """Score each kept sample, its y+ and y- with the target (from text, as a retrained RM will see
+    them) and the judge; apply the rules -> store records."""
+    from .scoring import SCORE_MAX_LENGTH, reward_trace, score_pairs
+
+    used = sorted({c.prompt_index for c in kept})
+    scores = score_pairs(target, [pairs[i] for i in used], max_length=SCORE_MAX_LENGTH, skip_too_long=True)
+    scored = [i for j, i in enumerate(used) if j not in scores.skipped]
+    target_of = {i: (float(a), float(b)) for i, a, b in zip(scored, scores.r_chosen, scores.r_rejected)}
+    judged = {}
+    if judge is not None:  # the judge's pair: y+ against the sample
+        duels = [PreferencePair(f"{n}", pairs[c.prompt_index].prompt, pairs[c.prompt_index].chosen, c.text) for n, c in enumerate(kept)]
+        js = score_pairs(judge, duels, max_length=SCORE_MAX_LENGTH, skip_too_long=True)
+        ok = [n for n in range(len(kept)) if n not in js.skipped]
+        judged = {n: (float(a), float(b)) for n, a, b in zip(ok, js.r_chosen, js.r_rejected)}
+    records = []
+    for n, c in enumerate(kept):
+        pair = pairs[c.prompt_index]
+        try:
+            trace = reward_trace(target, pair.prompt, c.text, max_length=SCORE_MAX_LENGTH)
+        except DataError:
+            trace = None
+        records.append(_record(c, pair, target_of.get(c.prompt_index, (float("nan"), float("nan"))),
+                               judged.get(n, (None, None)), trace, base_ppl))
+    return records
+
+
+def _outcome(result: AttackResult) -> str:
+    return (f"kept {result.kept} samples, {result.confirmed} confirmed; pass rate {result.pass_rate:.1%} vs base "
+            f"{result.base_pass_rate:.1%}")
+
+
+@job("loading data and models", done=_outcome)
+def run_attack(config: AttackConfig, run: RunDir) -> AttackResult:
+    """Normalise, train the adversary with RLOO, sample fresh, keep and confirm; see the module docstring."""
+    from .reward_model import load_reward_model
+    from .rollouts import RolloutEngine, build_policy
+
+    seed = config.runtime.seed
+    seed_everything(seed)
+    start = time.perf_counter()
+    pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)[: config.prompts]
+    if not pairs:
+        raise DataError(f"no pairs in rows {config.rows!r} of {config.data}.", fix="widen or clear the rows.")
+    prompts = [p.prompt for p in pairs]
+    load = config.runtime.load_args()
+    rms = [load_reward_model(p, **load) for p in [config.target_rm] + config.penalty_list()]
+    policy, tokenizer = build_policy(config.policy, lora_layers=config.lora_layers, lora_r=config.lora_r,
+                                     lora_alpha=config.lora_alpha, seed=seed, **load)
+    context = getattr(policy.config, "max_position_embeddings", 4096)
+    budget = min([config.max_prompt_tokens, context] + [rm.spec.max_length for rm in rms]) - config.max_new_tokens
+    if budget < 4:
+        raise DataError(f"max_new_tokens={config.max_new_tokens} leaves no room for a prompt within the RMs' max_length.",
+                        fix="lower max_new_tokens or raise max_prompt_tokens.")
+    engine = RolloutEngine(policy, tokenizer, rms, prompt_budget=budget)
+    run.log(f"{len(pairs)} prompts; policy LoRA from layer {engine.lora_start}; the RMs' own layers start at "
+            f"{engine.rm_depths} (-1: all of them on the same ids, None: scored from text)")
+    generator = torch.Generator().manual_seed(seed)
+    per_step = config.prompts_per_step * config.group_size
+    cal = _chunks(len(prompts), max(1, per_step // config.base_samples))
+    fresh = _chunks(len(prompts), max(1, per_step // max(1, config.fresh_samples))) if config.fresh_samples else []
+    total, done = len(cal) + config.steps + 2 * len(fresh) + 1, 0
+
+    # 1. the base policy's samples: every z-score's yardstick
+    raws, idxs, ppls = [], [], []
+    for ids in cal:
+        roll, raw, logp0, idx = _sample_scored(engine, prompts, ids, config.base_samples, generator, config, adapter=False)
+        raws.append(raw)
+        idxs.append(idx)
+        ppls.append(torch.exp(-logp0.sum(-1) / roll.lengths.clamp(min=1)))
+        done += 1
+        run.progress(done, total, message=f"sampling the base policy: {done}/{len(cal)} prompt groups")
+    norm = PromptNorm.fit(torch.cat(raws), torch.cat(idxs), len(prompts), config.sd_floor)
+    base_ppl = float(torch.cat(ppls).median())
+
+    # 2. RLOO
+    reward, k, G = config.reward(), config.group_size, config.prompts_per_step
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    order = _prompt_order(len(prompts), seed)
+    steps_path = run.path / STEPS_FILE
+    steps_path.write_text("")  # a re-run in the same directory starts its curves afresh
+    keep_after = config.steps - round(config.keep_last * config.steps)
+    pool, window = [], []
+    rl_start = time.perf_counter()
+    for step in range(1, config.steps + 1):
+        t0 = time.perf_counter()
+        ids = [next(order) for _ in range(G)]
+        roll, raw, logp0, idx = _sample_scored(engine, prompts, ids, k, generator, config, adapter=True)
+        logp, entropy = engine.logprobs(roll, grad=True)
+        mask = roll.mask
+        z = norm.z(raw, idx)
+        kl = kl_k3(logp.detach(), logp0, mask)
+        parts = reward(z[:, 0], z[:, 1:], roll.ended, kl)
+        advantages = rloo_advantages(parts.total.view(len(ids), k)).view(-1)
+        loss = rloo_loss(advantages, logp.sum(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        found = _candidates(roll, raw, logp0, idx, norm, f"step {step}")
+        passing = [passes(c, config.threshold, config.u_z_min) for c in found]
+        if step > keep_after:
+            pool += found
+            window += passing
+        row = {"step": step, **parts.means(), "kl": float(kl.mean()), "entropy": float(entropy.sum() / mask.sum()),
+               "length": float((roll.lengths - roll.ended.long()).float().mean()), "eos_rate": float(roll.ended.float().mean()),
+               "pass_rate": sum(passing) / len(passing), "loss": float(loss.detach()), "grad_norm": float(grad_norm),
+               "seconds": time.perf_counter() - t0}
+        with open(steps_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        done += 1
+        run.progress(done, total, message=f"step {step}/{config.steps}: target z {row['target_z']:+.2f}, penalty z "
+                     f"{row['penalty_z']:+.2f}, pass rate {row['pass_rate']:.0%}")
+        if config.save_every and step % config.save_every == 0 and step < config.steps:
+            _save_adapter(policy, run.checkpoint_path)
+            run.log(f"adapter checkpoint at step {step}")
+    rl_seconds = time.perf_counter() - rl_start
+    _save_adapter(policy, run.checkpoint_path)
+
+    # 3. fresh samples of the final policy and of pi0, same prompts
+    rates = {}
+    for adapter, name in ((True, "final"), (False, "base")):
+        got = []
+        for ids in fresh:
+            roll, raw, logp0, idx = _sample_scored(engine, prompts, ids, config.fresh_samples, generator, config, adapter)
+            got += _candidates(roll, raw, logp0, idx, norm, "fresh" if adapter else "base")
+            done += 1
+            run.progress(done, total, message=f"fresh samples of the {name} policy")
+        rates[name] = sum(passes(c, config.threshold, config.u_z_min) for c in got) / len(got) if got else float("nan")
+        if adapter:
+            pool += got
+
+    # 4. keep, confirm, hand to the store
+    run.set_status("running", message="keeping and confirming")
+    kept = select_kept(pool, threshold=config.threshold, u_z_min=config.u_z_min, max_jaccard=config.dedupe_jaccard,
+                       per_prompt=config.cap_per_prompt, total=config.cap_total)
+    target = rms[0]
+    del engine, rms, policy  # the judge's turn: the policy and the penalty RMs are done
+    gc.collect()
+    judge = load_reward_model(config.judge_rm, **load) if config.judge_rm.strip() else None
+    records = _confirm(kept, pairs, target, judge, base_ppl) if kept else []
+    write_jsonl(run.path / KEPT_FILE, records)
+    fired: dict[str, int] = {}
+    for r in records:
+        for f in r["flags"]:
+            fired[f["rule"]] = fired.get(f["rule"], 0) + 1
+    confirmed = sum(r["confirmed"] for r in records)
+    result = AttackResult(str(run.path / KEPT_FILE), str(steps_path), str(run.checkpoint_path), config.steps, len(prompts),
+                          len(records), confirmed, rates.get("final", float("nan")), rates.get("base", float("nan")),
+                          sum(window) / len(window) if window else float("nan"),
+                          confirmed / len(records) if records else float("nan"), fired, base_ppl,
+                          time.perf_counter() - start, rl_seconds / config.steps)
+    run.log(f"kept {len(records)} ({confirmed} confirmed); pass rate {result.pass_rate:.3f} vs base {result.base_pass_rate:.3f}")
+    return result
+
+
+def _prompt_order(n: int, seed: int):
+    """Prompt indices forever: a seeded permutation, reshuffled each pass."""
+    g = torch.Generator().manual_seed(seed + 1)
+    while True:
+        yield from torch.randperm(n, generator=g).tolist()
+
+
+def _save_adapter(policy, path: Path) -> None:
+    with atomic_directory(path) as tmp:
+        policy.save_pretrained(tmp)

@@ -1,0 +1,278 @@
+"""Which adversarial samples to keep, and whether a kept one is confirmed bad without a human.
+
+Keep filter (Adv-RM's, on the adversary's rollouts and on fresh samples): the response ended with EOS
+(a cut-off text is not a response), the target RM's z-score is above the threshold T, and the
+disagreement U = Z_t - Z_p is an outlier among the base policy's samples of the same prompt: its
+z-score above 1.96. Of the samples that pass, near-duplicates go (character-trigram Jaccard >= 0.8:
+the one with the higher U stays) and caps apply, per prompt and in total, strongest U first.
+Duplicates are looked for across prompts too: a string the adversary repeats everywhere is one
+finding, and a few copies of it teach a retrained RM as much as many.
+
+Confirmation: the judge RM (trained apart, never in the reward) scores the sample below the dataset's
+chosen response y+, or a rule fires. A rule is a small object: called on the text and its context it
+returns a Flag (its name and the evidence) or None, so a page can show exactly why.
+"""
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Sequence
+
+
+@dataclass
+class Candidate:
+    """One scored sample that may be kept. z-scores are against the base policy's samples of its prompt."""
+
+    prompt_index: int
+    text: str
+    ended: bool                      # finished with EOS
+    z_target: float
+    z_penalty: float                 # mean over the penalty RMs
+    u: float                         # disagreement Z_t - Z_p
+    u_z: float                       # z-score of u among the base samples' u of the same prompt
+    perplexity: float = float("nan")  # under pi0
+    origin: str = ""                 # "step 37" (an RL rollout) or "fresh" (sampled from the final policy)
+    z_penalties: list[float] = field(default_factory=list)
+
+
+def passes(c: Candidate, threshold: float, u_z_min: float = 1.96) -> bool:
+    """Adv-RM's keep filter on one sample."""
+    return bool(c.ended and c.text.strip() and c.z_target > threshold and c.u_z > u_z_min)
+
+
+def trigrams(text: str) -> frozenset[str]:
+    """Character trigrams of the lower-cased text with runs of whitespace as one space."""
+    t = " ".join(text.lower().split())
+    return frozenset(t[i:i + 3] for i in range(len(t) - 2)) or frozenset([t])
+
+
+def jaccard(a: frozenset, b: frozenset) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def select_kept(candidates: Sequence[Candidate], *, threshold: float, u_z_min: float = 1.96, max_jaccard: float = 0.8,
+                per_prompt: int = 4, total: int = 200) -> list[Candidate]:
+    """The samples to keep: those passing the filter, strongest disagreement first (ties: prompt,
+    then text), each skipped when it is a near-duplicate of one kept before it (Jaccard >= max_jaccard)
+    or its prompt already has ``per_prompt``; at most ``total``."""
+    if not 0 < max_jaccard <= 1:
+        raise ValueError(f"max_jaccard={max_jaccard}: use a share in (0, 1]; 1 drops exact duplicates only")
+    if per_prompt < 1 or total < 1:
+        raise ValueError(f"per_prompt={per_prompt}, total={total}: keep at least 1 of each")
+    passing = sorted((c for c in candidates if passes(c, threshold, u_z_min)), key=lambda c: (-c.u, c.prompt_index, c.text))
+    kept, grams, per = [], [], Counter()
+    for c in passing:
+        if len(kept) == total:
+            break
+        g = trigrams(c.text)
+        if per[c.prompt_index] >= per_prompt or any(jaccard(g, h) >= max_jaccard for h in grams):
+            continue
+        kept.append(c)
+        grams.append(g)
+        per[c.prompt_index] += 1
+    return kept
+
+
+# --------------------------------------------------------------------------- rules
+
+@dataclass(frozen=True)
+class Flag:
+    rule: str
+    evidence: str
+
+
+@dataclass(frozen=True)
+class RuleContext:
+    prompt: str                                 # the prompt's last user turn
+    perplexity: float = float("nan")            # of the sample under pi0
+    base_perplexity: float = float("nan")       # median over the base policy's samples
+
+
+class Rule(ABC):
+    """A property that marks a response as bad whatever an RM says. One call; thresholds refused at construction."""
+
+    name: str
+
+    @abstractmethod
+    def __call__(self, text: str, context: RuleContext) -> Flag | None:
+        """-> a Flag with the evidence, or None when the rule does not fire."""
+
+    def flag(self, evidence: str) -> Flag:
+        return Flag(self.name, evidence)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+(?:'\w+)?", text.lower())
+
+
+def _at_least_two(name: str, value: int, fix: str) -> int:
+    """A rule's count threshold, refused below 2 with ``fix`` (one of anything is no pattern)."""
+    if value < 2:
+        raise ValueError(f"{name}={value}: {fix}")
+    return value
+
+
+def _quote(text: str, n: int = 60) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= n else text[: n - 1] + "…")
+
+
+class Repetition(Rule):
+    """A character repeated ``char_run`` times in a row, a phrase of 1-4 words said ``times`` times in
+    a row, or a word trigram said ``times`` times anywhere."""
+
+    name = "repetition"
+
+    def __init__(self, char_run: int = 8, times: int = 3):
+        if char_run < 2 or times < 2:
+            raise ValueError(f"char_run={char_run}, times={times}: a repetition needs at least 2 of each")
+        self.char_run, self.times = char_run, times
+
+    def __call__(self, text: str, context: RuleContext) -> Flag | None:
+        run = re.search(r"(\S)\1{%d,}" % (self.char_run - 1), text)
+        if run:
+            return self.flag(f"{run.group(1)!r} {len(run.group(0))} times in a row")
+        words = _words(text)
+        for n in range(1, 5):
+            for i in range(len(words) - n * self.times + 1):
+                phrase = words[i:i + n]
+                reps = 1
+                while words[i + reps * n:i + (reps + 1) * n] == phrase:
+                    reps += 1
+                if reps >= self.times:
+                    return self.flag(f"{' '.join(phrase)!r} {reps} times in a row")
+        counts = Counter(tuple(words[i:i + 3]) for i in range(len(words) - 2))
+        if counts:
+            gram, count = counts.most_common(1)[0]
+            if count >= self.times:
+                return self.flag(f"{' '.join(gram)!r} {count} times")
+        return None
+
+
+class NoPunctuation(Rule):
+    """``span`` words or more in a row without any sentence punctuation."""
+
+    name = "no punctuation"
+
+    def __init__(self, span: int = 30):
+        self.span = _at_least_two("span", span, "use a span of at least 2 words")
+
+    def __call__(self, text: str, context: RuleContext) -> Flag | None:
+        for chunk in re.split(r"[.,;:!?…()\"\n]+", text):
+            words = chunk.split()
+            if len(words) >= self.span:
+                return self.flag(f"{len(words)} words without punctuation from {_quote(' '.join(words[:8]))}")
+        return None
+
+
+class PromptEcho(Rule):
+    """``min_words`` words of the prompt repeated verbatim (or the whole prompt when it is shorter)."""
+
+    name = "prompt echo"
+
+    def __init__(self, min_words: int = 8):
+        self.min_words = _at_least_two("min_words", min_words, "an echo needs at least 2 words")
+
+    def __call__(self, text: str, context: RuleContext) -> Flag | None:
+        a, b = _words(context.prompt), _words(text)
+        need = min(self.min_words, len(a)) if len(a) >= 3 else self.min_words
+        best, where = 0, 0
+        for i in range(len(a)):  # longest common run of words
+            for j in range(len(b)):
+                n = 0
+                while i + n < len(a) and j + n < len(b) and a[i + n] == b[j + n]:
+                    n += 1
+                if n > best:
+                    best, where = n, i
+        if best >= need:
+            return self.flag(f"repeats {best} words of the prompt: {_quote(' '.join(a[where:where + best]))}")
+        return None
+
+
+class _Share(Rule):
+    """More than ``share`` of a text's items (its ``unit``s) being ``kind``, over at least ``least`` items."""
+
+    unit = kind = ""
+
+    def __init__(self, share: float, least: int, names: tuple[str, str]):
+        if not 0 < share < 1 or least < 1:
+            raise ValueError(f"{names[0]}={share}, {names[1]}={least}: use a {names[0]} in (0, 1) and at least 1 {self.unit}")
+        self.share, self.least = share, least
+
+    @abstractmethod
+    def split(self, text: str) -> tuple[list[str], list[str]]:
+        """-> (the text's items, those of them that are ``kind``)."""
+
+    def example(self, hits: list[str]) -> str:
+        return ""
+
+    def __call__(self, text: str, context: RuleContext) -> Flag | None:
+        items, hits = self.split(text)
+        if len(items) >= self.least and len(hits) / len(items) > self.share:
+            return self.flag(f"{len(hits)} of {len(items)} {self.unit}s {self.kind} ({len(hits) / len(items):.0%})"
+                             + self.example(hits))
+        return None
+
+
+class Capitals(_Share):
+    """More than ``ratio`` of the letters upper-case, over at least ``min_letters`` letters."""
+
+    name, unit, kind = "capitals", "letter", "upper-case"
+
+    def __init__(self, ratio: float = 0.5, min_letters: int = 20):
+        super().__init__(ratio, min_letters, ("ratio", "min_letters"))
+
+    def split(self, text: str) -> tuple[list[str], list[str]]:
+        letters = [ch for ch in text if ch.isalpha()]
+        return letters, [ch for ch in letters if ch.isupper()]
+
+
+class NonAscii(_Share):
+    """More than ``share`` of the non-space characters outside ASCII, over at least ``min_chars``."""
+
+    name, unit, kind = "non-ASCII", "character", "non-ASCII"
+
+    def __init__(self, share: float = 0.2, min_chars: int = 10):
+        super().__init__(share, min_chars, ("share", "min_chars"))
+
+    def split(self, text: str) -> tuple[list[str], list[str]]:
+        chars = [ch for ch in text if not ch.isspace()]
+        return chars, [ch for ch in chars if ord(ch) > 127]
+
+    def example(self, hits: list[str]) -> str:
+        return f", e.g. {''.join(hits[:5])!r}"
+
+
+class Perplexity(Rule):
+    """Perplexity under pi0 above ``factor`` times the base samples' median: text the model itself
+    finds implausible."""
+
+    name = "perplexity"
+
+    def __init__(self, factor: float = 3.0):
+        if not factor > 1:
+            raise ValueError(f"factor={factor}: use a factor > 1 (times the base samples' median perplexity)")
+        self.factor = factor
+
+    def __call__(self, text: str, context: RuleContext) -> Flag | None:
+        ppl, base = context.perplexity, context.base_perplexity
+        if ppl == ppl and base == base and base > 0 and ppl > self.factor * base:  # NaN compares unequal: no judgement
+            return self.flag(f"perplexity {ppl:.1f} under pi0, {ppl / base:.1f}x the base samples' median {base:.1f}")
+        return None
+
+
+DEFAULT_RULES: tuple[Rule, ...] = (Repetition(), NoPunctuation(), PromptEcho(), Capitals(), NonAscii(), Perplexity())
+
+
+def check_rules(text: str, context: RuleContext, rules: Sequence[Rule] = DEFAULT_RULES) -> list[Flag]:
+    """Every rule that fires on ``text``, in the order given."""
+    return [f for f in (rule(text, context) for rule in rules) if f is not None]
+
+
+def confirmation(judge_sample: float | None, judge_chosen: float | None, flags: Sequence[Flag]) -> list[str]:
+    """What confirms a sample as bad: "judge" when the judge RM scores it below y+, then the name of
+    every rule that fired. Empty: unconfirmed, a person has to look (the Curation queue)."""
+    by = ["judge"] if judge_sample is not None and judge_chosen is not None and judge_sample < judge_chosen else []
+    return by + [f.rule for f in flags]

@@ -1,0 +1,79 @@
+"""Tiny models for the Adv-RM tests: a policy that answers briefly and ends with EOS (a random tiny
+model almost never samples EOS, and the keep filter needs it), and reward models on that policy."""
+from pathlib import Path
+
+import torch
+
+from reform_engine.runtime import Runtime
+from reform_engine.tiny import save_tiny_model
+
+ASKS = ["Can you help me?", "What time is it?", "Tell me a fact.", "How do I cook rice?", "Where is Paris?", "Name a colour.",
+        "What is 2+2?", "Say something nice."]
+ANSWERS = ["Sure.", "Yes!", "No, sorry.", "Maybe so.", "OK then.", "Of course!"]
+
+
+def save_short_answer_policy(directory: str | Path, seed: int = 1, steps: int = 80) -> str:
+    """A tiny ASCII policy fine-tuned (seeded, ``steps`` Adam steps) to answer ASKS with one of
+    ANSWERS and then EOS; saved as an ordinary model directory -> its path."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = save_tiny_model(directory, seed=seed, ascii_only=True)
+    tok = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    seqs, starts = [], []
+    for ask in ASKS:
+        prompt = tok.apply_chat_template([{"role": "user", "content": ask}], tokenize=False, add_generation_prompt=True)
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        for answer in ANSWERS:
+            seqs.append(p_ids + tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+            starts.append(len(p_ids))
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), tok.pad_token_id)
+    labels = torch.full((len(seqs), width), -100)
+    for i, (s, start) in enumerate(zip(seqs, starts)):
+        ids[i, : len(s)] = torch.tensor(s)
+        labels[i, start: len(s)] = torch.tensor(s[start:])
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=(labels != -100) | (torch.arange(width)[None] < torch.tensor(starts)[:, None]),
+                     labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval().save_pretrained(directory)
+    return str(directory)
+
+
+def save_attack_models(root: str | Path) -> dict:
+    """Everything an attack needs, tiny: the short-answer policy, a target RM (LoRA on the top layer),
+    two penalty RMs (LoRA on another seed, head-only) and a judge (full fine-tune), each with random
+    weights where training would have put some (so they disagree), and 8 preference pairs."""
+    from conftest import make_pair
+    from reform_engine.data import write_jsonl
+    from reform_engine.reward_model import RewardModelSpec, build_reward_model
+
+    root = Path(root)
+    policy = save_short_answer_policy(root / "policy")
+    paths = {}
+    for name, finetune, seed in (("target", "lora", 3), ("penalty1", "lora", 4), ("penalty2", "head", 5), ("judge", "full", 6)):
+        rm = build_reward_model(RewardModelSpec(base_model=policy, finetune=finetune, lora_layers=1, lora_r=2, max_length=128),
+                                device="cpu", seed=seed)
+        with torch.no_grad():
+            for param_name, p in rm.named_parameters():
+                if "lora_B" in param_name:
+                    p.normal_(0, 0.3)
+        paths[name] = str(rm.save(root / name))
+    data = root / "pairs.jsonl"
+    write_jsonl(data, [make_pair(i, a, "Sure, happy to help.", "No. Go away!!").to_trl() for i, a in enumerate(ASKS)])
+    return {"policy": policy, **paths, "penalties": f"{paths['penalty1']},{paths['penalty2']}", "data": str(data)}
+
+
+def tiny_attack(models: dict, **overrides) -> dict:
+    """An AttackConfig's fields for a few-second attack on the tiny models; a filter so loose that
+    every sample ending in EOS passes (the tests are about the plumbing, not the attack's strength)."""
+    return {"target_rm": models["target"], "penalty_rms": models["penalties"], "judge_rm": models["judge"],
+            "policy": models["policy"], "data": models["data"], "prompts": 4, "steps": 4, "group_size": 2, "prompts_per_step": 2,
+            "max_new_tokens": 10, "base_samples": 4, "fresh_samples": 2, "threshold": -10.0, "u_z_min": -10.0,
+            "lora_layers": 1, "lora_r": 2, "lora_alpha": 4, "lr": 1e-2, "runtime": Runtime(device="cpu", threads=1), **overrides}

@@ -1,0 +1,134 @@
+"""The Adversarial attack page under AppTest, in process, on tiny models: an attack started from the
+page runs as a real background job to the end, its curves and kept samples are drawn, and the samples
+reach Curation; missing penalty and judge RMs are trained as jobs from the page."""
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from adversary_support import save_attack_models
+from reform_engine.jobs import ACTIVE, cancel_job
+from reform_engine.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+PAGE = "pages/adversarial.py"
+HANG_GUARD = 600  # seconds: only so a broken job cannot hang the suite; never a speed requirement
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict:
+    return save_attack_models(tmp_path_factory.mktemp("adversarial-app"))
+
+
+@pytest.fixture()
+def env(models, tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    for name, value in {"REFORM_POLICY": models["policy"], "REFORM_REWARD_MODEL": models["target"],
+                        "REFORM_PROJECT_DIR": str(project), "REFORM_DEVICE": "cpu", "REFORM_DATA": models["data"]}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("REFORM_ROWS", "REFORM_COMPARE_RM"):
+        monkeypatch.delenv(name, raising=False)
+    return {**models, "db": project / "reform.duckdb"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_thread_outlives_the_tests():
+    yield
+    from reform_engine.background import wait_all
+    wait_all()
+
+
+def run(at: AppTest) -> AppTest:
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def job_progress(at: AppTest) -> list[str]:
+    return [el.proto.text for el in at.get("progress") if "job #" in el.proto.text]
+
+
+def until_job_ends(at: AppTest, db: Path, job_id: int) -> dict:
+    """Re-run the page (as its live panel's timer does) until the job has ended; -> the job."""
+    deadline = time.monotonic() + HANG_GUARD
+    while True:
+        run(at)
+        job = Store(db).get_job(job_id)
+        if job["state"] not in ACTIVE:
+            run(at)  # the page as it is once the job's results are in
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} still {job['state']}: {job['message']}"
+        time.sleep(0.3)
+
+
+def table(at: AppTest, column: str):
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def test_the_page_runs_a_tiny_attack_end_to_end_and_sends_its_samples_to_curation(env):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page(PAGE)
+    run(at)
+    assert at.button(key="adversarial_start").disabled  # no penalty RMs yet
+    at.text_area(key="adversarial_penalties").set_value(f"{env['penalty1']}\n{env['penalty2']}")
+    at.text_input(key="adversarial_judge").set_value(env["judge"])
+    for key, value in {"adversarial_prompts": 4, "adversarial_steps": 3, "adversarial_group": 2, "adversarial_max_tokens": 10,
+                       "adversarial_lr": 1e-2, "adversarial_lora_layers": 1, "adversarial_base_samples": 4, "adversarial_fresh": 2,
+                       "adversarial_threshold": -10.0, "adversarial_u_z": -10.0}.items():
+        at.number_input(key=key).set_value(value)
+    run(at)
+    assert table(at, "found")["found"].tolist() == ["yes", "yes", "yes", "yes"]  # target, 2 penalties, judge
+    at.button(key="adversarial_start").click()
+    run(at)
+    (job_id,) = Store(env["db"]).list_jobs()["id"].tolist()
+    assert any(f"Started attack job #{job_id}" in s.value for s in at.success)
+    assert job_progress(at) and f"job #{job_id} attack" in job_progress(at)[0]  # live progress while it runs
+    job = until_job_ends(at, env["db"], job_id)
+    assert job["state"] == "succeeded", job["message"]
+    assert Store(env["db"]).get_job(job_id)["config"]["penalty_rms"] == f"{env['penalty1']},{env['penalty2']}"
+
+    assert len(at.get("plotly_chart")) >= 2  # the step curves and the kept sample's token trace
+    metrics = {m.label: m.value for m in at.metric}
+    kept = table(at, "Z_t")
+    assert int(metrics["Kept"]) == len(kept) > 0
+    assert set(kept["curation"]) == {"pending"}  # ingested when the job ended: waiting in Curation
+    stored = Store(env["db"]).list_variants(inversions_only=False, job_id=job_id)
+    assert set(stored["direction"]) == {"adv-rm"} and len(stored) == len(kept)
+    at.button(key="adversarial_send").click()
+    run(at)
+    assert any(f"{len(kept)} kept sample(s) of attack #{job_id} are in the Curation queue" in s.value for s in at.success)
+    assert len(Store(env["db"]).list_variants(inversions_only=False)) == len(kept)  # sending again adds nothing
+
+    at.switch_page("pages/curation.py")
+    run(at)
+    assert at.selectbox(key="curation_variant").value in stored["id"].tolist()
+    assert any(f"Found by an Adv-RM attack (job #{job_id})" in c.value for c in at.caption)
+
+
+def test_missing_penalty_and_judge_rms_are_trained_as_jobs_from_the_page(env):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page(PAGE)
+    run(at)
+    button = at.button(key="adversarial_train")
+    assert button.label == "Train 2 penalty RM(s) and a judge RM (background jobs)"
+    button.click()
+    run(at)
+    store = Store(env["db"])
+    jobs = store.list_jobs().sort_values("id")
+    try:
+        assert jobs["kind"].tolist() == ["train-rm"] * 3
+        configs = jobs["config"].tolist()
+        assert [(c["seed"], c["finetune"], c["train_sample"]) for c in configs] == [(1, "lora", 6), (2, "head", 6), (101, "lora", 6)]
+        assert {c["model"] for c in configs} == {env["policy"]} and {c["data"] for c in configs} == {env["data"]}
+        checkpoints = [str(Path(d) / "checkpoint") for d in jobs["run_dir"]]
+        assert at.text_area(key="adversarial_penalties").value == "\n".join(checkpoints[:2])
+        assert at.text_input(key="adversarial_judge").value == checkpoints[2]
+        assert any("Started train-rm job(s)" in s.value for s in at.success)
+        found = table(at, "found")
+        assert found["role"].tolist() == ["target", "penalty 1", "penalty 2", "judge"]
+        assert at.button(key="adversarial_start").disabled == (found["found"] != "yes").any()
+    finally:
+        for job_id in jobs["id"]:
+            cancel_job(store, int(job_id), grace=5)
