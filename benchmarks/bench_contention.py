@@ -14,7 +14,7 @@ to status.json. One job process serves every phase:
                       (measured before and after the phases below, averaged)
     full threads      scoring beside the job with the app's default threads (the old behaviour)
     capped            scoring beside the job, its thread first capped by ``jobs.cap_app_threads``
-                      (what pages/_shared.share_cpu does: 1 thread on 2 cores while a job runs)
+                      (what pages/_cpu.share_cpu does: 1 thread on 2 cores while a job runs)
 
 Throughput together, relative to one after the other, is the sum of each side's share of its alone
 rate: score_rate / score_rate_alone + train_rate / train_rate_alone. 1.0 is as good as taking turns;
