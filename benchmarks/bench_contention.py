@@ -144,8 +144,8 @@ def main() -> None:
 
     score_alone, _ = score_in_thread(rm, app_pairs, lambda: set_cpu_threads(full), until=lambda passes: passes < 2)
     store = Store(work / "project" / "reform.duckdb")
-    job_id = start_job(store, "train-rm", {"data": train_data, "train_rows": train_rows, "model": model,
-                                          "batch_size": args.batch_size, "max_steps": 1_000_000, "device": "cpu"})
+    job_id = start_job(store, "train-rm", {"data": train_data, "train_rows": train_rows, "model": {"base_model": model},
+                                          "batch_size": args.batch_size, "max_steps": 1_000_000, "runtime": {"device": "cpu"}})
     run_dir = Path(store.get_job(job_id)["run_dir"])
     watch = JobWatch(run_dir)
     threads_seen: list[int] = []

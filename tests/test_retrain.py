@@ -110,3 +110,13 @@ def test_retrain_job_trains_evaluates_both_and_resumes(base_run, approved_file, 
 
     again = run_retrain(cfg, tmp_path / "run")
     assert all(t.reused for t in again.stages) and again.summary_rows() == result.summary_rows()
+
+
+def test_a_flat_config_json_of_a_run_before_nested_configs_reads_as_no_recipe(tmp_path, approved_file):
+    (tmp_path / "old" / "checkpoint").mkdir(parents=True)
+    flat = {"data": "d.jsonl", "train_rows": "0:6", "model": "smollm2-135m-instruct", "finetune": "lora", "lora_layers": 8,
+            "max_length": 320, "lr": 2e-4, "epochs": 2, "seed": 3, "device": "cpu", "dtype": "float32", "threads": 0}
+    (tmp_path / "old" / "config.json").write_text(json.dumps(flat))
+    assert base_training_config(tmp_path / "old" / "checkpoint") is None
+    with pytest.raises(ValueError, match="not a reward-model checkpoint"):  # nor a spec to fall back on: asked, not crashed
+        RetrainConfig(base_rm=str(tmp_path / "old" / "checkpoint"), augment_data=approved_file, data="d.jsonl").training_config()
