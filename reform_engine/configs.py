@@ -126,12 +126,9 @@ def parse_bool(text: str) -> bool:
 def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
     """One ``--flag`` per field of ``cls`` (``--group.flag`` for a nested config's), with its help and default."""
     groups: dict[str, Any] = {}
-    top = {f.name: f for f in dataclasses.fields(cls)}
     for flag in flags(cls):
         if flag.group not in groups:
-            head = flag.group.split(".")[0]
-            about = top[head].metadata.get("help", "") if head in top else ""
-            groups[flag.group] = parser.add_argument_group(flag.group, about.replace("%", "%%")) if flag.group else parser
+            groups[flag.group] = parser.add_argument_group(flag.group, _group_help(cls, flag.path[:-1])) if flag.group else parser
         kwargs: dict[str, Any] = {"dest": flag.dest, "help": flag.help.replace("%", "%%")}
         if flag.default is MISSING:
             kwargs["required"] = True
@@ -141,10 +138,21 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
         if flag.type is bool:  # '--flag' alone means true; '--flag false' still works
             kwargs.update(nargs="?", const=True, type=parse_bool, metavar="true|false")
         else:
-            kwargs.update(type=_or_none(flag.type) if flag.optional else flag.type, metavar=flag.path[-1].upper())
+            kwargs.update(type=_or_none(flag.type) if flag.optional else flag.type)
+            if not flag.choices:  # argparse shows the choices themselves
+                kwargs["metavar"] = flag.path[-1].upper()
         if flag.choices:
             kwargs["choices"] = list(flag.choices)
         groups[flag.group].add_argument(flag.option, **kwargs)
+
+
+def _group_help(cls: type, path: tuple[str, ...]) -> str:
+    """The help of the nested config at ``path`` (the field that holds it)."""
+    about = ""
+    for name in path:
+        found = {f.name: f for f in dataclasses.fields(cls)}[name]
+        about, cls = found.metadata.get("help", ""), _plain(typing.get_type_hints(cls)[name])[0]
+    return about
 
 
 def _spelt(value: Any) -> str:

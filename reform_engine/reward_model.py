@@ -42,7 +42,7 @@ class RewardModelSpec:
     """What a checkpoint needs to rebuild its model (its ``reward_model.json``), and the model part of
     train-rm's recipe (``TrainRewardConfig.model``): the defaults are the training recipe's."""
 
-    base_model: str = setting(DEFAULT_MODEL, "backbone: a model id or directory (default: the offline SmolLM2)")
+    base_model: str = setting(DEFAULT_MODEL, "backbone: a model id or directory; smollm2-135m-instruct is the offline SmolLM2")
     finetune: str = setting("lora", "lora: cheap and strong; head: fastest, weakest; full: most memory", choices=FINETUNE_MODES)
     lora_r: int = setting(16, "LoRA rank")
     lora_alpha: int = setting(32, "LoRA scale: the update is multiplied by lora_alpha / lora_r")
