@@ -8,7 +8,7 @@ not beat both has learned little beyond length.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -19,6 +19,7 @@ from .reward_model import load_reward_model
 from .runs import RunDir, job
 from .runtime import Runtime
 from .scoring import ScoringJob, score_pairs
+from .trunk_cache import finish, open_trunk_cache
 
 
 @dataclass
@@ -50,7 +51,7 @@ def pairwise_metrics(r_chosen: torch.Tensor, r_rejected: torch.Tensor, pairs: Se
 @dataclass
 class EvaluateRewardConfig(ScoringJob):
     batch_size: int = setting(16, "sequences per forward pass")
-    runtime: Runtime = nested(Runtime, "device, dtype, threads, remote-code leave")
+    runtime: Runtime = nested(Runtime, "device, dtype, threads, remote-code leave, trunk cache")
 
     def __post_init__(self):
         super().__post_init__()
@@ -64,6 +65,7 @@ class EvaluateRewardResult:
     skipped_rows: int                       # invalid rows of the data, left out
     prompts_truncated: int                  # sides whose prompt was cut from the left to fit max_length
     seconds: float                          # loading and scoring
+    trunk_cache: dict = field(default_factory=dict)  # hits, misses, entries, bytes (trunk_cache.TrunkCache.summary)
 
 
 @job("loading", done=lambda r: f"accuracy {r.metrics.accuracy:.3f}")
@@ -73,6 +75,8 @@ def evaluate_reward_model(config: EvaluateRewardConfig, run: RunDir) -> Evaluate
     data, pairs = config.read_pairs()
     rm = load_reward_model(config.reward_model, **config.runtime.load_args(), max_length=config.max_length)
     run.set_status("running", progress=0.1, message=f"scoring {len(pairs)} pairs")
-    scores = score_pairs(rm, pairs, batch_size=config.batch_size, max_length=config.max_length)
+    trunk, note = open_trunk_cache(rm, run_dir=run.path, related=[config.reward_model], **config.runtime.trunk_args())
+    run.log(note)
+    scores = score_pairs(rm, pairs, batch_size=config.batch_size, max_length=config.max_length, trunk=trunk)
     return EvaluateRewardResult(pairwise_metrics(scores.r_chosen, scores.r_rejected, pairs), len(data.report.skipped),
-                                scores.truncated, time.perf_counter() - start)
+                                scores.truncated, time.perf_counter() - start, finish(trunk, note, run.log))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +19,7 @@ from .data import DataError, PreferencePair, write_jsonl
 from .runs import RunDir, job
 from .runtime import Runtime
 from .scoring import PairScores, ScoringJob
+from .trunk_cache import finish, open_trunk_cache
 
 STRATEGIES = ("lowest_loss", "random", "highest_loss")
 SKIPPED_FILE = "skipped.jsonl"  # beside scored.jsonl: the pairs an influential run could not score (too long)
@@ -106,7 +107,7 @@ class InfluenceConfig(ScoringJob):
                             choices=STRATEGIES)
     skip_too_long: bool = setting(True, "a pair whose response does not fit max_length is left out and counted, not fatal")
     batch_size: int = setting(16, "sequences per forward pass")
-    runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (of strategy random), remote-code leave")
+    runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (of strategy random), remote-code leave, trunk cache")
 
     def __post_init__(self):
         super().__post_init__()
@@ -124,6 +125,7 @@ class InfluenceResult:
     scored_path: str                        # every pair with rewards, loss, rank (JSONL)
     selected_path: str                      # the selection (JSONL)
     seconds: float
+    trunk_cache: dict = field(default_factory=dict)  # hits, misses, entries, bytes (trunk_cache.TrunkCache.summary)
 
 
 @job("scoring training pairs", done=lambda r: f"selected {r.n_selected} of {r.n_scored} pairs"
@@ -136,8 +138,9 @@ def find_influential(config: InfluenceConfig, run: RunDir) -> InfluenceResult:
     start = time.perf_counter()
     pairs = config.read_pairs()[1]
     rm = load_reward_model(config.reward_model, **config.runtime.load_args(), max_length=config.max_length)
-    run.log(f"scoring {len(pairs)} pairs")
-    scores = score_pairs(rm, pairs, batch_size=config.batch_size, max_length=config.max_length,
+    trunk, note = open_trunk_cache(rm, run_dir=run.path, related=[config.reward_model], **config.runtime.trunk_args())
+    run.log(f"scoring {len(pairs)} pairs; {note}")
+    scores = score_pairs(rm, pairs, batch_size=config.batch_size, max_length=config.max_length, trunk=trunk,
                          skip_too_long=config.skip_too_long,
                          on_progress=lambda done, total: run.progress(done, total, message=f"{done}/{total} responses scored"))
     if scores.skipped:
@@ -154,4 +157,5 @@ def find_influential(config: InfluenceConfig, run: RunDir) -> InfluenceResult:
                                           for i in scores.skipped])
     return InfluenceResult(len(scored), len(scores.skipped), len(selected), config.strategy,
                            sum(s.loss for s in scored) / len(scored), sum(s.loss for s in selected) / len(selected),
-                           str(run.path / "scored.jsonl"), str(run.path / "selected.jsonl"), time.perf_counter() - start)
+                           str(run.path / "scored.jsonl"), str(run.path / "selected.jsonl"), time.perf_counter() - start,
+                           finish(trunk, note, run.log))

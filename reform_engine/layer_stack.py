@@ -131,3 +131,19 @@ def prefill_mask(pad_mask: torch.Tensor, kind: str, dtype: torch.dtype) -> torch
     if kind == "bool":
         return allowed
     return torch.zeros(allowed.shape, dtype=dtype, device=pad_mask.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def segment_mask(segments: torch.Tensor, kind: str, dtype: torch.dtype) -> torch.Tensor:
+    """Mask for packed rows (B, W) of segment ids -> (B, 1, W, W).
+
+    Segment 0 is a prompt, k > 0 is its k-th response, -1 is padding. Causal everywhere; a response
+    sees the prompt and its own earlier tokens, never another response; a pad sees only itself (no
+    all-masked row)."""
+    W = segments.shape[1]
+    eye = torch.eye(W, dtype=torch.bool, device=segments.device)
+    q, k = segments[:, :, None], segments[:, None, :]  # (B, W, 1), (B, 1, W)
+    allowed = torch.ones(W, W, dtype=torch.bool, device=segments.device).tril() & (q >= 0) & ((k == 0) | (k == q))
+    allowed = (allowed | eye)[:, None]
+    if kind == "bool":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=segments.device).masked_fill(~allowed, torch.finfo(dtype).min)

@@ -55,7 +55,7 @@ class PipelineConfig:
     robustness: RobustnessConfig = nested(lambda: RobustnessConfig(reward_model=""),
                                           "the robustness of every compared model on the held-out pairs",
                                           set_by_job=("reward_model", "data", "rows", "runtime"))
-    runtime: Runtime = nested(Runtime, "device, dtype, threads, seed and remote-code leave of every stage")
+    runtime: Runtime = nested(Runtime, "every stage's device, dtype, threads, seed, remote-code leave, trunk cache (auto: one)")
 
     def __post_init__(self):
         parse_rows(self.eval_rows)
@@ -89,12 +89,17 @@ def _count_lines(path: str) -> int:
 
 def _outcome(result: ComparisonResult) -> str:
     reform = next((m for m in result.models if m.name == "reform"), None)
-    return f"reform mean drop {reform.mean_drop:+.3f} vs base {result.models[0].mean_drop:+.3f}" if reform else "no inversions found"
+    if reform is None:
+        return "no inversions found"
+    return f"reform mean drop {reform.mean_drop:+.3f} vs base {result.models[0].mean_drop:+.3f}"
 
 
 @job("starting", done=_outcome)
 def run_pipeline(config: PipelineConfig, run: RunDir) -> ComparisonResult:
     """The REFORM loop end to end; writes ``report.json`` (models, stages, tables) in ``run_dir``."""
+    if config.runtime.trunk_cache == "auto":  # one cache for every stage: only new texts pay for the frozen layers
+        shared = dataclasses.replace(config.runtime, trunk_cache=str(run.path / "trunk_cache"))
+        config = dataclasses.replace(config, runtime=shared)
     strategies = ["lowest_loss"] + (["random"] if config.ablate_random else [])
     no_aug = config.ablate_no_augment and config.retrain.mode == "finetune"
     stages = Stages(run, total=(0 if config.base_rm else 1) + 2 + 3 * len(strategies) + 2 * no_aug)

@@ -22,6 +22,7 @@ from .runs import RunDir, job, read_json
 from .runtime import Runtime
 from .stages import ComparisonResult, ModelReport, RetrainRecipe, Stages
 from .training import TrainRewardConfig, train_reward_model
+from .trunk_cache import run_cache_dirs
 
 
 # --------------------------------------------------------------------------- the base's recipe
@@ -72,7 +73,8 @@ class RetrainConfig:
                                           "the robustness of base and retrained on the held-out pairs",
                                           set_by_job=("reward_model", "data", "rows", "runtime"))
     runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (of the perturbations; the retraining keeps the "
-                                       "base's seed), remote-code leave")
+                                       "base's seed), remote-code leave; trunk cache 'auto': run_dir/trunk_cache for every "
+                                       "stage, reading the base run's too")
 
     def __post_init__(self):
         if not self.base_rm.strip():
@@ -115,6 +117,10 @@ def _outcome(result: ComparisonResult) -> str:
 def run_retrain(config: RetrainConfig, run: RunDir) -> ComparisonResult:
     """Retrain, then evaluate base and retrained; writes ``report.json`` (the pipeline's format, models
     ``base`` and ``retrained``) in ``run_dir``."""
+    if config.runtime.trunk_cache == "auto":  # one cache for the stages, reading the base's: only new texts pay
+        shared = [run.path / "trunk_cache", *run_cache_dirs(config.base_rm)]
+        config = dataclasses.replace(config, runtime=dataclasses.replace(
+            config.runtime, trunk_cache=",".join(map(str, dict.fromkeys(shared)))))
     stages = Stages(run, total=3)
     training = config.training_config()
     n_new = _count_pairs(config.augment_data)

@@ -109,7 +109,14 @@ class CausalRewardModel(nn.Module):
         rewards = self.token_rewards(input_ids, attention_mask)
         return rewards.gather(1, last_token_index(attention_mask)[:, None]).squeeze(1)
 
-    forward = score
+    def forward(self, input_ids=None, attention_mask=None, packed=None, lower=None) -> torch.Tensor:
+        """``score(input_ids, attention_mask)``; or, given a ``prompt_once.Packed`` batch, its members'
+        rewards (N,), starting at layer ``lower[0]`` from the hidden states ``lower[1]`` if given (a
+        trunk cache's). One entry point, so a DDP wrapper's forward covers both."""
+        if packed is None:
+            return self.score(input_ids, attention_mask)
+        from .prompt_once import packed_rewards
+        return packed_rewards(self, packed, lower)
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> Path:

@@ -22,6 +22,7 @@ from .perturbations import PERTURBATIONS, perturb
 from .runs import RunDir, job
 from .runtime import Runtime
 from .scoring import ScoringJob
+from .trunk_cache import finish, open_trunk_cache
 
 
 def perturb_pairs(pairs: Sequence[PreferencePair], name: str, seed: int = 0) -> list[PreferencePair]:
@@ -88,7 +89,7 @@ def spurious_indicators(texts: Sequence[str], rewards: Sequence[float]) -> Spuri
 class RobustnessConfig(ScoringJob):
     perturbations: str = setting(",".join(PERTURBATIONS), "comma-separated perturbation names (perturbations.py)")
     batch_size: int = setting(16, "sequences per forward pass")
-    runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (of the perturbations), remote-code leave")
+    runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (of the perturbations), remote-code leave, trunk cache")
 
     def names(self) -> list[str]:
         return [n.strip() for n in self.perturbations.split(",") if n.strip()]
@@ -108,13 +109,15 @@ class RobustnessResult:
     per_perturbation: list[PerturbationResult] = field(default_factory=list)
     indicators: SpuriousIndicators | None = None
     seconds: float = 0.0
+    trunk_cache: dict = field(default_factory=dict)  # hits, misses, entries, bytes (trunk_cache.TrunkCache.summary)
 
 
 def robustness_report(rm, pairs: Sequence[PreferencePair], names: Sequence[str], *, seed: int = 0, batch_size: int = 16,
-                      max_length: int | None = None, on_progress=None) -> RobustnessResult:
+                      max_length: int | None = None, on_progress=None, trunk=None) -> RobustnessResult:
     """Clean and perturbed win rates of ``rm`` on ``pairs``. A perturbation changes one side, so the
     other side keeps its clean score; each pair's prompt is run once for its clean sides and all its
-    perturbed sides together (scoring.score_encoded_groups). ``on_progress(done, total)`` counts pairs."""
+    perturbed sides together (scoring.score_encoded_groups; ``trunk``: a trunk_cache.TrunkCache).
+    ``on_progress(done, total)`` counts pairs."""
     from .data import DataError
     from .scoring import encode, score_encoded_groups
 
@@ -134,7 +137,7 @@ def robustness_report(rm, pairs: Sequence[PreferencePair], names: Sequence[str],
                                       use_chat_template=rm.spec.use_chat_template) for t in texts])
             except DataError as exc:
                 raise DataError(exc.message, source=f"pair {p.pair_id}", fix=exc.fix) from exc
-        for g in score_encoded_groups(rm, groups, batch_size=batch_size):
+        for g in score_encoded_groups(rm, groups, batch_size=batch_size, trunk=trunk):
             r_c.append(g[0])
             r_r.append(g[1])
             for name, value in zip(names, g[2:]):
@@ -161,6 +164,10 @@ def evaluate_robustness(config: RobustnessConfig, run: RunDir) -> RobustnessResu
 
     pairs = config.read_pairs()[1]
     rm = load_reward_model(config.reward_model, **config.runtime.load_args(), max_length=config.max_length)
-    return robustness_report(rm, pairs, config.names(), seed=config.runtime.seed, batch_size=config.batch_size,
-                             max_length=config.max_length,
-                             on_progress=lambda i, n: run.progress(i, n, message=f"{i}/{n} pairs scored"))
+    trunk, note = open_trunk_cache(rm, run_dir=run.path, related=[config.reward_model], **config.runtime.trunk_args())
+    run.log(note)
+    result = robustness_report(rm, pairs, config.names(), seed=config.runtime.seed, batch_size=config.batch_size,
+                               max_length=config.max_length, trunk=trunk,
+                               on_progress=lambda i, n: run.progress(i, n, message=f"{i}/{n} pairs scored"))
+    result.trunk_cache = finish(trunk, note, run.log)
+    return result

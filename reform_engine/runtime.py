@@ -9,8 +9,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .trunk_cache import DEFAULT_CAP_GB, check_setting
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-PLACEMENT = ("device", "dtype", "threads", "trust_remote_code")  # Runtime fields a reused stage may differ in (stages.py)
+# Runtime fields a reused stage may differ in (stages.py): where and how it ran, not what it computed
+PLACEMENT = ("device", "dtype", "threads", "trust_remote_code", "trunk_cache", "trunk_cache_gb")
 
 
 @dataclass
@@ -27,6 +30,12 @@ class Runtime:
     trust_remote_code: bool = field(default=False, metadata={
         "help": "let Python code shipped with a model (auto_map) run: only for models you trust; the only way to allow it "
                 "(a checkpoint cannot allow itself)"})
+    trunk_cache: str = field(default="auto", metadata={
+        "help": "hidden states of a reward model's frozen lower layers, computed once (trunk_cache.py), for the jobs that "
+                "score or train one: 'auto' = run_dir/trunk_cache plus the reward model's run's, 'off', or directories "
+                "(the first written, the rest read)"})
+    trunk_cache_gb: float = field(default=DEFAULT_CAP_GB, metadata={
+        "help": "cap on what the job writes to the trunk cache; past it states are recomputed, not stored"})
 
     def __post_init__(self):
         if self.device != "auto":
@@ -34,6 +43,11 @@ class Runtime:
         resolve_dtype(self.dtype)
         if not isinstance(self.threads, int) or self.threads < 0:
             raise ValueError(f"threads={self.threads!r}: use 0 for torch's default or a count >= 1")
+        check_setting(self.trunk_cache, self.trunk_cache_gb)
+
+    def trunk_args(self) -> dict:
+        """The keyword arguments of trunk_cache.open_trunk_cache: the setting and the cap."""
+        return {"setting": self.trunk_cache, "cap_gb": self.trunk_cache_gb}
 
     def load_args(self) -> dict:
         """The keyword arguments every model loader takes from the runtime: device, dtype, trust_remote_code."""

@@ -192,9 +192,11 @@ class PairScores:
 
 
 def score_pairs(rm, pairs: Sequence[PreferencePair], *, batch_size: int = 16, max_length: int | None = None,
-                bucket: bool = True, share_prompt: bool = True, skip_too_long: bool = False, on_progress=None) -> PairScores:
+                bucket: bool = True, share_prompt: bool = True, skip_too_long: bool = False, on_progress=None,
+                trunk=None) -> PairScores:
     """Rewards of both sides of every pair. With a causal RM and ``share_prompt`` the prompt, which
-    both sides share, is run once and its KV cache reused for the two responses.
+    both sides share, is run once for the two responses (``score_encoded_groups``; ``trunk``: a
+    ``trunk_cache.TrunkCache`` serving the frozen lower layers).
     ``skip_too_long``: a pair with a response too long for ``max_length`` is left out (listed in
     ``skipped``) instead of failing the whole run. ``on_progress(done, total)`` counts scored sides."""
     encoded = encode_pairs(rm, pairs, max_length=max_length, skip_too_long=skip_too_long)
@@ -204,7 +206,7 @@ def score_pairs(rm, pairs: Sequence[PreferencePair], *, batch_size: int = 16, ma
     if not enc:
         return PairScores(torch.empty(0), torch.empty(0), 0, skipped)
     if share_prompt and rm.is_causal and bucket:
-        out = score_encoded_groups(rm, enc, batch_size=batch_size, on_progress=on_progress)
+        out = score_encoded_groups(rm, enc, batch_size=batch_size, on_progress=on_progress, trunk=trunk)
         return PairScores(torch.tensor([g[0] for g in out]), torch.tensor([g[1] for g in out]), truncated, skipped)
     seqs = [e.ids for pair in enc for e in pair]
     scores = score_sequences(rm, seqs, batch_size=batch_size, bucket=bucket, on_progress=_counter(len(seqs), on_progress))
@@ -225,14 +227,19 @@ def _counter(total: int, on_progress):
 
 
 def score_encoded_groups(rm, groups: Sequence[Sequence[Encoded]], *, batch_size: int = 16,
-                         on_progress=None) -> list[list[float]]:
+                         on_progress=None, trunk=None) -> list[list[float]]:
     """Rewards of groups of sequences that answer one prompt each (a pair's two sides, or a pair plus
     its perturbed sides) -> one list of rewards per group, in order.
 
-    Causal RM: members whose prompt ids are equal form a unit; the unit's prompt is run once and its
-    KV cache copied to every response (prompts are most of the tokens in dialogue data). Otherwise,
-    and for members whose prompt was cut differently, every sequence is scored whole.
+    Members whose prompt ids are equal form a unit whose prompt is run once (prompts are most of the
+    tokens in dialogue data): Llama-style causal RM, one row per unit (``prompt_once``, with the
+    ``trunk`` cache if given); other causal RMs, the prompt's KV cache copied to every response.
+    Otherwise, and for members whose prompt was cut differently, every sequence is scored whole.
     ``on_progress(done, total)`` counts scored sequences."""
+    from . import prompt_once
+
+    if prompt_once.applies(rm):
+        return prompt_once.score_groups(rm, groups, batch_size=batch_size, trunk=trunk, on_progress=on_progress)
     out = [[float("nan")] * len(g) for g in groups]
     count = _counter(sum(len(g) for g in groups), on_progress)
     units: dict[tuple, list[tuple[int, int]]] = {}

@@ -16,6 +16,7 @@ from .reward_model import RewardModelSpec, build_reward_model, load_causal_rewar
 from .runs import RunDir, job
 from .runtime import Runtime, seed_everything
 from .scoring import bradley_terry_loss, collate, encode, score_pairs
+from .trunk_cache import finish, open_trunk_cache
 
 
 @dataclass
@@ -44,7 +45,8 @@ class TrainRewardConfig:
     weight_decay: float = setting(0.0, "AdamW weight decay")
     warmup_ratio: float = setting(0.05, "share of the steps spent warming the learning rate up")
     max_grad_norm: float = setting(1.0, "gradient clipping norm (0 = no clipping)")
-    runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (model init and data order), remote-code leave")
+    runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (model init and data order), remote-code leave, "
+                                       "trunk cache")
 
     def __post_init__(self):
         checks = [(self.batch_size >= 1, "batch_size must be >= 1"), (self.lr > 0, "lr must be > 0"),
@@ -68,6 +70,7 @@ class TrainRewardResult:
     final_loss: float                       # mean loss over the last 10% of steps
     loss_curve: list[float] = field(default_factory=list)
     eval: PairwiseMetrics | None = None
+    trunk_cache: dict = field(default_factory=dict)  # hits, misses, entries, bytes (trunk_cache.TrunkCache.summary)
 
 
 def batch_order(lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
@@ -156,6 +159,8 @@ def train_reward_model(config: TrainRewardConfig, run: RunDir) -> TrainRewardRes
     run.log(f"{len(pairs)} training pairs, {too_long} skipped as too long for max_length={spec.max_length}, "
             f"{len(data.report.skipped)} invalid rows skipped")
 
+    trunk, note = open_trunk_cache(rm, run_dir=run.path, related=[config.init_from], **rt.trunk_args())
+    run.log(note)
     lengths = [max(len(c.ids), len(r.ids)) for c, r in encoded]
     steps_per_epoch = math.ceil(math.ceil(len(pairs) / config.batch_size) / (accelerator.num_processes if accelerator else 1))
     total = config.max_steps or steps_per_epoch * config.epochs
@@ -163,17 +168,22 @@ def train_reward_model(config: TrainRewardConfig, run: RunDir) -> TrainRewardRes
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, int(total * config.warmup_ratio)))
     pad_id = rm.tokenizer.pad_token_id
-    score = accelerator.prepare(rm) if accelerator else rm.score  # DDP: the wrapper's forward is score and syncs gradients
+    model = accelerator.prepare(rm) if accelerator else rm  # DDP: the wrapper's forward is rm's and syncs gradients
 
     rm.train()
     losses: list[float] = []
     step, start = 0, time.perf_counter()
     bar = tqdm(total=total, desc="train-rm", unit="step", dynamic_ncols=True, disable=not is_main)
     while step < total:
+        if trunk:
+            trunk.refresh()  # what other processes of a launch stored last epoch
         for batch in _shard(batch_order(lengths, config.batch_size, generator), accelerator):
-            seqs = [encoded[i][0].ids for i in batch] + [encoded[i][1].ids for i in batch]
-            ids, mask = collate(seqs, pad_id, "right", rm.device)  # (2B, T)
-            scores = score(ids, mask)  # (2B,)
+            if trunk:
+                scores = trunk.pair_scores(model, rm, [encoded[i] for i in batch])  # (2B,)
+            else:
+                seqs = [encoded[i][0].ids for i in batch] + [encoded[i][1].ids for i in batch]
+                ids, mask = collate(seqs, pad_id, "right", rm.device)  # (2B, T)
+                scores = model(ids, mask)  # (2B,)
             loss = bradley_terry_loss(scores[: len(batch)], scores[len(batch):])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -205,9 +215,10 @@ def train_reward_model(config: TrainRewardConfig, run: RunDir) -> TrainRewardRes
         run.set_status("running", progress=1.0, message="evaluating")
         eval_data = load_preferences(config.eval_data, skip_invalid=config.skip_invalid)
         eval_pairs = select_rows(eval_data.pairs, config.eval_rows)
-        scores = score_pairs(rm, eval_pairs, max_length=max(1024, spec.max_length))
+        scores = score_pairs(rm, eval_pairs, max_length=max(1024, spec.max_length), trunk=trunk)
         metrics = pairwise_metrics(scores.r_chosen, scores.r_rejected, eval_pairs)
+    cache_summary = finish(trunk, note, run.log)
     tail = losses[-max(1, len(losses) // 10):]
     pairs_seen = min(step * config.batch_size, len(pairs) * config.epochs) if not config.max_steps else step * config.batch_size
     return TrainRewardResult(str(run.checkpoint_path), len(pairs), skipped, step, seconds, pairs_seen / seconds,
-                             sum(tail) / len(tail), losses, metrics)
+                             sum(tail) / len(tail), losses, metrics, cache_summary)

@@ -61,3 +61,24 @@ def test_influential_job_skips_an_over_long_pair_counts_it_and_variants_read_the
     assert [json.loads(line)["pair_id"] for line in open(tmp_path / "run" / "skipped.jsonl")] == ["d.jsonl:8"]
     loaded = load_scored(load_preferences(tmp_path / "d.jsonl").pairs, res.scored_path)  # a later variants job leaves it out too
     assert [s.pair.pair_id for s in loaded] == [f"d.jsonl:{i}" for i in range(8)]
+
+
+def test_influence_right_after_training_reads_the_training_cache_and_scores_as_uncached(tiny_model_dir, toy_pairs, tmp_path):
+    from reform_engine.reward_model import RewardModelSpec
+    from reform_engine.training import TrainRewardConfig, train_reward_model
+
+    write_jsonl(tmp_path / "d.jsonl", [p.to_trl() for p in toy_pairs])
+    spec = RewardModelSpec(base_model=tiny_model_dir, lora_r=4, lora_alpha=8, lora_layers=1, max_length=128)
+    trained = train_reward_model(TrainRewardConfig(model=spec, data=str(tmp_path / "d.jsonl"), batch_size=4, epochs=1,
+                                                   runtime=Runtime(device="cpu")), tmp_path / "train")
+    runs = {}
+    for setting in ("auto", "off"):
+        runs[setting] = find_influential(InfluenceConfig(reward_model=trained.checkpoint, data=str(tmp_path / "d.jsonl"),
+                                                         runtime=Runtime(device="cpu", trunk_cache=setting)), tmp_path / setting)
+    cached, cold = ([json.loads(line) for line in open(runs[s].scored_path)] for s in ("auto", "off"))
+    assert [r["rank"] for r in cached] == [r["rank"] for r in cold]
+    torch.testing.assert_close(torch.tensor([[r["r_chosen"], r["r_rejected"]] for r in cached]),
+                               torch.tensor([[r["r_chosen"], r["r_rejected"]] for r in cold]), atol=1e-5, rtol=0)
+    # every state comes from the training run's files; the influence run writes none of its own
+    assert {k: runs["auto"].trunk_cache[k] for k in ("hits", "misses", "written_bytes")} == {"hits": 24, "misses": 0, "written_bytes": 0}
+    assert not (tmp_path / "auto" / "trunk_cache").exists()

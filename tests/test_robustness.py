@@ -82,3 +82,26 @@ def test_grouped_scoring_gives_the_win_rates_of_rescoring_each_perturbed_set(tin
         assert r.perturbed_win_rate == pytest.approx(win_rate(s.r_chosen, s.r_rejected))
     clean = score_pairs(tiny_rm, toy_pairs, share_prompt=False)
     assert res.clean_win_rate == pytest.approx(win_rate(clean.r_chosen, clean.r_rejected))
+
+
+def test_robustness_with_the_trunk_cache_equals_without_and_a_model_on_the_same_trunk_only_reads(tiny_model_dir, toy_pairs, tmp_path):
+    from reform_engine.reward_model import RewardModelSpec, build_reward_model
+
+    write_jsonl(tmp_path / "d.jsonl", [p.to_trl() for p in toy_pairs])
+    for seed in (0, 1):  # two RMs sharing the frozen layer 0: LoRA on layer 1 and the head differ
+        spec = RewardModelSpec(base_model=tiny_model_dir, finetune="lora", lora_r=4, lora_alpha=8, lora_layers=1)
+        build_reward_model(spec, device="cpu", seed=seed).save(tmp_path / f"rm{seed}")
+    shared = str(tmp_path / "shared")
+
+    def run(rm, setting, name):
+        cfg = RobustnessConfig(reward_model=str(tmp_path / rm), data=str(tmp_path / "d.jsonl"), perturbations="verbosity,markdown",
+                               runtime=Runtime(device="cpu", trunk_cache=setting))
+        return evaluate_robustness(cfg, tmp_path / name)
+
+    cold, first, second = run("rm0", "off", "cold"), run("rm0", shared, "first"), run("rm1", shared, "second")
+    assert first.clean_win_rate == cold.clean_win_rate and first.mean_drop == cold.mean_drop
+    assert [r.perturbed_win_rate for r in first.per_perturbation] == [r.perturbed_win_rate for r in cold.per_perturbation]
+    assert first.indicators.length_corr == pytest.approx(cold.indicators.length_corr, abs=1e-5)
+    # 8 prompts + 8 x (2 clean + 2 perturbed) responses, computed once, then read by the other model
+    assert (first.trunk_cache["misses"], second.trunk_cache["hits"], second.trunk_cache["misses"]) == (40, 40, 0)
+    assert "trunk cache: 40 hits, 0 misses" in (tmp_path / "second" / "log.txt").read_text()

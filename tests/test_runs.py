@@ -149,7 +149,8 @@ def test_the_job_frame_caps_threads_writes_metrics_and_marks_success(tmp_path):
     assert result == {"words": 3, "threads": 1}
     assert read_json(tmp_path / "run" / "metrics.json") == result
     assert read_json(tmp_path / "run" / "config.json") == {"text": "one two three", "runtime": {
-        "device": "auto", "dtype": "float32", "threads": 1, "seed": 0, "trust_remote_code": False}}
+        "device": "auto", "dtype": "float32", "threads": 1, "seed": 0, "trust_remote_code": False, "trunk_cache": "auto",
+        "trunk_cache_gb": 4.0}}
     status = read_json(tmp_path / "run" / "status.json")
     assert (status["state"], status["message"], status["progress"], status["step"], status["total"]) == (
         "succeeded", "3 words", 1.0, 2, 2)

@@ -30,9 +30,13 @@ def toy_file(tmp_path, toy_pairs):
     return str(path)
 
 
-def _config(model_dir, data, seed=0, **kw):
-    base = dict(model=RewardModelSpec(base_model=model_dir, finetune="lora", lora_r=4, lora_alpha=8, max_length=128), data=data,
-                batch_size=4, epochs=8, lr=5e-3, runtime=Runtime(device="cpu", seed=seed), warmup_ratio=0.0)
+def _config(model_dir, data, seed=0, model=(), runtime=(), **kw):
+    """The toy recipe; ``model`` and ``runtime``: fields of its RewardModelSpec and Runtime to change."""
+    spec = RewardModelSpec(**{"base_model": model_dir, "finetune": "lora", "lora_r": 4, "lora_alpha": 8, "max_length": 128,
+                              **dict(model)})
+    base = dict(model=spec, data=data, batch_size=4, epochs=8, lr=5e-3, runtime=Runtime(**{"device": "cpu", "seed": seed,
+                                                                                          **dict(runtime)}),
+                warmup_ratio=0.0)
     return TrainRewardConfig(**{**base, **kw})
 
 
@@ -137,3 +141,58 @@ def test_shard_gives_every_process_the_same_number_of_batches():
     assert _shard(batches, TwoProcesses()) == [[1], [3], [0]]  # wraps around so both processes take 3 steps
     TwoProcesses.process_index = 0
     assert _shard(batches, TwoProcesses()) == [[0], [2], [4]]
+
+
+def test_cached_training_gives_the_uncached_losses_over_two_epochs_and_logs_the_cache(tiny_model_dir, toy_file, tmp_path):
+    cfg = dict(epochs=2, model={"lora_layers": 1}, eval_data=toy_file)
+    off = train_reward_model(_config(tiny_model_dir, toy_file, runtime={"trunk_cache": "off"}, **cfg), tmp_path / "off")
+    on = train_reward_model(_config(tiny_model_dir, toy_file, **cfg), tmp_path / "on")
+    assert len(on.loss_curve) == 4
+    torch.testing.assert_close(torch.tensor(on.loss_curve), torch.tensor(off.loss_curve), atol=1e-5, rtol=0)
+    assert on.eval.mean_margin == pytest.approx(off.eval.mean_margin, abs=1e-5)
+    # epoch 1 computes 8 prompts + 16 responses, epoch 2 and the evaluation read them
+    assert {k: on.trunk_cache[k] for k in ("split", "hits", "misses", "entries")} == {"split": 1, "hits": 48, "misses": 24, "entries": 24}
+    assert off.trunk_cache == {"off": "trunk cache: off"}
+    metrics = json.loads((tmp_path / "on" / "metrics.json").read_text())
+    assert metrics["trunk_cache"]["bytes"] == on.trunk_cache["bytes"] > 0
+    assert "trunk cache: 48 hits, 24 misses; 24 entries" in (tmp_path / "on" / "log.txt").read_text()
+
+
+def test_full_fine_tuning_and_lora_on_every_layer_train_without_the_cache(tiny_model_dir, toy_file, tmp_path):
+    full = train_reward_model(_config(tiny_model_dir, toy_file, epochs=1, model={"finetune": "full"}), tmp_path / "full")
+    every = train_reward_model(_config(tiny_model_dir, toy_file, epochs=1, model={"lora_layers": None}), tmp_path / "every")
+    assert full.trunk_cache == {"off": "trunk cache: bypassed (full fine-tuning: nothing is frozen)"}
+    assert every.trunk_cache == {"off": "trunk cache: bypassed (nothing frozen below the first trainable layer (LoRA on every layer))"}
+    assert not (tmp_path / "full" / "trunk_cache").exists() and not (tmp_path / "every" / "trunk_cache").exists()
+
+
+def test_training_past_the_cache_cap_still_gives_the_uncached_losses(tiny_model_dir, toy_file, tmp_path):
+    off = train_reward_model(_config(tiny_model_dir, toy_file, epochs=2, model={"lora_layers": 1}, runtime={"trunk_cache": "off"}),
+                             tmp_path / "off")
+    capped = train_reward_model(_config(tiny_model_dir, toy_file, epochs=2, model={"lora_layers": 1},
+                                        runtime={"trunk_cache_gb": 20_000 / 2**30}), tmp_path / "capped")
+    assert 0 < capped.trunk_cache["written_bytes"] <= 20_000 and capped.trunk_cache["not_stored_over_cap"] > 0
+    torch.testing.assert_close(torch.tensor(capped.loss_curve), torch.tensor(off.loss_curve), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="trunk_cache='off' turns the cache off"):
+        _config(tiny_model_dir, toy_file, runtime={"trunk_cache_gb": 0})
+
+
+def test_two_launched_processes_each_cache_their_shard_then_read_each_others(tiny_model_dir, toy_file, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "reform_engine", "train-rm",
+           "--run-dir", str(tmp_path / "run"), "--data", toy_file, "--model.base-model", tiny_model_dir, "--model.lora-layers", "1",
+           "--model.lora-r", "4", "--batch-size", "2", "--epochs", "3", "--model.max-length", "128", "--runtime.device", "cpu"]
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"] == 6  # 4 batches of 2 pairs an epoch, shared by 2 processes, 3 epochs
+    # the main process computed its half of epoch 1 (2 batches x 2 pairs x 3 entries) and read every later one,
+    # including those the other process stored
+    assert {k: metrics["trunk_cache"][k] for k in ("hits", "misses", "entries")} == {"hits": 24, "misses": 12, "entries": 24}
+    assert len(list((tmp_path / "run" / "trunk_cache").glob("*/part-*.bin"))) == 2
