@@ -2,7 +2,7 @@
 
     streamlit run app.py        (binds to localhost: see .streamlit/config.toml)
 
-Models and data come from the Home page's switches, starting from the environment (see pages/_shared.py).
+Models and data come from the Home page's switches, starting from the environment (see pages/_settings.py).
 """
 from pages._routes import app_frame
 

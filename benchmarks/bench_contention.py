@@ -14,7 +14,7 @@ to status.json. One job process serves every phase:
                       (measured before and after the phases below, averaged)
     full threads      scoring beside the job with the app's default threads (the old behaviour)
     capped            scoring beside the job, its thread first capped by ``jobs.cap_app_threads``
-                      (what pages/_shared.share_cpu does: 1 thread on 2 cores while a job runs)
+                      (what pages/_cpu.share_cpu does: 1 thread on 2 cores while a job runs)
 
 Throughput together, relative to one after the other, is the sum of each side's share of its alone
 rate: score_rate / score_rate_alone + train_rate / train_rate_alone. 1.0 is as good as taking turns;
@@ -144,8 +144,8 @@ def main() -> None:
 
     score_alone, _ = score_in_thread(rm, app_pairs, lambda: set_cpu_threads(full), until=lambda passes: passes < 2)
     store = Store(work / "project" / "reform.duckdb")
-    job_id = start_job(store, "train-rm", {"data": train_data, "train_rows": train_rows, "model": model,
-                                          "batch_size": args.batch_size, "max_steps": 1_000_000, "device": "cpu"})
+    job_id = start_job(store, "train-rm", {"data": train_data, "train_rows": train_rows, "model": {"base_model": model},
+                                          "batch_size": args.batch_size, "max_steps": 1_000_000, "runtime": {"device": "cpu"}})
     run_dir = Path(store.get_job(job_id)["run_dir"])
     watch = JobWatch(run_dir)
     threads_seen: list[int] = []

@@ -22,20 +22,23 @@ sys.path.insert(0, str(ROOT))
 
 from _paths import HH_DEV_PATH  # noqa: E402
 from reform_engine.pipeline import PipelineConfig, run_pipeline  # noqa: E402
+from reform_engine.runtime import Runtime  # noqa: E402
+from reform_engine.stages import RetrainRecipe  # noqa: E402
+from reform_engine.training import TrainRewardConfig  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out"
 
 
 def preset(name: str, args) -> PipelineConfig:
     if name == "demo":
-        return PipelineConfig(threads=args.threads)
+        return PipelineConfig(runtime=Runtime(threads=args.threads))
     if not HH_DEV_PATH.is_file():
         sys.exit(f"HH dev data not found at {HH_DEV_PATH}; place ../shared beside the repo")
     base = OUT / "train_hh" / "checkpoint"
-    return PipelineConfig(data=str(HH_DEV_PATH), train_rows="0:1500", eval_rows=args.eval_rows,
-                          base_rm=str(base.relative_to(ROOT)) if base.is_dir() else "", epochs=args.epochs,
-                          retrain=args.retrain, replay=args.replay, finetune_epochs=1, threads=args.threads,
-                          ablate_no_augment=not args.skip_no_aug)
+    return PipelineConfig(base=TrainRewardConfig(data=str(HH_DEV_PATH), train_rows="0:1500", epochs=args.epochs),
+                          eval_rows=args.eval_rows, base_rm=str(base.relative_to(ROOT)) if base.is_dir() else "",
+                          retrain=RetrainRecipe(mode=args.retrain, replay=args.replay, finetune_epochs=1),
+                          runtime=Runtime(threads=args.threads), ablate_no_augment=not args.skip_no_aug)
 
 
 def main() -> None:

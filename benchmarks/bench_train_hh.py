@@ -13,6 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _paths import HH_DEV_PATH  # noqa: E402
+from reform_engine.reward_model import RewardModelSpec  # noqa: E402
 from reform_engine.runs import to_jsonable  # noqa: E402
 from reform_engine.training import TrainRewardConfig, train_reward_model  # noqa: E402
 
@@ -29,8 +30,8 @@ def main() -> None:
         print(f"SKIP: {HH_DEV_PATH} not found (the shared HH dev file is needed for this benchmark)")
         return
     config = TrainRewardConfig(data=str(HH_DEV_PATH), train_rows="0:1500", eval_data=str(HH_DEV_PATH), eval_rows="1500:",
-                               epochs=args.epochs, lora_layers=args.lora_layers, lr=args.lr, max_length=args.max_length,
-                               save_every=188)
+                               epochs=args.epochs, model=RewardModelSpec(lora_layers=args.lora_layers, max_length=args.max_length),
+                               lr=args.lr, save_every=188)
     result = train_reward_model(config, args.out)
     summary = {k: v for k, v in to_jsonable(result).items() if k != "loss_curve"}
     print(json.dumps(summary, indent=2))

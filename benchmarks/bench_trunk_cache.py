@@ -35,11 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from _paths import HH_DEV_PATH  # noqa: E402
 from reform_engine import prompt_once  # noqa: E402
-from reform_engine.data import HH_DEV_PATH, load_preferences, select_rows, write_jsonl  # noqa: E402
+from reform_engine.data import load_preferences, select_rows, write_jsonl  # noqa: E402
 from reform_engine.influence import InfluenceConfig, find_influential  # noqa: E402
 from reform_engine.models import DEFAULT_MODEL  # noqa: E402
+from reform_engine.reward_model import RewardModelSpec  # noqa: E402
 from reform_engine.robustness import RobustnessConfig, evaluate_robustness, perturb_pairs  # noqa: E402
+from reform_engine.runtime import Runtime  # noqa: E402
 from reform_engine.training import TrainRewardConfig, train_reward_model  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -92,9 +95,12 @@ def scored_rewards(path: str) -> torch.Tensor:
 def run_loop(n: int, args, out: Path) -> dict:
     """Every stage at n training pairs, before then after; -> stage table and checks."""
     train_rows, held_out = f"0:{n}", f"1500:{1500 + args.held_out}" if args.held_out else "1500:"
-    recipe = dict(data=args.data, train_rows=train_rows, model=DEFAULT_MODEL, lora_layers=8, max_length=320, batch_size=8,
-                  lr=2e-4, epochs=args.epochs, seed=0, device="cpu", threads=args.threads)
+    recipe = dict(data=args.data, train_rows=train_rows, model=RewardModelSpec(base_model=DEFAULT_MODEL, lora_layers=8, max_length=320),
+                  batch_size=8, lr=2e-4, epochs=args.epochs)
     setting = {"before": "off", "after": str(out / "after" / "trunk_cache")}
+
+    def runtime(when: str) -> Runtime:
+        return Runtime(device="cpu", threads=args.threads, seed=0, trunk_cache=setting[when])
     stages, runs = {}, {"before": {}, "after": {}}
 
     def stage(name, job, make_config):
@@ -109,17 +115,16 @@ def run_loop(n: int, args, out: Path) -> dict:
 
     def robustness(rm_stage):
         return lambda when: RobustnessConfig(reward_model=runs[when][rm_stage].checkpoint, data=args.data, rows=held_out,
-                                             max_length=1024, device="cpu", threads=args.threads, trunk_cache=setting[when])
+                                             max_length=1024, runtime=runtime(when))
 
-    stage("base", train_reward_model, lambda when: TrainRewardConfig(**recipe, trunk_cache=setting[when]))
+    stage("base", train_reward_model, lambda when: TrainRewardConfig(**recipe, runtime=runtime(when)))
     stage("influence", find_influential, lambda when: InfluenceConfig(
-        reward_model=runs[when]["base"].checkpoint, data=args.data, rows=train_rows, max_length=1024, device="cpu",
-        threads=args.threads, trunk_cache=setting[when]))
+        reward_model=runs[when]["base"].checkpoint, data=args.data, rows=train_rows, max_length=1024, runtime=runtime(when)))
     stage("robustness", evaluate_robustness, robustness("base"))
     for arm in range(args.arms):
         extra = new_pairs_file(args.data, train_rows, args.new_pairs, arm, out / f"new_pairs_{arm}.jsonl")
         stage(f"retrain_{arm}", train_reward_model,
-              lambda when: TrainRewardConfig(**recipe, augment_data=extra, trunk_cache=setting[when]))
+              lambda when: TrainRewardConfig(**recipe, augment_data=extra, runtime=runtime(when)))
         stage(f"robustness_{arm}", evaluate_robustness, robustness(f"retrain_{arm}"))
 
     def curve_diff(name):

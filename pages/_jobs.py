@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 import streamlit as st
 
-from pages._shared import md_code, md_escape, project_store, show_error
+from pages._draw import md_code, md_escape, show_error
+from pages._project import project_store
 from reform_engine.jobs import ACTIVE, cancel_job, max_jobs, queue_position, refresh_job, rerun_job
 from reform_engine.reports import history_frame, log_tail, stage_status
 

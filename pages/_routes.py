@@ -26,7 +26,8 @@ class _Guarded:
         self.page = page
 
     def run(self) -> None:
-        from pages._shared import mark_damaged, show_error
+        from pages._draw import show_error
+        from pages._project import mark_damaged
         from reform_engine.store import StoreCorrupt, StoreError
 
         try:
@@ -49,7 +50,9 @@ class _Recovery:
 def app_frame():
     """Register the pages and draw the sidebar's summary of what the tool is working on -> the page to
     run (the recovery page while the project database cannot be read)."""
-    from pages._shared import damage, md_code, queue_caption, reviewer_input, settings, short, show_trust_warning
+    from pages._draw import md_code, short, show_trust_warning
+    from pages._project import damage, queue_caption, reviewer_input
+    from pages._settings import settings
 
     st.set_page_config(page_title="REFORM workbench", layout="wide")
     page = st.navigation([st.Page(path, title=title, icon=icon, default=i == 0) for i, (path, title, icon) in enumerate(PAGES)])
@@ -70,7 +73,7 @@ def app_frame():
 
 
 def _restore() -> None:
-    from pages._shared import forget_damage, project_db_path
+    from pages._project import forget_damage, project_db_path
     from reform_engine.backups import BackupConfig
     from reform_engine.store import StoreError, restore_database
 
@@ -86,7 +89,7 @@ def _restore() -> None:
 
 
 def _start_fresh() -> None:
-    from pages._shared import forget_damage, project_db_path
+    from pages._project import forget_damage, project_db_path
     from reform_engine.store import StoreError, set_aside
 
     try:
@@ -102,7 +105,8 @@ def recovery_page(error: Exception) -> None:
     """What happened, the file, its snapshots and the ways out; nothing here deletes anything."""
     import pandas as pd
 
-    from pages._shared import forget_damage, project_db_path, show_error
+    from pages._draw import show_error
+    from pages._project import forget_damage, project_db_path
     from reform_engine.backups import BackupConfig, describe, list_backups
 
     path = project_db_path()

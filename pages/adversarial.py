@@ -11,9 +11,11 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from pages._draw import fmt, md_code, md_escape, short, show_error, trace_figure
 from pages._jobs import history, live_jobs
+from pages._project import project_store
 from pages._routes import through_router
-from pages._shared import fmt, md_code, md_escape, project_store, rm_exists, settings, short, show_error, trace_figure
+from pages._settings import rm_exists, settings
 from reform_engine.adv_rounds import AdvRoundsConfig, read_rounds
 from reform_engine.attack import AttackConfig, companion_configs, read_kept, read_steps
 from reform_engine.confirm import RULES, ConfirmConfig
@@ -48,8 +50,7 @@ def train_missing(target: str, n_penalties: int, judge: bool) -> None:
     """Start a train-rm job per missing RM and put the checkpoints they will write in the fields (a callback)."""
     s, store = settings(), project_store()
     try:
-        configs = companion_configs(target, n_penalties, judge, data=s.data, rows=s.rows, device=s.device,
-                                    trust_remote_code=s.trust_remote_code)
+        configs = companion_configs(target, n_penalties, judge, data=s.data, rows=s.rows, runtime=s.runtime())
         started = []
         for role, config in configs:
             job = store.get_job(start_job(store, "train-rm", config))
@@ -58,7 +59,7 @@ def train_missing(target: str, n_penalties: int, judge: bool) -> None:
                 st.session_state.adversarial_judge = checkpoint
             else:
                 st.session_state.adversarial_penalties = "\n".join(penalty_paths() + [checkpoint])
-            started.append(f"#{job['id']} {role} (seed {config.seed}, {config.finetune}, {config.train_sample} pairs)")
+            started.append(f"#{job['id']} {role} (seed {config.runtime.seed}, {config.model.finetune}, {config.train_sample} pairs)")
         flash(f"Started train-rm job(s) {', '.join(started)}; their checkpoints are in the fields below and count once trained.")
     except ValueError as exc:  # no spec at the target, unreadable data, StoreError
         st.session_state.adversarial_train_error = exc
@@ -240,7 +241,7 @@ c = st.columns(5)
 max_tokens = c[0].number_input("Max new tokens", 2, 1024, DEFAULTS.max_new_tokens, key="adversarial_max_tokens")
 sentence_window = c[1].number_input("A sentence end in the last N tokens ends a response (0 = EOS only)", 0, 1024,
                                     DEFAULTS.sentence_window, key="adversarial_sentence_window")
-seed = c[2].number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed, key="adversarial_seed")
+seed = c[2].number_input("Seed", 0, 2**31 - 1, DEFAULTS.runtime.seed, key="adversarial_seed")
 lr = c[3].number_input("Learning rate", 1e-7, 1.0, DEFAULTS.lr, step=1e-5, format="%.1e", key="adversarial_lr")
 lora_layers = c[4].number_input("LoRA on the top N layers", 1, 200, DEFAULTS.lora_layers, key="adversarial_lora_layers")
 with st.expander("Normalisation and the keep filter"):
@@ -273,8 +274,7 @@ def attack_config() -> AttackConfig:
                         prompts_per_step=int(prompts_per_step), steps=int(steps), max_new_tokens=int(max_tokens),
                         sentence_window=int(sentence_window), lr=float(lr), lora_layers=int(lora_layers), keep_last=float(keep_last),
                         fresh_samples=int(fresh_samples), u_z_min=float(u_z_min), cap_per_prompt=int(cap_per_prompt),
-                        cap_total=int(cap_total), confirm=confirm, seed=int(seed), device=s.device,
-                        trust_remote_code=s.trust_remote_code)
+                        cap_total=int(cap_total), confirm=confirm, runtime=s.runtime(int(seed)))
 
 
 ready = rm_exists(target) and not missing_penalties and len(penalties) >= 2 and (not judge or rm_exists(judge))
@@ -307,6 +307,7 @@ if st.button("Start the rounds", key="adversarial_rounds_start", disabled=not re
     try:
         rounds_config = AdvRoundsConfig(attack=attack_config(), rounds=int(n_rounds), pass_floor=float(pass_floor),
                                         eval_rows=eval_rows.strip(), confirmed_only=confirmed_only, baseline_arm=baseline_arm,
+                                        runtime=s.runtime(int(seed)),
                                         **({} if recipe_known else {"data": s.data, "train_rows": train_rows}))
         rounds_config.recipe()  # an unknown recipe is refused here, not in the job
         job_id = start_job(store, "adv-rounds", rounds_config)

@@ -7,9 +7,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from pages._draw import md_code, md_escape, show_error
 from pages._jobs import history, live_jobs
+from pages._project import project_store
 from pages._routes import through_router
-from pages._shared import md_code, md_escape, project_store, settings, show_error
+from pages._settings import settings
 from reform_engine.compare import CompareConfig, read_table
 from reform_engine.jobs import refresh_job, start_job
 
@@ -113,7 +115,7 @@ else:
     if st.button("Compare (background job)", type="primary", key="compare_start"):
         try:
             config = CompareConfig(pipelines[p], rounds[a], equal_pairs=equal_pairs, cross_attacks=cross_attacks and equal_pairs,
-                                   device=s.device, trust_remote_code=s.trust_remote_code)
+                                   runtime=s.runtime())
             job_id = start_job(store, "compare", config)
             st.session_state.compare_job = job_id
             st.session_state[FLASH_KEY] = f"Started compare job #{job_id}: the table appears below when it ends."

@@ -10,12 +10,17 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from pages._controls import decoding_controls
+from pages._draw import fmt, md_code, md_escape, short, show_error, trace_figure
 from pages._jobs import live_jobs
+from pages._project import project_store, reviewer
 from pages._routes import through_router
-from pages._shared import fmt, md_code, md_escape, project_store, reviewer, rm_exists, settings, short, show_error, trace_figure
+from pages._settings import rm_exists, settings
 from reform_engine.curation import (EXPORT_FORMATS, counts, decision_for, export_approved, export_decision_log, new_pair, queue,
                                     step_trace)
 from reform_engine.data import hh_text
+from reform_engine.decoding import DIRECTIONS
+from reform_engine.influence import STRATEGIES
 from reform_engine.inversions import GenerateVariantsConfig
 from reform_engine.jobs import start_job
 
@@ -70,24 +75,17 @@ with st.expander("Generate variants over the influential set (background job)", 
                + (f", rows {md_code(s.rows)}" if s.rows else "")
                + f") with the policy {md_code(short(s.policy, 40))} and the reward model "
                "in use; the inversions it finds join the queue when it ends.")
-    c = st.columns(4)
+    c = st.columns(3)
     percent = c[0].number_input("p: share of the pairs, %", 0.1, 100.0, 5.0, step=1.0, key="curation_gen_p")
-    strategy = c[1].selectbox("Selection", ["lowest_loss", "random", "highest_loss"], key="curation_gen_strategy",
+    strategy = c[1].selectbox("Selection", list(STRATEGIES), key="curation_gen_strategy",
                               help="REFORM attacks the lowest-loss pairs; random and highest-loss for comparison")
-    directions = c[2].selectbox("Directions", ["both", "lower", "raise"], key="curation_gen_directions")
-    k = c[3].number_input("k candidates", 1, 50, 5, key="curation_gen_k")
-    c = st.columns(4)
-    alpha = c[0].number_input("α fluency weight", 0.0, 10.0, 1.0, step=0.1, key="curation_gen_alpha")
-    temperature = c[1].number_input("temperature (0 = greedy)", 0.0, 5.0, 0.0, step=0.05, key="curation_gen_temperature")
-    max_new_tokens = c[2].number_input("max new tokens", 1, 1024, 64, key="curation_gen_max_tokens")
-    seed = c[3].number_input("seed", 0, 2**31 - 1, 0, key="curation_gen_seed")
+    directions = c[2].selectbox("Directions", ["both", *DIRECTIONS], key="curation_gen_directions")
+    decoding, seed = decoding_controls("curation_gen")
     if st.button("Start generating", type="primary", key="curation_generate", disabled=not rm_exists(s.reward_model)):
         try:
             config = GenerateVariantsConfig(reward_model=s.reward_model, data=s.data, rows=s.rows, fraction=float(percent) / 100,
-                                            strategy=strategy, directions=directions, policy=s.policy, k=int(k),
-                                            alpha=float(alpha), temperature=float(temperature),
-                                            max_new_tokens=int(max_new_tokens), seed=int(seed), device=s.device,
-                                            trust_remote_code=s.trust_remote_code)
+                                            strategy=strategy, directions=directions, policy=s.policy, decoding=decoding,
+                                            runtime=s.runtime(seed))
             job_id = start_job(store, "variants", config)
             st.session_state[FLASH_KEY] = f"Started job #{job_id}: its inversions join the queue when it ends."
             st.rerun()

@@ -2,8 +2,9 @@
 import pandas as pd
 import streamlit as st
 
+from pages._draw import md_escape, show_error
 from pages._routes import through_router
-from pages._shared import md_escape, settings, show_error
+from pages._settings import settings
 from reform_engine.data import DataError, load_preferences
 
 through_router()

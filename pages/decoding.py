@@ -7,15 +7,19 @@ import math
 import pandas as pd
 import streamlit as st
 
+from pages._controls import decoding_controls
+from pages._draw import fmt, md_escape, pair_label, short, show_error, trace_figure
+from pages._keys import LAST_DECODED, TARGETS
+from pages._loading import require_data, require_decoder
+from pages._project import pending_variants, send_to_curation
 from pages._routes import through_router
-from pages._shared import (fmt, md_escape, pair_label, pair_rewards, pending_variants, require_data, require_decoder,
-                           send_to_curation, settings, short, show_error, trace_figure)
+from pages._scoring import pair_rewards
+from pages._settings import settings
 from reform_engine.data import DataError
 from reform_engine.decoding import DecodingConfig
 from reform_engine.influence import ScoredPair
 from reform_engine.inversions import score_variant
 
-LAST_KEY = "decoding_last"
 DIRECTION_HELP = {"lower": "lower: start from a preferred pair; find a good-looking response the RM scores below the rejected one",
                   "raise": "raise: start from a rejected pair; find a bad response the RM scores above the chosen one"}
 
@@ -26,7 +30,7 @@ _, pairs = require_data()
 by_id = {p.pair_id: p for p in pairs}
 
 # ------------------------------------------------------------------ what to attack, and how
-targets = [p for p in st.session_state.get("influential_targets", []) if p in by_id]
+targets = [p for p in st.session_state.get(TARGETS, []) if p in by_id]
 use_queue = st.toggle(f"Only the pairs queued on Influential samples ({len(targets)})", value=bool(targets),
                       disabled=not targets, key="decoding_use_queue")
 options = targets if use_queue and targets else list(by_id)
@@ -49,12 +53,7 @@ with st.expander(f"The pair · r+ = {r_chosen:+.3f} · r− = {r_rejected:+.3f}"
     c2.code(pair.rejected, language=None, wrap_lines=True)
 
 direction = st.radio("Direction", ["lower", "raise"], format_func=lambda d: DIRECTION_HELP[d], key="decoding_direction")
-c = st.columns(5)
-k = c[0].slider("k candidates", 1, 20, 5, key="decoding_k")
-alpha = c[1].slider("α fluency weight", 0.0, 5.0, 1.0, 0.1, key="decoding_alpha")
-temperature = c[2].slider("temperature (0 = greedy)", 0.0, 2.0, 0.0, 0.05, key="decoding_temperature")
-max_tokens = c[3].slider("max new tokens", 1, 256, 48, key="decoding_max_tokens")
-seed = c[4].number_input("seed", 0, 2**31 - 1, 0, key="decoding_seed")
+config, seed = decoding_controls("decoding", direction)
 compare = st.checkbox("Also decode the plain policy (greedy, no RM) for comparison", value=True, key="decoding_compare")
 run = st.button("Run", type="primary", key="decoding_run")
 
@@ -75,24 +74,23 @@ def live(text_slot, info_slot, limit: int):
 
 if run:
     try:
-        config = DecodingConfig(k=int(k), alpha=float(alpha), temperature=float(temperature), max_new_tokens=int(max_tokens),
-                                direction=direction, seed=int(seed))
-        result = decoder.decode([pair.prompt], config, on_event=live(left_text, left_info, config.max_new_tokens))[0]
+        result = decoder.decode([pair.prompt], config, on_event=live(left_text, left_info, config.max_new_tokens), seed=seed)[0]
         plain = None
         if compare:
             plain_config = DecodingConfig(k=1, alpha=0.0, temperature=0.0, max_new_tokens=config.max_new_tokens,
-                                          direction=direction, seed=config.seed)
-            plain = decoder.decode([pair.prompt], plain_config, on_event=live(right_text, right_info, config.max_new_tokens))[0]
+                                          direction=direction)
+            plain = decoder.decode([pair.prompt], plain_config, on_event=live(right_text, right_info, config.max_new_tokens),
+                                   seed=seed)[0]
         source = ScoredPair(pair, r_chosen, r_rejected, float("nan"), 0)
-        st.session_state[LAST_KEY] = {
-            "pair_id": pair.pair_id, "config": config,
+        st.session_state[LAST_DECODED] = {
+            "pair_id": pair.pair_id, "config": config, "seed": seed,
             "variant": score_variant(decoder.rm, source, result, max_length=settings().score_max_length),
             "plain": score_variant(decoder.rm, source, plain, max_length=settings().score_max_length) if plain else None,
         }
     except (ValueError, DataError) as exc:  # a bad knob or a prompt that cannot fit: say so on the page
         show_error(exc, "Decoding did not run")
 
-last = st.session_state.get(LAST_KEY)
+last = st.session_state.get(LAST_DECODED)
 if not last:
     left_text.caption("Press Run: tokens appear here as they are decided.")
     st.stop()
@@ -120,7 +118,7 @@ else:
     reason = "its text is empty" if not v.text.strip() else \
         f"the RM scores it {fmt(v.r_variant)}, not {relation} the {side} = {fmt(threshold)} (short by {-v.margin:.3f})"
     st.warning(f"**Not an inversion:** {reason}.")
-st.caption(f"k={cfg.k} · α={cfg.alpha} · temperature={cfg.temperature} · max tokens={cfg.max_new_tokens} · seed={cfg.seed} · "
+st.caption(f"k={cfg.k} · α={cfg.alpha} · temperature={cfg.temperature} · max tokens={cfg.max_new_tokens} · seed={last['seed']} · "
            f"path={decoder.path}. Rewards re-scored from the text.")
 
 # per-token trace and step inspector

@@ -3,9 +3,12 @@ reward trace, apply a perturbation and see the trace change, and put two RMs sid
 import pandas as pd
 import streamlit as st
 
+from pages._draw import md_code, md_escape, pair_label, show_error, trace_figure
+from pages._keys import LAST_DECODED
+from pages._loading import require_data, require_rm
 from pages._routes import through_router
-from pages._shared import (md_code, md_escape, pair_label, require_data, require_rm, rm_exists, settings, show_error,
-                           trace_figure, trace_of)
+from pages._scoring import trace_of
+from pages._settings import rm_exists, settings
 from reform_engine.data import DataError, hh_text, prompt_from_text
 from reform_engine.perturbations import PERTURBATIONS, perturb
 
@@ -34,7 +37,7 @@ with st.expander("Start from a pair of the data, or from the last decoded varian
         pair = pairs[pid]
         c3.button("Load", key="explorer_load_pair", on_click=load_text,
                   args=(pair.prompt_text.strip(), pair.chosen if side == "chosen" else pair.rejected))
-    last = st.session_state.get("decoding_last")
+    last = st.session_state.get(LAST_DECODED)
     if last:
         v = last["variant"]
         st.button(f"Load the last decoded variant ({md_escape(v.pair_id)}, {v.direction})", key="explorer_load_variant",

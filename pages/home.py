@@ -1,22 +1,26 @@
 """Home / setup: the policy, the reward model and the data in use, how good the RM is on that data
 (with the length-only baselines), and the switches for all three. Without an RM, a base RM is
 trained here as a background job."""
+import dataclasses
 from pathlib import Path
 
 import streamlit as st
 
+from pages._draw import md_code, md_escape, show_error, show_trust_warning
 from pages._jobs import live_jobs
+from pages._loading import require_data, require_policy, require_rm
+from pages._project import project_store
 from pages._routes import through_router
-from pages._shared import (UPLOAD_LIMIT_MB, md_code, md_escape, project_store, require_data, require_policy, require_rm,
-                           require_scored, rm_exists, settings, show_error, show_scoring_skips, show_trust_warning,
-                           update_settings)
-from reform_engine.data import DEMO_PATH, DataError, parse_rows, save_upload
+from pages._scoring import require_scored, show_scoring_skips
+from pages._settings import UPLOAD_LIMIT_MB, rm_exists, settings, update_settings
+from reform_engine.data import DEMO_PATH, DataError, save_upload
 from reform_engine.evaluation import pairwise_metrics
 from reform_engine.jobs import ACTIVE, start_job
 from reform_engine.reports import latest_job, log_tail
+from reform_engine.reward_model import FINETUNE_MODES, RewardModelSpec
 from reform_engine.training import TrainRewardConfig
 
-BASE_RUN = "base-rm"    # <project>/runs/base-rm/checkpoint is the default reward model (pages/_shared.py)
+BASE_RUN = "base-rm"    # <project>/runs/base-rm/checkpoint is the default reward model (pages/_settings.py)
 
 
 def train_base_rm(s) -> None:
@@ -44,21 +48,21 @@ def train_base_rm(s) -> None:
                                help="the policy by default: decoding is fastest when policy and RM share their layers")
     rows = c[1].text_input("Training rows ('start:end', empty = all)", value=s.rows, key="home_train_rows",
                            help="hold out the rest for evaluating robustness later, e.g. 0:132 of the demo set")
-    finetune = c[2].selectbox("Fine-tuning", ["lora", "head", "full"], key="home_train_finetune")
-    lora_layers = c[3].number_input("LoRA on the top N layers (0 = all)", 0, 200, defaults.lora_layers, key="home_train_lora_layers")
+    finetune = c[2].selectbox("Fine-tuning", list(FINETUNE_MODES), key="home_train_finetune")
+    lora_layers = c[3].number_input("LoRA on the top N layers (0 = all)", 0, 200, defaults.model.lora_layers or 0,
+                                    key="home_train_lora_layers")
     c = st.columns(4)
     epochs = c[0].number_input("Epochs", 1, 100, defaults.epochs, key="home_train_epochs")
     max_steps = c[1].number_input("Max steps (0 = the epochs decide)", 0, 1_000_000, 0, key="home_train_max_steps")
     batch_size = c[2].number_input("Batch size (pairs)", 1, 512, defaults.batch_size, key="home_train_batch")
     lr = c[3].number_input("Learning rate", 1e-7, 1.0, defaults.lr, step=1e-5, format="%.1e", key="home_train_lr")
-    max_length = st.number_input("Max tokens per sequence", 16, 32_768, defaults.max_length, key="home_train_max_length")
+    max_length = st.number_input("Max tokens per sequence", 16, 32_768, defaults.model.max_length, key="home_train_max_length")
     if st.button("Train a base reward model", type="primary", key="home_train"):
         try:
-            parse_rows(rows.strip())
-            config = TrainRewardConfig(data=s.data, train_rows=rows.strip(), model=backbone.strip() or s.policy, finetune=finetune,
-                                       lora_layers=int(lora_layers), epochs=int(epochs), max_steps=int(max_steps),
-                                       batch_size=int(batch_size), lr=float(lr), max_length=int(max_length), device=s.device,
-                                       trust_remote_code=s.trust_remote_code)
+            model = RewardModelSpec(base_model=backbone.strip() or s.policy, finetune=finetune, lora_layers=int(lora_layers) or None,
+                                    max_length=int(max_length))
+            config = TrainRewardConfig(data=s.data, train_rows=rows.strip(), model=model, epochs=int(epochs),
+                                       max_steps=int(max_steps), batch_size=int(batch_size), lr=float(lr), runtime=s.runtime())
             start_job(store, "train-rm", config, run_dir=run_dir)
             st.rerun()
         except ValueError as exc:  # StoreError and DataError too: a bad knob, or a run still using the directory
@@ -132,15 +136,12 @@ with tab_data:
                              help="work on part of a large set, e.g. 0:2000")
         if st.form_submit_button("Use this data"):
             try:
-                from reform_engine.data import parse_rows
-
-                parse_rows(rows.strip())
+                dataclasses.replace(s, rows=rows.strip())  # refuses bad rows before anything is saved
                 if kind == "Demo set":
                     source = str(DEMO_PATH)
                 elif kind == "Upload a file":
                     if upload is None:
                         raise DataError("no file chosen.", fix="choose a file above, then press the button.")
-                    from pathlib import Path
                     source = str(save_upload(upload.name, upload.getvalue(), Path(s.project_dir) / "uploads",
                                              max_bytes=UPLOAD_LIMIT_MB * 2**20))
                 else:

@@ -5,11 +5,11 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
+from pages._draw import md_escape
+from pages._keys import TARGETS
 from pages._routes import through_router
-from pages._shared import md_escape, require_scored, show_scoring_skips
+from pages._scoring import require_scored, show_scoring_skips
 from reform_engine.influence import select_influential
-
-TARGETS_KEY = "influential_targets"   # pair ids handed to the decoding page
 
 through_router()
 st.title("Influential samples")
@@ -56,7 +56,7 @@ event = st.dataframe(frame, hide_index=True, key="influential_table", on_select=
 ticked = [frame["pair_id"][i] for i in (event.selection.rows if event is not None else [])]
 options = frame["pair_id"].tolist()
 if "influential_pick" not in st.session_state:  # first visit: what was queued before, else the top three
-    st.session_state.influential_pick = [p for p in st.session_state.get(TARGETS_KEY, []) if p in chosen_ids] or options[:3]
+    st.session_state.influential_pick = [p for p in st.session_state.get(TARGETS, []) if p in chosen_ids] or options[:3]
 if ticked != st.session_state.get("influential_ticked", []):  # ticking rows in the table replaces the pick
     st.session_state.influential_ticked = ticked
     if ticked:
@@ -64,7 +64,7 @@ if ticked != st.session_state.get("influential_ticked", []):  # ticking rows in 
 st.session_state.influential_pick = [p for p in st.session_state.influential_pick if p in chosen_ids]
 targets = st.multiselect("Pairs to attack", options=options, key="influential_pick")
 if st.button("Attack these pairs in controlled decoding", type="primary", disabled=not targets, key="influential_send"):
-    st.session_state[TARGETS_KEY] = list(targets)
+    st.session_state[TARGETS] = list(targets)
     st.switch_page("pages/decoding.py")
-if st.session_state.get(TARGETS_KEY):
-    st.caption(f"Queued for decoding: {md_escape(', '.join(st.session_state[TARGETS_KEY]))}")
+if st.session_state.get(TARGETS):
+    st.caption(f"Queued for decoding: {md_escape(', '.join(st.session_state[TARGETS]))}")

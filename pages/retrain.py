@@ -2,26 +2,33 @@
 recipe, or as a fine-tune of the base) and measure base and retrained under the perturbations, or run
 the whole REFORM loop with its ablations; every run is a background job with live progress. Results:
 clean accuracy and win-rate drop per perturbation, base vs retrained (vs ablations), and the run history."""
+import dataclasses
 from pathlib import Path
 
 import plotly.graph_objects as go
 import streamlit as st
 
+from pages._controls import decoding_controls
+from pages._draw import md_code, short, show_error
 from pages._jobs import history, live_jobs
+from pages._project import project_store
 from pages._routes import through_router
-from pages._shared import md_code, project_store, rm_exists, settings, short, show_error
+from pages._settings import rm_exists, settings
 from reform_engine.curation import export_approved
-from reform_engine.data import DEMO_PATH, parse_rows
+from reform_engine.data import DEMO_PATH
+from reform_engine.inversions import GenerateVariantsConfig
 from reform_engine.jobs import start_job
 from reform_engine.perturbations import PERTURBATIONS
-from reform_engine.pipeline import PipelineConfig
+from reform_engine.pipeline import DEMO_SPLIT, PipelineConfig
 from reform_engine.reports import finished_result_jobs, results_frames
 from reform_engine.retrain import RetrainConfig, base_training_config, held_out_rows
+from reform_engine.reward_model import RewardModelSpec
 from reform_engine.robustness import RobustnessConfig
+from reform_engine.stages import RETRAIN_MODES, RetrainRecipe
+from reform_engine.training import TrainRewardConfig
 
 FLASH_KEY = "retrain_flash"
 RESULT_KINDS = ["retrain", "pipeline", "robustness"]
-DEMO_SPLIT = ("0:132", "132:")  # the demo set's train / held-out rows, as the pipeline's defaults
 
 
 def started(job_id: int, what: str) -> None:
@@ -73,24 +80,27 @@ with tab_retrain:
     recipe = base_training_config(base_rm) if base_rm else None
     c = st.columns(3)
     c[0].metric("Approved pairs", n_approved)
-    mode = c[1].radio("Retrain", ["scratch", "finetune"], key="retrain_mode", horizontal=True,
+    mode = c[1].radio("Retrain", list(RETRAIN_MODES), key="retrain_mode", horizontal=True,
                       format_func={"scratch": "from scratch (the base's recipe)", "finetune": "fine-tune the base"}.get)
     if recipe is not None:
         c[2].caption(f"The base was trained on {md_code(short(recipe.data, 50))} rows {md_code(recipe.train_rows or 'all')}: "
-                     f"{recipe.epochs} epoch(s), lr {recipe.lr:g}, batch {recipe.batch_size}, {recipe.finetune}, seed {recipe.seed}. "
+                     f"{recipe.epochs} epoch(s), lr {recipe.lr:g}, batch {recipe.batch_size}, {recipe.model.finetune}, "
+                     f"seed {recipe.runtime.seed}. "
                      "Retraining uses the same pairs plus the approved ones.")
         data, train_rows = "", recipe.train_rows
     else:
         c[2].caption("This checkpoint was not trained here, so its training pairs are unknown: give them.")
         data = st.text_input("Its training data", value=s.data, key="retrain_data").strip()
         train_rows = st.text_input("Its training rows ('start:end', empty = all)", value=s.rows, key="retrain_train_rows").strip()
+    plain = RetrainRecipe()
     if mode == "finetune":
         c = st.columns(3)
-        ft_epochs = c[0].number_input("Fine-tune epochs", 1, 100, 1, key="retrain_ft_epochs")
-        ft_lr = c[1].number_input("Fine-tune lr (0 = the base's)", 0.0, 1.0, 0.0, step=1e-5, format="%.1e", key="retrain_ft_lr")
-        replay = c[2].number_input("Replay: original pairs sampled (0 = all)", 0, 10_000_000, 0, key="retrain_replay")
+        ft_epochs = c[0].number_input("Fine-tune epochs", 1, 100, plain.finetune_epochs, key="retrain_ft_epochs")
+        ft_lr = c[1].number_input("Fine-tune lr (0 = the base's)", 0.0, 1.0, plain.finetune_lr, step=1e-5, format="%.1e",
+                                  key="retrain_ft_lr")
+        replay = c[2].number_input("Replay: original pairs sampled (0 = all)", 0, 10_000_000, plain.replay, key="retrain_replay")
     else:
-        ft_epochs, ft_lr, replay = 1, 0.0, 0
+        ft_epochs, ft_lr, replay = plain.finetune_epochs, plain.finetune_lr, plain.replay
     c = st.columns(2)
     eval_data = c[0].text_input("Held-out data", value=(recipe.data if recipe else data) or s.data, key="retrain_eval_data").strip()
     eval_rows = c[1].text_input("Held-out rows ('start:end')", value=held_out_rows(train_rows), key="retrain_eval_rows").strip()
@@ -103,10 +113,11 @@ with tab_retrain:
             if not rm_exists(base_rm):
                 raise ValueError(f"no reward model at {base_rm}; give a checkpoint directory written by train-rm")
             path, n = export_approved(store, Path(s.project_dir) / "curated")
-            config = RetrainConfig(base_rm=base_rm, augment_data=str(path), mode=mode, data=data, train_rows=train_rows,
-                                   finetune_epochs=int(ft_epochs), finetune_lr=float(ft_lr), replay=int(replay),
-                                   eval_data=eval_data, eval_rows=eval_rows, perturbations=perturbations, device=s.device,
-                                   trust_remote_code=s.trust_remote_code)
+            config = RetrainConfig(base_rm=base_rm, augment_data=str(path), data=data, train_rows=train_rows,
+                                   retrain=RetrainRecipe(mode=mode, finetune_epochs=int(ft_epochs), finetune_lr=float(ft_lr),
+                                                         replay=int(replay)),
+                                   eval_data=eval_data, eval_rows=eval_rows,
+                                   robustness=RobustnessConfig(reward_model="", perturbations=perturbations), runtime=s.runtime())
             config.training_config()  # an unknown recipe is refused now, not in the job
             started(start_job(store, "retrain", config), f"retrain ({mode}) on {n} approved pairs, then evaluate base and retrained")
         except ValueError as exc:  # bad knobs, nothing approved, StoreError
@@ -126,30 +137,33 @@ with tab_pipeline:
                                   key="pipeline_eval_rows").strip()
     use_base = c[2].toggle("Start from the current RM", value=False, key="pipeline_use_base", disabled=not rm_exists(s.reward_model),
                            help="off: train a base RM on the training rows first")
-    p_mode = c[3].radio("Retrain", ["scratch", "finetune"], key="pipeline_mode", horizontal=True)
-    c = st.columns(4)
-    fraction = c[0].number_input("p: influential share, %", 0.1, 100.0, 5.0, step=1.0, key="pipeline_p")
-    k = c[1].number_input("k candidates", 1, 50, 5, key="pipeline_k")
-    alpha = c[2].number_input("α fluency weight", 0.0, 10.0, 1.0, step=0.1, key="pipeline_alpha")
-    max_new_tokens = c[3].number_input("max new tokens", 1, 1024, 64, key="pipeline_max_tokens")
-    c = st.columns(4)
-    epochs = c[0].number_input("Base epochs", 1, 100, 2, key="pipeline_epochs")
-    ablate_random = c[1].checkbox("Ablation: random p%", value=True, key="pipeline_ablate_random")
-    ablate_no_aug = c[2].checkbox("Ablation: no augmentation (fine-tune)", value=True, key="pipeline_ablate_no_aug",
-                                  disabled=p_mode != "finetune")
-    use_approved = c[3].checkbox("Use my approved pairs for the REFORM arm", value=False, key="pipeline_use_approved",
+    p_mode = c[3].radio("Retrain", list(RETRAIN_MODES), key="pipeline_mode", horizontal=True)
+    defaults = PipelineConfig()
+    c = st.columns(2)
+    fraction = c[0].number_input("p: influential share, %", 0.1, 100.0, defaults.variants.fraction * 100, step=1.0,
+                                 key="pipeline_p")
+    epochs = c[1].number_input("Base epochs", 1, 100, defaults.base.epochs, key="pipeline_epochs")
+    decoding, _ = decoding_controls("pipeline", seed=False)
+    c = st.columns(3)
+    ablate_random = c[0].checkbox("Ablation: random p%", value=defaults.ablate_random, key="pipeline_ablate_random")
+    ablate_no_aug = c[1].checkbox("Ablation: no augmentation (fine-tune)", value=defaults.ablate_no_augment,
+                                  key="pipeline_ablate_no_aug", disabled=p_mode != "finetune")
+    use_approved = c[2].checkbox("Use my approved pairs for the REFORM arm", value=False, key="pipeline_use_approved",
                                  disabled=n_approved == 0)
     p_perturbations = perturbation_picker("pipeline_perturbations")
     if st.button("Run the pipeline", type="primary", key="pipeline_start"):
         try:
-            parse_rows(p_train_rows), parse_rows(p_eval_rows)  # the job would only find out when it reads the data
-            approved = str(export_approved(store, Path(s.project_dir) / "curated")[0]) if use_approved else ""
-            config = PipelineConfig(data=s.data, train_rows=p_train_rows, eval_rows=p_eval_rows,
-                                    base_rm=s.reward_model if use_base else "", model=s.policy, policy=s.policy,
-                                    epochs=int(epochs), fraction=float(fraction) / 100, k=int(k), alpha=float(alpha),
-                                    max_new_tokens=int(max_new_tokens), approved=approved, retrain=p_mode,
-                                    ablate_random=ablate_random, ablate_no_augment=ablate_no_aug and p_mode == "finetune",
-                                    perturbations=p_perturbations, device=s.device, trust_remote_code=s.trust_remote_code)
+            config = PipelineConfig(base=TrainRewardConfig(data=s.data, train_rows=p_train_rows,
+                                                           model=RewardModelSpec(base_model=s.policy), epochs=int(epochs)),
+                                    eval_rows=p_eval_rows, base_rm=s.reward_model if use_base else "",
+                                    variants=GenerateVariantsConfig(reward_model="", policy=s.policy,
+                                                                    fraction=float(fraction) / 100, decoding=decoding),
+                                    retrain=RetrainRecipe(mode=p_mode), ablate_random=ablate_random,
+                                    ablate_no_augment=ablate_no_aug and p_mode == "finetune",
+                                    robustness=RobustnessConfig(reward_model="", perturbations=p_perturbations),
+                                    runtime=s.runtime())
+            if use_approved:  # exported once the settings are known to be good
+                config = dataclasses.replace(config, approved=str(export_approved(store, Path(s.project_dir) / "curated")[0]))
             started(start_job(store, "pipeline", config), "the REFORM pipeline")
         except ValueError as exc:
             show_error(exc, "Not started")
@@ -164,9 +178,8 @@ with tab_eval:
         try:
             if not rm_exists(e_rm):
                 raise ValueError(f"no reward model at {e_rm}; give a checkpoint directory written by train-rm")
-            parse_rows(e_rows)
-            config = RobustnessConfig(reward_model=e_rm, data=e_data, rows=e_rows, perturbations=e_perturbations, device=s.device,
-                                      trust_remote_code=s.trust_remote_code)
+            config = RobustnessConfig(reward_model=e_rm, data=e_data, rows=e_rows, perturbations=e_perturbations,
+                                      runtime=s.runtime())
             started(start_job(store, "robustness", config), f"robustness of {md_code(short(e_rm, 60))}")
         except ValueError as exc:
             show_error(exc, "Not started")

@@ -1,72 +1,28 @@
 """Command line: ``python -m reform_engine <job> --field value ...``. Each job's flags are its
-config dataclass's fields; this file only parses and calls."""
+config dataclass's fields (``--group.field`` for a nested config's), with the fields' help; the jobs
+are those of registry.py. This file only parses and calls."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-import typing
+from dataclasses import dataclass
 
+from .configs import add_config_args, config_from_args, nested, required
+from .registry import jobs
 from .runs import to_jsonable
+from .runtime import Runtime
+
+__all__ = ["add_config_args", "config_from_args", "main"]
 
 
-def _flag_type(tp):
-    tp = typing.get_args(tp)[0] if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", ())) else tp
-    if tp is bool:
-        return lambda s: {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[s.lower()]
-    return tp
-
-
-def _is_config(tp) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
-
-
-def add_config_args(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
-    """One ``--flag`` per field; a field that is itself a config gives ``--field.sub-field`` flags."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if _is_config(hints[f.name]):
-            add_config_args(parser, hints[f.name], f"{prefix}{f.name}.")
-            continue
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        kwargs = {"required": True} if required else {"default": f.default}
-        if hints[f.name] is bool:  # '--trust-remote-code' alone means true; '--flag false' still works
-            kwargs.update(nargs="?", const=True)
-        parser.add_argument(f"--{prefix.replace('_', '-')}{f.name.replace('_', '-')}", dest=prefix + f.name,
-                            type=_flag_type(hints[f.name]), **kwargs, help=None if required else f"default: {f.default}")
-
-
-def config_from_args(cls, args: argparse.Namespace, prefix: str = ""):
-    hints = typing.get_type_hints(cls)
-    return cls(**{f.name: config_from_args(hints[f.name], args, f"{prefix}{f.name}.") if _is_config(hints[f.name])
-                  else getattr(args, prefix + f.name) for f in dataclasses.fields(cls)})
-
-
-def _jobs():
-    from .adv_rounds import AdvRoundsConfig, run_adv_rounds
-    from .attack import AttackConfig, run_attack
-    from .compare import CompareConfig, run_compare
-    from .evaluation import EvaluateRewardConfig, evaluate_reward_model
-    from .influence import InfluenceConfig, find_influential
-    from .inversions import GenerateVariantsConfig, generate_variants
-    from .pipeline import PipelineConfig, run_pipeline
-    from .retrain import RetrainConfig, run_retrain
-    from .robustness import RobustnessConfig, evaluate_robustness
-    from .training import TrainRewardConfig, train_reward_model
-
-    return {"train-rm": (TrainRewardConfig, train_reward_model, "train a reward model (Bradley-Terry)"),
-            "eval-rm": (EvaluateRewardConfig, evaluate_reward_model, "pairwise accuracy + length baselines"),
-            "influential": (InfluenceConfig, find_influential, "rank training pairs by loss; select lowest/random/highest p%"),
-            "variants": (GenerateVariantsConfig, generate_variants, "controlled decoding over the influential set + inversion filter"),
-            "robustness": (RobustnessConfig, evaluate_robustness, "win-rate drop under perturbations + spurious-feature indicators"),
-            "pipeline": (PipelineConfig, run_pipeline, "the REFORM loop end to end: base, influential, variants, retrain, robustness"),
-            "retrain": (RetrainConfig, run_retrain, "retrain on approved pairs (scratch|finetune), then robustness of base vs retrained"),
-            "attack": (AttackConfig, run_attack, "Adv-RM: an RLOO adversary against a target RM; kept samples become pairs"),
-            "adv-rounds": (AdvRoundsConfig, run_adv_rounds, "Adv-RM rounds: attack, add the samples as pairs, retrain from "
-                           "scratch, attack the retrained RM; robustness of every RM"),
-            "compare": (CompareConfig, run_compare, "REFORM vs Adv-RM on one base RM: confirmed failures, cost, diversity, "
-                        "retrained on equal pairs, cross-attacks, with bootstrap intervals")}
+@dataclass
+class TraceConfig:
+    reward_model: str = required("a checkpoint directory from train-rm, or a sequence-classification model id or directory")
+    prompt: str = required("the user's message")
+    response: str = required("the response to trace, token by token")
+    runtime: Runtime = nested(Runtime, "device, dtype, threads, remote-code leave (trace draws nothing: no seed)",
+                              set_by_job=("seed",))
 
 
 def _add_store_commands(sub) -> None:
@@ -123,20 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reform_engine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("convert-model", help="convert the packaged SmolLM2 GGUF to cached safetensors (once)")
-    trace = sub.add_parser("trace", help="per-token reward trace of one response")
-    trace.add_argument("--reward-model", required=True)
-    trace.add_argument("--prompt", required=True)
-    trace.add_argument("--response", required=True)
-    trace.add_argument("--device", default="auto")
-    trace.add_argument("--trust-remote-code", action="store_true",
-                       help="let Python code shipped with the model run (auto_map); only for models you trust")
+    add_config_args(sub.add_parser("trace", help="per-token reward trace of one response"), TraceConfig)
     _add_store_commands(sub)
     sub.add_parser("queue", help="look at the project's jobs (REFORM_PROJECT_DIR) and start queued ones that have a free slot")
-    jobs = _jobs()
-    for name, (cls, _, help_text) in jobs.items():
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--run-dir", required=True, help="where config, status, log, metrics and checkpoint go")
-        add_config_args(p, cls)
+    commands = {}
+    for name, job in jobs().items():
+        commands[name] = sub.add_parser(name, help=job.help, description=f"{job.help}. Every flag is a field of "
+                                        f"{job.config.__name__}; a nested config's fields are --group.field.")
+        commands[name].add_argument("--run-dir", required=True, help="where config, status, log, metrics and checkpoint go")
+        add_config_args(commands[name], job.config)
     args = parser.parse_args(argv)
 
     if args.command in ("backup", "restore", "export-decisions"):
@@ -147,8 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "trace":
         from .reward_model import load_reward_model
         from .scoring import reward_trace
-        rm = load_reward_model(args.reward_model, device=args.device, trust_remote_code=args.trust_remote_code)
-        t = reward_trace(rm, [{"role": "user", "content": args.prompt}], args.response)
+        try:
+            config = config_from_args(TraceConfig, args)
+        except ValueError as exc:
+            parser.error(str(exc))
+        from .runtime import set_cpu_threads
+        set_cpu_threads(config.runtime.threads)
+        rm = load_reward_model(config.reward_model, **config.runtime.load_args())
+        t = reward_trace(rm, [{"role": "user", "content": config.prompt}], config.response)
         for piece, r in zip(t.pieces, t.rewards):
             print(f"{r:+.4f}\t{piece!r}")
     elif args.command == "queue":
@@ -156,19 +113,19 @@ def main(argv: list[str] | None = None) -> int:
         from .store import Store
         store = Store()
         launch_queued(store)
-        jobs = store.list_jobs()
-        for job in jobs[jobs["state"].isin(ACTIVE)].sort_values("id").to_dict("records"):
+        listed = store.list_jobs()
+        for job in listed[listed["state"].isin(ACTIVE)].sort_values("id").to_dict("records"):
             place = f" (position {queue_position(store, job['id'])})" if job["state"] == "queued" else ""
             print(f"#{job['id']}\t{job['kind']}\t{job['state']}{place}\t{job['message']}")
     else:
-        cls, fn, _ = jobs[args.command]
+        job = jobs()[args.command]
         try:
-            config = config_from_args(cls, args)
+            config = config_from_args(job.config, args)
         except ValueError as exc:
-            parser.error(str(exc))
+            commands[args.command].error(str(exc))
         from .jobs import hand_off
         try:
-            result = fn(config, args.run_dir)
+            result = job.run(config, args.run_dir)
         except BaseException as exc:
             hand_off(exc)  # a job started from the queue passes its slot on as it ends
             raise

@@ -33,38 +33,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .attack import AttackConfig, read_kept, run_attack
-from .data import load_preferences, select_rows, write_jsonl
-from .perturbations import PERTURBATIONS
+from .configs import JobConfigError, config_from_dict, nested, required, setting
+from .data import load_preferences, parse_rows, select_rows, write_jsonl
 from .retrain import base_recipe, held_out_rows
 from .robustness import RobustnessConfig, evaluate_robustness
-from .runs import job_run, read_json
-from .runtime import set_cpu_threads
+from .runs import RunDir, job, read_json
+from .runtime import Runtime
 from .stages import ComparisonResult, ModelReport, Stages, retrain_config
 from .training import TrainRewardConfig, train_reward_model
+from .trunk_cache import run_cache_dirs
 
 BASELINE = "lambda=0"     # the arm name of the over-optimisation baseline's rows
 
 
 @dataclass
 class AdvRoundsConfig:
-    attack: AttackConfig                    # every round's attack; its target_rm is the base RM (round 1's target),
-                                            # later rounds put the last retrained RM in its place
-    rounds: int = 2                         # retrainings: the paper's attack stopped working after 2
-    pass_floor: float = 0.05                # a round whose attack passes the filter on fewer than 5% of its fresh samples
-                                            # ends the rounds: pi0's own samples pass at most ~2.5% (U's z > 1.96 is a 2.5% tail)
-    final_attack: bool = True               # after the last retraining, attack once more to see whether it still falls
-    confirmed_only: bool = True             # only samples the judge or a rule confirms become pairs (the paper relies on
-                                            # disagreement plus its filter); False: every kept sample
-    baseline_arm: bool = False              # each attack also with lambda = 0 (the over-optimisation baseline), reported
+    attack: AttackConfig = required("every round's attack; its target_rm is the base RM (round 1's target), later rounds "
+                                    "put the last retrained RM in its place", set_by_job=("runtime",))
+    rounds: int = setting(2, "retrainings: the paper's attack stopped working after 2")
+    pass_floor: float = setting(0.05, "a round whose attack passes the keep filter on fewer than this share of its fresh "
+                                      "samples ends the rounds (pi0's own samples pass at most ~2.5%: U's z > 1.96 is a 2.5% tail)")
+    final_attack: bool = setting(True, "after the last retraining, attack once more to see whether the RM still falls")
+    confirmed_only: bool = setting(True, "only samples the judge or a rule confirms become pairs (the paper relies on "
+                                         "disagreement plus its filter); false: every kept sample")
+    baseline_arm: bool = setting(False, "each attack also with lambda = 0 (the over-optimisation baseline), reported beside, "
+                                        "never trained on")
     # retraining: the base's recipe (its run's config.json), from scratch, on its pairs + the adversarial ones
-    data: str = ""                          # the original pairs; '' = the base's own
-    train_rows: str = ""                    # with data: the rows to train on ('' = all)
+    data: str = setting("", "the original pairs; '' = the base's own (from its run's config.json)")
+    train_rows: str = setting("", "with data: the rows to train on ('' = all)")
     # evaluation: every RM on the same held-out pairs
-    eval_data: str = ""                     # '' = the training data
-    eval_rows: str = ""                     # '' = the rows after the training rows (all rows when it trained on all)
-    perturbations: str = ",".join(PERTURBATIONS)
-    eval_max_length: int = 1024
-    seed: int = 0                           # perturbation seed
+    eval_data: str = setting("", "held-out pairs ('' = the training data)")
+    eval_rows: str = setting("", "held-out rows; '' = the rows after the training rows (all rows when it trained on all)")
+    robustness: RobustnessConfig = nested(lambda: RobustnessConfig(reward_model=""),
+                                          "the robustness of every RM on the held-out pairs",
+                                          set_by_job=("reward_model", "data", "rows", "runtime"))
+    runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (the attacks' and the perturbations'; retraining keeps "
+                                       "the base's seed), remote-code leave; trunk cache 'auto': one run_dir/trunk_cache "
+                                       "for every stage, reading the base run's too")
 
     def __post_init__(self):
         checks = [(self.rounds >= 1, "rounds must be >= 1"),
@@ -74,24 +79,22 @@ class AdvRoundsConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"AdvRoundsConfig: {message}")
-        RobustnessConfig(reward_model="x", perturbations=self.perturbations)  # checks the names now
-
-    def runtime(self) -> dict:
-        """The attack's runtime, for every stage."""
-        a = self.attack
-        return {"device": a.device, "dtype": a.dtype, "threads": a.threads, "trust_remote_code": a.trust_remote_code}
+        parse_rows(self.train_rows), parse_rows(self.eval_rows)
+        self.attack = dataclasses.replace(self.attack, runtime=self.runtime)
+        self.robustness = dataclasses.replace(self.robustness, runtime=self.runtime)
 
     def recipe(self) -> TrainRewardConfig:
         return base_recipe(self.attack.target_rm, self.data, self.train_rows)
 
     def retrain_config(self, pairs_path: str) -> TrainRewardConfig:
-        return retrain_config(self.recipe(), "scratch", self.attack.target_rm, pairs_path, **self.runtime())
+        base = self.recipe()
+        runtime = dataclasses.replace(self.runtime, seed=base.runtime.seed)  # this job's placement, the base's seed
+        return retrain_config(base, "scratch", self.attack.target_rm, pairs_path, runtime=runtime)
 
     def robustness_config(self, rm: str) -> RobustnessConfig:
         recipe = self.recipe()
         rows = self.eval_rows if self.eval_rows or self.eval_data else held_out_rows(recipe.train_rows)
-        return RobustnessConfig(reward_model=rm, data=self.eval_data or recipe.data, rows=rows, perturbations=self.perturbations,
-                                seed=self.seed, max_length=self.eval_max_length, **self.runtime())
+        return dataclasses.replace(self.robustness, reward_model=rm, data=self.eval_data or recipe.data, rows=rows)
 
     def attack_config(self, target: str, baseline: bool = False) -> AttackConfig:
         return dataclasses.replace(self.attack, target_rm=target, **({"penalty_weight": 0.0} if baseline else {}))
@@ -123,15 +126,13 @@ class RoundReport:
 
 
 def read_rounds_config(run_dir: str | Path) -> AdvRoundsConfig:
-    """The config of the adv-rounds run in ``run_dir`` (its config.json, the attack nested)."""
-    from .confirm import ConfirmConfig
-
+    """The config of the adv-rounds run in ``run_dir`` (its config.json)."""
     saved = read_json(Path(run_dir) / "config.json")
-    if not isinstance(saved, dict) or not isinstance(saved.get("attack"), dict):
-        raise ValueError(f"{run_dir} holds no adv-rounds config (config.json with an attack); pick an adv-rounds run directory")
-    attack = dict(saved["attack"])
-    attack["confirm"] = ConfirmConfig(**attack.get("confirm", {}))
-    return AdvRoundsConfig(**{**saved, "attack": AttackConfig(**attack)})
+    try:
+        return config_from_dict(AdvRoundsConfig, saved)
+    except (JobConfigError, TypeError, ValueError) as exc:
+        raise ValueError(f"{run_dir} holds no adv-rounds config this version reads ({exc}); pick an adv-rounds run "
+                         "directory") from None
 
 
 def read_rounds(run_dir: str | Path) -> tuple[list[dict], list[dict]]:
@@ -164,69 +165,70 @@ def check_prompts_held_out(config: AdvRoundsConfig) -> None:
                          "training rows, or eval_rows apart from them")
 
 
-def run_adv_rounds(config: AdvRoundsConfig, run_dir: str | Path) -> ComparisonResult:
+def _outcome(result: ComparisonResult) -> str:
+    return "; ".join(f"{r['target']}: pass rate {r['pass_rate']:.1%}" for r in result.rounds if r["arm"] == "adv-rm")
+
+
+@job("starting", done=_outcome)
+def run_adv_rounds(config: AdvRoundsConfig, run: RunDir) -> ComparisonResult:
     """Attack, keep, retrain, evaluate, round after round; see the module docstring."""
-    run_dir = Path(run_dir)
-    with job_run(run_dir, config, "starting") as run:
-        set_cpu_threads(config.attack.threads)
-        config.recipe()  # an unknown recipe fails here, before any attack
-        check_prompts_held_out(config)
-        b = int(config.baseline_arm)
-        stages = Stages(run, total=1 + config.rounds * (3 + b) + int(config.final_attack) * (1 + b))
-        models: list[ModelReport] = []
-        rows: list[RoundReport] = []
-        pairs: list[dict] = []
+    base = str(Path(config.attack.target_rm).expanduser())
+    if config.runtime.trunk_cache == "auto":  # one cache for the stages, reading the base's: only new texts pay
+        shared = [run.path / "trunk_cache", *run_cache_dirs(base)]
+        config = dataclasses.replace(config, runtime=dataclasses.replace(
+            config.runtime, trunk_cache=",".join(map(str, dict.fromkeys(shared)))))
+    config.recipe()  # an unknown recipe fails here, before any attack
+    check_prompts_held_out(config)
+    b = int(config.baseline_arm)
+    stages = Stages(run, total=1 + config.rounds * (3 + b) + int(config.final_attack) * (1 + b))
+    models: list[ModelReport] = []
+    rows: list[RoundReport] = []
+    pairs: list[dict] = []
 
-        def evaluate(name: str, ckpt: str, n: int, after: tuple[str, ...]) -> None:
-            rob = stages(f"robustness_{name.replace('round ', 'r')}", evaluate_robustness, config.robustness_config(ckpt), after,
-                         describe=lambda m: f"clean win rate {m['clean_win_rate']:.3f}, mean drop {m['mean_drop']:+.3f}")
-            models.append(ModelReport.from_robustness(name, ckpt, n, rob))
-            stages.write_report(models, rounds=rows)
+    def evaluate(name: str, ckpt: str, n: int, after: tuple[str, ...]) -> None:
+        rob = stages(f"robustness_{name.replace('round ', 'r')}", evaluate_robustness, config.robustness_config(ckpt), after,
+                     describe=lambda m: f"clean win rate {m['clean_win_rate']:.3f}, mean drop {m['mean_drop']:+.3f}")
+        models.append(ModelReport.from_robustness(name, ckpt, n, rob))
+        stages.write_report(models, rounds=rows)
 
-        def attack(r: int, target: str, ckpt: str, after: tuple[str, ...]) -> RoundReport:
-            m = stages(f"attack_r{r}", run_attack, config.attack_config(ckpt), after,
-                       describe=lambda m: f"pass rate {m['pass_rate']:.3f} (pi0 {m['base_pass_rate']:.3f}), kept {m['kept']}, "
-                                          f"{m['confirmed']} confirmed")
-            row = RoundReport.from_attack(r, "adv-rm", target, ckpt, m)
-            rows.append(row)
-            if config.baseline_arm:
-                m0 = stages(f"attack_r{r}_lambda0", run_attack, config.attack_config(ckpt, baseline=True), after)
-                rows.append(RoundReport.from_attack(r, BASELINE, target, ckpt, m0))
-            stages.write_report(models, rounds=rows)  # a page shows each round as it ends
-            return row
+    def attack(r: int, target: str, ckpt: str, after: tuple[str, ...]) -> RoundReport:
+        m = stages(f"attack_r{r}", run_attack, config.attack_config(ckpt), after,
+                   describe=lambda m: f"pass rate {m['pass_rate']:.3f} (pi0 {m['base_pass_rate']:.3f}), kept {m['kept']}, "
+                                      f"{m['confirmed']} confirmed")
+        row = RoundReport.from_attack(r, "adv-rm", target, ckpt, m)
+        rows.append(row)
+        if config.baseline_arm:
+            m0 = stages(f"attack_r{r}_lambda0", run_attack, config.attack_config(ckpt, baseline=True), after)
+            rows.append(RoundReport.from_attack(r, BASELINE, target, ckpt, m0))
+        stages.write_report(models, rounds=rows)  # a page shows each round as it ends
+        return row
 
-        base = str(Path(config.attack.target_rm).expanduser())
-        evaluate("base", base, 0, ())
-        target, ckpt, after = "base", base, ()
-        for r in range(1, config.rounds + 1):
-            row = attack(r, target, ckpt, after)
-            rate = row.pass_rate
-            new = [p for p in adversarial_pairs(run.path / f"attack_r{r}", config.confirmed_only)
-                   if _key(p) not in {_key(q) for q in pairs}]
-            if not rate >= config.pass_floor or not new:  # NaN (nothing sampled) stops too
-                row.stop = (f"pass rate {rate:.3f} below the floor {config.pass_floor}: the RM no longer falls for the attack"
-                            if not rate >= config.pass_floor else
-                            f"no new {'confirmed ' if config.confirmed_only else ''}sample to add")
-                run.log(f"round {r}: {row.stop}; the rounds end here")
-                stages.skip(stages.total - stages.done)
-                break
-            pairs += new
-            path = run.path / f"pairs_r{r}.jsonl"
-            write_jsonl(path, pairs)
-            trained = stages(f"retrain_r{r}", train_reward_model, config.retrain_config(str(path)),
-                             tuple(f"attack_r{i}" for i in range(1, r + 1)), note=f" ({len(pairs)} adversarial pairs)",
-                             describe=lambda m: f"{m['train_pairs']} training pairs, {m['steps']} steps")
-            row.added, row.total_pairs, row.retrained = len(new), len(pairs), trained["checkpoint"]
-            target, ckpt, after = f"round {r}", trained["checkpoint"], (f"retrain_r{r}",)
-            evaluate(target, ckpt, len(pairs), after)
-        else:  # every round retrained: the last RM, attacked once more
-            if config.final_attack:
-                row = attack(config.rounds + 1, target, ckpt, after)
-                if not row.pass_rate >= config.pass_floor:
-                    row.stop = f"pass rate {row.pass_rate:.3f} below the floor {config.pass_floor}: the RM no longer falls for the attack"
-        result = stages.write_report(models, rounds=rows)
-        run.write_metrics(result)
-        attacks = [x for x in rows if x.arm == "adv-rm"]
-        message = "; ".join(f"{x.target}: pass rate {x.pass_rate:.1%}" for x in attacks)
-        run.set_status("succeeded", progress=1.0, step=stages.total, total=stages.total, message=message)
-        return result
+    evaluate("base", base, 0, ())
+    target, ckpt, after = "base", base, ()
+    for r in range(1, config.rounds + 1):
+        row = attack(r, target, ckpt, after)
+        rate = row.pass_rate
+        new = [p for p in adversarial_pairs(run.path / f"attack_r{r}", config.confirmed_only)
+               if _key(p) not in {_key(q) for q in pairs}]
+        if not rate >= config.pass_floor or not new:  # NaN (nothing sampled) stops too
+            row.stop = (f"pass rate {rate:.3f} below the floor {config.pass_floor}: the RM no longer falls for the attack"
+                        if not rate >= config.pass_floor else
+                        f"no new {'confirmed ' if config.confirmed_only else ''}sample to add")
+            run.log(f"round {r}: {row.stop}; the rounds end here")
+            stages.skip(stages.total - stages.done)
+            break
+        pairs += new
+        path = run.path / f"pairs_r{r}.jsonl"
+        write_jsonl(path, pairs)
+        trained = stages(f"retrain_r{r}", train_reward_model, config.retrain_config(str(path)),
+                         tuple(f"attack_r{i}" for i in range(1, r + 1)), note=f" ({len(pairs)} adversarial pairs)",
+                         describe=lambda m: f"{m['train_pairs']} training pairs, {m['steps']} steps")
+        row.added, row.total_pairs, row.retrained = len(new), len(pairs), trained["checkpoint"]
+        target, ckpt, after = f"round {r}", trained["checkpoint"], (f"retrain_r{r}",)
+        evaluate(target, ckpt, len(pairs), after)
+    else:  # every round retrained: the last RM, attacked once more
+        if config.final_attack:
+            row = attack(config.rounds + 1, target, ckpt, after)
+            if not row.pass_rate >= config.pass_floor:
+                row.stop = f"pass rate {row.pass_rate:.3f} below the floor {config.pass_floor}: the RM no longer falls for the attack"
+    return stages.write_report(models, rounds=rows)

@@ -14,8 +14,8 @@ Stages, in the run directory (runs.py) beside config/status/log/metrics:
    as a variant of direction "adv-rm": the pair (y+ preferred over the sample), y+ being the dataset's
    chosen response. The store ingests that file when the job ends, so they join the Curation queue.
 5. ``samples.jsonl``: every fresh sample (of the final policy and of pi0), scored from its text by the
-   target and the judge against y+ and checked by the rules: the rate of confirmed failures among what
-   the attack produces (the success criterion it shares with REFORM in compare.py).
+   target and the judge against y+ and checked by the rules (judging.py): the rate of confirmed
+   failures among what the attack produces, the success criterion it shares with REFORM (compare.py).
 
 A response is complete when it ends with EOS or, with ``sentence_window`` > 0, at a sentence end in
 the last ``sentence_window`` tokens of its budget (rollouts.py). SmolLM2 on HH prompts rarely says
@@ -35,12 +35,13 @@ from pathlib import Path
 import torch
 
 from .adversary import AdversarialReward, PromptNorm, kl_k3, rloo_advantages, rloo_loss
+from .configs import nested, required, setting
 from .confirm import Candidate, ConfirmConfig, Rule, RuleContext, check_rules, confirmation, passes, select_kept
-from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, select_rows, write_jsonl
+from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, parse_rows, select_rows, write_jsonl
 from .judging import SAMPLES_FILE, duel_scores, duels, judge_candidates
 from .models import DEFAULT_MODEL
-from .runs import atomic_directory, job_run
-from .runtime import seed_everything, set_cpu_threads
+from .runs import RunDir, atomic_directory, job
+from .runtime import Runtime, seed_everything
 
 STEPS_FILE = "steps.jsonl"
 KEPT_FILE = "variants.jsonl"      # the name the store's ingestion reads (jobs.ingest_results)
@@ -50,53 +51,50 @@ SOURCE = "adv-rm"                 # the variants' direction in the store: the pa
 @dataclass
 class AttackConfig:
     # models
-    target_rm: str                          # the RM under attack: a train-rm checkpoint directory
-    penalty_rms: str                        # >= 2 checkpoints, comma-separated: the base recipe on other seeds / subsets
-    judge_rm: str = ""                      # confirms success, never in the reward; '' = only the rules confirm
-    policy: str = DEFAULT_MODEL             # the adversary starts as this model (pi0); LoRA is trained on its top layers
+    target_rm: str = required("the RM under attack: a train-rm checkpoint directory")
+    penalty_rms: str = required(">= 2 checkpoints, comma-separated: the target's recipe on other seeds or subsets")
+    judge_rm: str = setting("", "confirms success, never in the reward; '' = only the rules confirm")
+    policy: str = setting(DEFAULT_MODEL, "the adversary starts as this model (pi0); LoRA is trained on its top layers")
     # prompts
-    data: str = str(DEMO_PATH)              # preference data: its prompts are attacked, its chosen responses are y+
-    rows: str = ""                          # 'a:b' source rows, '' = all
-    prompts: int = 32                       # the first this many pairs of those rows
-    skip_invalid: bool = True
-    max_prompt_tokens: int = 256            # prompts cut from the left beyond this (and to fit every RM's max_length)
+    data: str = setting(str(DEMO_PATH), "preference data: its prompts are attacked, its chosen responses are y+")
+    rows: str = setting("", "'a:b' source rows ('' = all)")
+    prompts: int = setting(32, "the first this many pairs of those rows")
+    skip_invalid: bool = setting(True, "invalid rows are skipped and counted, not fatal")
+    max_prompt_tokens: int = setting(256, "prompts are cut from the left beyond this (and to fit every RM's max_length)")
     # reward: r = Z_t - lambda * clip(Z_p) if Z_t > T else Z_t - C; no EOS: -C; minus beta * KL
-    penalty_weight: float = 2.0             # lambda > 1: a response the penalty RMs like as much as the target earns
-                                            # less; 0 = the over-optimisation baseline
-    kl_weight: float = 0.05                 # beta: keeps the adversary near pi0 so its text stays readable (TRL's RLOO default)
-    threshold: float = 1.0                  # T, in target z: beat ~84% of the base samples before the disagreement counts
-    below_cost: float = 5.0                 # C: below T and without EOS; above lambda * clip_high (4), so crossing T always pays
-    clip_low: float = -2.0                  # pushing the penalty RMs below -2 sd earns nothing more (no prize for gibberish)
-    clip_high: float = 2.0                  # bounds the penalty, so one outlier does not swamp its group's advantages
-    sd_floor: float = 0.25                  # per-prompt sd >= this share of the median sd: flat prompts do not blow up z
-    base_samples: int = 8                   # N samples of pi0 per prompt for the mean and sd (8: sd within ~25%)
+    penalty_weight: float = setting(2.0, "lambda > 1: a response the penalty RMs like as much as the target earns less; "
+                                         "0 = the over-optimisation baseline")
+    kl_weight: float = setting(0.05, "beta: keeps the adversary near pi0 so its text stays readable (TRL's RLOO default)")
+    threshold: float = setting(1.0, "T, in target z: beat ~84% of the base samples before the disagreement counts")
+    below_cost: float = setting(5.0, "C: the cost below T and without EOS; above lambda * clip_high (4), so crossing T "
+                                     "always pays")
+    clip_low: float = setting(-2.0, "pushing the penalty RMs below -2 sd earns nothing more (no prize for gibberish)")
+    clip_high: float = setting(2.0, "bounds the penalty, so one outlier does not swamp its group's advantages")
+    sd_floor: float = setting(0.25, "per-prompt sd >= this share of the median sd: flat prompts do not blow up z")
+    base_samples: int = setting(8, "N samples of pi0 per prompt for the mean and sd (8: sd within ~25%)")
     # RLOO
-    group_size: int = 4                     # k rollouts per prompt (the paper's 4)
-    prompts_per_step: int = 2               # 2 x 4 = 8 rollouts per step
-    steps: int = 100                        # RLOO updates; every prompt is drawn ~6 times at the defaults
-    max_new_tokens: int = 48                # short responses: the RM's verdict on 48 tokens, at CPU cost
-    sentence_window: int = 16               # a sentence end (. ! ?) in the last 16 tokens also ends a response; 0 = EOS
-                                            # only (the paper). SmolLM2 rarely says EOS within 48 tokens on HH
-    lr: float = 1e-4                        # LoRA's usual rate; RL on a 135M model diverges well above 1e-3
-    max_grad_norm: float = 1.0              # one group of outlier rewards cannot throw the adapter far
-    lora_layers: int = 4                    # LoRA on the top 4 layers: the trunk below is shared with pi0 and the RMs
-    lora_r: int = 8                         # a small adapter: the adversary moves the policy, it does not retrain it
-    lora_alpha: int = 16                    # alpha / r = 2, as train-rm's default
+    group_size: int = setting(4, "k rollouts per prompt (the paper's 4)")
+    prompts_per_step: int = setting(2, "prompts per step: 2 x 4 = 8 rollouts")
+    steps: int = setting(100, "RLOO updates; every prompt is drawn ~6 times at the defaults")
+    max_new_tokens: int = setting(48, "rollout length: the RM's verdict on short responses, at CPU cost")
+    sentence_window: int = setting(16, "a sentence end (. ! ?) in the last this many tokens also ends a response; 0 = EOS only "
+                                       "(the paper). SmolLM2 rarely says EOS within 48 tokens on HH (benchmarks/RESULTS.md)")
+    lr: float = setting(1e-4, "LoRA's usual rate; RL on a 135M model diverges well above 1e-3")
+    max_grad_norm: float = setting(1.0, "gradient clipping: one group of outlier rewards cannot throw the adapter far")
+    lora_layers: int = setting(4, "LoRA on the top N layers: the trunk below is shared with pi0 and the RMs")
+    lora_r: int = setting(8, "a small adapter: the adversary moves the policy, it does not retrain it")
+    lora_alpha: int = setting(16, "LoRA scale: alpha / r = 2, as train-rm's default")
+    save_every: int = setting(0, "steps between adapter checkpoints; 0 = at the end only")
     # keeping and confirming
-    keep_last: float = 0.5                  # rollouts of the last half of the steps are candidates (early ones are still pi0's)
-    fresh_samples: int = 4                  # per prompt, from the final policy (candidates) and from pi0 (the base pass rate)
-    u_z_min: float = 1.96                   # keep when the disagreement's z-score exceeds this (two-sided 5%)
-    dedupe_jaccard: float = 0.8             # character-trigram Jaccard at or above which two samples are one
-    cap_per_prompt: int = 4                 # at most this many pairs per prompt
-    cap_total: int = 200                    # and in total
-    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)  # the rules that confirm a sample bad without a human
-    # runtime
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "float32"                  # fp32: bf16 brings no speed-up on this class of CPU
-    threads: int = 0                        # 0 = torch default
-    save_every: int = 0                     # steps between adapter checkpoints, 0 = at the end only
-    trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
+    keep_last: float = setting(0.5, "rollouts of the last half of the steps are candidates: the early ones are still much "
+                                    "like pi0's")
+    fresh_samples: int = setting(4, "per prompt, from the final policy (candidates) and from pi0 (the base pass rate)")
+    u_z_min: float = setting(1.96, "keep when the disagreement's z-score exceeds this (two-sided 5%)")
+    dedupe_jaccard: float = setting(0.8, "character-trigram Jaccard at or above which two samples are one")
+    cap_per_prompt: int = setting(4, "at most this many pairs per prompt")
+    cap_total: int = setting(200, "and at most this many in total")
+    confirm: ConfirmConfig = nested(ConfirmConfig, "the rules that confirm a sample bad without a human, and their thresholds")
+    runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (pi0's samples, RLOO, prompt order), remote-code leave")
 
     def __post_init__(self):
         penalties = self.penalty_list()
@@ -131,6 +129,7 @@ class AttackConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"AttackConfig: {message}")
+        parse_rows(self.rows)
         self.reward()  # refuses a bad lambda, beta, T, C or clip range now, not in the job
 
     def rules(self) -> tuple[Rule, ...]:
@@ -191,11 +190,12 @@ def read_kept(run_dir: str | Path) -> list[dict]:
 
 
 def companion_configs(target_rm: str, penalties: int, judge: bool, *, data: str, rows: str, share: float = 0.8,
-                      device: str = "auto", trust_remote_code: bool = False) -> list[tuple[str, "TrainRewardConfig"]]:
+                      runtime: Runtime | None = None) -> list[tuple[str, "TrainRewardConfig"]]:
     """train-rm configs for the RMs an attack on ``target_rm`` lacks -> [(role, config)]: ``penalties``
     penalty RMs, then the judge if asked. Each is the target's recipe (its run's config.json; else its
     spec trained on ``data`` rows ``rows``) on another seed and a seeded ``share`` of its training pairs;
-    the last penalty is head-only, so the ensemble does not share one way of being wrong."""
+    the last penalty is head-only, so the ensemble does not share one way of being wrong. ``runtime``:
+    where they train (its seed is replaced by each one's own)."""
     import dataclasses
 
     from .reward_model import read_spec
@@ -204,16 +204,16 @@ def companion_configs(target_rm: str, penalties: int, judge: bool, *, data: str,
 
     recipe = base_training_config(target_rm)
     if recipe is None:
-        spec = read_spec(target_rm)
-        recipe = TrainRewardConfig(data=data, train_rows=rows, model=spec.base_model, finetune=spec.finetune, lora_r=spec.lora_r,
-                                   lora_alpha=spec.lora_alpha, lora_layers=spec.lora_layers or 0,
-                                   use_chat_template=spec.use_chat_template, max_length=spec.max_length)
+        recipe = TrainRewardConfig(data=data, train_rows=rows, model=dataclasses.replace(read_spec(target_rm), trust_remote_code=False))
     n = len(select_rows(load_preferences(recipe.data, skip_invalid=recipe.skip_invalid).pairs, recipe.train_rows))
-    common = dict(train_sample=max(1, round(share * n)), eval_data="", eval_rows="", augment_data="", init_from="",
-                  save_every=0, device=device, trust_remote_code=trust_remote_code)
-    roles = [(f"penalty {i + 1}", recipe.seed + 1 + i, "head" if i == penalties - 1 else recipe.finetune) for i in range(penalties)]
-    roles += [("judge", recipe.seed + 101, recipe.finetune)] if judge else []
-    return [(role, dataclasses.replace(recipe, seed=seed, finetune=finetune, **common)) for role, seed, finetune in roles]
+    common = dict(train_sample=max(1, round(share * n)), eval_data="", eval_rows="", augment_data="", init_from="", save_every=0)
+    seed = recipe.runtime.seed
+    roles = [(f"penalty {i + 1}", seed + 1 + i, "head" if i == penalties - 1 else recipe.model.finetune) for i in range(penalties)]
+    roles += [("judge", seed + 101, recipe.model.finetune)] if judge else []
+    placement = runtime or Runtime()
+    return [(role, dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, finetune=finetune),
+                                       runtime=dataclasses.replace(placement, seed=role_seed), **common))
+            for role, role_seed, finetune in roles]
 
 
 # --------------------------------------------------------------------------- the job
@@ -284,142 +284,144 @@ def _confirm(kept: list[Candidate], pairs: list[PreferencePair], target, judge, 
     return records
 
 
-def run_attack(config: AttackConfig, run_dir: str | Path) -> AttackResult:
+def _outcome(result: AttackResult) -> str:
+    return (f"kept {result.kept} samples, {result.confirmed} confirmed; pass rate {result.pass_rate:.1%} vs base "
+            f"{result.base_pass_rate:.1%}")
+
+
+@job("loading data and models", done=_outcome)
+def run_attack(config: AttackConfig, run: RunDir) -> AttackResult:
     """Normalise, train the adversary with RLOO, sample fresh, keep and confirm; see the module docstring."""
     from .reward_model import load_reward_model
     from .rollouts import RolloutEngine, build_policy
 
-    with job_run(run_dir, config, "loading data and models") as run:
-        set_cpu_threads(config.threads)
-        seed_everything(config.seed)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)[: config.prompts]
-        if not pairs:
-            raise DataError(f"no pairs in rows {config.rows!r} of {config.data}.", fix="widen or clear the rows.")
-        prompts = [p.prompt for p in pairs]
-        load = dict(device=config.device, dtype=config.dtype, trust_remote_code=config.trust_remote_code)
-        rms = [load_reward_model(p, **load) for p in [config.target_rm] + config.penalty_list()]
-        policy, tokenizer = build_policy(config.policy, lora_layers=config.lora_layers, lora_r=config.lora_r,
-                                         lora_alpha=config.lora_alpha, seed=config.seed, **load)
-        context = getattr(policy.config, "max_position_embeddings", 4096)
-        budget = min([config.max_prompt_tokens, context] + [rm.spec.max_length for rm in rms]) - config.max_new_tokens
-        if budget < 4:
-            raise DataError(f"max_new_tokens={config.max_new_tokens} leaves no room for a prompt within the RMs' max_length.",
-                            fix="lower max_new_tokens or raise max_prompt_tokens.")
-        engine = RolloutEngine(policy, tokenizer, rms, prompt_budget=budget)
-        run.log(f"{len(pairs)} prompts; policy LoRA from layer {engine.lora_start}; the RMs' own layers start at "
-                f"{engine.rm_depths} (-1: all of them on the same ids, None: scored from text)")
-        generator = torch.Generator().manual_seed(config.seed)
-        per_step = config.prompts_per_step * config.group_size
-        cal = _chunks(len(prompts), max(1, per_step // config.base_samples))
-        fresh = _chunks(len(prompts), max(1, per_step // max(1, config.fresh_samples))) if config.fresh_samples else []
-        total, done = len(cal) + config.steps + 2 * len(fresh) + 1, 0
+    seed = config.runtime.seed
+    seed_everything(seed)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)[: config.prompts]
+    if not pairs:
+        raise DataError(f"no pairs in rows {config.rows!r} of {config.data}.", fix="widen or clear the rows.")
+    prompts = [p.prompt for p in pairs]
+    load = config.runtime.load_args()
+    rms = [load_reward_model(p, **load) for p in [config.target_rm] + config.penalty_list()]
+    policy, tokenizer = build_policy(config.policy, lora_layers=config.lora_layers, lora_r=config.lora_r,
+                                     lora_alpha=config.lora_alpha, seed=seed, **load)
+    context = getattr(policy.config, "max_position_embeddings", 4096)
+    budget = min([config.max_prompt_tokens, context] + [rm.spec.max_length for rm in rms]) - config.max_new_tokens
+    if budget < 4:
+        raise DataError(f"max_new_tokens={config.max_new_tokens} leaves no room for a prompt within the RMs' max_length.",
+                        fix="lower max_new_tokens or raise max_prompt_tokens.")
+    engine = RolloutEngine(policy, tokenizer, rms, prompt_budget=budget)
+    run.log(f"{len(pairs)} prompts; policy LoRA from layer {engine.lora_start}; the RMs' own layers start at "
+            f"{engine.rm_depths} (-1: all of them on the same ids, None: scored from text)")
+    generator = torch.Generator().manual_seed(seed)
+    per_step = config.prompts_per_step * config.group_size
+    cal = _chunks(len(prompts), max(1, per_step // config.base_samples))
+    fresh = _chunks(len(prompts), max(1, per_step // max(1, config.fresh_samples))) if config.fresh_samples else []
+    total, done = len(cal) + config.steps + 2 * len(fresh) + 1, 0
 
-        # 1. the base policy's samples: every z-score's yardstick
-        raws, idxs, ppls = [], [], []
-        for ids in cal:
-            roll, raw, logp0, idx = _sample_scored(engine, prompts, ids, config.base_samples, generator, config, adapter=False)
-            raws.append(raw)
-            idxs.append(idx)
-            ppls.append(torch.exp(-logp0.sum(-1) / roll.lengths.clamp(min=1)))
+    # 1. the base policy's samples: every z-score's yardstick
+    raws, idxs, ppls = [], [], []
+    for ids in cal:
+        roll, raw, logp0, idx = _sample_scored(engine, prompts, ids, config.base_samples, generator, config, adapter=False)
+        raws.append(raw)
+        idxs.append(idx)
+        ppls.append(torch.exp(-logp0.sum(-1) / roll.lengths.clamp(min=1)))
+        done += 1
+        run.progress(done, total, message=f"sampling the base policy: {done}/{len(cal)} prompt groups")
+    norm = PromptNorm.fit(torch.cat(raws), torch.cat(idxs), len(prompts), config.sd_floor)
+    base_ppl = float(torch.cat(ppls).median())
+
+    # 2. RLOO
+    reward, k, G = config.reward(), config.group_size, config.prompts_per_step
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    order = _prompt_order(len(prompts), seed)
+    steps_path = run.path / STEPS_FILE
+    steps_path.write_text("")  # a re-run in the same directory starts its curves afresh
+    keep_after = config.steps - round(config.keep_last * config.steps)
+    pool, window = [], []
+    rl_start = time.perf_counter()
+    for step in range(1, config.steps + 1):
+        t0 = time.perf_counter()
+        ids = [next(order) for _ in range(G)]
+        roll, raw, logp0, idx = _sample_scored(engine, prompts, ids, k, generator, config, adapter=True)
+        logp, entropy = engine.logprobs(roll, grad=True)
+        mask = roll.mask
+        z = norm.z(raw, idx)
+        kl = kl_k3(logp.detach(), logp0, mask)
+        parts = reward(z[:, 0], z[:, 1:], roll.complete, kl)
+        advantages = rloo_advantages(parts.total.view(len(ids), k)).view(-1)
+        loss = rloo_loss(advantages, logp.sum(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        found = _candidates(roll, raw, logp0, idx, norm, f"step {step}")
+        passing = [passes(c, config.threshold, config.u_z_min) for c in found]
+        if step > keep_after:
+            pool += found
+            window += passing
+        row = {"step": step, **parts.means(), "kl": float(kl.mean()), "entropy": float(entropy.sum() / mask.sum()),
+               "length": float((roll.lengths - roll.ended.long()).float().mean()), "eos_rate": float(roll.ended.float().mean()),
+               "complete_rate": float(roll.complete.float().mean()),
+               "pass_rate": sum(passing) / len(passing), "loss": float(loss.detach()), "grad_norm": float(grad_norm),
+               "seconds": time.perf_counter() - t0}
+        with open(steps_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        done += 1
+        run.progress(done, total, message=f"step {step}/{config.steps}: target z {row['target_z']:+.2f}, penalty z "
+                     f"{row['penalty_z']:+.2f}, pass rate {row['pass_rate']:.0%}")
+        if config.save_every and step % config.save_every == 0 and step < config.steps:
+            _save_adapter(policy, run.checkpoint_path)
+            run.log(f"adapter checkpoint at step {step}")
+    rl_seconds = time.perf_counter() - rl_start
+    _save_adapter(policy, run.checkpoint_path)
+
+    # 3. fresh samples of the final policy and of pi0, same prompts
+    rates, samples = {}, {}
+    for adapter, name in ((True, "final"), (False, "base")):
+        got = []
+        for ids in fresh:
+            roll, raw, logp0, idx = _sample_scored(engine, prompts, ids, config.fresh_samples, generator, config, adapter)
+            got += _candidates(roll, raw, logp0, idx, norm, "fresh" if adapter else "base")
             done += 1
-            run.progress(done, total, message=f"sampling the base policy: {done}/{len(cal)} prompt groups")
-        norm = PromptNorm.fit(torch.cat(raws), torch.cat(idxs), len(prompts), config.sd_floor)
-        base_ppl = float(torch.cat(ppls).median())
+            run.progress(done, total, message=f"fresh samples of the {name} policy")
+        rates[name] = sum(passes(c, config.threshold, config.u_z_min) for c in got) / len(got) if got else float("nan")
+        samples[name] = got
+        if adapter:
+            pool += got
 
-        # 2. RLOO
-        reward, k, G = config.reward(), config.group_size, config.prompts_per_step
-        params = [p for p in policy.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-        order = _prompt_order(len(prompts), config.seed)
-        steps_path = run.path / STEPS_FILE
-        steps_path.write_text("")  # a re-run in the same directory starts its curves afresh
-        keep_after = config.steps - round(config.keep_last * config.steps)
-        pool, window = [], []
-        rl_start = time.perf_counter()
-        for step in range(1, config.steps + 1):
-            t0 = time.perf_counter()
-            ids = [next(order) for _ in range(G)]
-            roll, raw, logp0, idx = _sample_scored(engine, prompts, ids, k, generator, config, adapter=True)
-            logp, entropy = engine.logprobs(roll, grad=True)
-            mask = roll.mask
-            z = norm.z(raw, idx)
-            kl = kl_k3(logp.detach(), logp0, mask)
-            parts = reward(z[:, 0], z[:, 1:], roll.complete, kl)
-            advantages = rloo_advantages(parts.total.view(len(ids), k)).view(-1)
-            loss = rloo_loss(advantages, logp.sum(-1))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            found = _candidates(roll, raw, logp0, idx, norm, f"step {step}")
-            passing = [passes(c, config.threshold, config.u_z_min) for c in found]
-            if step > keep_after:
-                pool += found
-                window += passing
-            row = {"step": step, **parts.means(), "kl": float(kl.mean()), "entropy": float(entropy.sum() / mask.sum()),
-                   "length": float((roll.lengths - roll.ended.long()).float().mean()), "eos_rate": float(roll.ended.float().mean()),
-                   "complete_rate": float(roll.complete.float().mean()),
-                   "pass_rate": sum(passing) / len(passing), "loss": float(loss.detach()), "grad_norm": float(grad_norm),
-                   "seconds": time.perf_counter() - t0}
-            with open(steps_path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(row) + "\n")
-            done += 1
-            run.progress(done, total, message=f"step {step}/{config.steps}: target z {row['target_z']:+.2f}, penalty z "
-                         f"{row['penalty_z']:+.2f}, pass rate {row['pass_rate']:.0%}")
-            if config.save_every and step % config.save_every == 0 and step < config.steps:
-                _save_adapter(policy, run.checkpoint_path)
-                run.log(f"adapter checkpoint at step {step}")
-        rl_seconds = time.perf_counter() - rl_start
-        _save_adapter(policy, run.checkpoint_path)
-
-        # 3. fresh samples of the final policy and of pi0, same prompts
-        rates, samples = {}, {}
-        for adapter, name in ((True, "final"), (False, "base")):
-            got = []
-            for ids in fresh:
-                roll, raw, logp0, idx = _sample_scored(engine, prompts, ids, config.fresh_samples, generator, config, adapter)
-                got += _candidates(roll, raw, logp0, idx, norm, "fresh" if adapter else "base")
-                done += 1
-                run.progress(done, total, message=f"fresh samples of the {name} policy")
-            rates[name] = sum(passes(c, config.threshold, config.u_z_min) for c in got) / len(got) if got else float("nan")
-            samples[name] = got
-            if adapter:
-                pool += got
-
-        # 4. keep, confirm, hand to the store
-        run.set_status("running", message="keeping and confirming")
-        kept = select_kept(pool, threshold=config.threshold, u_z_min=config.u_z_min, max_jaccard=config.dedupe_jaccard,
-                           per_prompt=config.cap_per_prompt, total=config.cap_total)
-        target = rms[0]
-        del engine, rms, policy  # the judge's turn: the policy and the penalty RMs are done
-        gc.collect()
-        judge = load_reward_model(config.judge_rm, **load) if config.judge_rm.strip() else None
-        rules = config.rules()
-        records = _confirm(kept, pairs, target, judge, base_ppl, rules) if kept else []
-        write_jsonl(run.path / KEPT_FILE, records)
-        run.set_status("running", message="judging the fresh samples")
-        judged = judge_candidates(samples.get("final", []) + samples.get("base", []), pairs, target, judge, base_ppl, rules,
-                                  config.threshold, config.u_z_min)
-        write_jsonl(run.path / SAMPLES_FILE, judged)
-        success = {name: [r["success"] for r in judged if r["origin"] == origin]
-                   for name, origin in (("final", "fresh"), ("base", "base"))}
-        fired: dict[str, int] = {}
-        for r in records:
-            for f in r["flags"]:
-                fired[f["rule"]] = fired.get(f["rule"], 0) + 1
-        confirmed = sum(r["confirmed"] for r in records)
-        result = AttackResult(str(run.path / KEPT_FILE), str(steps_path), str(run.checkpoint_path), config.steps, len(prompts),
-                              len(records), confirmed, rates.get("final", float("nan")), rates.get("base", float("nan")),
-                              sum(window) / len(window) if window else float("nan"),
-                              confirmed / len(records) if records else float("nan"), fired, base_ppl,
-                              _share(success["final"]), _share(success["base"]), time.perf_counter() - start,
-                              rl_seconds / config.steps, time.process_time() - cpu_start)
-        run.write_metrics(result)
-        run.log(f"kept {len(records)} ({confirmed} confirmed); pass rate {result.pass_rate:.3f} vs base {result.base_pass_rate:.3f}")
-        run.set_status("succeeded", progress=1.0, message=f"kept {len(records)} samples, {confirmed} confirmed; pass rate "
-                       f"{result.pass_rate:.1%} vs base {result.base_pass_rate:.1%}")
-        return result
+    # 4. keep, confirm, hand to the store
+    run.set_status("running", message="keeping and confirming")
+    kept = select_kept(pool, threshold=config.threshold, u_z_min=config.u_z_min, max_jaccard=config.dedupe_jaccard,
+                       per_prompt=config.cap_per_prompt, total=config.cap_total)
+    target = rms[0]
+    del engine, rms, policy  # the judge's turn: the policy and the penalty RMs are done
+    gc.collect()
+    judge = load_reward_model(config.judge_rm, **load) if config.judge_rm.strip() else None
+    rules = config.rules()
+    records = _confirm(kept, pairs, target, judge, base_ppl, rules) if kept else []
+    write_jsonl(run.path / KEPT_FILE, records)
+    run.set_status("running", message="judging the fresh samples")
+    judged = judge_candidates(samples.get("final", []) + samples.get("base", []), pairs, target, judge, base_ppl, rules,
+                              config.threshold, config.u_z_min)
+    write_jsonl(run.path / SAMPLES_FILE, judged)
+    success = {name: [r["success"] for r in judged if r["origin"] == origin]
+               for name, origin in (("final", "fresh"), ("base", "base"))}
+    fired: dict[str, int] = {}
+    for r in records:
+        for f in r["flags"]:
+            fired[f["rule"]] = fired.get(f["rule"], 0) + 1
+    confirmed = sum(r["confirmed"] for r in records)
+    result = AttackResult(str(run.path / KEPT_FILE), str(steps_path), str(run.checkpoint_path), config.steps, len(prompts),
+                          len(records), confirmed, rates.get("final", float("nan")), rates.get("base", float("nan")),
+                          sum(window) / len(window) if window else float("nan"),
+                          confirmed / len(records) if records else float("nan"), fired, base_ppl,
+                          _share(success["final"]), _share(success["base"]), time.perf_counter() - start,
+                          rl_seconds / config.steps, time.process_time() - cpu_start)
+    run.log(f"kept {len(records)} ({confirmed} confirmed); pass rate {result.pass_rate:.3f} vs base {result.base_pass_rate:.3f}")
+    return result
 
 
 def _share(flags: list[bool]) -> float:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass
 from itertools import combinations
@@ -37,14 +38,15 @@ from typing import Any, Sequence
 
 from .adv_rounds import read_rounds_config
 from .attack import AttackConfig, read_kept, run_attack
+from .configs import config_from_dict, nested, required, setting
 from .confirm import jaccard, trigrams
 from .data import hh_text, write_jsonl
 from .evaluation import BOOTSTRAP_RESAMPLES, Interval, bootstrap_diff, bootstrap_mean, paired_bootstrap_diff
 from .inversions import GenerateVariantsConfig, generate_variants
 from .judging import SAMPLES_FILE, JudgeVariantsConfig, judge_variants, read_samples
 from .robustness import evaluate_robustness, read_pair_scores
-from .runs import atomic_write_json, job_run, read_json
-from .runtime import set_cpu_threads
+from .runs import RunDir, atomic_write_json, job, read_json
+from .runtime import Runtime
 from .stages import Stages, finished, retrain_config
 from .training import train_reward_model
 
@@ -188,16 +190,14 @@ def comparison_table(runs: Sequence[MethodRun], *, retrained: dict[str, Any] | N
 
 @dataclass
 class CompareConfig:
-    pipeline_dir: str                       # a finished pipeline run: REFORM on the base RM
-    rounds_dir: str                         # a finished adv-rounds run whose target is that base RM
-    equal_pairs: bool = True                # retrain both methods' RMs on the same number of added pairs and evaluate them
-    cross_attacks: bool = True              # REFORM's decoding against Adv-RM's RM, and the attack against REFORM's
-    n_boot: int = BOOTSTRAP_RESAMPLES       # bootstrap resamples of every interval
-    seed: int = 0                           # of the bootstrap and of the pair samples
-    device: str = "auto"
-    dtype: str = "float32"
-    threads: int = 0
-    trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
+    pipeline_dir: str = required("a finished pipeline run: REFORM on the base RM")
+    rounds_dir: str = required("a finished adv-rounds run whose target is that base RM")
+    equal_pairs: bool = setting(True, "retrain both methods' RMs on the same number of added pairs and evaluate them")
+    cross_attacks: bool = setting(True, "REFORM's decoding against Adv-RM's RM, and the attack against REFORM's (needs "
+                                        "equal_pairs)")
+    n_boot: int = setting(BOOTSTRAP_RESAMPLES, "bootstrap resamples of every interval")
+    runtime: Runtime = nested(Runtime, "device, dtype, threads, remote-code leave of every stage (each keeps the seed of the "
+                                       "run it repeats); seed: of the bootstrap and of the pair samples")
 
     def __post_init__(self):
         for name in ("pipeline_dir", "rounds_dir"):
@@ -207,8 +207,9 @@ class CompareConfig:
         if self.n_boot < 1:
             raise ValueError("CompareConfig: n_boot must be >= 1 (2000 gives intervals within ~0.5 point)")
 
-    def runtime(self) -> dict:
-        return {"device": self.device, "dtype": self.dtype, "threads": self.threads, "trust_remote_code": self.trust_remote_code}
+    def placed(self, runtime: Runtime) -> Runtime:
+        """This job's placement with ``runtime``'s seed: a stage repeats its run's draws wherever it runs."""
+        return dataclasses.replace(self.runtime, seed=runtime.seed)
 
 
 @dataclass
@@ -252,115 +253,113 @@ def _with_prompt_text(rows: list[dict]) -> list[dict]:
     return [{**r, "prompt_text": hh_text(r["prompt"])} for r in rows]
 
 
-def run_compare(config: CompareConfig, run_dir: str | Path) -> CompareResult:
+def _outcome(result: CompareResult) -> str:
+    return "; ".join(f"{m}: {v:.1%} of samples are confirmed failures" for m, v in result.success.items())
+
+
+@job("reading the runs", done=_outcome)
+def run_compare(config: CompareConfig, run: RunDir) -> CompareResult:
     """Judge, retrain on equal pairs, cross-attack, and write ``comparison.json``; see the module docstring."""
-    import time
-
     P, A = Path(config.pipeline_dir).expanduser(), Path(config.rounds_dir).expanduser()
-    with job_run(run_dir, config, "reading the runs") as run:
-        set_cpu_threads(config.threads)
-        start = time.perf_counter()
-        pipe = _finished_run(P, "pipeline")
-        _finished_run(A, "adv-rounds")
-        rounds = read_rounds_config(A)
-        attack: AttackConfig = rounds.attack
-        report = read_json(P / "report.json", {}) or {}
-        base = next((m["checkpoint"] for m in report.get("models", []) if m["name"] == "base"), "")
-        variants_dir = P / "variants_lowest_loss"
-        if not (A / "attack_r1" / SAMPLES_FILE).is_file() or not (variants_dir / "variants.jsonl").is_file():
-            raise ValueError("the runs lack what is compared: the pipeline's variants_lowest_loss/variants.jsonl and the "
-                             f"rounds' attack_r1/{SAMPLES_FILE} (an attack from before samples were judged); run them again")
-        stages = Stages(run, total=1 + 4 * config.equal_pairs + 3 * config.cross_attacks)
-        judge = dict(judge_rm=attack.judge_rm, base_perplexity=read_json(A / "attack_r1" / "metrics.json")["base_perplexity"],
-                     confirm=attack.confirm, **config.runtime())
+    start = time.perf_counter()
+    pipe = _finished_run(P, "pipeline")
+    _finished_run(A, "adv-rounds")
+    rounds = read_rounds_config(A)
+    attack: AttackConfig = rounds.attack
+    report = read_json(P / "report.json", {}) or {}
+    base = next((m["checkpoint"] for m in report.get("models", []) if m["name"] == "base"), "")
+    variants_dir = P / "variants_lowest_loss"
+    if not (A / "attack_r1" / SAMPLES_FILE).is_file() or not (variants_dir / "variants.jsonl").is_file():
+        raise ValueError("the runs lack what is compared: the pipeline's variants_lowest_loss/variants.jsonl and the "
+                         f"rounds' attack_r1/{SAMPLES_FILE} (an attack from before samples were judged); run them again")
+    stages = Stages(run, total=1 + 4 * config.equal_pairs + 3 * config.cross_attacks)
+    judge = dict(judge_rm=attack.judge_rm, base_perplexity=read_json(A / "attack_r1" / "metrics.json")["base_perplexity"],
+                 confirm=attack.confirm, runtime=config.runtime)
 
-        # REFORM's raise variants and Adv-RM's round-1 fresh samples, judged alike
-        stages("judge_reform", judge_variants, JudgeVariantsConfig(str(variants_dir / "variants.jsonl"), **judge))
-        reform = _with_prompt_text(read_samples(run.path / "judge_reform"))
-        fresh = _with_prompt_text(read_samples(A / "attack_r1", "fresh"))
-        texts = {s["text"] for s in fresh}
-        kept = _with_prompt_text([k for k in read_kept(A / "attack_r1") if k["text"] not in texts])
-        cpu = [read_json(d / "metrics.json", {}) or {} for d in (P / "influence", variants_dir, A / "attack_r1")]
-        recorded = all("cpu_seconds" in m for m in cpu)
-        runs = [MethodRun(REFORM, reform, reform, cpu[0].get("cpu_seconds", float("nan")) + cpu[1].get("cpu_seconds", float("nan"))),
-                MethodRun(ADVRM, fresh, fresh + kept, cpu[2].get("cpu_seconds", float("nan")))]
-        prompts = [{s["prompt_text"] for s in r.samples} for r in runs]
-        rob_base = [read_json(d / "robustness_base" / "config.json", {}) or {} for d in (P, A)]
-        checks = [{"check": "same base RM", "ok": bool(base) and _same_file(base, attack.target_rm),
-                   "detail": f"pipeline {base}; attack {attack.target_rm}"},
-                  {"check": "same held-out pairs", "ok": all(rob_base) and _same_file(rob_base[0]["data"], rob_base[1]["data"])
-                   and rob_base[0]["rows"] == rob_base[1]["rows"],
-                   "detail": "; ".join(f"{n}: {c.get('data', '?')} rows {c.get('rows', '?')!r}"
-                                       for n, c in zip(("pipeline", "rounds"), rob_base))},
-                  {"check": "same prompts", "ok": prompts[0] == prompts[1],
-                   "detail": f"{len(prompts[0] & prompts[1])} shared of {len(prompts[0])} (REFORM) and {len(prompts[1])} (Adv-RM)"},
-                  {"check": "same judge and rules", "ok": True,
-                   "detail": f"judge {attack.judge_rm or 'none'}; rules {attack.confirm.rules}"},
-                  {"check": "CPU time recorded", "ok": recorded, "detail": "influence + variants (REFORM), the round-1 attack "
-                   "with its RL (Adv-RM); the penalty RMs' training is not counted"}]
+    # REFORM's raise variants and Adv-RM's round-1 fresh samples, judged alike
+    stages("judge_reform", judge_variants, JudgeVariantsConfig(str(variants_dir / "variants.jsonl"), **judge))
+    reform = _with_prompt_text(read_samples(run.path / "judge_reform"))
+    fresh = _with_prompt_text(read_samples(A / "attack_r1", "fresh"))
+    texts = {s["text"] for s in fresh}
+    kept = _with_prompt_text([k for k in read_kept(A / "attack_r1") if k["text"] not in texts])
+    cpu = [read_json(d / "metrics.json", {}) or {} for d in (P / "influence", variants_dir, A / "attack_r1")]
+    recorded = all("cpu_seconds" in m for m in cpu)
+    runs = [MethodRun(REFORM, reform, reform, cpu[0].get("cpu_seconds", float("nan")) + cpu[1].get("cpu_seconds", float("nan"))),
+            MethodRun(ADVRM, fresh, fresh + kept, cpu[2].get("cpu_seconds", float("nan")))]
+    prompts = [{s["prompt_text"] for s in r.samples} for r in runs]
+    rob_base = [read_json(d / "robustness_base" / "config.json", {}) or {} for d in (P, A)]
+    checks = [{"check": "same base RM", "ok": bool(base) and _same_file(base, attack.target_rm),
+               "detail": f"pipeline {base}; attack {attack.target_rm}"},
+              {"check": "same held-out pairs", "ok": all(rob_base) and _same_file(rob_base[0]["data"], rob_base[1]["data"])
+               and rob_base[0]["rows"] == rob_base[1]["rows"],
+               "detail": "; ".join(f"{n}: {c.get('data', '?')} rows {c.get('rows', '?')!r}"
+                                   for n, c in zip(("pipeline", "rounds"), rob_base))},
+              {"check": "same prompts", "ok": prompts[0] == prompts[1],
+               "detail": f"{len(prompts[0] & prompts[1])} shared of {len(prompts[0])} (REFORM) and {len(prompts[1])} (Adv-RM)"},
+              {"check": "same judge and rules", "ok": True,
+               "detail": f"judge {attack.judge_rm or 'none'}; rules {attack.confirm.rules}"},
+              {"check": "CPU time recorded", "ok": recorded, "detail": "influence + variants (REFORM), the round-1 attack "
+               "with its RL (Adv-RM); the penalty RMs' training is not counted"}]
 
-        # the same number of added pairs: retrain both, evaluate on the rounds' held-out pairs
-        hardened: dict[str, str] = {}
-        retrained: dict[str, Any] = {}
-        if config.equal_pairs:
-            sources = {REFORM: pipe.get("approved") or str(variants_dir / "augment.jsonl"), ADVRM: str(A / "pairs_r1.jsonl")}
-            counts = {m: _count(p) if Path(p).is_file() else 0 for m, p in sources.items()}
-            n = min(counts.values())
-            checks.append({"check": "same number of added pairs", "ok": n > 0,
-                           "detail": f"{n} each ({', '.join(f'{m} had {c}' for m, c in counts.items())})"})
-            if n == 0:
-                stages.skip(4 + 2 * config.cross_attacks)
-            else:
-                base_scores = read_pair_scores(A / "robustness_base")
-                retrained["base"] = (0, base_scores)
-                for method, own, slug in ((REFORM, P / "retrain_reform", "reform"), (ADVRM, A / "retrain_r1", "advrm")):
-                    pairs = _pair_sample(sources[method], n, run.path / f"pairs_{slug}.jsonl", config.seed)
-                    train = retrain_config(rounds.recipe(), "scratch", attack.target_rm, pairs, **config.runtime())
-                    got = finished(own, train)
-                    if got is None:
-                        got = stages(f"retrain_{slug}", train_reward_model, train, ("judge_reform",))
-                    else:
-                        stages.skip(1)
-                        run.log(f"{method}: the RM retrained on the same {n} pairs is {own}: used as it is")
-                    hardened[method] = got["checkpoint"]
-                    rob = rounds.robustness_config(got["checkpoint"])
-                    rob = dataclasses.replace(rob, **config.runtime())
-                    where = next((d for d in (P / "robustness_reform", A / "robustness_r1") if finished(d, rob) is not None), None)
-                    if where is None:
-                        stages(f"robustness_{slug}", evaluate_robustness, rob, (f"retrain_{slug}",))
-                        where = run.path / f"robustness_{slug}"
-                    else:
-                        stages.skip(1)
-                    retrained[method] = (n, read_pair_scores(where))
-                retrained = {k: v for k, v in retrained.items() if v[1] is not None}
+    # the same number of added pairs: retrain both, evaluate on the rounds' held-out pairs
+    hardened: dict[str, str] = {}
+    retrained: dict[str, Any] = {}
+    if config.equal_pairs:
+        sources = {REFORM: pipe.get("approved") or str(variants_dir / "augment.jsonl"), ADVRM: str(A / "pairs_r1.jsonl")}
+        counts = {m: _count(p) if Path(p).is_file() else 0 for m, p in sources.items()}
+        n = min(counts.values())
+        checks.append({"check": "same number of added pairs", "ok": n > 0,
+                       "detail": f"{n} each ({', '.join(f'{m} had {c}' for m, c in counts.items())})"})
+        if n == 0:
+            stages.skip(4 + 2 * config.cross_attacks)
+        else:
+            base_scores = read_pair_scores(A / "robustness_base")
+            retrained["base"] = (0, base_scores)
+            for method, own, slug in ((REFORM, P / "retrain_reform", "reform"), (ADVRM, A / "retrain_r1", "advrm")):
+                pairs = _pair_sample(sources[method], n, run.path / f"pairs_{slug}.jsonl", config.runtime.seed)
+                recipe = rounds.recipe()
+                train = retrain_config(recipe, "scratch", attack.target_rm, pairs, runtime=config.placed(recipe.runtime))
+                got = finished(own, train)
+                if got is None:
+                    got = stages(f"retrain_{slug}", train_reward_model, train, ("judge_reform",))
+                else:
+                    stages.skip(1)
+                    run.log(f"{method}: the RM retrained on the same {n} pairs is {own}: used as it is")
+                hardened[method] = got["checkpoint"]
+                rob = rounds.robustness_config(got["checkpoint"])
+                rob = dataclasses.replace(rob, runtime=config.placed(rob.runtime))
+                where = next((d for d in (P / "robustness_reform", A / "robustness_r1") if finished(d, rob) is not None), None)
+                if where is None:
+                    stages(f"robustness_{slug}", evaluate_robustness, rob, (f"retrain_{slug}",))
+                    where = run.path / f"robustness_{slug}"
+                else:
+                    stages.skip(1)
+                retrained[method] = (n, read_pair_scores(where))
+            retrained = {k: v for k, v in retrained.items() if v[1] is not None}
 
-        # cross-attacks: each method against the RM the other one hardened
-        cross = [("REFORM decoding", "base", reform), ("Adv-RM attack", "base", fresh)]
-        if config.cross_attacks and len(hardened) == 2:
-            write_reform_pairs(P, run.path / "reform_pairs.jsonl")
-            decode = GenerateVariantsConfig(**{k: v for k, v in read_json(variants_dir / "config.json").items()
-                                               if k in {f.name for f in dataclasses.fields(GenerateVariantsConfig)}})
-            decode = dataclasses.replace(decode, reward_model=hardened[ADVRM], data=str(run.path / "reform_pairs.jsonl"), rows="",
-                                         fraction=1.0, scored="", directions="raise", **config.runtime())
-            stages("variants_vs_advrm", generate_variants, decode, ("retrain_advrm",))
-            stages("judge_vs_advrm", judge_variants,
-                   JudgeVariantsConfig(str(run.path / "variants_vs_advrm" / "variants.jsonl"), **judge), ("variants_vs_advrm",))
-            cross.append(("REFORM decoding", "Adv-RM's RM", _with_prompt_text(read_samples(run.path / "judge_vs_advrm"))))
-            stages("attack_vs_reform", run_attack, dataclasses.replace(attack, target_rm=hardened[REFORM], **config.runtime()),
-                   ("retrain_reform",))
-            cross.append(("Adv-RM attack", "REFORM's RM", _with_prompt_text(read_samples(run.path / "attack_vs_reform", "fresh"))))
-        elif config.cross_attacks:
-            stages.skip(3)
+    # cross-attacks: each method against the RM the other one hardened
+    cross = [("REFORM decoding", "base", reform), ("Adv-RM attack", "base", fresh)]
+    if config.cross_attacks and len(hardened) == 2:
+        write_reform_pairs(P, run.path / "reform_pairs.jsonl")
+        decode = config_from_dict(GenerateVariantsConfig, read_json(variants_dir / "config.json"))
+        decode = dataclasses.replace(decode, reward_model=hardened[ADVRM], data=str(run.path / "reform_pairs.jsonl"), rows="",
+                                     fraction=1.0, scored="", directions="raise", runtime=config.placed(decode.runtime))
+        stages("variants_vs_advrm", generate_variants, decode, ("retrain_advrm",))
+        stages("judge_vs_advrm", judge_variants,
+               JudgeVariantsConfig(str(run.path / "variants_vs_advrm" / "variants.jsonl"), **judge), ("variants_vs_advrm",))
+        cross.append(("REFORM decoding", "Adv-RM's RM", _with_prompt_text(read_samples(run.path / "judge_vs_advrm"))))
+        stages("attack_vs_reform", run_attack,
+               dataclasses.replace(attack, target_rm=hardened[REFORM], runtime=config.placed(attack.runtime)), ("retrain_reform",))
+        cross.append(("Adv-RM attack", "REFORM's RM", _with_prompt_text(read_samples(run.path / "attack_vs_reform", "fresh"))))
+    elif config.cross_attacks:
+        stages.skip(3)
 
-        table = comparison_table(runs, retrained=retrained, cross=cross, checks=checks, n_boot=config.n_boot, seed=config.seed)
-        atomic_write_json(run.path / TABLE_FILE, table)
-        per = {r["method"]: r["value"] for r in table["success"] if r["unit"] == "sample" and r["method"] in (REFORM, ADVRM)}
-        eff = {r["method"]: r["value"] for r in table["efficiency"]}
-        result = CompareResult(str(run.path / TABLE_FILE), per, eff, n if config.equal_pairs else 0, time.perf_counter() - start)
-        run.write_metrics(result)
-        run.set_status("succeeded", progress=1.0, step=stages.total, total=stages.total,
-                       message="; ".join(f"{m}: {v:.1%} of samples are confirmed failures" for m, v in per.items()))
-        return result
+    table = comparison_table(runs, retrained=retrained, cross=cross, checks=checks, n_boot=config.n_boot,
+                             seed=config.runtime.seed)
+    atomic_write_json(run.path / TABLE_FILE, table)
+    per = {r["method"]: r["value"] for r in table["success"] if r["unit"] == "sample" and r["method"] in (REFORM, ADVRM)}
+    eff = {r["method"]: r["value"] for r in table["efficiency"]}
+    return CompareResult(str(run.path / TABLE_FILE), per, eff, n if config.equal_pairs else 0, time.perf_counter() - start)
 
 
 def write_reform_pairs(pipeline_dir: str | Path, out: str | Path) -> int:

@@ -22,6 +22,8 @@ from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Sequence
 
+from .configs import setting
+
 
 @dataclass
 class Candidate:
@@ -29,7 +31,7 @@ class Candidate:
 
     prompt_index: int
     text: str
-    ended: bool                      # finished with EOS
+    ended: bool                      # finished: EOS, or a sentence end in the final window (rollouts.py)
     z_target: float
     z_penalty: float                 # mean over the penalty RMs
     u: float                         # disagreement Z_t - Z_p
@@ -109,6 +111,13 @@ def _words(text: str) -> list[str]:
     return re.findall(r"\w+(?:'\w+)?", text.lower())
 
 
+def _at_least_two(name: str, value: int, fix: str) -> int:
+    """A rule's count threshold, refused below 2 with ``fix`` (one of anything is no pattern)."""
+    if value < 2:
+        raise ValueError(f"{name}={value}: {fix}")
+    return value
+
+
 def _quote(text: str, n: int = 60) -> str:
     text = " ".join(text.split())
     return repr(text if len(text) <= n else text[: n - 1] + "…")
@@ -152,9 +161,7 @@ class NoPunctuation(Rule):
     name = "no punctuation"
 
     def __init__(self, span: int):
-        if span < 2:
-            raise ValueError(f"span={span}: use a span of at least 2 words")
-        self.span = span
+        self.span = _at_least_two("span", span, "use a span of at least 2 words")
 
     def __call__(self, text: str, context: RuleContext) -> Flag | None:
         for chunk in re.split(r"[.,;:!?…()\"\n]+", text):
@@ -170,9 +177,7 @@ class PromptEcho(Rule):
     name = "prompt echo"
 
     def __init__(self, min_words: int):
-        if min_words < 2:
-            raise ValueError(f"min_words={min_words}: an echo needs at least 2 words")
-        self.min_words = min_words
+        self.min_words = _at_least_two("min_words", min_words, "an echo needs at least 2 words")
 
     def __call__(self, text: str, context: RuleContext) -> Flag | None:
         a, b = _words(context.prompt), _words(text)
@@ -190,41 +195,58 @@ class PromptEcho(Rule):
         return None
 
 
-class Capitals(Rule):
+class _Share(Rule):
+    """More than ``share`` of a text's items (its ``unit``s) being ``kind``, over at least ``least`` items."""
+
+    unit = kind = ""
+
+    def __init__(self, share: float, least: int, names: tuple[str, str]):
+        if not 0 < share < 1 or least < 1:
+            raise ValueError(f"{names[0]}={share}, {names[1]}={least}: use a {names[0]} in (0, 1) and at least 1 {self.unit}")
+        self.share, self.least = share, least
+
+    @abstractmethod
+    def split(self, text: str) -> tuple[list[str], list[str]]:
+        """-> (the text's items, those of them that are ``kind``)."""
+
+    def example(self, hits: list[str]) -> str:
+        return ""
+
+    def __call__(self, text: str, context: RuleContext) -> Flag | None:
+        items, hits = self.split(text)
+        if len(items) >= self.least and len(hits) / len(items) > self.share:
+            return self.flag(f"{len(hits)} of {len(items)} {self.unit}s {self.kind} ({len(hits) / len(items):.0%})"
+                             + self.example(hits))
+        return None
+
+
+class Capitals(_Share):
     """More than ``ratio`` of the letters upper-case, over at least ``min_letters`` letters."""
 
-    name = "capitals"
+    name, unit, kind = "capitals", "letter", "upper-case"
 
     def __init__(self, ratio: float, min_letters: int):
-        if not 0 < ratio < 1 or min_letters < 1:
-            raise ValueError(f"ratio={ratio}, min_letters={min_letters}: use a ratio in (0, 1) and at least 1 letter")
-        self.ratio, self.min_letters = ratio, min_letters
+        super().__init__(ratio, min_letters, ("ratio", "min_letters"))
 
-    def __call__(self, text: str, context: RuleContext) -> Flag | None:
+    def split(self, text: str) -> tuple[list[str], list[str]]:
         letters = [ch for ch in text if ch.isalpha()]
-        upper = sum(ch.isupper() for ch in letters)
-        if len(letters) >= self.min_letters and upper / len(letters) > self.ratio:
-            return self.flag(f"{upper} of {len(letters)} letters upper-case ({upper / len(letters):.0%})")
-        return None
+        return letters, [ch for ch in letters if ch.isupper()]
 
 
-class NonAscii(Rule):
+class NonAscii(_Share):
     """More than ``share`` of the non-space characters outside ASCII, over at least ``min_chars``."""
 
-    name = "non-ASCII"
+    name, unit, kind = "non-ASCII", "character", "non-ASCII"
 
     def __init__(self, share: float, min_chars: int):
-        if not 0 < share < 1 or min_chars < 1:
-            raise ValueError(f"share={share}, min_chars={min_chars}: use a share in (0, 1) and at least 1 character")
-        self.share, self.min_chars = share, min_chars
+        super().__init__(share, min_chars, ("share", "min_chars"))
 
-    def __call__(self, text: str, context: RuleContext) -> Flag | None:
+    def split(self, text: str) -> tuple[list[str], list[str]]:
         chars = [ch for ch in text if not ch.isspace()]
-        other = [ch for ch in chars if ord(ch) > 127]
-        if len(chars) >= self.min_chars and len(other) / len(chars) > self.share:
-            return self.flag(f"{len(other)} of {len(chars)} characters non-ASCII ({len(other) / len(chars):.0%}), "
-                             f"e.g. {''.join(other[:5])!r}")
-        return None
+        return chars, [ch for ch in chars if ord(ch) > 127]
+
+    def example(self, hits: list[str]) -> str:
+        return f", e.g. {''.join(hits[:5])!r}"
 
 
 class Perplexity(Rule):
@@ -253,18 +275,18 @@ class ConfirmConfig:
     """Which rules confirm a sample as bad, and their thresholds (a sample any of them flags is
     confirmed, as is one the judge RM scores below y+)."""
 
-    rules: str = ",".join(r.name for r in RULES)   # comma-separated names of the rules that run
-    repeat_char_run: int = 8                # one character this many times in a row: '!!!!!!!!' is no answer
-    repeat_times: int = 3                   # a 1-4 word phrase this many times in a row, or a word trigram this
-                                            # many times anywhere: twice can be emphasis, three times is a loop
-    punctuation_span: int = 30              # this many words without sentence punctuation (over twice an average sentence)
-    echo_words: int = 8                     # this many words of the prompt verbatim (the whole prompt when shorter):
-                                            # longer than a quoted phrase, so echoing the question is what fires
-    capitals_ratio: float = 0.5             # more than this share of the letters upper-case ...
-    capitals_min_letters: int = 20          # ... over at least this many letters, so 'OK' or an acronym is no shouting
-    non_ascii_share: float = 0.2            # more than this share of the non-space characters outside ASCII ...
-    non_ascii_min_chars: int = 10           # ... over at least this many (an English dataset: a stray accent is fine)
-    perplexity_factor: float = 3.0          # perplexity under pi0 above this many times the base samples' median
+    rules: str = setting(",".join(r.name for r in RULES), "the rules that run, comma-separated ('' = the judge alone confirms)")
+    repeat_char_run: int = setting(8, "one character this many times in a row: '!!!!!!!!' is no answer")
+    repeat_times: int = setting(3, "a 1-4 word phrase this many times in a row, or a word trigram this many times anywhere: "
+                                   "twice can be emphasis, three times is a loop")
+    punctuation_span: int = setting(30, "this many words without sentence punctuation (over twice an average sentence)")
+    echo_words: int = setting(8, "this many words of the prompt verbatim (the whole prompt when shorter): longer than a "
+                                 "quoted phrase, so it is the question echoed that fires")
+    capitals_ratio: float = setting(0.5, "more than this share of the letters upper-case ...")
+    capitals_min_letters: int = setting(20, "... over at least this many letters, so 'OK' or an acronym is no shouting")
+    non_ascii_share: float = setting(0.2, "more than this share of the non-space characters outside ASCII ...")
+    non_ascii_min_chars: int = setting(10, "... over at least this many (an English dataset: a stray accent is fine)")
+    perplexity_factor: float = setting(3.0, "perplexity under pi0 above this many times the base samples' median")
 
     def __post_init__(self):
         self.build()  # refuses unknown rule names and meaningless thresholds now, not after the RL

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -59,26 +59,25 @@ def new_pair(variant: dict[str, Any]) -> tuple[str, str]:
 def export_approved(store, directory: str | Path, fmt: str = "jsonl", stem: str = "approved") -> tuple[Path, int]:
     """Write the store's approved pairs as TRL rows to a new timestamped file in ``directory`` ->
     (path, rows). Raises ValueError when nothing is approved yet (an empty file trains nothing)."""
-    if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"format {fmt!r}; use one of {EXPORT_FORMATS}")
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    path = Path(directory).expanduser() / f"{stem}-{stamp}.{fmt}"
-    n = store.export_trl(path)
-    if n == 0:
-        path.unlink(missing_ok=True)
-        raise ValueError("no approved pairs yet; approve inversions on the Curation page first")
-    return path, n
+    return _export(store.export_trl, directory, fmt, stem,
+                   "no approved pairs yet; approve inversions on the Curation page first")
 
 
 def export_decision_log(store, directory: str | Path, fmt: str = "jsonl", stem: str = "decisions") -> tuple[Path, int]:
     """Write every decision (Store.decision_log: approvals, rejections, edits, notes, reviewer, time) to a
     new timestamped file in ``directory`` -> (path, rows). Raises ValueError when there is none yet."""
+    return _export(store.export_decisions, directory, fmt, stem,
+                   "no decisions yet; approve or reject variants on the Curation page first")
+
+
+def _export(write: Callable[[Path], int], directory: str | Path, fmt: str, stem: str, empty: str) -> tuple[Path, int]:
+    """``write(path)`` to a new ``<stem>-<time>.<fmt>`` in ``directory`` -> (path, rows); no rows: no file, ValueError(empty)."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format {fmt!r}; use one of {EXPORT_FORMATS}")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     path = Path(directory).expanduser() / f"{stem}-{stamp}.{fmt}"
-    n = store.export_decisions(path)
+    n = write(path)
     if n == 0:
         path.unlink(missing_ok=True)
-        raise ValueError("no decisions yet; approve or reject variants on the Curation page first")
+        raise ValueError(empty)
     return path, n

@@ -27,31 +27,36 @@ from typing import Iterator, Sequence
 
 import torch
 
+from .configs import setting
 from .data import DataError
 from .layer_stack import StaticKVCache, Stack, attention_mask, prefill_mask, run_layers, shared_depth
 from .scoring import collate, encode, encode_prompt, score_sequences
 
 DIRECTIONS = ("lower", "raise")
 PATHS = ("auto", "shared", "fast", "general")
+# (least, most) of each knob: the least is what DecodingConfig accepts; the most is as far as a page's
+# control goes (the config itself takes any k up to the vocabulary, any length up to the context).
+LIMITS = {"k": (1, 50), "alpha": (0.0, 10.0), "temperature": (0.0, 5.0), "max_new_tokens": (1, 1024)}
 
 
 @dataclass
 class DecodingConfig:
-    k: int = 5                    # candidates per step; 1 with alpha 0 is plain greedy decoding of the policy
-    alpha: float = 1.0            # fluency weight on log pi; higher keeps the text closer to what the policy would say
-    temperature: float = 0.0      # 0 = greedy on the combined score; > 0 samples softmax(score / temperature)
-    max_new_tokens: int = 64
-    direction: str = "lower"      # lower: start from a preferred pair; raise: start from a rejected pair
-    seed: int = 0
-    stop_on_eos: bool = True
+    k: int = setting(5, "candidates per step: the policy's top k tokens; 1 with alpha 0 is plain greedy decoding")
+    alpha: float = setting(1.0, "fluency weight on log pi; higher keeps the text closer to what the policy would say, "
+                                "0 lets the reward alone steer")
+    temperature: float = setting(0.0, "0 takes the best score; > 0 samples from softmax(score / temperature)")
+    max_new_tokens: int = setting(64, "tokens decoded at most per response")
+    direction: str = setting("lower", "lower: from a preferred pair, look for a good-looking response the RM scores low; "
+                                      "raise: from a rejected pair, for a bad response it scores high", choices=DIRECTIONS)
+    stop_on_eos: bool = setting(True, "end a response at the policy's end-of-text token")
 
     def __post_init__(self):
-        if not isinstance(self.k, int) or self.k < 1:
+        if not isinstance(self.k, int) or self.k < LIMITS["k"][0]:
             raise ValueError(f"k={self.k!r}: the policy must propose at least 1 candidate; use k >= 1 (5 is the usual choice)")
         self.scorer()  # refuses a bad alpha
-        if not self.temperature >= 0 or math.isinf(self.temperature):
+        if not self.temperature >= LIMITS["temperature"][0] or math.isinf(self.temperature):
             raise ValueError(f"temperature={self.temperature!r}: use 0 for greedy or a finite value > 0 to sample")
-        if self.max_new_tokens < 1:
+        if self.max_new_tokens < LIMITS["max_new_tokens"][0]:
             raise ValueError(f"max_new_tokens={self.max_new_tokens!r}: generate at least 1 token")
         if self.direction not in DIRECTIONS:
             raise ValueError(f"direction={self.direction!r}: use 'lower' (find a good response the RM scores low) "
@@ -81,11 +86,12 @@ class RewardGuidedScore(CandidateScorer):
     """REFORM's score s = sign * r + alpha * log pi: sign -1 looks for a good-looking response the RM
     scores low (direction "lower"), +1 for a bad one it scores high ("raise"); alpha weighs fluency."""
 
-    def __init__(self, sign: float, alpha: float):
+    def __init__(self, sign, alpha):
+        """``sign`` and ``alpha`` as a DecodingConfig holds them (its ``sign`` and ``alpha``)."""
         if sign not in (-1.0, 1.0):
             raise ValueError(f"sign={sign!r}: use -1.0 to push the reward down (direction 'lower') "
                              f"or +1.0 to push it up (direction 'raise')")
-        if not alpha >= 0:
+        if not alpha >= LIMITS["alpha"][0]:
             raise ValueError(f"alpha={alpha!r}: the fluency weight cannot be negative; use alpha >= 0 (0 ignores fluency)")
         self.sign, self.alpha = float(sign), float(alpha)
 
@@ -170,11 +176,12 @@ class ControlledDecoder:
 
     # ------------------------------------------------------------------ public
     def stream(self, prompts: Sequence[Sequence[dict]], config: DecodingConfig,
-               sample_ids: Sequence[int] | None = None, *, scorer: CandidateScorer | None = None) -> Iterator[StepEvent]:
+               sample_ids: Sequence[int] | None = None, *, scorer: CandidateScorer | None = None,
+               seed: int = 0) -> Iterator[StepEvent]:
         """Yield one StepEvent per prompt per step, as soon as the step is decided.
 
-        ``sample_ids`` (default: the row numbers) seed each prompt's sampler together with
-        ``config.seed``, so a prompt decodes the same whichever batch it is in. ``scorer`` scores the
+        ``sample_ids`` (default: the row numbers) seed each prompt's sampler together with ``seed`` (a
+        job's ``runtime.seed``), so a prompt decodes the same whichever batch it is in. ``scorer`` scores the
         candidates (default: the config's, ``RewardGuidedScore(config.sign, config.alpha)``)."""
         if config.k > self.vocab_size:
             raise ValueError(f"k={config.k} exceeds the policy's vocabulary of {self.vocab_size} tokens; use a smaller k")
@@ -183,15 +190,15 @@ class ControlledDecoder:
         sample_ids = list(range(len(prompts))) if sample_ids is None else list(sample_ids)
         if len(sample_ids) != len(prompts):
             raise ValueError(f"{len(sample_ids)} sample_ids for {len(prompts)} prompts; give one per prompt")
-        yield from self._run([tuple(p) for p in prompts], config, scorer or config.scorer(), _generators(config.seed, sample_ids))
+        yield from self._run([tuple(p) for p in prompts], config, scorer or config.scorer(), _generators(seed, sample_ids))
 
     def decode(self, prompts: Sequence[Sequence[dict]], config: DecodingConfig,
                sample_ids: Sequence[int] | None = None, on_event=None, *,
-               scorer: CandidateScorer | None = None) -> list[DecodingResult]:
+               scorer: CandidateScorer | None = None, seed: int = 0) -> list[DecodingResult]:
         """Decode to the end -> one result per prompt. ``on_event(event)`` (optional) sees every step
-        as it is decided, e.g. to draw tokens live; ``scorer`` as in :meth:`stream`."""
+        as it is decided, e.g. to draw tokens live; ``scorer`` and ``seed`` as in :meth:`stream`."""
         results = [DecodingResult(tuple(p), config.direction, self.path, [], "") for p in prompts]
-        for event in self.stream(prompts, config, sample_ids, scorer=scorer):
+        for event in self.stream(prompts, config, sample_ids, scorer=scorer, seed=seed):
             res, rec = results[event.row], event.record
             res.steps.append(rec)
             if rec.is_eos:

@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .data import DEMO_PATH, PreferencePair, load_preferences, select_rows
-from .runs import job_run
-from .runtime import set_cpu_threads
-from .trunk_cache import DEFAULT_CAP_GB, check_setting, finish, open_trunk_cache
+from .configs import nested, setting
+from .data import PreferencePair
+from .reward_model import load_reward_model
+from .runs import RunDir, job
+from .runtime import Runtime
+from .scoring import ScoringJob, score_pairs
+from .trunk_cache import finish, open_trunk_cache
 
 
 @dataclass
@@ -134,26 +136,12 @@ def pair_wins(r_chosen, r_rejected) -> np.ndarray:
 
 
 @dataclass
-class EvaluateRewardConfig:
-    # what
-    reward_model: str                       # a checkpoint dir from train-rm, or a seq-cls model id/path
-    data: str = str(DEMO_PATH)
-    rows: str = ""                          # 'a:b' source rows, '' = all
-    skip_invalid: bool = True               # invalid rows are skipped and counted, not fatal
-    # how
-    max_length: int = 1024                  # generous: evaluation should not skip long pairs
-    batch_size: int = 16
-    # where
-    device: str = "auto"
-    dtype: str = "float32"
-    threads: int = 0                        # 0 = torch default
-    trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
-    trunk_cache: str = "auto"               # frozen lower layers' states, computed once (trunk_cache.py): 'auto' =
-                                            # run_dir/trunk_cache + the reward model's run's; 'off'; or dirs (first written)
-    trunk_cache_gb: float = DEFAULT_CAP_GB  # cap on what this job writes there
+class EvaluateRewardConfig(ScoringJob):
+    batch_size: int = setting(16, "sequences per forward pass")
+    runtime: Runtime = nested(Runtime, "device, dtype, threads, remote-code leave, trunk cache")
 
     def __post_init__(self):
-        check_setting(self.trunk_cache, self.trunk_cache_gb)
+        super().__post_init__()
         if self.batch_size < 1:
             raise ValueError(f"batch_size={self.batch_size} must be >= 1")
 
@@ -161,29 +149,21 @@ class EvaluateRewardConfig:
 @dataclass
 class EvaluateRewardResult:
     metrics: PairwiseMetrics
-    skipped_rows: int
-    prompts_truncated: int
-    seconds: float
+    skipped_rows: int                       # invalid rows of the data, left out
+    prompts_truncated: int                  # sides whose prompt was cut from the left to fit max_length
+    seconds: float                          # loading and scoring
     trunk_cache: dict = field(default_factory=dict)  # hits, misses, entries, bytes (trunk_cache.TrunkCache.summary)
 
 
-def evaluate_reward_model(config: EvaluateRewardConfig, run_dir: str | Path) -> EvaluateRewardResult:
-    from .reward_model import load_reward_model
-    from .scoring import score_pairs
-
-    with job_run(run_dir, config, "loading") as run:
-        set_cpu_threads(config.threads)
-        start = time.perf_counter()
-        data = load_preferences(config.data, skip_invalid=config.skip_invalid)
-        pairs = select_rows(data.pairs, config.rows)
-        rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype, max_length=config.max_length,
-                               trust_remote_code=config.trust_remote_code)
-        run.set_status("running", progress=0.1, message=f"scoring {len(pairs)} pairs")
-        trunk, note = open_trunk_cache(rm, config.trunk_cache, run.path, config.trunk_cache_gb, related=[config.reward_model])
-        run.log(note)
-        scores = score_pairs(rm, pairs, batch_size=config.batch_size, max_length=config.max_length, trunk=trunk)
-        result = EvaluateRewardResult(pairwise_metrics(scores.r_chosen, scores.r_rejected, pairs), len(data.report.skipped),
-                                      scores.truncated, time.perf_counter() - start, finish(trunk, note, run.log))
-        run.write_metrics(result)
-        run.set_status("succeeded", progress=1.0, message=f"accuracy {result.metrics.accuracy:.3f}")
-        return result
+@job("loading", done=lambda r: f"accuracy {r.metrics.accuracy:.3f}")
+def evaluate_reward_model(config: EvaluateRewardConfig, run: RunDir) -> EvaluateRewardResult:
+    """Pairwise accuracy, mean margin and the length baselines of ``config.reward_model`` on the rows."""
+    start = time.perf_counter()
+    data, pairs = config.read_pairs()
+    rm = load_reward_model(config.reward_model, **config.runtime.load_args(), max_length=config.max_length)
+    run.set_status("running", progress=0.1, message=f"scoring {len(pairs)} pairs")
+    trunk, note = open_trunk_cache(rm, run_dir=run.path, related=[config.reward_model], **config.runtime.trunk_args())
+    run.log(note)
+    scores = score_pairs(rm, pairs, batch_size=config.batch_size, max_length=config.max_length, trunk=trunk)
+    return EvaluateRewardResult(pairwise_metrics(scores.r_chosen, scores.r_rejected, pairs), len(data.report.skipped),
+                                scores.truncated, time.perf_counter() - start, finish(trunk, note, run.log))

@@ -14,11 +14,12 @@ from typing import Sequence
 
 import torch
 
-from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, select_rows, write_jsonl
-from .runs import job_run
-from .runtime import set_cpu_threads
-from .scoring import SCORE_MAX_LENGTH, PairScores
-from .trunk_cache import DEFAULT_CAP_GB, check_setting, finish, open_trunk_cache
+from .configs import nested, setting
+from .data import DataError, PreferencePair, write_jsonl
+from .runs import RunDir, job
+from .runtime import Runtime
+from .scoring import PairScores, ScoringJob
+from .trunk_cache import finish, open_trunk_cache
 
 STRATEGIES = ("lowest_loss", "random", "highest_loss")
 SKIPPED_FILE = "skipped.jsonl"  # beside scored.jsonl: the pairs an influential run could not score (too long)
@@ -49,13 +50,18 @@ def rank_pairs(pairs: Sequence[PreferencePair], scores: PairScores) -> list[Scor
     return [ScoredPair(p, float(scores.r_chosen[i]), float(scores.r_rejected[i]), losses[i], rank[i]) for i, p in enumerate(pairs)]
 
 
-def select_influential(scored: Sequence[ScoredPair], fraction: float = 0.05, strategy: str = "lowest_loss",
-                       seed: int = 0) -> list[ScoredPair]:
-    """The ceil(fraction * N) pairs picked by ``strategy``, lowest rank first (random: in drawn order)."""
+def check_selection(fraction: float, strategy: str) -> None:
+    """Refuse a share outside (0, 1] or an unknown strategy."""
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction={fraction}: give the share of pairs to select, in (0, 1] (0.05 = 5%)")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r}; use one of {STRATEGIES}")
+
+
+def select_influential(scored: Sequence[ScoredPair], fraction: float = 0.05, strategy: str = "lowest_loss",
+                       seed: int = 0) -> list[ScoredPair]:
+    """The ceil(fraction * N) pairs picked by ``strategy``, lowest rank first (random: in drawn order)."""
+    check_selection(fraction, strategy)
     if not scored:
         raise ValueError("no scored pairs to select from")
     n = max(1, math.ceil(fraction * len(scored)))
@@ -95,34 +101,17 @@ def load_scored(pairs: Sequence[PreferencePair], path: str | Path) -> list[Score
 
 
 @dataclass
-class InfluenceConfig:
-    # what
-    reward_model: str                       # checkpoint dir from train-rm (or a seq-cls RM id/path)
-    data: str = str(DEMO_PATH)              # the RM's training data
-    rows: str = ""                          # 'a:b' source rows, '' = all
-    skip_invalid: bool = True
-    # selection
-    fraction: float = 0.05                  # REFORM's default: the lowest-loss 5%
-    strategy: str = "lowest_loss"           # lowest_loss | random | highest_loss
-    seed: int = 0                           # for strategy=random
-    skip_too_long: bool = True              # a pair whose response does not fit max_length is left out and counted, not fatal
-    # runtime
-    max_length: int = SCORE_MAX_LENGTH      # tokens per prompt + response; the prompt is cut from the left to fit
-    batch_size: int = 16
-    device: str = "auto"
-    dtype: str = "float32"
-    threads: int = 0
-    trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
-    trunk_cache: str = "auto"               # frozen lower layers' states, computed once (trunk_cache.py): 'auto' =
-                                            # run_dir/trunk_cache + the reward model's run's; 'off'; or dirs (first written)
-    trunk_cache_gb: float = DEFAULT_CAP_GB  # cap on what this job writes there
+class InfluenceConfig(ScoringJob):
+    fraction: float = setting(0.05, "share of the pairs to select, in (0, 1]; REFORM's default: the lowest-loss 5%")
+    strategy: str = setting("lowest_loss", "which pairs: lowest_loss (REFORM), random or highest_loss (for comparison)",
+                            choices=STRATEGIES)
+    skip_too_long: bool = setting(True, "a pair whose response does not fit max_length is left out and counted, not fatal")
+    batch_size: int = setting(16, "sequences per forward pass")
+    runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (of strategy random), remote-code leave, trunk cache")
 
     def __post_init__(self):
-        check_setting(self.trunk_cache, self.trunk_cache_gb)
-        if not 0 < self.fraction <= 1:
-            raise ValueError(f"fraction={self.fraction}: use a share in (0, 1], e.g. 0.05")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy={self.strategy!r}; use one of {STRATEGIES}")
+        super().__post_init__()
+        check_selection(self.fraction, self.strategy)
 
 
 @dataclass
@@ -140,38 +129,34 @@ class InfluenceResult:
     cpu_seconds: float = 0.0                # CPU time of the job's process, all its threads
 
 
-def find_influential(config: InfluenceConfig, run_dir: str | Path) -> InfluenceResult:
+@job("scoring training pairs", done=lambda r: f"selected {r.n_selected} of {r.n_scored} pairs"
+     + (f"; {r.n_skipped} too long to score, skipped" if r.n_skipped else ""))
+def find_influential(config: InfluenceConfig, run: RunDir) -> InfluenceResult:
+    """Score every pair, rank by loss, write scored.jsonl, selected.jsonl and skipped.jsonl."""
     from .reward_model import load_reward_model
     from .scoring import score_pairs
 
-    with job_run(run_dir, config, "scoring training pairs") as run:
-        set_cpu_threads(config.threads)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)
-        rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype, max_length=config.max_length,
-                               trust_remote_code=config.trust_remote_code)
-        trunk, note = open_trunk_cache(rm, config.trunk_cache, run.path, config.trunk_cache_gb, related=[config.reward_model])
-        run.log(f"scoring {len(pairs)} pairs; {note}")
-        scores = score_pairs(rm, pairs, batch_size=config.batch_size, max_length=config.max_length, trunk=trunk,
-                             skip_too_long=config.skip_too_long,
-                             on_progress=lambda done, total: run.progress(done, total, message=f"{done}/{total} responses scored"))
-        if scores.skipped:
-            run.log(f"{len(scores.skipped)} pairs skipped: a response longer than max_length={config.max_length} tokens "
-                    f"(first: {pairs[scores.skipped[0]].pair_id})")
-        scored = rank_pairs(pairs, scores)
-        if not scored:
-            raise DataError(f"none of the {len(pairs)} pairs fits max_length={config.max_length}.", source=config.data,
-                            fix="raise max_length.")
-        selected = select_influential(scored, config.fraction, config.strategy, config.seed)
-        write_jsonl(run.path / "scored.jsonl", [s.row() for s in scored])
-        write_jsonl(run.path / "selected.jsonl", [s.row() for s in selected])
-        write_jsonl(run.path / SKIPPED_FILE, [{"pair_id": pairs[i].pair_id, "reason": f"longer than max_length={config.max_length}"}
-                                              for i in scores.skipped])
-        result = InfluenceResult(len(scored), len(scores.skipped), len(selected), config.strategy,
-                                 sum(s.loss for s in scored) / len(scored), sum(s.loss for s in selected) / len(selected),
-                                 str(run.path / "scored.jsonl"), str(run.path / "selected.jsonl"), time.perf_counter() - start,
-                                 finish(trunk, note, run.log), time.process_time() - cpu_start)
-        run.write_metrics(result)
-        run.set_status("succeeded", progress=1.0, message=f"selected {len(selected)} of {len(scored)} pairs"
-                       + (f"; {len(scores.skipped)} too long to score, skipped" if scores.skipped else ""))
-        return result
+    start, cpu_start = time.perf_counter(), time.process_time()
+    pairs = config.read_pairs()[1]
+    rm = load_reward_model(config.reward_model, **config.runtime.load_args(), max_length=config.max_length)
+    trunk, note = open_trunk_cache(rm, run_dir=run.path, related=[config.reward_model], **config.runtime.trunk_args())
+    run.log(f"scoring {len(pairs)} pairs; {note}")
+    scores = score_pairs(rm, pairs, batch_size=config.batch_size, max_length=config.max_length, trunk=trunk,
+                         skip_too_long=config.skip_too_long,
+                         on_progress=lambda done, total: run.progress(done, total, message=f"{done}/{total} responses scored"))
+    if scores.skipped:
+        run.log(f"{len(scores.skipped)} pairs skipped: a response longer than max_length={config.max_length} tokens "
+                f"(first: {pairs[scores.skipped[0]].pair_id})")
+    scored = rank_pairs(pairs, scores)
+    if not scored:
+        raise DataError(f"none of the {len(pairs)} pairs fits max_length={config.max_length}.", source=config.data,
+                        fix="raise max_length.")
+    selected = select_influential(scored, config.fraction, config.strategy, config.runtime.seed)
+    write_jsonl(run.path / "scored.jsonl", [s.row() for s in scored])
+    write_jsonl(run.path / "selected.jsonl", [s.row() for s in selected])
+    write_jsonl(run.path / SKIPPED_FILE, [{"pair_id": pairs[i].pair_id, "reason": f"longer than max_length={config.max_length}"}
+                                          for i in scores.skipped])
+    return InfluenceResult(len(scored), len(scores.skipped), len(selected), config.strategy,
+                           sum(s.loss for s in scored) / len(scored), sum(s.loss for s in selected) / len(selected),
+                           str(run.path / "scored.jsonl"), str(run.path / "selected.jsonl"), time.perf_counter() - start,
+                           finish(trunk, note, run.log), time.process_time() - cpu_start)

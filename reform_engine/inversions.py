@@ -12,15 +12,16 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
-from .data import DEMO_PATH, PreferencePair, added_pair, load_preferences, select_rows, write_jsonl
+from .configs import nested, setting
+from .data import PreferencePair, added_pair, write_jsonl
 from .decoding import DIRECTIONS, DecodingConfig, DecodingResult, StepRecord
-from .influence import STRATEGIES, ScoredPair, load_scored, rank_pairs, select_influential
+from .influence import STRATEGIES, ScoredPair, check_selection, load_scored, rank_pairs, select_influential
 from .models import DEFAULT_MODEL
-from .runs import job_run
-from .runtime import set_cpu_threads
+from .runs import RunDir, job
+from .runtime import Runtime
+from .scoring import ScoringJob
 
 
 def check_inversion(direction: str, r_variant: float, r_chosen: float, r_rejected: float) -> tuple[bool, float]:
@@ -110,46 +111,30 @@ def variant_stats(variants: Sequence[Variant]) -> VariantStats:
 
 
 @dataclass
-class GenerateVariantsConfig:
-    # what
-    reward_model: str                       # checkpoint dir from train-rm
-    data: str = str(DEMO_PATH)
-    rows: str = ""
-    skip_invalid: bool = True
-    fraction: float = 0.05                  # influential share to attack
-    strategy: str = "lowest_loss"           # lowest_loss | random | highest_loss
-    directions: str = "both"                # lower | raise | both
-    scored: str = ""                        # scored.jsonl of an 'influential' run on the same data: skips re-scoring
-    max_length: int = 1024                  # tokens when scoring pairs and variants (prompt cut from the left)
+class GenerateVariantsConfig(ScoringJob):
+    fraction: float = setting(0.05, "share of the pairs to decode from, in (0, 1]")
+    strategy: str = setting("lowest_loss", "which pairs: lowest_loss (REFORM), random or highest_loss", choices=STRATEGIES)
+    directions: str = setting("both", "lower: from preferred pairs; raise: from rejected pairs; both",
+                              choices=DIRECTIONS + ("both",))
+    scored: str = setting("", "scored.jsonl of an 'influential' run on the same data and rows: skips scoring them again")
     # policies
-    policy: str = DEFAULT_MODEL             # proposes tokens ("aligned" policy for direction lower)
-    raise_policy: str = ""                  # a separate "misaligned" policy for direction raise; '' = policy
-    # decoding knobs (see decoding.DecodingConfig)
-    k: int = 5
-    alpha: float = 1.0
-    temperature: float = 0.0
-    max_new_tokens: int = 64
-    stop_on_eos: bool = True
-    seed: int = 0
-    batch_size: int = 4                     # prompts decoded together
-    # runtime
-    device: str = "auto"
-    dtype: str = "float32"
-    threads: int = 0
-    trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
+    policy: str = setting(DEFAULT_MODEL, "the policy that proposes tokens (the 'aligned' one, for direction lower)")
+    raise_policy: str = setting("", "a separate ('misaligned') policy for direction raise; '' = policy")
+    decoding: DecodingConfig = nested(DecodingConfig, "how each variant is decoded (its direction comes from directions)",
+                                      set_by_job=("direction",))
+    batch_size: int = setting(4, "prompts decoded together")
+    runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (selection and sampling), remote-code leave")
 
     def __post_init__(self):
+        super().__post_init__()
         if self.directions not in DIRECTIONS + ("both",):
             raise ValueError(f"directions={self.directions!r}; use 'lower', 'raise' or 'both'")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy={self.strategy!r}; use one of {STRATEGIES}")
+        check_selection(self.fraction, self.strategy)
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        self.decoding("lower")  # validates the knobs now, not halfway through a run
 
-    def decoding(self, direction: str) -> DecodingConfig:
-        return DecodingConfig(k=self.k, alpha=self.alpha, temperature=self.temperature, max_new_tokens=self.max_new_tokens,
-                              direction=direction, seed=self.seed, stop_on_eos=self.stop_on_eos)
+    def decoding_for(self, direction: str) -> DecodingConfig:
+        return dataclasses.replace(self.decoding, direction=direction)
 
 
 @dataclass
@@ -163,60 +148,57 @@ class GenerateVariantsResult:
     cpu_seconds: float = 0.0                # CPU time of the job's process, all its threads
 
 
-def generate_variants(config: GenerateVariantsConfig, run_dir: str | Path) -> GenerateVariantsResult:
+@job("scoring training pairs", done=lambda r: f"{r.stats.inversions} inversions of {r.stats.n} variants")
+def generate_variants(config: GenerateVariantsConfig, run: RunDir) -> GenerateVariantsResult:
     """Score the data, select influential pairs, decode variants in both directions, filter inversions."""
     from .decoding import ControlledDecoder
     from .models import load_causal_lm, load_tokenizer
     from .reward_model import load_reward_model
-    from .scoring import encode, score_pairs, score_sequences
+    from .scoring import score_pairs
 
-    with job_run(run_dir, config, "scoring training pairs") as run:
-        set_cpu_threads(config.threads)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)
-        rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype,
-                               trust_remote_code=config.trust_remote_code)
-        if config.scored:
-            scored = load_scored(pairs, config.scored)
-        else:
-            scores = score_pairs(rm, pairs, max_length=config.max_length, skip_too_long=True)
-            if scores.skipped:
-                run.log(f"{len(scores.skipped)} pairs skipped: a response longer than max_length={config.max_length} tokens")
-            scored = rank_pairs(pairs, scores)
-        chosen = select_influential(scored, config.fraction, config.strategy, config.seed)
-        directions = DIRECTIONS if config.directions == "both" else (config.directions,)
-        jobs = [(d, i, s) for d in directions for i, s in enumerate(chosen)]
-        run.log(f"{len(chosen)} influential pairs of {len(scored)}; decoding {len(jobs)} variants")
-        decoders = {}
-        variants: list[Variant] = []
-        tokens = 0
-        for d in directions:
-            name = config.raise_policy if d == "raise" and config.raise_policy else config.policy
-            if name not in decoders:
-                trust = config.trust_remote_code
-                decoders[name] = ControlledDecoder(load_causal_lm(name, device=config.device, dtype=config.dtype,
-                                                                  trust_remote_code=trust),
-                                                   load_tokenizer(name, trust_remote_code=trust), rm)
-            todo = sorted([(i, s) for dd, i, s in jobs if dd == d], key=lambda t: len(t[1].pair.prompt_text))
-            for b in range(0, len(todo), config.batch_size):
-                batch = todo[b:b + config.batch_size]
-                results = decoders[name].decode([s.pair.prompt for _, s in batch], config.decoding(d),
-                                                sample_ids=[i for i, _ in batch])
-                # re-score every non-empty variant from its text, in one RM call per batch
-                readable = [j for j, res in enumerate(results) if res.text.strip()]
-                seqs = [encode(rm.tokenizer, batch[j][1].pair.prompt, results[j].text, max_length=config.max_length,
-                               use_chat_template=rm.spec.use_chat_template).ids for j in readable]
-                fresh = dict(zip(readable, score_sequences(rm, seqs).tolist())) if seqs else {}
-                for j, ((_, s), res) in enumerate(zip(batch, results)):
-                    tokens += len(res.token_ids)
-                    variants.append(make_variant(s, res, fresh.get(j, float("nan"))))
-                run.progress(len(variants), len(jobs), message=f"{len(variants)}/{len(jobs)} variants, "
-                             f"{sum(v.is_inversion for v in variants)} inversions")
-        write_jsonl(run.path / "variants.jsonl", [v.to_record() for v in variants])
-        write_jsonl(run.path / "augment.jsonl", [v.new_pair().to_trl() for v in variants if v.new_pair()])
-        result = GenerateVariantsResult(str(run.path / "variants.jsonl"), str(run.path / "augment.jsonl"), variant_stats(variants),
-                                        len(chosen), tokens, time.perf_counter() - start,
-                                        time.process_time() - cpu_start)
-        run.write_metrics(result)
-        run.set_status("succeeded", progress=1.0, message=f"{result.stats.inversions} inversions of {result.stats.n} variants")
-        return result
+    start, cpu_start, load = time.perf_counter(), time.process_time(), config.runtime.load_args()
+    pairs = config.read_pairs()[1]
+    rm = load_reward_model(config.reward_model, **load)
+    if config.scored:
+        scored = load_scored(pairs, config.scored)
+    else:
+        scores = score_pairs(rm, pairs, max_length=config.max_length, skip_too_long=True)
+        if scores.skipped:
+            run.log(f"{len(scores.skipped)} pairs skipped: a response longer than max_length={config.max_length} tokens")
+        scored = rank_pairs(pairs, scores)
+    chosen = select_influential(scored, config.fraction, config.strategy, config.runtime.seed)
+    directions = DIRECTIONS if config.directions == "both" else (config.directions,)
+    total = len(directions) * len(chosen)
+    run.log(f"{len(chosen)} influential pairs of {len(scored)}; decoding {total} variants")
+    decoders: dict[str, ControlledDecoder] = {}
+    variants: list[Variant] = []
+    for d in directions:
+        name = config.raise_policy if d == "raise" and config.raise_policy else config.policy
+        if name not in decoders:
+            decoders[name] = ControlledDecoder(load_causal_lm(name, **load),
+                                               load_tokenizer(name, trust_remote_code=load["trust_remote_code"]), rm)
+        todo = sorted(enumerate(chosen), key=lambda t: len(t[1].pair.prompt_text))
+        for b in range(0, len(todo), config.batch_size):
+            variants += _decode_batch(decoders[name], rm, todo[b:b + config.batch_size], config, d)
+            run.progress(len(variants), total, message=f"{len(variants)}/{total} variants, "
+                         f"{sum(v.is_inversion for v in variants)} inversions")
+    write_jsonl(run.path / "variants.jsonl", [v.to_record() for v in variants])
+    write_jsonl(run.path / "augment.jsonl", [v.new_pair().to_trl() for v in variants if v.new_pair()])
+    return GenerateVariantsResult(str(run.path / "variants.jsonl"), str(run.path / "augment.jsonl"), variant_stats(variants),
+                                  len(chosen), sum(not step.is_eos for v in variants for step in v.steps),
+                                  time.perf_counter() - start, time.process_time() - cpu_start)
+
+
+def _decode_batch(decoder, rm, batch: Sequence[tuple[int, ScoredPair]], config: GenerateVariantsConfig,
+                  direction: str) -> list[Variant]:
+    """Decode one batch of (row, scored pair) in ``direction`` and re-score every non-empty variant from
+    its text, in one RM call."""
+    from .scoring import encode, score_sequences
+
+    results = decoder.decode([s.pair.prompt for _, s in batch], config.decoding_for(direction),
+                             sample_ids=[i for i, _ in batch], seed=config.runtime.seed)
+    readable = [j for j, res in enumerate(results) if res.text.strip()]
+    seqs = [encode(rm.tokenizer, batch[j][1].pair.prompt, results[j].text, max_length=config.max_length,
+                   use_chat_template=rm.spec.use_chat_template).ids for j in readable]
+    fresh = dict(zip(readable, score_sequences(rm, seqs).tolist())) if seqs else {}
+    return [make_variant(s, res, fresh.get(j, float("nan"))) for j, ((_, s), res) in enumerate(zip(batch, results))]

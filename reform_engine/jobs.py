@@ -25,18 +25,18 @@ cores the running jobs leave (:func:`cap_app_threads`).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import typing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .configs import JobConfigError, config_argv, config_from_dict
+from .registry import jobs
 from .runs import ACTIVE_STATES, atomic_write_json, read_json, recover_directory, to_jsonable
 from .store import MAX_NOTE, Store, StoreError
 
@@ -53,36 +53,26 @@ _exit_codes: dict[int, int] = {}             # return codes of processes reaped 
 
 
 def job_kinds() -> dict[str, type]:
-    """CLI command -> its config dataclass, for every job command of ``python -m reform_engine``."""
-    from .__main__ import _jobs
-
-    return {name: cls for name, (cls, _, _) in _jobs().items()}
+    """Job name -> its config dataclass, for every job of ``python -m reform_engine`` (registry.py)."""
+    return {name: job.config for name, job in jobs().items()}
 
 
 def _config_object(kind: str, config: Any):
+    """``config`` (a config object, or its JSON as a dict) as the config object of job ``kind``."""
     kinds = job_kinds()
     if kind not in kinds:
-        raise StoreError(f"kind={kind!r} is not a job.", fix=f"use one of {sorted(kinds)}.")
+        raise JobConfigError(f"kind={kind!r} is not a job.", fix=f"use one of {sorted(kinds)}.")
     cls = kinds[kind]
     if isinstance(config, cls):
         return config
     if not isinstance(config, dict):
-        raise StoreError(f"config for {kind} is a {type(config).__name__}.", fix=f"pass a {cls.__name__} or a dict of its fields.")
+        raise JobConfigError(f"config for {kind} is a {type(config).__name__}.", fix=f"pass a {cls.__name__} or a dict of its fields.")
     try:
-        return _from_dict(cls, config)
+        return config_from_dict(cls, config)
+    except JobConfigError:
+        raise
     except (TypeError, ValueError) as exc:
-        raise StoreError(f"invalid {kind} config: {exc}", fix="correct the config; its message says how.") from exc
-
-
-def _from_dict(cls, config: dict):
-    """A ``cls`` from its fields, a nested config from a nested dict (as the store and config.json hold it)."""
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(config) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise StoreError(f"{cls.__name__} has no field(s) {unknown}.", fix=f"use fields of {cls.__name__}.")
-    nested = {name: _from_dict(hints[name], value) for name, value in config.items()
-              if isinstance(value, dict) and dataclasses.is_dataclass(hints[name])}
-    return cls(**{**config, **nested})
+        raise JobConfigError(f"invalid {kind} config: {exc}", fix="correct the config; its message says how.") from exc
 
 
 def cpu_cores() -> int:
@@ -138,20 +128,8 @@ def cap_app_threads(store: Store, full: int) -> int:
 
 
 def command_line(kind: str, config: Any, run_dir: str | os.PathLike) -> list[str]:
-    """The argv that runs ``config`` as a separate process; every field is spelt out (None ones keep their default)."""
-    return [sys.executable, "-m", "reform_engine", kind, f"--run-dir={run_dir}"] + _flags(config)
-
-
-def _flags(config: Any, prefix: str = "") -> list[str]:
-    """``--field=value`` for every field, ``--field.sub-field=value`` for a nested config's."""
-    args = []
-    for f in dataclasses.fields(config):
-        value, name = getattr(config, f.name), prefix + f.name.replace("_", "-")
-        if dataclasses.is_dataclass(value):
-            args += _flags(value, name + ".")
-        elif value is not None:  # '=' form: values that start with '-' stay values
-            args.append(f"--{name}={str(value).lower() if isinstance(value, bool) else value}")
-    return args
+    """The argv that runs ``config`` as a separate process; every flag is spelt out (configs.config_argv)."""
+    return [sys.executable, "-m", "reform_engine", kind, f"--run-dir={run_dir}", *config_argv(config)]
 
 
 # --------------------------------------------------------------------------- processes
@@ -245,7 +223,8 @@ def start_job(store: Store, kind: str, config: Any, run_dir: str | os.PathLike |
               rerun_of: int | None = None) -> int:
     """Queue a job and start it at once if a slot is free (:func:`launch_queued`) -> job id. Its
     process runs in the repository root; ``run_dir`` defaults to ``<project dir>/runs/<id>-<kind>``.
-    A ``run_dir`` an unfinished job owns (running or queued) is refused with a StoreError."""
+    An unknown kind or a bad config is refused with a JobConfigError, a ``run_dir`` an unfinished job
+    owns (running or queued) with a StoreError."""
     config = _config_object(kind, config)
     max_jobs()  # a bad REFORM_MAX_JOBS is refused here, before anything is recorded
     if run_dir is not None:
@@ -300,7 +279,7 @@ def _spawn(store: Store, job: dict) -> bool:
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(argv, cwd=str(REPO_ROOT), env=env, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
-    except (OSError, StoreError) as exc:
+    except (OSError, StoreError, JobConfigError) as exc:
         store.update_job(job["id"], state="failed", run_dir=str(run_dir), log_path=str(log_path),
                          message=f"could not start the process: {exc}"[:MAX_NOTE])
         return False

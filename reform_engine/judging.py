@@ -10,14 +10,15 @@ the same way, so the two can be compared (compare.py).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from .configs import nested, required, setting
 from .confirm import Candidate, ConfirmConfig, Rule, RuleContext, check_rules, confirmation, passes
 from .data import PreferencePair, write_jsonl
-from .runs import job_run
-from .runtime import set_cpu_threads
+from .runs import RunDir, job
+from .runtime import Runtime
 
 SAMPLES_FILE = "samples.jsonl"    # judged samples, one JSON record per line
 
@@ -83,15 +84,13 @@ def read_samples(run_dir: str | Path, origin: str | None = None) -> list[dict]:
 
 @dataclass
 class JudgeVariantsConfig:
-    variants: str                           # a variants job's variants.jsonl
-    judge_rm: str = ""                      # '' = the rules alone confirm
-    base_perplexity: float = float("nan")   # the perplexity rule's yardstick: pi0's median (an attack's metrics)
-    direction: str = "raise"                # the variants judged: decoded to score high from a rejected response
-    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
-    device: str = "auto"
-    dtype: str = "float32"
-    threads: int = 0
-    trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
+    variants: str = required("a variants job's variants.jsonl")
+    judge_rm: str = setting("", "the judge RM (trained apart, in no reward); '' = the rules alone confirm")
+    base_perplexity: float = setting(float("nan"), "the perplexity rule's yardstick: pi0's median (an attack's metrics)")
+    direction: str = setting("raise", "the variants judged: raise = decoded to score high from a rejected response",
+                             choices=("raise", "lower"))
+    confirm: ConfirmConfig = nested(ConfirmConfig, "the rules that confirm a sample bad, and their thresholds")
+    runtime: Runtime = nested(Runtime, "device, dtype, threads and remote-code leave of the judge")
 
 
 @dataclass
@@ -103,29 +102,24 @@ class JudgeVariantsResult:
     success_rate: float
 
 
-def judge_variants(config: JudgeVariantsConfig, run_dir: str | Path) -> JudgeVariantsResult:
+@job("judging variants", done=lambda r: f"{r.successes} of {r.n} variants are confirmed failures")
+def judge_variants(config: JudgeVariantsConfig, run: RunDir) -> JudgeVariantsResult:
     """Each variant of ``direction``, judged: its target scores are the variants job's (from text)."""
     from .reward_model import load_reward_model
 
-    with job_run(run_dir, config, "judging variants") as run:
-        set_cpu_threads(config.threads)
-        with open(config.variants, encoding="utf-8") as fh:
-            variants = [v for v in map(json.loads, filter(str.strip, fh)) if v["direction"] == config.direction]
-        judged: dict[int, tuple[float, float]] = {}
-        if config.judge_rm.strip() and variants:
-            judge = load_reward_model(config.judge_rm, device=config.device, dtype=config.dtype,
-                                      trust_remote_code=config.trust_remote_code)
-            judged = duel_scores(judge, [PreferencePair(str(n), tuple(v["prompt"]), v["original_chosen"], v["text"])
-                                         for n, v in enumerate(variants)])
-        rules = config.confirm.build()
-        rows = [{"pair_id": v["pair_id"], "prompt": v["prompt"], "origin": f"reform {v['direction']}", "text": v["text"],
-                 "perplexity": v["perplexity"],
-                 **verdict(v["text"], v["prompt"], v["perplexity"], config.base_perplexity, v["r_variant"], v["r_chosen"],
-                           judged.get(n, (None, None)), rules)} for n, v in enumerate(variants)]
-        write_jsonl(run.path / SAMPLES_FILE, rows)
-        wins = sum(r["success"] for r in rows)
-        result = JudgeVariantsResult(str(run.path / SAMPLES_FILE), len(rows), sum(bool(r["confirmed_by"]) for r in rows), wins,
-                                     wins / len(rows) if rows else float("nan"))
-        run.write_metrics(result)
-        run.set_status("succeeded", progress=1.0, message=f"{wins} of {len(rows)} variants are confirmed failures")
-        return result
+    with open(config.variants, encoding="utf-8") as fh:
+        variants = [v for v in map(json.loads, filter(str.strip, fh)) if v["direction"] == config.direction]
+    judged: dict[int, tuple[float, float]] = {}
+    if config.judge_rm.strip() and variants:
+        judge = load_reward_model(config.judge_rm, **config.runtime.load_args())
+        judged = duel_scores(judge, [PreferencePair(str(n), tuple(v["prompt"]), v["original_chosen"], v["text"])
+                                     for n, v in enumerate(variants)])
+    rules = config.confirm.build()
+    rows = [{"pair_id": v["pair_id"], "prompt": v["prompt"], "origin": f"reform {v['direction']}", "text": v["text"],
+             "perplexity": v["perplexity"],
+             **verdict(v["text"], v["prompt"], v["perplexity"], config.base_perplexity, v["r_variant"], v["r_chosen"],
+                       judged.get(n, (None, None)), rules)} for n, v in enumerate(variants)]
+    write_jsonl(run.path / SAMPLES_FILE, rows)
+    wins = sum(r["success"] for r in rows)
+    return JudgeVariantsResult(str(run.path / SAMPLES_FILE), len(rows), sum(bool(r["confirmed_by"]) for r in rows), wins,
+                               wins / len(rows) if rows else float("nan"))

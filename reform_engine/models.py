@@ -17,6 +17,7 @@ import os
 import re
 import threading
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -198,18 +199,27 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False):
     return tok
 
 
+def from_pretrained(auto_class, name: str, *, dtype: str = "float32", trust_remote_code: bool = False,
+                    failure: Callable[[Exception], str]):
+    """``auto_class.from_pretrained`` on model ``name`` (resolved as :func:`resolve_model_path` does),
+    safetensors weights only, after refusing code shipped with it unless the caller allowed it -> the
+    model. A model that cannot be loaded raises ModelError(``failure(the error)``)."""
+    path = resolve_model_path(name)
+    refuse_remote_code(remote_code_requests(path), trust_remote_code)
+    try:
+        return auto_class.from_pretrained(path, dtype=resolve_dtype(dtype), use_safetensors=True,
+                                          trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(failure(exc)) from exc
+
+
 def load_causal_lm(name: str, *, device: str = "auto", dtype: str = "float32", trust_remote_code: bool = False):
     """A policy: any AutoModelForCausalLM in safetensors, in eval mode on the configured device."""
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model_path(name)
-    refuse_remote_code(remote_code_requests(path), trust_remote_code)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype), use_safetensors=True,
-                                                     trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"could not load causal LM {name!r} ({exc}). Only safetensors weights are loaded; "
-                         "offline, give a local directory") from exc
+    model = from_pretrained(AutoModelForCausalLM, name, dtype=dtype, trust_remote_code=trust_remote_code,
+                            failure=lambda exc: f"could not load causal LM {name!r} ({exc}). Only safetensors weights are "
+                                                "loaded; offline, give a local directory")
     return model.to(resolve_device(device)).eval()
 
 

@@ -26,7 +26,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .models import ModelError, load_tokenizer, refuse_remote_code, remote_code_requests, resolve_model_path
+from .configs import setting
+from .models import (DEFAULT_MODEL, ModelError, from_pretrained, load_tokenizer, refuse_remote_code, remote_code_requests,
+                     resolve_model_path)
 from .runs import atomic_directory, recover_directory
 from .runtime import resolve_device, resolve_dtype
 
@@ -37,21 +39,25 @@ SPEC_FILE = "reward_model.json"
 
 @dataclass
 class RewardModelSpec:
-    """What a checkpoint needs to rebuild its model."""
+    """What a checkpoint needs to rebuild its model (its ``reward_model.json``), and the model part of
+    train-rm's recipe (``TrainRewardConfig.model``): the defaults are the training recipe's."""
 
-    base_model: str
-    finetune: str = "lora"            # lora: cheap and strong; head: fastest, weakest; full: most memory
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0         # 0 keeps training bit-for-bit deterministic for a seed
-    lora_layers: int | None = None    # LoRA on the top N layers only; lower layers then need no backward
-    use_chat_template: bool = True    # format prompts with the tokenizer's chat template when it has one
-    max_length: int = 512             # prompt is truncated from the left to fit; the response never is
-    trust_remote_code: bool = False   # the model needs remote code: a record, never a permission (the loader's caller gives that)
+    base_model: str = setting(DEFAULT_MODEL, "backbone: a model id or directory; smollm2-135m-instruct is the offline SmolLM2")
+    finetune: str = setting("lora", "lora: cheap and strong; head: fastest, weakest; full: most memory", choices=FINETUNE_MODES)
+    lora_r: int = setting(16, "LoRA rank")
+    lora_alpha: int = setting(32, "LoRA scale: the update is multiplied by lora_alpha / lora_r")
+    lora_dropout: float = setting(0.0, "LoRA dropout; 0 keeps training bit-for-bit repeatable for its seed")
+    lora_layers: int | None = setting(8, "LoRA on the top N layers only (none = every layer): about 2x faster training, "
+                                         "and decoding then computes the untouched lower layers once for policy and RM")
+    use_chat_template: bool = setting(True, "format prompts with the tokenizer's chat template when it has one")
+    max_length: int = setting(320, "tokens per prompt + response: the prompt is cut from the left to fit, the response "
+                                   "never is (a training pair whose response cannot fit is skipped)")
+    trust_remote_code: bool = setting(False, "the model needs remote code: a record written by the checkpoint, never a "
+                                             "permission (the caller's Runtime.trust_remote_code gives that)")
 
     def __post_init__(self):
         if self.finetune not in FINETUNE_MODES:
-            raise ValueError(f"finetune={self.finetune!r}; use one of {FINETUNE_MODES}")
+            raise ValueError(f"finetune={self.finetune!r}: finetune must be one of {FINETUNE_MODES}")
         if self.lora_r < 1:
             raise ValueError(f"lora_r={self.lora_r} must be >= 1")
         if self.lora_layers is not None and self.lora_layers < 1:
@@ -148,7 +154,8 @@ def build_reward_model(spec: RewardModelSpec, *, device: str = "auto", dtype: st
         from peft import LoraConfig, get_peft_model
 
         n_layers = backbone.config.num_hidden_layers
-        layers = list(range(n_layers - spec.lora_layers, n_layers)) if spec.lora_layers else None
+        start = n_layers - spec.lora_layers if spec.lora_layers else 0
+        layers = list(range(start, n_layers)) if start > 0 else None  # N >= the model's depth: every layer
         lora = LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
                           target_modules=list(LORA_TARGETS), layers_to_transform=layers,
                           layers_pattern="layers" if layers else None)
@@ -238,14 +245,9 @@ def load_reward_model(name: str, *, device: str = "auto", dtype: str = "float32"
         return load_causal_reward_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     from transformers import AutoModelForSequenceClassification
 
-    resolved = resolve_model_path(name)
-    refuse_remote_code(remote_code_requests(resolved), trust_remote_code)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(resolved, dtype=resolve_dtype(dtype), use_safetensors=True,
-                                                                   trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{name!r} is neither a REFORM RM checkpoint (no {SPEC_FILE}) nor a loadable "
-                         f"sequence-classification model ({exc})") from exc
+    model = from_pretrained(AutoModelForSequenceClassification, name, dtype=dtype, trust_remote_code=trust_remote_code,
+                            failure=lambda exc: f"{name!r} is neither a REFORM RM checkpoint (no {SPEC_FILE}) nor a loadable "
+                                                f"sequence-classification model ({exc})")
     if model.config.num_labels != 1:
         raise ModelError(f"{name!r} has {model.config.num_labels} outputs; a reward model needs exactly 1")
     tok = load_tokenizer(name, trust_remote_code=trust_remote_code)

@@ -21,12 +21,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data import DEMO_PATH, PreferencePair, load_preferences, replace, select_rows
+from .configs import nested, setting
+from .data import PreferencePair, replace
 from .evaluation import pair_wins, win_rate
 from .perturbations import PERTURBATIONS, perturb
-from .runs import atomic_write_text, job_run
-from .runtime import set_cpu_threads
-from .trunk_cache import DEFAULT_CAP_GB, check_setting, finish, open_trunk_cache
+from .runs import RunDir, atomic_write_text, job
+from .runtime import Runtime
+from .scoring import ScoringJob
+from .trunk_cache import finish, open_trunk_cache
 
 SCORES_FILE = "scores.jsonl"
 
@@ -92,30 +94,16 @@ def spurious_indicators(texts: Sequence[str], rewards: Sequence[float]) -> Spuri
 
 
 @dataclass
-class RobustnessConfig:
-    # what
-    reward_model: str
-    data: str = str(DEMO_PATH)
-    rows: str = ""                                   # held-out rows, e.g. '1500:'
-    skip_invalid: bool = True
-    perturbations: str = ",".join(PERTURBATIONS)     # comma-separated names
-    seed: int = 0
-    # runtime
-    max_length: int = 1024
-    batch_size: int = 16
-    device: str = "auto"
-    dtype: str = "float32"
-    threads: int = 0
-    trust_remote_code: bool = False         # let code shipped with the models run (auto_map): only for models you trust
-    trunk_cache: str = "auto"               # frozen lower layers' states, computed once (trunk_cache.py): 'auto' =
-                                            # run_dir/trunk_cache + the reward model's run's; 'off'; or dirs (first written)
-    trunk_cache_gb: float = DEFAULT_CAP_GB  # cap on what this job writes there
+class RobustnessConfig(ScoringJob):
+    perturbations: str = setting(",".join(PERTURBATIONS), "comma-separated perturbation names (perturbations.py)")
+    batch_size: int = setting(16, "sequences per forward pass")
+    runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (of the perturbations), remote-code leave, trunk cache")
 
     def names(self) -> list[str]:
         return [n.strip() for n in self.perturbations.split(",") if n.strip()]
 
     def __post_init__(self):
-        check_setting(self.trunk_cache, self.trunk_cache_gb)
+        super().__post_init__()
         unknown = [n for n in self.names() if n not in PERTURBATIONS]
         if unknown or not self.names():
             raise ValueError(f"perturbations={self.perturbations!r}: unknown {unknown}; choose from {sorted(PERTURBATIONS)}")
@@ -233,23 +221,20 @@ def robustness_report(rm, pairs: Sequence[PreferencePair], names: Sequence[str],
     return summarize_robustness(scores, pairs, time.perf_counter() - start)
 
 
-def evaluate_robustness(config: RobustnessConfig, run_dir: str | Path) -> RobustnessResult:
+@job("scoring clean pairs", done=lambda r: f"mean win-rate drop {r.mean_drop:+.3f}")
+def evaluate_robustness(config: RobustnessConfig, run: RunDir) -> RobustnessResult:
+    """Clean and perturbed win rates of ``config.reward_model`` on the rows, with the indicators."""
     from .reward_model import load_reward_model
 
-    with job_run(run_dir, config, "scoring clean pairs") as run:
-        set_cpu_threads(config.threads)
-        pairs = select_rows(load_preferences(config.data, skip_invalid=config.skip_invalid).pairs, config.rows)
-        rm = load_reward_model(config.reward_model, device=config.device, dtype=config.dtype, max_length=config.max_length,
-                               trust_remote_code=config.trust_remote_code)
-        trunk, note = open_trunk_cache(rm, config.trunk_cache, run.path, config.trunk_cache_gb, related=[config.reward_model])
-        run.log(note)
-        start = time.perf_counter()
-        scores = score_robustness(rm, pairs, config.names(), seed=config.seed, batch_size=config.batch_size,
-                                  max_length=config.max_length, trunk=trunk,
-                                  on_progress=lambda i, n: run.progress(i, n, message=f"{i}/{n} pairs scored"))
-        result = summarize_robustness(scores, pairs, time.perf_counter() - start)
-        result.trunk_cache = finish(trunk, note, run.log)
-        atomic_write_text(run.path / SCORES_FILE, "".join(json.dumps(r) + "\n" for r in scores.to_rows()))
-        run.write_metrics(result)
-        run.set_status("succeeded", progress=1.0, message=f"mean win-rate drop {result.mean_drop:+.3f}")
-        return result
+    pairs = config.read_pairs()[1]
+    rm = load_reward_model(config.reward_model, **config.runtime.load_args(), max_length=config.max_length)
+    trunk, note = open_trunk_cache(rm, run_dir=run.path, related=[config.reward_model], **config.runtime.trunk_args())
+    run.log(note)
+    start = time.perf_counter()
+    scores = score_robustness(rm, pairs, config.names(), seed=config.runtime.seed, batch_size=config.batch_size,
+                              max_length=config.max_length, trunk=trunk,
+                              on_progress=lambda i, n: run.progress(i, n, message=f"{i}/{n} pairs scored"))
+    result = summarize_robustness(scores, pairs, time.perf_counter() - start)
+    result.trunk_cache = finish(trunk, note, run.log)
+    atomic_write_text(run.path / SCORES_FILE, "".join(json.dumps(r) + "\n" for r in scores.to_rows()))
+    return result

@@ -20,7 +20,7 @@ import tempfile
 import time
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 try:
     import fcntl
@@ -235,18 +235,63 @@ class RunDir:
         return read_json(self.status_path, {}) or {}
 
 
+class SilentRun(RunDir):
+    """The run directory as the other processes of a multi-process launch see it: only the main
+    process writes it, so these write nothing."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path, self._status = Path(path), {}
+
+    def write_config(self, config: Any) -> None: ...
+    def log(self, message: str) -> None: ...
+    def set_status(self, state: str | None = None, **fields: Any) -> dict[str, Any]: return {}
+    def write_metrics(self, metrics: Any) -> None: ...
+
+
+def _launched_rank() -> int:
+    """This process's rank under ``accelerate launch`` / torchrun (0: the main one, or no launch)."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
 @contextmanager
 def job_run(run_dir: str | os.PathLike, config: Any, message: str = "starting") -> Iterator[RunDir]:
-    """The frame of every job: write the config, mark running, and on any exception mark failed
-    (with the error in status and log) before re-raising. The job marks success itself."""
+    """The frame of every job: write the config, cap the torch threads at ``config.runtime.threads``,
+    mark running, and on any exception mark failed (with the error in status and log) before
+    re-raising. In a multi-process launch only the main process writes (the others get a SilentRun)."""
+    if _launched_rank() > 0:
+        yield SilentRun(run_dir)
+        return
     run = RunDir(run_dir)
     run.write_config(config)
+    runtime = getattr(config, "runtime", None)
+    if runtime is not None:
+        from .runtime import set_cpu_threads
+
+        set_cpu_threads(runtime.threads)
     run.set_status("running", progress=0.0, message=message)
     try:
         yield run
     except BaseException as exc:
         _record_failure(run, exc)
         raise
+
+
+def job(start: str = "starting", done: Callable[[Any], str] = lambda result: "done"):
+    """Make ``fn(config, run) -> result`` a job ``(config, run_dir) -> result`` in the frame of
+    :func:`job_run`; when ``fn`` returns, the frame writes the result to metrics.json and marks the run
+    succeeded with the message ``done(result)``. ``start``: the status message while it starts."""
+    def frame(fn: Callable[[Any, RunDir], Any]) -> Callable[[Any, str | os.PathLike], Any]:
+        def run_job(config: Any, run_dir: str | os.PathLike) -> Any:
+            with job_run(run_dir, config, start) as run:
+                result = fn(config, run)
+                run.write_metrics(result)
+                total = run._status.get("total")
+                run.set_status("succeeded", progress=1.0, message=done(result), **({"step": total} if total else {}))
+                return result
+        run_job.__name__, run_job.__qualname__, run_job.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+        run_job.__module__ = fn.__module__
+        return run_job
+    return frame
 
 
 def _record_failure(run: RunDir, exc: BaseException) -> None:

@@ -12,11 +12,32 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .data import DataError, PreferencePair
+from .configs import required, setting
+from .data import DEMO_PATH, DataError, PreferenceData, PreferencePair, load_preferences, parse_rows, select_rows
 from .models import format_prompt
 
 MIN_PROMPT_TOKENS = 4  # a prompt cut below this no longer says what was asked
 SCORE_MAX_LENGTH = 1024  # tokens per scored prompt + response when scoring a data set (jobs' and app's default)
+
+
+@dataclass
+class ScoringJob:
+    """The fields every job that scores preference pairs with a reward model starts with (its config
+    adds its own, then its ``runtime``)."""
+
+    reward_model: str = required("a checkpoint directory from train-rm, or a sequence-classification model id or directory")
+    data: str = setting(str(DEMO_PATH), "preference data: a file or a hub id")
+    rows: str = setting("", "'a:b' source rows, 0-based ('' = all)")
+    skip_invalid: bool = setting(True, "invalid rows are skipped and counted, not fatal")
+    max_length: int = setting(SCORE_MAX_LENGTH, "tokens per prompt + response; the prompt is cut from the left to fit")
+
+    def __post_init__(self):
+        parse_rows(self.rows)
+
+    def read_pairs(self) -> tuple[PreferenceData, list[PreferencePair]]:
+        """(the data as read, the pairs of the selected rows)."""
+        data = load_preferences(self.data, skip_invalid=self.skip_invalid)
+        return data, select_rows(data.pairs, self.rows)
 
 
 @dataclass(frozen=True)

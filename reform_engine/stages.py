@@ -1,7 +1,7 @@
 """The stages of a job that trains and compares reward models (``pipeline``, ``retrain``).
 
 A stage is an ordinary job run in its own sub-directory of the parent job's run directory. A stage
-whose directory already holds a succeeded run of the same config (runtime fields aside) is reused,
+whose directory already holds a succeeded run of the same config (runtime placement aside) is reused,
 not re-run, so a killed parent resumes where it stopped; a stage that reads what an upstream stage
 wrote re-runs whenever that upstream stage ran afresh.
 
@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .configs import setting
 from .runs import RunDir, atomic_write_json, read_json, to_jsonable
+from .runtime import PLACEMENT
 from .training import TrainRewardConfig
 
 RETRAIN_MODES = ("scratch", "finetune")
-RUNTIME_FIELDS = {"device", "dtype", "threads", "trust_remote_code", "trunk_cache", "trunk_cache_gb"}  # may differ when a finished stage is reused
 
 
 # --------------------------------------------------------------------------- the retraining recipe
@@ -42,6 +43,25 @@ def check_retrain(mode_field: str, mode: str, finetune_epochs: int, finetune_lr:
     if finetune_epochs < 1 or finetune_lr < 0 or replay < 0:
         raise ValueError("finetune_epochs must be >= 1, finetune_lr >= 0 (0 = the base's lr) and replay >= 0 "
                          "(0 = all original pairs)")
+
+
+@dataclass
+class RetrainRecipe:
+    """How a base RM is retrained on its pairs plus new ones (``--retrain.mode finetune`` ...)."""
+
+    mode: str = setting("scratch", "scratch: the base's own recipe and seed from a fresh model (the method's choice); "
+                                   "finetune: continue the base checkpoint", choices=RETRAIN_MODES)
+    finetune_epochs: int = setting(1, "finetune: epochs over original + new pairs")
+    finetune_lr: float = setting(0.0, "finetune: learning rate (0 = the base's)")
+    replay: int = setting(0, "finetune: a seeded sample of this many original pairs (0 = all of them)")
+
+    def __post_init__(self):
+        check_retrain("retrain.mode", self.mode, self.finetune_epochs, self.finetune_lr, self.replay)
+
+    def training_config(self, base: TrainRewardConfig, base_rm: str, augment_data: str, **fields: Any) -> TrainRewardConfig:
+        """The config that retrains ``base`` (its checkpoint ``base_rm``) with this recipe (retrain_config)."""
+        return retrain_config(base, self.mode, base_rm, augment_data, finetune_epochs=self.finetune_epochs,
+                              finetune_lr=self.finetune_lr, replay=self.replay, **fields)
 
 
 def retrain_config(base: TrainRewardConfig, mode: str, base_rm: str, augment_data: str, *, finetune_epochs: int = 1,
@@ -112,24 +132,30 @@ class ComparisonResult:
 
 # --------------------------------------------------------------------------- running stages
 
-def _comparable(config: Any) -> dict:
-    return {k: v for k, v in to_jsonable(config).items() if k not in RUNTIME_FIELDS}
+def comparable(config: Any) -> Any:
+    """A config as JSON, without what a reused stage may differ in: the placement fields of every
+    ``runtime`` in it (device, dtype, threads, remote-code leave; not the seed)."""
+    data = to_jsonable(config)
+    if not isinstance(data, dict):
+        return data
+    return {k: {f: x for f, x in v.items() if f not in PLACEMENT} if k == "runtime" and isinstance(v, dict) else comparable(v)
+            for k, v in data.items()}
 
 
 def finished(stage_dir: str | Path, config: Any) -> dict | None:
-    """The metrics of a succeeded run of ``config`` (runtime fields aside) in ``stage_dir``, else None."""
+    """The metrics of a succeeded run of ``config`` (runtime placement aside) in ``stage_dir``, else None."""
     stage_dir = Path(stage_dir)
     status, previous = read_json(stage_dir / "status.json", {}) or {}, read_json(stage_dir / "config.json")
     metrics = read_json(stage_dir / "metrics.json")
     if status.get("state") == "succeeded" and isinstance(previous, dict) and metrics is not None and \
-            {k: v for k, v in previous.items() if k not in RUNTIME_FIELDS} == _comparable(config):
+            comparable(previous) == comparable(config):
         return metrics
     return None
 
 
 def run_stage(run_dir: Path, name: str, fn: Callable, config: Any, timings: list[StageTiming], *, reuse: bool = True) -> dict:
     """Run ``fn(config, run_dir/name)`` unless ``reuse`` and that directory holds a succeeded run of
-    the same config (runtime fields aside); appends the stage's timing -> its metrics as a dict."""
+    the same config (runtime placement aside); appends the stage's timing -> its metrics as a dict."""
     stage_dir = run_dir / name
     metrics = finished(stage_dir, config) if reuse else None
     if metrics is not None:

@@ -5,81 +5,58 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, select_rows
+from .configs import nested, setting
+from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, parse_rows, select_rows
 from .evaluation import PairwiseMetrics, pairwise_metrics
-from .models import DEFAULT_MODEL
-from .reward_model import FINETUNE_MODES, RewardModelSpec, build_reward_model, load_causal_reward_model
-from .runs import RunDir, job_run
-from .runtime import seed_everything, set_cpu_threads
+from .reward_model import RewardModelSpec, build_reward_model, load_causal_reward_model
+from .runs import RunDir, job
+from .runtime import Runtime, seed_everything
 from .scoring import bradley_terry_loss, collate, encode, score_pairs
-from .trunk_cache import DEFAULT_CAP_GB, check_setting, finish, open_trunk_cache
+from .trunk_cache import finish, open_trunk_cache
 
 
 @dataclass
 class TrainRewardConfig:
     # data
-    data: str = str(DEMO_PATH)              # file or hub id (see data.load_preferences)
-    train_rows: str = ""                    # 'a:b' source rows to train on, '' = all
-    train_sample: int = 0                   # >0: a seeded random sample of that many of those pairs (e.g. the
-                                            # replay set when fine-tuning on augmentation); 0 = all of them
-    eval_data: str = ""                     # '' = no evaluation at the end
-    eval_rows: str = ""
-    augment_data: str = ""                  # extra pairs (e.g. approved REFORM inversions) added to the training set
-    init_from: str = ""                     # a checkpoint to fine-tune instead of a fresh model (its spec wins)
-    skip_invalid: bool = True               # invalid rows are skipped and reported, not fatal
+    data: str = setting(str(DEMO_PATH), "preference data: a file or a hub id (see data.load_preferences)")
+    train_rows: str = setting("", "'a:b' source rows to train on ('' = all)")
+    train_sample: int = setting(0, "> 0: a seeded random sample of that many of those pairs (e.g. the replay set when "
+                                   "fine-tuning on augmentation); 0 = all of them")
+    eval_data: str = setting("", "pairs to evaluate on at the end ('' = no evaluation)")
+    eval_rows: str = setting("", "'a:b' source rows of eval_data ('' = all)")
+    augment_data: str = setting("", "extra pairs (e.g. approved REFORM inversions) added to the training set")
+    init_from: str = setting("", "a checkpoint to fine-tune instead of a fresh model (its spec replaces model)")
+    skip_invalid: bool = setting(True, "invalid rows are skipped and reported, not fatal")
     # model
-    model: str = DEFAULT_MODEL              # backbone: the offline SmolLM2 by default, or any id / directory
-    finetune: str = "lora"                  # lora | head | full
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0               # 0 keeps a run bit-for-bit repeatable for its seed
-    lora_layers: int = 8                    # LoRA on the top N layers only (0 = all): ~2x faster training, and decoding
-                                            # then computes the untouched lower layers once for policy and RM
-    use_chat_template: bool = True
-    max_length: int = 320                   # tokens; prompt cut from the left to fit, pairs whose response cannot fit are skipped
-    trust_remote_code: bool = False         # let Python code shipped with the model (auto_map) run: only for models you trust;
-                                            # the only way to allow it (a checkpoint cannot allow itself)
+    model: RewardModelSpec = nested(RewardModelSpec, "the reward model to build: backbone, fine-tuning, max length",
+                                    set_by_job=("trust_remote_code",))
+    # how long, and the checkpoints on the way
+    epochs: int = setting(1, "passes over the training pairs")
+    max_steps: int = setting(0, "> 0: stop after this many steps; 0 = the epochs decide")
+    save_every: int = setting(0, "steps between intermediate checkpoints; 0 = at the end only")
     # optimisation
-    batch_size: int = 8                     # pairs per step (2x sequences per forward)
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
-    epochs: int = 1
-    max_steps: int = 0                      # 0 = epochs decide
-    max_grad_norm: float = 1.0
-    # runtime
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "float32"                  # fp32: bf16 brings no speed-up on this class of CPU
-    threads: int = 0                        # 0 = torch default
-    save_every: int = 0                     # steps between intermediate checkpoints, 0 = at the end only
-    trunk_cache: str = "auto"               # hidden states of the frozen lower layers, computed once (trunk_cache.py):
-                                            # 'auto' = run_dir/trunk_cache, 'off', or directories (first written, rest read)
-    trunk_cache_gb: float = DEFAULT_CAP_GB  # cap on what this job writes there; past it states are recomputed, not stored
+    batch_size: int = setting(8, "pairs per step (2x sequences per forward); under accelerate launch each of N processes "
+                                 "takes a batch, so a step covers N x batch_size pairs")
+    lr: float = setting(2e-4, "peak learning rate (AdamW, linear warm-up then decay)")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    warmup_ratio: float = setting(0.05, "share of the steps spent warming the learning rate up")
+    max_grad_norm: float = setting(1.0, "gradient clipping norm (0 = no clipping)")
+    runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (model init and data order), remote-code leave, "
+                                       "trunk cache")
 
     def __post_init__(self):
         checks = [(self.batch_size >= 1, "batch_size must be >= 1"), (self.lr > 0, "lr must be > 0"),
                   (self.epochs >= 1, "epochs must be >= 1"), (self.max_steps >= 0, "max_steps must be >= 0"),
                   (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
-                  (self.finetune in FINETUNE_MODES, f"finetune must be one of {FINETUNE_MODES}"),
-                  (self.lora_layers >= 0, "lora_layers must be >= 0 (0 = all layers)"),
-                  (self.max_length >= 16, "max_length must be >= 16"),
                   (self.train_sample >= 0, "train_sample must be >= 0 (0 = all training pairs)")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"TrainRewardConfig: {message}")
-        check_setting(self.trunk_cache, self.trunk_cache_gb)
-
-    def spec(self) -> RewardModelSpec:
-        return RewardModelSpec(base_model=self.model, finetune=self.finetune, lora_r=self.lora_r, lora_alpha=self.lora_alpha,
-                               lora_dropout=self.lora_dropout, lora_layers=self.lora_layers or None,
-                               use_chat_template=self.use_chat_template, max_length=self.max_length,
-                               trust_remote_code=self.trust_remote_code)
+        parse_rows(self.train_rows), parse_rows(self.eval_rows)
 
 
 @dataclass
@@ -125,18 +102,6 @@ def _lr_lambda(total: int, warmup: int):
     return lambda step: (step + 1) / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
 
 
-class _SilentRun(RunDir):
-    """The run directory as seen by the non-main processes of a multi-process launch: writes nothing."""
-
-    def __init__(self, path: str | Path):
-        self.path, self._status = Path(path), {}
-
-    def write_config(self, config) -> None: ...
-    def log(self, message: str) -> None: ...
-    def set_status(self, state=None, **fields) -> dict: return {}
-    def write_metrics(self, metrics) -> None: ...
-
-
 def _launched_accelerator(device: str):
     """An ``accelerate.Accelerator`` under ``accelerate launch`` (or torchrun) with more than one
     process, else None: a single process never touches accelerate. device='cpu' trains on CPU
@@ -156,111 +121,104 @@ def _shard(batches: list[list[int]], accelerator) -> list[list[int]]:
     return [batches[(s * n + k) % len(batches)] for s in range(math.ceil(len(batches) / n))]
 
 
-def train_reward_model(config: TrainRewardConfig, run_dir: str | Path) -> TrainRewardResult:
+@job("loading data and model", done=lambda r: "done" + (f"; eval accuracy {r.eval.accuracy:.3f}" if r.eval else ""))
+def train_reward_model(config: TrainRewardConfig, run: RunDir) -> TrainRewardResult:
     """Train, checkpoint atomically to ``run_dir/checkpoint``, evaluate if asked; status in run_dir.
 
     Under ``accelerate launch`` with N processes each trains on 1/N of every epoch's batches with
     gradients averaged (DDP), so a step covers N * batch_size pairs; only the main process writes
     the run directory and evaluates."""
-    from contextlib import nullcontext
-
     from tqdm.auto import tqdm
 
-    accelerator = _launched_accelerator(config.device)
+    rt = config.runtime
+    accelerator = _launched_accelerator(rt.device)
     is_main = accelerator is None or accelerator.is_main_process
-    device = str(accelerator.device) if accelerator else config.device
-    frame = job_run(run_dir, config, "loading data and model") if is_main else nullcontext(_SilentRun(run_dir))
-    with frame as run:
-        set_cpu_threads(config.threads)
-        generator = seed_everything(config.seed)
-        data = load_preferences(config.data, skip_invalid=config.skip_invalid)
-        pairs = select_rows(data.pairs, config.train_rows)
-        if config.train_sample and config.train_sample < len(pairs):
-            keep = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(config.seed))[: config.train_sample]
-            pairs = [pairs[i] for i in sorted(keep.tolist())]
-            run.log(f"training on a random sample of {len(pairs)} original pairs (seed {config.seed})")
-        if config.augment_data:
-            extra = load_preferences(config.augment_data, skip_invalid=config.skip_invalid).pairs
-            pairs = pairs + extra
-            run.log(f"{len(extra)} augmentation pairs from {config.augment_data}")
-        if config.init_from:
-            rm = load_causal_reward_model(config.init_from, device=device, dtype=config.dtype, trainable=True,
-                                          trust_remote_code=config.trust_remote_code)
-            spec = rm.spec
-        else:
-            spec = config.spec()
-            rm = build_reward_model(spec, device=device, dtype=config.dtype, seed=config.seed,
-                                    trust_remote_code=config.trust_remote_code)
-        pairs, encoded, too_long = encode_for_training(rm.tokenizer, pairs, spec)
-        if not pairs:
-            raise DataError(f"no trainable pairs in rows {config.train_rows!r} of {config.data}.", fix="check train_rows and max_length.")
-        skipped = too_long + len(data.report.skipped)
-        run.log(f"{len(pairs)} training pairs, {too_long} skipped as too long for max_length={spec.max_length}, "
-                f"{len(data.report.skipped)} invalid rows skipped")
+    device = str(accelerator.device) if accelerator else rt.device
+    generator = seed_everything(rt.seed)
+    data = load_preferences(config.data, skip_invalid=config.skip_invalid)
+    pairs = select_rows(data.pairs, config.train_rows)
+    if config.train_sample and config.train_sample < len(pairs):
+        keep = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(rt.seed))[: config.train_sample]
+        pairs = [pairs[i] for i in sorted(keep.tolist())]
+        run.log(f"training on a random sample of {len(pairs)} original pairs (seed {rt.seed})")
+    if config.augment_data:
+        extra = load_preferences(config.augment_data, skip_invalid=config.skip_invalid).pairs
+        pairs = pairs + extra
+        run.log(f"{len(extra)} augmentation pairs from {config.augment_data}")
+    if config.init_from:
+        rm = load_causal_reward_model(config.init_from, device=device, dtype=rt.dtype, trainable=True,
+                                      trust_remote_code=rt.trust_remote_code)
+        spec = rm.spec
+    else:
+        spec = config.model
+        rm = build_reward_model(spec, device=device, dtype=rt.dtype, seed=rt.seed, trust_remote_code=rt.trust_remote_code)
+    pairs, encoded, too_long = encode_for_training(rm.tokenizer, pairs, spec)
+    if not pairs:
+        raise DataError(f"no trainable pairs in rows {config.train_rows!r} of {config.data}.", fix="check train_rows and max_length.")
+    skipped = too_long + len(data.report.skipped)
+    run.log(f"{len(pairs)} training pairs, {too_long} skipped as too long for max_length={spec.max_length}, "
+            f"{len(data.report.skipped)} invalid rows skipped")
 
-        trunk, note = open_trunk_cache(rm, config.trunk_cache, run.path, config.trunk_cache_gb, related=[config.init_from])
-        run.log(note)
-        lengths = [max(len(c.ids), len(r.ids)) for c, r in encoded]
-        steps_per_epoch = math.ceil(math.ceil(len(pairs) / config.batch_size) / (accelerator.num_processes if accelerator else 1))
-        total = config.max_steps or steps_per_epoch * config.epochs
-        params = [p for p in rm.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, int(total * config.warmup_ratio)))
-        pad_id = rm.tokenizer.pad_token_id
-        model = accelerator.prepare(rm) if accelerator else rm  # DDP: the wrapper's forward is rm's and syncs gradients
+    trunk, note = open_trunk_cache(rm, run_dir=run.path, related=[config.init_from], **rt.trunk_args())
+    run.log(note)
+    lengths = [max(len(c.ids), len(r.ids)) for c, r in encoded]
+    steps_per_epoch = math.ceil(math.ceil(len(pairs) / config.batch_size) / (accelerator.num_processes if accelerator else 1))
+    total = config.max_steps or steps_per_epoch * config.epochs
+    params = [p for p in rm.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, int(total * config.warmup_ratio)))
+    pad_id = rm.tokenizer.pad_token_id
+    model = accelerator.prepare(rm) if accelerator else rm  # DDP: the wrapper's forward is rm's and syncs gradients
 
-        rm.train()
-        losses: list[float] = []
-        step, start = 0, time.perf_counter()
-        bar = tqdm(total=total, desc="train-rm", unit="step", dynamic_ncols=True, disable=not is_main)
-        while step < total:
+    rm.train()
+    losses: list[float] = []
+    step, start = 0, time.perf_counter()
+    bar = tqdm(total=total, desc="train-rm", unit="step", dynamic_ncols=True, disable=not is_main)
+    while step < total:
+        if trunk:
+            trunk.refresh()  # what other processes of a launch stored last epoch
+        for batch in _shard(batch_order(lengths, config.batch_size, generator), accelerator):
             if trunk:
-                trunk.refresh()  # what other processes of a launch stored last epoch
-            for batch in _shard(batch_order(lengths, config.batch_size, generator), accelerator):
-                if trunk:
-                    scores = trunk.pair_scores(model, rm, [encoded[i] for i in batch])  # (2B,)
-                else:
-                    seqs = [encoded[i][0].ids for i in batch] + [encoded[i][1].ids for i in batch]
-                    ids, mask = collate(seqs, pad_id, "right", rm.device)  # (2B, T)
-                    scores = model(ids, mask)  # (2B,)
-                loss = bradley_terry_loss(scores[: len(batch)], scores[len(batch):])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                losses.append(float(loss.detach()))
-                elapsed = time.perf_counter() - start
-                recent = sum(losses[-20:]) / len(losses[-20:])
-                bar.update(1)
-                bar.set_postfix(loss=f"{recent:.3f}")
-                run.progress(step, total, loss=recent, seconds=elapsed, message=f"step {step}/{total} loss {recent:.3f}")
-                if config.save_every and step % config.save_every == 0 and step < total and is_main:
-                    rm.save(run.checkpoint_path)
-                    run.log(f"checkpoint at step {step}")
-                if step >= total:
-                    break
-        bar.close()
-        seconds = time.perf_counter() - start
-        rm.eval()
-        if is_main:
-            rm.save(run.checkpoint_path)
-        run.log(f"trained {step} steps in {seconds:.1f}s; checkpoint saved")
+                scores = trunk.pair_scores(model, rm, [encoded[i] for i in batch])  # (2B,)
+            else:
+                seqs = [encoded[i][0].ids for i in batch] + [encoded[i][1].ids for i in batch]
+                ids, mask = collate(seqs, pad_id, "right", rm.device)  # (2B, T)
+                scores = model(ids, mask)  # (2B,)
+            loss = bradley_terry_loss(scores[: len(batch)], scores[len(batch):])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            elapsed = time.perf_counter() - start
+            recent = sum(losses[-20:]) / len(losses[-20:])
+            bar.update(1)
+            bar.set_postfix(loss=f"{recent:.3f}")
+            run.progress(step, total, loss=recent, seconds=elapsed, message=f"step {step}/{total} loss {recent:.3f}")
+            if config.save_every and step % config.save_every == 0 and step < total and is_main:
+                rm.save(run.checkpoint_path)
+                run.log(f"checkpoint at step {step}")
+            if step >= total:
+                break
+    bar.close()
+    seconds = time.perf_counter() - start
+    rm.eval()
+    if is_main:
+        rm.save(run.checkpoint_path)
+    run.log(f"trained {step} steps in {seconds:.1f}s; checkpoint saved")
 
-        metrics = None
-        if config.eval_data and is_main:
-            run.set_status("running", progress=1.0, message="evaluating")
-            eval_data = load_preferences(config.eval_data, skip_invalid=config.skip_invalid)
-            eval_pairs = select_rows(eval_data.pairs, config.eval_rows)
-            scores = score_pairs(rm, eval_pairs, max_length=max(1024, spec.max_length), trunk=trunk)
-            metrics = pairwise_metrics(scores.r_chosen, scores.r_rejected, eval_pairs)
-        cache_summary = finish(trunk, note, run.log)
-        tail = losses[-max(1, len(losses) // 10):]
-        pairs_seen = min(step * config.batch_size, len(pairs) * config.epochs) if not config.max_steps else step * config.batch_size
-        result = TrainRewardResult(str(run.checkpoint_path), len(pairs), skipped, step, seconds, pairs_seen / seconds,
-                                   sum(tail) / len(tail), losses, metrics, cache_summary)
-        run.write_metrics(result)
-        run.set_status("succeeded", progress=1.0, message="done" + (f"; eval accuracy {metrics.accuracy:.3f}" if metrics else ""))
-        return result
+    metrics = None
+    if config.eval_data and is_main:
+        run.set_status("running", progress=1.0, message="evaluating")
+        eval_data = load_preferences(config.eval_data, skip_invalid=config.skip_invalid)
+        eval_pairs = select_rows(eval_data.pairs, config.eval_rows)
+        scores = score_pairs(rm, eval_pairs, max_length=max(1024, spec.max_length), trunk=trunk)
+        metrics = pairwise_metrics(scores.r_chosen, scores.r_rejected, eval_pairs)
+    cache_summary = finish(trunk, note, run.log)
+    tail = losses[-max(1, len(losses) // 10):]
+    pairs_seen = min(step * config.batch_size, len(pairs) * config.epochs) if not config.max_steps else step * config.batch_size
+    return TrainRewardResult(str(run.checkpoint_path), len(pairs), skipped, step, seconds, pairs_seen / seconds,
+                             sum(tail) / len(tail), losses, metrics, cache_summary)

@@ -328,7 +328,10 @@ def run_cache_dirs(checkpoint: str | Path) -> list[Path]:
     if not Path(checkpoint).expanduser().is_dir():
         return []  # a model id, not a checkpoint of ours
     saved = read_json(run_dir / "config.json", {})
-    return setting_dirs(saved.get("trunk_cache", "auto") if isinstance(saved, dict) else "auto", run_dir)
+    runtime = saved.get("runtime") if isinstance(saved, dict) else None
+    setting = runtime.get("trunk_cache", "auto") if isinstance(runtime, dict) else saved.get("trunk_cache", "auto") \
+        if isinstance(saved, dict) else "auto"  # a run's runtime, or a flat config of a run before nested configs
+    return setting_dirs(setting, run_dir)
 
 
 def finish(trunk: TrunkCache | None, note: str, log) -> dict:

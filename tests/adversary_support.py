@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 
+from reform_engine.runtime import Runtime
 from reform_engine.tiny import save_tiny_model
 
 ASKS = ["Can you help me?", "What time is it?", "Tell me a fact.", "How do I cook rice?", "Where is Paris?", "Name a colour.",
@@ -75,7 +76,7 @@ def tiny_attack(models: dict, **overrides) -> dict:
     return {"target_rm": models["target"], "penalty_rms": models["penalties"], "judge_rm": models["judge"],
             "policy": models["policy"], "data": models["data"], "prompts": 4, "steps": 4, "group_size": 2, "prompts_per_step": 2,
             "max_new_tokens": 10, "base_samples": 4, "fresh_samples": 2, "threshold": -10.0, "u_z_min": -10.0,
-            "lora_layers": 1, "lora_r": 2, "lora_alpha": 4, "lr": 1e-2, "device": "cpu", "threads": 1, **overrides}
+            "lora_layers": 1, "lora_r": 2, "lora_alpha": 4, "lr": 1e-2, "runtime": Runtime(device="cpu", threads=1), **overrides}
 
 
 def save_compared_runs(root: str | Path) -> dict:
@@ -85,20 +86,29 @@ def save_compared_runs(root: str | Path) -> dict:
     from reform_engine.adv_rounds import AdvRoundsConfig, run_adv_rounds
     from reform_engine.attack import AttackConfig
     from reform_engine.data import write_jsonl
+    from reform_engine.decoding import DecodingConfig
+    from reform_engine.inversions import GenerateVariantsConfig
     from reform_engine.pipeline import PipelineConfig, run_pipeline
+    from reform_engine.reward_model import RewardModelSpec
+    from reform_engine.robustness import RobustnessConfig
+    from reform_engine.training import TrainRewardConfig
 
     root = Path(root)
     models = save_attack_models(root / "models")
     approved = root / "approved.jsonl"
     write_jsonl(approved, [{"prompt": [{"role": "user", "content": "Name a colour."}], "chosen": "Blue.", "rejected": "NO!!!"}])
-    perturbations = "capitalization,verbosity"
+    robustness = RobustnessConfig(reward_model="", perturbations="capitalization,verbosity")
     pipeline = root / "pipeline"
-    run_pipeline(PipelineConfig(data=models["data"], train_rows="0:6", eval_rows="6:", model=models["policy"], policy=models["policy"],
-                                lora_layers=1, max_length=128, batch_size=4, lr=5e-3, epochs=1, fraction=0.5, k=2, max_new_tokens=4,
-                                decode_batch_size=2, approved=str(approved), ablate_random=False, perturbations=perturbations,
-                                device="cpu", threads=1), pipeline)
+    run_pipeline(PipelineConfig(base=TrainRewardConfig(data=models["data"], train_rows="0:6", batch_size=4, lr=5e-3, epochs=1,
+                                                       model=RewardModelSpec(base_model=models["policy"], lora_layers=1,
+                                                                             max_length=128)),
+                                eval_rows="6:",
+                                variants=GenerateVariantsConfig(reward_model="", policy=models["policy"], fraction=0.5, batch_size=2,
+                                                                decoding=DecodingConfig(k=2, max_new_tokens=4)),
+                                approved=str(approved), ablate_random=False, robustness=robustness,
+                                runtime=Runtime(device="cpu", threads=1)), pipeline)
     base = str(pipeline / "base" / "checkpoint")
     rounds = root / "rounds"
     run_adv_rounds(AdvRoundsConfig(attack=AttackConfig(**tiny_attack(models, target_rm=base)), rounds=1, final_attack=False,
-                                   confirmed_only=False, perturbations=perturbations), rounds)
+                                   confirmed_only=False, robustness=robustness), rounds)
     return {"pipeline": pipeline, "rounds": rounds, "base": base, "models": models}

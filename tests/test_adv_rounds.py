@@ -7,7 +7,9 @@ from reform_engine.adv_rounds import BASELINE, AdvRoundsConfig, run_adv_rounds
 from reform_engine.attack import AttackConfig, read_kept
 from reform_engine.confirm import ConfirmConfig
 from reform_engine.reports import job_results
+from reform_engine.robustness import RobustnessConfig
 from reform_engine.runs import read_json
+from reform_engine.runtime import Runtime
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +21,8 @@ def rounds_config(models, attack: dict | None = None, **fields) -> AdvRoundsConf
     """Rounds on the tiny models: 8 pairs, the first 6 to train on (the attack takes prompts 0-3 of
     them), rows 6-7 held out; the target was not trained here, so its recipe is its spec on those rows."""
     return AdvRoundsConfig(attack=AttackConfig(**tiny_attack(models, **(attack or {}))), data=models["data"], train_rows="0:6",
-                           **{"perturbations": "capitalization,verbosity", **fields})
+                           **{"robustness": RobustnessConfig(reward_model="", perturbations="capitalization,verbosity"),
+                              "runtime": Runtime(device="cpu", threads=1), **fields})
 
 
 def lines(path) -> list[dict]:
@@ -91,7 +94,7 @@ def test_with_confirmed_samples_only_a_round_without_a_confirmed_one_ends_the_ro
 @pytest.mark.parametrize("fields, message", [
     (dict(rounds=0), "rounds must be >= 1"),
     (dict(pass_floor=1.5), r"pass_floor must be a share in \[0, 1\]"),
-    (dict(perturbations="shouting"), "unknown"),
+    (dict(eval_rows="six"), "rows='six'"),
 ])
 def test_rounds_config_refuses_bad_settings_saying_what_to_do(models, fields, message):
     with pytest.raises(ValueError, match=message):

@@ -9,6 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from reform_engine.reward_model import RewardModelSpec, build_reward_model
+from reform_engine.runtime import Runtime
 from reform_engine.tiny import save_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -239,7 +240,7 @@ def test_a_policy_that_cannot_load_is_a_message_with_retry_not_a_traceback(env, 
 
 
 def test_settings_come_from_the_environment():
-    from pages._shared import default_settings
+    from pages._settings import default_settings
 
     s = default_settings({"REFORM_POLICY": "/m/policy", "REFORM_PROJECT_DIR": "/p", "REFORM_ROWS": "0:10"})
     assert (s.policy, s.reward_model, s.project_dir, s.rows, s.device) == ("/m/policy", "/p/runs/base-rm/checkpoint", "/p",
@@ -248,6 +249,36 @@ def test_settings_come_from_the_environment():
     assert (default_settings({}).trust_remote_code, default_settings({}).score_max_length) == (False, 1024)
     s = default_settings({"REFORM_TRUST_REMOTE_CODE": "1", "REFORM_SCORE_MAX_LENGTH": "2048"})
     assert (s.trust_remote_code, s.score_max_length) == (True, 2048)
+
+
+def test_a_bad_row_range_is_refused_by_the_settings_themselves():
+    from pages._settings import default_settings
+
+    with pytest.raises(ValueError, match="rows='first half'; write 'start:end'"):
+        default_settings({"REFORM_ROWS": "first half"})
+    assert default_settings({}).runtime(seed=4) == Runtime(device="auto", seed=4)
+
+
+def test_every_page_that_decodes_draws_the_same_decoding_controls(env):
+    """One widget: the limits are DecodingConfig's (decoding.LIMITS), the defaults its own defaults."""
+    from reform_engine.decoding import LIMITS, DecodingConfig
+
+    default = DecodingConfig()
+    for page, key in (("pages/decoding.py", "decoding"), ("pages/curation.py", "curation_gen"), ("pages/retrain.py", "pipeline")):
+        at = settle(AppTest.from_file(APP, default_timeout=120), page)
+        for knob, name in (("k", "k"), ("alpha", "alpha"), ("temperature", "temperature"), ("max_new_tokens", "max_tokens")):
+            slider = at.slider(key=f"{key}_{name}")
+            assert (slider.min, slider.max, slider.value) == (*LIMITS[knob], getattr(default, knob)), (page, knob)
+
+
+def test_keys_that_pages_share_are_spelt_once_in_pages_keys():
+    from pages import _keys
+
+    shared = [v for k, v in vars(_keys).items() if k.isupper()]
+    for path in (ROOT / "pages").glob("*.py"):
+        if path.name != "_keys.py":
+            text = path.read_text()
+            assert not [key for key in shared if f'"{key}"' in text], path.name
 
 
 BEACON = "![x](http://evil/beacon.png)"

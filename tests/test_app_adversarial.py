@@ -120,8 +120,9 @@ def test_missing_penalty_and_judge_rms_are_trained_as_jobs_from_the_page(env):
     try:
         assert jobs["kind"].tolist() == ["train-rm"] * 3
         configs = jobs["config"].tolist()
-        assert [(c["seed"], c["finetune"], c["train_sample"]) for c in configs] == [(1, "lora", 6), (2, "head", 6), (101, "lora", 6)]
-        assert {c["model"] for c in configs} == {env["policy"]} and {c["data"] for c in configs} == {env["data"]}
+        assert [(c["runtime"]["seed"], c["model"]["finetune"], c["train_sample"]) for c in configs] == [
+            (1, "lora", 6), (2, "head", 6), (101, "lora", 6)]
+        assert {c["model"]["base_model"] for c in configs} == {env["policy"]} and {c["data"] for c in configs} == {env["data"]}
         checkpoints = [str(Path(d) / "checkpoint") for d in jobs["run_dir"]]
         assert at.text_area(key="adversarial_penalties").value == "\n".join(checkpoints[:2])
         assert at.text_input(key="adversarial_judge").value == checkpoints[2]

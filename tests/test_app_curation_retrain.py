@@ -17,6 +17,7 @@ from reform_engine.influence import ScoredPair
 from reform_engine.inversions import make_variant
 from reform_engine.jobs import ACTIVE
 from reform_engine.reward_model import RewardModelSpec, build_reward_model
+from reform_engine.runtime import Runtime
 from reform_engine.store import Store
 from reform_engine.tiny import save_tiny_model
 from reform_engine.training import TrainRewardConfig, train_reward_model
@@ -37,8 +38,10 @@ def tiny(tmp_path_factory):
     rm = build_reward_model(RewardModelSpec(base_model=policy, finetune="full", max_length=256), device="cpu", seed=3)
     data = root / "pairs.jsonl"
     write_jsonl(data, [make_pair(i, a, "Sure, happy to help.", "No. Go away!!").to_trl() for i, a in enumerate(ASKS)])
-    base = TrainRewardConfig(data=str(data), train_rows="0:6", model=policy, finetune="lora", lora_r=2, lora_alpha=4,
-                             lora_layers=1, batch_size=4, max_steps=2, max_length=128, device="cpu", warmup_ratio=0.0)
+    base = TrainRewardConfig(data=str(data), train_rows="0:6",
+                             model=RewardModelSpec(base_model=policy, finetune="lora", lora_r=2, lora_alpha=4, lora_layers=1,
+                                                   max_length=128),
+                             batch_size=4, max_steps=2, runtime=Runtime(device="cpu"), warmup_ratio=0.0)
     train_reward_model(base, root / "base-run")
     return {"policy": policy, "rm": str(rm.save(root / "rm")), "base": str(root / "base-run" / "checkpoint"), "data": str(data)}
 
@@ -185,8 +188,8 @@ def test_curation_lists_stored_inversions_and_writes_every_decision_to_the_datab
 def test_curation_runs_batch_generation_as_a_background_job(env):
     at = settle(AppTest.from_file(APP, default_timeout=120), "pages/curation.py")
     at.number_input(key="curation_gen_p").set_value(25.0)  # 2 of the 8 pairs
-    at.number_input(key="curation_gen_k").set_value(2)
-    at.number_input(key="curation_gen_max_tokens").set_value(3)
+    at.slider(key="curation_gen_k").set_value(2)
+    at.slider(key="curation_gen_max_tokens").set_value(3)
     at.button(key="curation_generate").click()
     at.run()
     assert not at.exception, [e.value for e in at.exception]
@@ -300,14 +303,15 @@ def test_retrain_page_starts_and_cancels_a_pipeline(env):
     at.text_input(key="pipeline_train_rows").set_value("0:6")
     at.text_input(key="pipeline_eval_rows").set_value("6:")
     at.multiselect(key="pipeline_perturbations").set_value(["verbosity"])
-    at.number_input(key="pipeline_k").set_value(2)
+    at.slider(key="pipeline_k").set_value(2)
     at.button(key="pipeline_start").click()
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     (job,) = Store(env["db"]).list_jobs()["id"].tolist()
     config = Store(env["db"]).get_job(job)["config"]
-    assert (config["train_rows"], config["eval_rows"], config["k"], config["perturbations"]) == ("0:6", "6:", 2, "verbosity")
-    assert config["model"] == env["policy"] and config["base_rm"] == ""
+    assert (config["base"]["train_rows"], config["eval_rows"], config["variants"]["decoding"]["k"],
+            config["robustness"]["perturbations"]) == ("0:6", "6:", 2, "verbosity")
+    assert config["base"]["model"]["base_model"] == env["policy"] and config["base_rm"] == ""
     at.button(key=f"retrain_cancel_{job}").click()
     at.run()
     assert Store(env["db"]).get_job(job)["state"] == "cancelled" and not job_progress(at)

@@ -139,15 +139,21 @@ def test_an_attack_survives_cancel_and_kill_like_the_other_jobs(models, store):
 
 def test_companion_rms_take_the_targets_recipe_on_other_seeds_and_subsets_the_last_penalty_head_only(models, tmp_path):
     from reform_engine.attack import companion_configs
+    from reform_engine.reward_model import RewardModelSpec
+    from reform_engine.runtime import Runtime
     from reform_engine.training import TrainRewardConfig, train_reward_model
 
-    recipe = TrainRewardConfig(data=models["data"], train_rows="0:5", model=models["policy"], lora_r=2, lora_alpha=4, lora_layers=1,
-                               batch_size=4, max_steps=1, max_length=96, device="cpu", seed=7, eval_data=models["data"])
+    recipe = TrainRewardConfig(data=models["data"], train_rows="0:5",
+                               model=RewardModelSpec(base_model=models["policy"], lora_r=2, lora_alpha=4, lora_layers=1,
+                                                     max_length=96),
+                               batch_size=4, max_steps=1, runtime=Runtime(device="cpu", seed=7), eval_data=models["data"])
     target = train_reward_model(recipe, tmp_path / "target-run").checkpoint
-    made = companion_configs(target, 2, True, data="ignored: the recipe names its data", rows="", device="cpu")
-    assert [(role, c.seed, c.finetune, c.train_sample) for role, c in made] == [
+    made = companion_configs(target, 2, True, data="ignored: the recipe names its data", rows="", runtime=Runtime(device="cpu"))
+    assert [(role, c.runtime.seed, c.model.finetune, c.train_sample) for role, c in made] == [
         ("penalty 1", 8, "lora", 4), ("penalty 2", 9, "head", 4), ("judge", 108, "lora", 4)]  # 80% of 5 pairs
-    assert all((c.data, c.train_rows, c.model, c.max_steps, c.eval_data) == (models["data"], "0:5", models["policy"], 1, "")
+    assert all((c.data, c.train_rows, c.model.base_model, c.max_steps, c.eval_data) == (models["data"], "0:5", models["policy"], 1, "")
                for _, c in made)
-    (only,) = companion_configs(models["target"], 1, False, data=models["data"], rows="2:", device="cpu")  # not trained here
-    assert (only[0], only[1].finetune, only[1].train_rows, only[1].train_sample, only[1].lora_layers) == ("penalty 1", "head", "2:", 5, 1)
+    (only,) = companion_configs(models["target"], 1, False, data=models["data"], rows="2:",
+                                runtime=Runtime(device="cpu"))  # not trained here
+    assert (only[0], only[1].model.finetune, only[1].train_rows, only[1].train_sample, only[1].model.lora_layers) == (
+        "penalty 1", "head", "2:", 5, 1)

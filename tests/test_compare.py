@@ -6,6 +6,7 @@ from adversary_support import save_compared_runs
 from reform_engine.compare import (ADVRM, REFORM, CompareConfig, MethodRun, comparison_table, distinct_n, read_samples,
                                    read_table, run_compare, trigram_overlap)
 from reform_engine.runs import read_json
+from reform_engine.runtime import Runtime
 
 
 def sample(prompt: str, text: str, success: bool, rules=()) -> dict:
@@ -48,7 +49,8 @@ def runs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("compare")
     made = save_compared_runs(root)
     compare = root / "compare"
-    result = run_compare(CompareConfig(str(made["pipeline"]), str(made["rounds"]), n_boot=200, device="cpu", threads=1), compare)
+    result = run_compare(CompareConfig(str(made["pipeline"]), str(made["rounds"]), n_boot=200,
+                                       runtime=Runtime(device="cpu", threads=1)), compare)
     return {**made, "compare": compare, "result": result}
 
 
@@ -115,7 +117,7 @@ def test_each_method_attacks_the_rm_the_other_one_hardened(runs):
 
 def test_a_compare_job_refuses_runs_that_have_not_finished(runs, tmp_path):
     with pytest.raises(ValueError, match="is not a finished pipeline run"):
-        run_compare(CompareConfig(str(tmp_path / "nothing"), str(runs["rounds"]), device="cpu"), tmp_path / "c")
+        run_compare(CompareConfig(str(tmp_path / "nothing"), str(runs["rounds"]), runtime=Runtime(device="cpu")), tmp_path / "c")
     with pytest.raises(ValueError, match="rounds_dir is empty"):
         CompareConfig(str(runs["pipeline"]), "")
 

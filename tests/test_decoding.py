@@ -25,9 +25,9 @@ def models(tmp_path_factory):
 
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
 def test_fast_general_and_reference_paths_choose_the_same_tokens(models, temperature):
-    cfg = DecodingConfig(k=4, alpha=0.5, temperature=temperature, max_new_tokens=10, stop_on_eos=False, seed=3)
-    out = {p: ControlledDecoder(*models, path=p).decode(PROMPTS, cfg) for p in ("shared", "fast", "general")}
-    out["reference"] = ReferenceDecoder(*models).decode(PROMPTS, cfg)
+    cfg = DecodingConfig(k=4, alpha=0.5, temperature=temperature, max_new_tokens=10, stop_on_eos=False)
+    out = {p: ControlledDecoder(*models, path=p).decode(PROMPTS, cfg, seed=3) for p in ("shared", "fast", "general")}
+    out["reference"] = ReferenceDecoder(*models).decode(PROMPTS, cfg, seed=3)
     ref = [r.token_ids for r in out["reference"]]
     assert len(ref[0]) == 10 and len(set(ref[0])) > 2, "the tiny models must not be degenerate for this test to mean anything"
     for p in ("shared", "fast", "general"):
@@ -60,10 +60,10 @@ def test_shared_layers_are_found_and_give_the_reference_tokens(models, tmp_path,
 
 
 def test_batch_mates_do_not_change_a_prompts_result(models):
-    cfg = DecodingConfig(k=3, alpha=1.0, temperature=1.0, max_new_tokens=8, seed=11)
+    cfg = DecodingConfig(k=3, alpha=1.0, temperature=1.0, max_new_tokens=8)
     dec = ControlledDecoder(*models)
-    together = dec.decode(PROMPTS, cfg, sample_ids=[40, 41])
-    alone = dec.decode(PROMPTS[1:], cfg, sample_ids=[41])
+    together = dec.decode(PROMPTS, cfg, sample_ids=[40, 41], seed=11)
+    alone = dec.decode(PROMPTS[1:], cfg, sample_ids=[41], seed=11)
     assert dec.path == "shared" and len(together[1].token_ids) > 2
     assert alone[0].token_ids == together[1].token_ids
     assert alone[0].final_reward == pytest.approx(together[1].final_reward, abs=1e-5)
@@ -229,3 +229,15 @@ def test_real_smollm2_shared_path_matches_the_reference_loop(tmp_path):
     assert ours.final_reward == pytest.approx(ref.final_reward, abs=1e-3)
     enc = encode(rm.tokenizer, prompts[0], ours.text, max_length=256)
     assert ours.final_reward == pytest.approx(score_sequences(rm, [enc.ids])[0].item(), abs=1e-3)
+
+
+def test_the_least_of_each_knob_in_limits_is_what_the_config_accepts():
+    from reform_engine.decoding import LIMITS
+
+    least = {name: low for name, (low, _) in LIMITS.items()}
+    assert DecodingConfig(**least).max_new_tokens == 1
+    for name, low in least.items():
+        below = low - 1 if isinstance(low, int) else low - 0.01
+        with pytest.raises(ValueError, match=f"{name}="):
+            DecodingConfig(**{name: below})
+    assert all(low <= getattr(DecodingConfig(), name) <= high for name, (low, high) in LIMITS.items())

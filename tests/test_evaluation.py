@@ -7,6 +7,7 @@ from conftest import make_pair
 from reform_engine.evaluation import (EvaluateRewardConfig, bootstrap_diff, bootstrap_mean, evaluate_reward_model, pair_wins,
                                       paired_bootstrap_diff, pairwise_metrics, win_rate)
 from reform_engine.data import write_jsonl
+from reform_engine.runtime import Runtime
 
 
 def test_win_rate_counts_ties_as_half():
@@ -38,7 +39,7 @@ def test_no_pairs_is_an_error():
 def test_evaluate_job_writes_metrics_and_status(tiny_rm, toy_pairs, tmp_path):
     tiny_rm.save(tmp_path / "rm")
     write_jsonl(tmp_path / "pairs.jsonl", [p.to_trl() for p in toy_pairs])
-    config = EvaluateRewardConfig(reward_model=str(tmp_path / "rm"), data=str(tmp_path / "pairs.jsonl"), rows="2:", device="cpu")
+    config = EvaluateRewardConfig(reward_model=str(tmp_path / "rm"), data=str(tmp_path / "pairs.jsonl"), rows="2:", runtime=Runtime(device="cpu"))
     result = evaluate_reward_model(config, tmp_path / "run")
     assert result.metrics.n == 6
     assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "succeeded"
@@ -46,7 +47,7 @@ def test_evaluate_job_writes_metrics_and_status(tiny_rm, toy_pairs, tmp_path):
 
 
 def test_evaluate_job_failure_is_recorded(tmp_path):
-    config = EvaluateRewardConfig(reward_model=str(tmp_path / "missing-rm"), device="cpu")
+    config = EvaluateRewardConfig(reward_model=str(tmp_path / "missing-rm"), runtime=Runtime(device="cpu"))
     with pytest.raises(Exception):
         evaluate_reward_model(config, tmp_path / "run")
     status = json.loads((tmp_path / "run" / "status.json").read_text())

@@ -6,6 +6,7 @@ import torch
 from conftest import make_pair
 from reform_engine.data import write_jsonl
 from reform_engine.influence import InfluenceConfig, find_influential, rank_pairs, select_influential
+from reform_engine.runtime import Runtime
 from reform_engine.scoring import PairScores
 
 PAIRS = [make_pair(i, f"q{i}", f"good {i}", f"bad {i}") for i in range(10)]
@@ -39,7 +40,7 @@ def test_find_influential_job_writes_tables(tiny_rm, toy_pairs, tmp_path):
     tiny_rm.save(tmp_path / "rm")
     write_jsonl(tmp_path / "d.jsonl", [p.to_trl() for p in toy_pairs])
     res = find_influential(InfluenceConfig(reward_model=str(tmp_path / "rm"), data=str(tmp_path / "d.jsonl"), fraction=0.25,
-                                           device="cpu"), tmp_path / "run")
+                                           runtime=Runtime(device="cpu")), tmp_path / "run")
     assert (res.n_scored, res.n_selected) == (8, 2)
     rows = [json.loads(line) for line in open(res.selected_path)]
     assert [r["rank"] for r in rows] == [1, 2] and res.mean_loss_selected <= res.mean_loss_all
@@ -55,7 +56,7 @@ def test_influential_job_skips_an_over_long_pair_counts_it_and_variants_read_the
     pairs = toy_pairs + [make_pair(99, "Q", "y" * 300, "n")]
     write_jsonl(tmp_path / "d.jsonl", [p.to_trl() for p in pairs])
     res = find_influential(InfluenceConfig(reward_model=str(tmp_path / "rm"), data=str(tmp_path / "d.jsonl"), fraction=0.25,
-                                           max_length=100, device="cpu"), tmp_path / "run")
+                                           max_length=100, runtime=Runtime(device="cpu")), tmp_path / "run")
     assert (res.n_scored, res.n_skipped, res.n_selected) == (8, 1, 2)
     assert [json.loads(line)["pair_id"] for line in open(tmp_path / "run" / "skipped.jsonl")] == ["d.jsonl:8"]
     loaded = load_scored(load_preferences(tmp_path / "d.jsonl").pairs, res.scored_path)  # a later variants job leaves it out too
@@ -63,16 +64,17 @@ def test_influential_job_skips_an_over_long_pair_counts_it_and_variants_read_the
 
 
 def test_influence_right_after_training_reads_the_training_cache_and_scores_as_uncached(tiny_model_dir, toy_pairs, tmp_path):
+    from reform_engine.reward_model import RewardModelSpec
     from reform_engine.training import TrainRewardConfig, train_reward_model
 
     write_jsonl(tmp_path / "d.jsonl", [p.to_trl() for p in toy_pairs])
-    trained = train_reward_model(TrainRewardConfig(model=tiny_model_dir, data=str(tmp_path / "d.jsonl"), lora_r=4, lora_alpha=8,
-                                                   lora_layers=1, batch_size=4, epochs=1, max_length=128, device="cpu"),
-                                 tmp_path / "train")
+    spec = RewardModelSpec(base_model=tiny_model_dir, lora_r=4, lora_alpha=8, lora_layers=1, max_length=128)
+    trained = train_reward_model(TrainRewardConfig(model=spec, data=str(tmp_path / "d.jsonl"), batch_size=4, epochs=1,
+                                                   runtime=Runtime(device="cpu")), tmp_path / "train")
     runs = {}
     for setting in ("auto", "off"):
         runs[setting] = find_influential(InfluenceConfig(reward_model=trained.checkpoint, data=str(tmp_path / "d.jsonl"),
-                                                         device="cpu", trunk_cache=setting), tmp_path / setting)
+                                                         runtime=Runtime(device="cpu", trunk_cache=setting)), tmp_path / setting)
     cached, cold = ([json.loads(line) for line in open(runs[s].scored_path)] for s in ("auto", "off"))
     assert [r["rank"] for r in cached] == [r["rank"] for r in cold]
     torch.testing.assert_close(torch.tensor([[r["r_chosen"], r["r_rejected"]] for r in cached]),

@@ -5,10 +5,11 @@ import pytest
 
 from conftest import make_pair
 from reform_engine.data import write_jsonl
-from reform_engine.decoding import DecodingResult
+from reform_engine.decoding import DecodingConfig, DecodingResult
 from reform_engine.influence import ScoredPair
 from reform_engine.inversions import (GenerateVariantsConfig, check_inversion, generate_variants, make_variant,
                                       variant_stats)
+from reform_engine.runtime import Runtime
 from reform_engine.tiny import save_tiny_model
 
 
@@ -50,7 +51,7 @@ def test_bad_job_config_is_refused_early():
     with pytest.raises(ValueError, match="'lower', 'raise' or 'both'"):
         GenerateVariantsConfig(reward_model="x", directions="sideways")
     with pytest.raises(ValueError, match="k >= 1"):
-        GenerateVariantsConfig(reward_model="x", k=0)
+        GenerateVariantsConfig(reward_model="x", decoding=DecodingConfig(k=0))
 
 
 def test_generate_variants_job_end_to_end(tmp_path, toy_pairs):
@@ -60,7 +61,8 @@ def test_generate_variants_job_end_to_end(tmp_path, toy_pairs):
     build_reward_model(RewardModelSpec(base_model=model, finetune="head", max_length=256), device="cpu", seed=2).save(tmp_path / "rm")
     write_jsonl(tmp_path / "d.jsonl", [p.to_trl() for p in toy_pairs])
     cfg = GenerateVariantsConfig(reward_model=str(tmp_path / "rm"), data=str(tmp_path / "d.jsonl"), fraction=0.25, policy=model,
-                                 k=4, alpha=0.1, max_new_tokens=6, batch_size=2, device="cpu")
+                                 decoding=DecodingConfig(k=4, alpha=0.1, max_new_tokens=6), batch_size=2,
+                                 runtime=Runtime(device="cpu"))
     res = generate_variants(cfg, tmp_path / "run")
     assert res.n_influential == 2 and res.stats.n == 4
     records = [json.loads(line) for line in open(res.variants_path)]
@@ -74,7 +76,8 @@ def test_generate_variants_job_end_to_end(tmp_path, toy_pairs):
     assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "succeeded"
     # the same job reading an 'influential' run's ranking decodes the same variants
     from reform_engine.influence import InfluenceConfig, find_influential
-    inf = find_influential(InfluenceConfig(reward_model=str(tmp_path / "rm"), data=str(tmp_path / "d.jsonl"), device="cpu"),
+    inf = find_influential(InfluenceConfig(reward_model=str(tmp_path / "rm"), data=str(tmp_path / "d.jsonl"),
+                                           runtime=Runtime(device="cpu")),
                            tmp_path / "inf")
     again = generate_variants(dataclasses.replace(cfg, scored=inf.scored_path), tmp_path / "run2")
     assert [json.loads(line)["text"] for line in open(again.variants_path)] == [r["text"] for r in records]

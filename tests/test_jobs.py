@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from reform_engine.__main__ import add_config_args, config_from_args
+from reform_engine.configs import JobConfigError, config_from_dict
 from reform_engine.data import write_jsonl
 from reform_engine.jobs import (app_threads, cancel_job, cap_app_threads, command_line, cpu_cores, ingest_results, job_kinds,
                                 max_jobs, process_alive, queue_position, refresh_job, rerun_job, start_job,
@@ -39,8 +40,9 @@ def toy_file(tmp_path, toy_pairs):
 
 
 def train_config(model_dir: str, data: str, **kw) -> dict:
-    return {"model": model_dir, "data": data, "finetune": "lora", "lora_r": 2, "lora_alpha": 4, "lora_layers": 1,
-            "batch_size": 4, "max_length": 96, "device": "cpu", "threads": 1, "warmup_ratio": 0.0, **kw}
+    return {"model": {"base_model": model_dir, "finetune": "lora", "lora_r": 2, "lora_alpha": 4, "lora_layers": 1,
+                      "max_length": 96},
+            "data": data, "batch_size": 4, "runtime": {"device": "cpu", "threads": 1}, "warmup_ratio": 0.0, **kw}
 
 
 def wait_for(store, job_id, until=lambda job: job["state"] not in ("pending", "running")) -> dict:
@@ -87,6 +89,7 @@ def test_command_line_round_trips_every_job_config():
 
 def test_a_nested_config_goes_through_the_command_line_and_the_store_as_its_fields():
     from reform_engine.attack import AttackConfig
+    from reform_engine.configs import JobConfigError
     from reform_engine.confirm import ConfirmConfig
     from reform_engine.jobs import _config_object
     from reform_engine.runs import to_jsonable
@@ -99,18 +102,18 @@ def test_a_nested_config_goes_through_the_command_line_and_the_store_as_its_fiel
     add_config_args(parser, AttackConfig)
     assert config_from_args(AttackConfig, parser.parse_args(argv[4:])) == config
     assert _config_object("attack", to_jsonable(config)) == config  # the store keeps it as nested JSON
-    with pytest.raises(StoreError, match=r"ConfirmConfig has no field\(s\) \['shouting'\]"):
+    with pytest.raises(JobConfigError, match=r"ConfirmConfig has no field\(s\) \['shouting'\]"):
         _config_object("attack", {**to_jsonable(config), "confirm": {"shouting": 1}})
 
 
 def test_start_job_refuses_unknown_kinds_and_bad_configs(store):
-    with pytest.raises(StoreError, match="kind='train-everything' is not a job. Fix: use one of"):
+    with pytest.raises(JobConfigError, match="kind='train-everything' is not a job. Fix: use one of"):
         start_job(store, "train-everything", {})
-    with pytest.raises(StoreError, match=r"TrainRewardConfig has no field\(s\) \['colour'\]"):
+    with pytest.raises(JobConfigError, match=r"TrainRewardConfig has no field\(s\) \['colour'\]"):
         start_job(store, "train-rm", {"colour": "red"})
-    with pytest.raises(StoreError, match="batch_size must be >= 1"):
+    with pytest.raises(JobConfigError, match="batch_size must be >= 1"):
         start_job(store, "train-rm", {"batch_size": 0})
-    with pytest.raises(StoreError, match="config for eval-rm is a list"):
+    with pytest.raises(JobConfigError, match="config for eval-rm is a list"):
         start_job(store, "eval-rm", [])
     assert store.list_jobs().empty
 
@@ -395,7 +398,7 @@ def test_an_unreadable_status_never_breaks_a_poll(store, tmp_path, monkeypatch):
 
 
 def test_a_job_that_cannot_write_its_status_tells_the_store_its_real_error(store, tmp_path, tiny_model_dir, toy_file):
-    config = job_kinds()["train-rm"](**train_config(tiny_model_dir, toy_file, max_steps=1))
+    config = config_from_dict(job_kinds()["train-rm"], train_config(tiny_model_dir, toy_file, max_steps=1))
     run_dir = tmp_path / "run"
     job_id = store.add_job("train-rm", to_jsonable(config), str(run_dir))
     code = ("import errno, sys\n"

@@ -2,6 +2,7 @@ import json
 
 from reform_engine.confirm import ConfirmConfig
 from reform_engine.judging import JudgeVariantsConfig, judge_variants, read_samples, verdict
+from reform_engine.runtime import Runtime
 
 PROMPT = [{"role": "user", "content": "How do I bake bread?"}]
 RULES = ConfirmConfig().build()
@@ -26,7 +27,8 @@ def test_reform_variants_of_one_direction_are_judged_with_the_rules_alone_withou
                 {"pair_id": "d:0", "direction": "lower", "prompt": PROMPT, "original_chosen": "Knead, rise, bake.",
                  "text": "yes yes yes yes", "r_variant": -3.0, "r_chosen": 1.0, "perplexity": 5.0}]
     (tmp_path / "variants.jsonl").write_text("".join(json.dumps(v) + "\n" for v in variants))
-    result = judge_variants(JudgeVariantsConfig(str(tmp_path / "variants.jsonl"), base_perplexity=4.0, device="cpu"), tmp_path / "run")
+    result = judge_variants(JudgeVariantsConfig(str(tmp_path / "variants.jsonl"), base_perplexity=4.0, runtime=Runtime(device="cpu")),
+                            tmp_path / "run")
     rows = read_samples(tmp_path / "run")
     assert [(r["pair_id"], r["origin"], r["confirmed_by"], r["success"]) for r in rows] == [
         ("d:0", "reform raise", ["repetition"], True), ("d:1", "reform raise", [], False)]

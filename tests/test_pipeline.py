@@ -1,10 +1,18 @@
+import dataclasses
 import json
 
 import pytest
 
 from reform_engine.data import write_jsonl
+from reform_engine.decoding import DecodingConfig
+from reform_engine.inversions import GenerateVariantsConfig
 from reform_engine.pipeline import PipelineConfig, run_pipeline
+from reform_engine.reward_model import RewardModelSpec
+from reform_engine.robustness import RobustnessConfig
+from reform_engine.runtime import Runtime
+from reform_engine.stages import RetrainRecipe
 from reform_engine.tiny import save_tiny_model
+from reform_engine.training import TrainRewardConfig
 
 
 @pytest.fixture()
@@ -13,15 +21,26 @@ def setup(tmp_path, toy_pairs):
     write_jsonl(tmp_path / "d.jsonl", [p.to_trl() for p in toy_pairs])
     write_jsonl(tmp_path / "approved.jsonl", [{"prompt": "Hi?", "chosen": "Hello, how can I help?", "rejected": "What."},
                                               {"prompt": "Help?", "chosen": "Sure, tell me more.", "rejected": "No!!"}])
-    cfg = dict(data=str(tmp_path / "d.jsonl"), train_rows="0:6", eval_rows="6:", model=model, policy=model, lora_layers=0,
-               max_length=128, batch_size=4, lr=5e-3, epochs=1, fraction=0.5, k=3, max_new_tokens=4, decode_batch_size=2,
-               approved=str(tmp_path / "approved.jsonl"), perturbations="verbosity,capitalization", device="cpu")
+    cfg = dict(base=TrainRewardConfig(data=str(tmp_path / "d.jsonl"), train_rows="0:6",
+                                      model=RewardModelSpec(base_model=model, lora_layers=None, max_length=128), batch_size=4,
+                                      lr=5e-3, epochs=1),
+               eval_rows="6:",
+               variants=GenerateVariantsConfig(reward_model="", policy=model, fraction=0.5,
+                                               decoding=DecodingConfig(k=3, max_new_tokens=4), batch_size=2),
+               approved=str(tmp_path / "approved.jsonl"),
+               robustness=RobustnessConfig(reward_model="", perturbations="verbosity,capitalization"),
+               runtime=Runtime(device="cpu"))
     return tmp_path, cfg
+
+
+def with_k(cfg: dict, k: int) -> dict:
+    """cfg with another number of decoding candidates."""
+    return {**cfg, "variants": dataclasses.replace(cfg["variants"], decoding=DecodingConfig(k=k, max_new_tokens=4))}
 
 
 def test_pipeline_end_to_end_on_a_tiny_model_then_resumes_from_its_stages(setup):
     tmp_path, cfg = setup
-    result = run_pipeline(PipelineConfig(**cfg, retrain="finetune", replay=4), tmp_path / "run")
+    result = run_pipeline(PipelineConfig(**cfg, retrain=RetrainRecipe(mode="finetune", replay=4)), tmp_path / "run")
     names = [m.name for m in result.models]
     assert names[0] == "base" and "reform" in names and names[-1] == "no_aug"
     reform = next(m for m in result.models if m.name == "reform")
@@ -38,10 +57,10 @@ def test_pipeline_end_to_end_on_a_tiny_model_then_resumes_from_its_stages(setup)
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["state"] == "succeeded" and status["progress"] == 1.0
 
-    again = run_pipeline(PipelineConfig(**cfg, retrain="finetune", replay=4), tmp_path / "run")
+    again = run_pipeline(PipelineConfig(**cfg, retrain=RetrainRecipe(mode="finetune", replay=4)), tmp_path / "run")
     assert all(t.reused for t in again.stages) and again.summary_rows() == result.summary_rows()
     # a changed decoding knob re-runs the variants and what was built from them, nothing else
-    changed = run_pipeline(PipelineConfig(**{**cfg, "k": 2}, retrain="finetune", replay=4), tmp_path / "run")
+    changed = run_pipeline(PipelineConfig(**with_k(cfg, 2), retrain=RetrainRecipe(mode="finetune", replay=4)), tmp_path / "run")
     reran = {t.name for t in changed.stages if not t.reused}
     assert {"variants_lowest_loss", "retrain_reform", "robustness_reform"} <= reran
     assert not reran & {"base", "influence", "robustness_base", "retrain_no_aug", "robustness_no_aug"}
@@ -50,9 +69,9 @@ def test_pipeline_end_to_end_on_a_tiny_model_then_resumes_from_its_stages(setup)
 def test_pipeline_scratch_mode_has_no_no_aug_arm_and_bad_knobs_fail_early(setup):
     tmp_path, cfg = setup
     with pytest.raises(ValueError, match="retrain"):
-        PipelineConfig(**cfg, retrain="sometimes")
+        PipelineConfig(**cfg, retrain=RetrainRecipe(mode="sometimes"))
     with pytest.raises(ValueError, match="k="):
-        PipelineConfig(**{**cfg, "k": 0})
+        PipelineConfig(**with_k(cfg, 0))
     result = run_pipeline(PipelineConfig(**cfg, ablate_random=False), tmp_path / "scratch")
     assert [m.name for m in result.models] == ["base", "reform"]
     retrain = json.loads((tmp_path / "scratch" / "retrain_reform" / "config.json").read_text())

@@ -5,6 +5,9 @@ import pytest
 from reform_engine.data import write_jsonl
 from reform_engine.retrain import RetrainConfig, base_training_config, held_out_rows, run_retrain
 from reform_engine.reward_model import RewardModelSpec, build_reward_model
+from reform_engine.robustness import RobustnessConfig
+from reform_engine.runtime import Runtime
+from reform_engine.stages import RetrainRecipe
 from reform_engine.tiny import save_tiny_model
 from reform_engine.training import TrainRewardConfig, train_reward_model
 
@@ -20,9 +23,10 @@ def toy_file(tmp_path, toy_pairs):
 def base_run(tmp_path, toy_file):
     """A tiny base RM trained here on the first 6 toy pairs (its run directory has config.json)."""
     model = str(save_tiny_model(tmp_path / "m", seed=1, ascii_only=True))
-    config = TrainRewardConfig(data=toy_file, train_rows="0:6", model=model, finetune="lora", lora_r=2, lora_alpha=4,
-                               lora_layers=1, batch_size=4, lr=5e-3, max_steps=2, max_length=96, seed=3, device="cpu",
-                               warmup_ratio=0.0)
+    config = TrainRewardConfig(data=toy_file, train_rows="0:6",
+                               model=RewardModelSpec(base_model=model, finetune="lora", lora_r=2, lora_alpha=4, lora_layers=1,
+                                                     max_length=96),
+                               batch_size=4, lr=5e-3, max_steps=2, runtime=Runtime(seed=3, device="cpu"), warmup_ratio=0.0)
     train_reward_model(config, tmp_path / "base")
     return config, str(tmp_path / "base" / "checkpoint")
 
@@ -38,21 +42,22 @@ def approved_file(tmp_path):
 def test_base_recipe_is_read_from_the_run_directory(base_run, tmp_path):
     config, checkpoint = base_run
     assert base_training_config(checkpoint) == config
-    bare = build_reward_model(RewardModelSpec(base_model=config.model, finetune="head", max_length=64), device="cpu")
+    bare = build_reward_model(RewardModelSpec(base_model=config.model.base_model, finetune="head", max_length=64), device="cpu")
     assert base_training_config(bare.save(tmp_path / "elsewhere" / "rm")) is None
 
 
 def test_scratch_repeats_the_base_recipe_and_finetune_continues_the_base(base_run, approved_file):
     config, checkpoint = base_run
-    scratch = RetrainConfig(base_rm=checkpoint, augment_data=approved_file, device="cpu").training_config()
+    scratch = RetrainConfig(base_rm=checkpoint, augment_data=approved_file, runtime=Runtime(device="cpu")).training_config()
     assert scratch == TrainRewardConfig(**{**config.__dict__, "augment_data": approved_file})
-    finetune = RetrainConfig(base_rm=checkpoint, augment_data=approved_file, mode="finetune", finetune_epochs=2, replay=4,
-                             device="cpu").training_config()
+    finetune = RetrainConfig(base_rm=checkpoint, augment_data=approved_file,
+                             retrain=RetrainRecipe(mode="finetune", finetune_epochs=2, replay=4),
+                             runtime=Runtime(device="cpu")).training_config()
     assert (finetune.init_from, finetune.epochs, finetune.max_steps, finetune.lr, finetune.train_sample) == (checkpoint, 2, 0, 5e-3, 4)
-    assert (finetune.data, finetune.train_rows, finetune.augment_data, finetune.seed) == (config.data, "0:6", approved_file, 3)
-    other = RetrainConfig(base_rm=checkpoint, augment_data=approved_file, data="other.jsonl", train_rows="0:2", finetune_lr=1e-4,
-                          mode="finetune").training_config()
-    assert (other.data, other.train_rows, other.lr, other.device) == ("other.jsonl", "0:2", 1e-4, "auto")
+    assert (finetune.data, finetune.train_rows, finetune.augment_data, finetune.runtime.seed) == (config.data, "0:6", approved_file, 3)
+    other = RetrainConfig(base_rm=checkpoint, augment_data=approved_file, data="other.jsonl", train_rows="0:2",
+                          retrain=RetrainRecipe(mode="finetune", finetune_lr=1e-4)).training_config()
+    assert (other.data, other.train_rows, other.lr, other.runtime.device) == ("other.jsonl", "0:2", 1e-4, "auto")
 
 
 def test_a_checkpoint_trained_elsewhere_needs_its_data(tmp_path, tiny_model_dir, approved_file):
@@ -61,18 +66,19 @@ def test_a_checkpoint_trained_elsewhere_needs_its_data(tmp_path, tiny_model_dir,
     with pytest.raises(ValueError, match="give data"):
         RetrainConfig(base_rm=path, augment_data=approved_file).training_config()
     cfg = RetrainConfig(base_rm=path, augment_data=approved_file, data="d.jsonl").training_config()
-    assert (cfg.model, cfg.finetune, cfg.lora_layers, cfg.max_length, cfg.data) == (tiny_model_dir, "lora", 1, 80, "d.jsonl")
+    assert (cfg.model.base_model, cfg.model.finetune, cfg.model.lora_layers, cfg.model.max_length, cfg.data) == (
+        tiny_model_dir, "lora", 1, 80, "d.jsonl")
     with pytest.raises(ValueError, match="not a reward-model checkpoint"):
         RetrainConfig(base_rm=str(tmp_path), augment_data=approved_file, data="d.jsonl").training_config()
 
 
 def test_bad_retrain_configs_are_refused_at_construction():
     with pytest.raises(ValueError, match="mode='sometimes'"):
-        RetrainConfig(base_rm="b", augment_data="a", mode="sometimes")
+        RetrainConfig(base_rm="b", augment_data="a", retrain=RetrainRecipe(mode="sometimes"))
     with pytest.raises(ValueError, match="augment_data is empty"):
         RetrainConfig(base_rm="b", augment_data=" ")
     with pytest.raises(ValueError, match="unknown"):
-        RetrainConfig(base_rm="b", augment_data="a", perturbations="verbosity,shouting")
+        RetrainConfig(base_rm="b", augment_data="a", robustness=RobustnessConfig(reward_model="", perturbations="verbosity,shouting"))
     with pytest.raises(ValueError, match="start:end"):
         RetrainConfig(base_rm="b", augment_data="a", eval_rows="the rest")
 
@@ -84,8 +90,9 @@ def test_held_out_rows():
 
 def test_retrain_job_trains_evaluates_both_and_resumes(base_run, approved_file, tmp_path):
     _, checkpoint = base_run
-    cfg = RetrainConfig(base_rm=checkpoint, augment_data=approved_file, eval_rows="6:", perturbations="verbosity,capitalization",
-                        eval_max_length=256, device="cpu")
+    cfg = RetrainConfig(base_rm=checkpoint, augment_data=approved_file, eval_rows="6:",
+                        robustness=RobustnessConfig(reward_model="", perturbations="verbosity,capitalization", max_length=256),
+                        runtime=Runtime(device="cpu"))
     result = run_retrain(cfg, tmp_path / "run")
     assert [m.name for m in result.models] == ["base", "retrained"]
     assert [m.augment_pairs for m in result.models] == [0, 2]
@@ -103,3 +110,13 @@ def test_retrain_job_trains_evaluates_both_and_resumes(base_run, approved_file, 
 
     again = run_retrain(cfg, tmp_path / "run")
     assert all(t.reused for t in again.stages) and again.summary_rows() == result.summary_rows()
+
+
+def test_a_flat_config_json_of_a_run_before_nested_configs_reads_as_no_recipe(tmp_path, approved_file):
+    (tmp_path / "old" / "checkpoint").mkdir(parents=True)
+    flat = {"data": "d.jsonl", "train_rows": "0:6", "model": "smollm2-135m-instruct", "finetune": "lora", "lora_layers": 8,
+            "max_length": 320, "lr": 2e-4, "epochs": 2, "seed": 3, "device": "cpu", "dtype": "float32", "threads": 0}
+    (tmp_path / "old" / "config.json").write_text(json.dumps(flat))
+    assert base_training_config(tmp_path / "old" / "checkpoint") is None
+    with pytest.raises(ValueError, match="not a reward-model checkpoint"):  # nor a spec to fall back on: asked, not crashed
+        RetrainConfig(base_rm=str(tmp_path / "old" / "checkpoint"), augment_data=approved_file, data="d.jsonl").training_config()

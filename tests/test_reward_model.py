@@ -160,16 +160,20 @@ def test_init_from_and_retrain_refuse_a_checkpoint_that_asks_for_remote_code(rem
                                                                              toy_pairs, tmp_path):
     from reform_engine.data import write_jsonl
     from reform_engine.retrain import RetrainConfig, run_retrain
+    from reform_engine.robustness import RobustnessConfig
+    from reform_engine.runtime import Runtime
+    from reform_engine.stages import RetrainRecipe
     from reform_engine.training import TrainRewardConfig, train_reward_model
 
     ckpt, marker = remote_code_checkpoint
     data = tmp_path / "toy.jsonl"
     write_jsonl(data, [p.to_trl() for p in toy_pairs])
-    init = TrainRewardConfig(data=str(data), init_from=str(ckpt), max_steps=1, max_length=64, device="cpu")
+    init = TrainRewardConfig(data=str(data), init_from=str(ckpt), max_steps=1, model=RewardModelSpec(max_length=64),
+                             runtime=Runtime(device="cpu"))
     _refused_naming_every_file(lambda: train_reward_model(init, tmp_path / "init-run"), ckpt, remote_code_model[0])
     for mode in ("finetune", "scratch"):
-        config = RetrainConfig(base_rm=str(ckpt), augment_data=str(data), data=str(data), mode=mode, eval_max_length=64,
-                               device="cpu")
+        config = RetrainConfig(base_rm=str(ckpt), augment_data=str(data), data=str(data), retrain=RetrainRecipe(mode=mode),
+                               robustness=RobustnessConfig(reward_model="", max_length=64), runtime=Runtime(device="cpu"))
         with pytest.raises(ModelError, match=f"{remote_code_model[0] / 'config.json'}.*remote code is not allowed"):
             run_retrain(config, tmp_path / f"retrain-{mode}")
     assert not marker.exists()
@@ -179,3 +183,17 @@ def test_a_checkpoint_records_remote_code_only_when_its_model_asks_for_it(tiny_m
     rm = build_reward_model(RewardModelSpec(base_model=tiny_model_dir, finetune="head", trust_remote_code=True), device="cpu",
                             trust_remote_code=True)
     assert rm.spec.trust_remote_code is False  # allowing it does not make every later load of this checkpoint need leave
+
+
+def test_the_spec_defaults_are_the_training_recipes_and_old_spec_files_still_load(tmp_path):
+    import json
+
+    from reform_engine.reward_model import read_spec
+    from reform_engine.training import TrainRewardConfig
+
+    assert TrainRewardConfig().model == RewardModelSpec()
+    assert (RewardModelSpec().max_length, RewardModelSpec().lora_layers) == (320, 8)
+    old = {"base_model": "m", "finetune": "lora", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "lora_layers": None,
+           "use_chat_template": True, "max_length": 512, "trust_remote_code": False}  # as checkpoints wrote it before
+    (tmp_path / "reward_model.json").write_text(json.dumps(old))
+    assert read_spec(tmp_path) == RewardModelSpec(base_model="m", lora_layers=None, max_length=512)

@@ -8,6 +8,7 @@ from reform_engine.data import write_jsonl
 from reform_engine.evaluation import win_rate
 from reform_engine.robustness import (RobustnessConfig, capital_ratio, evaluate_robustness, perturb_pairs, repetition_score,
                                       read_pair_scores, robustness_report, spurious_indicators)
+from reform_engine.runtime import Runtime
 
 
 def test_perturb_pairs_changes_only_the_named_side():
@@ -63,7 +64,7 @@ def test_evaluate_robustness_job(tiny_rm, toy_pairs, tmp_path):
     tiny_rm.save(tmp_path / "rm")
     write_jsonl(tmp_path / "d.jsonl", [p.to_trl() for p in toy_pairs])
     cfg = RobustnessConfig(reward_model=str(tmp_path / "rm"), data=str(tmp_path / "d.jsonl"), perturbations="verbosity,markdown",
-                           device="cpu")
+                           runtime=Runtime(device="cpu"))
     res = evaluate_robustness(cfg, tmp_path / "run")
     assert res.n_pairs == 8 and [r.name for r in res.per_perturbation] == ["verbosity", "markdown"]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -101,7 +102,7 @@ def test_robustness_with_the_trunk_cache_equals_without_and_a_model_on_the_same_
 
     def run(rm, setting, name):
         cfg = RobustnessConfig(reward_model=str(tmp_path / rm), data=str(tmp_path / "d.jsonl"), perturbations="verbosity,markdown",
-                               device="cpu", trunk_cache=setting)
+                               runtime=Runtime(device="cpu", trunk_cache=setting))
         return evaluate_robustness(cfg, tmp_path / name)
 
     cold, first, second = run("rm0", "off", "cold"), run("rm0", shared, "first"), run("rm1", shared, "second")

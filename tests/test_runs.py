@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from reform_engine import runs
-from reform_engine.runs import RunDir, atomic_directory, atomic_write_json, job_run, read_json, recover_directory
+from dataclasses import dataclass, field
+
+from reform_engine.runs import RunDir, atomic_directory, atomic_write_json, job, job_run, read_json, recover_directory
+from reform_engine.runtime import Runtime
 
 
 def test_atomic_write_json_leaves_no_temp_files(tmp_path):
@@ -121,3 +124,41 @@ def test_a_disk_that_refuses_even_the_status_does_not_hide_the_jobs_error(tmp_pa
             1 / 0
     assert read_json(tmp_path / "run" / "status.json")["state"] == "running"  # nothing could say otherwise here
     assert "status.json not updated ([Errno 28] No space left on device); the job failed with ZeroDivisionError" in capfd.readouterr().err
+
+
+@dataclass
+class CountConfig:
+    text: str
+    runtime: Runtime = field(default_factory=lambda: Runtime(threads=1))
+
+
+@job("counting", done=lambda result: f"{result['words']} words")
+def count_words(config: CountConfig, run: RunDir) -> dict:
+    """A job reads as its algorithm: the frame does the rest."""
+    run.progress(1, 2, message="half way")
+    return {"words": len(config.text.split()), "threads": torch.get_num_threads()}
+
+
+def test_the_job_frame_caps_threads_writes_metrics_and_marks_success(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        result = count_words(CountConfig("one two three"), tmp_path / "run")
+    finally:
+        torch.set_num_threads(before)
+    assert result == {"words": 3, "threads": 1}
+    assert read_json(tmp_path / "run" / "metrics.json") == result
+    assert read_json(tmp_path / "run" / "config.json") == {"text": "one two three", "runtime": {
+        "device": "auto", "dtype": "float32", "threads": 1, "seed": 0, "trust_remote_code": False, "trunk_cache": "auto",
+        "trunk_cache_gb": 4.0}}
+    status = read_json(tmp_path / "run" / "status.json")
+    assert (status["state"], status["message"], status["progress"], status["step"], status["total"]) == (
+        "succeeded", "3 words", 1.0, 2, 2)
+    assert count_words.__name__ == "count_words" and "algorithm" in count_words.__doc__
+
+
+def test_only_the_main_process_of_a_launch_writes_the_run_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert count_words(CountConfig("a b"), tmp_path / "run")["words"] == 2
+    assert not (tmp_path / "run").exists()

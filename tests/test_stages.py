@@ -1,15 +1,21 @@
+import dataclasses
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
 from reform_engine.data import write_jsonl
 from reform_engine.pipeline import PipelineConfig, run_pipeline
 from reform_engine.retrain import RetrainConfig, run_retrain
+from reform_engine.decoding import DecodingConfig
+from reform_engine.inversions import GenerateVariantsConfig
+from reform_engine.reward_model import RewardModelSpec
+from reform_engine.robustness import RobustnessConfig
 from reform_engine.runs import RunDir, atomic_write_json, job_run, read_json
-from reform_engine.stages import (ComparisonResult, ModelReport, StageTiming, Stages, check_retrain, retrain_config,
-                                  run_stage)
+from reform_engine.runtime import Runtime
+from reform_engine.stages import (ComparisonResult, ModelReport, RetrainRecipe, StageTiming, Stages, check_retrain,
+                                  retrain_config, run_stage)
 from reform_engine.tiny import save_tiny_model
 from reform_engine.training import TrainRewardConfig
 
@@ -17,7 +23,8 @@ from reform_engine.training import TrainRewardConfig
 @dataclass
 class WordsConfig:
     text: str
-    device: str = "cpu"                     # a runtime field: a finished stage is reused whatever it says
+    runtime: Runtime = field(default_factory=lambda: Runtime(device="cpu"))  # its placement: a finished stage is reused
+                                                                             # whatever it says
 
 
 CALLS: list[tuple[str, str, str]] = []      # (stage directory, text, the parent's progress message) of every run
@@ -45,7 +52,7 @@ def log_lines(run_dir) -> list[str]:
 def test_a_stage_with_the_same_config_is_reused_and_a_changed_config_runs_again(tmp_path):
     timings: list[StageTiming] = []
     assert run_stage(tmp_path, "count", count_words, WordsConfig("one two three"), timings) == {"words": 3}
-    assert run_stage(tmp_path, "count", count_words, WordsConfig("one two three", device="cuda"), timings) == {"words": 3}
+    assert run_stage(tmp_path, "count", count_words, WordsConfig("one two three", runtime=Runtime(device="cuda")), timings) == {"words": 3}
     assert [(t.name, t.reused) for t in timings] == [("count", False), ("count", True)]
     assert timings[1].seconds == read_json(tmp_path / "count" / "stage.json")["seconds"] == timings[0].seconds
     assert run_stage(tmp_path, "count", count_words, WordsConfig("one two"), timings) == {"words": 2}
@@ -121,15 +128,15 @@ def test_a_model_report_is_read_from_robustness_metrics():
 
 
 def test_scratch_repeats_the_base_recipe_and_finetune_continues_the_base_with_replay():
-    base = TrainRewardConfig(data="d.jsonl", train_rows="0:6", lr=1e-3, epochs=2, max_steps=10, seed=3,
-                             eval_data="e.jsonl", eval_rows="6:", save_every=5, device="cpu")
-    same = dict(data="d.jsonl", train_rows="0:6", seed=3, device="cpu", augment_data="a.jsonl")
+    base = TrainRewardConfig(data="d.jsonl", train_rows="0:6", lr=1e-3, epochs=2, max_steps=10, runtime=Runtime(seed=3, device="cpu"),
+                             eval_data="e.jsonl", eval_rows="6:", save_every=5)
+    same = dict(data="d.jsonl", train_rows="0:6", runtime=Runtime(seed=3, device="cpu"), augment_data="a.jsonl")
     assert retrain_config(base, "scratch", "base/checkpoint", "a.jsonl") == TrainRewardConfig(
         **same, lr=1e-3, epochs=2, max_steps=10)
     assert retrain_config(base, "finetune", "base/checkpoint", "a.jsonl", finetune_epochs=3, replay=4) == TrainRewardConfig(
         **same, lr=1e-3, epochs=3, init_from="base/checkpoint", train_sample=4)
-    other = retrain_config(base, "finetune", "b", "", finetune_lr=1e-4, data="o.jsonl", threads=2)
-    assert (other.lr, other.augment_data, other.data, other.threads, other.epochs) == (1e-4, "", "o.jsonl", 2, 1)
+    other = retrain_config(base, "finetune", "b", "", finetune_lr=1e-4, data="o.jsonl", runtime=Runtime(threads=2))
+    assert (other.lr, other.augment_data, other.data, other.runtime.threads, other.epochs) == (1e-4, "", "o.jsonl", 2, 1)
     with pytest.raises(ValueError, match=r"retrain mode 'sometimes'; use one of \('scratch', 'finetune'\)"):
         retrain_config(base, "sometimes", "b", "a.jsonl")
 
@@ -141,20 +148,21 @@ def test_bad_retrain_knobs_are_refused_with_the_config_field_named():
         with pytest.raises(ValueError, match="finetune_epochs must be >= 1, finetune_lr >= 0"):
             check_retrain("retrain", "finetune", epochs, lr, replay)
     with pytest.raises(ValueError, match="finetune_lr >= 0"):
-        PipelineConfig(finetune_lr=-1.0)
+        PipelineConfig(retrain=RetrainRecipe(finetune_lr=-1.0))
     check_retrain("retrain", "scratch", 1, 0.0, 0)
 
 
 def test_pipeline_and_retrain_job_retrain_a_base_with_one_recipe(tmp_path):
-    pipeline = PipelineConfig(data="d.jsonl", train_rows="0:6", lr=1e-3, epochs=2, seed=3, device="cpu", retrain="finetune",
-                              finetune_epochs=2, replay=4)
+    pipeline = PipelineConfig(base=TrainRewardConfig(data="d.jsonl", train_rows="0:6", lr=1e-3, epochs=2),
+                              runtime=Runtime(seed=3, device="cpu"),
+                              retrain=RetrainRecipe(mode="finetune", finetune_epochs=2, replay=4))
     checkpoint = tmp_path / "base" / "checkpoint"
     checkpoint.mkdir(parents=True)
     atomic_write_json(tmp_path / "base" / "config.json", pipeline.train_config())  # as the pipeline's base stage writes it
     for mode in ("scratch", "finetune"):
-        pipeline.retrain = mode
-        job = RetrainConfig(base_rm=str(checkpoint), augment_data="a.jsonl", mode=mode, finetune_epochs=2, replay=4,
-                            device="cpu")
+        pipeline.retrain = dataclasses.replace(pipeline.retrain, mode=mode)
+        job = RetrainConfig(base_rm=str(checkpoint), augment_data="a.jsonl",
+                            retrain=RetrainRecipe(mode=mode, finetune_epochs=2, replay=4), runtime=Runtime(device="cpu"))
         assert job.training_config() == pipeline.retrain_config(str(checkpoint), "a.jsonl")
 
 
@@ -168,13 +176,19 @@ def test_report_json_of_pipeline_and_retrain_has_one_schema(tmp_path, toy_pairs)
     model = str(save_tiny_model(tmp_path / "m", seed=1, ascii_only=True))
     write_jsonl(tmp_path / "d.jsonl", [p.to_trl() for p in toy_pairs])
     write_jsonl(tmp_path / "approved.jsonl", [{"prompt": "Hi?", "chosen": "Hello, how can I help?", "rejected": "What."}])
-    run_pipeline(PipelineConfig(data=str(tmp_path / "d.jsonl"), train_rows="0:6", eval_rows="6:", model=model, policy=model,
-                                lora_layers=0, max_length=128, batch_size=4, lr=5e-3, epochs=1, fraction=0.5, k=2,
-                                max_new_tokens=2, decode_batch_size=2, approved=str(tmp_path / "approved.jsonl"),
-                                perturbations="verbosity", ablate_random=False, device="cpu"), tmp_path / "pipe")
+    run_pipeline(PipelineConfig(base=TrainRewardConfig(data=str(tmp_path / "d.jsonl"), train_rows="0:6",
+                                                       model=RewardModelSpec(base_model=model, lora_layers=None, max_length=128),
+                                                       batch_size=4, lr=5e-3, epochs=1),
+                                eval_rows="6:",
+                                variants=GenerateVariantsConfig(reward_model="", policy=model, fraction=0.5,
+                                                                decoding=DecodingConfig(k=2, max_new_tokens=2), batch_size=2),
+                                approved=str(tmp_path / "approved.jsonl"),
+                                robustness=RobustnessConfig(reward_model="", perturbations="verbosity"), ablate_random=False,
+                                runtime=Runtime(device="cpu")), tmp_path / "pipe")
     run_retrain(RetrainConfig(base_rm=str(tmp_path / "pipe" / "base" / "checkpoint"),
-                              augment_data=str(tmp_path / "approved.jsonl"), eval_rows="6:", perturbations="verbosity",
-                              device="cpu"), tmp_path / "re")
+                              augment_data=str(tmp_path / "approved.jsonl"), eval_rows="6:",
+                              robustness=RobustnessConfig(reward_model="", perturbations="verbosity"),
+                              runtime=Runtime(device="cpu")), tmp_path / "re")
     pipe, re_ = read_json(tmp_path / "pipe" / "report.json"), read_json(tmp_path / "re" / "report.json")
     assert schema(pipe) == schema(re_) == {
         "top": ["complete", "drops", "models", "report_path", "rounds", "seconds", "stages", "summary", "variants"],
@@ -187,3 +201,11 @@ def test_report_json_of_pipeline_and_retrain_has_one_schema(tmp_path, toy_pairs)
     assert set(pipe["variants"]) == {"lowest_loss"}
     # both evaluate the same base on the same held-out rows: one number
     assert pipe["models"][0]["clean_accuracy"] == re_["models"][0]["clean_accuracy"]
+
+
+def test_a_stage_run_with_another_seed_is_not_reused_whatever_its_placement(tmp_path):
+    timings: list[StageTiming] = []
+    run_stage(tmp_path, "count", count_words, WordsConfig("a b", runtime=Runtime(seed=1)), timings)
+    run_stage(tmp_path, "count", count_words, WordsConfig("a b", runtime=Runtime(seed=1, threads=3, dtype="bfloat16")), timings)
+    run_stage(tmp_path, "count", count_words, WordsConfig("a b", runtime=Runtime(seed=2)), timings)
+    assert [t.reused for t in timings] == [False, True, False]

@@ -6,7 +6,8 @@ from safetensors.torch import load_file
 
 from reform_engine.data import DEMO_PATH, write_jsonl
 from reform_engine.evaluation import EvaluateRewardConfig, evaluate_reward_model
-from reform_engine.reward_model import load_reward_model
+from reform_engine.reward_model import RewardModelSpec, load_reward_model
+from reform_engine.runtime import Runtime
 from reform_engine.scoring import encode, reward_trace, score_pairs, score_sequences
 from reform_engine.training import (TrainRewardConfig, _launched_accelerator, _shard, batch_order, bradley_terry_loss,
                                     train_reward_model)
@@ -29,9 +30,13 @@ def toy_file(tmp_path, toy_pairs):
     return str(path)
 
 
-def _config(model_dir, data, **kw):
-    base = dict(model=model_dir, data=data, finetune="lora", lora_r=4, lora_alpha=8, batch_size=4, epochs=8, lr=5e-3,
-                max_length=128, device="cpu", warmup_ratio=0.0)
+def _config(model_dir, data, seed=0, model=(), runtime=(), **kw):
+    """The toy recipe; ``model`` and ``runtime``: fields of its RewardModelSpec and Runtime to change."""
+    spec = RewardModelSpec(**{"base_model": model_dir, "finetune": "lora", "lora_r": 4, "lora_alpha": 8, "max_length": 128,
+                              **dict(model)})
+    base = dict(model=spec, data=data, batch_size=4, epochs=8, lr=5e-3, runtime=Runtime(**{"device": "cpu", "seed": seed,
+                                                                                          **dict(runtime)}),
+                warmup_ratio=0.0)
     return TrainRewardConfig(**{**base, **kw})
 
 
@@ -57,7 +62,8 @@ def test_checkpoint_rebuilds_the_trained_model(tiny_model_dir, toy_file, tmp_pat
     result = train_reward_model(_config(tiny_model_dir, toy_file, epochs=1), tmp_path / "run")
     rm = load_reward_model(result.checkpoint, device="cpu")
     scores = score_pairs(rm, toy_pairs)
-    ev = evaluate_reward_model(EvaluateRewardConfig(reward_model=result.checkpoint, data=toy_file, device="cpu"), tmp_path / "ev")
+    ev = evaluate_reward_model(EvaluateRewardConfig(reward_model=result.checkpoint, data=toy_file, runtime=Runtime(device="cpu")),
+                               tmp_path / "ev")
     assert ev.metrics.mean_margin == pytest.approx(float(scores.margins.mean()), abs=1e-5)
 
 
@@ -65,7 +71,7 @@ def test_invalid_config_is_refused_with_a_reason():
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         TrainRewardConfig(batch_size=0)
     with pytest.raises(ValueError, match="finetune must be one of"):
-        TrainRewardConfig(finetune="adapter")
+        TrainRewardConfig(model=RewardModelSpec(finetune="adapter"))
 
 
 def test_failed_run_is_marked_failed(tiny_model_dir, tmp_path):
@@ -78,7 +84,8 @@ def test_failed_run_is_marked_failed(tiny_model_dir, tmp_path):
 def test_real_smollm2_reward_model_on_the_demo_set(tmp_path):
     """Integration: the offline SmolLM2 backbone, LoRA, a few steps on the embedded demo pairs."""
     config = TrainRewardConfig(data=str(DEMO_PATH), train_rows="0:16", eval_data=str(DEMO_PATH), eval_rows="150:165",
-                               batch_size=4, epochs=1, max_length=192, lora_layers=2, device="cpu")
+                               batch_size=4, epochs=1, model=RewardModelSpec(max_length=192, lora_layers=2),
+                               runtime=Runtime(device="cpu"))
     result = train_reward_model(config, tmp_path / "run")
     assert result.steps == 4 and result.eval.n == 15
     assert all(torch.isfinite(torch.tensor(result.loss_curve)))
@@ -137,8 +144,8 @@ def test_shard_gives_every_process_the_same_number_of_batches():
 
 
 def test_cached_training_gives_the_uncached_losses_over_two_epochs_and_logs_the_cache(tiny_model_dir, toy_file, tmp_path):
-    cfg = dict(epochs=2, lora_layers=1, eval_data=toy_file)
-    off = train_reward_model(_config(tiny_model_dir, toy_file, trunk_cache="off", **cfg), tmp_path / "off")
+    cfg = dict(epochs=2, model={"lora_layers": 1}, eval_data=toy_file)
+    off = train_reward_model(_config(tiny_model_dir, toy_file, runtime={"trunk_cache": "off"}, **cfg), tmp_path / "off")
     on = train_reward_model(_config(tiny_model_dir, toy_file, **cfg), tmp_path / "on")
     assert len(on.loss_curve) == 4
     torch.testing.assert_close(torch.tensor(on.loss_curve), torch.tensor(off.loss_curve), atol=1e-5, rtol=0)
@@ -152,21 +159,22 @@ def test_cached_training_gives_the_uncached_losses_over_two_epochs_and_logs_the_
 
 
 def test_full_fine_tuning_and_lora_on_every_layer_train_without_the_cache(tiny_model_dir, toy_file, tmp_path):
-    full = train_reward_model(_config(tiny_model_dir, toy_file, epochs=1, finetune="full"), tmp_path / "full")
-    every = train_reward_model(_config(tiny_model_dir, toy_file, epochs=1, lora_layers=0), tmp_path / "every")
+    full = train_reward_model(_config(tiny_model_dir, toy_file, epochs=1, model={"finetune": "full"}), tmp_path / "full")
+    every = train_reward_model(_config(tiny_model_dir, toy_file, epochs=1, model={"lora_layers": None}), tmp_path / "every")
     assert full.trunk_cache == {"off": "trunk cache: bypassed (full fine-tuning: nothing is frozen)"}
     assert every.trunk_cache == {"off": "trunk cache: bypassed (nothing frozen below the first trainable layer (LoRA on every layer))"}
     assert not (tmp_path / "full" / "trunk_cache").exists() and not (tmp_path / "every" / "trunk_cache").exists()
 
 
 def test_training_past_the_cache_cap_still_gives_the_uncached_losses(tiny_model_dir, toy_file, tmp_path):
-    off = train_reward_model(_config(tiny_model_dir, toy_file, epochs=2, lora_layers=1, trunk_cache="off"), tmp_path / "off")
-    capped = train_reward_model(_config(tiny_model_dir, toy_file, epochs=2, lora_layers=1, trunk_cache_gb=20_000 / 2**30),
-                                tmp_path / "capped")
+    off = train_reward_model(_config(tiny_model_dir, toy_file, epochs=2, model={"lora_layers": 1}, runtime={"trunk_cache": "off"}),
+                             tmp_path / "off")
+    capped = train_reward_model(_config(tiny_model_dir, toy_file, epochs=2, model={"lora_layers": 1},
+                                        runtime={"trunk_cache_gb": 20_000 / 2**30}), tmp_path / "capped")
     assert 0 < capped.trunk_cache["written_bytes"] <= 20_000 and capped.trunk_cache["not_stored_over_cap"] > 0
     torch.testing.assert_close(torch.tensor(capped.loss_curve), torch.tensor(off.loss_curve), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="trunk_cache='off' turns the cache off"):
-        _config(tiny_model_dir, toy_file, trunk_cache_gb=0)
+        _config(tiny_model_dir, toy_file, runtime={"trunk_cache_gb": 0})
 
 
 def test_two_launched_processes_each_cache_their_shard_then_read_each_others(tiny_model_dir, toy_file, tmp_path):
@@ -178,8 +186,8 @@ def test_two_launched_processes_each_cache_their_shard_then_read_each_others(tin
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "reform_engine", "train-rm",
-           "--run-dir", str(tmp_path / "run"), "--data", toy_file, "--model", tiny_model_dir, "--lora-layers", "1",
-           "--lora-r", "4", "--batch-size", "2", "--epochs", "3", "--max-length", "128", "--device", "cpu"]
+           "--run-dir", str(tmp_path / "run"), "--data", toy_file, "--model.base-model", tiny_model_dir, "--model.lora-layers", "1",
+           "--model.lora-r", "4", "--batch-size", "2", "--epochs", "3", "--model.max-length", "128", "--runtime.device", "cpu"]
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

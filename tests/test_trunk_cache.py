@@ -157,3 +157,19 @@ def test_a_torn_index_record_or_a_foreign_meta_is_ignored(tmp_path):
     assert reader.get(keys[0]).tolist() == [[0.0]] and reader.get(keys[1]) is None
     (tmp_path / store.name / "meta.json").write_text(json.dumps({**meta, "hidden": 7}))
     assert len(TrunkStore(meta, None, [tmp_path]).index) == 0
+
+
+def test_a_checkpoints_cache_is_where_its_runs_runtime_put_it(tmp_path):
+    from reform_engine.runs import atomic_write_json
+    from reform_engine.runtime import Runtime
+    from reform_engine.training import TrainRewardConfig
+    from reform_engine.trunk_cache import run_cache_dirs
+
+    (tmp_path / "base" / "checkpoint").mkdir(parents=True)
+    shared = tmp_path / "pipeline-cache"  # a pipeline's base stage writes to the pipeline's one cache
+    atomic_write_json(tmp_path / "base" / "config.json", TrainRewardConfig(runtime=Runtime(trunk_cache=f"{shared},{tmp_path}/old")))
+    assert run_cache_dirs(tmp_path / "base" / "checkpoint") == [shared, tmp_path / "old"]
+    atomic_write_json(tmp_path / "base" / "config.json", {"lr": 1e-4, "trunk_cache": str(shared)})  # a flat one, from before
+    assert run_cache_dirs(tmp_path / "base" / "checkpoint") == [shared]
+    atomic_write_json(tmp_path / "base" / "config.json", TrainRewardConfig())
+    assert run_cache_dirs(tmp_path / "base" / "checkpoint") == [tmp_path / "base" / "trunk_cache"]

@@ -1,0 +1,32 @@
+"""Controls shared by the pages that start work: the decoding knobs, drawn one way everywhere, with the
+limits, defaults and help of ``DecodingConfig`` (decoding.LIMITS), not numbers of the page's own."""
+from __future__ import annotations
+
+import dataclasses
+
+import streamlit as st
+
+from reform_engine.decoding import LIMITS, DecodingConfig
+from reform_engine.runtime import Runtime
+
+SEED_MAX = 2**31 - 1
+_HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(DecodingConfig)}
+
+
+def decoding_controls(key: str, direction: str = "lower", *, seed: bool = True) -> tuple[DecodingConfig, int]:
+    """k, α, temperature and max new tokens (and the sampling seed, unless ``seed`` is False) in one
+    row of sliders -> (the DecodingConfig, the seed). Widget keys: ``{key}_k``, ``{key}_alpha``,
+    ``{key}_temperature``, ``{key}_max_tokens``, ``{key}_seed``."""
+    default = DecodingConfig()
+    c = st.columns(5 if seed else 4)
+    k = c[0].slider("k candidates", *LIMITS["k"], default.k, key=f"{key}_k", help=_HELP["k"])
+    alpha = c[1].slider("α fluency weight", *LIMITS["alpha"], default.alpha, 0.1, key=f"{key}_alpha", help=_HELP["alpha"])
+    temperature = c[2].slider("temperature (0 = greedy)", *LIMITS["temperature"], default.temperature, 0.05,
+                              key=f"{key}_temperature", help=_HELP["temperature"])
+    max_new_tokens = c[3].slider("max new tokens", *LIMITS["max_new_tokens"], default.max_new_tokens, key=f"{key}_max_tokens",
+                                 help=_HELP["max_new_tokens"])
+    chosen_seed = c[4].number_input("seed", 0, SEED_MAX, Runtime().seed, key=f"{key}_seed",
+                                    help="the sampler's seed (with temperature > 0)") if seed else Runtime().seed
+    config = DecodingConfig(k=int(k), alpha=float(alpha), temperature=float(temperature), max_new_tokens=int(max_new_tokens),
+                            direction=direction)
+    return config, int(chosen_seed)

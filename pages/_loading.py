@@ -1,0 +1,177 @@
+"""The models and data every page works on, loaded in background threads behind ``st.cache_resource`` (one
+copy per server process), so no page blocks: a page whose input is not ready shows its progress and
+draws again when it is."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from pages._cpu import share_cpu
+from pages._draw import md_code, md_escape, show_error
+from pages._settings import file_stamp, rm_exists, settings
+from reform_engine.background import BackgroundTask
+from reform_engine.data import DataError
+
+_LOAD_LOCK = threading.Lock()  # one model load at a time: transformers' lazy imports are not thread-safe
+
+
+def _warm_imports() -> None:
+    """Resolve the lazily imported transformers names once, under the lock, before threads race for them."""
+    import transformers
+
+    for name in ("AutoConfig", "AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification", "AutoTokenizer",
+                 "DynamicCache", "PreTrainedTokenizerFast"):
+        getattr(transformers, name)
+
+@st.cache_resource(show_spinner=False)
+def _policy_task(name: str, device: str, trust_remote_code: bool) -> BackgroundTask:
+    def load(report):
+        from reform_engine.models import DEFAULT_MODEL, converted_default_dir, load_causal_lm, load_tokenizer
+
+        with _LOAD_LOCK:
+            _warm_imports()
+            if name in (DEFAULT_MODEL, "default") and not (converted_default_dir() / "model.safetensors").is_file():
+                report(0, None, "converting the packaged SmolLM2 GGUF to safetensors (once, about a minute)")
+            else:
+                report(0, None, f"loading {name}")
+            model = load_causal_lm(name, device=device, trust_remote_code=trust_remote_code)
+            return model, load_tokenizer(name, trust_remote_code=trust_remote_code)
+    return BackgroundTask(load, "policy")
+
+
+@st.cache_resource(show_spinner=False)
+def cached_rm_task(path: str, stamp: int, device: str, trust_remote_code: bool) -> BackgroundTask:
+    def load(report):
+        from reform_engine.models import DEFAULT_MODEL, converted_default_dir
+        from reform_engine.reward_model import SPEC_FILE, RewardModelSpec, load_reward_model
+
+        report(0, None, "waiting for the other model to load")
+        with _LOAD_LOCK:
+            _warm_imports()
+            spec_file = Path(path).expanduser() / SPEC_FILE
+            report(0, None, f"loading the reward model {path}")
+            if spec_file.is_file():
+                import json
+                base = RewardModelSpec(**json.loads(spec_file.read_text())).base_model
+                if base in (DEFAULT_MODEL, "default") and not (converted_default_dir() / "model.safetensors").is_file():
+                    report(0, None, "converting the packaged SmolLM2 GGUF to safetensors (once, about a minute)")
+            return load_reward_model(path, device=device, trust_remote_code=trust_remote_code)
+    return BackgroundTask(load, "reward-model")
+
+
+@st.cache_resource(show_spinner=False)
+def cached_data_task(source: str, rows: str, stamp: int) -> BackgroundTask:
+    def load(report):
+        from reform_engine.data import load_preferences, select_rows
+
+        report(0, None, f"reading {source}")
+        data = load_preferences(source, skip_invalid=True)
+        pairs = select_rows(data.pairs, rows)
+        if not pairs:
+            raise DataError(f"no pairs in rows {rows!r} of {data.report.rows_read}.", source=source, fix="widen or clear the rows.")
+        return data, pairs
+    return BackgroundTask(load, "data")
+
+
+# the cached tasks' arguments for the current settings (also what a Retry button clears)
+def _policy_args() -> tuple:
+    s = settings()
+    return s.policy, s.device, s.trust_remote_code
+
+
+def rm_args(path: str | None = None) -> tuple:
+    s = settings()
+    path = s.reward_model if path is None else path
+    return path, file_stamp(path), s.device, s.trust_remote_code
+
+
+def data_args() -> tuple:
+    s = settings()
+    return s.data, s.rows, file_stamp(s.data)
+
+
+def policy_task() -> BackgroundTask:
+    return _policy_task(*_policy_args())
+
+
+def rm_task(path: str | None = None) -> BackgroundTask:
+    return cached_rm_task(*rm_args(path))
+
+
+def data_task() -> BackgroundTask:
+    return cached_data_task(*data_args())
+
+
+def _retry(task_fn, args) -> None:
+    task_fn.clear(*args)
+
+
+def require(task: BackgroundTask, label: str, *, grace: float = 0.3, retry: tuple | None = None, stop: bool = True) -> Any:
+    """The task's result, or (while it runs, or when it failed) a status panel and the end of this
+    page run (``stop=False``: None, and the page goes on). Quick work (a cached model) finishes within
+    ``grace`` seconds without a flash of progress."""
+    task.wait(grace)
+    if task.state == "succeeded":
+        return task.result
+    if task.state == "failed":
+        show_error(task.error, what=label)
+        if retry is not None:
+            st.button("Retry", key=f"app_retry_{task.name}", on_click=_retry, args=retry)
+    else:
+        _progress_panel(task, label)
+    if stop:
+        st.stop()
+    return None
+
+
+@st.fragment(run_every=1.0)
+def _progress_panel(task: BackgroundTask, label: str) -> None:
+    if task.finished:
+        st.rerun()  # the whole page, now that its input is ready
+    share = task.progress
+    text = f"⏳ {md_escape(label)}: {md_escape(task.message)} ({task.elapsed:.0f} s)"
+    if share is None:
+        st.info(text)
+    else:
+        st.progress(share, text=text)
+
+
+def require_policy(stop: bool = True):
+    """-> (policy model, tokenizer)."""
+    return require(policy_task(), f"Policy {settings().policy}", retry=(_policy_task, _policy_args()), stop=stop)
+
+
+def require_rm(path: str | None = None, stop: bool = True):
+    s = settings()
+    path = s.reward_model if path is None else path
+    if not rm_exists(path):
+        st.warning(f"No reward model at {md_code(path)} yet: train one on the Home page, or give a checkpoint there "
+                   "(or set REFORM_REWARD_MODEL).")
+        if stop:
+            st.stop()
+        return None
+    return require(rm_task(path), f"Reward model {path}", retry=(cached_rm_task, rm_args(path)), stop=stop)
+
+
+def require_data(stop: bool = True):
+    """-> (PreferenceData, the pairs in the selected rows)."""
+    return require(data_task(), f"Data {settings().data}", retry=(cached_data_task, data_args()), stop=stop)
+
+
+@st.cache_resource(show_spinner=False)
+def _decoder(policy: str, rm_path: str, rm_stamp: int, device: str, trust_remote_code: bool):
+    from reform_engine.decoding import ControlledDecoder
+
+    model, tokenizer = _policy_task(policy, device, trust_remote_code).result
+    return ControlledDecoder(model, tokenizer, cached_rm_task(rm_path, rm_stamp, device, trust_remote_code).result)
+
+
+def require_decoder():
+    """The controlled decoder on the current policy and RM (both loaded first)."""
+    require_policy()
+    require_rm()
+    share_cpu()  # the page decodes in this thread
+    return _decoder(settings().policy, *rm_args())

@@ -1,0 +1,109 @@
+"""The data scored by the reward model in use (in a background thread, like the models), and one
+response's or one pair's rewards: what Home, Influential samples, Controlled decoding and Reward explorer
+read."""
+from __future__ import annotations
+
+import streamlit as st
+
+from pages._cpu import share_cpu
+from pages._draw import md_code
+from pages._loading import cached_data_task, cached_rm_task, data_args, require, require_data, require_rm, rm_args
+from pages._settings import settings
+from reform_engine.background import BackgroundTask
+from reform_engine.data import DataError, PreferencePair
+
+@st.cache_resource(show_spinner=False)
+def _scoring_task(rm_path: str, rm_stamp: int, device: str, trust_remote_code: bool, source: str, rows: str, data_stamp: int,
+                  max_length: int) -> BackgroundTask:
+    """-> (ranked ScoredPairs, ids of the pairs left out as longer than ``max_length``)."""
+    rm_task, data_task = cached_rm_task(rm_path, rm_stamp, device, trust_remote_code), cached_data_task(source, rows, data_stamp)
+
+    def score(report):
+        from reform_engine.influence import rank_pairs
+        from reform_engine.scoring import score_pairs
+
+        report(0, None, "waiting for the reward model and the data")
+        rm_task.wait()
+        data_task.wait()
+        for t in (rm_task, data_task):
+            if t.error is not None:
+                raise t.error
+        pairs = data_task.result[1]
+        report(0, 2 * len(pairs), f"scoring {len(pairs)} pairs")
+
+        def progress(done: int, total: int) -> None:
+            share_cpu()  # a job may have started (or ended) since the last batch
+            report(done, total, f"{done}/{total} responses scored")
+
+        share_cpu()
+        scores = score_pairs(rm_task.result, pairs, max_length=max_length, skip_too_long=True, on_progress=progress)
+        if len(scores.skipped) == len(pairs):
+            raise DataError(f"none of the {len(pairs)} pairs fits the scoring limit of {max_length} tokens.", source=source,
+                            fix="raise the scoring limit under Home > Models.")
+        return rank_pairs(pairs, scores), [pairs[i].pair_id for i in scores.skipped]
+    return BackgroundTask(score, "scoring")
+
+
+def _scoring_args() -> tuple:
+    s = settings()
+    return (*rm_args(), *data_args(), s.score_max_length)
+
+
+def scoring_task() -> BackgroundTask:
+    return _scoring_task(*_scoring_args())
+
+
+def require_scored(stop: bool = True):
+    """-> every scored pair of the selected rows with its rewards, loss and rank (list of ScoredPair);
+    pairs too long for the scoring limit are left out (``skipped_by_scoring``)."""
+    if require_rm(stop=stop) is None or require_data(stop=stop) is None:
+        return None
+    out = require(scoring_task(), "Scoring the data with the reward model", retry=(_scoring_task, _scoring_args()), stop=stop)
+    return None if out is None else out[0]
+
+
+def skipped_by_scoring() -> list[str]:
+    """Ids of the pairs of the selected rows the finished scoring left out: longer than the scoring limit."""
+    task = scoring_task()
+    return list(task.result[1]) if task.state == "succeeded" else []
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _trace(rm_path: str, rm_stamp: int, device: str, trust_remote_code: bool, max_length: int, prompt: tuple,
+           response: str) -> dict:
+    from reform_engine.scoring import reward_trace
+
+    share_cpu()
+    t = reward_trace(cached_rm_task(rm_path, rm_stamp, device, trust_remote_code).result, prompt, response, max_length=max_length)
+    return {"pieces": t.pieces, "rewards": t.rewards, "prompt_truncated": t.prompt_truncated, "slow_path": t.slow_path}
+
+
+def trace_of(prompt: tuple, response: str, rm_path: str | None = None) -> dict:
+    """Per-token reward trace {pieces, rewards, prompt_truncated, slow_path} of one response under a
+    loaded RM (the current one by default; call require_rm(rm_path) first)."""
+    return _trace(*rm_args(rm_path), settings().score_max_length, tuple(prompt), response)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _pair_rewards(rm_path: str, rm_stamp: int, device: str, trust_remote_code: bool, max_length: int, prompt: tuple,
+                  chosen: str, rejected: str) -> tuple[float, float]:
+    from reform_engine.scoring import score_pairs
+
+    share_cpu()
+    scores = score_pairs(cached_rm_task(rm_path, rm_stamp, device, trust_remote_code).result,
+                         [PreferencePair("single", prompt, chosen, rejected)], max_length=max_length)
+    return float(scores.r_chosen[0]), float(scores.r_rejected[0])
+
+
+def pair_rewards(pair: PreferencePair) -> tuple[float, float]:
+    """(r+, r-) of one pair under the current RM (loaded first), scored as the dataset is."""
+    return _pair_rewards(*rm_args(), settings().score_max_length, pair.prompt, pair.chosen, pair.rejected)
+
+
+def show_scoring_skips() -> None:
+    """Say how many pairs the scoring left out as longer than the scoring limit, if any."""
+    skipped = skipped_by_scoring()
+    if skipped:
+        st.warning(f"{len(skipped)} pair(s) not scored: a response longer than the scoring limit of "
+                   f"{settings().score_max_length} tokens (first: {md_code(skipped[0])}). Raise the limit under "
+                   "Home > Models to score them.")
