@@ -157,3 +157,22 @@ def test_a_torn_index_record_or_a_foreign_meta_is_ignored(tmp_path):
     assert reader.get(keys[0]).tolist() == [[0.0]] and reader.get(keys[1]) is None
     (tmp_path / store.name / "meta.json").write_text(json.dumps({**meta, "hidden": 7}))
     assert len(TrunkStore(meta, None, [tmp_path]).index) == 0
+
+
+def test_cut_files_or_an_unwritable_directory_cost_the_cache_not_the_scores(tiny_model_dir, toy_pairs, tmp_path):
+    rm = lora_rm(tiny_model_dir)
+    groups = groups_of(rm, toy_pairs)
+    writer, _ = open_trunk_cache(rm, "auto", tmp_path / "a")
+    score_encoded_groups(rm, groups, trunk=writer)
+    writer.close()
+    (tmp_path / "blocked").write_text("a file where the cache directory should be")
+    cache, _ = open_trunk_cache(rm, f"{tmp_path / 'blocked'},{tmp_path / 'a' / 'trunk_cache'}", tmp_path)
+    assert len(cache.store.index) == 24
+    for data in (tmp_path / "a" / "trunk_cache").rglob("*.bin"):
+        data.write_bytes(b"")  # someone clears the files after this job indexed them
+    got = score_encoded_groups(rm, groups, trunk=cache)
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(whole(rm, groups)), atol=1e-5, rtol=0)
+    s = cache.summary()
+    assert (s["hits"], s["misses"], s["written_bytes"], s["directory"]) == (0, 24, 0, "")
+    blocked, _ = open_trunk_cache(rm, str(tmp_path / "blocked"), tmp_path)  # nothing to read, nowhere to write
+    assert score_encoded_groups(rm, groups, trunk=blocked) == got
