@@ -190,6 +190,12 @@ def main() -> None:
         print(f"{r['pairs']:>6} {'whole loop':14s} {r['loop_seconds']['before']:>9} {r['loop_seconds']['after']:>9} "
               f"{r['loop_speedup']:>8}   (variant decoding not included)")
         print(f"       checks: {r['checks']}")
+    if len(results) > 1:  # linear growth keeps seconds per training pair flat across sizes
+        print("\nseconds per training pair, before / after:")
+        for name in ("base", "influence", "retrain_0"):
+            print(f"  {name:10s} " + "  ".join(f"{r['pairs']}: {r['stages'][name]['before']['seconds'] / r['pairs']:.2f} / "
+                                              f"{r['stages'][name]['after']['seconds'] / r['pairs']:.2f}"
+                                              for r in results.values() if name in r["stages"]))
 
 
 if __name__ == "__main__":

@@ -155,14 +155,19 @@ class TrunkStore:
         found = self.index.get(_digest(key))
         if found is not None:
             path, offset, n_key, rows = found
-            fd = self._fds.get(path)
-            if fd is None:
-                fd = self._fds[path] = os.open(path, os.O_RDONLY)
-            raw = os.pread(fd, 4 * n_key + rows * self.hidden * self.dtype.itemsize, offset)
-            if np.array_equal(np.frombuffer(raw[: 4 * n_key], dtype=np.int32), key):
+            try:
+                fd = self._fds.get(path)
+                if fd is None:
+                    fd = self._fds[path] = os.open(path, os.O_RDONLY)
+                raw = os.pread(fd, 4 * n_key + rows * self.hidden * self.dtype.itemsize, offset)
+            except OSError:  # the files were deleted or cut short under us: compute again
+                raw = b""
+            if len(raw) >= 4 * n_key and np.array_equal(np.frombuffer(raw[: 4 * n_key], dtype=np.int32), key) \
+                    and len(raw) == 4 * n_key + rows * self.hidden * self.dtype.itemsize:
                 self.hits += 1
                 states = torch.frombuffer(bytearray(raw[4 * n_key:]), dtype=torch.uint8)
                 return states.view(self.dtype).view(rows, self.hidden)
+            del self.index[_digest(key)]  # unreadable, or another key under this digest: let a fresh entry in
         self.misses += 1
         return None
 
@@ -175,12 +180,16 @@ class TrunkStore:
         if self.written + key.nbytes + body.nbytes > self.cap:
             self.not_stored += 1
             return
-        if self._writer is None:
-            self._open_writer()
-        data_fd, idx_fd, path = self._writer
-        offset = os.lseek(data_fd, 0, os.SEEK_END)
-        os.write(data_fd, key.tobytes() + body.tobytes())
-        os.write(idx_fd, RECORD.pack(digest, offset, len(key), states.shape[0]))
+        try:
+            if self._writer is None:
+                self._open_writer()
+            data_fd, idx_fd, path = self._writer
+            offset = os.lseek(data_fd, 0, os.SEEK_END)
+            os.write(data_fd, key.tobytes() + body.tobytes())
+            os.write(idx_fd, RECORD.pack(digest, offset, len(key), states.shape[0]))
+        except OSError:  # a full or read-only disk costs the cache, never the job (a torn record is ignored)
+            self.write_dir, self.not_stored = None, self.not_stored + 1
+            return
         self.index[digest] = (path, offset, len(key), states.shape[0])
         self.written += key.nbytes + body.nbytes
 

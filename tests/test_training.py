@@ -185,7 +185,7 @@ def test_two_launched_processes_each_cache_their_shard_then_read_each_others(tin
 
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "reform_engine", "train-rm",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "reform_engine", "train-rm",
            "--run-dir", str(tmp_path / "run"), "--data", toy_file, "--model.base-model", tiny_model_dir, "--model.lora-layers", "1",
            "--model.lora-r", "4", "--batch-size", "2", "--epochs", "3", "--model.max-length", "128", "--runtime.device", "cpu"]
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)

@@ -173,3 +173,22 @@ def test_a_checkpoints_cache_is_where_its_runs_runtime_put_it(tmp_path):
     assert run_cache_dirs(tmp_path / "base" / "checkpoint") == [shared]
     atomic_write_json(tmp_path / "base" / "config.json", TrainRewardConfig())
     assert run_cache_dirs(tmp_path / "base" / "checkpoint") == [tmp_path / "base" / "trunk_cache"]
+
+
+def test_cut_files_or_an_unwritable_directory_cost_the_cache_not_the_scores(tiny_model_dir, toy_pairs, tmp_path):
+    rm = lora_rm(tiny_model_dir)
+    groups = groups_of(rm, toy_pairs)
+    writer, _ = open_trunk_cache(rm, "auto", tmp_path / "a")
+    score_encoded_groups(rm, groups, trunk=writer)
+    writer.close()
+    (tmp_path / "blocked").write_text("a file where the cache directory should be")
+    cache, _ = open_trunk_cache(rm, f"{tmp_path / 'blocked'},{tmp_path / 'a' / 'trunk_cache'}", tmp_path)
+    assert len(cache.store.index) == 24
+    for data in (tmp_path / "a" / "trunk_cache").rglob("*.bin"):
+        data.write_bytes(b"")  # someone clears the files after this job indexed them
+    got = score_encoded_groups(rm, groups, trunk=cache)
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(whole(rm, groups)), atol=1e-5, rtol=0)
+    s = cache.summary()
+    assert (s["hits"], s["misses"], s["written_bytes"], s["directory"]) == (0, 24, 0, "")
+    blocked, _ = open_trunk_cache(rm, str(tmp_path / "blocked"), tmp_path)  # nothing to read, nowhere to write
+    assert score_encoded_groups(rm, groups, trunk=blocked) == got
