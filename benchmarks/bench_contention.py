@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -125,6 +126,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8, help="the job's pairs per step")
     ap.add_argument("--quick", action="store_true", help="tiny random models and few steps: only checks that the script runs")
     args = ap.parse_args()
+    # SIGTERM (kill, timeout) must still run the finally below, which cancels the training job: that job
+    # runs in its own session with a huge max_steps and would otherwise keep both cores busy for hours.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="bench-contention-"))
     source = HH_DEV_PATH if HH_DEV_PATH.is_file() else DEMO_PATH
     pairs = load_preferences(source, skip_invalid=True).pairs
