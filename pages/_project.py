@@ -50,28 +50,24 @@ def project_store(stop: bool = True):
 _DAMAGED: dict[str, tuple[tuple[int, int] | None, Exception]] = {}
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return info.st_dev, info.st_ino
-
-
 def mark_damaged(exc: Exception) -> None:
     """Remember that the project database cannot be read: every page shows the recovery page until the
     file is replaced (a restore, a fresh start, from the app or the command line) or it is checked again."""
+    from reform_engine.store import file_identity
+
     path = project_db_path()
-    _DAMAGED[str(path)] = (_identity(path), exc)
+    _DAMAGED[str(path)] = (file_identity(path), exc)
 
 
 def damage() -> Exception | None:
     """The error that marked the project database damaged, while the same file is still there."""
+    from reform_engine.store import file_identity
+
     path = project_db_path()
     found = _DAMAGED.get(str(path))
     if found is None:
         return None
-    if found[0] != _identity(path):  # another file is there now (restored or started afresh elsewhere)
+    if found[0] != file_identity(path):  # another file is there now (restored or started afresh elsewhere)
         _DAMAGED.pop(str(path), None)
         return None
     return found[1]

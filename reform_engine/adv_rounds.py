@@ -33,12 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .attack import AttackConfig, read_kept, run_attack
-from .configs import JobConfigError, config_from_dict, nested, required, setting
+from .configs import JobConfigError, config_from_dict, required, setting
 from .data import load_preferences, parse_rows, select_rows, write_jsonl
-from .retrain import base_recipe, held_out_rows
-from .robustness import RobustnessConfig, evaluate_robustness
+from .retrain import BaseRetraining, held_out_rows
+from .robustness import RobustnessConfig, evaluate_robustness, robustness_stage
 from .runs import RunDir, job, read_json
-from .runtime import Runtime
 from .stages import ComparisonResult, ModelReport, Stages, retrain_config
 from .training import TrainRewardConfig, train_reward_model
 from .trunk_cache import run_cache_dirs
@@ -47,7 +46,7 @@ BASELINE = "lambda=0"     # the arm name of the over-optimisation baseline's row
 
 
 @dataclass
-class AdvRoundsConfig:
+class AdvRoundsConfig(BaseRetraining):
     attack: AttackConfig = required("every round's attack; its target_rm is the base RM (round 1's target), later rounds "
                                     "put the last retrained RM in its place", set_by_job=("runtime",))
     rounds: int = setting(2, "retrainings: the paper's attack stopped working after 2")
@@ -58,18 +57,10 @@ class AdvRoundsConfig:
                                          "disagreement plus its filter); false: every kept sample")
     baseline_arm: bool = setting(False, "each attack also with lambda = 0 (the over-optimisation baseline), reported beside, "
                                         "never trained on")
-    # retraining: the base's recipe (its run's config.json), from scratch, on its pairs + the adversarial ones
-    data: str = setting("", "the original pairs; '' = the base's own (from its run's config.json)")
-    train_rows: str = setting("", "with data: the rows to train on ('' = all)")
-    # evaluation: every RM on the same held-out pairs
-    eval_data: str = setting("", "held-out pairs ('' = the training data)")
+    # retraining: the base's recipe (its run's config.json), from scratch, on its pairs + the adversarial ones (BaseRetraining)
+    # evaluation: every RM on the same held-out pairs (eval_data: BaseRetraining)
     eval_rows: str = setting("", "held-out rows; '' = the rows after the training rows (all rows when it trained on all)")
-    robustness: RobustnessConfig = nested(lambda: RobustnessConfig(reward_model=""),
-                                          "the robustness of every RM on the held-out pairs",
-                                          set_by_job=("reward_model", "data", "rows", "runtime"))
-    runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (the attacks' and the perturbations'; retraining keeps "
-                                       "the base's seed), remote-code leave; trunk cache 'auto': one run_dir/trunk_cache "
-                                       "for every stage, reading the base run's too")
+    robustness: RobustnessConfig = robustness_stage("the robustness of every RM on the held-out pairs")
 
     def __post_init__(self):
         checks = [(self.rounds >= 1, "rounds must be >= 1"),
@@ -84,12 +75,11 @@ class AdvRoundsConfig:
         self.robustness = dataclasses.replace(self.robustness, runtime=self.runtime)
 
     def recipe(self) -> TrainRewardConfig:
-        return base_recipe(self.attack.target_rm, self.data, self.train_rows)
+        return self.recipe_of(self.attack.target_rm)
 
     def retrain_config(self, pairs_path: str) -> TrainRewardConfig:
         base = self.recipe()
-        runtime = dataclasses.replace(self.runtime, seed=base.runtime.seed)  # this job's placement, the base's seed
-        return retrain_config(base, "scratch", self.attack.target_rm, pairs_path, runtime=runtime)
+        return retrain_config(base, "scratch", self.attack.target_rm, pairs_path, runtime=self.retraining_runtime(base))
 
     def robustness_config(self, rm: str) -> RobustnessConfig:
         recipe = self.recipe()

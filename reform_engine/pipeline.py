@@ -23,7 +23,7 @@ from .configs import nested, setting
 from .data import parse_rows
 from .influence import InfluenceConfig, find_influential
 from .inversions import GenerateVariantsConfig, generate_variants
-from .robustness import RobustnessConfig, evaluate_robustness
+from .robustness import RobustnessConfig, evaluate_robustness, robustness_stage
 from .runs import RunDir, job
 from .runtime import Runtime
 from .stages import ComparisonResult, ModelReport, RetrainRecipe, Stages
@@ -52,9 +52,7 @@ class PipelineConfig:
     # evaluation
     eval_data: str = setting("", "held-out pairs ('' = the base's data)")
     eval_rows: str = setting(DEMO_SPLIT[1], "'a:b' held-out rows of eval_data")
-    robustness: RobustnessConfig = nested(lambda: RobustnessConfig(reward_model=""),
-                                          "the robustness of every compared model on the held-out pairs",
-                                          set_by_job=("reward_model", "data", "rows", "runtime"))
+    robustness: RobustnessConfig = robustness_stage("the robustness of every compared model on the held-out pairs")
     runtime: Runtime = nested(Runtime, "every stage's device, dtype, threads, seed, remote-code leave, trunk cache (auto: one)")
 
     def __post_init__(self):

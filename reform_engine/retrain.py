@@ -17,7 +17,7 @@ from pathlib import Path
 from .configs import JobConfigError, config_from_dict, nested, required, setting
 from .data import parse_rows
 from .reward_model import SPEC_FILE, read_spec
-from .robustness import RobustnessConfig, evaluate_robustness
+from .robustness import RobustnessConfig, evaluate_robustness, robustness_stage
 from .runs import RunDir, job, read_json
 from .runtime import Runtime
 from .stages import ComparisonResult, ModelReport, RetrainRecipe, Stages
@@ -70,25 +70,39 @@ def held_out_rows(train_rows: str) -> str:
     return f"{stop}:" if stop is not None else ""
 
 
+@dataclass(kw_only=True)  # keyword-only: the job configs that hold these fields have required fields of their own
+class BaseRetraining:
+    """What every job that retrains a base RM shares: the base's own training data unless replaced, the
+    held-out pairs its RMs are measured on (which rows are held out by default is each job's own), and
+    the job's runtime, whose seed the retraining does not take: it keeps the base's."""
+
+    data: str = setting("", "the original pairs; '' = the base's own (from its run's config.json)")
+    train_rows: str = setting("", "with data: the rows to train on ('' = all)")
+    eval_data: str = setting("", "held-out pairs ('' = the training data)")
+    runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (of the job's own stages: attacks, perturbations; the "
+                                       "retraining keeps the base's seed), remote-code leave; trunk cache 'auto': one "
+                                       "run_dir/trunk_cache for every stage, reading the base run's too")
+
+    def recipe_of(self, base_rm: str | Path) -> TrainRewardConfig:
+        """The recipe that trained ``base_rm``, on this job's data when it names some (:func:`base_recipe`)."""
+        return base_recipe(base_rm, self.data, self.train_rows)
+
+    def retraining_runtime(self, recipe: TrainRewardConfig) -> Runtime:
+        """This job's placement (device, dtype, threads, cache) with the seed of the base's ``recipe``."""
+        return dataclasses.replace(self.runtime, seed=recipe.runtime.seed)
+
+
 # --------------------------------------------------------------------------- the job
 
 @dataclass
-class RetrainConfig:
-    # what
+class RetrainConfig(BaseRetraining):
+    # what (the original and held-out pairs, the runtime: BaseRetraining)
     base_rm: str = required("the base checkpoint directory (the RM to improve)")
     augment_data: str = required("the approved pairs, TRL rows (curation.export_approved)")
     retrain: RetrainRecipe = nested(RetrainRecipe, "how the base is retrained on original + approved pairs")
-    data: str = setting("", "the original pairs; '' = the base's own (from its run's config.json)")
-    train_rows: str = setting("", "with data: the rows to train on ('' = all)")
     # evaluation: the same held-out pairs for base and retrained
-    eval_data: str = setting("", "held-out pairs ('' = the training data)")
     eval_rows: str = setting("", "held-out rows, e.g. '132:'; '' = all rows (then it measures training fit)")
-    robustness: RobustnessConfig = nested(lambda: RobustnessConfig(reward_model=""),
-                                          "the robustness of base and retrained on the held-out pairs",
-                                          set_by_job=("reward_model", "data", "rows", "runtime"))
-    runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (of the perturbations; the retraining keeps the "
-                                       "base's seed), remote-code leave; trunk cache 'auto': run_dir/trunk_cache for every "
-                                       "stage, reading the base run's too")
+    robustness: RobustnessConfig = robustness_stage("the robustness of base and retrained on the held-out pairs")
 
     def __post_init__(self):
         if not self.base_rm.strip():
@@ -100,9 +114,9 @@ class RetrainConfig:
 
     def training_config(self) -> TrainRewardConfig:
         """The retraining run's config. Raises ValueError when the base's recipe is unknown and no data is given."""
-        base = base_recipe(self.base_rm, self.data, self.train_rows)
-        runtime = dataclasses.replace(self.runtime, seed=base.runtime.seed)  # this job's placement, the base's seed
-        return self.retrain.training_config(base, str(Path(self.base_rm).expanduser()), self.augment_data, runtime=runtime)
+        base = self.recipe_of(self.base_rm)
+        return self.retrain.training_config(base, str(Path(self.base_rm).expanduser()), self.augment_data,
+                                            runtime=self.retraining_runtime(base))
 
     def robustness_config(self, rm: str, training: TrainRewardConfig) -> RobustnessConfig:
         return dataclasses.replace(self.robustness, reward_model=rm, data=self.eval_data or training.data)

@@ -109,6 +109,12 @@ class RobustnessConfig(ScoringJob):
             raise ValueError(f"perturbations={self.perturbations!r}: unknown {unknown}; choose from {sorted(PERTURBATIONS)}")
 
 
+def robustness_stage(help: str):
+    """A job's robustness stage as a nested config field: the job fills in which RM, which pairs and
+    rows, and its own runtime (they are no flags of the job)."""
+    return nested(lambda: RobustnessConfig(reward_model=""), help, set_by_job=("reward_model", "data", "rows", "runtime"))
+
+
 @dataclass
 class RobustnessResult:
     n_pairs: int

@@ -293,7 +293,7 @@ def _turn(lock_path: Path, deadline: float, db: Path):
 _STARTED: set[Path] = set()  # databases snapshotted on their first use in this process
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+def file_identity(path: Path) -> tuple[int, int] | None:
     """(device, inode) of the file: changes when a restore or a fresh start puts another file there."""
     try:
         st = os.stat(path)
@@ -379,7 +379,7 @@ class Store:
             try:
                 try:
                     con.execute("BEGIN TRANSACTION")
-                    if migrate and self._migrated != _identity(self.path):
+                    if migrate and self._migrated != file_identity(self.path):
                         self._migrate(con)
                     yield con
                     con.execute("COMMIT")
@@ -392,7 +392,7 @@ class Store:
                         raise _store_error(exc, self.path) from exc
                     raise
                 if migrate:
-                    self._migrated = _identity(self.path)
+                    self._migrated = file_identity(self.path)
             finally:
                 try:
                     con.close()
