@@ -23,6 +23,18 @@ _MD_LINE_START = re.compile(r"(?m)^(\s*)(?:([-+=])|(\d+)([.)]))")  # list items,
 _MD_AUTOLINK = re.compile(r"(?i)(://|www\.)")                      # GFM turns bare URLs into links
 
 
+def flash(key: str, message: str) -> None:
+    """Leave ``message`` for the page's next run (from a button callback, or just before ``st.rerun``)."""
+    st.session_state[key] = message
+
+
+def show_flash(key: str) -> None:
+    """The message :func:`flash` left under ``key``, once, as a success box."""
+    message = st.session_state.pop(key, None)
+    if message:
+        st.success(message)
+
+
 def md_escape(text: Any) -> str:
     """``text`` as literal characters inside a markdown string (st.markdown, st.caption, messages,
     widget labels): no image, link, autolink, heading, list, HTML or math can come out of it.

@@ -4,13 +4,13 @@ queued job when a slot frees), and the run history with each job's config and lo
 logic here."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import streamlit as st
 
-from pages._draw import md_code, md_escape, show_error
+from pages._draw import flash, md_code, md_escape, show_error
 from pages._project import project_store
-from reform_engine.jobs import ACTIVE, cancel_job, max_jobs, queue_position, refresh_job, rerun_job
+from reform_engine.jobs import ACTIVE, cancel_job, max_jobs, queue_position, refresh_job, rerun_job, start_job
 from reform_engine.reports import history_frame, log_tail, stage_status
 
 POLL_SECONDS = 2.0
@@ -114,6 +114,31 @@ def history(key: str, kinds: Sequence[str] | None = None) -> None:
     with st.expander("Config"):
         st.json(job["config"], expanded=False)
     st.code(log_tail(job) or "(nothing logged)", language=None)
+
+
+def start_from_page(store, kind: str, config, flash_key: str, message: Callable[[int], str], picker_key: str = "") -> None:
+    """Start job ``kind`` with ``config``, point the page's job picker (session key ``picker_key``) at it,
+    leave ``message(job id)`` for the page's next run and run the page again. A config or store that
+    refuses raises its ValueError (StoreError) before any of that."""
+    job_id = start_job(store, kind, config)
+    if picker_key:
+        st.session_state[picker_key] = job_id
+    flash(flash_key, message(job_id))
+    st.rerun()
+
+
+def pick_job(store, kind: str, title: str, label: str, key: str) -> dict | None:
+    """Under the subheader ``title``, a picker over the jobs of ``kind`` (the newest until one is
+    picked), kept under session key ``key`` -> the picked job, refreshed from its run directory;
+    None, and nothing drawn, when there is no such job."""
+    jobs = store.list_jobs(kind)
+    if jobs.empty:
+        return None
+    st.subheader(title)
+    ids = [int(i) for i in jobs["id"]]
+    if st.session_state.get(key) not in ids:
+        st.session_state[key] = ids[0]  # the newest
+    return refresh_job(store, st.selectbox(label, ids, key=key, format_func=lambda i: f"#{i} {kind}"))
 
 
 def _rerun(key: str, job_id: int) -> None:

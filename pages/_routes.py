@@ -50,7 +50,7 @@ class _Recovery:
 def app_frame():
     """Register the pages and draw the sidebar's summary of what the tool is working on -> the page to
     run (the recovery page while the project database cannot be read)."""
-    from pages._draw import md_code, short, show_trust_warning
+    from pages._draw import md_code, short, show_flash, show_trust_warning
     from pages._project import damage, queue_caption, reviewer_input
     from pages._settings import settings
 
@@ -65,14 +65,13 @@ def app_frame():
         line = queue_caption() if damage() is None else "The project database cannot be read."
         if line:
             st.caption(line)
-    flash = st.session_state.pop(FLASH_KEY, None)
-    if flash:
-        st.success(flash)
+    show_flash(FLASH_KEY)
     error = damage()
     return _Guarded(page) if error is None else _Recovery(error)
 
 
 def _restore() -> None:
+    from pages._draw import flash
     from pages._project import forget_damage, project_db_path
     from reform_engine.backups import BackupConfig
     from reform_engine.store import StoreError, restore_database
@@ -84,11 +83,12 @@ def _restore() -> None:
         return
     forget_damage()
     skipped = f" Newer snapshots that did not read back: {'; '.join(done.skipped)}." if done.skipped else ""
-    st.session_state[FLASH_KEY] = (f"Restored the project database from `{done.restored_from.name}`. The damaged file is kept "
-                                   f"at `{done.kept_aside}`.{skipped}")
+    flash(FLASH_KEY, f"Restored the project database from `{done.restored_from.name}`. The damaged file is kept "
+                     f"at `{done.kept_aside}`.{skipped}")
 
 
 def _start_fresh() -> None:
+    from pages._draw import flash
     from pages._project import forget_damage, project_db_path
     from reform_engine.store import StoreError, set_aside
 
@@ -98,7 +98,7 @@ def _start_fresh() -> None:
         st.session_state["app_recovery_error"] = exc
         return
     forget_damage()
-    st.session_state[FLASH_KEY] = f"Started a fresh, empty project database. The damaged file is kept at `{aside}`."
+    flash(FLASH_KEY, f"Started a fresh, empty project database. The damaged file is kept at `{aside}`.")
 
 
 def recovery_page(error: Exception) -> None:
@@ -152,3 +152,19 @@ def through_router() -> None:
     if PagesManager.uses_pages_directory:
         app_frame().run()
         st.stop()
+
+
+def store_page(title: str, flash_key: str = ""):
+    """The top of a page that works on the project database: routed (through_router), titled, and the
+    message its last action left under ``flash_key`` ('' = the page shows it itself, further down)
+    -> (the settings in use, the project store)."""
+    from pages._draw import show_flash
+    from pages._project import project_store
+    from pages._settings import settings
+
+    through_router()
+    st.title(title)
+    s, store = settings(), project_store()
+    if flash_key:
+        show_flash(flash_key)
+    return s, store

@@ -11,16 +11,16 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from pages._draw import fmt, md_code, md_escape, short, show_error, trace_figure
-from pages._jobs import history, live_jobs
+from pages._draw import flash, fmt, md_code, md_escape, short, show_error, trace_figure
+from pages._jobs import history, live_jobs, pick_job, start_from_page
 from pages._project import project_store
-from pages._routes import through_router
+from pages._routes import store_page
 from pages._settings import rm_exists, settings
 from reform_engine.adv_rounds import AdvRoundsConfig, read_rounds
 from reform_engine.attack import AttackConfig, companion_configs, read_kept, read_steps
 from reform_engine.confirm import RULES, ConfirmConfig
 from reform_engine.data import hh_text
-from reform_engine.jobs import ACTIVE, ingest_results, refresh_job, start_job
+from reform_engine.jobs import ACTIVE, ingest_results, start_job
 from reform_engine.retrain import base_training_config
 from reform_engine.runs import read_json
 
@@ -36,10 +36,6 @@ CONFIRM_FIELDS = [("repeat_char_run", "char repeated N times"), ("repeat_times",
                   ("perplexity_factor", "perplexity × base median"), ("capitals_ratio", "capital share above"),
                   ("capitals_min_letters", "… over N letters"), ("non_ascii_share", "non-ASCII share above"),
                   ("non_ascii_min_chars", "… over N characters")]
-
-
-def flash(message: str) -> None:
-    st.session_state[FLASH_KEY] = message
 
 
 def penalty_paths() -> list[str]:
@@ -60,7 +56,7 @@ def train_missing(target: str, n_penalties: int, judge: bool) -> None:
             else:
                 st.session_state.adversarial_penalties = "\n".join(penalty_paths() + [checkpoint])
             started.append(f"#{job['id']} {role} (seed {config.runtime.seed}, {config.model.finetune}, {config.train_sample} pairs)")
-        flash(f"Started train-rm job(s) {', '.join(started)}; their checkpoints are in the fields below and count once trained.")
+        flash(FLASH_KEY, f"Started train-rm job(s) {', '.join(started)}; their checkpoints are in the fields below and count once trained.")
     except ValueError as exc:  # no spec at the target, unreadable data, StoreError
         st.session_state.adversarial_train_error = exc
 
@@ -143,7 +139,7 @@ def draw_kept(store, job: dict) -> None:
     if c1.button("Send to Curation", key="adversarial_send", help="the store holds each kept sample once, however often it is sent"):
         try:
             got = ingest_results(store, job_id)["variants"]
-            flash(f"{len(got)} kept sample(s) of attack #{job_id} are in the Curation queue as pairs (y+ preferred over the sample).")
+            flash(FLASH_KEY, f"{len(got)} kept sample(s) of attack #{job_id} are in the Curation queue as pairs (y+ preferred over the sample).")
             st.rerun()
         except ValueError as exc:
             show_error(exc, "Not sent")
@@ -153,7 +149,7 @@ def draw_kept(store, job: dict) -> None:
                  help="a decision in the store, as on the Curation page, noting what confirmed each"):
         for variant_id, r in confirmed:
             store.decide(variant_id, "approve", note=f"Adv-RM, confirmed by {', '.join(r['confirmed_by'])}")
-        flash(f"Approved {len(confirmed)} confirmed sample(s) of attack #{job_id}.")
+        flash(FLASH_KEY, f"Approved {len(confirmed)} confirmed sample(s) of attack #{job_id}.")
         st.rerun()
     c3.page_link("pages/curation.py", label="Open Curation", icon=":material/fact_check:")
 
@@ -185,13 +181,7 @@ def draw_kept(store, job: dict) -> None:
                                      height=300), key="adversarial_trace")
 
 
-through_router()
-st.title("Adversarial attack")
-s = settings()
-store = project_store()
-message = st.session_state.pop(FLASH_KEY, None)
-if message:
-    st.success(message)
+s, store = store_page("Adversarial attack", FLASH_KEY)
 st.caption("Adv-RM: an adversary policy is trained with RLOO on r = Z_t − λ·clip(Z_p) when the target's z-score Z_t > T "
            "(else Z_t − C; −C without EOS), minus β·KL to π0; z-scores are per prompt, against the base policy's samples. "
            "What passes the keep filter (Z_t > T, disagreement z > 1.96, EOS) becomes a rejected response.")
@@ -280,10 +270,8 @@ def attack_config() -> AttackConfig:
 ready = rm_exists(target) and not missing_penalties and len(penalties) >= 2 and (not judge or rm_exists(judge))
 if st.button("Start the attack", type="primary", key="adversarial_start", disabled=not ready):
     try:
-        job_id = start_job(store, "attack", attack_config())
-        st.session_state.adversarial_job = job_id
-        flash(f"Started attack job #{job_id}: curves below as it goes; kept samples join Curation when it ends.")
-        st.rerun()
+        start_from_page(store, "attack", attack_config(), FLASH_KEY, picker_key="adversarial_job", message=lambda i:
+                        f"Started attack job #{i}: curves below as it goes; kept samples join Curation when it ends.")
     except ValueError as exc:  # AttackConfig's checks, StoreError
         show_error(exc, "Not started")
 
@@ -310,10 +298,8 @@ if st.button("Start the rounds", key="adversarial_rounds_start", disabled=not re
                                         runtime=s.runtime(int(seed)),
                                         **({} if recipe_known else {"data": s.data, "train_rows": train_rows}))
         rounds_config.recipe()  # an unknown recipe is refused here, not in the job
-        job_id = start_job(store, "adv-rounds", rounds_config)
-        st.session_state.adversarial_rounds_job = job_id
-        flash(f"Started adv-rounds job #{job_id}: its rounds appear below as they finish.")
-        st.rerun()
+        start_from_page(store, "adv-rounds", rounds_config, FLASH_KEY, picker_key="adversarial_rounds_job",
+                        message=lambda i: f"Started adv-rounds job #{i}: its rounds appear below as they finish.")
     except ValueError as exc:
         show_error(exc, "Not started")
 
@@ -323,25 +309,15 @@ if not live_jobs("adversarial", kinds=["attack", "adv-rounds", "train-rm"]):
     st.caption("No attack, rounds or RM training is running.")
 
 # ------------------------------------------------------------------ rounds: one row per attack
-rounds_jobs = store.list_jobs("adv-rounds")
-if not rounds_jobs.empty:
-    st.subheader("Rounds")
-    ids = [int(i) for i in rounds_jobs["id"]]
-    if st.session_state.get("adversarial_rounds_job") not in ids:
-        st.session_state.adversarial_rounds_job = ids[0]
-    rounds_id = st.selectbox("Adv-rounds job", ids, key="adversarial_rounds_job", format_func=lambda i: f"#{i} adv-rounds")
-    draw_rounds(refresh_job(store, rounds_id))
+rounds_job = pick_job(store, "adv-rounds", "Rounds", "Adv-rounds job", key="adversarial_rounds_job")
+if rounds_job is not None:
+    draw_rounds(rounds_job)
 
 # ------------------------------------------------------------------ one attack: its curves and what it kept
-attacks = store.list_jobs("attack")
-if attacks.empty:
+job = pick_job(store, "attack", "Curves and kept samples", "Attack job", key="adversarial_job")
+if job is None:
     st.stop()
-st.subheader("Curves and kept samples")
-ids = [int(i) for i in attacks["id"]]
-if st.session_state.get("adversarial_job") not in ids:
-    st.session_state.adversarial_job = ids[0]  # the newest
-job_id = st.selectbox("Attack job", ids, key="adversarial_job", format_func=lambda i: f"#{i} attack")
-job = refresh_job(store, job_id)
+job_id = int(job["id"])
 st.caption(f"{md_escape(job['state'])} · {md_escape(job['message'])} · run directory {md_code(job['run_dir'])}")
 if job["state"] in ACTIVE:
     st.fragment(draw_curves, run_every=2.0)(job["run_dir"], job_id)

@@ -8,12 +8,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages._draw import md_code, md_escape, show_error
-from pages._jobs import history, live_jobs
-from pages._project import project_store
-from pages._routes import through_router
-from pages._settings import settings
+from pages._jobs import history, live_jobs, pick_job, start_from_page
+from pages._routes import store_page
 from reform_engine.compare import CompareConfig, read_table
-from reform_engine.jobs import refresh_job, start_job
 
 FLASH_KEY = "compare_flash"
 COLORS = {"REFORM": "#1565c0", "Adv-RM": "#c62828", "base": "#757575"}
@@ -92,13 +89,7 @@ def finished_runs(store, kind: str) -> dict[int, str]:
     return {int(i): d for i, d in zip(jobs["id"], jobs["run_dir"])}
 
 
-through_router()
-st.title("REFORM vs Adv-RM")
-s = settings()
-store = project_store()
-message = st.session_state.pop(FLASH_KEY, None)
-if message:
-    st.success(message)
+s, store = store_page("REFORM vs Adv-RM", FLASH_KEY)
 st.caption("Both methods on the same base RM: REFORM's controlled decoding (a pipeline run) and Adv-RM's RL attack (an adv-rounds run "
            "whose target is the pipeline's base). One criterion of success for both; their RMs retrained on the same number of "
            "added pairs; each attacks the RM the other hardened.")
@@ -116,10 +107,8 @@ else:
         try:
             config = CompareConfig(pipelines[p], rounds[a], equal_pairs=equal_pairs, cross_attacks=cross_attacks and equal_pairs,
                                    runtime=s.runtime())
-            job_id = start_job(store, "compare", config)
-            st.session_state.compare_job = job_id
-            st.session_state[FLASH_KEY] = f"Started compare job #{job_id}: the table appears below when it ends."
-            st.rerun()
+            start_from_page(store, "compare", config, FLASH_KEY, picker_key="compare_job",
+                            message=lambda i: f"Started compare job #{i}: the table appears below when it ends.")
         except ValueError as exc:
             show_error(exc, "Not started")
 
@@ -127,14 +116,9 @@ st.subheader("Running")
 if not live_jobs("compare", kinds=["compare"]):
     st.caption("No comparison is running.")
 
-jobs = store.list_jobs("compare")
-if not jobs.empty:
-    st.subheader("Comparison")
-    ids = [int(i) for i in jobs["id"]]
-    if st.session_state.get("compare_job") not in ids:
-        st.session_state.compare_job = ids[0]
-    job_id = st.selectbox("Compare job", ids, key="compare_job", format_func=lambda i: f"#{i} compare")
-    job = refresh_job(store, job_id)
+job = pick_job(store, "compare", "Comparison", "Compare job", key="compare_job")
+if job is not None:
+    job_id = int(job["id"])
     st.caption(f"{md_escape(job['state'])} · {md_escape(job['message'])} · run directory {md_code(job['run_dir'])}")
     table = read_table(job["run_dir"]) if job["state"] == "succeeded" else None
     if table:

@@ -11,10 +11,10 @@ import pandas as pd
 import streamlit as st
 
 from pages._controls import decoding_controls
-from pages._draw import fmt, md_code, md_escape, short, show_error, trace_figure
-from pages._jobs import live_jobs
+from pages._draw import flash, fmt, md_code, md_escape, short, show_error, show_flash, trace_figure
+from pages._jobs import live_jobs, start_from_page
 from pages._project import project_store, reviewer
-from pages._routes import through_router
+from pages._routes import store_page
 from pages._settings import rm_exists, settings
 from reform_engine.curation import (EXPORT_FORMATS, counts, decision_for, export_approved, export_decision_log, new_pair, queue,
                                     step_trace)
@@ -22,7 +22,6 @@ from reform_engine.data import hh_text
 from reform_engine.decoding import DIRECTIONS
 from reform_engine.influence import STRATEGIES
 from reform_engine.inversions import GenerateVariantsConfig
-from reform_engine.jobs import start_job
 
 FLASH_KEY = "curation_flash"
 ERROR_KEY = "curation_error"
@@ -45,14 +44,35 @@ def decide(variant_id: int, action: str, shown_text: str, shown_decisions: int) 
         return
     word = {"approve": "Approved", "edit": "Approved (edited)", "reject": "Rejected"}[decision]
     meanwhile = len(now["history"]) > shown_decisions
-    st.session_state[FLASH_KEY] = f"{word} variant #{variant_id} as {md_escape(reviewer())}." + (
-        f" It had been {now['status']} meanwhile in another tab; this decision is now the latest." if meanwhile else "")
+    flash(FLASH_KEY, f"{word} variant #{variant_id} as {md_escape(reviewer())}." + (
+        f" It had been {now['status']} meanwhile in another tab; this decision is now the latest." if meanwhile else ""))
 
 
-through_router()
-st.title("Curation")
-s = settings()
-store = project_store()
+def export_panel(about: str, export, noun: str, keys: tuple[str, str, str, str], button: str, download: str,
+                 disabled: bool = False) -> bool:
+    """A format choice and a button that writes ``export(store, <project>/exports, format)`` -> (path, rows),
+    then the last file it wrote, offered for download. ``keys``: the format radio's, the button's, the
+    session's record of the last file, the download button's. -> whether a file is offered."""
+    folder = Path(settings().project_dir) / "exports"
+    format_key, button_key, last_key, download_key = keys
+    c1, c2 = st.columns([1, 3])
+    export_format = c1.radio("Format", EXPORT_FORMATS, horizontal=True, key=format_key)
+    c2.caption(f"{about} Written to `{folder}`.")
+    if st.button(button, key=button_key, disabled=disabled):
+        try:
+            path, rows = export(project_store(), folder, export_format)
+            st.session_state[last_key] = (str(path), rows)
+        except (ValueError, OSError) as exc:
+            show_error(exc, "Not exported")
+    last = st.session_state.get(last_key)
+    if not (last and Path(last[0]).is_file()):
+        return False
+    st.success(f"{last[1]} {noun} written to {md_code(last[0])}.")
+    st.download_button(download, Path(last[0]).read_bytes(), file_name=Path(last[0]).name, key=download_key)
+    return True
+
+
+s, store = store_page("Curation")
 
 n = counts(store)
 c = st.columns(4)
@@ -61,9 +81,7 @@ c[1].metric("Approved", n["approved"])
 c[2].metric("Rejected", n["rejected"])
 c[3].caption("The queue holds the true inversions of the batch jobs and every variant sent from Controlled decoding. "
              "Approved inversions become training pairs on Retrain & evaluate.")
-flash = st.session_state.pop(FLASH_KEY, None)
-if flash:
-    st.success(flash)
+show_flash(FLASH_KEY)
 show_error(st.session_state.pop(ERROR_KEY, None), "Not stored")
 
 # ------------------------------------------------------------------ batch generation (a background job)
@@ -86,9 +104,8 @@ with st.expander("Generate variants over the influential set (background job)", 
             config = GenerateVariantsConfig(reward_model=s.reward_model, data=s.data, rows=s.rows, fraction=float(percent) / 100,
                                             strategy=strategy, directions=directions, policy=s.policy, decoding=decoding,
                                             runtime=s.runtime(seed))
-            job_id = start_job(store, "variants", config)
-            st.session_state[FLASH_KEY] = f"Started job #{job_id}: its inversions join the queue when it ends."
-            st.rerun()
+            start_from_page(store, "variants", config, FLASH_KEY,
+                            message=lambda i: f"Started job #{i}: its inversions join the queue when it ends.")
         except ValueError as exc:  # a bad knob (DecodingConfig), or the job could not start (StoreError)
             show_error(exc, "Not started")
 
@@ -181,38 +198,17 @@ else:
 
 # ------------------------------------------------------------------ export
 st.subheader("Export the approved pairs (TRL)")
-c1, c2 = st.columns([1, 3])
-export_format = c1.radio("Format", EXPORT_FORMATS, horizontal=True, key="curation_export_format")
-c2.caption("Rows of prompt messages, chosen and rejected, as TRL's RewardTrainer reads them; edited texts included. "
-           f"Written to `{Path(s.project_dir) / 'exports'}`.")
-if st.button("Export", key="curation_export", disabled=n["approved"] == 0):
-    try:
-        path, rows = export_approved(store, Path(s.project_dir) / "exports", export_format)
-        st.session_state.curation_last_export = (str(path), rows)
-    except (ValueError, OSError) as exc:
-        show_error(exc, "Not exported")
-last = st.session_state.get("curation_last_export")
-if last and Path(last[0]).is_file():
-    st.success(f"{last[1]} approved pair(s) written to {md_code(last[0])}.")
-    st.download_button("Download it", Path(last[0]).read_bytes(), file_name=Path(last[0]).name, key="curation_download")
-elif n["approved"] == 0:
+offered = export_panel("Rows of prompt messages, chosen and rejected, as TRL's RewardTrainer reads them; edited texts included.",
+                       export_approved, "approved pair(s)", keys=("curation_export_format", "curation_export",
+                                                                 "curation_last_export", "curation_download"),
+                       button="Export", download="Download it", disabled=n["approved"] == 0)
+if not offered and n["approved"] == 0:
     st.caption("Nothing approved yet.")
 
 # ------------------------------------------------------------------ the decision log
 st.subheader("Export the decision log")
-c1, c2 = st.columns([1, 3])
-log_format = c1.radio("Format", EXPORT_FORMATS, horizontal=True, key="curation_log_format")
-c2.caption("Every decision ever made, oldest first: approvals, rejections and edits (with the edited text), notes, "
-           "reviewer and time (UTC), each with its variant and original pair. "
-           f"Written to `{Path(s.project_dir) / 'exports'}`.")
-if st.button("Export the log", key="curation_log_export"):
-    try:
-        path, rows = export_decision_log(store, Path(s.project_dir) / "exports", log_format)
-        st.session_state.curation_last_log = (str(path), rows)
-    except (ValueError, OSError) as exc:
-        show_error(exc, "Not exported")
-last_log = st.session_state.get("curation_last_log")
-if last_log and Path(last_log[0]).is_file():
-    st.success(f"{last_log[1]} decision(s) written to `{last_log[0]}`.")
-    st.download_button("Download the log", Path(last_log[0]).read_bytes(), file_name=Path(last_log[0]).name,
-                       key="curation_log_download")
+export_panel("Every decision ever made, oldest first: approvals, rejections and edits (with the edited text), notes, "
+             "reviewer and time (UTC), each with its variant and original pair.",
+             export_decision_log, "decision(s)", keys=("curation_log_format", "curation_log_export", "curation_last_log",
+                                                       "curation_log_download"),
+             button="Export the log", download="Download the log")

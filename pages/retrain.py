@@ -10,14 +10,13 @@ import streamlit as st
 
 from pages._controls import decoding_controls
 from pages._draw import md_code, short, show_error
-from pages._jobs import history, live_jobs
+from pages._jobs import history, live_jobs, start_from_page
 from pages._project import project_store
-from pages._routes import through_router
+from pages._routes import store_page
 from pages._settings import rm_exists, settings
 from reform_engine.curation import export_approved
 from reform_engine.data import DEMO_PATH
 from reform_engine.inversions import GenerateVariantsConfig
-from reform_engine.jobs import start_job
 from reform_engine.perturbations import PERTURBATIONS
 from reform_engine.pipeline import DEMO_SPLIT, PipelineConfig
 from reform_engine.reports import finished_result_jobs, results_frames
@@ -31,9 +30,9 @@ FLASH_KEY = "retrain_flash"
 RESULT_KINDS = ["retrain", "pipeline", "robustness"]
 
 
-def started(job_id: int, what: str) -> None:
-    st.session_state[FLASH_KEY] = f"Started job #{job_id}: {what}. Progress below; results appear when it ends."
-    st.rerun()
+def start(kind: str, config, what: str) -> None:
+    start_from_page(project_store(), kind, config, FLASH_KEY,
+                    message=lambda i: f"Started job #{i}: {what}. Progress below; results appear when it ends.")
 
 
 def perturbation_picker(key: str) -> str:
@@ -63,13 +62,7 @@ def drop_figure(drops) -> go.Figure:
     return fig
 
 
-through_router()
-st.title("Retrain & evaluate")
-s = settings()
-store = project_store()
-flash = st.session_state.pop(FLASH_KEY, None)
-if flash:
-    st.success(flash)
+s, store = store_page("Retrain & evaluate", FLASH_KEY)
 
 # ------------------------------------------------------------------ start a run
 tab_retrain, tab_pipeline, tab_eval = st.tabs(["Retrain on the approved pairs", "The whole loop (pipeline)",
@@ -119,7 +112,7 @@ with tab_retrain:
                                    eval_data=eval_data, eval_rows=eval_rows,
                                    robustness=RobustnessConfig(reward_model="", perturbations=perturbations), runtime=s.runtime())
             config.training_config()  # an unknown recipe is refused now, not in the job
-            started(start_job(store, "retrain", config), f"retrain ({mode}) on {n} approved pairs, then evaluate base and retrained")
+            start("retrain", config, f"retrain ({mode}) on {n} approved pairs, then evaluate base and retrained")
         except ValueError as exc:  # bad knobs, nothing approved, StoreError
             show_error(exc, "Not started")
     if n_approved == 0:
@@ -164,7 +157,7 @@ with tab_pipeline:
                                     runtime=s.runtime())
             if use_approved:  # exported once the settings are known to be good
                 config = dataclasses.replace(config, approved=str(export_approved(store, Path(s.project_dir) / "curated")[0]))
-            started(start_job(store, "pipeline", config), "the REFORM pipeline")
+            start("pipeline", config, "the REFORM pipeline")
         except ValueError as exc:
             show_error(exc, "Not started")
 
@@ -180,7 +173,7 @@ with tab_eval:
                 raise ValueError(f"no reward model at {e_rm}; give a checkpoint directory written by train-rm")
             config = RobustnessConfig(reward_model=e_rm, data=e_data, rows=e_rows, perturbations=e_perturbations,
                                       runtime=s.runtime())
-            started(start_job(store, "robustness", config), f"robustness of {md_code(short(e_rm, 60))}")
+            start("robustness", config, f"robustness of {md_code(short(e_rm, 60))}")
         except ValueError as exc:
             show_error(exc, "Not started")
 
