@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from _paths import HH_DEV_PATH  # noqa: E402
-from reform_engine.data import DEMO_PATH, load_preferences, select_rows, write_jsonl  # noqa: E402
+from _paths import HH_DEV_PATH, bench_data  # noqa: E402
+from reform_engine.data import load_preferences, select_rows, write_jsonl  # noqa: E402
 from reform_engine.jobs import cancel_job, cap_app_threads, refresh_job, start_job  # noqa: E402
 from reform_engine.models import DEFAULT_MODEL  # noqa: E402
 from reform_engine.reward_model import RewardModelSpec, build_reward_model  # noqa: E402
@@ -130,7 +130,7 @@ def main() -> None:
     # runs in its own session with a huge max_steps and would otherwise keep both cores busy for hours.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="bench-contention-"))
-    source = HH_DEV_PATH if HH_DEV_PATH.is_file() else DEMO_PATH
+    source = bench_data()
     pairs = load_preferences(source, skip_invalid=True).pairs
     train_rows = "0:1000" if source == HH_DEV_PATH else ""
     app_pairs = select_rows(pairs, "1500:" if source == HH_DEV_PATH else "")[: args.pairs]

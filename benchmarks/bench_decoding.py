@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT / "tests"))  # the naive loop lives with the tests, 
 
 import torch  # noqa: E402
 
-from _paths import HH_DEV_PATH  # noqa: E402
-from reform_engine.data import DEMO_PATH, load_preferences, select_rows  # noqa: E402
+from _paths import HH_DEV_PATH, bench_data  # noqa: E402
+from reform_engine.data import load_preferences, select_rows  # noqa: E402
 from reform_engine.decoding import ControlledDecoder, DecodingConfig  # noqa: E402
 from reform_engine.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer  # noqa: E402
 from reform_engine.reward_model import RewardModelSpec, build_reward_model, load_reward_model  # noqa: E402
@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--skip-naive", action="store_true")
     args = ap.parse_args()
-    source = HH_DEV_PATH if HH_DEV_PATH.is_file() else DEMO_PATH
+    source = bench_data()
     pairs = select_rows(load_preferences(source, skip_invalid=True).pairs, "1500:" if source == HH_DEV_PATH else "")
     prompts = [p.prompt for p in pairs[: args.batch]]
     policy, tok = load_causal_lm(DEFAULT_MODEL, device="cpu"), load_tokenizer(DEFAULT_MODEL)

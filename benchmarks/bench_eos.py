@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from _paths import HH_DEV_PATH  # noqa: E402
-from reform_engine.data import DEMO_PATH, load_preferences, select_rows  # noqa: E402
+from _paths import bench_data  # noqa: E402
+from reform_engine.data import load_preferences, select_rows  # noqa: E402
 from reform_engine.models import DEFAULT_MODEL  # noqa: E402
 from reform_engine.rollouts import RolloutEngine, build_policy  # noqa: E402
 from reform_engine.runtime import set_cpu_threads  # noqa: E402
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--prompt-tokens", type=int, default=208, help="the attack's budget: 256 - 48")
-    parser.add_argument("--data", default=str(HH_DEV_PATH if HH_DEV_PATH.is_file() else DEMO_PATH))
+    parser.add_argument("--data", default=str(bench_data()))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     set_cpu_threads(args.threads)

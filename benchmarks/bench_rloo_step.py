@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from _paths import HH_DEV_PATH  # noqa: E402
+from _paths import bench_data  # noqa: E402
 from reform_engine.adversary import AdversarialReward, PromptNorm, kl_k3, rloo_advantages, rloo_loss  # noqa: E402
-from reform_engine.data import DEMO_PATH, load_preferences, select_rows  # noqa: E402
+from reform_engine.data import load_preferences, select_rows  # noqa: E402
 from reform_engine.models import DEFAULT_MODEL  # noqa: E402
 from reform_engine.reward_model import RewardModelSpec, build_reward_model, load_reward_model  # noqa: E402
 from reform_engine.rollouts import RolloutEngine, build_policy  # noqa: E402
@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--data", default=str(HH_DEV_PATH if HH_DEV_PATH.is_file() else DEMO_PATH))
+    ap.add_argument("--data", default=str(bench_data()))
     args = ap.parse_args()
     set_cpu_threads(args.threads)
     source = args.data

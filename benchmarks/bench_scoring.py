@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from _paths import HH_DEV_PATH  # noqa: E402
+from _paths import bench_data  # noqa: E402
 from reform_engine.data import DEMO_PATH, load_preferences, select_rows  # noqa: E402
 from reform_engine.models import DEFAULT_MODEL  # noqa: E402
 from reform_engine.reward_model import RewardModelSpec, build_reward_model  # noqa: E402
@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--repeats", type=int, default=1, help="rounds over all modes, interleaved; each mode keeps its fastest")
-    ap.add_argument("--data", default=str(HH_DEV_PATH), help="HH dev file (the demo set when it is missing)")
+    ap.add_argument("--data", default=str(bench_data()), help="HH dev file (the demo set when it is missing)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -2,18 +2,16 @@
 import json
 import math
 import re
-import time
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app_support import APP, ROOT, app_env, no_thread_outlives_the_tests, settle  # noqa: F401  (a fixture)
 from reform_engine.reward_model import RewardModelSpec, build_reward_model
 from reform_engine.runtime import Runtime
 from reform_engine.tiny import save_tiny_model
 
-ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "app.py")
 
 
 @pytest.fixture(scope="module")
@@ -30,38 +28,8 @@ def tiny_setup(tmp_path_factory):
 
 @pytest.fixture()
 def env(tiny_setup, tmp_path, monkeypatch):
-    monkeypatch.setenv("REFORM_POLICY", tiny_setup["policy"])
-    monkeypatch.setenv("REFORM_REWARD_MODEL", tiny_setup["rm"])
-    monkeypatch.setenv("REFORM_PROJECT_DIR", str(tmp_path / "project"))
-    monkeypatch.setenv("REFORM_DEVICE", "cpu")
-    for name in ("REFORM_DATA", "REFORM_ROWS", "REFORM_COMPARE_RM"):
-        monkeypatch.delenv(name, raising=False)
+    app_env(monkeypatch, tmp_path / "project", policy=tiny_setup["policy"], reward_model=tiny_setup["rm"])
     return tiny_setup
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_thread_outlives_the_tests():
-    """A test that fails mid-load must not leave a model loading while the interpreter exits."""
-    yield
-    from reform_engine.background import wait_all
-    wait_all()
-
-
-def loading(at: AppTest) -> bool:
-    return any("⏳" in el.value for el in at.info) or any("⏳" in el.proto.text for el in at.get("progress"))
-
-
-def settle(at: AppTest, page: str | None = None, tries: int = 200) -> AppTest:
-    """Run (or switch to ``page``) and re-run while a background load is still drawing its progress."""
-    (at.switch_page(page) if page else at).run()
-    for _ in range(tries):
-        if not loading(at):
-            break
-        time.sleep(0.05)
-        at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert not loading(at), "a background load never finished"
-    return at
 
 
 def metrics(at: AppTest) -> dict:

@@ -1,20 +1,17 @@
 """The Adversarial attack page under AppTest, in process, on tiny models: an attack started from the
 page runs as a real background job to the end, its curves and kept samples are drawn, and the samples
 reach Curation; missing penalty and judge RMs are trained as jobs from the page."""
-import time
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from adversary_support import save_attack_models
-from reform_engine.jobs import ACTIVE, cancel_job
+from app_support import APP, app_env, job_progress, no_thread_outlives_the_tests, run, until_job_ends  # noqa: F401  (a fixture)
+from reform_engine.jobs import cancel_job
 from reform_engine.store import Store
 
-ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "app.py")
 PAGE = "pages/adversarial.py"
-HANG_GUARD = 600  # seconds: only so a broken job cannot hang the suite; never a speed requirement
 
 
 @pytest.fixture(scope="module")
@@ -24,43 +21,8 @@ def models(tmp_path_factory) -> dict:
 
 @pytest.fixture()
 def env(models, tmp_path, monkeypatch):
-    project = tmp_path / "project"
-    for name, value in {"REFORM_POLICY": models["policy"], "REFORM_REWARD_MODEL": models["target"],
-                        "REFORM_PROJECT_DIR": str(project), "REFORM_DEVICE": "cpu", "REFORM_DATA": models["data"]}.items():
-        monkeypatch.setenv(name, value)
-    for name in ("REFORM_ROWS", "REFORM_COMPARE_RM"):
-        monkeypatch.delenv(name, raising=False)
-    return {**models, "db": project / "reform.duckdb"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_thread_outlives_the_tests():
-    yield
-    from reform_engine.background import wait_all
-    wait_all()
-
-
-def run(at: AppTest) -> AppTest:
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def job_progress(at: AppTest) -> list[str]:
-    return [el.proto.text for el in at.get("progress") if "job #" in el.proto.text]
-
-
-def until_job_ends(at: AppTest, db: Path, job_id: int) -> dict:
-    """Re-run the page (as its live panel's timer does) until the job has ended; -> the job."""
-    deadline = time.monotonic() + HANG_GUARD
-    while True:
-        run(at)
-        job = Store(db).get_job(job_id)
-        if job["state"] not in ACTIVE:
-            run(at)  # the page as it is once the job's results are in
-            return job
-        assert time.monotonic() < deadline, f"job {job_id} still {job['state']}: {job['message']}"
-        time.sleep(0.3)
+    db = app_env(monkeypatch, tmp_path / "project", policy=models["policy"], reward_model=models["target"], data=models["data"])
+    return {**models, "db": db}
 
 
 def table(at: AppTest, column: str):

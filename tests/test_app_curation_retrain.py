@@ -10,21 +10,18 @@ import duckdb
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app_support import APP, app_env, job_progress, no_thread_outlives_the_tests, settle, until_job_ends  # noqa: F401  (a fixture)
 from conftest import make_pair
 from reform_engine.data import load_preferences, write_jsonl
 from reform_engine.decoding import DecodingResult, StepRecord
 from reform_engine.influence import ScoredPair
 from reform_engine.inversions import make_variant
-from reform_engine.jobs import ACTIVE
 from reform_engine.reward_model import RewardModelSpec, build_reward_model
 from reform_engine.runtime import Runtime
 from reform_engine.store import Store
 from reform_engine.tiny import save_tiny_model
 from reform_engine.training import TrainRewardConfig, train_reward_model
 
-ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "app.py")
-HANG_GUARD = 600  # seconds: only so a broken job cannot hang the suite; never a speed requirement
 ASKS = ["Can you help me?", "What time is it?", "Tell me a fact.", "How do I cook rice?", "Where is Paris?", "Name a colour.",
         "What is 2+2?", "Say something nice."]
 
@@ -49,56 +46,8 @@ def tiny(tmp_path_factory):
 @pytest.fixture()
 def env(tiny, tmp_path, monkeypatch):
     project = tmp_path / "project"
-    for name, value in {"REFORM_POLICY": tiny["policy"], "REFORM_REWARD_MODEL": tiny["rm"], "REFORM_PROJECT_DIR": str(project),
-                        "REFORM_DEVICE": "cpu", "REFORM_DATA": tiny["data"], "REFORM_REVIEWER": "tester"}.items():
-        monkeypatch.setenv(name, value)
-    for name in ("REFORM_ROWS", "REFORM_COMPARE_RM", "REFORM_BACKUP_EVERY", "REFORM_BACKUP_KEEP", "REFORM_BACKUP_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    return {**tiny, "project": project, "db": project / "reform.duckdb"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_thread_outlives_the_tests():
-    yield
-    from reform_engine.background import wait_all
-    wait_all()
-
-
-def loading(at: AppTest) -> bool:
-    return any("⏳" in el.value for el in at.info) or any(
-        "⏳" in el.proto.text and "job #" not in el.proto.text for el in at.get("progress"))
-
-
-def settle(at: AppTest, page: str | None = None) -> AppTest:
-    """Run (or switch to ``page``) and re-run while a model is still loading in the background."""
-    (at.switch_page(page) if page else at).run()
-    for _ in range(400):
-        if not loading(at):
-            break
-        time.sleep(0.05)
-        at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert not loading(at), "a background load never finished"
-    return at
-
-
-def job_progress(at: AppTest) -> list[str]:
-    return [el.proto.text for el in at.get("progress") if "job #" in el.proto.text]
-
-
-def until_job_ends(at: AppTest, db: Path, job_id: int) -> dict:
-    """Re-run the page (as its live panel's timer does) until the job has ended; -> the job."""
-    deadline = time.monotonic() + HANG_GUARD
-    while True:
-        at.run()
-        assert not at.exception, [e.value for e in at.exception]
-        job = Store(db).get_job(job_id)
-        if job["state"] not in ACTIVE:
-            at.run()  # the page as it is once the job's results are in
-            assert not at.exception, [e.value for e in at.exception]
-            return job
-        assert time.monotonic() < deadline, f"job {job_id} still {job['state']}: {job['message']}"
-        time.sleep(0.3)
+    db = app_env(monkeypatch, project, policy=tiny["policy"], reward_model=tiny["rm"], data=tiny["data"], reviewer="tester")
+    return {**tiny, "project": project, "db": db}
 
 
 def table(at: AppTest, column: str):

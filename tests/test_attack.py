@@ -1,18 +1,17 @@
 import json
 import os
 import signal
-import time
 
 import pytest
 
 from adversary_support import save_attack_models, tiny_attack
+from job_support import wait_for
 from reform_engine.attack import KEPT_FILE, SAMPLES_FILE, STEPS_FILE, AttackConfig, read_kept, read_steps, run_attack
 from reform_engine.curation import new_pair, queue
 from reform_engine.jobs import cancel_job, ingest_results, process_alive, refresh_job, start_job
 from reform_engine.runs import read_json
 from reform_engine.store import Store
 
-HANG_GUARD = 600  # seconds: only so a broken job cannot hang the suite; never a speed requirement
 STEP_KEYS = {"step", "reward", "target_z", "penalty_z", "disagreement", "above_threshold", "penalty_term", "shortfall_term",
              "incomplete_rate", "kl_term", "kl", "entropy", "length", "eos_rate", "complete_rate", "pass_rate", "loss", "grad_norm",
              "seconds"}
@@ -26,16 +25,6 @@ def models(tmp_path_factory) -> dict:
 @pytest.fixture()
 def store(tmp_path):
     return Store(tmp_path / "project" / "reform.duckdb")
-
-
-def wait_for(store, job_id, until=lambda job: job["state"] not in ("pending", "running")) -> dict:
-    deadline = time.monotonic() + HANG_GUARD
-    while True:
-        job = refresh_job(store, job_id)
-        if until(job):
-            return job
-        assert time.monotonic() < deadline, f"job {job_id} still {job['state']}: {job['message']}"
-        time.sleep(0.2)
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -206,22 +206,29 @@ def test_save_upload_checks_type_and_size_and_keeps_the_name_inside(tmp_path):
 ROW = {"prompt": "Q", "chosen": "yes", "rejected": "no"}
 
 
-def test_a_gzip_bomb_is_refused_at_the_cap_without_inflating_it_in_memory(tmp_path):
+def refusal_and_peak(path, **limits) -> tuple[DataError, int]:
+    """load_preferences(path, **limits), which must refuse the file -> its DataError, and the peak of
+    the memory Python allocated on the way (bytes)."""
     import tracemalloc
 
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as info:
+            load_preferences(path, **limits)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return info.value, peak
+
+
+def test_a_gzip_bomb_is_refused_at_the_cap_without_inflating_it_in_memory(tmp_path):
     path = tmp_path / "bomb.jsonl.gz"
     with gzip.open(path, "wb") as fh:  # 64 MiB of zeros in ~64 KiB; written in chunks so the test itself stays small
         for _ in range(64):
             fh.write(bytes(2**20))
-    tracemalloc.start()
-    try:
-        with pytest.raises(DataError) as info:
-            load_preferences(path, max_bytes=2**20)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert str(info.value) == (f"{path}: expands beyond 1 MiB when decompressed (the max_bytes limit); stopped reading there. "
-                               "Fix: split it into smaller files, or raise max_bytes if you trust the file.")
+    error, peak = refusal_and_peak(path, max_bytes=2**20)
+    assert str(error) == (f"{path}: expands beyond 1 MiB when decompressed (the max_bytes limit); stopped reading there. "
+                          "Fix: split it into smaller files, or raise max_bytes if you trust the file.")
     assert peak < 16 * 2**20, f"peak {peak / 2**20:.1f} MiB: the loader inflated far past the 1 MiB cap before refusing"
 
 
@@ -306,19 +313,11 @@ def test_a_csv_with_a_huge_field_loads_whole(tmp_path):
 
 
 def test_a_gzip_of_many_tiny_rows_is_refused_at_max_rows_before_they_fill_memory(tmp_path):
-    import tracemalloc
-
     path = tmp_path / "rows.jsonl.gz"
     path.write_bytes(gzip.compress((json.dumps(ROW) + "\n").encode() * 200_000))  # ~9 MiB of rows in ~30 KiB
-    tracemalloc.start()
-    try:
-        with pytest.raises(DataError) as info:
-            load_preferences(path, max_rows=1000)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert str(info.value) == (f"{path}: has more than 1,000 rows (the max_rows limit). "
-                               "Fix: split it into smaller files, or raise max_rows if you trust the file.")
+    error, peak = refusal_and_peak(path, max_rows=1000)
+    assert str(error) == (f"{path}: has more than 1,000 rows (the max_rows limit). "
+                          "Fix: split it into smaller files, or raise max_rows if you trust the file.")
     assert peak < 16 * 2**20, f"peak {peak / 2**20:.1f} MiB: the loader parsed far past max_rows before refusing"
 
 

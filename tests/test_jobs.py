@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 
+from job_support import HANG_GUARD, wait_for
 from reform_engine.__main__ import add_config_args, config_from_args
 from reform_engine.configs import JobConfigError, config_from_dict
 from reform_engine.data import write_jsonl
@@ -23,8 +24,6 @@ from reform_engine.reward_model import load_reward_model
 from reform_engine.runs import RunDir, read_json, to_jsonable
 from reform_engine.scoring import score_pairs
 from reform_engine.store import Store, StoreError
-
-HANG_GUARD = 600  # seconds: only so a broken job cannot hang the suite; never a speed requirement
 
 
 @pytest.fixture()
@@ -43,16 +42,6 @@ def train_config(model_dir: str, data: str, **kw) -> dict:
     return {"model": {"base_model": model_dir, "finetune": "lora", "lora_r": 2, "lora_alpha": 4, "lora_layers": 1,
                       "max_length": 96},
             "data": data, "batch_size": 4, "runtime": {"device": "cpu", "threads": 1}, "warmup_ratio": 0.0, **kw}
-
-
-def wait_for(store, job_id, until=lambda job: job["state"] not in ("pending", "running")) -> dict:
-    deadline = time.monotonic() + HANG_GUARD
-    while True:
-        job = refresh_job(store, job_id)
-        if until(job):
-            return job
-        assert time.monotonic() < deadline, f"job {job_id} still {job['state']}: {job['message']}"
-        time.sleep(0.2)
 
 
 def sleeper(*, ignore_term: bool = False, new_session: bool = False) -> subprocess.Popen:

@@ -22,20 +22,26 @@ def until(condition) -> None:
         time.sleep(0.001)
 
 
-def test_waiters_get_their_turns_in_the_order_they_asked(tmp_path):
-    lock, order, release = tmp_path / "db.lock", [], threading.Event()
-
+def held(lock, release: threading.Event) -> threading.Thread:
+    """A thread that takes the turn on ``lock`` and keeps it until ``release`` is set; returned once it has it."""
     def holder():
         with turn(lock, time.monotonic() + HANG_GUARD, Busy):
             release.wait()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    until(lambda: waiting(lock) == 1)
+    return thread
+
+
+def test_waiters_get_their_turns_in_the_order_they_asked(tmp_path):
+    lock, order, release = tmp_path / "db.lock", [], threading.Event()
 
     def waiter(name):
         with turn(lock, time.monotonic() + HANG_GUARD, Busy):
             order.append(name)
 
-    threads = [threading.Thread(target=holder)]
-    threads[0].start()
-    until(lambda: waiting(lock) == 1)
+    threads = [held(lock, release)]
     for name in ("first", "second", "third", "fourth"):
         threads.append(threading.Thread(target=waiter, args=(name,)))
         threads[-1].start()
@@ -55,13 +61,7 @@ def _queue_and_hang(lock: str) -> None:
 def test_a_waiter_killed_in_the_queue_is_skipped_and_its_entry_cleared(tmp_path):
     lock, order, release = tmp_path / "db.lock", [], threading.Event()
 
-    def holder():
-        with turn(lock, time.monotonic() + HANG_GUARD, Busy):
-            release.wait()
-
-    first = threading.Thread(target=holder)
-    first.start()
-    until(lambda: waiting(lock) == 1)
+    first = held(lock, release)
     doomed = multiprocessing.get_context("spawn").Process(target=_queue_and_hang, args=(str(lock),))
     doomed.start()
     until(lambda: waiting(lock) == 2)
@@ -86,13 +86,7 @@ def turn_and_note(lock, order):
 def test_a_waiter_past_its_deadline_raises_busy_and_leaves_the_queue(tmp_path):
     lock, release = tmp_path / "db.lock", threading.Event()
 
-    def holder():
-        with turn(lock, time.monotonic() + HANG_GUARD, Busy):
-            release.wait()
-
-    t = threading.Thread(target=holder)
-    t.start()
-    until(lambda: waiting(lock) == 1)
+    t = held(lock, release)
     with pytest.raises(Busy):
         with turn(lock, time.monotonic(), Busy):  # a deadline already past
             pass
