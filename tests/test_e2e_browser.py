@@ -64,6 +64,11 @@ def test_every_page_in_a_real_browser_and_a_short_decoding(chromium, server, out
 
         def settle():  # the rerun has finished drawing: no stale elements in the screenshot
             expect(idle).to_have_count(1)
+
+        def screenshot(name: str) -> None:
+            """The page once it has settled, as out_dir/<name>.png."""
+            settle()
+            page.screenshot(path=out_dir / f"{name}.png", full_page=True)
         errors = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         try:
@@ -77,15 +82,13 @@ def test_every_page_in_a_real_browser_and_a_short_decoding(chromium, server, out
             page.goto(url)
             expect(page.get_by_text("RM accuracy")).to_be_visible()  # models loaded, data scored
             expect(page.get_by_text("Pairs", exact=True)).to_be_visible()
-            settle()
-            page.screenshot(path=out_dir / "1-home.png", full_page=True)
+            screenshot("1-home")
 
             # Sidebar links keep the browser session (and so the queued pairs and the curation list).
             page.get_by_role("link", name="Influential samples").click()
             expect(page.get_by_text("Selected pairs", exact=True)).to_be_visible()
             expect(page.get_by_text("Bradley-Terry loss")).to_be_visible()  # the Plotly chart drew
-            settle()
-            page.screenshot(path=out_dir / "2-influential.png", full_page=True)
+            screenshot("2-influential")
             page.get_by_role("button", name="Attack these pairs in controlled decoding").click()
 
             expect(page.get_by_role("heading", name="Controlled decoding")).to_be_visible()
@@ -107,8 +110,7 @@ def test_every_page_in_a_real_browser_and_a_short_decoding(chromium, server, out
             assert inverted, "neither direction inverted the first influential pair"
             expect(page.get_by_text("Inspect step")).to_be_visible()
             expect(page.locator('[data-testid="stDataFrame"]').first).to_be_visible()   # the step's candidates
-            settle()
-            page.screenshot(path=out_dir / "3-decoding.png", full_page=True)
+            screenshot("3-decoding")
             page.get_by_role("button", name="Send to curation").click()
             expect(page.get_by_text("Queued for curation (1 waiting).")).to_be_visible()
 
@@ -120,8 +122,7 @@ def test_every_page_in_a_real_browser_and_a_short_decoding(chromium, server, out
             page.get_by_role("button", name="Approve", exact=True).click()
             expect(page.get_by_text("Approved variant #")).to_be_visible()
             expect(page.get_by_text("Nothing here.")).to_be_visible()  # the queue is empty again
-            settle()
-            page.screenshot(path=out_dir / "4-curation.png", full_page=True)
+            screenshot("4-curation")
             approved = Store(Path(project) / "reform.duckdb").list_variants(decision="approved")
             assert len(approved) == 1, approved
             assert (approved.iloc[0]["note"], approved.iloc[0]["reviewer"]) == ("e2e: approved in the browser", "e2e")
@@ -129,32 +130,27 @@ def test_every_page_in_a_real_browser_and_a_short_decoding(chromium, server, out
             page.get_by_role("link", name="Retrain & evaluate").click()
             expect(page.get_by_role("heading", name="Retrain & evaluate")).to_be_visible()
             expect(page.get_by_role("heading", name="Run history")).to_be_visible()
-            settle()
-            page.screenshot(path=out_dir / "5-retrain.png", full_page=True)
+            screenshot("5-retrain")
 
             page.get_by_role("link", name="Reward explorer").click()
             expect(page.get_by_text("Token by token")).to_be_visible()
             page.get_by_text("Start from a pair of the data, or from the last decoded variant").click()
             page.get_by_role("button", name="Load the last decoded variant").click()
             expect(page.get_by_text("Token by token")).to_be_visible()
-            settle()
-            page.screenshot(path=out_dir / "6-explorer.png", full_page=True)
+            screenshot("6-explorer")
 
             page.get_by_role("link", name="Data").click()
             expect(page.get_by_role("heading", name="Preference data")).to_be_visible()
-            settle()
-            page.screenshot(path=out_dir / "7-data.png", full_page=True)
+            screenshot("7-data")
 
             page.get_by_role("link", name="Adversarial attack").click()
             expect(page.get_by_role("heading", name="Adversarial attack")).to_be_visible()
             expect(page.get_by_role("button", name="Start the attack")).to_be_visible()  # the page drew to its form's end
-            settle()
-            page.screenshot(path=out_dir / "8-adversarial.png", full_page=True)
+            screenshot("8-adversarial")
 
             page.get_by_role("link", name="REFORM vs Adv-RM").click()
             expect(page.get_by_role("heading", name="REFORM vs Adv-RM")).to_be_visible()
-            settle()
-            page.screenshot(path=out_dir / "9-compare.png", full_page=True)
+            screenshot("9-compare")
         finally:
             page.screenshot(path=out_dir / "last.png", full_page=True)
             browser.close()
