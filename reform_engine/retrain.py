@@ -79,9 +79,9 @@ class BaseRetraining:
     data: str = setting("", "the original pairs; '' = the base's own (from its run's config.json)")
     train_rows: str = setting("", "with data: the rows to train on ('' = all)")
     eval_data: str = setting("", "held-out pairs ('' = the training data)")
-    runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (of the job's own stages: attacks, perturbations; the "
-                                       "retraining keeps the base's seed), remote-code leave; trunk cache 'auto': one "
-                                       "run_dir/trunk_cache for every stage, reading the base run's too")
+    runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (of the perturbations, and of the attacks in "
+                                       "adv-rounds; the retraining keeps the base's seed), remote-code leave; trunk cache "
+                                       "'auto': one run_dir/trunk_cache for every stage, reading the base run's too")
 
     def recipe_of(self, base_rm: str | Path) -> TrainRewardConfig:
         """The recipe that trained ``base_rm``, on this job's data when it names some (:func:`base_recipe`)."""
