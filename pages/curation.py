@@ -15,6 +15,7 @@ from pages._draw import fmt, md_code, md_escape, short, show_error, trace_figure
 from pages._jobs import live_jobs
 from pages._project import project_store, reviewer
 from pages._routes import through_router
+from pages._scoring import scores_for_job
 from pages._settings import rm_exists, settings
 from reform_engine.curation import (EXPORT_FORMATS, counts, decision_for, export_approved, export_decision_log, new_pair, queue,
                                     step_trace)
@@ -85,7 +86,7 @@ with st.expander("Generate variants over the influential set (background job)", 
         try:
             config = GenerateVariantsConfig(reward_model=s.reward_model, data=s.data, rows=s.rows, fraction=float(percent) / 100,
                                             strategy=strategy, directions=directions, policy=s.policy, decoding=decoding,
-                                            runtime=s.runtime(seed))
+                                            max_length=s.score_max_length, scored=scores_for_job(), runtime=s.runtime(seed))
             job_id = start_job(store, "variants", config)
             st.session_state[FLASH_KEY] = f"Started job #{job_id}: its inversions join the queue when it ends."
             st.rerun()
