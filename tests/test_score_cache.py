@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pytest
@@ -105,7 +106,7 @@ def test_a_damaged_or_older_score_set_is_a_miss_not_a_crash(toy_pairs, tmp_path,
         fields["format"] = score_cache.FORMAT - 1
     else:
         payload = "{not json" if damage == "json" else json.dumps({**json.loads(row["payload"]), "r_chosen": [0.0] * 3})
-        fields.update(payload=payload, checksum=__import__("hashlib").sha256(payload.encode()).hexdigest())
+        fields.update(payload=payload, checksum=hashlib.sha256(payload.encode()).hexdigest())
     store.put_score_set(key.digest, **fields)
     assert load_scores(store, key, toy_pairs) is None
 
