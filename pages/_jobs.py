@@ -4,12 +4,15 @@ queued job when a slot frees), and the run history with each job's config and lo
 logic here."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
+from datetime import UTC
 
 import streamlit as st
 
 from pages._draw import flash, md_code, md_escape, show_error
 from pages._project import project_store
+from reform_engine.eta import ProgressClock, progress_text
 from reform_engine.jobs import ACTIVE, cancel_job, max_jobs, queue_position, refresh_job, rerun_job, start_job
 from reform_engine.reports import history_frame, log_tail, stage_status
 
@@ -57,6 +60,22 @@ def queued_text(job: dict, position: int | None, slots: int) -> str:
             f"({slots} job{'s' if slots != 1 else ''} at a time, REFORM_MAX_JOBS)")
 
 
+@st.cache_resource(show_spinner=False)
+def _job_clocks() -> dict[int, ProgressClock]:
+    """One clock per job for the whole server, so every page and poll sees the same phase start."""
+    return {}
+
+
+def _time_left(job: dict) -> float | None:
+    """Seconds left in the job's current phase at its rate so far (None: no count or no rate yet)."""
+    if job.get("step") is None or not job.get("total"):
+        return None
+    started = job.get("started_at")
+    started = started.replace(tzinfo=UTC).timestamp() if started is not None else None  # stored as naive UTC
+    clock = _job_clocks().setdefault(int(job["id"]), ProgressClock(time.time, started=started))
+    return clock.observe(int(job["step"]), int(job["total"]))
+
+
 def draw_job(job: dict, key: str) -> None:
     """One running or queued job: its progress bar (or place in the queue), its stages (pipeline,
     retrain), its log and a cancel button."""
@@ -67,8 +86,8 @@ def draw_job(job: dict, key: str) -> None:
             st.rerun()
         return
     share = float(job["progress"] or 0.0)
-    steps = f" · step {job['step']}/{job['total']}" if job.get("total") else ""
-    st.progress(min(1.0, max(0.0, share)), text=f"⏳ job #{job['id']} {job['kind']}{steps}: {md_escape(job['message'])}")
+    text = progress_text(job["message"], job.get("step"), job.get("total"), _time_left(job))
+    st.progress(min(1.0, max(0.0, share)), text=f"⏳ job #{job['id']} {job['kind']}: {md_escape(text)}")
     stages = stage_status(job["run_dir"])
     if stages:
         st.caption(" → ".join(f"{STATE_ICON.get(s['state'], '')} {s['stage']}"

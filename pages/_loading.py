@@ -14,6 +14,7 @@ from pages._draw import md_code, md_escape, show_error
 from pages._settings import file_stamp, rm_exists, settings
 from reform_engine.background import BackgroundTask
 from reform_engine.data import DataError
+from reform_engine.eta import progress_text
 
 _LOAD_LOCK = threading.Lock()  # one model load at a time: transformers' lazy imports are not thread-safe
 
@@ -132,7 +133,7 @@ def _progress_panel(task: BackgroundTask, label: str) -> None:
     if task.finished:
         st.rerun()  # the whole page, now that its input is ready
     share = task.progress
-    text = f"⏳ {md_escape(label)}: {md_escape(task.message)} ({task.elapsed:.0f} s)"
+    text = f"⏳ {md_escape(label)}: {md_escape(progress_text(task.message, remaining=task.remaining))} ({task.elapsed:.0f} s)"
     if share is None:
         st.info(text)
     else:

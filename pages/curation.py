@@ -15,6 +15,7 @@ from pages._draw import flash, fmt, md_code, md_escape, short, show_error, show_
 from pages._jobs import live_jobs, start_from_page
 from pages._project import project_store, reviewer
 from pages._routes import store_page
+from pages._scoring import scores_for_job
 from pages._settings import rm_exists, settings
 from reform_engine.curation import (EXPORT_FORMATS, counts, decision_for, export_approved, export_decision_log, new_pair, queue,
                                     step_trace)
@@ -103,7 +104,7 @@ with st.expander("Generate variants over the influential set (background job)", 
         try:
             config = GenerateVariantsConfig(reward_model=s.reward_model, data=s.data, rows=s.rows, fraction=float(percent) / 100,
                                             strategy=strategy, directions=directions, policy=s.policy, decoding=decoding,
-                                            runtime=s.runtime(seed))
+                                            max_length=s.score_max_length, scored=scores_for_job(), runtime=s.runtime(seed))
             start_from_page(store, "variants", config, FLASH_KEY,
                             message=lambda i: f"Started job #{i}: its inversions join the queue when it ends.")
         except ValueError as exc:  # a bad knob (DecodingConfig), or the job could not start (StoreError)

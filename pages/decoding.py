@@ -17,6 +17,7 @@ from pages._scoring import pair_rewards
 from pages._settings import settings
 from reform_engine.data import DataError
 from reform_engine.decoding import DecodingConfig
+from reform_engine.eta import ProgressClock, format_remaining
 from reform_engine.influence import ScoredPair
 from reform_engine.inversions import score_variant
 
@@ -66,9 +67,14 @@ right_text, right_info = right.empty(), right.empty()
 
 
 def live(text_slot, info_slot, limit: int):
+    clock = ProgressClock()  # tokens left × time per token so far (at most: decoding may stop at EOS sooner)
+
     def draw(event) -> None:
         text_slot.code(event.text + ("" if event.done else " ▌"), language=None, wrap_lines=True)
-        info_slot.caption(f"step {event.record.step + 1}/{limit} · running reward {event.record.running_reward:+.3f}")
+        left = "" if event.done else format_remaining(clock.observe(event.record.step + 1, limit))
+        info_slot.caption(f"step {event.record.step + 1}/{limit} · running reward {event.record.running_reward:+.3f}"
+                          + (f" · {left} at most" if left else ""))
+    clock.observe(0, limit)
     return draw
 
 

@@ -14,6 +14,8 @@ import time
 import weakref
 from typing import Any, Callable
 
+from .eta import ProgressClock
+
 _LIVE: "weakref.WeakSet[BackgroundTask]" = weakref.WeakSet()
 
 
@@ -21,7 +23,8 @@ class BackgroundTask:
     """Starts ``fn(report)`` in a daemon thread at construction. Read-only from outside; the thread
     alone writes the fields, each a single assignment, so a reader never sees a torn value."""
 
-    def __init__(self, fn: Callable[[Callable[..., None]], Any], name: str = "task"):
+    def __init__(self, fn: Callable[[Callable[..., None]], Any], name: str = "task", *,
+                 clock: Callable[[], float] = time.monotonic):
         self.name = name
         self.state = "running"
         self.done: int = 0
@@ -29,7 +32,10 @@ class BackgroundTask:
         self.message = "starting"
         self.result: Any = None
         self.error: BaseException | None = None
-        self.started_at = time.monotonic()
+        self.remaining: float | None = None        # seconds left in the current phase at its rate so far (eta.py)
+        self._clock = clock
+        self._progress_clock = ProgressClock(clock)
+        self.started_at = clock()
         self.finished_at: float | None = None
         self._thread = threading.Thread(target=self._run, args=(fn,), name=f"reform-{name}", daemon=True)
         _LIVE.add(self)
@@ -37,6 +43,7 @@ class BackgroundTask:
 
     def _report(self, done: int, total: int | None = None, message: str = "") -> None:
         self.done, self.total = int(done), (int(total) if total is not None else self.total)
+        self.remaining = self._progress_clock.observe(self.done, self.total)
         if message:
             self.message = message
 
@@ -50,7 +57,8 @@ class BackgroundTask:
             self.message = f"{type(exc).__name__}: {exc}"
             self.state = "failed"
         finally:
-            self.finished_at = time.monotonic()
+            self.remaining = None
+            self.finished_at = self._clock()
 
     @property
     def finished(self) -> bool:
@@ -67,7 +75,7 @@ class BackgroundTask:
 
     @property
     def elapsed(self) -> float:
-        return (self.finished_at or time.monotonic()) - self.started_at
+        return (self.finished_at or self._clock()) - self.started_at
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block up to ``timeout`` seconds for the task; -> whether it has finished."""

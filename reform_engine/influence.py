@@ -100,6 +100,20 @@ def load_scored(pairs: Sequence[PreferencePair], path: str | Path) -> list[Score
                        rows[p.pair_id]["rank"]) for p in pairs]
 
 
+def write_scored(directory: str | Path, scored: Sequence[ScoredPair], skipped_ids: Sequence[str], key=None) -> Path:
+    """Write a ranking for a later job to reuse -> the scored.jsonl: every scored pair (scored.jsonl),
+    the pairs left out as too long (skipped.jsonl) and, when known, the ``score_cache.ScoreKey`` the
+    scores were made under (score_key.json), which the later job checks against its own."""
+    from .score_cache import write_key
+
+    directory = Path(directory)
+    write_jsonl(directory / SKIPPED_FILE, [{"pair_id": i, "reason": "longer than max_length"} for i in skipped_ids])
+    write_jsonl(directory / "scored.jsonl", [s.row() for s in scored])
+    if key is not None:
+        write_key(directory, key)
+    return directory / "scored.jsonl"
+
+
 @dataclass
 class InfluenceConfig(ScoringJob):
     fraction: float = setting(0.05, "share of the pairs to select, in (0, 1]; REFORM's default: the lowest-loss 5%")
@@ -134,6 +148,7 @@ class InfluenceResult:
 def find_influential(config: InfluenceConfig, run: RunDir) -> InfluenceResult:
     """Score every pair, rank by loss, write scored.jsonl, selected.jsonl and skipped.jsonl."""
     from .reward_model import load_reward_model
+    from .score_cache import score_key
     from .scoring import score_pairs
 
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -152,10 +167,9 @@ def find_influential(config: InfluenceConfig, run: RunDir) -> InfluenceResult:
         raise DataError(f"none of the {len(pairs)} pairs fits max_length={config.max_length}.", source=config.data,
                         fix="raise max_length.")
     selected = select_influential(scored, config.fraction, config.strategy, config.runtime.seed)
-    write_jsonl(run.path / "scored.jsonl", [s.row() for s in scored])
+    write_scored(run.path, scored, [pairs[i].pair_id for i in scores.skipped],
+                 score_key(config.reward_model, config.data, config.rows, config.skip_invalid, config.max_length))
     write_jsonl(run.path / "selected.jsonl", [s.row() for s in selected])
-    write_jsonl(run.path / SKIPPED_FILE, [{"pair_id": pairs[i].pair_id, "reason": f"longer than max_length={config.max_length}"}
-                                          for i in scores.skipped])
     return InfluenceResult(len(scored), len(scores.skipped), len(selected), config.strategy,
                            sum(s.loss for s in scored) / len(scored), sum(s.loss for s in selected) / len(selected),
                            str(run.path / "scored.jsonl"), str(run.path / "selected.jsonl"), time.perf_counter() - start,

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 from .configs import nested, setting
@@ -116,7 +117,8 @@ class GenerateVariantsConfig(ScoringJob):
     strategy: str = setting("lowest_loss", "which pairs: lowest_loss (REFORM), random or highest_loss", choices=STRATEGIES)
     directions: str = setting("both", "lower: from preferred pairs; raise: from rejected pairs; both",
                               choices=DIRECTIONS + ("both",))
-    scored: str = setting("", "scored.jsonl of an 'influential' run on the same data and rows: skips scoring them again")
+    scored: str = setting("", "scored.jsonl of an 'influential' run (or the app's scores) on the same data and rows: "
+                              "skips scoring them again when its score_key.json matches this job's RM, data and max_length")
     # policies
     policy: str = setting(DEFAULT_MODEL, "the policy that proposes tokens (the 'aligned' one, for direction lower)")
     raise_policy: str = setting("", "a separate ('misaligned') policy for direction raise; '' = policy")
@@ -148,9 +150,29 @@ class GenerateVariantsResult:
     cpu_seconds: float = 0.0                # CPU time of the job's process, all its threads
 
 
-@job("scoring training pairs", done=lambda r: f"{r.stats.inversions} inversions of {r.stats.n} variants")
+def reusable_scores(config: GenerateVariantsConfig, pairs: Sequence[PreferencePair], log) -> list[ScoredPair] | None:
+    """The ranking of ``config.scored`` when it was made under this job's reward model, data, rows and
+    scoring length (its score_key.json equals this job's key), else None (and ``log`` says why)."""
+    from .score_cache import read_key, score_key
+
+    if not config.scored:
+        return None
+    theirs = read_key(Path(config.scored).parent)
+    if theirs is None:
+        log(f"{config.scored} does not say which reward model and data it scored (no readable score_key.json): scoring again")
+        return None
+    ours = score_key(config.reward_model, config.data, config.rows, config.skip_invalid, config.max_length)
+    if ours != theirs:
+        log(f"{config.scored} was scored under another reward model, data, rows or max_length: scoring again")
+        return None
+    log(f"reusing the scores of {config.scored} (same reward model, data, rows and max_length)")
+    return load_scored(pairs, config.scored)
+
+
+@job("loading the reward model and the data", done=lambda r: f"{r.stats.inversions} inversions of {r.stats.n} variants")
 def generate_variants(config: GenerateVariantsConfig, run: RunDir) -> GenerateVariantsResult:
-    """Score the data, select influential pairs, decode variants in both directions, filter inversions."""
+    """Score the data (unless ``config.scored`` holds its scores under the same key), select
+    influential pairs, decode variants in both directions, filter inversions."""
     from .decoding import ControlledDecoder
     from .models import load_causal_lm, load_tokenizer
     from .reward_model import load_reward_model
@@ -159,10 +181,12 @@ def generate_variants(config: GenerateVariantsConfig, run: RunDir) -> GenerateVa
     start, cpu_start, load = time.perf_counter(), time.process_time(), config.runtime.load_args()
     pairs = config.read_pairs()[1]
     rm = load_reward_model(config.reward_model, **load)
-    if config.scored:
-        scored = load_scored(pairs, config.scored)
-    else:
-        scores = score_pairs(rm, pairs, max_length=config.max_length, skip_too_long=True)
+    run.set_status(message="checking the scores handed over" if config.scored else "scoring the data first")
+    scored = reusable_scores(config, pairs, run.log)
+    if scored is None:
+        run.progress(0, 2 * len(pairs), message=f"scoring {len(pairs)} pairs first: 0/{2 * len(pairs)} responses")
+        scores = score_pairs(rm, pairs, max_length=config.max_length, skip_too_long=True, on_progress=lambda done, total: run.progress(
+            done, total, message=f"scoring {len(pairs)} pairs first: {done}/{total} responses"))
         if scores.skipped:
             run.log(f"{len(scores.skipped)} pairs skipped: a response longer than max_length={config.max_length} tokens")
         scored = rank_pairs(pairs, scores)
@@ -170,6 +194,7 @@ def generate_variants(config: GenerateVariantsConfig, run: RunDir) -> GenerateVa
     directions = DIRECTIONS if config.directions == "both" else (config.directions,)
     total = len(directions) * len(chosen)
     run.log(f"{len(chosen)} influential pairs of {len(scored)}; decoding {total} variants")
+    run.progress(0, total, message=f"loading the policy; then 0/{total} variants")
     decoders: dict[str, ControlledDecoder] = {}
     variants: list[Variant] = []
     for d in directions:

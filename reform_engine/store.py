@@ -55,7 +55,8 @@ from .turns import turn
 MAX_TEXT = 50_000          # characters in a response or an edited text: far above real responses
 MAX_NOTE = 5_000           # characters in a note or a job message
 MAX_NAME = 1_000           # characters in a name, label, kind or path
-MAX_JSON = 20_000_000      # characters of one JSON value (a config, metrics, a variant's decoding steps)
+MAX_JSON = 20_000_000      # characters of one JSON value (a config, metrics, a variant's decoding steps, a score set)
+SCORE_SETS_KEPT = 32       # newest score sets kept: a few data sets under a few checkpoints, ~2 MB each at 40k pairs
 DECISIONS = ("approve", "reject", "edit")          # edit = approve with the variant's text replaced
 STATUSES = ("pending", "approved", "rejected")     # what a variant's latest decision makes it
 DIRECTIONS = ("lower", "raise", "adv-rm")          # decoding.DIRECTIONS + an Adv-RM attack sample; "imported" marks import_trl rows
@@ -105,6 +106,15 @@ MIGRATIONS: list[list[str]] = [
     ],
     [  # 4: who decided (NULL for decisions stored before names were asked for)
         "ALTER TABLE decisions ADD COLUMN reviewer VARCHAR",
+    ],
+    [  # 5: kept for the migration of a branch merged beside this one (nothing here depends on it)
+    ],
+    [  # 6: the data's scores under a reward model, so a page revisit or a restart never scores the same data twice
+        # (score_cache.py makes the key and reads the payload; a set it cannot read back is a miss)
+        """CREATE TABLE score_sets (key VARCHAR PRIMARY KEY, rm_fingerprint VARCHAR NOT NULL,
+           data_fingerprint VARCHAR NOT NULL, row_range VARCHAR NOT NULL, max_length INTEGER NOT NULL,
+           format INTEGER NOT NULL, n_pairs INTEGER NOT NULL, checksum VARCHAR NOT NULL, payload VARCHAR NOT NULL,
+           created_at TIMESTAMP NOT NULL)""",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -573,6 +583,34 @@ class Store:
         """Newest first."""
         with self._tx() as con:
             return _frame(con.execute("SELECT * FROM jobs WHERE ? IS NULL OR kind = ? ORDER BY id DESC", [kind, kind]), "config")
+
+    # ----------------------------------------------------------------------- score sets (score_cache.py)
+    def get_score_set(self, key: str) -> dict[str, Any] | None:
+        """The score set stored under ``key`` (its columns, the payload as stored text), or None."""
+        _text(key, "key", MAX_NAME)
+        with self._tx() as con:
+            rows = _rows(con.execute("SELECT * FROM score_sets WHERE key = ?", [key]))
+        return rows[0] if rows else None
+
+    def put_score_set(self, key: str, *, rm_fingerprint: str, data_fingerprint: str, row_range: str, max_length: int,
+                      format: int, n_pairs: int, checksum: str, payload: str, keep: int = SCORE_SETS_KEPT) -> None:
+        """Store (or replace) the score set under ``key``; only the ``keep`` newest sets stay, so the file
+        does not grow with every data set and checkpoint ever scored."""
+        for name, value in (("key", key), ("rm_fingerprint", rm_fingerprint), ("data_fingerprint", data_fingerprint),
+                            ("checksum", checksum)):
+            _text(value, name, MAX_NAME)
+        _text(row_range, "row_range", MAX_NAME, empty=True)
+        _text(payload, "payload", MAX_JSON)
+        for name, value in (("max_length", max_length), ("format", format), ("n_pairs", n_pairs)):
+            _int(value, name)
+        _int(keep, "keep", minimum=1)
+        with self._tx() as con:
+            con.execute("DELETE FROM score_sets WHERE key = ?", [key])
+            con.execute("INSERT INTO score_sets (key, rm_fingerprint, data_fingerprint, row_range, max_length, format, n_pairs, "
+                        "checksum, payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [key, rm_fingerprint, data_fingerprint, row_range, max_length, format, n_pairs, checksum, payload, _now()])
+            con.execute("DELETE FROM score_sets WHERE key NOT IN (SELECT key FROM score_sets ORDER BY created_at DESC, key "
+                        "LIMIT ?)", [keep])
 
     # ----------------------------------------------------------------------- variants and decisions
     def add_variants(self, records: Sequence[dict], job_id: int | None = None) -> list[int]:

@@ -49,3 +49,30 @@ def test_wait_all_waits_for_every_running_task():
     assert wait_all(timeout=0.01) is False
     gate.set()
     assert wait_all() is True and all(t.state == "succeeded" for t in tasks)
+
+
+def test_task_says_the_time_left_in_its_counted_phase_from_the_given_clock():
+    times = iter([0.0, 50.0, 60.0, 80.0, 90.0])  # start, then one reading per report, then the end
+    seen = []
+
+    def work(report):
+        report(0, None, "loading")            # t=50
+        report(0, 100, "scoring")             # t=60: the counted phase starts
+        seen.append(task_ref[0].remaining)
+        report(25, 100)                       # t=80: 25 in 20 s
+        seen.append(task_ref[0].remaining)
+        return "ok"
+
+    gate = threading.Event()
+    task_ref = []
+
+    def gated(report):
+        gate.wait()
+        return work(report)
+
+    task = BackgroundTask(gated, "eta", clock=lambda: next(times))
+    task_ref.append(task)
+    gate.set()
+    assert task.wait()
+    assert seen == [None, 60.0]
+    assert (task.remaining, task.elapsed) == (None, 90.0)

@@ -112,3 +112,69 @@ def test_score_variant_rescores_the_text_and_judges_it(tmp_path):
     assert variant.is_inversion == (variant.r_variant < source.r_rejected)
     empty = score_variant(tiny_rm, source, dataclasses.replace(result, text="  "))
     assert empty.is_inversion is False and empty.r_variant != empty.r_variant  # NaN
+
+
+@pytest.fixture()
+def variants_setup(tmp_path, toy_pairs):
+    from reform_engine.reward_model import RewardModelSpec, build_reward_model
+
+    model = str(save_tiny_model(tmp_path / "m", seed=1, ascii_only=True))
+    build_reward_model(RewardModelSpec(base_model=model, finetune="head", max_length=256), device="cpu", seed=2).save(tmp_path / "rm")
+    write_jsonl(tmp_path / "d.jsonl", [p.to_trl() for p in toy_pairs])
+    cfg = GenerateVariantsConfig(reward_model=str(tmp_path / "rm"), data=str(tmp_path / "d.jsonl"), fraction=0.125, policy=model,
+                                 directions="lower", decoding=DecodingConfig(k=2, max_new_tokens=2), max_length=256,
+                                 runtime=Runtime(device="cpu"))
+    return cfg
+
+
+def handed_over(tmp_path, cfg, key):
+    """A ranking the job could never compute itself: the last pair (d.jsonl:7) first, with r+ = 5.0."""
+    from reform_engine.influence import write_scored
+
+    pairs = cfg.read_pairs()[1]
+    scored = [ScoredPair(p, 5.0 if i == 7 else 0.0, 0.0, 0.1 if i == 7 else 0.7, 1 if i == 7 else i + 2)
+              for i, p in enumerate(pairs)]
+    return str(write_scored(tmp_path / "handed", scored, [], key))
+
+
+def recorded_statuses(monkeypatch) -> list:
+    from reform_engine.runs import RunDir
+
+    seen, original = [], RunDir.set_status
+
+    def record(self, state=None, **fields):
+        seen.append((fields.get("message"), fields.get("step"), fields.get("total")))
+        return original(self, state, **fields)
+    monkeypatch.setattr(RunDir, "set_status", record)
+    return seen
+
+
+def test_the_variants_job_reuses_scores_handed_over_under_its_own_key(tmp_path, toy_pairs, variants_setup, monkeypatch):
+    from reform_engine.score_cache import score_key
+
+    cfg = variants_setup
+    key = score_key(cfg.reward_model, cfg.data, cfg.rows, cfg.skip_invalid, cfg.max_length)
+    seen = recorded_statuses(monkeypatch)
+    res = generate_variants(dataclasses.replace(cfg, scored=handed_over(tmp_path, cfg, key)), tmp_path / "run")
+    records = [json.loads(line) for line in open(res.variants_path)]
+    assert [(r["pair_id"], r["r_chosen"]) for r in records] == [("d.jsonl:7", 5.0)]
+    assert not any(m and m.startswith("scoring") for m, _, _ in seen)
+    assert "reusing the scores of" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_the_variants_job_scores_again_with_progress_when_the_handed_scores_are_from_another_setting(
+        tmp_path, toy_pairs, variants_setup, monkeypatch):
+    from reform_engine.score_cache import ScoreKey, score_key
+
+    cfg = variants_setup
+    key = score_key(cfg.reward_model, cfg.data, cfg.rows, cfg.skip_invalid, cfg.max_length)
+    other = ScoreKey(key.rm, key.data, key.rows, 128)  # scored at another max_length
+    seen = recorded_statuses(monkeypatch)
+    res = generate_variants(dataclasses.replace(cfg, scored=handed_over(tmp_path, cfg, other)), tmp_path / "run")
+    records = [json.loads(line) for line in open(res.variants_path)]
+    assert records[0]["r_chosen"] != 5.0
+    scoring = [(m, step, total) for m, step, total in seen if m and m.startswith("scoring 8 pairs first")]
+    assert scoring[0] == ("scoring 8 pairs first: 0/16 responses", 0, 16)
+    assert scoring[-1] == ("scoring 8 pairs first: 16/16 responses", 16, 16)
+    assert "scored under another reward model, data, rows or max_length: scoring again" in \
+        (tmp_path / "run" / "log.txt").read_text()

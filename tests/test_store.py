@@ -59,18 +59,18 @@ def test_default_path_comes_from_the_project_dir(tmp_path, monkeypatch):
 def test_schema_is_created_once_and_migrated_forward(tmp_path, monkeypatch):
     path = tmp_path / "r.duckdb"
     Store(path)
-    assert schema_version(path) == SCHEMA_VERSION == 4
+    assert schema_version(path) == SCHEMA_VERSION == 6
     Store(path)
-    assert schema_version(path) == 4  # reopening does not re-run migrations
+    assert schema_version(path) == 6  # reopening does not re-run migrations
     import reform_engine.store as store_module
     monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS + [["ALTER TABLE jobs ADD COLUMN priority INTEGER"]])
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 5)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 7)
     migrated = Store(path)
-    assert schema_version(path) == 5
+    assert schema_version(path) == 7
     assert "priority" in migrated.list_jobs().columns
-    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:4])
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 4)
-    with pytest.raises(StoreError, match="schema version 5; this code knows up to 4"):
+    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:6])
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 6)
+    with pytest.raises(StoreError, match="schema version 7; this code knows up to 6"):
         Store(path)
 
 
@@ -121,7 +121,7 @@ def test_a_second_version_database_loses_its_copies_of_results_and_keeps_jobs_va
         sequences = con.execute("SELECT sequence_name FROM duckdb_sequences() ORDER BY sequence_name").fetchall()
     finally:
         con.close()
-    assert [t for (t,) in left] == ["decisions", "jobs", "schema_version", "variants"]
+    assert [t for (t,) in left] == ["decisions", "jobs", "schema_version", "score_sets", "variants"]
     assert [s for (s,) in sequences] == ["decisions_id", "jobs_id", "variants_id"]
 
 
@@ -339,7 +339,7 @@ def test_an_old_database_keeps_its_decisions_and_records_the_reviewer_from_now_o
     monkeypatch.undo()
 
     store = Store(path)
-    assert schema_version(path) == SCHEMA_VERSION == 4
+    assert schema_version(path) == SCHEMA_VERSION == 6
     (snapshot,) = store.list_backups()  # taken before the migration: the file as the older code left it
     assert "-start" in snapshot.name and verify_database(snapshot)["schema_version"] == 1
     store.decide(1, "reject", note="new", reviewer="  Bea ")
@@ -535,3 +535,52 @@ def test_a_waiter_gets_the_turn_before_a_holder_that_asks_again(tmp_path):
         order.append("waiter")
     holder.join()
     assert order[:3] == ["holder", "waiter", "holder"]  # it asked during the first turn, so it has the second
+
+
+def score_set(store, key: str, payload: str = '{"x": 1}', **over):
+    fields = dict(rm_fingerprint="rm", data_fingerprint="data", row_range="0:10", max_length=1024, format=1, n_pairs=10,
+                  checksum="c", payload=payload)
+    fields.update(over)
+    store.put_score_set(key, **fields)
+
+
+def test_a_fourth_version_database_gains_the_score_sets_table_with_its_jobs_kept(tmp_path):
+    import reform_engine.store as store_module
+
+    path = tmp_path / "v4.duckdb"
+    con = duckdb.connect(str(path))  # a database as migration 4 left it, with a job
+    for sql in [q for m in store_module.MIGRATIONS[:4] for q in m]:
+        con.execute(sql)
+    con.execute("INSERT INTO schema_version VALUES (1, now()), (2, now()), (3, now()), (4, now())")
+    con.execute("INSERT INTO jobs (kind, config, state, created_at, updated_at) VALUES ('train-rm', '{}', 'succeeded', now(), now())")
+    con.close()
+    store = Store(path, backup=BackupConfig(on_start=False))
+    assert schema_version(path) == 6
+    assert list(store.list_jobs()["kind"]) == ["train-rm"]
+    assert store.get_score_set("k") is None
+    score_set(store, "k")
+    assert store.get_score_set("k")["payload"] == '{"x": 1}'
+
+
+def test_a_score_set_is_stored_replaced_under_its_key_and_only_the_newest_are_kept(tmp_path):
+    store = Store(tmp_path / "r.duckdb")
+    score_set(store, "a", '{"v": 1}')
+    row = store.get_score_set("a")
+    assert {k: row[k] for k in ("key", "rm_fingerprint", "data_fingerprint", "row_range", "max_length", "format", "n_pairs",
+                                "checksum", "payload")} == {
+        "key": "a", "rm_fingerprint": "rm", "data_fingerprint": "data", "row_range": "0:10", "max_length": 1024,
+        "format": 1, "n_pairs": 10, "checksum": "c", "payload": '{"v": 1}'}
+    score_set(store, "a", '{"v": 2}')
+    assert store.get_score_set("a")["payload"] == '{"v": 2}'
+    score_set(store, "b", keep=2)
+    score_set(store, "c", keep=2)
+    assert [store.get_score_set(k) is not None for k in "abc"] == [False, True, True]
+
+
+def test_a_bad_score_set_is_refused_before_anything_is_written(tmp_path):
+    store = Store(tmp_path / "r.duckdb")
+    with pytest.raises(StoreError, match="max_length=-1 is not an integer >= 0"):
+        score_set(store, "a", max_length=-1)
+    with pytest.raises(StoreError, match="payload is empty"):
+        score_set(store, "a", payload=" ")
+    assert store.get_score_set("a") is None
