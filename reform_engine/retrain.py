@@ -65,9 +65,9 @@ def base_recipe(base_rm: str | Path, data: str = "", train_rows: str = "") -> Tr
 
 
 def held_out_rows(train_rows: str) -> str:
-    """The rows after a training range 'a:b' ('b:'), or '' when training took everything to the end."""
-    stop = parse_rows(train_rows).stop
-    return f"{stop}:" if stop is not None else ""
+    """The rows after a training range 'a:b' ('b:'), '' when training took everything to the end, or
+    the other folds of a training fold spec."""
+    return parse_rows(train_rows).complement()
 
 
 # --------------------------------------------------------------------------- the job
