@@ -214,3 +214,23 @@ def run_crossval(config: CrossValConfig, run: RunDir) -> CrossValResult:
     result.table = [dataclasses.asdict(r) for r in reports]
     return result
 
+
+
+REFERENCES = (("rm", "RM (the recipe)"), ("probe", "linear probe"), ("longer", "always longer"), ("shorter", "always shorter"))
+
+
+def read_report(run_dir: str | Path) -> dict | None:
+    """A crossval run's results as rows a page draws -> {folds: [{fold, model, accuracy, n}], pooled:
+    [{model, value, low, high, n, mean, std}], rm_minus_probe, complete, fold_seed, seed}; None before
+    the run has written its metrics."""
+    metrics = read_json(Path(run_dir) / "metrics.json")
+    if not isinstance(metrics, dict) or "folds" not in metrics:
+        return None
+    column = {"rm": "rm_accuracy", "probe": "probe_accuracy", "longer": "longer_baseline", "shorter": "shorter_baseline"}
+    folds = [{"fold": f["fold"], "model": label, "accuracy": f[column[key]], "n": f["n"]}
+             for f in metrics["folds"] for key, label in REFERENCES if f.get(column[key]) is not None]
+    pooled = [{"model": label, "value": s["pooled"]["estimate"], "low": s["pooled"]["low"], "high": s["pooled"]["high"],
+               "n": s["pooled"]["n"], "mean": s["mean"], "std": s["std"]}
+              for key, label in REFERENCES if (s := metrics.get(key))]
+    return {"folds": folds, "pooled": pooled, "rm_minus_probe": metrics.get("rm_minus_probe"),
+            "complete": metrics.get("complete", False), "fold_seed": metrics.get("fold_seed"), "seed": metrics.get("seed")}

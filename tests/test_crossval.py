@@ -19,7 +19,7 @@ def small_data(tmp_path_factory):
 def cv_config(data: str, model: str, **fields) -> CrossValConfig:
     recipe = TrainRewardConfig(data=data, model=RewardModelSpec(base_model=model, finetune="full", max_length=1024),
                                batch_size=4, epochs=1)
-    return CrossValConfig(recipe=recipe, folds=3, runtime=Runtime(device="cpu", seed=0), **fields)
+    return CrossValConfig(recipe=recipe, **{"folds": 3, "runtime": Runtime(device="cpu", seed=0), **fields})
 
 
 def test_each_fold_trains_on_the_others_and_is_scored_on_itself_beside_the_probe_and_length_rules(small_data, tiny_model_dir,
@@ -65,3 +65,17 @@ def test_bad_settings_say_what_to_write():
         CrossValConfig(only_folds="a")
     with pytest.raises(ValueError, match="leave it empty"):
         CrossValConfig(recipe=TrainRewardConfig(train_rows="0:100"))
+
+
+def test_the_report_a_page_draws_has_every_fold_and_pooled_intervals(small_data, tiny_model_dir, tmp_path):
+    from reform_engine.crossval import read_report
+
+    assert read_report(tmp_path / "cv") is None
+    result = run_crossval(cv_config(small_data, tiny_model_dir, folds=2), tmp_path / "cv")
+    report = read_report(tmp_path / "cv")
+    assert [(r["fold"], r["model"]) for r in report["folds"]] == [
+        (k, m) for k in (0, 1) for m in ("RM (the recipe)", "linear probe", "always longer", "always shorter")]
+    pooled = {r["model"]: r for r in report["pooled"]}
+    assert pooled["RM (the recipe)"]["value"] == result.rm.pooled.estimate and pooled["RM (the recipe)"]["n"] == 24
+    assert pooled["linear probe"]["low"] <= pooled["linear probe"]["value"] <= pooled["linear probe"]["high"]
+    assert report["complete"] is True and report["rm_minus_probe"]["n"] == 24
