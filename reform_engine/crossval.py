@@ -157,7 +157,9 @@ def _features(config: CrossValConfig, run: RunDir, pairs) -> dict[str, tuple[tor
     rm = build_reward_model(RewardModelSpec(base_model=spec.base_model, finetune="head", use_chat_template=spec.use_chat_template,
                                             max_length=EVAL_MAX_LENGTH), **config.runtime.load_args(),
                             seed=config.runtime.seed).eval()
-    feats = pair_features(rm, pairs, max_length=EVAL_MAX_LENGTH)
+    feats = pair_features(rm, pairs, max_length=EVAL_MAX_LENGTH,
+                          on_progress=lambda done, total: run.set_status(
+                              "running", progress=0.0, message=f"probe features: {done}/{total} responses (once for every fold)"))
     ids = [pairs[i].pair_id for i in feats.kept]
     torch.save({"key": repr(key), "ids": ids, "chosen": feats.chosen, "rejected": feats.rejected}, path)
     return dict(zip(ids, zip(feats.chosen, feats.rejected)))
