@@ -141,5 +141,6 @@ def run_retrain(config: RetrainConfig, run: RunDir) -> ComparisonResult:
         rob = stages(f"robustness_{arm}", evaluate_robustness, config.robustness_config(ckpt, training),
                      () if arm == "base" else ("retrain",),
                      describe=lambda m: f"clean win rate {m['clean_win_rate']:.3f}, mean drop {m['mean_drop']:+.3f}")
-        models.append(ModelReport.from_robustness(arm, ckpt, n, rob))
+        models.append(ModelReport.from_robustness(arm, ckpt, n, rob, run.path / f"robustness_{arm}", run.path / "robustness_base",
+                                                  seed=config.runtime.seed))
     return stages.write_report(models)
