@@ -14,18 +14,23 @@ to status.json. One job process serves every phase:
                       (measured before and after the phases below, averaged)
     full threads      scoring beside the job with the app's default threads (the old behaviour)
     capped            scoring beside the job, its thread first capped by ``jobs.cap_app_threads``
-                      (what pages/_cpu.share_cpu does: 1 thread on 2 cores while a job runs)
+                      (1 thread on 2 cores while a job runs), the job keeping its threads
+    shared            what the pages do now (pages/_cpu.cpu_work): capped as above, and the scoring
+                      claimed (``cpu_share.claim``), so the job's ThreadGovernor drops it to the
+                      cores left while the app scores
 
 Throughput together, relative to one after the other, is the sum of each side's share of its alone
 rate: score_rate / score_rate_alone + train_rate / train_rate_alone. 1.0 is as good as taking turns;
-running both in turn is 1.0 by definition, so the bar is met when the capped mode reaches 0.8. Each
+running both in turn is 1.0 by definition, so the bar is met when the shared mode reaches 0.8. Each
 "together" phase scores the pairs again and again until the job has done ``--train-steps`` steps in
 it, so both rates cover the same window.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import signal
 import sys
@@ -39,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from _paths import HH_DEV_PATH, bench_data  # noqa: E402
+from reform_engine.cpu_share import CPU_DIR_ENV, claim  # noqa: E402
 from reform_engine.data import load_preferences, select_rows, write_jsonl  # noqa: E402
 from reform_engine.jobs import cancel_job, cap_app_threads, refresh_job, start_job  # noqa: E402
 from reform_engine.models import DEFAULT_MODEL  # noqa: E402
@@ -97,20 +103,22 @@ def wait_steps(watch: JobWatch, n: int) -> None:
         time.sleep(POLL)
 
 
-def score_in_thread(rm, pairs, threads, until) -> tuple[float, int]:
+def score_in_thread(rm, pairs, threads, until, claimed: bool = False) -> tuple[float, int]:
     """Score ``pairs`` in a fresh thread (as a page's background task does), again and again while
     ``until(passes)`` says so (at least once) -> (pairs per second, passes). ``threads()`` runs first
-    in that thread and sets its torch threads (torch keeps a count per thread)."""
+    in that thread and sets its torch threads (torch keeps a count per thread); ``claimed``: the work
+    runs under a CPU claim of those threads, as the pages' does."""
     out = {}
 
     def work():
         threads()
         passes, start = 0, time.perf_counter()
-        while True:
-            score_pairs(rm, pairs)
-            passes += 1
-            if not until(passes):
-                break
+        with claim(torch.get_num_threads()) if claimed else contextlib.nullcontext():
+            while True:
+                score_pairs(rm, pairs)
+                passes += 1
+                if not until(passes):
+                    break
         out["rate"], out["passes"] = passes * len(pairs) / (time.perf_counter() - start), passes
 
     t = threading.Thread(target=work)
@@ -130,6 +138,7 @@ def main() -> None:
     # runs in its own session with a huge max_steps and would otherwise keep both cores busy for hours.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="bench-contention-"))
+    os.environ[CPU_DIR_ENV] = str(work / "claims")   # the job (started below) inherits it: only our claims count
     source = bench_data()
     pairs = load_preferences(source, skip_invalid=True).pairs
     train_rows = "0:1000" if source == HH_DEV_PATH else ""
@@ -142,7 +151,8 @@ def main() -> None:
         write_jsonl(train_data, [p.to_trl() for p in pairs[:64]])
         args.train_steps = min(args.train_steps, 3)
     full = torch.get_num_threads()
-    rm = build_reward_model(RewardModelSpec(base_model=model, finetune="head"), device="cpu").eval()
+    rm = build_reward_model(RewardModelSpec(base_model=model, finetune="head", max_length=1024 if args.quick else 320),
+                            device="cpu").eval()  # the byte tokenizer of --quick makes every text long
     set_cpu_threads(full)
     score_pairs(rm, app_pairs[:2])  # warm-up
 
@@ -159,10 +169,11 @@ def main() -> None:
         wait_steps(watch, args.train_steps)
         return watch.rate(start, time.monotonic())[0]
 
-    def together(threads) -> dict:
+    def together(threads, claimed: bool = False) -> dict:
         target = watch.step() + args.train_steps
         start = time.monotonic()
-        score_rate, passes = score_in_thread(rm, app_pairs, threads, until=lambda passes: watch.step() < target)
+        score_rate, passes = score_in_thread(rm, app_pairs, threads, until=lambda passes: watch.step() < target,
+                                             claimed=claimed)
         train_rate, steps = watch.rate(start, time.monotonic())
         return {"score_pairs_per_s": score_rate, "train_steps_per_s": train_rate, "passes": passes, "steps": steps,
                 "app_threads": threads_seen[-1]}
@@ -179,7 +190,8 @@ def main() -> None:
             threads_seen.append(torch.get_num_threads())
 
         train_before = train_alone()
-        modes = {"full_threads": together(full_threads), "capped": together(capped)}
+        modes = {"full_threads": together(full_threads), "capped": together(capped),
+                 "shared": together(capped, claimed=True)}
         train_after = train_alone()
     finally:
         watch.stop()
@@ -198,7 +210,7 @@ def main() -> None:
         "alone": {"score_pairs_per_s": round(score_alone, 2), "train_s_per_step": round(1 / train_rate, 2),
                   "train_s_per_step_before_after": [round(1 / train_before, 2), round(1 / train_after, 2)]},
         "together": modes, "sequential_throughput": 1.0, "bar": 0.8,
-        "bar_met_capped": modes["capped"]["throughput_vs_sequential"] >= 0.8}, indent=2))
+        "bar_met_shared": modes["shared"]["throughput_vs_sequential"] >= 0.8}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """Sharing the CPU with background jobs: while jobs run, the app's own model work (scoring, decoding,
-traces) keeps to the cores they leave. Two torch processes on the same cores slow each other down many
-times over."""
+traces) keeps to the cores they leave, and announces itself (reform_engine.cpu_share) so that the jobs
+leave it a core meanwhile. Two torch processes on the same cores slow each other down many times over."""
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 CPU_CHECK_SECONDS = 2.0      # how stale the count of running jobs may be when the app caps its threads
@@ -43,3 +45,14 @@ def share_cpu() -> int:
             n = app_threads(_cpu["running"], cores=cpu_cores(), limit=1, full=_cpu["full"])
     set_cpu_threads(n)
     return n
+
+
+@contextlib.contextmanager
+def cpu_work() -> Iterator[Any]:
+    """Run model work in the block: the calling thread's torch threads capped (:func:`share_cpu`) and
+    claimed for the duration, so running jobs drop to the cores left -> the claim; call its
+    ``update(share_cpu())`` between batches, where a job may have started or ended."""
+    from reform_engine.cpu_share import claim
+
+    with claim(share_cpu()) as held:
+        yield held

@@ -9,7 +9,7 @@ from typing import Any
 
 import streamlit as st
 
-from pages._cpu import share_cpu
+from pages._cpu import cpu_work
 from pages._draw import md_code, md_escape, show_error
 from pages._settings import file_stamp, rm_exists, settings
 from reform_engine.background import BackgroundTask
@@ -170,9 +170,23 @@ def _decoder(policy: str, rm_path: str, rm_stamp: int, device: str, trust_remote
     return ControlledDecoder(model, tokenizer, cached_rm_task(rm_path, rm_stamp, device, trust_remote_code).result)
 
 
+class _SharingDecoder:
+    """The controlled decoder with each decode run as claimed CPU work (pages._cpu.cpu_work), so a job
+    running meanwhile leaves the page a core."""
+
+    def __init__(self, decoder):
+        self._decoder = decoder
+
+    def __getattr__(self, name: str):
+        return getattr(self._decoder, name)
+
+    def decode(self, *args, **kwargs):
+        with cpu_work():  # the page decodes in this thread
+            return self._decoder.decode(*args, **kwargs)
+
+
 def require_decoder():
     """The controlled decoder on the current policy and RM (both loaded first)."""
     require_policy()
     require_rm()
-    share_cpu()  # the page decodes in this thread
-    return _decoder(settings().policy, *rm_args())
+    return _SharingDecoder(_decoder(settings().policy, *rm_args()))

@@ -12,6 +12,7 @@ PAGES = (
     ("pages/compare.py", "REFORM vs Adv-RM", ":material/compare_arrows:"),
     ("pages/curation.py", "Curation", ":material/fact_check:"),
     ("pages/retrain.py", "Retrain & evaluate", ":material/model_training:"),
+    ("pages/crossval.py", "Recipe check", ":material/rule:"),
     ("pages/explorer.py", "Reward explorer", ":material/query_stats:"),
     ("pages/data_browser.py", "Data", ":material/table:"),
 )

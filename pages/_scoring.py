@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._cpu import share_cpu
+from pages._cpu import cpu_work, share_cpu
 from pages._draw import md_code
 from pages._loading import cached_data_task, cached_rm_task, data_args, require, require_data, require_rm, rm_args
 from pages._project import _store, project_db_path
@@ -55,12 +55,12 @@ def _scoring_task(rm_path: str, rm_stamp: int, device: str, trust_remote_code: b
         if not cached:
             report(0, 2 * len(pairs), f"scoring {len(pairs)} pairs")
 
-            def progress(done: int, total: int) -> None:
-                share_cpu()  # a job may have started (or ended) since the last batch
-                report(done, total, f"{done}/{total} responses scored")
+            with cpu_work() as held:
+                def progress(done: int, total: int) -> None:
+                    held.update(share_cpu())  # a job may have started (or ended) since the last batch
+                    report(done, total, f"{done}/{total} responses scored")
 
-            share_cpu()
-            scores = score_pairs(rm_task.result, pairs, max_length=max_length, skip_too_long=True, on_progress=progress)
+                scores = score_pairs(rm_task.result, pairs, max_length=max_length, skip_too_long=True, on_progress=progress)
         if len(scores.skipped) == len(pairs):
             raise DataError(f"none of the {len(pairs)} pairs fits the scoring limit of {max_length} tokens.", source=source,
                             fix="raise the scoring limit under Home > Models.")
@@ -121,8 +121,8 @@ def _trace(rm_path: str, rm_stamp: int, device: str, trust_remote_code: bool, ma
            response: str) -> dict:
     from reform_engine.scoring import reward_trace
 
-    share_cpu()
-    t = reward_trace(cached_rm_task(rm_path, rm_stamp, device, trust_remote_code).result, prompt, response, max_length=max_length)
+    with cpu_work():
+        t = reward_trace(cached_rm_task(rm_path, rm_stamp, device, trust_remote_code).result, prompt, response, max_length=max_length)
     return {"pieces": t.pieces, "rewards": t.rewards, "prompt_truncated": t.prompt_truncated, "slow_path": t.slow_path}
 
 
@@ -137,9 +137,9 @@ def _pair_rewards(rm_path: str, rm_stamp: int, device: str, trust_remote_code: b
                   chosen: str, rejected: str) -> tuple[float, float]:
     from reform_engine.scoring import score_pairs
 
-    share_cpu()
-    scores = score_pairs(cached_rm_task(rm_path, rm_stamp, device, trust_remote_code).result,
-                         [PreferencePair("single", prompt, chosen, rejected)], max_length=max_length)
+    with cpu_work():
+        scores = score_pairs(cached_rm_task(rm_path, rm_stamp, device, trust_remote_code).result,
+                             [PreferencePair("single", prompt, chosen, rejected)], max_length=max_length)
     return float(scores.r_chosen[0]), float(scores.r_rejected[0])
 
 

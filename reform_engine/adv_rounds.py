@@ -178,7 +178,9 @@ def run_adv_rounds(config: AdvRoundsConfig, run: RunDir) -> ComparisonResult:
     def evaluate(name: str, ckpt: str, n: int, after: tuple[str, ...]) -> None:
         rob = stages(f"robustness_{name.replace('round ', 'r')}", evaluate_robustness, config.robustness_config(ckpt), after,
                      describe=lambda m: f"clean win rate {m['clean_win_rate']:.3f}, mean drop {m['mean_drop']:+.3f}")
-        models.append(ModelReport.from_robustness(name, ckpt, n, rob))
+        stage = f"robustness_{name.replace('round ', 'r')}"
+        models.append(ModelReport.from_robustness(name, ckpt, n, rob, run.path / stage, run.path / "robustness_base",
+                                                  seed=config.runtime.seed))
         stages.write_report(models, rounds=rows)
 
     def attack(r: int, target: str, ckpt: str, after: tuple[str, ...]) -> RoundReport:

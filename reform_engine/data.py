@@ -14,6 +14,7 @@ Every bad input raises :class:`DataError` naming the source, the row and the fix
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -269,22 +270,66 @@ def added_pair(direction: str, chosen: str, rejected: str, variant: str) -> tupl
     return (chosen.strip(), variant.strip()) if direction in ("raise", "adv-rm") else (variant.strip(), rejected.strip())
 
 
-def parse_rows(spec: str) -> slice:
-    """'a:b', 'a:', ':b' or '' (all) -> slice over source row numbers (0-based)."""
+ROWS_HELP = ("'a:b' 0-based source rows ('' = all), or 'fold=k/K' / 'fold!=k/K' (fold k of K drawn at random over "
+             "rows, or all the others; '@S' picks the draw, e.g. 'fold=0/5@1')")
+_FOLD = re.compile(r"^fold(!?=)(\d+)/(\d+)(?:@(\d+))?$")
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """Which source rows a job reads: a range ``start:stop``, or one random fold of a K-fold split (or its
+    complement). A row's fold is a hash of (draw seed, row number), so it never depends on the other rows
+    or on which of them were skipped: the same row is in the same fold in every job and every file
+    length, and folds differ in size by a few rows only."""
+
+    start: int | None = None
+    stop: int | None = None
+    fold: int | None = None       # k of K (None: a range)
+    folds: int = 0                # K
+    seed: int = 0                 # which random draw of folds
+    inside: bool = True           # fold=k (True) or fold!=k, every other fold (False)
+
+    def contains(self, row: int) -> bool:
+        if self.fold is None:
+            return (self.start or 0) <= row and (self.stop is None or row < self.stop)
+        return (fold_of(row, self.folds, self.seed) == self.fold) == self.inside
+
+    def complement(self) -> str:
+        """The spec of the rows this one leaves out after it (a range's rows after ``stop``, '' when it
+        runs to the end), or the other folds."""
+        if self.fold is None:
+            return f"{self.stop}:" if self.stop is not None else ""
+        return f"fold{'!=' if self.inside else '='}{self.fold}/{self.folds}@{self.seed}"
+
+
+def fold_of(row: int, folds: int, seed: int = 0) -> int:
+    """The fold (0..folds-1) of source row ``row`` in draw ``seed``: uniform, fixed, independent per row."""
+    digest = hashlib.sha256(f"reform-fold:{seed}:{row}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % folds
+
+
+def parse_rows(spec: str) -> RowSpec:
+    """'a:b', 'a:', ':b', '' (all), 'fold=k/K[@S]' or 'fold!=k/K[@S]' -> RowSpec over source row numbers."""
     if not spec:
-        return slice(None)
+        return RowSpec()
+    m = _FOLD.match(spec.replace(" ", ""))
+    if m:
+        k, n, seed = int(m.group(2)), int(m.group(3)), int(m.group(4) or 0)
+        if n < 2 or k >= n:
+            raise ValueError(f"rows={spec!r}: a fold k/K needs K >= 2 and 0 <= k < K, e.g. 'fold=0/5'")
+        return RowSpec(fold=k, folds=n, seed=seed, inside=m.group(1) == "=")
     try:
         a, b = spec.split(":")
-        return slice(int(a) if a else None, int(b) if b else None)
+        return RowSpec(int(a) if a else None, int(b) if b else None)
     except ValueError as exc:
-        raise ValueError(f"rows={spec!r}; write 'start:end' with 0-based row numbers, e.g. '0:1500' or '1500:'") from exc
+        raise ValueError(f"rows={spec!r}; write 'start:end' with 0-based row numbers, e.g. '0:1500' or '1500:', "
+                         "or a random fold such as 'fold=0/5'") from exc
 
 
 def select_rows(pairs: Sequence[PreferencePair], spec: str) -> list[PreferencePair]:
     """Pairs whose source row falls in ``spec`` (rows skipped as invalid simply are not there)."""
-    s = parse_rows(spec)
-    lo, hi = s.start or 0, s.stop if s.stop is not None else float("inf")
-    return [p for p in pairs if lo <= _row_of(p) < hi]
+    rows = parse_rows(spec)
+    return [p for p in pairs if rows.contains(_row_of(p))]
 
 
 def prompt_from_text(text: str) -> tuple[dict[str, str], ...]:

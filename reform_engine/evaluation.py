@@ -116,6 +116,22 @@ def paired_bootstrap_diff(a, b, *, n_boot: int = BOOTSTRAP_RESAMPLES, level: flo
     return bootstrap_mean(x - y, n_boot=n_boot, level=level, seed=seed)
 
 
+def paired_bootstrap_ratio(a, b, *, n_boot: int = BOOTSTRAP_RESAMPLES, level: float = 0.95, seed: int = 0) -> Interval:
+    """(N,), (N,) values of two models on the same N items -> mean(a) / mean(b) with the interval of
+    the paired bootstrap (e.g. a retrained RM's mean win-rate drop over the base's). A resample whose
+    mean(b) is 0 has no ratio and is left out; NaN throughout when mean(b) itself is 0."""
+    _check(n_boot, level)
+    x, y = _values(a), _values(b)
+    if x.shape != y.shape:
+        raise ValueError(f"paired values need the same items: {x.size} vs {y.size}")
+    if x.size == 0 or y.mean() == 0:
+        return _nan(x.size, level)
+    idx = np.random.default_rng(seed).integers(0, x.size, size=(n_boot, x.size))
+    mx, my = x[idx].mean(axis=1), y[idx].mean(axis=1)
+    keep = my != 0
+    return _percentiles(mx[keep] / my[keep], float(x.mean() / y.mean()), x.size, level)
+
+
 def bootstrap_diff(a, b, *, n_boot: int = BOOTSTRAP_RESAMPLES, level: float = 0.95, seed: int = 0) -> Interval:
     """(N,), (M,) values measured on different items -> mean(a) - mean(b), each side resampled on its own."""
     _check(n_boot, level)

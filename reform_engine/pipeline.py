@@ -106,7 +106,8 @@ def run_pipeline(config: PipelineConfig, run: RunDir) -> ComparisonResult:
 
     def evaluate(arm: str, ckpt: str, n: int, after: str) -> None:
         rob = stages(f"robustness_{arm}", evaluate_robustness, config.robustness_config(ckpt), (after,))
-        models.append(ModelReport.from_robustness(arm, ckpt, n, rob))
+        models.append(ModelReport.from_robustness(arm, ckpt, n, rob, run.path / f"robustness_{arm}", run.path / "robustness_base",
+                                                  seed=config.runtime.seed))
         stages.write_report(models, variants)  # after every model, so a long run shows its results as they come
 
     # arm by arm, the method first, so the headline comparison exists before the ablations run

@@ -21,6 +21,7 @@ def jobs() -> dict[str, Job]:
     from .adv_rounds import AdvRoundsConfig, run_adv_rounds
     from .attack import AttackConfig, run_attack
     from .compare import CompareConfig, run_compare
+    from .crossval import CrossValConfig, run_crossval
     from .evaluation import EvaluateRewardConfig, evaluate_reward_model
     from .influence import InfluenceConfig, find_influential
     from .inversions import GenerateVariantsConfig, generate_variants
@@ -32,6 +33,8 @@ def jobs() -> dict[str, Job]:
     return {
         "train-rm": Job(TrainRewardConfig, train_reward_model, "train a reward model (Bradley-Terry)"),
         "eval-rm": Job(EvaluateRewardConfig, evaluate_reward_model, "pairwise accuracy + length baselines"),
+        "crossval": Job(CrossValConfig, run_crossval, "K-fold cross-validation of an RM recipe over random folds, beside "
+                        "the length rules and a frozen-feature linear probe"),
         "influential": Job(InfluenceConfig, find_influential, "rank training pairs by loss; select lowest/random/highest p%"),
         "variants": Job(GenerateVariantsConfig, generate_variants,
                         "controlled decoding over the influential set + inversion filter"),

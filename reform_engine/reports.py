@@ -19,8 +19,10 @@ import pandas as pd
 from .runs import read_json
 
 RESULT_KINDS = ("pipeline", "retrain", "robustness", "adv-rounds")    # jobs whose results are robustness tables
-SUMMARY_COLUMNS = ["run", "job_id", "kind", "model", "label", "checkpoint", "clean_accuracy", "mean_drop", "drop_vs_base"]
-DROP_COLUMNS = ["run", "job_id", "model", "label", "perturbation", "drop"]
+SUMMARY_COLUMNS = ["run", "job_id", "kind", "model", "label", "checkpoint", "n_pairs", "clean_accuracy", "clean_accuracy_low",
+                   "clean_accuracy_high", "mean_drop", "mean_drop_low", "mean_drop_high", "drop_vs_base", "drop_vs_base_low",
+                   "drop_vs_base_high"]
+DROP_COLUMNS = ["run", "job_id", "model", "label", "perturbation", "drop", "low", "high"]
 HISTORY_COLUMNS = ["id", "kind", "state", "progress", "message", "created_at", "finished_at", "minutes", "rerun_of", "run_dir"]
 
 
@@ -53,12 +55,22 @@ def job_results(job: dict[str, Any]) -> tuple[list[dict], list[dict]]:
     for m in models:
         label = f"#{job['id']} {m['name']}"
         ratio = m["mean_drop"] / base["mean_drop"] if base is not None and base["mean_drop"] else None
+        ci = m.get("intervals") or {}   # older reports (and robustness jobs) have none: their ends stay empty
         summary.append({"run": run, "job_id": int(job["id"]), "kind": job["kind"], "model": m["name"], "label": label,
-                        "checkpoint": m["checkpoint"], "clean_accuracy": m["clean_accuracy"], "mean_drop": m["mean_drop"],
-                        "drop_vs_base": ratio})
-        drops += [{"run": run, "job_id": int(job["id"]), "model": m["name"], "label": label, "perturbation": p, "drop": d}
-                  for p, d in m["drops"].items()]
+                        "checkpoint": m["checkpoint"], "n_pairs": m.get("n_pairs"), "clean_accuracy": m["clean_accuracy"],
+                        **_ends("clean_accuracy", ci.get("clean_accuracy")), "mean_drop": m["mean_drop"],
+                        **_ends("mean_drop", ci.get("mean_drop")), "drop_vs_base": ratio,
+                        **_ends("drop_vs_base", (ci.get("vs_base") or {}).get("drop_ratio"))})
+        drops += [{"run": run, "job_id": int(job["id"]), "model": m["name"], "label": label, "perturbation": p, "drop": d,
+                   **_ends("", (ci.get("drops") or {}).get(p))} for p, d in m["drops"].items()]
     return summary, drops
+
+
+def _ends(column: str, interval: dict | None) -> dict:
+    """{column_low, column_high} (``low``/``high`` for an empty column) of an interval dict, None without one."""
+    prefix = f"{column}_" if column else ""
+    interval = interval or {}
+    return {f"{prefix}low": interval.get("low"), f"{prefix}high": interval.get("high")}
 
 
 def results_frames(jobs: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:

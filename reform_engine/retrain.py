@@ -65,9 +65,9 @@ def base_recipe(base_rm: str | Path, data: str = "", train_rows: str = "") -> Tr
 
 
 def held_out_rows(train_rows: str) -> str:
-    """The rows after a training range 'a:b' ('b:'), or '' when training took everything to the end."""
-    stop = parse_rows(train_rows).stop
-    return f"{stop}:" if stop is not None else ""
+    """The rows after a training range 'a:b' ('b:'), '' when training took everything to the end, or
+    the other folds of a training fold spec."""
+    return parse_rows(train_rows).complement()
 
 
 @dataclass(kw_only=True)  # keyword-only: the job configs that hold these fields have required fields of their own
@@ -155,5 +155,6 @@ def run_retrain(config: RetrainConfig, run: RunDir) -> ComparisonResult:
         rob = stages(f"robustness_{arm}", evaluate_robustness, config.robustness_config(ckpt, training),
                      () if arm == "base" else ("retrain",),
                      describe=lambda m: f"clean win rate {m['clean_win_rate']:.3f}, mean drop {m['mean_drop']:+.3f}")
-        models.append(ModelReport.from_robustness(arm, ckpt, n, rob))
+        models.append(ModelReport.from_robustness(arm, ckpt, n, rob, run.path / f"robustness_{arm}", run.path / "robustness_base",
+                                                  seed=config.runtime.seed))
     return stages.write_report(models)

@@ -159,6 +159,27 @@ class PairScores:
                    {n: [r["perturbed"][n] for r in rows] for n in names})
 
 
+def robustness_intervals(scores: PairScores, base: PairScores | None = None, *, seed: int = 0) -> dict:
+    """Bootstrap 95% intervals of one model's robustness, from its per-pair rewards: clean accuracy,
+    mean drop and each perturbation's drop; with ``base`` (the base RM on the same pairs) the paired
+    intervals of the differences (model minus base: clean accuracy, mean drop) and of the ratio of
+    mean drops. Intervals as dicts {estimate, low, high, n, level}; ``vs_base`` is left out when the two
+    were not scored on the same pairs."""
+    from dataclasses import asdict
+
+    from .evaluation import bootstrap_mean, paired_bootstrap_diff, paired_bootstrap_ratio
+
+    out = {"clean_accuracy": asdict(bootstrap_mean(scores.wins(), seed=seed)),
+           "mean_drop": asdict(bootstrap_mean(scores.drops(), seed=seed)),
+           "drops": {name: asdict(bootstrap_mean(scores.drops(name), seed=seed)) for name in scores.perturbed}}
+    if base is not None and base.pair_ids == scores.pair_ids and set(base.perturbed) == set(scores.perturbed):
+        out["vs_base"] = {
+            "clean_accuracy": asdict(paired_bootstrap_diff(scores.wins(), base.wins(), seed=seed)),
+            "mean_drop": asdict(paired_bootstrap_diff(scores.drops(), base.drops(), seed=seed)),
+            "drop_ratio": asdict(paired_bootstrap_ratio(scores.drops(), base.drops(), seed=seed))}
+    return out
+
+
 def read_pair_scores(run_dir: str | Path) -> PairScores | None:
     """The per-pair rewards of a finished robustness run, None when it wrote none (an older run)."""
     path = Path(run_dir) / SCORES_FILE

@@ -264,16 +264,38 @@ def job_run(run_dir: str | os.PathLike, config: Any, message: str = "starting") 
     run = RunDir(run_dir)
     run.write_config(config)
     runtime = getattr(config, "runtime", None)
+    governor = None
     if runtime is not None:
         from .runtime import set_cpu_threads
 
         set_cpu_threads(runtime.threads)
+        governor = _yield_to_the_app(runtime)
     run.set_status("running", progress=0.0, message=message)
     try:
         yield run
     except BaseException as exc:
         _record_failure(run, exc)
         raise
+    finally:
+        if governor is not None:
+            governor.remove()
+            if governor.changes:
+                run.log(f"threads changed {len(governor.changes)} times while the app worked beside the job "
+                        f"(cpu_share: the job takes the cores the app's claims leave)")
+
+
+def _yield_to_the_app(runtime: Any):
+    """On a CPU, a :class:`cpu_share.ThreadGovernor` hooked before every forward, so the job gives the
+    app's model work its cores while it runs (None on a GPU: the app's CPU work does not compete)."""
+    import torch
+
+    from .cpu_share import ThreadGovernor
+    from .jobs import cpu_cores
+    from .runtime import resolve_device
+
+    if resolve_device(runtime.device).type != "cpu":
+        return None
+    return ThreadGovernor(full=torch.get_num_threads(), cores=cpu_cores()).install()
 
 
 def job(start: str = "starting", done: Callable[[Any], str] = lambda result: "done"):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .configs import required, setting
-from .data import DEMO_PATH, DataError, PreferenceData, PreferencePair, load_preferences, parse_rows, select_rows
+from .data import DEMO_PATH, DataError, PreferenceData, PreferencePair, load_preferences, ROWS_HELP, parse_rows, select_rows
 from .models import format_prompt
 
 MIN_PROMPT_TOKENS = 4  # a prompt cut below this no longer says what was asked
@@ -27,7 +27,7 @@ class ScoringJob:
 
     reward_model: str = required("a checkpoint directory from train-rm, or a sequence-classification model id or directory")
     data: str = setting(str(DEMO_PATH), "preference data: a file or a hub id")
-    rows: str = setting("", "'a:b' source rows, 0-based ('' = all)")
+    rows: str = setting("", "source rows: " + ROWS_HELP)
     skip_invalid: bool = setting(True, "invalid rows are skipped and counted, not fatal")
     max_length: int = setting(SCORE_MAX_LENGTH, "tokens per prompt + response; the prompt is cut from the left to fit")
 

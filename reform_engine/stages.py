@@ -100,12 +100,22 @@ class ModelReport:
     mean_drop: float                        # mean win-rate drop over the perturbations
     drops: dict[str, float] = field(default_factory=dict)
     indicators: dict[str, float] = field(default_factory=dict)
+    intervals: dict = field(default_factory=dict)   # robustness.robustness_intervals: 95% bootstrap, paired vs base
+    n_pairs: int = 0                                 # held-out pairs it was evaluated on
 
     @classmethod
-    def from_robustness(cls, name: str, checkpoint: str, augment_pairs: int, metrics: dict) -> ModelReport:
-        """From the metrics of a robustness stage (RobustnessResult as a dict)."""
+    def from_robustness(cls, name: str, checkpoint: str, augment_pairs: int, metrics: dict,
+                        stage_dir: str | Path | None = None, base_dir: str | Path | None = None, seed: int = 0) -> ModelReport:
+        """From the metrics of a robustness stage (RobustnessResult as a dict); with its ``stage_dir``,
+        the intervals from the per-pair rewards it wrote, paired against the base's (``base_dir``)."""
+        from .robustness import read_pair_scores, robustness_intervals
+
+        scores = read_pair_scores(stage_dir) if stage_dir is not None else None
+        base = read_pair_scores(base_dir) if base_dir is not None and Path(base_dir) != Path(stage_dir or "") else None
+        intervals = robustness_intervals(scores, base, seed=seed) if scores is not None and scores.pair_ids else {}
         return cls(name, checkpoint, augment_pairs, metrics["clean_win_rate"], metrics["mean_drop"],
-                   {p["name"]: p["drop"] for p in metrics["per_perturbation"]}, metrics["indicators"] or {})
+                   {p["name"]: p["drop"] for p in metrics["per_perturbation"]}, metrics["indicators"] or {},
+                   intervals, int(metrics.get("n_pairs", 0)))
 
 
 @dataclass
@@ -118,16 +128,34 @@ class ComparisonResult:
     rounds: list[dict] = field(default_factory=list)  # adv-rounds: one row per attack (rounds.RoundReport)
 
     def summary_rows(self) -> list[dict]:
-        """One row per model: Plotly/pandas-ready."""
+        """One row per model: Plotly/pandas-ready; ``*_low``/``*_high``: the 95% interval ends (None
+        without per-pair rewards), paired against the base for the changes and the ratio."""
         base = next((m for m in self.models if m.name == "base"), None)
-        return [{"model": m.name, "clean_accuracy": m.clean_accuracy, "mean_drop": m.mean_drop,
-                 "drop_vs_base": (m.mean_drop / base.mean_drop) if base and base.mean_drop else None,
-                 "accuracy_change": m.clean_accuracy - base.clean_accuracy if base else None,
-                 "augment_pairs": m.augment_pairs} for m in self.models]
+
+        def ends(m: ModelReport, *path: str) -> tuple[float | None, float | None]:
+            node = m.intervals
+            for key in path:
+                node = node.get(key, {}) if isinstance(node, dict) else {}
+            low, high = node.get("low"), node.get("high")   # NaN (no interval: e.g. a ratio over a zero drop) -> None
+            return tuple(None if v is None or v != v else v for v in (low, high))
+
+        rows = []
+        for m in self.models:
+            row = {"model": m.name, "n_pairs": m.n_pairs, "augment_pairs": m.augment_pairs, "clean_accuracy": m.clean_accuracy,
+                   "mean_drop": m.mean_drop, "drop_vs_base": (m.mean_drop / base.mean_drop) if base and base.mean_drop else None,
+                   "accuracy_change": m.clean_accuracy - base.clean_accuracy if base else None}
+            for column, path in (("clean_accuracy", ("clean_accuracy",)), ("mean_drop", ("mean_drop",)),
+                                 ("drop_vs_base", ("vs_base", "drop_ratio")), ("accuracy_change", ("vs_base", "clean_accuracy"))):
+                row[f"{column}_low"], row[f"{column}_high"] = ends(m, *path)
+            rows.append(row)
+        return rows
 
     def drop_rows(self) -> list[dict]:
-        """Long format (model, perturbation, drop): one bar per cell in a grouped bar chart."""
-        return [{"model": m.name, "perturbation": p, "drop": d} for m in self.models for p, d in m.drops.items()]
+        """Long format (model, perturbation, drop, low, high): one bar per cell in a grouped bar chart,
+        its 95% interval the error bar (None without per-pair rewards)."""
+        return [{"model": m.name, "perturbation": p, "drop": d,
+                 "low": m.intervals.get("drops", {}).get(p, {}).get("low"), "high": m.intervals.get("drops", {}).get(p, {}).get("high")}
+                for m in self.models for p, d in m.drops.items()]
 
 
 # --------------------------------------------------------------------------- running stages

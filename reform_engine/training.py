@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 
 from .configs import nested, setting
-from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, parse_rows, select_rows
+from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, ROWS_HELP, parse_rows, select_rows
 from .evaluation import PairwiseMetrics, pairwise_metrics
 from .reward_model import RewardModelSpec, build_reward_model, load_causal_reward_model
 from .runs import RunDir, job
@@ -23,11 +23,11 @@ from .trunk_cache import finish, open_trunk_cache
 class TrainRewardConfig:
     # data
     data: str = setting(str(DEMO_PATH), "preference data: a file or a hub id (see data.load_preferences)")
-    train_rows: str = setting("", "'a:b' source rows to train on ('' = all)")
+    train_rows: str = setting("", "source rows to train on: " + ROWS_HELP)
     train_sample: int = setting(0, "> 0: a seeded random sample of that many of those pairs (e.g. the replay set when "
                                    "fine-tuning on augmentation); 0 = all of them")
     eval_data: str = setting("", "pairs to evaluate on at the end ('' = no evaluation)")
-    eval_rows: str = setting("", "'a:b' source rows of eval_data ('' = all)")
+    eval_rows: str = setting("", "source rows of eval_data: " + ROWS_HELP)
     augment_data: str = setting("", "extra pairs (e.g. approved REFORM inversions) added to the training set")
     init_from: str = setting("", "a checkpoint to fine-tune instead of a fresh model (its spec replaces model)")
     skip_invalid: bool = setting(True, "invalid rows are skipped and reported, not fatal")

@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 # REFORM_TEST_THREADS=1 lets two test runs share this 2-core machine without collapsing each other.
 torch.set_num_threads(int(os.environ.get("REFORM_TEST_THREADS", 0)) or max(1, min(2, os.cpu_count() or 1)))
+# The app's CPU claims (reform_engine.cpu_share) of this test run stay its own: a developer's running app
+# must not slow the tests' jobs, nor the tests' claims a real job beside them.
+os.environ.setdefault("REFORM_CPU_DIR", tempfile.mkdtemp(prefix="reform-cpu-tests-"))
 
 from reform_engine.data import PreferencePair  # noqa: E402
 from reform_engine.reward_model import RewardModelSpec, build_reward_model  # noqa: E402

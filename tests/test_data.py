@@ -351,3 +351,28 @@ def test_upload_names_are_cut_to_fit_and_keep_their_extension(tmp_path):
     assert upload_file_name("é" * 300 + ".JSON", b"") == "e3b0c44298fc1c14-" + "_" + ".JSON"  # a run of unsafe characters is one '_'
     path = save_upload("y" * 300 + ".jsonl", row, tmp_path)
     assert len(path.name) == 17 + UPLOAD_NAME_CHARS and path.name.endswith("y.jsonl") and len(load_preferences(path)) == 1
+
+
+def test_a_random_fold_and_its_complement_split_the_rows_without_overlap_and_fix_each_row():
+    from reform_engine.data import fold_of, parse_rows
+
+    pairs = [PreferencePair(f"f:{i}", ({"role": "user", "content": "q"},), "a", "b") for i in range(1000)]
+    folds = [{p.pair_id for p in select_rows(pairs, f"fold={k}/5")} for k in range(5)]
+    assert sum(len(f) for f in folds) == 1000 and set().union(*folds) == {p.pair_id for p in pairs}
+    assert all(170 <= len(f) <= 230 for f in folds)          # random, not contiguous: sizes near 200
+    assert folds[0] != {f"f:{i}" for i in range(200)}
+    rest = {p.pair_id for p in select_rows(pairs, "fold!=0/5")}
+    assert rest == {p.pair_id for p in pairs} - folds[0]
+    # a row's fold depends on the row and the draw only: the same in a shorter file, different in draw 1
+    assert {p.pair_id for p in select_rows(pairs[:100], "fold=0/5")} == {i for i in folds[0] if int(i[2:]) < 100}
+    assert [fold_of(r, 5) for r in range(20)] != [fold_of(r, 5, seed=1) for r in range(20)]
+    assert parse_rows("fold=2/5@1").complement() == "fold!=2/5@1"
+    assert parse_rows("fold!=2/5").complement() == "fold=2/5@0"
+    assert parse_rows("0:132").complement() == "132:" and parse_rows("").complement() == ""
+
+
+def test_a_bad_fold_spec_says_how_to_write_one():
+    pairs = [PreferencePair("f:0", ({"role": "user", "content": "q"},), "a", "b")]
+    for spec in ("fold=5/5", "fold=0/1", "fold=a/5"):
+        with pytest.raises(ValueError, match="fold"):
+            select_rows(pairs, spec)

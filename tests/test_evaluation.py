@@ -1,5 +1,6 @@
 import json
 
+import math
 import pytest
 import torch
 
@@ -103,3 +104,16 @@ def test_bootstrap_refuses_what_it_cannot_resample_and_has_no_interval_without_i
         bootstrap_mean([1.0], level=95)
     empty = bootstrap_mean([])
     assert empty.n == 0 and empty.estimate != empty.estimate and bootstrap_diff([], [1.0]).n == 0
+
+
+def test_the_paired_ratio_of_two_means_has_a_known_estimate_and_an_interval_around_it():
+    from reform_engine.evaluation import paired_bootstrap_ratio
+
+    a, b = [0.1, 0.2, 0.3, 0.2] * 25, [0.2, 0.4, 0.6, 0.4] * 25     # a is exactly half of b pair by pair
+    ci = paired_bootstrap_ratio(a, b, seed=0)
+    assert ci.estimate == pytest.approx(0.5) and ci.low == pytest.approx(0.5) and ci.high == pytest.approx(0.5) and ci.n == 100
+    noisy = paired_bootstrap_ratio([0.0, 1.0, 0.5, 0.0] * 10, [0.5, 0.5, 0.5, 0.5] * 10, seed=0)
+    assert noisy.estimate == pytest.approx(0.75) and noisy.low < 0.75 < noisy.high
+    assert math.isnan(paired_bootstrap_ratio([1.0, 0.0], [0.0, 0.0]).estimate)
+    with pytest.raises(ValueError, match="same items"):
+        paired_bootstrap_ratio([1.0], [1.0, 2.0])

@@ -24,7 +24,7 @@ def test_the_job_queue_and_the_cli_take_the_jobs_from_the_registry_not_from_each
     assert not {m for m in imports_of("jobs") if m.endswith("__main__")}
     assert ".registry" in imports_of("jobs") and ".registry" in imports_of("__main__")
     assert job_kinds() == {name: job.config for name, job in jobs().items()}
-    assert list(jobs()) == ["train-rm", "eval-rm", "influential", "variants", "robustness", "pipeline", "retrain", "attack",
+    assert list(jobs()) == ["train-rm", "eval-rm", "crossval", "influential", "variants", "robustness", "pipeline", "retrain", "attack",
                             "adv-rounds", "compare"]
 
 

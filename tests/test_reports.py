@@ -53,7 +53,7 @@ def test_jobs_without_results_give_empty_frames(store, tmp_path):
     train = finished(store, "train-rm", tmp_path / "t", **{"metrics.json": {"steps": 2}})
     assert job_results(store.get_job(running)) == ([], []) and job_results(broken) == ([], [])
     summary, drops = results_frames([broken, train])
-    assert summary.empty and drops.empty and list(drops.columns)[-2:] == ["perturbation", "drop"]
+    assert summary.empty and drops.empty and list(drops.columns)[-4:] == ["perturbation", "drop", "low", "high"]
     assert finished_result_jobs(store) == []
 
 
@@ -94,3 +94,24 @@ def test_log_tail_reads_both_logs_and_keeps_the_last_state_of_progress_bars(tmp_
 def test_checkpoint_name():
     assert checkpoint_name("/p/runs/00003-train-rm/checkpoint") == "00003-train-rm"
     assert checkpoint_name("/p/rms/my-rm/") == "my-rm" and checkpoint_name("org/model") == "model"
+
+
+def test_a_report_with_intervals_gives_each_value_its_interval_ends_and_an_old_one_leaves_them_empty(store, tmp_path):
+    ci = lambda e, lo, hi: {"estimate": e, "low": lo, "high": hi, "n": 4, "level": 0.95}  # noqa: E731
+    report = {"models": [{"name": "base", "checkpoint": "b", "clean_accuracy": 0.5, "mean_drop": 0.2, "drops": {"verbosity": 0.2},
+                          "n_pairs": 4, "intervals": {"clean_accuracy": ci(0.5, 0.25, 0.75), "mean_drop": ci(0.2, 0.0, 0.5),
+                                                       "drops": {"verbosity": ci(0.2, 0.0, 0.5)}}},
+                         {"name": "retrained", "checkpoint": "r", "clean_accuracy": 0.75, "mean_drop": 0.1, "drops": {"verbosity": 0.1},
+                          "n_pairs": 4, "intervals": {"clean_accuracy": ci(0.75, 0.5, 1.0), "mean_drop": ci(0.1, 0.0, 0.25),
+                                                       "drops": {"verbosity": ci(0.1, 0.0, 0.25)},
+                                                       "vs_base": {"drop_ratio": ci(0.5, 0.0, 1.5)}}}]}
+    new = finished(store, "retrain", tmp_path / "new", **{"report.json": report})
+    old = finished(store, "retrain", tmp_path / "old", **{"report.json": {"models": [
+        {k: v for k, v in m.items() if k not in ("intervals", "n_pairs")} for m in report["models"]]}})
+    summary, drops = results_frames([new, old])
+    assert summary[["n_pairs", "clean_accuracy_low", "clean_accuracy_high", "mean_drop_low"]].values.tolist()[:2] == [
+        [4, 0.25, 0.75, 0.0], [4, 0.5, 1.0, 0.0]]
+    assert math.isnan(summary["drop_vs_base_high"][0]) and summary["drop_vs_base_high"][1] == 1.5   # the base has no ratio
+    assert drops[["low", "high"]].values.tolist()[:2] == [[0.0, 0.5], [0.0, 0.25]]
+    assert summary.iloc[2:][["clean_accuracy_low", "mean_drop_high"]].isna().all().all()
+    assert drops.iloc[2:][["low", "high"]].isna().all().all()

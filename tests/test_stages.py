@@ -107,14 +107,15 @@ def test_the_report_says_whether_every_planned_stage_has_run(tmp_path):
     assert report["complete"] is True and partial.models == [base]
     assert report["models"][1] == {"name": "retrained", "checkpoint": "r/checkpoint", "augment_pairs": 2,
                                    "clean_accuracy": 0.75, "mean_drop": 0.125, "drops": {"verbosity": 0.125},
-                                   "indicators": {}}
+                                   "indicators": {}, "intervals": {}, "n_pairs": 0}
+    no_ends = {f"{c}_{e}": None for c in ("clean_accuracy", "mean_drop", "drop_vs_base", "accuracy_change") for e in ("low", "high")}
     assert report["summary"] == result.summary_rows() == [
-        {"model": "base", "clean_accuracy": 0.5, "mean_drop": 0.25, "drop_vs_base": 1.0, "accuracy_change": 0.0,
-         "augment_pairs": 0},
-        {"model": "retrained", "clean_accuracy": 0.75, "mean_drop": 0.125, "drop_vs_base": 0.5, "accuracy_change": 0.25,
-         "augment_pairs": 2}]
-    assert report["drops"] == [{"model": "base", "perturbation": "verbosity", "drop": 0.25},
-                               {"model": "retrained", "perturbation": "verbosity", "drop": 0.125}]
+        {"model": "base", "n_pairs": 0, "clean_accuracy": 0.5, "mean_drop": 0.25, "drop_vs_base": 1.0, "accuracy_change": 0.0,
+         "augment_pairs": 0, **no_ends},
+        {"model": "retrained", "n_pairs": 0, "clean_accuracy": 0.75, "mean_drop": 0.125, "drop_vs_base": 0.5,
+         "accuracy_change": 0.25, "augment_pairs": 2, **no_ends}]
+    assert report["drops"] == [{"model": "base", "perturbation": "verbosity", "drop": 0.25, "low": None, "high": None},
+                               {"model": "retrained", "perturbation": "verbosity", "drop": 0.125, "low": None, "high": None}]
     assert report["variants"] == {"lowest_loss": {"inversions": 2}} and report["report_path"] == str(tmp_path / "report.json")
     assert [s["name"] for s in report["stages"]] == ["count"]
 
@@ -192,10 +193,18 @@ def test_report_json_of_pipeline_and_retrain_has_one_schema(tmp_path, toy_pairs)
     pipe, re_ = read_json(tmp_path / "pipe" / "report.json"), read_json(tmp_path / "re" / "report.json")
     assert schema(pipe) == schema(re_) == {
         "top": ["complete", "drops", "models", "report_path", "rounds", "seconds", "stages", "summary", "variants"],
-        "models": ["augment_pairs", "checkpoint", "clean_accuracy", "drops", "indicators", "mean_drop", "name"],
+        "models": ["augment_pairs", "checkpoint", "clean_accuracy", "drops", "indicators", "intervals", "mean_drop", "n_pairs",
+                   "name"],
         "stages": ["name", "reused", "seconds"],
-        "summary": ["accuracy_change", "augment_pairs", "clean_accuracy", "drop_vs_base", "mean_drop", "model"],
-        "drops": ["drop", "model", "perturbation"]}
+        "summary": sorted(["accuracy_change", "augment_pairs", "clean_accuracy", "drop_vs_base", "mean_drop", "model", "n_pairs"]
+                          + [f"{c}_{e}" for c in ("clean_accuracy", "mean_drop", "drop_vs_base", "accuracy_change")
+                             for e in ("low", "high")]),
+        "drops": ["drop", "high", "low", "model", "perturbation"]}
+    for report, arm in ((pipe, "reform"), (re_, "retrained")):   # every model's intervals from its per-pair rewards
+        base, other = report["models"]
+        assert base["n_pairs"] == other["n_pairs"] == other["intervals"]["clean_accuracy"]["n"] > 0 and other["name"] == arm
+        assert "vs_base" not in base["intervals"] and set(other["intervals"]["vs_base"]) == {"clean_accuracy", "mean_drop", "drop_ratio"}
+        assert other["intervals"]["mean_drop"]["estimate"] == pytest.approx(other["mean_drop"])
     assert [m["name"] for m in pipe["models"]] == ["base", "reform"] and [m["name"] for m in re_["models"]] == ["base", "retrained"]
     assert pipe["complete"] is True and re_["complete"] is True and re_["variants"] == {} and pipe["rounds"] == re_["rounds"] == []
     assert set(pipe["variants"]) == {"lowest_loss"}
@@ -209,3 +218,31 @@ def test_a_stage_run_with_another_seed_is_not_reused_whatever_its_placement(tmp_
     run_stage(tmp_path, "count", count_words, WordsConfig("a b", runtime=Runtime(seed=1, threads=3, dtype="bfloat16")), timings)
     run_stage(tmp_path, "count", count_words, WordsConfig("a b", runtime=Runtime(seed=2)), timings)
     assert [t.reused for t in timings] == [False, True, False]
+
+
+def test_a_model_report_carries_intervals_from_its_per_pair_rewards_paired_against_the_base(tmp_path):
+    from reform_engine.perturbations import PERTURBATIONS
+    from reform_engine.robustness import SCORES_FILE, PairScores
+
+    assert PERTURBATIONS["verbosity"].side == "rejected"
+
+    def write(name: str, chosen, rejected, verbose) -> None:
+        (tmp_path / name).mkdir()
+        rows = PairScores([f"p{i}" for i in range(len(chosen))], chosen, rejected, {"verbosity": verbose}).to_rows()
+        (tmp_path / name / SCORES_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    # base: 4 of 4 right, verbosity (padding the rejected side) flips 2; reform: 4 right, verbosity flips 1
+    write("robustness_base", [1.0] * 4, [0.0] * 4, [2.0, 2.0, -1.0, -1.0])
+    write("robustness_reform", [1.0] * 4, [0.0] * 4, [2.0, -1.0, -1.0, -1.0])
+    metrics = {"clean_win_rate": 1.0, "mean_drop": 0.25, "n_pairs": 4,
+               "per_perturbation": [{"name": "verbosity", "drop": 0.25}], "indicators": None}
+    m = ModelReport.from_robustness("reform", "c", 3, metrics, tmp_path / "robustness_reform", tmp_path / "robustness_base")
+    assert m.n_pairs == 4 and m.intervals["clean_accuracy"]["estimate"] == 1.0 and m.intervals["clean_accuracy"]["n"] == 4
+    assert m.intervals["drops"]["verbosity"]["estimate"] == 0.25
+    assert m.intervals["vs_base"]["mean_drop"]["estimate"] == -0.25 and m.intervals["vs_base"]["drop_ratio"]["estimate"] == 0.5
+    base = ModelReport.from_robustness("base", "b", 0, metrics, tmp_path / "robustness_base", tmp_path / "robustness_base")
+    assert "vs_base" not in base.intervals and base.intervals["mean_drop"]["estimate"] == 0.5
+    older = ModelReport.from_robustness("reform", "c", 3, metrics, tmp_path / "nowhere", tmp_path / "robustness_base")
+    assert older.intervals == {}
+    row = ComparisonResult([base, m], [], {}, 0.0, "").summary_rows()[1]
+    assert row["drop_vs_base_low"] <= 0.5 <= row["drop_vs_base_high"] and row["n_pairs"] == 4

@@ -1,0 +1,114 @@
+"""Recipe check: cross-validate a reward-model recipe before trusting anything built on it. A crossval
+job trains the recipe on K-1 random folds of the data and scores it on the held-out one, K times, beside
+the length rules and a linear probe on the frozen backbone; this page starts one and draws its result:
+each fold's accuracy as a dot, the pooled out-of-fold accuracy as a bar with its 95% bootstrap interval."""
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from pages._draw import md_code, md_escape, show_error
+from pages._jobs import history, live_jobs
+from pages._project import project_store
+from pages._routes import through_router
+from pages._settings import settings
+from reform_engine.crossval import REFERENCES, CrossValConfig, read_report
+from reform_engine.jobs import refresh_job, start_job
+from reform_engine.reward_model import FINETUNE_MODES, RewardModelSpec
+from reform_engine.training import TrainRewardConfig
+
+FLASH_KEY = "crossval_flash"
+COLORS = dict(zip((label for _, label in REFERENCES), ("#1565c0", "#ef6c00", "#9e9e9e", "#616161")))
+
+
+def accuracy_figure(report: dict) -> go.Figure:
+    """One bar per model: pooled out-of-fold accuracy with its interval; each fold a dot on it."""
+    pooled, folds = pd.DataFrame(report["pooled"]), pd.DataFrame(report["folds"])
+    fig = go.Figure(go.Bar(
+        x=pooled["model"], y=pooled["value"], marker_color=[COLORS.get(m) for m in pooled["model"]], name="pooled",
+        error_y=dict(type="data", symmetric=False, array=(pooled["high"] - pooled["value"]).tolist(),
+                     arrayminus=(pooled["value"] - pooled["low"]).tolist()),
+        customdata=pooled[["low", "high", "n", "mean", "std"]].to_numpy(),
+        hovertemplate="pooled %{y:.3f} [%{customdata[0]:.3f}, %{customdata[1]:.3f}], n = %{customdata[2]}<br>"
+                      "over folds %{customdata[3]:.3f} ± %{customdata[4]:.3f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=folds["model"], y=folds["accuracy"], mode="markers", name="each fold",
+                             marker=dict(color="black", size=7, symbol="circle-open"),
+                             customdata=folds[["fold", "n"]].to_numpy(),
+                             hovertemplate="fold %{customdata[0]}: %{y:.3f} on %{customdata[1]} pairs<extra></extra>"))
+    fig.update_layout(height=360, margin=dict(l=10, r=10, t=30, b=10), yaxis_tickformat=".0%", showlegend=True,
+                      legend=dict(orientation="h", y=-0.15), yaxis_range=[0.3, 1.0])
+    return fig
+
+
+def draw_report(report: dict, job_id: int) -> None:
+    st.plotly_chart(accuracy_figure(report), key=f"crossval_figure_{job_id}")
+    table = pd.DataFrame(report["folds"]).pivot(index="fold", columns="model", values="accuracy")
+    table["held-out pairs"] = pd.DataFrame(report["folds"]).groupby("fold")["n"].first()
+    st.dataframe(table.reset_index(), hide_index=True, key=f"crossval_folds_{job_id}",
+                 column_config={label: st.column_config.NumberColumn(format="%.3f") for _, label in REFERENCES})
+    diff = report.get("rm_minus_probe")
+    if diff:
+        st.caption(f"RM minus probe on the same {diff['n']} pairs (paired bootstrap): {diff['estimate']:+.3f} "
+                   f"[{diff['low']:+.3f}, {diff['high']:+.3f}].")
+    st.caption(f"Folds drawn with seed {report['fold_seed']}; the recipe's seed {report['seed']}; intervals: 95% percentile "
+               "bootstrap over every held-out pair of the folds done."
+               + ("" if report["complete"] else " Not every fold has run yet: start the job again with the other folds."))
+
+
+through_router()
+st.title("Recipe check")
+s = settings()
+store = project_store()
+message = st.session_state.pop(FLASH_KEY, None)
+if message:
+    st.success(message)
+st.caption("Is the reward-model recipe better than what the frozen model already knows? Each of K random folds of the data is "
+           "held out once: the recipe trains on the others and is scored on it, beside the length rules and a linear probe on the "
+           "frozen backbone's features, on the same pairs. One contiguous split can overstate an RM; K folds do not depend on "
+           "where the file happens to be easy.")
+
+with st.form("crossval_form"):
+    c = st.columns(4)
+    data = c[0].text_input("Data", value=s.data, key="crossval_data").strip()
+    folds = c[1].number_input("Folds (K)", 2, 20, 5, key="crossval_folds")
+    fold_seed = c[2].number_input("Fold draw (seed)", 0, 10_000, 0, key="crossval_fold_seed",
+                                  help="fix it before the first run; never pick it by its results")
+    only = c[3].text_input("Only folds", "", key="crossval_only", help="e.g. '0,1' to spread a long run over sessions; '' = all")
+    c = st.columns(5)
+    finetune = c[0].selectbox("Fine-tuning", FINETUNE_MODES, key="crossval_finetune")
+    lora_layers = c[1].number_input("LoRA layers (top)", 1, 64, 8, key="crossval_lora_layers")
+    max_length = c[2].number_input("Max length", 64, 4096, 320, step=32, key="crossval_max_length")
+    epochs = c[3].number_input("Epochs", 1, 20, 1, key="crossval_epochs")
+    lr = c[4].number_input("Learning rate", 1e-6, 1e-2, 2e-4, format="%.1e", key="crossval_lr")
+    probe = st.toggle("Linear probe on frozen features (one extra pass over the data)", True, key="crossval_probe")
+    if st.form_submit_button("Cross-validate (background job)", type="primary"):
+        try:
+            recipe = TrainRewardConfig(data=data, epochs=int(epochs), lr=float(lr),
+                                       model=RewardModelSpec(base_model=s.policy, finetune=finetune, lora_layers=int(lora_layers),
+                                                             max_length=int(max_length)))
+            config = CrossValConfig(recipe=recipe, folds=int(folds), fold_seed=int(fold_seed), only_folds=only, probe=probe,
+                                    runtime=s.runtime())
+            job_id = start_job(store, "crossval", config)
+            st.session_state.crossval_job = job_id
+            st.session_state[FLASH_KEY] = f"Started crossval job #{job_id}: the result appears below when it ends."
+            st.rerun()
+        except ValueError as exc:
+            show_error(exc, "Not started")
+
+st.subheader("Running")
+if not live_jobs("crossval", kinds=["crossval"]):
+    st.caption("No cross-validation is running.")
+
+jobs = store.list_jobs("crossval")
+if not jobs.empty:
+    st.subheader("Result")
+    ids = [int(i) for i in jobs["id"]]
+    if st.session_state.get("crossval_job") not in ids:
+        st.session_state.crossval_job = ids[0]
+    job_id = st.selectbox("Crossval job", ids, key="crossval_job", format_func=lambda i: f"#{i} crossval")
+    job = refresh_job(store, job_id)
+    st.caption(f"{md_escape(job['state'])} · {md_escape(job['message'])} · run directory {md_code(job['run_dir'])}")
+    report = read_report(job["run_dir"]) if job["state"] == "succeeded" else None
+    if report:
+        draw_report(report, job_id)
+    st.subheader("History")
+    history("crossval_history", kinds=["crossval"])
