@@ -7,12 +7,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from pages._draw import md_code, md_escape, show_error
-from pages._jobs import history, live_jobs
-from pages._project import project_store
-from pages._routes import through_router
-from pages._settings import settings
+from pages._jobs import history, live_jobs, pick_job, start_from_page
+from pages._routes import store_page
 from reform_engine.crossval import REFERENCES, CrossValConfig, read_report
-from reform_engine.jobs import refresh_job, start_job
 from reform_engine.reward_model import FINETUNE_MODES, RewardModelSpec
 from reform_engine.training import TrainRewardConfig
 
@@ -54,13 +51,7 @@ def draw_report(report: dict, job_id: int) -> None:
                + ("" if report["complete"] else " Not every fold has run yet: start the job again with the other folds."))
 
 
-through_router()
-st.title("Recipe check")
-s = settings()
-store = project_store()
-message = st.session_state.pop(FLASH_KEY, None)
-if message:
-    st.success(message)
+s, store = store_page("Recipe check", FLASH_KEY)
 st.caption("Is the reward-model recipe better than what the frozen model already knows? Each of K random folds of the data is "
            "held out once: the recipe trains on the others and is scored on it, beside the length rules and a linear probe on the "
            "frozen backbone's features, on the same pairs. One contiguous split can overstate an RM; K folds do not depend on "
@@ -87,10 +78,8 @@ with st.form("crossval_form"):
                                                              max_length=int(max_length)))
             config = CrossValConfig(recipe=recipe, folds=int(folds), fold_seed=int(fold_seed), only_folds=only, probe=probe,
                                     runtime=s.runtime())
-            job_id = start_job(store, "crossval", config)
-            st.session_state.crossval_job = job_id
-            st.session_state[FLASH_KEY] = f"Started crossval job #{job_id}: the result appears below when it ends."
-            st.rerun()
+            start_from_page(store, "crossval", config, FLASH_KEY, picker_key="crossval_job",
+                            message=lambda i: f"Started crossval job #{i}: the result appears below when it ends.")
         except ValueError as exc:
             show_error(exc, "Not started")
 
@@ -98,17 +87,11 @@ st.subheader("Running")
 if not live_jobs("crossval", kinds=["crossval"]):
     st.caption("No cross-validation is running.")
 
-jobs = store.list_jobs("crossval")
-if not jobs.empty:
-    st.subheader("Result")
-    ids = [int(i) for i in jobs["id"]]
-    if st.session_state.get("crossval_job") not in ids:
-        st.session_state.crossval_job = ids[0]
-    job_id = st.selectbox("Crossval job", ids, key="crossval_job", format_func=lambda i: f"#{i} crossval")
-    job = refresh_job(store, job_id)
-    st.caption(f"{md_escape(job['state'])} · {md_escape(job['message'])} · run directory {md_code(job['run_dir'])}")
+job = pick_job(store, "crossval", "Result", "Crossval job", key="crossval_job")
+if job is not None:
     report = read_report(job["run_dir"]) if job["state"] == "succeeded" else None
+    st.caption(f"{md_escape(job['state'])} · {md_escape(job['message'])} · run directory {md_code(job['run_dir'])}")
     if report:
-        draw_report(report, job_id)
+        draw_report(report, int(job["id"]))
     st.subheader("History")
     history("crossval_history", kinds=["crossval"])

@@ -1,45 +1,23 @@
 """The Recipe check page under AppTest: a crossval job started from the form runs in the background on a
 tiny model, and its result is drawn: pooled accuracies with intervals, each fold a dot, a table per fold."""
 import json
-import time
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app_support import APP, app_env, no_thread_outlives_the_tests, run, until_job_ends  # noqa: F401 (a fixture)
 from reform_engine.data import DEMO_PATH, load_preferences, write_jsonl
-from reform_engine.jobs import ACTIVE
 from reform_engine.store import Store
 from reform_engine.tiny import save_tiny_model
-
-ROOT = Path(__file__).resolve().parent.parent
-APP = str(ROOT / "app.py")
-HANG_GUARD = 600  # seconds: only so a broken job cannot hang the suite; never a speed requirement
 
 
 @pytest.fixture()
 def env(tmp_path, monkeypatch):
     data = tmp_path / "pairs.jsonl"
     write_jsonl(data, [p.to_trl() for p in load_preferences(DEMO_PATH).pairs[:16]])
-    for name, value in {"REFORM_POLICY": str(save_tiny_model(tmp_path / "policy", seed=1, ascii_only=True)),
-                        "REFORM_PROJECT_DIR": str(tmp_path / "project"), "REFORM_DEVICE": "cpu", "REFORM_DATA": str(data)}.items():
-        monkeypatch.setenv(name, value)
-    for name in ("REFORM_ROWS", "REFORM_COMPARE_RM", "REFORM_REWARD_MODEL"):
-        monkeypatch.delenv(name, raising=False)
-    return {"db": tmp_path / "project" / "reform.duckdb", "data": str(data)}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_thread_outlives_the_tests():
-    yield
-    from reform_engine.background import wait_all
-    wait_all()
-
-
-def run(at: AppTest) -> AppTest:
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    db = app_env(monkeypatch, tmp_path / "project", data=data,
+                 policy=save_tiny_model(tmp_path / "policy", seed=1, ascii_only=True))
+    return {"db": db, "data": str(data)}
 
 
 def test_the_page_cross_validates_a_recipe_and_draws_each_fold_beside_the_pooled_intervals(env):
@@ -58,13 +36,8 @@ def test_the_page_cross_validates_a_recipe_and_draws_each_fold_beside_the_pooled
     assert any(f"Started crossval job #{job_id}" in s.value for s in at.success)
     config = store.get_job(job_id)["config"]
     assert config["folds"] == 2 and config["recipe"]["model"]["finetune"] == "head" and config["recipe"]["data"] == env["data"]
-    deadline = time.monotonic() + HANG_GUARD
-    while store.get_job(job_id)["state"] in ACTIVE:
-        assert time.monotonic() < deadline
-        time.sleep(0.3)
-        run(at)
-    run(at)
-    assert store.get_job(job_id)["state"] == "succeeded", store.get_job(job_id)["message"]
+    job = until_job_ends(at, env["db"], job_id)
+    assert job["state"] == "succeeded", job["message"]
     figure = json.loads(at.get("plotly_chart")[0].proto.spec)
     bars, dots = figure["data"]
     assert bars["x"] == ["RM (the recipe)", "linear probe", "always longer", "always shorter"]
