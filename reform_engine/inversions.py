@@ -36,15 +36,16 @@ CLOSERS = "\"'”’)]*»"
 @dataclass
 class VerdictConfig:
     max_perplexity_ratio: float = setting(
-        10.0, "a variant whose perplexity under the policy is more than this many times that of the plain policy's own "
-              "greedy continuation of the same prompt is flagged 'not fluent' and is no true inversion. 10: on HH-RLHF "
-              "dev prompts the human responses sit at 2-6x the greedy continuation (greedy text is the policy's most "
-              "likely, so its perplexity is low) and default decoding (k=5, alpha=1) below 3x, while reward-only text "
-              "(alpha=0) that drifts into gibberish sits far above (benchmarks/calibrate_fluency.py); 0 turns the flag off")
+        20.0, "a variant whose perplexity under the policy is more than this many times that of the plain policy's own "
+              "greedy continuation of the same prompt is flagged 'not fluent' and is no true inversion; 0 turns the flag "
+              "off. 20: greedy text is the policy's likeliest (perplexity 1.5-3 for SmolLM2-135M on HH-RLHF dev prompts); "
+              "the data's human responses sit at 2.4-25x it (chosen: median 5.7x, max 17x), default decoding (k=5, "
+              "alpha=1) at 1-3x, and the issue's gibberish (63.75) about 29x the median greedy 2.2, so 3x would flag "
+              "most human-written text (benchmarks/RESULTS.md, calibrate_fluency.py)")
 
     def __post_init__(self):
         if not self.max_perplexity_ratio >= 0 or math.isinf(self.max_perplexity_ratio):
-            raise ValueError(f"max_perplexity_ratio={self.max_perplexity_ratio!r}: use a finite ratio >= 1 (10 is the usual "
+            raise ValueError(f"max_perplexity_ratio={self.max_perplexity_ratio!r}: use a finite ratio >= 1 (20 is the usual "
                              f"choice), or 0 to never flag a variant as not fluent")
         if 0 < self.max_perplexity_ratio < 1:
             raise ValueError(f"max_perplexity_ratio={self.max_perplexity_ratio!r} would flag text more fluent than the plain "

@@ -205,7 +205,7 @@ def test_decoding_page_flags_gibberish_and_judges_and_sends_the_plain_continuati
     from reform_engine.decoding import DecodingConfig
 
     at = settle(AppTest.from_file(APP, default_timeout=120), "pages/decoding.py")
-    assert at.number_input(key="decoding_fluency").value == 10.0
+    assert at.number_input(key="decoding_fluency").value == 20.0
     gibberish = decoded("Hagai Kamerman H.Pomoderitametakomoronit", [5, 6, 7], -3.0, 63.75, 2.5)
     plain = decoded("You can boil water in a kettle.", [8, 9, 10], -2.765, 2.5, 2.5)
     at.session_state["decoding_last"] = {"pair_id": "demo_pairs.jsonl:3", "config": DecodingConfig(k=10, alpha=0.0), "seed": 0,
