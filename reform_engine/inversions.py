@@ -38,9 +38,9 @@ class VerdictConfig:
     max_perplexity_ratio: float = setting(
         20.0, "a variant whose perplexity under the policy is more than this many times that of the plain policy's own "
               "greedy continuation of the same prompt is flagged 'not fluent' and is no true inversion; 0 turns the flag "
-              "off. 20: greedy text is the policy's likeliest (perplexity 1.5-3 for SmolLM2-135M on HH-RLHF dev prompts); "
-              "the data's human responses sit at 2.4-25x it (chosen: median 5.7x, max 17x), default decoding (k=5, "
-              "alpha=1) at 1-3x, and the issue's gibberish (63.75) about 29x the median greedy 2.2, so 3x would flag "
+              "off. 20: greedy text is the policy's likeliest (perplexity 1.3-3.5 for SmolLM2-135M on HH-RLHF dev prompts); "
+              "the data's own human responses sit at a median 6-7x it (95th percentile 20-23x), default decoding (k=5, "
+              "alpha=1) at 1-3x, and the issue's gibberish (63.75) at about 29x the median greedy 2.2, so 3x would flag "
               "most human-written text (benchmarks/RESULTS.md, calibrate_fluency.py)")
 
     def __post_init__(self):
