@@ -7,6 +7,7 @@ import dataclasses
 import streamlit as st
 
 from reform_engine.decoding import LIMITS, DecodingConfig
+from reform_engine.inversions import VerdictConfig
 from reform_engine.runtime import Runtime
 
 SEED_MAX = 2**31 - 1
@@ -30,3 +31,13 @@ def decoding_controls(key: str, direction: str = "lower", *, seed: bool = True) 
     config = DecodingConfig(k=int(k), alpha=float(alpha), temperature=float(temperature), max_new_tokens=int(max_new_tokens),
                             direction=direction)
     return config, int(chosen_seed)
+
+
+def fluency_control(key: str, column=None) -> VerdictConfig:
+    """The "not fluent" limit (VerdictConfig.max_perplexity_ratio, its default and help) -> the
+    VerdictConfig. Widget key: ``{key}_fluency``."""
+    field = next(f for f in dataclasses.fields(VerdictConfig) if f.name == "max_perplexity_ratio")
+    ratio = (column or st).number_input("Not fluent above × the plain policy's perplexity (0 = off)", 0.0, 1000.0,
+                                        VerdictConfig().max_perplexity_ratio, 1.0, key=f"{key}_fluency",
+                                        help=field.metadata["help"])
+    return VerdictConfig(max_perplexity_ratio=float(ratio) if ratio >= 1 else 0.0)

@@ -85,6 +85,30 @@ def fmt(x: float, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.{digits}f}"
 
 
+def verdict_notes(record: dict) -> list[str]:
+    """One sentence per flag of a variant (inversions.verdict_flags) for the reader: why "not fluent"
+    (its perplexity against the plain policy's on the same prompt), "truncated", or unknown."""
+    from reform_engine.inversions import verdict_flags
+
+    notes = []
+    for flag in verdict_flags(record):
+        if flag == "not fluent":
+            ppl, plain = record.get("perplexity"), record.get("plain_perplexity")
+            measured = f"perplexity {ppl:.2f}, {ppl / plain:.1f}× the plain policy's {plain:.2f} on the same prompt" \
+                if ppl and plain and math.isfinite(ppl) and math.isfinite(plain) else "its perplexity is far above the plain policy's"
+            notes.append(f"**Not fluent**: {measured}; the policy finds it far less natural than its own text, "
+                         "so it is no true inversion.")
+        elif flag == "truncated":
+            notes.append("**Truncated**: cut mid-sentence at the token limit (no end of text, no final punctuation); "
+                         "read it to the end before approving.")
+        elif flag == "fluency unknown":
+            notes.append("Fluency unknown: no plain-policy perplexity to compare with (stored before it was checked, "
+                         "or the check was off).")
+        elif flag == "truncation unknown":
+            notes.append("Truncation unknown: stored before it was checked.")
+    return notes
+
+
 def trace_figure(traces: Sequence[tuple[str, Sequence[str], Sequence[float]]], references: dict[str, float] | None = None,
                  title: str = "", height: int = 340, mark: int | None = None):
     """Plotly figure of running partial rewards: one line per (label, token pieces, rewards); each

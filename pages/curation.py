@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages._controls import decoding_controls
-from pages._draw import flash, fmt, md_code, md_escape, short, show_error, show_flash, trace_figure
+from pages._controls import decoding_controls, fluency_control
+from pages._draw import flash, fmt, md_code, md_escape, short, show_error, show_flash, trace_figure, verdict_notes
 from pages._jobs import live_jobs, start_from_page
 from pages._project import project_store, reviewer
 from pages._routes import store_page
@@ -22,7 +22,7 @@ from reform_engine.curation import (EXPORT_FORMATS, counts, decision_for, export
 from reform_engine.data import hh_text
 from reform_engine.decoding import DIRECTIONS
 from reform_engine.influence import STRATEGIES
-from reform_engine.inversions import GenerateVariantsConfig
+from reform_engine.inversions import GenerateVariantsConfig, verdict_flags
 
 FLASH_KEY = "curation_flash"
 ERROR_KEY = "curation_error"
@@ -80,8 +80,8 @@ c = st.columns(4)
 c[0].metric("Waiting", n["pending"])
 c[1].metric("Approved", n["approved"])
 c[2].metric("Rejected", n["rejected"])
-c[3].caption("The queue holds the true inversions of the batch jobs and every variant sent from Controlled decoding. "
-             "Approved inversions become training pairs on Retrain & evaluate.")
+c[3].caption("The queue holds the true inversions of the batch jobs (past the threshold and fluent) and every variant sent "
+             "from Controlled decoding. Approved inversions become training pairs on Retrain & evaluate.")
 show_flash(FLASH_KEY)
 show_error(st.session_state.pop(ERROR_KEY, None), "Not stored")
 
@@ -100,11 +100,13 @@ with st.expander("Generate variants over the influential set (background job)", 
                               help="REFORM attacks the lowest-loss pairs; random and highest-loss for comparison")
     directions = c[2].selectbox("Directions", ["both", *DIRECTIONS], key="curation_gen_directions")
     decoding, seed = decoding_controls("curation_gen")
+    verdict = fluency_control("curation_gen", st.columns(3)[0])
     if st.button("Start generating", type="primary", key="curation_generate", disabled=not rm_exists(s.reward_model)):
         try:
             config = GenerateVariantsConfig(reward_model=s.reward_model, data=s.data, rows=s.rows, fraction=float(percent) / 100,
                                             strategy=strategy, directions=directions, policy=s.policy, decoding=decoding,
-                                            max_length=s.score_max_length, scored=scores_for_job(), runtime=s.runtime(seed))
+                                            max_length=s.score_max_length, scored=scores_for_job(), verdict=verdict,
+                                            runtime=s.runtime(seed))
             start_from_page(store, "variants", config, FLASH_KEY,
                             message=lambda i: f"Started job #{i}: its inversions join the queue when it ends.")
         except ValueError as exc:  # a bad knob (DecodingConfig), or the job could not start (StoreError)
@@ -114,14 +116,17 @@ with st.expander("Generate variants over the influential set (background job)", 
 st.subheader("Queue")
 c1, c2 = st.columns([1, 2])
 status = c1.selectbox("Show", list(STATUS_FILTERS), format_func=STATUS_FILTERS.get, key="curation_status")
-every = c2.toggle("Also the non-inversions of batch jobs (they can only be rejected)", key="curation_every")
+every = c2.toggle("Also the non-inversions of batch jobs, the not-fluent ones among them (they can only be rejected)",
+                  key="curation_every")
 frame = queue(store, None if status == "all" else status, every_variant=every)
 if frame.empty:
     st.info("Nothing here. Generate variants above, or send one from Controlled decoding." if status == "pending"
             else "No variants with this status.")
 else:
     table = pd.DataFrame({"id": frame["id"], "pair": frame["pair_id"], "direction": frame["direction"],
-                          "inversion": frame["is_inversion"], "margin": frame["margin"], "r variant": frame["r_variant"],
+                          "inversion": frame["is_inversion"],
+                          "flags": [", ".join(verdict_flags(r)) for r in frame.to_dict("records")],
+                          "margin": frame["margin"], "r variant": frame["r_variant"],
                           "perplexity": frame["perplexity"], "status": frame["status"],
                           "job": [None if pd.isna(j) else int(j) for j in frame["job_id"]],
                           "text": [short(t, 100) for t in frame["text"]]})
@@ -164,8 +169,17 @@ else:
         side = "rejected r−" if v["direction"] == "lower" else "chosen r+"
         st.caption(f"A true inversion: the RM scores the variant {'below' if v['direction'] == 'lower' else 'above'} the {side}, "
                    f"by {fmt(v['margin'])}.")
+    elif v["margin"] is not None and v["margin"] > 0:
+        st.error(f"Not a true inversion: the RM scores it past the threshold (by {fmt(v['margin'])}), but "
+                 + ("the policy finds it not fluent" if v["fluent"] is False else "it is too short to judge")
+                 + ". It adds no pair and can only be rejected.")
     else:
         st.warning("Not an inversion: the RM orders this variant as it should, so it adds no pair. It can only be rejected.")
+    for note in verdict_notes(v):
+        if note.startswith("**"):  # a flag raised (not fluent, truncated), not a flag unknown
+            st.warning(note)
+        else:
+            st.caption(note)
     if v["is_inversion"]:
         chosen, rejected = new_pair(v)
         st.markdown("**It adds the pair** (as it stands now):")

@@ -1,14 +1,15 @@
 """Controlled decoding: attack one pair. The policy proposes its top-k tokens, the RM scores each
 candidate prefix, and the token maximising ∓reward + α·log π is taken; tokens appear as they are
-decided, beside the plain policy's own continuation. The result is re-scored from its text and judged
-against the pair; a variant can be sent to curation."""
+decided, beside the plain policy's own continuation. Both are re-scored from their text and judged
+against the pair (the variant's fluency against the plain policy's perplexity on the same prompt); either
+can be sent to curation."""
 import math
 
 import pandas as pd
 import streamlit as st
 
-from pages._controls import decoding_controls
-from pages._draw import fmt, md_escape, pair_label, short, show_error, trace_figure
+from pages._controls import decoding_controls, fluency_control
+from pages._draw import fmt, md_escape, pair_label, short, show_error, trace_figure, verdict_notes
 from pages._keys import LAST_DECODED, TARGETS
 from pages._loading import require_data, require_decoder
 from pages._project import pending_variants, send_to_curation
@@ -20,6 +21,7 @@ from reform_engine.decoding import DecodingConfig
 from reform_engine.eta import ProgressClock, format_remaining
 from reform_engine.influence import ScoredPair
 from reform_engine.inversions import score_variant
+from reform_engine.store import too_short
 
 DIRECTION_HELP = {"lower": "lower: start from a preferred pair; find a good-looking response the RM scores below the rejected one",
                   "raise": "raise: start from a rejected pair; find a bad response the RM scores above the chosen one"}
@@ -55,7 +57,10 @@ with st.expander(f"The pair · r+ = {r_chosen:+.3f} · r− = {r_rejected:+.3f}"
 
 direction = st.radio("Direction", ["lower", "raise"], format_func=lambda d: DIRECTION_HELP[d], key="decoding_direction")
 config, seed = decoding_controls("decoding", direction)
-compare = st.checkbox("Also decode the plain policy (greedy, no RM) for comparison", value=True, key="decoding_compare")
+c1, c2 = st.columns([2, 1])
+compare = c1.checkbox("Also decode the plain policy (greedy, no RM) for comparison", value=True, key="decoding_compare",
+                      help="its perplexity is the fluency reference either way; unticked, it is computed without being shown")
+verdict = fluency_control("decoding", c2)
 run = st.button("Run", type="primary", key="decoding_run")
 
 # ------------------------------------------------------------------ slots, filled live while decoding and from the last result after
@@ -78,20 +83,60 @@ def live(text_slot, info_slot, limit: int):
     return draw
 
 
+def show_verdict(x, what: str) -> None:
+    """The verdict on one decoded text (the variant or the plain continuation), with its flags."""
+    threshold, side = (x.r_rejected, "rejected r−") if x.direction == "lower" else (x.r_chosen, "chosen r+")
+    relation = "below" if x.direction == "lower" else "above"
+    crosses = f"The RM scores {what} {fmt(x.r_variant)}, {relation} the {side} = {fmt(threshold)} (by {x.margin:.3f})"
+    if x.is_inversion:
+        st.success(f"**True inversion.** {crosses}. It would add the pair "
+                   + ("(variant ≻ rejected)." if x.direction == "lower" else "(chosen ≻ variant)."))
+    elif x.margin > 0:
+        why = "it is not fluent" if x.fluent is False else too_short(x.to_record(with_steps=False)) or "it is too short"
+        st.error(f"**Not a true inversion**: {crosses}, but {why}.")
+    else:
+        reason = "its text is empty" if not x.text.strip() else \
+            f"the RM scores it {fmt(x.r_variant)}, not {relation} the {side} = {fmt(threshold)} (short by {-x.margin:.3f})"
+        st.warning(f"**Not an inversion:** {reason}.")
+    for note in verdict_notes(x.to_record(with_steps=False)):
+        st.caption(note)
+
+
+def send_button(x, label: str, key: str) -> None:
+    """Send a decoded text to curation; a text too short to judge is refused here (and by the store)."""
+    record = x.to_record()
+    short_why = too_short(record)
+    if st.button(label, key=key, disabled=bool(short_why), help=f"Cannot be sent: {short_why}." if short_why else None):
+        try:
+            n = send_to_curation(record)  # stored in the project database at once
+            st.success(f"Queued for curation ({n} waiting).")
+        except ValueError as exc:  # StoreError: e.g. an oversized text, or the database busy past its timeout
+            show_error(exc, "Not queued")
+    if short_why:
+        st.caption(f"Cannot be sent to curation: {short_why}.")
+
+
 if run:
     try:
         result = decoder.decode([pair.prompt], config, on_event=live(left_text, left_info, config.max_new_tokens), seed=seed)[0]
         plain = None
         if compare:
             plain_config = DecodingConfig(k=1, alpha=0.0, temperature=0.0, max_new_tokens=config.max_new_tokens,
-                                          direction=direction)
+                                          direction=direction, stop_on_eos=config.stop_on_eos)
             plain = decoder.decode([pair.prompt], plain_config, on_event=live(right_text, right_info, config.max_new_tokens),
                                    seed=seed)[0]
+            reference = plain.perplexity
+        else:
+            reference = decoder.plain_perplexities([pair.prompt], config.max_new_tokens, stop_on_eos=config.stop_on_eos)[0] \
+                if verdict.max_perplexity_ratio else float("nan")
         source = ScoredPair(pair, r_chosen, r_rejected, float("nan"), 0)
+        limit = settings().score_max_length
         st.session_state[LAST_DECODED] = {
-            "pair_id": pair.pair_id, "config": config, "seed": seed,
-            "variant": score_variant(decoder.rm, source, result, max_length=settings().score_max_length),
-            "plain": score_variant(decoder.rm, source, plain, max_length=settings().score_max_length) if plain else None,
+            "pair_id": pair.pair_id, "config": config, "seed": seed, "verdict": verdict,
+            "variant": score_variant(decoder.rm, source, result, max_length=limit, plain_perplexity=reference, verdict=verdict),
+            # its own reference: the plain continuation is as fluent as the policy's text gets
+            "plain": score_variant(decoder.rm, source, plain, max_length=limit, plain_perplexity=plain.perplexity, verdict=verdict)
+            if plain else None,
         }
     except (ValueError, DataError) as exc:  # a bad knob or a prompt that cannot fit: say so on the page
         show_error(exc, "Decoding did not run")
@@ -114,16 +159,9 @@ else:
 if last["pair_id"] != pair.pair_id or cfg.direction != direction:
     st.caption(f"Showing the last run: pair {md_escape(last['pair_id'])}, direction {cfg.direction}.")
 
-threshold, side = (v.r_rejected, "rejected r−") if v.direction == "lower" else (v.r_chosen, "chosen r+")
-relation = "below" if v.direction == "lower" else "above"
-if v.is_inversion:
-    st.success(f"**True inversion.** The RM scores this variant {fmt(v.r_variant)}, {relation} the {side} = {fmt(threshold)} "
-               f"(by {v.margin:.3f}). It would add the pair "
-               + ("(variant ≻ rejected)." if v.direction == "lower" else "(chosen ≻ variant)."))
-else:
-    reason = "its text is empty" if not v.text.strip() else \
-        f"the RM scores it {fmt(v.r_variant)}, not {relation} the {side} = {fmt(threshold)} (short by {-v.margin:.3f})"
-    st.warning(f"**Not an inversion:** {reason}.")
+
+
+show_verdict(v, "this variant")
 st.caption(f"k={cfg.k} · α={cfg.alpha} · temperature={cfg.temperature} · max tokens={cfg.max_new_tokens} · seed={last['seed']} · "
            f"path={decoder.path}. Rewards re-scored from the text.")
 
@@ -149,12 +187,11 @@ st.caption("score = " + ("−" if v.direction == "lower" else "+") + f"reward + 
            + ("the highest score is taken." if cfg.temperature == 0 else f"sampled from softmax(score / {cfg.temperature})."))
 
 # ------------------------------------------------------------------ hand-off to curation
-if st.button("Send to curation", key="decoding_send", disabled=not v.text.strip()):
-    try:
-        n = send_to_curation(v.to_record())  # stored in the project database at once
-        st.success(f"Queued for curation ({n} waiting).")
-    except ValueError as exc:  # StoreError: e.g. an oversized text, or the database busy past its timeout
-        show_error(exc, "Not queued")
+send_button(v, "Send to curation", "decoding_send")
+if plain is not None:
+    st.markdown("**The plain policy's own continuation**: it can cross the threshold too.")
+    show_verdict(plain, "the plain continuation")
+    send_button(plain, "Send the plain continuation to curation", "decoding_send_plain")
 pending = pending_variants()
 if pending:
     with st.expander(f"Waiting for curation ({len(pending)})"):

@@ -214,6 +214,32 @@ class ControlledDecoder:
             res.perplexity = math.exp(-sum(chosen_logps) / len(chosen_logps)) if chosen_logps else float("nan")
         return results
 
+    @torch.inference_mode()
+    def plain_perplexities(self, prompts: Sequence[Sequence[dict]], max_new_tokens: int, *,
+                           stop_on_eos: bool = True) -> list[float]:
+        """The perplexity of the plain policy's own greedy continuation of each prompt, up to
+        ``max_new_tokens`` -> one float per prompt (NaN when nothing was generated). The tokens and
+        perplexity of ``decode`` with k=1, alpha=0, but from the policy alone: no RM forward, so the
+        fluency reference of a batch costs one policy pass."""
+        config = DecodingConfig(k=1, alpha=0.0, max_new_tokens=max_new_tokens, stop_on_eos=stop_on_eos)
+        prompts = [tuple(p) for p in prompts]
+        logits, mask, cache = self._policy_start(prompts, config)
+        B = len(prompts)
+        sums, counts, done = [0.0] * B, [0] * B, [False] * B
+        for step in range(max_new_tokens):
+            top_logp, top_ids = self._propose(logits, step, 1)  # (B, 1)
+            for b in range(B):
+                if done[b]:
+                    continue
+                if stop_on_eos and int(top_ids[b, 0]) in self.eos_ids:
+                    done[b] = True
+                    continue
+                sums[b], counts[b] = sums[b] + float(top_logp[b, 0]), counts[b] + 1
+            if all(done) or step == max_new_tokens - 1:
+                break
+            logits, mask = self._policy_advance(top_ids[:, 0], mask, cache)
+        return [math.exp(-s / n) if n else float("nan") for s, n in zip(sums, counts)]
+
     # ------------------------------------------------------------------ shared pieces
     def _run(self, prompts, config: DecodingConfig, score: CandidateScorer, generators) -> Iterator[StepEvent]:
         """The chosen path's loop (a subclass may bring its own: the tests' reference loop)."""

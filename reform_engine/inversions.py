@@ -5,6 +5,10 @@ r(x, y') < r(x, y-): the RM puts a response written to look good below the known
 pair (y' preferred over y-). A variant y'' decoded in direction "raise" from a rejected pair is one
 when r(x, y'') > r(x, y+); it adds (y+ preferred over y''). Variants are re-scored from their text
 (as a retrained RM will see them), not taken from the decoding trace.
+
+Crossing is not enough: a variant the policy itself finds far less likely than its own plain (greedy)
+continuation of the same prompt is flagged "not fluent" and is no true inversion (VerdictConfig), nor is
+one of a single token. One cut mid-sentence at the token limit is flagged "truncated" but still counts.
 """
 from __future__ import annotations
 
@@ -23,6 +27,43 @@ from .models import DEFAULT_MODEL
 from .runs import RunDir, job
 from .runtime import Runtime
 from .scoring import ScoringJob
+from .store import MIN_TOKENS
+
+
+SENTENCE_ENDS = ".!?…。！？"
+CLOSERS = "\"'”’)]*»"
+
+
+@dataclass
+class VerdictConfig:
+    max_perplexity_ratio: float = setting(
+        20.0, "a variant whose perplexity under the policy is more than this many times that of the plain policy's own "
+              "greedy continuation of the same prompt is flagged 'not fluent' and is no true inversion; 0 turns the flag "
+              "off. 20: greedy text is the policy's likeliest (perplexity 1.3-3.5 for SmolLM2-135M on HH-RLHF dev prompts); "
+              "the data's own human responses sit at a median 6-7x it (95th percentile 20-23x), default decoding (k=5, "
+              "alpha=1) at 1-3x, and the issue's gibberish (63.75) at about 29x the median greedy 2.2, so 3x would flag "
+              "most human-written text (benchmarks/RESULTS.md, calibrate_fluency.py)")
+
+    def __post_init__(self):
+        if not self.max_perplexity_ratio >= 0 or math.isinf(self.max_perplexity_ratio):
+            raise ValueError(f"max_perplexity_ratio={self.max_perplexity_ratio!r}: use a finite ratio >= 1 (20 is the usual "
+                             f"choice), or 0 to never flag a variant as not fluent")
+        if 0 < self.max_perplexity_ratio < 1:
+            raise ValueError(f"max_perplexity_ratio={self.max_perplexity_ratio!r} would flag text more fluent than the plain "
+                             f"policy's own; use a ratio >= 1, or 0 to turn the flag off")
+
+    def is_fluent(self, perplexity: float, plain_perplexity: float) -> bool | None:
+        """Whether a text of ``perplexity`` reads as fluent next to the plain policy's ``plain_perplexity``
+        on the same prompt; None when unknown (no reference, or the flag turned off)."""
+        if not self.max_perplexity_ratio or not math.isfinite(plain_perplexity) or not math.isfinite(perplexity):
+            return None
+        return perplexity <= self.max_perplexity_ratio * plain_perplexity
+
+
+def is_truncated(text: str, stopped: str) -> bool:
+    """Cut mid-sentence at the token limit: no end-of-text token and no sentence punctuation at the end
+    (closing quotes and brackets after it allowed)."""
+    return stopped != "eos" and not text.rstrip().rstrip(CLOSERS).endswith(tuple(SENTENCE_ENDS))
 
 
 def check_inversion(direction: str, r_variant: float, r_chosen: float, r_rejected: float) -> tuple[bool, float]:
@@ -50,8 +91,12 @@ class Variant:
     r_rejected: float
     margin: float                    # how far past the threshold (negative: not an inversion)
     perplexity: float
-    is_inversion: bool
+    is_inversion: bool               # the verdict: crosses the threshold, and is long enough and not flagged not fluent
     steps: list[StepRecord] = field(default_factory=list)
+    plain_perplexity: float = float("nan")  # the plain policy's own greedy continuation of the prompt (fluency reference)
+    fluent: bool | None = None       # None: unknown (no reference)
+    truncated: bool | None = None    # cut mid-sentence at the token limit; None: unknown
+    n_tokens: int | None = None      # tokens decoded (EOS not counted)
 
     def new_pair(self) -> PreferencePair | None:
         """The augmentation pair: (y', y-) for "lower", (y+, y'') for "raise"; None if not an inversion."""
@@ -69,16 +114,48 @@ class Variant:
         return rec
 
 
-def make_variant(source: ScoredPair, result: DecodingResult, r_variant: float) -> Variant:
-    ok, margin = check_inversion(result.direction, r_variant, source.r_chosen, source.r_rejected)
+def verdict_flags(record: dict) -> list[str]:
+    """The warnings a reader should see beside a variant's verdict (a Variant.to_record() or a stored
+    row): "not fluent", "truncated", and "fluency unknown" / "truncation unknown" for variants stored
+    before these were checked (or without a plain-policy reference)."""
+    flags = []
+    fluent, truncated = _known(record.get("fluent")), _known(record.get("truncated"))
+    if fluent is False:
+        flags.append("not fluent")
+    elif fluent is None and record.get("direction") in DIRECTIONS:
+        flags.append("fluency unknown")
+    if truncated:
+        flags.append("truncated")
+    elif truncated is None and record.get("direction") in DIRECTIONS:
+        flags.append("truncation unknown")
+    return flags
+
+
+def _known(flag) -> bool | None:
+    """A stored flag as True / False / None (unknown), whatever a frame made of it (NaN, numpy bool)."""
+    return None if flag is None or (isinstance(flag, float) and math.isnan(flag)) else bool(flag)
+
+
+def make_variant(source: ScoredPair, result: DecodingResult, r_variant: float, plain_perplexity: float = float("nan"),
+                 verdict: VerdictConfig | None = None) -> Variant:
+    """Judge a decoded variant: it is a true inversion when it crosses its pair's threshold, has at least
+    MIN_TOKENS tokens and is not flagged not fluent against ``plain_perplexity`` (``verdict``'s ratio;
+    without a reference its fluency is unknown and does not block). Truncation is flagged, not blocking."""
+    verdict = verdict or VerdictConfig()
+    crosses, margin = check_inversion(result.direction, r_variant, source.r_chosen, source.r_rejected)
+    fluent = verdict.is_fluent(result.perplexity, plain_perplexity)
+    n_tokens = len(result.token_ids)
+    ok = crosses and bool(result.text.strip()) and n_tokens >= MIN_TOKENS and fluent is not False
     return Variant(source.pair.pair_id, result.direction, source.pair.prompt, source.pair.chosen, source.pair.rejected,
                    result.text, r_variant, result.final_reward, source.r_chosen, source.r_rejected, margin,
-                   result.perplexity, ok and bool(result.text.strip()), result.steps)
+                   result.perplexity, ok, result.steps, plain_perplexity, fluent,
+                   is_truncated(result.text, result.stopped), n_tokens)
 
 
-def score_variant(rm, source: ScoredPair, result: DecodingResult, *, max_length: int = 1024) -> Variant:
+def score_variant(rm, source: ScoredPair, result: DecodingResult, *, max_length: int = 1024,
+                  plain_perplexity: float = float("nan"), verdict: VerdictConfig | None = None) -> Variant:
     """One decoded variant, re-scored from its text and judged against its pair (an empty text scores
-    NaN and is never an inversion)."""
+    NaN and is never an inversion); ``plain_perplexity`` and ``verdict`` as in make_variant."""
     from .scoring import encode, score_sequences
 
     r_variant = float("nan")
@@ -86,7 +163,7 @@ def score_variant(rm, source: ScoredPair, result: DecodingResult, *, max_length:
         enc = encode(rm.tokenizer, source.pair.prompt, result.text, max_length=max_length,
                      use_chat_template=rm.spec.use_chat_template)
         r_variant = float(score_sequences(rm, [enc.ids])[0])
-    return make_variant(source, result, r_variant)
+    return make_variant(source, result, r_variant, plain_perplexity, verdict)
 
 
 @dataclass
@@ -97,6 +174,8 @@ class VariantStats:
     mean_perplexity: float           # over all variants (readability; lower is more natural)
     mean_perplexity_inversions: float
     by_direction: dict = field(default_factory=dict)
+    not_fluent: int = 0              # variants past the threshold that the fluency flag kept from being inversions
+    truncated: int = 0               # inversions cut mid-sentence at the token limit (kept, flagged)
 
 
 def variant_stats(variants: Sequence[Variant]) -> VariantStats:
@@ -108,7 +187,8 @@ def variant_stats(variants: Sequence[Variant]) -> VariantStats:
     by_dir = {d: {"n": sum(v.direction == d for v in variants), "inversions": sum(v.is_inversion and v.direction == d for v in variants)}
               for d in DIRECTIONS}
     return VariantStats(len(variants), len(inv), len(inv) / len(variants) if variants else float("nan"),
-                        mean([v.perplexity for v in variants]), mean([v.perplexity for v in inv]), by_dir)
+                        mean([v.perplexity for v in variants]), mean([v.perplexity for v in inv]), by_dir,
+                        sum(v.margin > 0 and v.fluent is False for v in variants), sum(bool(v.truncated) for v in inv))
 
 
 @dataclass
@@ -124,6 +204,7 @@ class GenerateVariantsConfig(ScoringJob):
     raise_policy: str = setting("", "a separate ('misaligned') policy for direction raise; '' = policy")
     decoding: DecodingConfig = nested(DecodingConfig, "how each variant is decoded (its direction comes from directions)",
                                       set_by_job=("direction",))
+    verdict: VerdictConfig = nested(VerdictConfig, "what makes a variant past its threshold a true inversion (fluency)")
     batch_size: int = setting(4, "prompts decoded together")
     runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (selection and sampling), remote-code leave")
 
@@ -169,7 +250,8 @@ def reusable_scores(config: GenerateVariantsConfig, pairs: Sequence[PreferencePa
     return load_scored(pairs, config.scored)
 
 
-@job("loading the reward model and the data", done=lambda r: f"{r.stats.inversions} inversions of {r.stats.n} variants")
+@job("loading the reward model and the data", done=lambda r: f"{r.stats.inversions} inversions of {r.stats.n} variants"
+     + (f" ({r.stats.not_fluent} more past the threshold but not fluent)" if r.stats.not_fluent else ""))
 def generate_variants(config: GenerateVariantsConfig, run: RunDir) -> GenerateVariantsResult:
     """Score the data (unless ``config.scored`` holds its scores under the same key), select
     influential pairs, decode variants in both directions, filter inversions."""
@@ -216,14 +298,17 @@ def generate_variants(config: GenerateVariantsConfig, run: RunDir) -> GenerateVa
 
 def _decode_batch(decoder, rm, batch: Sequence[tuple[int, ScoredPair]], config: GenerateVariantsConfig,
                   direction: str) -> list[Variant]:
-    """Decode one batch of (row, scored pair) in ``direction`` and re-score every non-empty variant from
-    its text, in one RM call."""
+    """Decode one batch of (row, scored pair) in ``direction``, re-score every non-empty variant from
+    its text in one RM call, and judge each against the plain policy's continuation of its prompt."""
     from .scoring import encode, score_sequences
 
-    results = decoder.decode([s.pair.prompt for _, s in batch], config.decoding_for(direction),
-                             sample_ids=[i for i, _ in batch], seed=config.runtime.seed)
+    prompts = [s.pair.prompt for _, s in batch]
+    results = decoder.decode(prompts, config.decoding_for(direction), sample_ids=[i for i, _ in batch], seed=config.runtime.seed)
+    plain = decoder.plain_perplexities(prompts, config.decoding.max_new_tokens, stop_on_eos=config.decoding.stop_on_eos) \
+        if config.verdict.max_perplexity_ratio else [float("nan")] * len(batch)
     readable = [j for j, res in enumerate(results) if res.text.strip()]
     seqs = [encode(rm.tokenizer, batch[j][1].pair.prompt, results[j].text, max_length=config.max_length,
                    use_chat_template=rm.spec.use_chat_template).ids for j in readable]
     fresh = dict(zip(readable, score_sequences(rm, seqs).tolist())) if seqs else {}
-    return [make_variant(s, res, fresh.get(j, float("nan"))) for j, ((_, s), res) in enumerate(zip(batch, results))]
+    return [make_variant(s, res, fresh.get(j, float("nan")), plain[j], config.verdict)
+            for j, ((_, s), res) in enumerate(zip(batch, results))]

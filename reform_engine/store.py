@@ -59,6 +59,8 @@ MAX_JSON = 20_000_000      # characters of one JSON value (a config, metrics, a 
 SCORE_SETS_KEPT = 32       # newest score sets kept: a few data sets under a few checkpoints, ~2 MB each at 40k pairs
 DECISIONS = ("approve", "reject", "edit")          # edit = approve with the variant's text replaced
 STATUSES = ("pending", "approved", "rejected")     # what a variant's latest decision makes it
+MIN_TOKENS = 2             # a 1-token "response" is no answer a reader would judge: never an inversion, never sent
+DECODED = ("lower", "raise")                       # variants from controlled decoding (decoding.DIRECTIONS)
 DIRECTIONS = ("lower", "raise", "adv-rm")          # decoding.DIRECTIONS + an Adv-RM attack sample; "imported" marks import_trl rows
 JOB_FIELDS = {"state", "progress", "step", "total", "message", "pid", "proc_start", "exit_code", "run_dir",
               "log_path", "result_path", "rerun_of", "ingested", "started_at", "finished_at"}
@@ -107,7 +109,10 @@ MIGRATIONS: list[list[str]] = [
     [  # 4: who decided (NULL for decisions stored before names were asked for)
         "ALTER TABLE decisions ADD COLUMN reviewer VARCHAR",
     ],
-    [  # 5: kept for the migration of a branch merged beside this one (nothing here depends on it)
+    [  # 5: the verdict's flags (NULL = unknown: variants stored before they were checked)
+        "ALTER TABLE variants ADD COLUMN plain_perplexity DOUBLE",
+        "ALTER TABLE variants ADD COLUMN fluent BOOLEAN",
+        "ALTER TABLE variants ADD COLUMN truncated BOOLEAN",
     ],
     [  # 6: the data's scores under a reward model, so a page revisit or a restart never scores the same data twice
         # (score_cache.py makes the key and reads the payload; a set it cannot read back is a miss)
@@ -127,8 +132,8 @@ _VARIANT_STATUS = """
         SELECT *, row_number() OVER (PARTITION BY variant_id ORDER BY id DESC) AS latest FROM decisions
     ) d ON d.variant_id = v.id AND d.latest = 1"""
 _VARIANT_LIST_COLUMNS = ("id, job_id, pair_id, direction, prompt, original_chosen, original_rejected, text, r_variant, "
-                         "r_trace, r_chosen, r_rejected, margin, perplexity, is_inversion, status, decision, edited_text, "
-                         "note, reviewer, decided_at")
+                         "r_trace, r_chosen, r_rejected, margin, perplexity, plain_perplexity, fluent, truncated, is_inversion, "
+                         "status, decision, edited_text, note, reviewer, decided_at")
 
 
 class StoreError(ValueError):
@@ -261,6 +266,19 @@ def _messages(value: Any, what: str) -> list[dict[str, str]]:
     return msgs
 
 
+def too_short(record: dict) -> str | None:
+    """Why a decoded variant record (Variant.to_record()) is too short to send to curation, or None.
+    Counts its ``n_tokens``, else its non-EOS decoding steps; a record with neither is not checked."""
+    if not str(record.get("text", "")).strip():
+        return "its text is empty"
+    n = record.get("n_tokens")
+    if n is None and record.get("steps"):
+        n = sum(not s.get("is_eos") for s in record["steps"] if isinstance(s, dict))
+    if n is not None and n < MIN_TOKENS:
+        return f"it is {n} token{'' if n == 1 else 's'} long; a variant needs at least {MIN_TOKENS}"
+    return None
+
+
 def _variant_row(rec: Any, job_id: int | None, i: int) -> dict[str, Any]:
     """Check one Variant.to_record() dict -> the columns of its variants row."""
     if not isinstance(rec, dict):
@@ -277,6 +295,16 @@ def _variant_row(rec: Any, job_id: int | None, i: int) -> dict[str, Any]:
         raise StoreError(f"is_inversion of variant record {i} is {rec['is_inversion']!r}.", fix="pass True or False.")
     if rec["is_inversion"] and not text.strip():
         raise StoreError(f"variant record {i} is marked an inversion but its text is empty.", fix="mark it is_inversion=False.")
+    for flag in ("fluent", "truncated"):
+        if rec.get(flag) is not None and not isinstance(rec[flag], bool):
+            raise StoreError(f"{flag} of variant record {i} is {rec[flag]!r}.", fix="pass True, False or None (unknown).")
+    if rec["is_inversion"] and rec.get("fluent") is False:
+        raise StoreError(f"variant record {i} is marked an inversion but flagged not fluent.",
+                         fix="judge it with inversions.make_variant, which never marks a not-fluent variant an inversion.")
+    short = too_short(rec) if job_id is None and direction in DECODED else None
+    if short:
+        raise StoreError(f"variant record {i} cannot be sent to curation: {short}.",
+                         fix="decode a longer variant (raise max new tokens, or keep the end-of-text token from ending it at once).")
     steps = rec.get("steps") or []
     if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
         raise StoreError(f"steps of variant record {i} must be a list of step dicts.", fix="pass decoding.StepRecord dicts.")
@@ -286,8 +314,9 @@ def _variant_row(rec: Any, job_id: int | None, i: int) -> dict[str, Any]:
            "original_rejected": _text(rec["original_rejected"], f"original_rejected of variant record {i}"),
            "text": text, "is_inversion": rec["is_inversion"], "steps": _json(steps, f"steps of variant record {i}"),
            "trace": _json([s.get("running_reward") for s in steps], "reward trace")}
-    for k in ("r_variant", "r_trace", "r_chosen", "r_rejected", "margin", "perplexity"):
+    for k in ("r_variant", "r_trace", "r_chosen", "r_rejected", "margin", "perplexity", "plain_perplexity"):
         row[k] = _number(rec.get(k), f"{k} of variant record {i}")
+    row["fluent"], row["truncated"] = rec.get("fluent"), rec.get("truncated")
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     row["key"] = f"job{job_id}:{row['pair_id']}:{direction}:{digest}"  # one variant once per job: ingestion is idempotent
     return row
@@ -625,7 +654,8 @@ class Store:
         decision carrying it. A row with a ``content`` digest (an import) whose pair an approved variant
         already adds is skipped (its id is None)."""
         cols = ["key", "job_id", "pair_id", "direction", "prompt", "original_chosen", "original_rejected", "text", "r_variant",
-                "r_trace", "r_chosen", "r_rejected", "margin", "perplexity", "is_inversion", "steps", "trace"]
+                "r_trace", "r_chosen", "r_rejected", "margin", "perplexity", "plain_perplexity", "fluent", "truncated",
+                "is_inversion", "steps", "trace"]
         sql = f"INSERT INTO variants ({', '.join(cols)}, created_at) VALUES ({', '.join('?' * len(cols))}, ?) RETURNING id"
         now, ids, new, decided = _now(), [], 0, []
         with self._tx() as con:
@@ -765,7 +795,8 @@ class Store:
                          "direction": "imported", "prompt": prompt, "original_chosen": _text(p.chosen, f"chosen of pair {i}"),
                          "original_rejected": _text(p.rejected, f"rejected of pair {i}"), "text": p.chosen, "is_inversion": True,
                          "steps": "[]", "trace": "[]", "content": _pair_digest(prompt, p.chosen, p.rejected),
-                         **{k: None for k in ("r_variant", "r_trace", "r_chosen", "r_rejected", "margin", "perplexity")}})
+                         **{k: None for k in ("r_variant", "r_trace", "r_chosen", "r_rejected", "margin", "perplexity",
+                                              "plain_perplexity", "fluent", "truncated")}})
         added = self._insert_variants(rows, None, note=f"imported from {Path(path).name}")[1]
         return ImportResult(added=added, already_present=len(rows) - added)
 

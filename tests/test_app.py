@@ -155,6 +155,56 @@ def test_decoding_page_runs_judges_inspects_and_queues_a_variant(env):
     assert len(pending) == 1 and pending[0]["text"] == v.text and pending[0]["is_inversion"] == v.is_inversion
 
 
+def decoded(text: str, ids: list[int], r_variant: float, perplexity: float, plain: float, stopped: str = "eos"):
+    """A judged variant of demo pair 3 (r+ = -0.5, r- = -1.743, the issue's threshold) as the page keeps it."""
+    from conftest import make_pair
+    from reform_engine.decoding import DecodingResult, StepRecord
+    from reform_engine.influence import ScoredPair
+    from reform_engine.inversions import make_variant
+
+    source = ScoredPair(make_pair(3, "How do I boil water?", "Heat it in a pot.", "Figure it out."), -0.5, -1.743, 0.3, 1)
+    steps = [StepRecord(i, [t, 0], ["x", "y"], [-0.5, -2.0], [r_variant, 0.0], [0.0, 0.0], 0, t, "x", r_variant, False)
+             for i, t in enumerate(ids)]
+    result = DecodingResult(source.pair.prompt, "lower", "shared", ids, text, steps, r_variant, perplexity, stopped)
+    return make_variant(source, result, r_variant, plain)
+
+
+def test_decoding_page_flags_gibberish_and_judges_and_sends_the_plain_continuation(env):
+    from reform_engine.decoding import DecodingConfig
+
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/decoding.py")
+    assert at.number_input(key="decoding_fluency").value == 20.0
+    gibberish = decoded("Hagai Kamerman H.Pomoderitametakomoronit", [5, 6, 7], -3.0, 63.75, 2.5)
+    plain = decoded("You can boil water in a kettle.", [8, 9, 10], -2.765, 2.5, 2.5)
+    at.session_state["decoding_last"] = {"pair_id": "demo_pairs.jsonl:3", "config": DecodingConfig(k=10, alpha=0.0), "seed": 0,
+                                         "variant": gibberish, "plain": plain}
+    at.run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert any("Not a true inversion" in e and "(by 1.257), but it is not fluent" in e for e in errors), errors
+    notes = [c.value for c in at.caption]
+    assert any("**Not fluent**: perplexity 63.75, 25.5× the plain policy's 2.50" in c for c in notes), notes
+    # the plain continuation: -2.765 < r- = -1.743 is a true inversion, said so, and it can be sent
+    assert any("True inversion" in s.value and "the plain continuation -2.765" in s.value and "(by 1.022)" in s.value
+               for s in at.success)
+    at.button(key="decoding_send_plain").click()
+    at = settle(at)
+    pending = at.session_state["curation_pending"]
+    assert [(r["text"], r["is_inversion"], r["fluent"]) for r in pending] == [("You can boil water in a kettle.", True, True)]
+
+    # cut at the limit mid-sentence: flagged; one token: not sent
+    at.session_state["decoding_last"] = {**at.session_state["decoding_last"],
+                                         "variant": decoded("Well, you could", [5, 6, 7], -3.0, 3.0, 2.5, "max_new_tokens")}
+    at.run()
+    assert any("**Truncated**: cut mid-sentence at the token limit" in c.value for c in at.caption)
+    assert any("True inversion" in s.value and "this variant" in s.value for s in at.success)
+    at.session_state["decoding_last"] = {**at.session_state["decoding_last"], "variant": decoded("No", [5], -3.0, 3.0, 2.5)}
+    at.run()
+    assert at.button(key="decoding_send").disabled and not at.button(key="decoding_send_plain").disabled
+    assert any("Cannot be sent to curation: it is 1 token long; a variant needs at least 2." in c.value for c in at.caption)
+    assert any("Not a true inversion" in e.value and "it is 1 token long" in e.value for e in at.error)
+
+
 def test_decoding_page_reports_a_bad_knob_on_the_page(env):
     at = settle(AppTest.from_file(APP, default_timeout=120), "pages/decoding.py")
     at.slider(key="decoding_max_tokens").set_value(256)  # the tiny RM reads 256 tokens: no room left for a prompt

@@ -134,6 +134,40 @@ def test_curation_lists_stored_inversions_and_writes_every_decision_to_the_datab
     assert any("2 approved pair(s) written" in s.value for s in at.success)
 
 
+def test_curation_shows_the_verdict_flags_and_keeps_not_fluent_variants_out_of_the_queue(env):
+    def judged(i: int, text: str, perplexity: float, stopped: str = "eos") -> dict:  # past r- = 0.5 by 1.5
+        source = ScoredPair(make_pair(i, ASKS[i], "Sure, happy to help.", "No. Go away!!"), 2.0, 0.5, 0.2, 1)
+        result = DecodingResult(source.pair.prompt, "lower", "shared", [40, 41, 42], text, [], -1.0, perplexity, stopped)
+        return make_variant(source, result, -1.0, plain_perplexity=2.5).to_record()
+
+    store = Store(env["db"])
+    job = store.add_job("variants", {})
+    gibberish, cut = store.add_variants([judged(0, "Hagai H.Pomoderitametakomoronit", 63.75),
+                                         judged(1, "Well, you could", 4.0, "max_new_tokens")], job_id=job)
+    (old,) = store.add_variants([{k: v for k, v in variant_record(2, "lower", -1.0, "Ok Ok").items()
+                                  if k not in ("fluent", "truncated", "plain_perplexity")}])  # as stored before the flags
+
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/curation.py")
+    assert {m.label: m.value for m in at.metric}["Waiting"] == "2"  # the not-fluent one is not queued
+    assert table(at, "flags")[["id", "flags"]].values.tolist() == [[cut, "truncated"],
+                                                                   [old, "fluency unknown, truncation unknown"]]
+    assert at.selectbox(key="curation_variant").value == cut
+    assert any("**Truncated**: cut mid-sentence at the token limit" in w.value for w in at.warning)
+    assert not at.button(key="curation_approve").disabled  # truncated is a flag, still an inversion
+    at.selectbox(key="curation_variant").set_value(old)
+    at = settle(at)
+    assert any("Fluency unknown" in c.value for c in at.caption) and not at.exception
+
+    at.toggle(key="curation_every").set_value(True)
+    at = settle(at)
+    assert table(at, "flags").set_index("id")["flags"][gibberish] == "not fluent"
+    at.selectbox(key="curation_variant").set_value(gibberish)
+    at = settle(at)
+    assert any("Not a true inversion" in e.value and "the policy finds it not fluent" in e.value for e in at.error)
+    assert any("**Not fluent**: perplexity 63.75, 25.5× the plain policy's 2.50" in w.value for w in at.warning)
+    assert at.button(key="curation_approve").disabled
+
+
 def test_curation_runs_batch_generation_as_a_background_job(env):
     at = settle(AppTest.from_file(APP, default_timeout=120), "pages/curation.py")
     at.number_input(key="curation_gen_p").set_value(25.0)  # 2 of the 8 pairs

@@ -38,12 +38,14 @@ def test_variants_help_explains_every_flag_in_words(capsys):
                 "--scored", "--max-length", "--policy", "--raise-policy", "--batch-size", "--decoding.k", "--decoding.alpha",
                 "--decoding.temperature", "--decoding.max-new-tokens", "--decoding.stop-on-eos", "--runtime.device",
                 "--runtime.dtype", "--runtime.threads", "--runtime.seed", "--runtime.trust-remote-code", "--runtime.trunk-cache",
-                "--runtime.trunk-cache-gb"}
+                "--runtime.trunk-cache-gb", "--verdict.max-perplexity-ratio"}
     assert set(entries) - {"--help"} == expected
     for flag, text in entries.items():
         words = re.sub(r"\(default: [^)]*\)", "", text)
         assert len(re.findall(r"[a-z]{3,}", words)) >= 3, f"{flag} is not explained: {text!r}"
     assert entries["--decoding.alpha"].startswith("fluency weight on log pi") and "(default: 1.0)" in entries["--decoding.alpha"]
+    assert entries["--verdict.max-perplexity-ratio"].startswith("a variant whose perplexity under the policy is more than")
+    assert "(default: 20.0)" in entries["--verdict.max-perplexity-ratio"]
     assert "(default: 'lowest_loss')" not in entries["--strategy"] and "(default: lowest_loss)" in entries["--strategy"]
 
 

@@ -7,17 +7,18 @@ from reform_engine.curation import counts, decision_for, export_approved, new_pa
 from reform_engine.data import load_preferences
 from reform_engine.decoding import DecodingResult, StepRecord
 from reform_engine.influence import ScoredPair
-from reform_engine.inversions import make_variant
+from reform_engine.inversions import make_variant, verdict_flags
 from reform_engine.store import Store
 
 
-def variant(i: int, direction: str, r_variant: float, text: str) -> dict:
-    """A real Variant.to_record(): pair i (r+ = 2.0, r- = 0.5) with a two-step decoding ending in EOS."""
+def variant(i: int, direction: str, r_variant: float, text: str, *, perplexity: float = 3.0, plain: float = float("nan")) -> dict:
+    """A real Variant.to_record(): pair i (r+ = 2.0, r- = 0.5) with a two-step decoding ending in EOS;
+    ``plain``: the plain policy's perplexity on its prompt (the fluency reference)."""
     source = ScoredPair(make_pair(i, f"Q{i}?", "Good answer.", "Bad answer."), 2.0, 0.5, 0.2, 1)
     steps = [StepRecord(s, [5, 2], ["Hi", "<eos>"], [-0.1, -2.0], [0.3, 0.1], [0.0, 0.0], c, [5, 2][c], ["Hi", ""][c],
                         [0.3, -0.4, -0.4][s], c == 1) for s, c in enumerate([0, 0, 1])]
-    result = DecodingResult(source.pair.prompt, direction, "fast", [5, 5], text, steps, r_variant, 3.0, "eos")
-    return make_variant(source, result, r_variant).to_record()
+    result = DecodingResult(source.pair.prompt, direction, "fast", [5, 5], text, steps, r_variant, perplexity, "eos")
+    return make_variant(source, result, r_variant, plain).to_record()
 
 
 @pytest.fixture()
@@ -37,6 +38,20 @@ def test_queue_holds_inversions_and_hand_sent_variants(store):
     assert queue(store)["text"].tolist() == ["Sent by hand."]
     assert queue(store, "approved")["id"].tolist() == [first]
     assert counts(store) == {"pending": 1, "approved": 1, "rejected": 0}
+
+
+def test_a_batch_variant_past_its_threshold_but_not_fluent_is_not_queued_and_is_shown_flagged(tmp_path):
+    s = Store(tmp_path / "reform.duckdb")
+    job = s.add_job("variants", {})
+    s.add_variants([variant(0, "lower", -1.0, "Hagai H.Pomoderitametakomoronit", perplexity=63.75, plain=2.5),
+                    variant(1, "lower", -1.0, "A fine answer.", perplexity=6.0, plain=2.5)], job_id=job)
+    assert queue(s)["text"].tolist() == ["A fine answer."]
+    every = queue(s, every_variant=True)
+    assert every[["text", "margin", "fluent", "is_inversion"]].values.tolist() == [
+        ["Hagai H.Pomoderitametakomoronit", 1.5, False, False], ["A fine answer.", 1.5, True, True]]
+    assert [verdict_flags(r) for r in every.to_dict("records")] == [["not fluent"], []]
+    with pytest.raises(ValueError, match="not an inversion"):
+        s.decide(int(every["id"][0]), "approve")
 
 
 def test_decision_for_an_edited_text():

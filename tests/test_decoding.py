@@ -81,6 +81,15 @@ def test_k1_alpha0_is_plain_greedy_decoding(models):
     assert ours.stopped == ("eos" if eos in ref else "max_new_tokens")
 
 
+@pytest.mark.parametrize("stop_on_eos", [True, False])
+def test_plain_perplexities_are_those_of_greedy_decoding_from_the_policy_alone(models, stop_on_eos):
+    dec = ControlledDecoder(*models)
+    greedy = dec.decode(PROMPTS, DecodingConfig(k=1, alpha=0.0, max_new_tokens=9, stop_on_eos=stop_on_eos))
+    plain = dec.plain_perplexities(PROMPTS, 9, stop_on_eos=stop_on_eos)
+    assert all(len(r.token_ids) >= 2 for r in greedy)
+    assert plain == pytest.approx([r.perplexity for r in greedy], rel=1e-4)
+
+
 def test_running_reward_equals_a_fresh_score_of_the_final_text(models):
     policy, tok, rm = models
     for direction in ("lower", "raise"):

@@ -7,8 +7,8 @@ from conftest import make_pair
 from reform_engine.data import write_jsonl
 from reform_engine.decoding import DecodingConfig, DecodingResult
 from reform_engine.influence import ScoredPair
-from reform_engine.inversions import (GenerateVariantsConfig, check_inversion, generate_variants, make_variant,
-                                      variant_stats)
+from reform_engine.inversions import (GenerateVariantsConfig, VerdictConfig, check_inversion, generate_variants, is_truncated,
+                                      make_variant, variant_stats, verdict_flags)
 from reform_engine.runtime import Runtime
 from reform_engine.tiny import save_tiny_model
 
@@ -22,10 +22,12 @@ def test_check_inversion_in_both_directions():
         check_inversion("up", 0, 0, 0)
 
 
-def _variant(direction, r_variant, text="A new answer."):
+def _variant(direction, r_variant, text="A new answer.", *, perplexity=4.0, plain=float("nan"), ids=(1, 2), stopped="eos",
+             verdict=None):
     src = ScoredPair(make_pair(3, "Q?", "Good answer.", "Bad answer."), 2.0, 0.5, 0.2, 1)
-    res = DecodingResult(src.pair.prompt, direction, "fast", [1, 2], text, final_reward=r_variant, perplexity=4.0)
-    return make_variant(src, res, r_variant)
+    res = DecodingResult(src.pair.prompt, direction, "fast", list(ids), text, final_reward=r_variant, perplexity=perplexity,
+                         stopped=stopped)
+    return make_variant(src, res, r_variant, plain, verdict)
 
 
 def test_new_pairs_follow_the_method():
@@ -45,6 +47,56 @@ def test_variant_stats():
     assert (st.n, st.inversions, st.success_rate) == (4, 2, 0.5)
     assert st.mean_perplexity == pytest.approx((2 + 4 + 6 + 4) / 4) and st.mean_perplexity_inversions == pytest.approx(4.0)
     assert st.by_direction == {"lower": {"n": 2, "inversions": 1}, "raise": {"n": 2, "inversions": 1}}
+
+
+def test_gibberish_far_less_fluent_than_the_plain_policy_is_no_true_inversion():
+    # the "H.Pomoderitametakomoronit": perplexity 63.75, past its threshold
+    gibberish = _variant("lower", -1.0, "Hagai Kamerman H.Pomoderitametakomoronit", perplexity=63.75, plain=2.5)
+    assert (gibberish.margin, gibberish.fluent, gibberish.is_inversion, gibberish.new_pair()) == (1.5, False, False, None)
+    assert verdict_flags(gibberish.to_record()) == ["not fluent"]
+    fluent = _variant("lower", -1.0, perplexity=6.0, plain=2.5)
+    assert (fluent.fluent, fluent.is_inversion, fluent.plain_perplexity) == (True, True, 2.5)
+    assert verdict_flags(fluent.to_record()) == []
+    # the limit is the setting: 63.75 / 2.5 = 25.5 passes a 30x limit; 0 turns the flag off (fluency unknown)
+    assert _variant("lower", -1.0, perplexity=63.75, plain=2.5, verdict=VerdictConfig(max_perplexity_ratio=30.0)).is_inversion
+    off = _variant("lower", -1.0, perplexity=63.75, plain=2.5, verdict=VerdictConfig(max_perplexity_ratio=0.0))
+    assert (off.fluent, off.is_inversion) == (None, True)
+    unknown = _variant("lower", -1.0, perplexity=63.75)  # no plain-policy reference: unknown, and said so
+    assert (unknown.fluent, unknown.is_inversion) == (None, True) and verdict_flags(unknown.to_record()) == ["fluency unknown"]
+
+
+def test_the_fluency_limit_refuses_a_ratio_that_would_flag_the_plain_policy_itself():
+    assert VerdictConfig().max_perplexity_ratio == 20.0
+    with pytest.raises(ValueError, match="use a ratio >= 1, or 0 to turn the flag off"):
+        VerdictConfig(max_perplexity_ratio=0.5)
+    with pytest.raises(ValueError, match="finite ratio >= 1"):
+        VerdictConfig(max_perplexity_ratio=-1.0)
+    with pytest.raises(ValueError, match="finite ratio >= 1"):
+        GenerateVariantsConfig(reward_model="x", verdict=VerdictConfig(max_perplexity_ratio=float("inf")))
+
+
+def test_a_variant_cut_mid_sentence_at_the_token_limit_is_flagged_truncated():
+    assert is_truncated("I think that the", "max_new_tokens") is True
+    assert is_truncated("I think so.  ", "max_new_tokens") is False
+    assert is_truncated('He said "no!"', "max_new_tokens") is False
+    assert is_truncated("(See above?)", "max_new_tokens") is False
+    assert is_truncated("I think that the", "eos") is False  # the policy ended it itself
+    cut = _variant("lower", -1.0, "Well, the answer is", stopped="max_new_tokens", plain=4.0)
+    assert (cut.truncated, cut.is_inversion) == (True, True)  # flagged, still an inversion
+    assert verdict_flags(cut.to_record()) == ["truncated"]
+    assert _variant("lower", -1.0, "Well, the answer is", stopped="eos").truncated is False
+
+
+def test_a_one_token_variant_is_no_true_inversion():
+    one = _variant("lower", -1.0, "No", ids=(7,), plain=4.0)
+    assert (one.margin, one.n_tokens, one.is_inversion) == (1.5, 1, False)
+
+
+def test_variant_stats_count_the_variants_kept_out_as_not_fluent():
+    vs = [_variant("lower", -1.0, perplexity=63.75, plain=2.5), _variant("lower", 1.0, perplexity=63.75, plain=2.5),
+          _variant("raise", 3.0, "Cut off at", stopped="max_new_tokens", plain=2.5)]
+    st = variant_stats(vs)
+    assert (st.n, st.inversions, st.not_fluent, st.truncated) == (3, 1, 1, 1)
 
 
 def test_bad_job_config_is_refused_early():
@@ -69,6 +121,10 @@ def test_generate_variants_job_end_to_end(tmp_path, toy_pairs):
     assert sorted(r["direction"] for r in records) == ["lower", "lower", "raise", "raise"]
     for r in records:
         assert r["r_variant"] == pytest.approx(r["r_trace"], abs=1e-4)  # ASCII text re-tokenizes to the decoded ids
+        assert r["plain_perplexity"] > 1.0 and r["fluent"] == (r["perplexity"] <= 20.0 * r["plain_perplexity"])
+        assert r["is_inversion"] == (r["margin"] > 0 and r["fluent"] and r["n_tokens"] >= 2)
+        assert r["truncated"] == (len(r["steps"]) == 6 and not r["steps"][-1]["is_eos"] and not r["text"].rstrip().endswith(
+            tuple(".!?…。！？")))
         assert 1 <= len(r["steps"]) <= 6 and len(r["steps"][0]["candidate_ids"]) == 4
         assert (r["new_pair"] is not None) == r["is_inversion"]
     augment = [json.loads(line) for line in open(res.augment_path)]
@@ -81,6 +137,13 @@ def test_generate_variants_job_end_to_end(tmp_path, toy_pairs):
                            tmp_path / "inf")
     again = generate_variants(dataclasses.replace(cfg, scored=inf.scored_path), tmp_path / "run2")
     assert [json.loads(line)["text"] for line in open(again.variants_path)] == [r["text"] for r in records]
+    # a limit of 1x flags every variant less likely than the plain policy's own text: none of those is queued as a pair
+    strict = generate_variants(dataclasses.replace(cfg, scored=inf.scored_path, verdict=VerdictConfig(max_perplexity_ratio=1.0)),
+                               tmp_path / "run3")
+    rows = [json.loads(line) for line in open(strict.variants_path)]
+    assert [r["fluent"] for r in rows] == [r["perplexity"] <= r["plain_perplexity"] for r in rows]
+    assert strict.stats.not_fluent == sum(r["margin"] > 0 and not r["fluent"] for r in rows) > 0
+    assert strict.stats.inversions == sum(r["is_inversion"] for r in rows) == len(list(open(strict.augment_path)))
 
 
 def test_a_scored_file_from_other_data_is_refused(tmp_path, toy_pairs):

@@ -125,6 +125,62 @@ def test_a_second_version_database_loses_its_copies_of_results_and_keeps_jobs_va
     assert [s for (s,) in sequences] == ["decisions_id", "jobs_id", "variants_id"]
 
 
+def test_variants_stored_before_the_verdict_flags_load_with_the_flags_unknown(tmp_path):
+    import reform_engine.store as store_module
+
+    path = tmp_path / "v4.duckdb"
+    con = duckdb.connect(str(path))  # a database as the fourth schema left it, with a decoded variant in it
+    for sql in [q for m in store_module.MIGRATIONS[:4] for q in m]:
+        con.execute(sql)
+    con.execute("INSERT INTO schema_version VALUES (1, now()), (2, now()), (3, now()), (4, now())")
+    con.execute("INSERT INTO variants (key, pair_id, direction, prompt, original_chosen, original_rejected, text, perplexity, "
+                "is_inversion, steps, trace, created_at) VALUES ('k', 'toy:0', 'lower', '[{\"role\": \"user\", \"content\": \"q\"}]', "
+                "'good', 'bad', 'worse', 63.75, TRUE, '[]', '[]', now())")
+    con.close()
+    store = Store(path)
+    assert schema_version(path) == SCHEMA_VERSION
+    listed = store.list_variants()
+    assert listed[["text", "perplexity", "plain_perplexity", "fluent", "truncated", "is_inversion"]].values.tolist()[0][:2] == ["worse", 63.75]
+    assert listed["plain_perplexity"].isna().all() and listed["fluent"].isna().all() and listed["truncated"].isna().all()
+    v = store.get_variant(1)
+    assert (v["fluent"], v["truncated"], v["plain_perplexity"], v["is_inversion"]) == (None, None, None, True)
+
+
+def test_the_verdict_flags_are_stored_with_each_variant(store):
+    job = store.add_job("variants", {})
+    flagged = {**variant_record(0, inversion=False), "plain_perplexity": 2.5, "fluent": False, "truncated": True}
+    ids = store.add_variants([flagged, {**variant_record(1), "plain_perplexity": 2.5, "fluent": True, "truncated": False}], job)
+    got = [store.get_variant(i) for i in ids]
+    assert [(v["plain_perplexity"], v["fluent"], v["truncated"], v["is_inversion"]) for v in got] == \
+        [(2.5, False, True, False), (2.5, True, False, True)]
+    assert store.list_variants(inversions_only=False)["fluent"].tolist() == [False, True]
+
+
+def test_an_inversion_flagged_not_fluent_is_refused(store):
+    before = table_counts(store.path)
+    with pytest.raises(StoreError, match="marked an inversion but flagged not fluent"):
+        store.add_variants([{**variant_record(0), "fluent": False}])
+    with pytest.raises(StoreError, match="fluent of variant record 0 is 'no'"):
+        store.add_variants([{**variant_record(0), "fluent": "no"}])
+    assert table_counts(store.path) == before
+
+
+def test_a_one_token_or_empty_variant_cannot_be_sent_to_curation(store):
+    one = {**variant_record(0, inversion=False), "text": "No", "n_tokens": 1}
+    with pytest.raises(StoreError, match="cannot be sent to curation: it is 1 token long; a variant needs at least 2"):
+        store.add_variants([one])
+    steps_only = {**variant_record(1, inversion=False), "text": "No"}
+    steps_only["steps"] = steps_only["steps"][:1] + [{**steps_only["steps"][1], "is_eos": True}]  # one token, then EOS
+    with pytest.raises(StoreError, match="it is 1 token long"):
+        store.add_variants([steps_only])
+    with pytest.raises(StoreError, match="cannot be sent to curation: its text is empty"):
+        store.add_variants([{**variant_record(2, inversion=False), "text": "  "}])
+    assert table_counts(store.path)["variants"] == 0
+    # a batch job keeps what it decoded (the verdict already says no), and a 2-token variant is sent
+    assert len(store.add_variants([one], store.add_job("variants", {}))) == 1
+    assert len(store.add_variants([{**one, "n_tokens": 2}])) == 1
+
+
 def test_a_job_row_keeps_its_config_state_and_times(store, tmp_path):
     job = store.add_job("train-rm", {"lr": 0.0002, "data": "demo"}, str(tmp_path / "run"))
     assert store.get_job(job)["state"] == "pending" and store.get_job(job)["config"] == {"lr": 0.0002, "data": "demo"}
@@ -332,8 +388,11 @@ def test_an_old_database_keeps_its_decisions_and_records_the_reviewer_from_now_o
     path = tmp_path / "old.duckdb"
     monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:1])
     monkeypatch.setattr(store_module, "SCHEMA_VERSION", 1)
-    Store(path).add_variants([variant_record(0)])
-    con = duckdb.connect(str(path))  # a decision as the code before reviewers wrote it
+    Store(path)
+    con = duckdb.connect(str(path))  # a variant and a decision as the code before reviewers wrote them
+    con.execute("INSERT INTO variants (key, pair_id, direction, prompt, original_chosen, original_rejected, text, is_inversion, "
+                "steps, trace, created_at) VALUES ('k', 'toy:0', 'lower', '[{\"role\": \"user\", \"content\": \"q\"}]', "
+                "'good', 'bad', 'worse', TRUE, '[]', '[]', now())")
     con.execute("INSERT INTO decisions (variant_id, decision, edited_text, note, decided_at) VALUES (1, 'approve', NULL, 'old', now())")
     con.close()
     monkeypatch.undo()
