@@ -6,14 +6,15 @@ from pathlib import Path
 
 import streamlit as st
 
+from pages._controls import column_mapping
 from pages._draw import md_code, md_escape, show_error, show_trust_warning
 from pages._jobs import live_jobs
-from pages._loading import require_data, require_policy, require_rm
+from pages._loading import require_data, require_policy, require_rm, validate_data
 from pages._project import project_store
 from pages._routes import through_router
 from pages._scoring import require_scored, show_scoring_skips
 from pages._settings import UPLOAD_LIMIT_MB, rm_exists, settings, update_settings
-from reform_engine.data import DEMO_PATH, DataError, save_upload
+from reform_engine.data import DEMO_PATH, DataError, column_map_of, save_upload
 from reform_engine.evaluation import pairwise_metrics
 from reform_engine.jobs import ACTIVE, start_job
 from reform_engine.reports import latest_job, log_tail
@@ -91,7 +92,7 @@ with c_rm:
         st.caption(f"loaded · {'LoRA' if rm.spec.finetune == 'lora' else rm.spec.finetune} on {md_code(rm.spec.base_model)}")
 with c_data:
     st.markdown(f"**Data**  \n{md_code(s.data)}" + (f" rows {md_code(s.rows)}" if s.rows else ""))
-    loaded = require_data(stop=False)
+loaded = require_data(stop=False)  # below the columns: a message about the data gets the page's width
 
 if loaded is not None:
     data, pairs = loaded
@@ -134,9 +135,11 @@ with tab_data:
         text = st.text_input("Local path or hub id", key="home_data_text", placeholder="/data/pairs.jsonl or Anthropic/hh-rlhf")
         rows = st.text_input("Rows (optional, 0-based 'start:end')", value=s.rows, key="home_rows",
                              help="work on part of a large set, e.g. 0:2000")
+        columns = column_mapping("home")
         if st.form_submit_button("Use this data"):
             try:
                 dataclasses.replace(s, rows=rows.strip())  # refuses bad rows before anything is saved
+                column_map = column_map_of(**columns)
                 if kind == "Demo set":
                     source = str(DEMO_PATH)
                 elif kind == "Upload a file":
@@ -146,12 +149,12 @@ with tab_data:
                                              max_bytes=UPLOAD_LIMIT_MB * 2**20))
                 else:
                     source = text.strip()
-                    if not source:
-                        raise DataError("no path or id given.", fix="type a local file path or a hub dataset id.")
+                with st.spinner("Checking the data"):
+                    source = validate_data(source, rows.strip(), column_map, s.project_dir)
                 update_settings(data=source, rows=rows.strip())
                 st.rerun()
-            except (DataError, ValueError) as exc:
-                show_error(exc)
+            except (DataError, ValueError) as exc:  # the data in use stays as it was
+                show_error(exc, "Not switched")
 with tab_models:
     with st.form("home_models_form"):
         policy = st.text_input("Policy: model id or directory", value=s.policy, key="home_policy")

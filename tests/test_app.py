@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from reform_engine.data import upload_file_name
 from reform_engine.reward_model import RewardModelSpec, build_reward_model
 from reform_engine.runtime import Runtime
 from reform_engine.tiny import save_tiny_model
@@ -129,6 +130,49 @@ def test_home_upload_is_validated_and_used(env):
     assert second != kept and kept.read_text() == rows and metrics(at)["Pairs"] == "4"  # the first upload is untouched
 
 
+def test_home_refuses_broken_data_and_keeps_the_data_in_use(env):
+    at = settle(AppTest.from_file(APP, default_timeout=120))
+    before = at.session_state["app_settings"].data
+    at.radio(key="home_data_kind").set_value("Upload a file")
+    at.file_uploader(key="home_upload").set_value(("broken.jsonl", b"not json\n[1, 2]\n", "application/json"))
+    at.get("form_submit_button")[0].click()  # "Use this data"
+    at = settle(at)
+    assert at.session_state["app_settings"].data == before and metrics(at)["Pairs"] == "165"
+    assert len(at.error) == 1, [e.value for e in at.error]
+    error = at.error[0].value
+    assert error.startswith("Not switched: ") and "every row was invalid" in error and "Fix: " in error
+    assert error.count("broken.jsonl") == 1
+    assert not [b for b in at.button if b.key and b.key.startswith("app_retry")]
+
+    at.file_uploader(key="home_upload").set_value(("pairs.csv", b"question,good,bad\nQ?,A fine answer.,No.\n", "text/csv"))
+    at.get("form_submit_button")[0].click()
+    at = settle(at)
+    assert at.session_state["app_settings"].data == before and metrics(at)["Pairs"] == "165"
+    assert [e.value for e in at.error] == [
+        f"Not switched: {at.session_state['app_settings'].project_dir}/uploads/"
+        f"{upload_file_name('pairs.csv', b'question,good,bad' + chr(10).encode() + b'Q?,A fine answer.,No.' + chr(10).encode())}, "
+        "row 1: missing column(s) \\['chosen', 'rejected'\\]; found \\['bad', 'good', 'question'\\]. Fix: map the file's "
+        "columns to prompt, chosen and rejected under 'Column mapping' (beside the file, on Home or the Data page), then use "
+        "the data again."]
+
+
+def test_home_column_mapping_renames_the_files_columns_for_every_page(env):
+    at = settle(AppTest.from_file(APP, default_timeout=120))
+    at.radio(key="home_data_kind").set_value("Upload a file")
+    at.file_uploader(key="home_upload").set_value(("pairs.csv", b"question,good,bad\nQ1?,A fine answer.,No.\n"
+                                                               b"Q2?,Another answer.,Go away.\n", "text/csv"))
+    for ours, theirs in (("prompt", "question"), ("chosen", "good"), ("rejected", "bad")):
+        at.text_input(key=f"home_column_{ours}").set_value(theirs)
+    at.get("form_submit_button")[0].click()
+    at = settle(at)
+    assert not at.error, [e.value for e in at.error]
+    mapped = Path(at.session_state["app_settings"].data)
+    assert mapped.name.endswith("-pairs.mapped.jsonl") and metrics(at)["Pairs"] == "2"
+    assert [json.loads(line) for line in mapped.read_text().splitlines()] == [
+        {"prompt": "Q1?", "chosen": "A fine answer.", "rejected": "No."},
+        {"prompt": "Q2?", "chosen": "Another answer.", "rejected": "Go away."}]
+
+
 def test_home_without_a_reward_model_says_how_to_train_one(env, monkeypatch, tmp_path):
     monkeypatch.setenv("REFORM_REWARD_MODEL", str(tmp_path / "nothing-here"))
     at = settle(AppTest.from_file(APP, default_timeout=120))
@@ -226,6 +270,70 @@ def test_data_page_shows_pairs_and_reports_a_bad_path(env):
     assert len(at.dataframe) == 1
     at.text_input(key="data_path").set_value("/nonexistent/pairs.jsonl").run()
     assert not at.exception and "no such file" in at.error[0].value
+
+
+def test_data_page_asks_for_a_path_when_the_path_is_empty(env):
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/data_browser.py")
+    at.text_input(key="data_path").set_value("   ").run()
+    assert not at.exception and not at.error
+    assert [i.value for i in at.info] == ["Enter a path to a data file above (or a hub dataset id) to browse it."]
+
+
+def length_slider(at: AppTest):
+    return next(sl for sl in at.slider if sl.label.startswith("Response length"))
+
+
+def test_data_page_filters_pairs_and_shows_one_in_full_as_text(env, tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": "How do I boil an egg?", "chosen": "Put it in boiling water for 8 minutes.", "rejected": "No."},
+            {"prompt": "Tell me a joke.", "chosen": f"Sure: {BEACON} # not a heading", "rejected": "Go away."},
+            {"prompt": "Where is Paris?", "chosen": "In France.", "rejected": "On the moon, next to the big cheese."}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/data_browser.py")
+    at.text_input(key="data_path").set_value(str(path)).run()
+    assert len(at.dataframe[0].value) == 3 and length_slider(at).value == (0, 50)
+    at.text_input(key="data_contains").set_value("PARIS").run()
+    assert list(at.dataframe[0].value["id"]) == ["pairs.jsonl:2"] and "1 of 3 pairs" in [c.value for c in at.caption]
+    at.text_input(key="data_contains").set_value("").run()
+    length_slider(at).set_value((40, 50)).run()
+    assert list(at.dataframe[0].value["id"]) == ["pairs.jsonl:1"]
+    assert at.selectbox(key="data_pair").options == ["pairs.jsonl:1"]
+    assert [c.value for c in at.code] == ["Human: Tell me a joke.", f"Sure: {BEACON} # not a heading", "Go away."]
+    assert not rendered_markup(at)
+    at.text_input(key="data_contains").set_value("no such words").run()
+    assert len(at.dataframe[0].value) == 0 and "No pair matches the filters." in [i.value for i in at.info]
+
+
+def test_data_page_switches_the_data_in_use_only_after_checking_it(env, tmp_path):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("not json\n")
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/data_browser.py")
+    before = at.session_state["app_settings"].data
+    at.text_input(key="data_path").set_value(str(broken)).run()
+    assert any("every row was invalid" in e.value for e in at.error) and "data_use" not in [b.key for b in at.button]
+
+    good = tmp_path / "pairs.csv"
+    good.write_text("question,good,bad\nQ1?,A fine answer.,No.\nQ2?,Another answer.,Go away.\nQ3?,Yes.,Nope.\n")
+    at.text_input(key="data_path").set_value(str(good)).run()
+    assert [e.value for e in at.error] == [f"{good}, row 1: missing column(s) \\['chosen', 'rejected'\\]; found "
+                                           "\\['bad', 'good', 'question'\\]. Fix: map the file's columns to prompt, chosen "
+                                           "and rejected under 'Column mapping' (beside the file, on Home or the Data page), "
+                                           "then use the data again."]
+    for ours, theirs in (("prompt", "question"), ("chosen", "good"), ("rejected", "bad")):
+        at.text_input(key=f"data_column_{ours}").set_value(theirs)
+    at.run()
+    assert len(at.dataframe[0].value) == 3 and not at.error
+    at.text_input(key="data_rows").set_value("5:9").run()
+    at.button(key="data_use").click().run()
+    assert at.session_state["app_settings"].data == before
+    assert any(e.value.startswith("Not switched: ") and "no valid pairs in rows '5:9'" in e.value for e in at.error)
+    at.text_input(key="data_rows").set_value("1:3").run()
+    at.button(key="data_use").click().run()
+    s = at.session_state["app_settings"]
+    assert Path(s.data).name.endswith("-pairs.mapped.jsonl") and s.rows == "1:3" and not at.error
+    assert any(m.value.startswith("Now in use on every page:") for m in at.success)
+    at = settle(at, "pages/home.py")
+    assert metrics(at)["Pairs"] == "2"
 
 
 def test_a_policy_that_cannot_load_is_a_message_with_retry_not_a_traceback(env, monkeypatch, tmp_path):

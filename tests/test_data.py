@@ -352,3 +352,42 @@ def test_upload_names_are_cut_to_fit_and_keep_their_extension(tmp_path):
     assert upload_file_name("é" * 300 + ".JSON", b"") == "e3b0c44298fc1c14-" + "_" + ".JSON"  # a run of unsafe characters is one '_'
     path = save_upload("y" * 300 + ".jsonl", row, tmp_path)
     assert len(path.name) == 17 + UPLOAD_NAME_CHARS and path.name.endswith("y.jsonl") and len(load_preferences(path)) == 1
+
+
+def test_an_empty_source_asks_for_a_path_instead_of_reading_the_current_directory():
+    with pytest.raises(DataError) as info:
+        load_preferences("  ")
+    assert str(info.value) == ("no data file given. Fix: enter a path to a .jsonl, .jsonl.gz, .json, .parquet or .csv file "
+                               "(or a hub dataset id).")
+
+
+def test_columns_that_are_not_ours_raise_a_column_error_the_app_can_recognise():
+    from reform_engine.data import ColumnError
+
+    with pytest.raises(ColumnError, match=r"missing column\(s\) \['chosen', 'rejected'\]"):
+        pairs_from_rows([{"question": "Q", "good": "A", "bad": "B"}], "f.jsonl")
+
+
+def test_column_map_of_maps_the_files_names_to_ours_and_refuses_one_column_twice():
+    from reform_engine.data import column_map_of
+
+    assert column_map_of(prompt="question", chosen=" good ", rejected="") == {"question": "prompt", "good": "chosen"}
+    assert column_map_of(prompt="prompt", chosen="", rejected="") == {}
+    with pytest.raises(DataError, match="mapped to two of ours"):
+        column_map_of(prompt="", chosen="answer", rejected="answer")
+
+
+def test_save_mapped_writes_the_renamed_rows_keeping_row_numbers_and_writes_nothing_for_a_bad_map(tmp_path):
+    from reform_engine.data import save_mapped
+
+    src = tmp_path / "pairs.csv"
+    src.write_text("question,good,bad\nQ1?,Yes.,No.\nQ2?,Same,Same\nQ3?,Fine.,Bad.\n")
+    out = save_mapped(src, {"question": "prompt", "good": "chosen", "bad": "rejected"}, tmp_path / "uploads")
+    assert out.parent == tmp_path / "uploads" and out.name.endswith("-pairs.mapped.jsonl")
+    data = load_preferences(out, skip_invalid=True)
+    assert [(p.pair_id, p.chosen) for p in data.pairs] == [(f"{out.name}:0", "Yes."), (f"{out.name}:2", "Fine.")]
+    assert data.report.skipped[0][0] == 2
+    assert save_mapped(src, {"question": "prompt", "good": "chosen", "bad": "rejected"}, tmp_path / "uploads") == out
+    with pytest.raises(DataError, match="missing column"):
+        save_mapped(src, {"question": "prompt"}, tmp_path / "other")
+    assert not (tmp_path / "other").exists()
