@@ -29,8 +29,9 @@ def _warm_imports() -> None:
 @st.cache_resource(show_spinner=False)
 def _policy_task(name: str, device: str, trust_remote_code: bool) -> BackgroundTask:
     def load(report):
-        from reform_engine.models import DEFAULT_MODEL, converted_default_dir, load_causal_lm, load_tokenizer
+        from reform_engine.models import DEFAULT_MODEL, check_model_name, converted_default_dir, load_causal_lm, load_tokenizer
 
+        check_model_name(name)  # a mistyped id fails now, not after the other model's load and the imports
         with _LOAD_LOCK:
             _warm_imports()
             if name in (DEFAULT_MODEL, "default") and not (converted_default_dir() / "model.safetensors").is_file():
@@ -46,8 +47,11 @@ def _policy_task(name: str, device: str, trust_remote_code: bool) -> BackgroundT
 def cached_rm_task(path: str, stamp: int, device: str, trust_remote_code: bool) -> BackgroundTask:
     def load(report):
         from reform_engine.models import DEFAULT_MODEL, converted_default_dir
+        from reform_engine.models import check_model_name
         from reform_engine.reward_model import SPEC_FILE, RewardModelSpec, load_reward_model
 
+        if not (Path(path).expanduser() / SPEC_FILE).is_file():
+            check_model_name(path)  # a sequence-classification model id: refused now if it cannot be loaded
         report(0, None, "waiting for the other model to load")
         with _LOAD_LOCK:
             _warm_imports()

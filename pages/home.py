@@ -24,6 +24,17 @@ from reform_engine.training import TrainRewardConfig
 BASE_RUN = "base-rm"    # <project>/runs/base-rm/checkpoint is the default reward model (pages/_settings.py)
 
 
+def model_problem(name: str) -> str:
+    """Why model ``name`` cannot be loaded here ('' if it may be), found without loading it."""
+    from reform_engine.models import ModelError, check_model_name
+
+    try:
+        check_model_name(name)
+    except ModelError as exc:
+        return str(exc)
+    return ""
+
+
 def train_base_rm(s) -> None:
     """No RM yet: train one on the data in use as a background job, with live progress."""
     store = project_store()
@@ -60,6 +71,9 @@ def train_base_rm(s) -> None:
     max_length = st.number_input("Max tokens per sequence", 16, 32_768, defaults.model.max_length, key="home_train_max_length")
     if st.button("Train a base reward model", type="primary", key="home_train"):
         try:
+            problem = model_problem(backbone.strip() or s.policy)
+            if problem:  # refused here, at once, rather than by the job process after its start-up
+                raise ValueError(problem)
             model = RewardModelSpec(base_model=backbone.strip() or s.policy, finetune=finetune, lora_layers=int(lora_layers) or None,
                                     max_length=int(max_length))
             config = TrainRewardConfig(data=s.data, train_rows=rows.strip(), model=model, epochs=int(epochs),
@@ -168,12 +182,16 @@ with tab_models:
                           help="lets a model or checkpoint run Python code shipped with it (auto_map in its config). "
                                "Off: such a model is refused. Only for models whose files you trust.")
         if st.form_submit_button("Use these models"):
-            problems = [f"no reward model at {md_code(p)}" for p in (reward_model.strip(), compare_rm.strip())
-                        if p and not rm_exists(p)]
+            problems = [f"no reward model at {md_code(p)} (give a checkpoint directory written by train-rm)"
+                        for p in (reward_model.strip(), compare_rm.strip()) if p and not rm_exists(p)]
+            # ids are looked up now (the local cache, the hub's reachability; no download): a typo fails here, at once
+            names = [policy.strip()] + [p for p in (reward_model.strip(), compare_rm.strip())
+                                        if p and rm_exists(p) and not Path(p).expanduser().exists()]
+            problems += [md_escape(m) for m in map(model_problem, filter(None, names)) if m]
             if not policy.strip():
                 problems.append("the policy is empty")
             if problems:
-                st.error("Not switched: " + "; ".join(problems) + ". Give a checkpoint directory written by train-rm.")
+                st.error("Not switched: " + "; ".join(problems) + ".")
             else:
                 update_settings(policy=policy.strip(), reward_model=reward_model.strip(), compare_rm=compare_rm.strip(),
                                 score_max_length=int(score_max_length), trust_remote_code=bool(trust))

@@ -185,6 +185,47 @@ def test_home_without_a_reward_model_says_how_to_train_one(env, monkeypatch, tmp
     assert any("no reward model at `/no/such/rm`" in e.value for e in at.error)
 
 
+MISTYPED_ID = "smollm2-135m-instrct"  # the default model's name with a letter missing: a hub id nobody has cached
+
+
+def test_a_mistyped_model_id_is_refused_by_the_models_form_at_once_offline(env, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    at = settle(AppTest.from_file(APP, default_timeout=120))
+    at.text_input(key="home_policy").set_value(MISTYPED_ID)
+    at.get("form_submit_button")[1].click()  # "Use these models"
+    at.run()  # no settle: the refusal is on the page of this very run, before any model load starts
+    assert at.session_state["app_settings"].policy == env["policy"]
+    assert [e.value for e in at.error] == [
+        f"Not switched: {MISTYPED_ID} is not a local directory, and as a hub id it is not in the local Hugging Face cache "
+        "while the model hub cannot be reached (HF_HUB_OFFLINE is set); check the spelling, or give a local model "
+        "directory (the default model is smollm2-135m-instruct)."]
+
+
+def test_a_mistyped_backbone_is_refused_before_a_training_job_starts(env, monkeypatch, tmp_path):
+    from reform_engine.store import Store
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("REFORM_REWARD_MODEL", str(tmp_path / "nothing-here"))
+    at = settle(AppTest.from_file(APP, default_timeout=120))
+    at.text_input(key="home_train_model").set_value(MISTYPED_ID)
+    at.button(key="home_train").click().run()
+    assert any(e.value.startswith(f"Not started: {MISTYPED_ID} is not a local directory") for e in at.error), \
+        [e.value for e in at.error]
+    assert Store(Path(at.session_state["app_settings"].project_dir) / "reform.duckdb").list_jobs().empty
+
+
+def test_a_policy_task_with_a_mistyped_id_fails_without_taking_the_model_lock(env, monkeypatch):
+    from pages import _loading
+    from reform_engine.models import ModelError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with _loading._LOAD_LOCK:  # another model is loading: a typo must not wait for it
+        task = _loading._policy_task.__wrapped__(MISTYPED_ID, "cpu", False)
+        task.wait(30)  # generous: it only has to refuse a name; taking the lock it would never finish
+        assert task.state == "failed" and isinstance(task.error, ModelError)
+    assert "check the spelling" in str(task.error)
+
+
 def test_influential_page_selects_lowest_loss_share_and_queues_pairs(env):
     at = settle(AppTest.from_file(APP, default_timeout=120), "pages/influential.py")
     table = at.dataframe[0].value
@@ -467,3 +508,30 @@ def test_a_checkpoint_asking_for_remote_code_is_refused_on_the_page(env, monkeyp
     at = settle(AppTest.from_file(APP, default_timeout=120), "pages/explorer.py")
     assert any("remote code is not allowed" in e.value and str(ckpt / "reward_model.json") in e.value for e in at.error)
     assert not marker.exists()
+
+
+def test_the_streamlit_config_turns_off_everything_that_would_reach_another_host():
+    import tomllib
+
+    text = (ROOT / ".streamlit" / "config.toml").read_text()
+    config = tomllib.loads(text)
+    assert config["browser"]["gatherUsageStats"] is False        # no telemetry (data.streamlit.io and its events)
+    assert config["client"]["showErrorLinks"] is False           # no links that send an error to a search engine
+    assert config["server"]["enableStaticServing"] is False
+    assert config["server"]["address"] == "localhost"
+    assert "theme" not in config and "mapbox" not in config       # no fonts or map tiles from a URL
+    assert not re.search(r"(?m)^[^#\n]*https?://", text)          # no option names a remote URL
+
+
+def test_the_tab_icon_is_a_local_file_so_no_page_icon_is_fetched_from_a_font_cdn(env, monkeypatch):
+    """Without a page_icon, Streamlit's frontend makes each page's :material/…: icon the favicon and fetches it
+    from fonts.gstatic.com at every page switch (47 failed requests in an offline browser session)."""
+    import streamlit as st
+    from streamlit.commands.page_config import _get_favicon_string
+
+    icons = []
+    real = st.set_page_config
+    monkeypatch.setattr(st, "set_page_config", lambda *a, **kw: (icons.append(kw.get("page_icon")), real(*a, **kw))[1])
+    settle(AppTest.from_file(APP, default_timeout=120), "pages/data_browser.py")
+    assert icons and all(isinstance(i, Path) and i.is_file() and i.suffix == ".png" for i in icons), icons
+    assert not _get_favicon_string(icons[0]).startswith((":material", "http"))
