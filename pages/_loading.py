@@ -46,8 +46,7 @@ def _policy_task(name: str, device: str, trust_remote_code: bool) -> BackgroundT
 @st.cache_resource(show_spinner=False)
 def cached_rm_task(path: str, stamp: int, device: str, trust_remote_code: bool) -> BackgroundTask:
     def load(report):
-        from reform_engine.models import DEFAULT_MODEL, converted_default_dir
-        from reform_engine.models import check_model_name
+        from reform_engine.models import DEFAULT_MODEL, check_model_name, converted_default_dir
         from reform_engine.reward_model import SPEC_FILE, RewardModelSpec, load_reward_model
 
         if not (Path(path).expanduser() / SPEC_FILE).is_file():
@@ -105,12 +104,10 @@ def validate_data(source: str, rows: str, column_map: dict[str, str], project_di
     if not source.strip():
         raise DataError("no path or id given.", fix="type a local file path or a hub dataset id.")
     data = load_data(source, column_map)
-    if column_map:
-        source = str(save_mapped(source, column_map, Path(project_dir) / "uploads"))
     if not select_rows(data.pairs, rows):
         raise DataError(f"no valid pairs in rows {rows!r} of its {data.report.rows_read} rows.", source=source,
                         fix="widen or clear the rows.")
-    return source
+    return str(save_mapped(source, column_map, Path(project_dir) / "uploads")) if column_map else source
 
 
 # the cached tasks' arguments for the current settings (also what a Retry button clears)

@@ -168,7 +168,23 @@ class Unreadable:
         self.reason = reason
 
 
+def _hub_dataset_cached(dataset_id: str) -> bool:
+    """Whether a hub dataset has files in the local Hugging Face caches (the hub's, or the datasets library's)."""
+    from datasets import config
+    from huggingface_hub import constants
+
+    return ((Path(constants.HF_HUB_CACHE) / f"datasets--{dataset_id.replace('/', '--')}").is_dir()
+            or (Path(config.HF_DATASETS_CACHE) / dataset_id.replace("/", "___")).is_dir())
+
+
 def _read_hub(dataset_id: str, split: str) -> list[dict[str, Any]]:
+    from .models import hub_unreachable
+
+    reason = "" if _hub_dataset_cached(dataset_id) else hub_unreachable()
+    if reason:  # the datasets library would retry for half a minute before saying so
+        raise DataError(f"no such local file, and as a hub dataset id it is not in the local cache while the hub cannot "
+                        f"be reached ({reason}).", source=dataset_id,
+                        fix="check the path, or download the dataset where there is a network and give its local file.")
     try:
         import datasets
         return list(datasets.load_dataset(dataset_id, split=split))

@@ -391,3 +391,15 @@ def test_save_mapped_writes_the_renamed_rows_keeping_row_numbers_and_writes_noth
     with pytest.raises(DataError, match="missing column"):
         save_mapped(src, {"question": "prompt"}, tmp_path / "other")
     assert not (tmp_path / "other").exists()
+
+
+def test_a_hub_dataset_id_offline_is_refused_at_once_naming_the_reason(monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: pytest.fail("the hub must not be asked"))
+    with pytest.raises(DataError) as info:
+        load_preferences("no-such-org/no-such-set")
+    assert str(info.value) == ("no-such-org/no-such-set: no such local file, and as a hub dataset id it is not in the local "
+                               "cache while the hub cannot be reached (HF_HUB_OFFLINE is set). Fix: check the path, or "
+                               "download the dataset where there is a network and give its local file.")
