@@ -215,8 +215,8 @@ def pairs_from_rows(rows: Sequence[dict[str, Any]], source: str, *, fmt: str = "
         try:
             kind = detect_format(rows[first].keys())
         except ValueError as exc:
-            raise ColumnError(f"{exc}.", source=source, row=first + 1,
-                              fix="name the columns chosen/rejected (HH) or prompt/chosen/rejected (TRL), or pass column_map.") from exc
+            raise ColumnError(f"{exc}.", source=source, row=first + 1, fix="name the columns chosen/rejected (HH) or "
+                              "prompt/chosen/rejected (TRL), or pass column_map.") from exc
     if fmt == "auto":
         fmt = "trl" if kind == "trl" or not isinstance(rows[first]["chosen"], str) else "hh"
     if fmt not in ("hh", "trl"):
@@ -379,7 +379,8 @@ def column_map_of(**theirs: str) -> dict[str, str]:
         raise DataError(f"unknown column(s) {unknown}.", fix=f"map only {', '.join(OUR_COLUMNS)}.")
     given = {ours: name.strip() for ours, name in theirs.items() if name and name.strip()}
     if len(set(given.values())) < len(given):
-        raise DataError("one column of the file is mapped to two of ours.", fix="give each of prompt, chosen and rejected its own column.")
+        raise DataError("one column of the file is mapped to two of ours.",
+                        fix="give each of prompt, chosen and rejected its own column.")
     return {name: ours for ours, name in given.items() if name != ours}
 
 

@@ -144,13 +144,13 @@ def test_home_refuses_broken_data_and_keeps_the_data_in_use(env):
     assert error.count("broken.jsonl") == 1
     assert not [b for b in at.button if b.key and b.key.startswith("app_retry")]
 
-    at.file_uploader(key="home_upload").set_value(("pairs.csv", b"question,good,bad\nQ?,A fine answer.,No.\n", "text/csv"))
+    csv = b"question,good,bad\nQ?,A fine answer.,No.\n"
+    at.file_uploader(key="home_upload").set_value(("pairs.csv", csv, "text/csv"))
     at.get("form_submit_button")[0].click()
     at = settle(at)
     assert at.session_state["app_settings"].data == before and metrics(at)["Pairs"] == "165"
     assert [e.value for e in at.error] == [
-        f"Not switched: {at.session_state['app_settings'].project_dir}/uploads/"
-        f"{upload_file_name('pairs.csv', b'question,good,bad' + chr(10).encode() + b'Q?,A fine answer.,No.' + chr(10).encode())}, "
+        f"Not switched: {at.session_state['app_settings'].project_dir}/uploads/{upload_file_name('pairs.csv', csv)}, "
         "row 1: missing column(s) \\['chosen', 'rejected'\\]; found \\['bad', 'good', 'question'\\]. Fix: map the file's "
         "columns to prompt, chosen and rejected under 'Column mapping' (beside the file, on Home or the Data page), then use "
         "the data again."]
