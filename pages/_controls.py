@@ -41,3 +41,16 @@ def fluency_control(key: str, column=None) -> VerdictConfig:
                                         VerdictConfig().max_perplexity_ratio, 1.0, key=f"{key}_fluency",
                                         help=field.metadata["help"])
     return VerdictConfig(max_perplexity_ratio=float(ratio) if ratio >= 1 else 0.0)
+
+
+def column_mapping(key: str) -> dict[str, str]:
+    """The file's names for our columns, in a collapsed row of three fields -> {'prompt': their name, ...}
+    ('' = the file names it as we do); ``data.column_map_of`` turns them into the loader's column_map.
+    Widget keys: ``{key}_column_prompt``, ``{key}_column_chosen``, ``{key}_column_rejected``."""
+    from reform_engine.data import OUR_COLUMNS
+
+    with st.expander("Column mapping (when the file names its columns differently)"):
+        c = st.columns(len(OUR_COLUMNS))
+        return {ours: c[i].text_input(f"Column holding {ours}", key=f"{key}_column_{ours}", placeholder=ours,
+                                      help=f"the file's name for the {ours} column; empty = it is called {ours}")
+                for i, ours in enumerate(OUR_COLUMNS)}

@@ -13,7 +13,7 @@ from pages._cpu import cpu_work
 from pages._draw import md_code, md_escape, show_error
 from pages._settings import file_stamp, rm_exists, settings
 from reform_engine.background import BackgroundTask
-from reform_engine.data import DataError
+from reform_engine.data import ColumnError, DataError
 from reform_engine.eta import progress_text
 
 _LOAD_LOCK = threading.Lock()  # one model load at a time: transformers' lazy imports are not thread-safe
@@ -30,8 +30,9 @@ def _warm_imports() -> None:
 @st.cache_resource(show_spinner=False)
 def _policy_task(name: str, device: str, trust_remote_code: bool) -> BackgroundTask:
     def load(report):
-        from reform_engine.models import DEFAULT_MODEL, converted_default_dir, load_causal_lm, load_tokenizer
+        from reform_engine.models import DEFAULT_MODEL, check_model_name, converted_default_dir, load_causal_lm, load_tokenizer
 
+        check_model_name(name)  # a mistyped id fails now, not after the other model's load and the imports
         with _LOAD_LOCK:
             _warm_imports()
             if name in (DEFAULT_MODEL, "default") and not (converted_default_dir() / "model.safetensors").is_file():
@@ -46,9 +47,11 @@ def _policy_task(name: str, device: str, trust_remote_code: bool) -> BackgroundT
 @st.cache_resource(show_spinner=False)
 def cached_rm_task(path: str, stamp: int, device: str, trust_remote_code: bool) -> BackgroundTask:
     def load(report):
-        from reform_engine.models import DEFAULT_MODEL, converted_default_dir
+        from reform_engine.models import DEFAULT_MODEL, check_model_name, converted_default_dir
         from reform_engine.reward_model import SPEC_FILE, RewardModelSpec, load_reward_model
 
+        if not (Path(path).expanduser() / SPEC_FILE).is_file():
+            check_model_name(path)  # a sequence-classification model id: refused now if it cannot be loaded
         report(0, None, "waiting for the other model to load")
         with _LOAD_LOCK:
             _warm_imports()
@@ -66,15 +69,46 @@ def cached_rm_task(path: str, stamp: int, device: str, trust_remote_code: bool) 
 @st.cache_resource(show_spinner=False)
 def cached_data_task(source: str, rows: str, stamp: int) -> BackgroundTask:
     def load(report):
-        from reform_engine.data import load_preferences, select_rows
+        from reform_engine.data import select_rows
 
         report(0, None, f"reading {source}")
-        data = load_preferences(source, skip_invalid=True)
+        data = load_data(source)
         pairs = select_rows(data.pairs, rows)
         if not pairs:
             raise DataError(f"no pairs in rows {rows!r} of {data.report.rows_read}.", source=source, fix="widen or clear the rows.")
         return data, pairs
     return BackgroundTask(load, "data")
+
+
+COLUMN_FIX = ("map the file's columns to prompt, chosen and rejected under 'Column mapping' (beside the file, on Home "
+              "or the Data page), then use the data again.")
+
+
+def load_data(source: str, column_map: dict[str, str] | None = None):
+    """The engine's loader as the app calls it (invalid rows skipped) -> PreferenceData. A column error's fix
+    points at the app's column mapping, not at ``column_map``."""
+    from reform_engine.data import load_preferences
+
+    try:
+        return load_preferences(source, skip_invalid=True, column_map=column_map or None)
+    except ColumnError as exc:
+        raise DataError(exc.message, source=exc.source, row=exc.row, fix=COLUMN_FIX) from exc
+
+
+def validate_data(source: str, rows: str, column_map: dict[str, str], project_dir: str) -> str:
+    """Check new data before it becomes the data in use: load it with the engine's loader and select its
+    rows -> the source to switch to (with a column mapping, a copy with the columns renamed, under the
+    project's uploads, so pages and jobs read it with no map). Raises DataError saying what to fix; the
+    data in use is left as it was."""
+    from reform_engine.data import save_mapped, select_rows
+
+    if not source.strip():
+        raise DataError("no path or id given.", fix="type a local file path or a hub dataset id.")
+    data = load_data(source, column_map)
+    if not select_rows(data.pairs, rows):
+        raise DataError(f"no valid pairs in rows {rows!r} of its {data.report.rows_read} rows.", source=source,
+                        fix="widen or clear the rows.")
+    return str(save_mapped(source, column_map, Path(project_dir) / "uploads")) if column_map else source
 
 
 # the cached tasks' arguments for the current settings (also what a Retry button clears)
@@ -158,8 +192,9 @@ def require_rm(path: str | None = None, stop: bool = True):
 
 
 def require_data(stop: bool = True):
-    """-> (PreferenceData, the pairs in the selected rows)."""
-    return require(data_task(), f"Data {settings().data}", retry=(cached_data_task, data_args()), stop=stop)
+    """-> (PreferenceData, the pairs in the selected rows). Its errors name the file themselves, and a retry
+    would read the same file again (a replaced file is read anew anyway), so there is no Retry button."""
+    return require(data_task(), "Data", stop=stop)
 
 
 @st.cache_resource(show_spinner=False)

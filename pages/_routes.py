@@ -1,6 +1,8 @@
 """The app's frame: its pages in one list, the router, the sidebar every page shows, and the recovery
 page shown instead of any page while the project database cannot be read. app.py calls it; so does
 every page, first thing, for the runs that do not start in app.py."""
+from pathlib import Path
+
 import streamlit as st
 
 # (script, title, icon); the first is the default page
@@ -17,6 +19,9 @@ PAGES = (
     ("pages/data_browser.py", "Data", ":material/table:"),
 )
 FLASH_KEY = "app_flash"
+# The browser tab's icon: Streamlit's own, served by this server. Without one, the frontend makes each page's
+# :material/…: icon the favicon, fetched from fonts.gstatic.com on every page switch (an offline tool fetches nothing).
+FAVICON = Path(st.__file__).parent / "static" / "favicon.png"
 
 
 class _Guarded:
@@ -55,7 +60,7 @@ def app_frame():
     from pages._project import damage, queue_caption, reviewer_input
     from pages._settings import settings
 
-    st.set_page_config(page_title="REFORM workbench", layout="wide")
+    st.set_page_config(page_title="REFORM workbench", page_icon=FAVICON, layout="wide")
     page = st.navigation([st.Page(path, title=title, icon=icon, default=i == 0) for i, (path, title, icon) in enumerate(PAGES)])
     s = settings()
     with st.sidebar:

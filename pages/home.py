@@ -6,14 +6,15 @@ from pathlib import Path
 
 import streamlit as st
 
+from pages._controls import column_mapping
 from pages._draw import md_code, md_escape, show_error, show_trust_warning
 from pages._jobs import live_jobs
-from pages._loading import require_data, require_policy, require_rm
+from pages._loading import require_data, require_policy, require_rm, validate_data
 from pages._project import project_store
 from pages._routes import through_router
 from pages._scoring import require_scored, show_scoring_skips
 from pages._settings import UPLOAD_LIMIT_MB, rm_exists, settings, update_settings
-from reform_engine.data import DEMO_PATH, DataError, save_upload
+from reform_engine.data import DEMO_PATH, DataError, column_map_of, save_upload
 from reform_engine.evaluation import pairwise_metrics
 from reform_engine.jobs import ACTIVE, start_job
 from reform_engine.reports import latest_job, log_tail
@@ -21,6 +22,17 @@ from reform_engine.reward_model import FINETUNE_MODES, RewardModelSpec
 from reform_engine.training import TrainRewardConfig
 
 BASE_RUN = "base-rm"    # <project>/runs/base-rm/checkpoint is the default reward model (pages/_settings.py)
+
+
+def model_problem(name: str) -> str:
+    """Why model ``name`` cannot be loaded here ('' if it may be), found without loading it."""
+    from reform_engine.models import ModelError, check_model_name
+
+    try:
+        check_model_name(name)
+    except ModelError as exc:
+        return str(exc)
+    return ""
 
 
 def train_base_rm(s) -> None:
@@ -59,6 +71,9 @@ def train_base_rm(s) -> None:
     max_length = st.number_input("Max tokens per sequence", 16, 32_768, defaults.model.max_length, key="home_train_max_length")
     if st.button("Train a base reward model", type="primary", key="home_train"):
         try:
+            problem = model_problem(backbone.strip() or s.policy)
+            if problem:  # refused here, at once, rather than by the job process after its start-up
+                raise ValueError(problem)
             model = RewardModelSpec(base_model=backbone.strip() or s.policy, finetune=finetune, lora_layers=int(lora_layers) or None,
                                     max_length=int(max_length))
             config = TrainRewardConfig(data=s.data, train_rows=rows.strip(), model=model, epochs=int(epochs),
@@ -91,7 +106,7 @@ with c_rm:
         st.caption(f"loaded · {'LoRA' if rm.spec.finetune == 'lora' else rm.spec.finetune} on {md_code(rm.spec.base_model)}")
 with c_data:
     st.markdown(f"**Data**  \n{md_code(s.data)}" + (f" rows {md_code(s.rows)}" if s.rows else ""))
-    loaded = require_data(stop=False)
+loaded = require_data(stop=False)  # below the columns: a message about the data gets the page's width
 
 if loaded is not None:
     data, pairs = loaded
@@ -134,9 +149,11 @@ with tab_data:
         text = st.text_input("Local path or hub id", key="home_data_text", placeholder="/data/pairs.jsonl or Anthropic/hh-rlhf")
         rows = st.text_input("Rows (optional, 0-based 'start:end')", value=s.rows, key="home_rows",
                              help="work on part of a large set, e.g. 0:2000")
+        columns = column_mapping("home")
         if st.form_submit_button("Use this data"):
             try:
                 dataclasses.replace(s, rows=rows.strip())  # refuses bad rows before anything is saved
+                column_map = column_map_of(**columns)
                 if kind == "Demo set":
                     source = str(DEMO_PATH)
                 elif kind == "Upload a file":
@@ -146,12 +163,12 @@ with tab_data:
                                              max_bytes=UPLOAD_LIMIT_MB * 2**20))
                 else:
                     source = text.strip()
-                    if not source:
-                        raise DataError("no path or id given.", fix="type a local file path or a hub dataset id.")
+                with st.spinner("Checking the data"):
+                    source = validate_data(source, rows.strip(), column_map, s.project_dir)
                 update_settings(data=source, rows=rows.strip())
                 st.rerun()
-            except (DataError, ValueError) as exc:
-                show_error(exc)
+            except (DataError, ValueError) as exc:  # the data in use stays as it was
+                show_error(exc, "Not switched")
 with tab_models:
     with st.form("home_models_form"):
         policy = st.text_input("Policy: model id or directory", value=s.policy, key="home_policy")
@@ -165,12 +182,16 @@ with tab_models:
                           help="lets a model or checkpoint run Python code shipped with it (auto_map in its config). "
                                "Off: such a model is refused. Only for models whose files you trust.")
         if st.form_submit_button("Use these models"):
-            problems = [f"no reward model at {md_code(p)}" for p in (reward_model.strip(), compare_rm.strip())
-                        if p and not rm_exists(p)]
+            problems = [f"no reward model at {md_code(p)} (give a checkpoint directory written by train-rm)"
+                        for p in (reward_model.strip(), compare_rm.strip()) if p and not rm_exists(p)]
+            # ids are looked up now (the local cache, the hub's reachability; no download): a typo fails here, at once
+            names = [policy.strip()] + [p for p in (reward_model.strip(), compare_rm.strip())
+                                        if p and rm_exists(p) and not Path(p).expanduser().exists()]
+            problems += [md_escape(m) for m in map(model_problem, filter(None, names)) if m]
             if not policy.strip():
                 problems.append("the policy is empty")
             if problems:
-                st.error("Not switched: " + "; ".join(problems) + ". Give a checkpoint directory written by train-rm.")
+                st.error("Not switched: " + "; ".join(problems) + ".")
             else:
                 update_settings(policy=policy.strip(), reward_model=reward_model.strip(), compare_rm=compare_rm.strip(),
                                 score_max_length=int(score_max_length), trust_remote_code=bool(trust))

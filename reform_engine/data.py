@@ -43,6 +43,11 @@ class DataError(ValueError):
         super().__init__(text + (f" Fix: {fix}" if fix else ""))
 
 
+class ColumnError(DataError):
+    """The columns are not ours (chosen/rejected, and prompt for TRL): a column map fixes it. The app
+    catches this one to point its fix at its own column mapping instead of ``column_map``."""
+
+
 @dataclass(frozen=True)
 class PreferencePair:
     """One comparison. ``prompt`` is a tuple of chat messages ending with a user turn."""
@@ -164,7 +169,23 @@ class Unreadable:
         self.reason = reason
 
 
+def _hub_dataset_cached(dataset_id: str) -> bool:
+    """Whether a hub dataset has files in the local Hugging Face caches (the hub's, or the datasets library's)."""
+    from datasets import config
+    from huggingface_hub import constants
+
+    return ((Path(constants.HF_HUB_CACHE) / f"datasets--{dataset_id.replace('/', '--')}").is_dir()
+            or (Path(config.HF_DATASETS_CACHE) / dataset_id.replace("/", "___")).is_dir())
+
+
 def _read_hub(dataset_id: str, split: str) -> list[dict[str, Any]]:
+    from .models import hub_unreachable
+
+    reason = "" if _hub_dataset_cached(dataset_id) else hub_unreachable()
+    if reason:  # the datasets library would retry for half a minute before saying so
+        raise DataError(f"no such local file, and as a hub dataset id it is not in the local cache while the hub cannot "
+                        f"be reached ({reason}).", source=dataset_id,
+                        fix="check the path, or download the dataset where there is a network and give its local file.")
     try:
         import datasets
         return list(datasets.load_dataset(dataset_id, split=split))
@@ -195,8 +216,8 @@ def pairs_from_rows(rows: Sequence[dict[str, Any]], source: str, *, fmt: str = "
         try:
             kind = detect_format(rows[first].keys())
         except ValueError as exc:
-            raise DataError(f"{exc}.", source=source, row=first + 1,
-                            fix="name the columns chosen/rejected (HH) or prompt/chosen/rejected (TRL), or pass column_map.") from exc
+            raise ColumnError(f"{exc}.", source=source, row=first + 1, fix="name the columns chosen/rejected (HH) or "
+                              "prompt/chosen/rejected (TRL), or pass column_map.") from exc
     if fmt == "auto":
         fmt = "trl" if kind == "trl" or not isinstance(rows[first]["chosen"], str) else "hh"
     if fmt not in ("hh", "trl"):
@@ -228,6 +249,9 @@ def load_preferences(source: str | os.PathLike, *, fmt: str = "auto", column_map
                      skip_invalid: bool = False, max_bytes: int = DEFAULT_MAX_BYTES, max_rows: int = DEFAULT_MAX_ROWS,
                      split: str = "train") -> PreferenceData:
     """Load pairs from a local file or (if no such file exists) a hub dataset id."""
+    if not str(source).strip():  # Path("") is the current directory: it would be refused as "a directory"
+        raise DataError("no data file given.", fix="enter a path to a .jsonl, .jsonl.gz, .json, .parquet or .csv file "
+                                                   "(or a hub dataset id).")
     path = Path(source).expanduser()
     try:  # stat, not open: it never waits on a FIFO; read_rows refuses anything but a regular file
         path.stat()
@@ -386,4 +410,56 @@ def save_upload(name: str, content: bytes, directory: str | os.PathLike, *, max_
     if not target.is_file():  # same name and content hash: this very file is already kept
         from .runs import atomic_write_bytes
         atomic_write_bytes(target, content)
+    return target
+
+
+OUR_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+def column_map_of(**theirs: str) -> dict[str, str]:
+    """The file's column names for ours (``prompt=``, ``chosen=``, ``rejected=``; empty = named as ours)
+    -> a ``column_map`` ({their name: ours}) for :func:`load_preferences`."""
+    unknown = sorted(set(theirs) - set(OUR_COLUMNS))
+    if unknown:
+        raise DataError(f"unknown column(s) {unknown}.", fix=f"map only {', '.join(OUR_COLUMNS)}.")
+    given = {ours: name.strip() for ours, name in theirs.items() if name and name.strip()}
+    if len(set(given.values())) < len(given):
+        raise DataError("one column of the file is mapped to two of ours.",
+                        fix="give each of prompt, chosen and rejected its own column.")
+    return {name: ours for ours, name in given.items() if name != ours}
+
+
+def _jsonable(value: Any) -> Any:
+    return value.tolist() if hasattr(value, "tolist") else str(value)  # parquet hands list cells over as numpy arrays
+
+
+def save_mapped(source: str | os.PathLike, column_map: dict[str, str], directory: str | os.PathLike, *,
+                max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
+    """A local data file with its columns renamed by ``column_map``, kept under ``directory`` as
+    ``.jsonl`` -> its path; validated first like :func:`load_preferences` (skipping invalid rows), so
+    a map that leaves no pair raises DataError and writes nothing. Rows keep their numbers (a row that
+    could not be read stays a row, skipped again when loaded), so row ranges mean the same rows. Jobs
+    and pages then read it like any file, with no map to carry around."""
+    import hashlib
+
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise DataError("a column mapping needs a local file.", source=str(source), fix="give the path of a data file.")
+    from .loaders import read_rows
+    rows = read_rows(path, max_bytes, DEFAULT_MAX_ROWS, True)
+    pairs_from_rows(rows, str(source), column_map=column_map, skip_invalid=True)  # raises when nothing is left
+    renamed = [{column_map.get(k, k): v for k, v in r.items()} if isinstance(r, dict) else
+               (r.reason if isinstance(r, Unreadable) else r) for r in rows]
+    text = "".join(json.dumps(r, ensure_ascii=False, default=_jsonable) + "\n" for r in renamed)
+    stat = path.stat()
+    key = json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, sorted(column_map.items())])
+    stem = _safe_base(path.name)
+    for suffix in sorted(UPLOAD_SUFFIXES, key=len, reverse=True):
+        if stem.lower().endswith(suffix):
+            stem = stem[: len(stem) - len(suffix)]
+            break
+    target = Path(directory) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}-{stem[:UPLOAD_NAME_CHARS]}.mapped.jsonl"
+    if not target.is_file():
+        from .runs import atomic_write_text
+        atomic_write_text(target, text)
     return target

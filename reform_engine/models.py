@@ -130,18 +130,19 @@ def _hub_cached(repo_id: str) -> str | None:
     return found if isinstance(found, str) else None
 
 
-def resolve_model_path(name: str) -> str:
-    """Map the default alias to its converted directory; pass local directories and reachable or
-    cached hub ids through. Anything else fails at once, without a network request: a name that
-    cannot be a hub id ('name' or 'org/name') is a missing local path; a hub id that is not in the
-    local cache while the hub cannot be reached needs a local directory instead."""
+def check_model_name(name: str) -> None:
+    """Raise ModelError at once if ``name`` cannot be loaded here: neither the default alias, a local model
+    directory, a hub id in the local cache, nor a hub id while the hub can be reached. No network request
+    (a host-name lookup at most), no download, no conversion, no import of transformers: a form can call
+    it before it switches models or starts a job, so a mistyped id is refused on the spot instead of when
+    a loader or a job process reaches it."""
     if name in (DEFAULT_MODEL, "default"):
-        return str(ensure_default_model())
+        return
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
             raise ModelError(f"{name} is a file; give the model's directory (config.json + *.safetensors)")
-        return str(path)
+        return
     if name.startswith((".", "/", "~")) or not _HUB_ID.match(name) or ".." in name or "--" in name:
         raise ModelError(f"no model directory at {name}; give an existing directory (config.json + *.safetensors) "
                          "or a hub id of the form org/name")
@@ -149,8 +150,20 @@ def resolve_model_path(name: str) -> str:
         reason = hub_unreachable()
         if reason:
             raise ModelError(f"{name} is not a local directory, and as a hub id it is not in the local Hugging Face "
-                             f"cache while the model hub cannot be reached ({reason}); give a local model directory")
-    return name  # a hub id: cached, or downloaded when loaded
+                             f"cache while the model hub cannot be reached ({reason}); check the spelling, or give a "
+                             f"local model directory (the default model is {DEFAULT_MODEL})")
+
+
+def resolve_model_path(name: str) -> str:
+    """Map the default alias to its converted directory; pass local directories and reachable or
+    cached hub ids through. Anything else fails at once (:func:`check_model_name`), without a network
+    request: a name that cannot be a hub id ('name' or 'org/name') is a missing local path; a hub id
+    that is not in the local cache while the hub cannot be reached needs a local directory instead."""
+    if name in (DEFAULT_MODEL, "default"):
+        return str(ensure_default_model())
+    check_model_name(name)
+    path = Path(name).expanduser()
+    return str(path) if path.exists() else name  # a hub id: cached, or downloaded when loaded
 
 
 def remote_code_requests(path: str | Path) -> list[str]:

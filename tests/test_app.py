@@ -8,6 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app_support import APP, ROOT, app_env, no_thread_outlives_the_tests, settle  # noqa: F401  (a fixture)
+from reform_engine.data import upload_file_name
 from reform_engine.reward_model import RewardModelSpec, build_reward_model
 from reform_engine.runtime import Runtime
 from reform_engine.tiny import save_tiny_model
@@ -97,6 +98,49 @@ def test_home_upload_is_validated_and_used(env):
     assert second != kept and kept.read_text() == rows and metrics(at)["Pairs"] == "4"  # the first upload is untouched
 
 
+def test_home_refuses_broken_data_and_keeps_the_data_in_use(env):
+    at = settle(AppTest.from_file(APP, default_timeout=120))
+    before = at.session_state["app_settings"].data
+    at.radio(key="home_data_kind").set_value("Upload a file")
+    at.file_uploader(key="home_upload").set_value(("broken.jsonl", b"not json\n[1, 2]\n", "application/json"))
+    at.get("form_submit_button")[0].click()  # "Use this data"
+    at = settle(at)
+    assert at.session_state["app_settings"].data == before and metrics(at)["Pairs"] == "165"
+    assert len(at.error) == 1, [e.value for e in at.error]
+    error = at.error[0].value
+    assert error.startswith("Not switched: ") and "every row was invalid" in error and "Fix: " in error
+    assert error.count("broken.jsonl") == 1
+    assert not [b for b in at.button if b.key and b.key.startswith("app_retry")]
+
+    csv = b"question,good,bad\nQ?,A fine answer.,No.\n"
+    at.file_uploader(key="home_upload").set_value(("pairs.csv", csv, "text/csv"))
+    at.get("form_submit_button")[0].click()
+    at = settle(at)
+    assert at.session_state["app_settings"].data == before and metrics(at)["Pairs"] == "165"
+    assert [e.value for e in at.error] == [
+        f"Not switched: {at.session_state['app_settings'].project_dir}/uploads/{upload_file_name('pairs.csv', csv)}, "
+        "row 1: missing column(s) \\['chosen', 'rejected'\\]; found \\['bad', 'good', 'question'\\]. Fix: map the file's "
+        "columns to prompt, chosen and rejected under 'Column mapping' (beside the file, on Home or the Data page), then use "
+        "the data again."]
+
+
+def test_home_column_mapping_renames_the_files_columns_for_every_page(env):
+    at = settle(AppTest.from_file(APP, default_timeout=120))
+    at.radio(key="home_data_kind").set_value("Upload a file")
+    at.file_uploader(key="home_upload").set_value(("pairs.csv", b"question,good,bad\nQ1?,A fine answer.,No.\n"
+                                                               b"Q2?,Another answer.,Go away.\n", "text/csv"))
+    for ours, theirs in (("prompt", "question"), ("chosen", "good"), ("rejected", "bad")):
+        at.text_input(key=f"home_column_{ours}").set_value(theirs)
+    at.get("form_submit_button")[0].click()
+    at = settle(at)
+    assert not at.error, [e.value for e in at.error]
+    mapped = Path(at.session_state["app_settings"].data)
+    assert mapped.name.endswith("-pairs.mapped.jsonl") and metrics(at)["Pairs"] == "2"
+    assert [json.loads(line) for line in mapped.read_text().splitlines()] == [
+        {"prompt": "Q1?", "chosen": "A fine answer.", "rejected": "No."},
+        {"prompt": "Q2?", "chosen": "Another answer.", "rejected": "Go away."}]
+
+
 def test_home_without_a_reward_model_says_how_to_train_one(env, monkeypatch, tmp_path):
     monkeypatch.setenv("REFORM_REWARD_MODEL", str(tmp_path / "nothing-here"))
     at = settle(AppTest.from_file(APP, default_timeout=120))
@@ -107,6 +151,47 @@ def test_home_without_a_reward_model_says_how_to_train_one(env, monkeypatch, tmp
     at.get("form_submit_button")[1].click()
     at = settle(at)
     assert any("no reward model at `/no/such/rm`" in e.value for e in at.error)
+
+
+MISTYPED_ID = "smollm2-135m-instrct"  # the default model's name with a letter missing: a hub id nobody has cached
+
+
+def test_a_mistyped_model_id_is_refused_by_the_models_form_at_once_offline(env, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    at = settle(AppTest.from_file(APP, default_timeout=120))
+    at.text_input(key="home_policy").set_value(MISTYPED_ID)
+    at.get("form_submit_button")[1].click()  # "Use these models"
+    at.run()  # no settle: the refusal is on the page of this very run, before any model load starts
+    assert at.session_state["app_settings"].policy == env["policy"]
+    assert [e.value for e in at.error] == [
+        f"Not switched: {MISTYPED_ID} is not a local directory, and as a hub id it is not in the local Hugging Face cache "
+        "while the model hub cannot be reached (HF_HUB_OFFLINE is set); check the spelling, or give a local model "
+        "directory (the default model is smollm2-135m-instruct)."]
+
+
+def test_a_mistyped_backbone_is_refused_before_a_training_job_starts(env, monkeypatch, tmp_path):
+    from reform_engine.store import Store
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("REFORM_REWARD_MODEL", str(tmp_path / "nothing-here"))
+    at = settle(AppTest.from_file(APP, default_timeout=120))
+    at.text_input(key="home_train_model").set_value(MISTYPED_ID)
+    at.button(key="home_train").click().run()
+    assert any(e.value.startswith(f"Not started: {MISTYPED_ID} is not a local directory") for e in at.error), \
+        [e.value for e in at.error]
+    assert Store(Path(at.session_state["app_settings"].project_dir) / "reform.duckdb").list_jobs().empty
+
+
+def test_a_policy_task_with_a_mistyped_id_fails_without_taking_the_model_lock(env, monkeypatch):
+    from pages import _loading
+    from reform_engine.models import ModelError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with _loading._LOAD_LOCK:  # another model is loading: a typo must not wait for it
+        task = _loading._policy_task.__wrapped__(MISTYPED_ID, "cpu", False)
+        task.wait(30)  # generous: it only has to refuse a name; taking the lock it would never finish
+        assert task.state == "failed" and isinstance(task.error, ModelError)
+    assert "check the spelling" in str(task.error)
 
 
 def test_influential_page_selects_lowest_loss_share_and_queues_pairs(env):
@@ -246,6 +331,70 @@ def test_data_page_shows_pairs_and_reports_a_bad_path(env):
     assert not at.exception and "no such file" in at.error[0].value
 
 
+def test_data_page_asks_for_a_path_when_the_path_is_empty(env):
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/data_browser.py")
+    at.text_input(key="data_path").set_value("   ").run()
+    assert not at.exception and not at.error
+    assert [i.value for i in at.info] == ["Enter a path to a data file above (or a hub dataset id) to browse it."]
+
+
+def length_slider(at: AppTest):
+    return next(sl for sl in at.slider if sl.label.startswith("Response length"))
+
+
+def test_data_page_filters_pairs_and_shows_one_in_full_as_text(env, tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": "How do I boil an egg?", "chosen": "Put it in boiling water for 8 minutes.", "rejected": "No."},
+            {"prompt": "Tell me a joke.", "chosen": f"Sure: {BEACON} # not a heading", "rejected": "Go away."},
+            {"prompt": "Where is Paris?", "chosen": "In France.", "rejected": "On the moon, next to the big cheese."}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/data_browser.py")
+    at.text_input(key="data_path").set_value(str(path)).run()
+    assert len(at.dataframe[0].value) == 3 and length_slider(at).value == (0, 50)
+    at.text_input(key="data_contains").set_value("PARIS").run()
+    assert list(at.dataframe[0].value["id"]) == ["pairs.jsonl:2"] and "1 of 3 pairs" in [c.value for c in at.caption]
+    at.text_input(key="data_contains").set_value("").run()
+    length_slider(at).set_value((40, 50)).run()
+    assert list(at.dataframe[0].value["id"]) == ["pairs.jsonl:1"]
+    assert at.selectbox(key="data_pair").options == ["pairs.jsonl:1"]
+    assert [c.value for c in at.code] == ["Human: Tell me a joke.", f"Sure: {BEACON} # not a heading", "Go away."]
+    assert not rendered_markup(at)
+    at.text_input(key="data_contains").set_value("no such words").run()
+    assert len(at.dataframe[0].value) == 0 and "No pair matches the filters." in [i.value for i in at.info]
+
+
+def test_data_page_switches_the_data_in_use_only_after_checking_it(env, tmp_path):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("not json\n")
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/data_browser.py")
+    before = at.session_state["app_settings"].data
+    at.text_input(key="data_path").set_value(str(broken)).run()
+    assert any("every row was invalid" in e.value for e in at.error) and "data_use" not in [b.key for b in at.button]
+
+    good = tmp_path / "pairs.csv"
+    good.write_text("question,good,bad\nQ1?,A fine answer.,No.\nQ2?,Another answer.,Go away.\nQ3?,Yes.,Nope.\n")
+    at.text_input(key="data_path").set_value(str(good)).run()
+    assert [e.value for e in at.error] == [f"{good}, row 1: missing column(s) \\['chosen', 'rejected'\\]; found "
+                                           "\\['bad', 'good', 'question'\\]. Fix: map the file's columns to prompt, chosen "
+                                           "and rejected under 'Column mapping' (beside the file, on Home or the Data page), "
+                                           "then use the data again."]
+    for ours, theirs in (("prompt", "question"), ("chosen", "good"), ("rejected", "bad")):
+        at.text_input(key=f"data_column_{ours}").set_value(theirs)
+    at.run()
+    assert len(at.dataframe[0].value) == 3 and not at.error
+    at.text_input(key="data_rows").set_value("5:9").run()
+    at.button(key="data_use").click().run()
+    assert at.session_state["app_settings"].data == before
+    assert any(e.value.startswith("Not switched: ") and "no valid pairs in rows '5:9'" in e.value for e in at.error)
+    at.text_input(key="data_rows").set_value("1:3").run()
+    at.button(key="data_use").click().run()
+    s = at.session_state["app_settings"]
+    assert Path(s.data).name.endswith("-pairs.mapped.jsonl") and s.rows == "1:3" and not at.error
+    assert any(m.value.startswith("Now in use on every page:") for m in at.success)
+    at = settle(at, "pages/home.py")
+    assert metrics(at)["Pairs"] == "2"
+
+
 def test_a_policy_that_cannot_load_is_a_message_with_retry_not_a_traceback(env, monkeypatch, tmp_path):
     monkeypatch.setenv("REFORM_POLICY", str(tmp_path / "no-such-policy"))
     at = settle(AppTest.from_file(APP, default_timeout=120))
@@ -377,3 +526,30 @@ def test_a_checkpoint_asking_for_remote_code_is_refused_on_the_page(env, monkeyp
     at = settle(AppTest.from_file(APP, default_timeout=120), "pages/explorer.py")
     assert any("remote code is not allowed" in e.value and str(ckpt / "reward_model.json") in e.value for e in at.error)
     assert not marker.exists()
+
+
+def test_the_streamlit_config_turns_off_everything_that_would_reach_another_host():
+    import tomllib
+
+    text = (ROOT / ".streamlit" / "config.toml").read_text()
+    config = tomllib.loads(text)
+    assert config["browser"]["gatherUsageStats"] is False        # no telemetry (data.streamlit.io and its events)
+    assert config["client"]["showErrorLinks"] is False           # no links that send an error to a search engine
+    assert config["server"]["enableStaticServing"] is False
+    assert config["server"]["address"] == "localhost"
+    assert "theme" not in config and "mapbox" not in config       # no fonts or map tiles from a URL
+    assert not re.search(r"(?m)^[^#\n]*https?://", text)          # no option names a remote URL
+
+
+def test_the_tab_icon_is_a_local_file_so_no_page_icon_is_fetched_from_a_font_cdn(env, monkeypatch):
+    """Without a page_icon, Streamlit's frontend makes each page's :material/…: icon the favicon and fetches it
+    from fonts.gstatic.com at every page switch (47 failed requests in an offline browser session)."""
+    import streamlit as st
+    from streamlit.commands.page_config import _get_favicon_string
+
+    icons = []
+    real = st.set_page_config
+    monkeypatch.setattr(st, "set_page_config", lambda *a, **kw: (icons.append(kw.get("page_icon")), real(*a, **kw))[1])
+    settle(AppTest.from_file(APP, default_timeout=120), "pages/data_browser.py")
+    assert icons and all(isinstance(i, Path) and i.is_file() and i.suffix == ".png" for i in icons), icons
+    assert not _get_favicon_string(icons[0]).startswith((":material", "http"))

@@ -376,3 +376,54 @@ def test_a_bad_fold_spec_says_how_to_write_one():
     for spec in ("fold=5/5", "fold=0/1", "fold=a/5"):
         with pytest.raises(ValueError, match="fold"):
             select_rows(pairs, spec)
+
+
+def test_an_empty_source_asks_for_a_path_instead_of_reading_the_current_directory():
+    with pytest.raises(DataError) as info:
+        load_preferences("  ")
+    assert str(info.value) == ("no data file given. Fix: enter a path to a .jsonl, .jsonl.gz, .json, .parquet or .csv file "
+                               "(or a hub dataset id).")
+
+
+def test_columns_that_are_not_ours_raise_a_column_error_the_app_can_recognise():
+    from reform_engine.data import ColumnError
+
+    with pytest.raises(ColumnError, match=r"missing column\(s\) \['chosen', 'rejected'\]"):
+        pairs_from_rows([{"question": "Q", "good": "A", "bad": "B"}], "f.jsonl")
+
+
+def test_column_map_of_maps_the_files_names_to_ours_and_refuses_one_column_twice():
+    from reform_engine.data import column_map_of
+
+    assert column_map_of(prompt="question", chosen=" good ", rejected="") == {"question": "prompt", "good": "chosen"}
+    assert column_map_of(prompt="prompt", chosen="", rejected="") == {}
+    with pytest.raises(DataError, match="mapped to two of ours"):
+        column_map_of(prompt="", chosen="answer", rejected="answer")
+
+
+def test_save_mapped_writes_the_renamed_rows_keeping_row_numbers_and_writes_nothing_for_a_bad_map(tmp_path):
+    from reform_engine.data import save_mapped
+
+    src = tmp_path / "pairs.csv"
+    src.write_text("question,good,bad\nQ1?,Yes.,No.\nQ2?,Same,Same\nQ3?,Fine.,Bad.\n")
+    out = save_mapped(src, {"question": "prompt", "good": "chosen", "bad": "rejected"}, tmp_path / "uploads")
+    assert out.parent == tmp_path / "uploads" and out.name.endswith("-pairs.mapped.jsonl")
+    data = load_preferences(out, skip_invalid=True)
+    assert [(p.pair_id, p.chosen) for p in data.pairs] == [(f"{out.name}:0", "Yes."), (f"{out.name}:2", "Fine.")]
+    assert data.report.skipped[0][0] == 2
+    assert save_mapped(src, {"question": "prompt", "good": "chosen", "bad": "rejected"}, tmp_path / "uploads") == out
+    with pytest.raises(DataError, match="missing column"):
+        save_mapped(src, {"question": "prompt"}, tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+
+
+def test_a_hub_dataset_id_offline_is_refused_at_once_naming_the_reason(monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: pytest.fail("the hub must not be asked"))
+    with pytest.raises(DataError) as info:
+        load_preferences("no-such-org/no-such-set")
+    assert str(info.value) == ("no-such-org/no-such-set: no such local file, and as a hub dataset id it is not in the local "
+                               "cache while the hub cannot be reached (HF_HUB_OFFLINE is set). Fix: check the path, or "
+                               "download the dataset where there is a network and give its local file.")

@@ -114,8 +114,22 @@ def test_a_hub_id_offline_says_at_once_that_the_hub_cannot_be_reached(no_hub, mo
     for name in ("etc/passwd", "HuggingFaceTB/SmolLM2-135M-Instruc"):
         for load in (load_tokenizer, load_causal_lm):
             with pytest.raises(ModelError, match=r"the model hub cannot be reached \(HF_HUB_OFFLINE is set\); "
-                                                 r"give a local model directory"):
+                                                 r"check the spelling, or give a local model directory"):
                 load(name)
+
+
+def test_check_model_name_refuses_a_mistyped_id_offline_and_passes_what_can_load_without_loading_it(no_hub, monkeypatch,
+                                                                                                   tiny_model_dir, tmp_path):
+    from reform_engine import models
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match=r"^smollm2-135m-instrct is not a local directory, .* check the spelling, or give a "
+                                         r"local model directory \(the default model is smollm2-135m-instruct\)$"):
+        models.check_model_name("smollm2-135m-instrct")
+    with pytest.raises(ModelError, match="no model directory at ./nowhere"):
+        models.check_model_name("./nowhere")
+    monkeypatch.setattr(models, "ensure_default_model", lambda: pytest.fail("checking a name must not convert the default"))
+    assert [models.check_model_name(n) for n in (models.DEFAULT_MODEL, "default", tiny_model_dir)] == [None, None, None]
 
 
 def test_a_hub_host_that_does_not_resolve_means_no_network_without_a_download(no_hub, monkeypatch):
