@@ -160,6 +160,18 @@ def test_influential_page_selects_lowest_loss_share_and_queues_pairs(env):
     assert at.title[0].value == "Controlled decoding"  # switched to the decoding page
 
 
+def test_influential_keeps_the_pick_across_strategies_and_shows_the_rewards_first(env):
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/influential.py")
+    table = at.dataframe[0].value
+    assert list(table.columns[:3]) == ["r+", "r−", "loss"]
+    pick = list(table["pair_id"][1:3])
+    at.multiselect(key="influential_pick").set_value(pick).run()
+    at.radio(key="influential_strategy").set_value("highest_loss").run()
+    assert at.multiselect(key="influential_pick").value == pick  # not in this selection, still picked
+    at.radio(key="influential_strategy").set_value("lowest_loss").run()
+    assert at.multiselect(key="influential_pick").value == pick and not at.exception
+
+
 def test_decoding_page_runs_judges_inspects_and_queues_a_variant(env):
     at = AppTest.from_file(APP, default_timeout=120)
     at.session_state["influential_targets"] = ["demo_pairs.jsonl:3"]
