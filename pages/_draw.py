@@ -73,27 +73,48 @@ def fmt(x: float, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.{digits}f}"
 
 
-def trace_figure(traces: Sequence[tuple[str, Sequence[str], Sequence[float]]], references: dict[str, float] | None = None,
-                 title: str = "", height: int = 340, mark: int | None = None):
-    """Plotly figure of running partial rewards: one line per (label, token pieces, rewards); each
-    reference value (e.g. the original chosen and rejected rewards) is a dashed horizontal line;
-    ``mark`` draws a vertical line at that token (1-based)."""
+# Okabe-Ito colours: told apart with any colour vision. Streamlit's own theme would draw two traces in two
+# blues; each trace also gets its own dash and marker, so they differ in print and for every viewer.
+TRACE_STYLES = (("#0072B2", "solid", "circle"), ("#E69F00", "dash", "diamond"), ("#CC79A7", "dot", "square"),
+                ("#000000", "dashdot", "x"))
+REFERENCE_COLORS = ("#009E73", "#D55E00", "#56B4E9", "#F0E442")
+TICK_LABELS_UP_TO = 60   # tokens; past this, token text shows on hover only (the labels would overlap)
+
+
+def token_label(piece: str, n: int = 12) -> str:
+    """A token as a short axis label: escapes visible (a newline as \\n), no quotes."""
+    text = repr(piece)[1:-1] or "∅"
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def trace_figure(traces: Sequence[tuple], references: dict[str, float] | None = None, title: str = "", height: int = 340,
+                 mark: int | None = None, tick_labels: Sequence[str] | None = None):
+    """Plotly figure of running partial rewards: one line per (label, token pieces, rewards[, x positions])
+    (positions 1, 2, … unless given: e.g. the columns of a token alignment); hovering a point shows its
+    token's text. Each reference value (e.g. the original chosen and rejected rewards) is a dashed
+    horizontal line; ``mark`` draws a vertical line at that x; ``tick_labels`` (one per x from 1) name the
+    x axis with token text when there are few enough."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for label, pieces, rewards in traces:
-        xs = list(range(1, len(rewards) + 1))
+    for n, (label, pieces, rewards, *positions) in enumerate(traces):
+        xs = list(positions[0]) if positions else list(range(1, len(rewards) + 1))
+        color, dash, symbol = TRACE_STYLES[n % len(TRACE_STYLES)]
         fig.add_trace(go.Scatter(x=xs, y=list(rewards), mode="lines+markers", name=label,
+                                 line=dict(color=color, dash=dash), marker=dict(color=color, symbol=symbol, size=7),
                                  customdata=[html.escape(repr(p)) for p in pieces],  # plotly draws tags in hover text
-                                 hovertemplate="token %{x}: %{customdata}<br>reward %{y:.3f}<extra>" + label + "</extra>"))
-    palette = ("#2e7d32", "#c62828", "#6a1b9a", "#ef6c00")
+                                 hovertemplate=html.escape(label) + ": %{customdata} · reward %{y:.3f}<extra></extra>"))
     for i, (label, value) in enumerate((references or {}).items()):
         if value is not None and not math.isnan(value):
-            fig.add_hline(y=value, line_dash="dash", line_color=palette[i % len(palette)],
+            fig.add_hline(y=value, line_dash="dash", line_color=REFERENCE_COLORS[i % len(REFERENCE_COLORS)],
                           annotation_text=f"{label} {value:+.3f}", annotation_position="top left")
     if mark is not None:
         fig.add_vline(x=mark, line_dash="dot", line_color="#616161")
+    xaxis = dict(title="response token")
+    if tick_labels is not None and 0 < len(tick_labels) <= TICK_LABELS_UP_TO:
+        xaxis.update(tickmode="array", tickvals=list(range(1, len(tick_labels) + 1)),
+                     ticktext=[html.escape(token_label(t)) for t in tick_labels], tickangle=-60, automargin=True)
     fig.update_layout(title=title or None, height=height, margin=dict(l=10, r=10, t=40 if title else 10, b=10),
-                      xaxis_title="response token", yaxis_title="partial reward r(x, y≤i)",
+                      xaxis=xaxis, yaxis_title="partial reward r(x, y≤i)", hovermode="x unified",
                       legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
     return fig

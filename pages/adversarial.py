@@ -182,7 +182,7 @@ def draw_kept(store, job: dict) -> None:
     if r["steps"]:
         st.plotly_chart(trace_figure([("sample", [p["piece"] for p in r["steps"]], [p["running_reward"] for p in r["steps"]])],
                                      {"y+": r["r_chosen"], "y−": r["r_rejected"]}, title="Target RM's reward, token by token",
-                                     height=300), key="adversarial_trace")
+                                     height=300, tick_labels=[p["piece"] for p in r["steps"]]), key="adversarial_trace")
 
 
 through_router()

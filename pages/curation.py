@@ -156,7 +156,7 @@ else:
     pieces, rewards = step_trace(v["steps"])
     if rewards:
         st.plotly_chart(trace_figure([("variant", pieces, rewards)], {"chosen r+": v["r_chosen"], "rejected r−": v["r_rejected"]},
-                                     title="Running reward while decoding", height=300), key="curation_trace")
+                                     title="Running reward while decoding", height=300, tick_labels=pieces), key="curation_trace")
 
     # the decision
     st.markdown(f"**Status: {md_escape(v['status'])}**"

@@ -224,6 +224,36 @@ def test_reward_explorer_traces_perturbs_and_compares_two_rms(env):
     assert any("No reward model at `/no/such/rm`" in e.value for e in at.error)
 
 
+def widget_shares(at: AppTest) -> dict[str, float]:
+    """Each keyed widget's share of the page's width: the product of the column weights it sits in."""
+    from streamlit.testing.v1.element_tree import Column
+
+    shares = {}
+
+    def walk(node, share: float) -> None:
+        for child in getattr(node, "children", {}).values():
+            inner = share * child.weight if isinstance(child, Column) else share
+            if getattr(child, "key", None):
+                shares[child.key] = inner
+            walk(child, inner)
+    walk(at.main, 1.0)
+    return shares
+
+
+def test_reward_explorer_aligns_the_perturbed_trace_by_token_and_gives_the_picker_a_row(env):
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/explorer.py")
+    assert widget_shares(at)["explorer_perturbation"] == 1.0
+    at.selectbox(key="explorer_perturbation").set_value("prompt_echo").run()
+    echo = 'You asked: "How do I make a good cup of tea?" '  # what prompt_echo puts before the response
+    n = len(at.text_area(key="explorer_response").value)  # the tiny tokenizer: one token per byte
+    original, perturbed = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    assert original["x"] == list(range(len(echo) + 1, len(echo) + n + 1))  # each token faces its perturbed self
+    assert perturbed["x"] == list(range(1, len(echo) + n + 1))
+    tokens = next(d.value for d in at.dataframe if "perturbed reward" in d.value.columns)
+    assert len(tokens) == len(echo) + n and tokens["original"].tolist()[: len(echo)] == [""] * len(echo)
+    assert tokens["perturbed"].tolist()[len(echo):] == tokens["original"].tolist()[len(echo):] and not at.exception
+
+
 def test_reward_explorer_loads_a_pair_of_the_data(env):
     at = settle(AppTest.from_file(APP, default_timeout=120), "pages/explorer.py")
     at.radio(key="explorer_side").set_value("rejected")
