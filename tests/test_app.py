@@ -207,6 +207,20 @@ def test_decoding_page_reports_a_bad_knob_on_the_page(env):
     assert any("Decoding did not run" in e.value and "max_length" in e.value for e in at.error)
 
 
+def test_a_new_decoding_run_clears_the_last_verdict_and_its_send_button(env):
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/decoding.py")
+    at.slider(key="decoding_max_tokens").set_value(4)
+    at.button(key="decoding_run").click()
+    at = settle(at)
+    assert any("inversion" in el.value.lower() for el in [*at.success, *at.warning]) and at.button(key="decoding_send")
+    at.slider(key="decoding_max_tokens").set_value(256)  # this run fails: no room left for the prompt
+    at.button(key="decoding_run").click()
+    at = settle(at)
+    assert any("Decoding did not run" in e.value for e in at.error)
+    assert not [el.value for el in [*at.success, *at.warning] if "inversion" in el.value.lower()]
+    assert "decoding_send" not in [b.key for b in at.button] and "decoding_last" not in at.session_state
+
+
 def test_reward_explorer_traces_perturbs_and_compares_two_rms(env):
     at = settle(AppTest.from_file(APP, default_timeout=120), "pages/explorer.py")
     assert "Reward" in metrics(at) and len(at.get("plotly_chart")) == 1
