@@ -18,6 +18,13 @@ import streamlit as st
 from pages._settings import settings
 from reform_engine.data import DataError, PreferencePair
 
+# Material icons (Streamlit ships their font), not emoji: without an emoji font (Debian's chromium) an
+# emoji draws as an empty box. They render in markdown strings (captions, messages, progress texts),
+# not in dataframe cells.
+WAIT = ":material/hourglass_empty:"
+STATE_ICON = {"queued": ":material/schedule:", "pending": WAIT, "running": WAIT, "succeeded": ":material/check_circle:",
+              "failed": ":material/error:", "cancelled": ":material/stop_circle:"}
+
 _MD_SPECIAL = re.compile(r"([\\`*\[\]<>#!|~$&])")       # images, links, HTML, headings, code, emphasis, tables, math
 _MD_LINE_START = re.compile(r"(?m)^(\s*)(?:([-+=])|(\d+)([.)]))")  # list items, setext heading underlines, ordered lists
 _MD_AUTOLINK = re.compile(r"(?i)(://|www\.)")                      # GFM turns bare URLs into links
@@ -78,6 +85,7 @@ def fmt(x: float, digits: int = 3) -> str:
 TRACE_STYLES = (("#0072B2", "solid", "circle"), ("#E69F00", "dash", "diamond"), ("#CC79A7", "dot", "square"),
                 ("#000000", "dashdot", "x"))
 REFERENCE_COLORS = ("#009E73", "#D55E00", "#56B4E9", "#F0E442")
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#000000")
 TICK_LABELS_UP_TO = 60   # tokens; past this, token text shows on hover only (the labels would overlap)
 
 
@@ -117,4 +125,32 @@ def trace_figure(traces: Sequence[tuple], references: dict[str, float] | None = 
     fig.update_layout(title=title or None, height=height, margin=dict(l=10, r=10, t=40 if title else 10, b=10),
                       xaxis=xaxis, yaxis_title="partial reward r(x, y≤i)", hovermode="x unified",
                       legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
+    return fig
+
+
+def accuracy_figure(summary):
+    """Bar chart of clean accuracy per model, from reports.results_frames' summary frame."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Bar(x=summary["label"], y=summary["clean_accuracy"], marker_color=TRACE_STYLES[0][0],
+                           text=[f"{a:.1%}" for a in summary["clean_accuracy"]], textposition="outside",
+                           customdata=summary["checkpoint"], hovertemplate="%{x}: %{y:.3f}<br>%{customdata}<extra></extra>"))
+    fig.update_layout(title="Clean accuracy (win rate on the held-out pairs)", yaxis=dict(range=[0, 1.1], title="win rate"),
+                      height=340, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def drop_figure(drops):
+    """Grouped bars of the win-rate drop per perturbation, one colour per model, from reports.results_frames'
+    drops frame. The legend stands right of the bars: above them it ran into the title."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for n, (label, rows) in enumerate(drops.groupby("label", sort=False)):
+        fig.add_trace(go.Bar(name=label, x=rows["perturbation"], y=rows["drop"], marker_color=OKABE_ITO[n % len(OKABE_ITO)],
+                             hovertemplate="%{x}: %{y:+.3f}<extra>" + html.escape(str(label)) + "</extra>"))
+    fig.add_hline(y=0, line_color="#616161")
+    fig.update_layout(title="Win-rate drop per perturbation (lower is more robust)", barmode="group", height=380,
+                      yaxis_title="clean − perturbed win rate", margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"))
     return fig

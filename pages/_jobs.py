@@ -8,13 +8,12 @@ from collections.abc import Sequence
 
 import streamlit as st
 
-from pages._draw import md_code, md_escape, show_error
+from pages._draw import STATE_ICON, WAIT, md_code, md_escape, show_error
 from pages._project import project_store
 from reform_engine.jobs import ACTIVE, cancel_job, max_jobs, queue_position, refresh_job, rerun_job
 from reform_engine.reports import history_frame, log_tail, stage_status
 
 POLL_SECONDS = 2.0
-STATE_ICON = {"queued": "🕒", "pending": "⏳", "running": "⏳", "succeeded": "✅", "failed": "❌", "cancelled": "⏹️"}
 
 
 def _active(store, kinds: Sequence[str] | None, job_ids: Sequence[int] | None) -> list[dict]:
@@ -53,7 +52,7 @@ def _panel(key: str, kinds, job_ids) -> None:
 def queued_text(job: dict, position: int | None, slots: int) -> str:
     """The line a queued job shows instead of progress."""
     place = f"number {position} in the queue" if position else "about to start"
-    return (f"🕒 job #{job['id']} {job['kind']}: queued, {place}; it starts when a slot frees "
+    return (f"{STATE_ICON['queued']} job #{job['id']} {job['kind']}: queued, {place}; it starts when a slot frees "
             f"({slots} job{'s' if slots != 1 else ''} at a time, REFORM_MAX_JOBS)")
 
 
@@ -68,7 +67,7 @@ def draw_job(job: dict, key: str) -> None:
         return
     share = float(job["progress"] or 0.0)
     steps = f" · step {job['step']}/{job['total']}" if job.get("total") else ""
-    st.progress(min(1.0, max(0.0, share)), text=f"⏳ job #{job['id']} {job['kind']}{steps}: {md_escape(job['message'])}")
+    st.progress(min(1.0, max(0.0, share)), text=f"{WAIT} job #{job['id']} {job['kind']}{steps}: {md_escape(job['message'])}")
     stages = stage_status(job["run_dir"])
     if stages:
         st.caption(" → ".join(f"{STATE_ICON.get(s['state'], '')} {s['stage']}"
@@ -89,8 +88,7 @@ def history(key: str, kinds: Sequence[str] | None = None) -> None:
     if frame.empty:
         st.caption("No jobs yet.")
         return
-    shown = frame.assign(state=[f"{STATE_ICON.get(s, '')} {s}" for s in frame["state"]])
-    st.dataframe(shown, hide_index=True, key=f"{key}_history", column_config={
+    st.dataframe(frame, hide_index=True, key=f"{key}_history", column_config={
         "progress": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent"),
         "minutes": st.column_config.NumberColumn(format="%.1f"),
         "created_at": st.column_config.DatetimeColumn("created (UTC)"),

@@ -96,7 +96,7 @@ with st.expander("Generate variants over the influential set (background job)", 
 st.subheader("Queue")
 c1, c2 = st.columns([1, 2])
 status = c1.selectbox("Show", list(STATUS_FILTERS), format_func=STATUS_FILTERS.get, key="curation_status")
-every = c2.toggle("Also the non-inversions of batch jobs (they can only be rejected)", key="curation_every")
+every = c2.toggle("Also the non-inversions of batch jobs", key="curation_every", help="they can only be rejected")
 frame = queue(store, None if status == "all" else status, every_variant=every)
 if frame.empty:
     st.info("Nothing here. Generate variants above, or send one from Controlled decoding." if status == "pending"

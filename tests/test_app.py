@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from pages._draw import WAIT
 from reform_engine.reward_model import RewardModelSpec, build_reward_model
 from reform_engine.runtime import Runtime
 from reform_engine.tiny import save_tiny_model
@@ -48,7 +49,7 @@ def no_thread_outlives_the_tests():
 
 
 def loading(at: AppTest) -> bool:
-    return any("⏳" in el.value for el in at.info) or any("⏳" in el.proto.text for el in at.get("progress"))
+    return any(WAIT in el.value for el in at.info) or any(WAIT in el.proto.text for el in at.get("progress"))
 
 
 def settle(at: AppTest, page: str | None = None, tries: int = 200) -> AppTest:
@@ -268,6 +269,21 @@ def test_reward_explorer_aligns_the_perturbed_trace_by_token_and_gives_the_picke
     assert tokens["perturbed"].tolist()[len(echo):] == tokens["original"].tolist()[len(echo):] and not at.exception
 
 
+ROW_CHARS = 90  # label characters a full row holds at 14 px in a ~650 px wide main area (a laptop window)
+
+
+def test_checkbox_and_toggle_labels_fit_the_columns_they_stand_in(env):
+    tight = {}
+    for page in ("pages/retrain.py", "pages/adversarial.py", "pages/curation.py", "pages/decoding.py"):
+        at = settle(AppTest.from_file(APP, default_timeout=120), page)
+        shares = widget_shares(at)
+        boxes = [*at.checkbox, *at.toggle]
+        assert boxes, page
+        tight.update({box.label: round(shares[box.key], 3) for box in boxes
+                      if len(box.label) + 4 > ROW_CHARS * shares[box.key]})  # + the box or switch itself
+    assert tight == {}
+
+
 def test_reward_explorer_loads_a_pair_of_the_data(env):
     at = settle(AppTest.from_file(APP, default_timeout=120), "pages/explorer.py")
     at.radio(key="explorer_side").set_value("rejected")
@@ -335,6 +351,13 @@ def test_keys_that_pages_share_are_spelt_once_in_pages_keys():
         if path.name != "_keys.py":
             text = path.read_text()
             assert not [key for key in shared if f'"{key}"' in text], path.name
+
+
+def test_pages_draw_no_emoji_which_show_as_boxes_without_an_emoji_font():
+    """Debian's chromium has no emoji font: pages use Material icons (:material/name:) instead."""
+    emoji = re.compile("[\U0001F000-\U0001FAFF\u2300-\u23FF\u2600-\u26FF\u2705\u274C\u2728\uFE0F]")
+    found = {path.name: emoji.findall(path.read_text()) for path in [*(ROOT / "pages").glob("*.py"), ROOT / "app.py"]}
+    assert {name: chars for name, chars in found.items() if chars} == {}
 
 
 BEACON = "![x](http://evil/beacon.png)"

@@ -11,6 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import make_pair
+from pages._draw import WAIT
 from reform_engine.data import load_preferences, write_jsonl
 from reform_engine.decoding import DecodingResult, StepRecord
 from reform_engine.influence import ScoredPair
@@ -65,8 +66,8 @@ def no_thread_outlives_the_tests():
 
 
 def loading(at: AppTest) -> bool:
-    return any("⏳" in el.value for el in at.info) or any(
-        "⏳" in el.proto.text and "job #" not in el.proto.text for el in at.get("progress"))
+    return any(WAIT in el.value for el in at.info) or any(
+        WAIT in el.proto.text and "job #" not in el.proto.text for el in at.get("progress"))
 
 
 def settle(at: AppTest, page: str | None = None) -> AppTest:
@@ -315,7 +316,7 @@ def test_retrain_page_starts_and_cancels_a_pipeline(env):
     at.button(key=f"retrain_cancel_{job}").click()
     at.run()
     assert Store(env["db"]).get_job(job)["state"] == "cancelled" and not job_progress(at)
-    assert table(at, "minutes")["state"].tolist() == ["⏹️ cancelled"]
+    assert table(at, "minutes")["state"].tolist() == ["cancelled"]
 
     at.text_input(key="robustness_rm").set_value("/no/such/rm")
     at.button(key="robustness_start").click()
@@ -461,13 +462,13 @@ def test_a_queued_job_shows_its_place_in_the_queue_and_can_be_cancelled(env, mon
     store.update_job(running, state="running", pid=busy.pid, message="scoring")
     queued = store.add_job("robustness", {"reward_model": env["rm"]}, str(tmp_path / "next"), state="queued")
     at = settle(AppTest.from_file(APP, default_timeout=120), "pages/retrain.py")
-    assert job_progress(at) == [f"⏳ job #{running} robustness: scoring",
-                                f"🕒 job #{queued} robustness: queued, number 1 in the queue; it starts when a slot frees "
+    assert job_progress(at) == [f"{WAIT} job #{running} robustness: scoring",
+                                f":material/schedule: job #{queued} robustness: queued, number 1 in the queue; it starts when a slot frees "
                                 "(1 job at a time, REFORM_MAX_JOBS)"]
     at.button(key=f"retrain_cancel_{queued}").click()
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert store.get_job(queued)["state"] == "cancelled" and store.get_job(running)["state"] == "running"
-    assert job_progress(at) == [f"⏳ job #{running} robustness: scoring"]
+    assert job_progress(at) == [f"{WAIT} job #{running} robustness: scoring"]
     busy.kill()
     busy.wait()

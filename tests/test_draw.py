@@ -1,5 +1,7 @@
 """The pages' figure builders (pages/_draw.py): pure functions, checked without a browser."""
-from pages._draw import trace_figure
+import pandas as pd
+
+from pages._draw import drop_figure, trace_figure
 
 
 def test_two_traces_get_distinct_colour_blind_safe_colours_dashes_and_markers():
@@ -27,3 +29,15 @@ def test_the_x_axis_names_tokens_when_few_and_traces_can_sit_at_aligned_position
     assert (list(fig.layout.xaxis.tickvals), list(fig.layout.xaxis.ticktext)) == ([1, 2, 3], ["Hi", "+!", "\\n"])
     crowded = trace_figure([("a", ["x"] * 61, [0.0] * 61)], tick_labels=["x"] * 61)
     assert crowded.layout.xaxis.ticktext is None and crowded.layout.xaxis.tickmode is None
+
+
+def test_the_drop_charts_legend_stands_right_of_the_bars_clear_of_the_title():
+    drops = pd.DataFrame([{"label": label, "perturbation": p, "drop": d} for label, p, d in
+                          [("#1 base", "verbosity", 0.25), ("#1 base", "capitalization", 0.0),
+                           ("#1 retrained", "verbosity", 0.125), ("#1 retrained", "capitalization", -0.125)]])
+    fig = drop_figure(drops)
+    legend = fig.layout.legend
+    assert (legend.orientation, legend.x, legend.xanchor, legend.y, legend.yanchor) == ("v", 1.02, "left", 1, "top")
+    assert fig.layout.title.text.startswith("Win-rate drop") and fig.layout.margin.t == 40  # the title alone above the bars
+    assert [(b.name, b.marker.color, list(b.y)) for b in fig.data] == [("#1 base", "#0072B2", [0.25, 0.0]),
+                                                                      ("#1 retrained", "#E69F00", [0.125, -0.125])]
