@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages._controls import decoding_controls
+from pages._controls import decoding_controls, keep_across_pages
 from pages._draw import accuracy_figure, drop_figure, md_code, short, show_error
 from pages._jobs import history, live_jobs
 from pages._project import project_store
@@ -27,6 +27,11 @@ from reform_engine.stages import RETRAIN_MODES, RetrainRecipe
 from reform_engine.training import TrainRewardConfig
 
 FLASH_KEY = "retrain_flash"
+FORM_KEYS = [f"retrain_{k}" for k in ("base", "mode", "data", "train_rows", "ft_epochs", "ft_lr", "replay", "eval_data",
+                                      "eval_rows", "perturbations")] + \
+            [f"pipeline_{k}" for k in ("train_rows", "eval_rows", "use_base", "mode", "p", "epochs", "k", "alpha", "temperature",
+                                       "max_tokens", "ablate_random", "ablate_no_aug", "use_approved", "perturbations")] + \
+            [f"robustness_{k}" for k in ("rm", "data", "rows", "perturbations")] + ["retrain_compare"]
 RESULT_KINDS = ["retrain", "pipeline", "robustness"]
 
 
@@ -44,6 +49,7 @@ def perturbation_picker(key: str) -> str:
 through_router()
 st.title("Retrain & evaluate")
 s = settings()
+keep_across_pages(FORM_KEYS, "retrain_form", context=s)  # the forms are as they were left, until the settings change
 store = project_store()
 flash = st.session_state.pop(FLASH_KEY, None)
 if flash:

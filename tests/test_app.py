@@ -1,4 +1,5 @@
 """Every page renders without exceptions and its main action works, on tiny models (AppTest, in process)."""
+import dataclasses
 import json
 import math
 import re
@@ -341,6 +342,28 @@ def test_every_page_that_decodes_draws_the_same_decoding_controls(env):
         for knob, name in (("k", "k"), ("alpha", "alpha"), ("temperature", "temperature"), ("max_new_tokens", "max_tokens")):
             slider = at.slider(key=f"{key}_{name}")
             assert (slider.min, slider.max, slider.value) == (*LIMITS[knob], getattr(default, knob)), (page, knob)
+
+
+def test_the_retrain_forms_keep_their_values_when_the_user_leaves_the_page_until_the_settings_change(env):
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/retrain.py")
+    typed = {"retrain_eval_rows": "1:9", "pipeline_train_rows": "0:50", "robustness_rows": "2:5"}
+    for key, value in typed.items():
+        at.text_input(key=key).set_value(value)
+    at.number_input(key="pipeline_p").set_value(20.0)
+    at.slider(key="pipeline_k").set_value(3)
+    at.checkbox(key="pipeline_ablate_random").set_value(False)
+    at.multiselect(key="robustness_perturbations").set_value(["verbosity"])
+    at = settle(at)
+    at = settle(at, "pages/explorer.py")
+    at = settle(at, "pages/retrain.py")
+    assert {key: at.text_input(key=key).value for key in typed} == typed
+    assert (at.number_input(key="pipeline_p").value, at.slider(key="pipeline_k").value) == (20.0, 3)
+    assert at.checkbox(key="pipeline_ablate_random").value is False
+    assert at.multiselect(key="robustness_perturbations").value == ["verbosity"]
+    at.session_state["app_settings"] = dataclasses.replace(at.session_state["app_settings"], rows="0:40")  # as Home does
+    at = settle(at, "pages/explorer.py")
+    at = settle(at, "pages/retrain.py")
+    assert at.text_input(key="robustness_rows").value == "0:40" and at.number_input(key="pipeline_p").value == 5.0
 
 
 def test_keys_that_pages_share_are_spelt_once_in_pages_keys():
