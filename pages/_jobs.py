@@ -61,9 +61,7 @@ def draw_job(job: dict, key: str) -> None:
     retrain), its log and a cancel button."""
     if job["state"] == "queued":
         st.progress(0.0, text=queued_text(job, queue_position(project_store(), int(job["id"])), max_jobs()))
-        if st.button("Cancel", key=f"{key}_cancel_{job['id']}"):
-            cancel_job(project_store(), int(job["id"]), grace=5.0)
-            st.rerun()
+        cancel_button(job, key)
         return
     share = float(job["progress"] or 0.0)
     steps = f" · step {job['step']}/{job['total']}" if job.get("total") else ""
@@ -72,12 +70,30 @@ def draw_job(job: dict, key: str) -> None:
     if stages:
         st.caption(" → ".join(f"{STATE_ICON.get(s['state'], '')} {s['stage']}"
                               + (f" ({s['progress']:.0%})" if s["state"] == "running" else "") for s in stages))
-    c1, c2 = st.columns([1, 5])
-    if c1.button("Cancel", key=f"{key}_cancel_{job['id']}"):
-        cancel_job(project_store(), int(job["id"]), grace=5.0)
-        st.rerun()
-    with c2.expander("Log"):
+    with st.expander("Log"):
         st.code(log_tail(job) or "(nothing logged yet)", language=None)
+    cancel_button(job, key)
+
+
+def cancel_button(job: dict, key: str) -> None:
+    """A Cancel button that asks first: a cancelled job stops at once, and what it had not finished is lost
+    (a re-run starts it from the beginning). Buttons: ``{key}_cancel_{id}``, then ``{key}_cancel_yes_{id}``
+    and ``{key}_cancel_no_{id}``."""
+    job_id, asking = int(job["id"]), f"{key}_cancel_asking"
+    if st.session_state.get(asking) != job_id and st.button("Cancel", key=f"{key}_cancel_{job_id}"):
+        st.session_state[asking] = job_id
+    if st.session_state.get(asking) != job_id:
+        return
+    st.warning(f"Cancel job #{job_id} ({md_escape(job['kind'])})? It stops now, and what it has not finished is lost: "
+               "a re-run starts it from the beginning.")
+    c1, c2, _ = st.columns([1, 1, 3])
+    if c1.button("Yes, cancel it", key=f"{key}_cancel_yes_{job_id}", type="primary"):
+        st.session_state.pop(asking, None)
+        cancel_job(project_store(), job_id, grace=5.0)
+        st.rerun()
+    if c2.button("No, keep it running", key=f"{key}_cancel_no_{job_id}"):
+        st.session_state.pop(asking, None)
+        st.rerun()
 
 
 def history(key: str, kinds: Sequence[str] | None = None) -> None:
@@ -101,12 +117,10 @@ def history(key: str, kinds: Sequence[str] | None = None) -> None:
     job = store.get_job(picked)
     st.caption(f"{STATE_ICON.get(job['state'], '')} {job['state']} · run directory {md_code(job['run_dir'])} · "
                f"{md_escape(job['message'])}")
-    c1, _ = st.columns([1, 5])
-    if job["state"] in ACTIVE and c1.button("Cancel", key=f"{key}_history_cancel"):
-        cancel_job(store, picked, grace=5.0)
-        st.rerun()
-    if job["state"] not in ACTIVE:
-        c1.button("Re-run", key=f"{key}_rerun", on_click=_rerun, args=(key, picked),
+    if job["state"] in ACTIVE:
+        cancel_button(job, f"{key}_history")
+    else:
+        st.button("Re-run", key=f"{key}_rerun", on_click=_rerun, args=(key, picked),
                   help="the same config in a fresh run directory")
     show_error(st.session_state.pop(f"{key}_rerun_error", None), "Not re-run")
     with st.expander("Config"):

@@ -315,6 +315,8 @@ def test_retrain_page_starts_and_cancels_a_pipeline(env):
     assert config["base"]["model"]["base_model"] == env["policy"] and config["base_rm"] == ""
     at.button(key=f"retrain_cancel_{job}").click()
     at.run()
+    at.button(key=f"retrain_cancel_yes_{job}").click()  # Cancel asks first
+    at.run()
     assert Store(env["db"]).get_job(job)["state"] == "cancelled" and not job_progress(at)
     assert table(at, "minutes")["state"].tolist() == ["cancelled"]
 
@@ -454,7 +456,7 @@ def test_a_count_that_fails_is_a_message_in_the_sidebar_not_a_crash(env):
     assert any(e.value.startswith("Project database: the project database") and "CatalogException" in e.value for e in at.error)
 
 
-def test_a_queued_job_shows_its_place_in_the_queue_and_can_be_cancelled(env, monkeypatch, tmp_path):
+def test_a_queued_job_shows_its_place_in_the_queue_and_is_cancelled_only_once_confirmed(env, monkeypatch, tmp_path):
     monkeypatch.setenv("REFORM_MAX_JOBS", "1")
     store = Store(env["db"])
     busy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # the one slot is taken
@@ -466,6 +468,16 @@ def test_a_queued_job_shows_its_place_in_the_queue_and_can_be_cancelled(env, mon
                                 f":material/schedule: job #{queued} robustness: queued, number 1 in the queue; it starts when a slot frees "
                                 "(1 job at a time, REFORM_MAX_JOBS)"]
     at.button(key=f"retrain_cancel_{queued}").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    asking = [w.value for w in at.warning if w.value.startswith(f"Cancel job #{queued} (robustness)?")]
+    assert len(asking) == 1 and store.get_job(queued)["state"] == "queued"  # a question first, nothing cancelled yet
+    at.button(key=f"retrain_cancel_no_{queued}").click()
+    at.run()
+    assert store.get_job(queued)["state"] == "queued" and not [w for w in at.warning if w.value.startswith("Cancel job")]
+    at.button(key=f"retrain_cancel_{queued}").click()
+    at.run()
+    at.button(key=f"retrain_cancel_yes_{queued}").click()
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert store.get_job(queued)["state"] == "cancelled" and store.get_job(running)["state"] == "running"
