@@ -154,3 +154,24 @@ def drop_figure(drops):
                       yaxis_title="clean − perturbed win rate", margin=dict(l=10, r=10, t=40, b=10),
                       legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"))
     return fig
+
+
+def loss_figure(curves: dict[str, Sequence[float]], window: int = 20):
+    """The training loss per step of each reward model a run trained (reports.loss_curves): every step
+    faint, and its running mean over ``window`` steps (the mean the progress message shows) bold, one
+    colour per model."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for n, (name, losses) in enumerate(curves.items()):
+        color, steps = OKABE_ITO[n % len(OKABE_ITO)], list(range(1, len(losses) + 1))
+        mean = [sum(losses[max(0, i - window + 1): i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(losses))]
+        fig.add_trace(go.Scatter(x=steps, y=list(losses), mode="lines", name=f"{name}: every step", opacity=0.35,
+                                 line=dict(color=color, width=1), legendgroup=name, showlegend=False,
+                                 hovertemplate="step %{x}: %{y:.4f}<extra>" + html.escape(name) + "</extra>"))
+        fig.add_trace(go.Scatter(x=steps, y=mean, mode="lines", name=name, line=dict(color=color, width=2.5), legendgroup=name,
+                                 hovertemplate=f"step %{{x}}: mean of the last {window} %{{y:.4f}}<extra>"
+                                               + html.escape(name) + "</extra>"))
+    fig.update_layout(title="Training loss −log σ(r+ − r−)", height=300, xaxis_title="step", yaxis_title="loss",
+                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"))
+    return fig

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 
 import streamlit as st
 
-from pages._draw import STATE_ICON, WAIT, md_code, md_escape, show_error
+from pages._draw import STATE_ICON, WAIT, loss_figure, md_code, md_escape, show_error
 from pages._project import project_store
 from reform_engine.jobs import ACTIVE, cancel_job, max_jobs, queue_position, refresh_job, rerun_job
-from reform_engine.reports import history_frame, log_tail, stage_status
+from reform_engine.reports import history_frame, log_tail, loss_curves, stage_status
 
 POLL_SECONDS = 2.0
 
@@ -97,7 +97,8 @@ def cancel_button(job: dict, key: str) -> None:
 
 
 def history(key: str, kinds: Sequence[str] | None = None) -> None:
-    """The run history (newest first) and, for a picked job, its config, log tail, re-run and cancel."""
+    """The run history (newest first) and, for a picked job, its loss curves (if it trained a reward
+    model), config, log tail, re-run and cancel."""
     store = project_store()
     _active(store, kinds, None)  # bring running jobs up to date, whichever page started them
     frame = history_frame(store, kinds)
@@ -123,6 +124,9 @@ def history(key: str, kinds: Sequence[str] | None = None) -> None:
         st.button("Re-run", key=f"{key}_rerun", on_click=_rerun, args=(key, picked),
                   help="the same config in a fresh run directory")
     show_error(st.session_state.pop(f"{key}_rerun_error", None), "Not re-run")
+    curves = loss_curves(job["run_dir"])  # a run that trained a reward model: its loss per step
+    if curves:
+        st.plotly_chart(loss_figure(curves), key=f"{key}_loss_{picked}")
     with st.expander("Config"):
         st.json(job["config"], expanded=False)
     st.code(log_tail(job) or "(nothing logged)", language=None)

@@ -287,7 +287,10 @@ def test_retrain_page_retrains_on_approved_pairs_and_charts_base_vs_retrained(en
     (augment,) = (env["project"] / "curated").glob("approved-*.jsonl")
     assert len(load_preferences(str(augment)).pairs) == 2
 
-    assert len(at.get("plotly_chart")) == 2  # clean accuracy; win-rate drop per perturbation
+    assert len(at.get("plotly_chart")) == 3  # clean accuracy; win-rate drop per perturbation; the job's loss curve
+    loss = json.loads(at.get("plotly_chart")[2].proto.spec)["data"]
+    trained = json.loads((Path(ended["run_dir"]) / "retrain" / "metrics.json").read_text())["loss_curve"]
+    assert [t["name"] for t in loss] == ["retrain: every step", "retrain"] and loss[0]["y"] == trained and len(trained) > 0
     summary = table(at, "clean_accuracy")
     assert summary["label"].tolist() == [f"#{job} base", f"#{job} retrained"]
     report = json.loads((Path(ended["run_dir"]) / "report.json").read_text())

@@ -1,7 +1,7 @@
 """The pages' figure builders (pages/_draw.py): pure functions, checked without a browser."""
 import pandas as pd
 
-from pages._draw import drop_figure, trace_figure
+from pages._draw import drop_figure, loss_figure, trace_figure
 
 
 def test_two_traces_get_distinct_colour_blind_safe_colours_dashes_and_markers():
@@ -41,3 +41,12 @@ def test_the_drop_charts_legend_stands_right_of_the_bars_clear_of_the_title():
     assert fig.layout.title.text.startswith("Win-rate drop") and fig.layout.margin.t == 40  # the title alone above the bars
     assert [(b.name, b.marker.color, list(b.y)) for b in fig.data] == [("#1 base", "#0072B2", [0.25, 0.0]),
                                                                       ("#1 retrained", "#E69F00", [0.125, -0.125])]
+
+
+def test_the_loss_figure_draws_every_step_faint_and_its_running_mean_per_model():
+    fig = loss_figure({"base": [1.0, 0.5, 0.25, 0.25], "retrain": [0.5, 0.25]}, window=2)
+    assert [(t.name, t.line.color, t.showlegend) for t in fig.data] == [
+        ("base: every step", "#0072B2", False), ("base", "#0072B2", None),
+        ("retrain: every step", "#E69F00", False), ("retrain", "#E69F00", None)]
+    assert list(fig.data[0].y) == [1.0, 0.5, 0.25, 0.25] and list(fig.data[1].y) == [1.0, 0.75, 0.375, 0.25]
+    assert list(fig.data[3].x) == [1, 2] and list(fig.data[3].y) == [0.5, 0.375]
