@@ -101,8 +101,9 @@ for col, (label, path) in zip(columns, rms):
                       ("perturbed", pert["pieces"], pert["rewards"], [c + 1 for c, (_, j) in enumerate(columns) if j is not None])]
             ticks = [base["pieces"][i] if i is not None else "+" + pert["pieces"][j] for i, j in columns]
             st.plotly_chart(trace_figure(traces, tick_labels=ticks), key=f"explorer_trace_{label}")
-            st.caption(f"Perturbed with {name}. The x axis is a common alignment of the two token sequences: "
-                       "a token only the perturbed response has is labelled +token.")
+            st.caption(f"Perturbed with {name}. The x axis is a common alignment of the two token sequences: a token "
+                       "faces its perturbed self, and one only the perturbed response has faces a gap (labelled +token "
+                       "when the axis names tokens). Hover a position for both tokens.")
         if base["prompt_truncated"]:
             st.caption("The prompt was cut from the left to fit the RM's length limit.")
         if base["slow_path"]:
