@@ -173,5 +173,6 @@ def loss_figure(curves: dict[str, Sequence[float]], window: int = 20):
                                  hovertemplate=f"step %{{x}}: mean of the last {window} %{{y:.4f}}<extra>"
                                                + html.escape(name) + "</extra>"))
     fig.update_layout(title="Training loss −log σ(r+ − r−)", height=300, xaxis_title="step", yaxis_title="loss",
-                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"))
+                      margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"))
     return fig

@@ -123,8 +123,8 @@ with result_slot.container():
         reason = "its text is empty" if not v.text.strip() else \
             f"the RM scores it {fmt(v.r_variant)}, not {relation} the {side} = {fmt(threshold)} (short by {-v.margin:.3f})"
         st.warning(f"**Not an inversion:** {reason}.")
-    st.caption(f"k={cfg.k} · α={cfg.alpha} · temperature={cfg.temperature} · max tokens={cfg.max_new_tokens} · seed={last['seed']} · "
-               f"path={decoder.path}. Rewards re-scored from the text.")
+    st.caption(f"k={cfg.k} · α={cfg.alpha} · temperature={cfg.temperature} · max tokens={cfg.max_new_tokens} · "
+               f"seed={last['seed']} · path={decoder.path}. Rewards re-scored from the text.")
 
     # per-token trace and step inspector
     tokens = [x for x in v.steps if not x.is_eos]
@@ -139,8 +139,8 @@ with result_slot.container():
                     key="decoding_trace")
     rec = v.steps[step - 1]
     st.markdown(f"**Step {step}**: chose {md_escape(repr(rec.piece))}" + (" (end of text)" if rec.is_eos else ""))
-    st.dataframe(pd.DataFrame([{"chosen": "✓" if j == rec.chosen else "", "token": repr(piece), "id": tid, "log π": lp, "reward": r,
-                                "score": sc} for j, (piece, tid, lp, r, sc) in
+    st.dataframe(pd.DataFrame([{"chosen": "✓" if j == rec.chosen else "", "token": repr(piece), "id": tid, "log π": lp,
+                                "reward": r, "score": sc} for j, (piece, tid, lp, r, sc) in
                                enumerate(zip(rec.candidate_pieces, rec.candidate_ids, rec.logprobs, rec.rewards, rec.scores))]),
                  hide_index=True, key="decoding_candidates",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("log π", "reward", "score")})

@@ -97,8 +97,10 @@ for col, (label, path) in zip(columns, rms):
                             key=f"explorer_trace_{label}")
         else:  # both against the columns of one token alignment, so a token's reward faces its perturbed self
             columns = align_tokens(base["pieces"], pert["pieces"])
-            traces = [("original", base["pieces"], base["rewards"], [c + 1 for c, (i, _) in enumerate(columns) if i is not None]),
-                      ("perturbed", pert["pieces"], pert["rewards"], [c + 1 for c, (_, j) in enumerate(columns) if j is not None])]
+            at_base = [c + 1 for c, (i, _) in enumerate(columns) if i is not None]   # x of each original token
+            at_pert = [c + 1 for c, (_, j) in enumerate(columns) if j is not None]   # x of each perturbed token
+            traces = [("original", base["pieces"], base["rewards"], at_base),
+                      ("perturbed", pert["pieces"], pert["rewards"], at_pert)]
             ticks = [base["pieces"][i] if i is not None else "+" + pert["pieces"][j] for i, j in columns]
             st.plotly_chart(trace_figure(traces, tick_labels=ticks), key=f"explorer_trace_{label}")
             st.caption(f"Perturbed with {name}. The x axis is a common alignment of the two token sequences: a token "

@@ -120,8 +120,8 @@ with tab_pipeline:
     p_eval_rows = c[1].text_input("Held-out rows", value=DEMO_SPLIT[1] if demo else held_out_rows(s.rows),
                                   key="pipeline_eval_rows").strip()
     p_mode = c[2].radio("Retrain", list(RETRAIN_MODES), key="pipeline_mode", horizontal=True)
-    use_base = st.toggle("Start from the current RM", value=False, key="pipeline_use_base", disabled=not rm_exists(s.reward_model),
-                         help="off: train a base RM on the training rows first")
+    use_base = st.toggle("Start from the current RM", value=False, key="pipeline_use_base",
+                         disabled=not rm_exists(s.reward_model), help="off: train a base RM on the training rows first")
     defaults = PipelineConfig()
     c = st.columns(2)
     fraction = c[0].number_input("p: influential share, %", 0.1, 100.0, defaults.variants.fraction * 100, step=1.0,
