@@ -1,8 +1,11 @@
 """Controls shared by the pages that start work: the decoding knobs, drawn one way everywhere, with the
-limits, defaults and help of ``DecodingConfig`` (decoding.LIMITS), not numbers of the page's own."""
+limits, defaults and help of ``DecodingConfig`` (decoding.LIMITS), not numbers of the page's own; and
+form values that survive leaving the page."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
+from typing import Any
 
 import streamlit as st
 
@@ -54,3 +57,19 @@ def column_mapping(key: str) -> dict[str, str]:
         return {ours: c[i].text_input(f"Column holding {ours}", key=f"{key}_column_{ours}", placeholder=ours,
                                       help=f"the file's name for the {ours} column; empty = it is called {ours}")
                 for i, ours in enumerate(OUR_COLUMNS)}
+
+
+def keep_across_pages(keys: Iterable[str], store: str, context: Any = None) -> None:
+    """Let a page's widgets keep their values when the user leaves the page and comes back. Streamlit
+    forgets the value of a widget a run does not draw (every run of another page); a copy under
+    ``store`` puts it back on the next visit. The copies are dropped when ``context`` (e.g. the settings
+    in use) changes, so the defaults follow a new model or data set. Call before the widgets are drawn."""
+    if st.session_state.get(f"{store}_context") != context:
+        st.session_state[f"{store}_context"] = context
+        st.session_state[store] = {}
+    kept = st.session_state.setdefault(store, {})
+    for key in keys:
+        if key in st.session_state:
+            kept[key] = st.session_state[key]
+        elif key in kept:
+            st.session_state[key] = kept[key]

@@ -18,6 +18,13 @@ import streamlit as st
 from pages._settings import settings
 from reform_engine.data import DataError, PreferencePair
 
+# Material icons (Streamlit ships their font), not emoji: without an emoji font (Debian's chromium) an
+# emoji draws as an empty box. They render in markdown strings (captions, messages, progress texts),
+# not in dataframe cells.
+WAIT = ":material/hourglass_empty:"
+STATE_ICON = {"queued": ":material/schedule:", "pending": WAIT, "running": WAIT, "succeeded": ":material/check_circle:",
+              "failed": ":material/error:", "cancelled": ":material/stop_circle:"}
+
 _MD_SPECIAL = re.compile(r"([\\`*\[\]<>#!|~$&])")       # images, links, HTML, headings, code, emphasis, tables, math
 _MD_LINE_START = re.compile(r"(?m)^(\s*)(?:([-+=])|(\d+)([.)]))")  # list items, setext heading underlines, ordered lists
 _MD_AUTOLINK = re.compile(r"(?i)(://|www\.)")                      # GFM turns bare URLs into links
@@ -109,27 +116,99 @@ def verdict_notes(record: dict) -> list[str]:
     return notes
 
 
-def trace_figure(traces: Sequence[tuple[str, Sequence[str], Sequence[float]]], references: dict[str, float] | None = None,
-                 title: str = "", height: int = 340, mark: int | None = None):
-    """Plotly figure of running partial rewards: one line per (label, token pieces, rewards); each
-    reference value (e.g. the original chosen and rejected rewards) is a dashed horizontal line;
-    ``mark`` draws a vertical line at that token (1-based)."""
+# Okabe-Ito colours: told apart with any colour vision. Streamlit's own theme would draw two traces in two
+# blues; each trace also gets its own dash and marker, so they differ in print and for every viewer.
+TRACE_STYLES = (("#0072B2", "solid", "circle"), ("#E69F00", "dash", "diamond"), ("#CC79A7", "dot", "square"),
+                ("#000000", "dashdot", "x"))
+REFERENCE_COLORS = ("#009E73", "#D55E00", "#56B4E9", "#F0E442")
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#000000")
+TICK_LABELS_UP_TO = 60   # tokens; past this, token text shows on hover only (the labels would overlap)
+
+
+def token_label(piece: str, n: int = 12) -> str:
+    """A token as a short axis label: escapes visible (a newline as \\n), no quotes."""
+    text = repr(piece)[1:-1] or "∅"
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def trace_figure(traces: Sequence[tuple], references: dict[str, float] | None = None, title: str = "", height: int = 340,
+                 mark: int | None = None, tick_labels: Sequence[str] | None = None):
+    """Plotly figure of running partial rewards: one line per (label, token pieces, rewards[, x positions])
+    (positions 1, 2, … unless given: e.g. the columns of a token alignment); hovering a point shows its
+    token's text. Each reference value (e.g. the original chosen and rejected rewards) is a dashed
+    horizontal line; ``mark`` draws a vertical line at that x; ``tick_labels`` (one per x from 1) name the
+    x axis with token text when there are few enough."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for label, pieces, rewards in traces:
-        xs = list(range(1, len(rewards) + 1))
+    for n, (label, pieces, rewards, *positions) in enumerate(traces):
+        xs = list(positions[0]) if positions else list(range(1, len(rewards) + 1))
+        color, dash, symbol = TRACE_STYLES[n % len(TRACE_STYLES)]
         fig.add_trace(go.Scatter(x=xs, y=list(rewards), mode="lines+markers", name=label,
+                                 line=dict(color=color, dash=dash), marker=dict(color=color, symbol=symbol, size=7),
                                  customdata=[html.escape(repr(p)) for p in pieces],  # plotly draws tags in hover text
-                                 hovertemplate="token %{x}: %{customdata}<br>reward %{y:.3f}<extra>" + label + "</extra>"))
-    palette = ("#2e7d32", "#c62828", "#6a1b9a", "#ef6c00")
+                                 hovertemplate=html.escape(label) + ": %{customdata} · reward %{y:.3f}<extra></extra>"))
     for i, (label, value) in enumerate((references or {}).items()):
         if value is not None and not math.isnan(value):
-            fig.add_hline(y=value, line_dash="dash", line_color=palette[i % len(palette)],
+            fig.add_hline(y=value, line_dash="dash", line_color=REFERENCE_COLORS[i % len(REFERENCE_COLORS)],
                           annotation_text=f"{label} {value:+.3f}", annotation_position="top left")
     if mark is not None:
         fig.add_vline(x=mark, line_dash="dot", line_color="#616161")
+    xaxis = dict(title="response token")
+    if tick_labels is not None and 0 < len(tick_labels) <= TICK_LABELS_UP_TO:
+        xaxis.update(tickmode="array", tickvals=list(range(1, len(tick_labels) + 1)),
+                     ticktext=[html.escape(token_label(t)) for t in tick_labels], tickangle=-60, automargin=True)
     fig.update_layout(title=title or None, height=height, margin=dict(l=10, r=10, t=40 if title else 10, b=10),
-                      xaxis_title="response token", yaxis_title="partial reward r(x, y≤i)",
+                      xaxis=xaxis, yaxis_title="partial reward r(x, y≤i)", hovermode="x unified",
                       legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
+    return fig
+
+
+def accuracy_figure(summary):
+    """Bar chart of clean accuracy per model, from reports.results_frames' summary frame."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Bar(x=summary["label"], y=summary["clean_accuracy"], marker_color=TRACE_STYLES[0][0],
+                           text=[f"{a:.1%}" for a in summary["clean_accuracy"]], textposition="outside",
+                           customdata=summary["checkpoint"], hovertemplate="%{x}: %{y:.3f}<br>%{customdata}<extra></extra>"))
+    fig.update_layout(title="Clean accuracy (win rate on the held-out pairs)", yaxis=dict(range=[0, 1.1], title="win rate"),
+                      height=340, margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def drop_figure(drops):
+    """Grouped bars of the win-rate drop per perturbation, one colour per model, from reports.results_frames'
+    drops frame. The legend stands right of the bars: above them it ran into the title."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for n, (label, rows) in enumerate(drops.groupby("label", sort=False)):
+        fig.add_trace(go.Bar(name=label, x=rows["perturbation"], y=rows["drop"], marker_color=OKABE_ITO[n % len(OKABE_ITO)],
+                             hovertemplate="%{x}: %{y:+.3f}<extra>" + html.escape(str(label)) + "</extra>"))
+    fig.add_hline(y=0, line_color="#616161")
+    fig.update_layout(title="Win-rate drop per perturbation (lower is more robust)", barmode="group", height=380,
+                      yaxis_title="clean − perturbed win rate", margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"))
+    return fig
+
+
+def loss_figure(curves: dict[str, Sequence[float]], window: int = 20):
+    """The training loss per step of each reward model a run trained (reports.loss_curves): every step
+    faint, and its running mean over ``window`` steps (the mean the progress message shows) bold, one
+    colour per model."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for n, (name, losses) in enumerate(curves.items()):
+        color, steps = OKABE_ITO[n % len(OKABE_ITO)], list(range(1, len(losses) + 1))
+        mean = [sum(losses[max(0, i - window + 1): i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(losses))]
+        fig.add_trace(go.Scatter(x=steps, y=list(losses), mode="lines", name=f"{name}: every step", opacity=0.35,
+                                 line=dict(color=color, width=1), legendgroup=name, showlegend=False,
+                                 hovertemplate="step %{x}: %{y:.4f}<extra>" + html.escape(name) + "</extra>"))
+        fig.add_trace(go.Scatter(x=steps, y=mean, mode="lines", name=name, line=dict(color=color, width=2.5), legendgroup=name,
+                                 hovertemplate=f"step %{{x}}: mean of the last {window} %{{y:.4f}}<extra>"
+                                               + html.escape(name) + "</extra>"))
+    fig.update_layout(title="Training loss −log σ(r+ − r−)", height=300, xaxis_title="step", yaxis_title="loss",
+                      margin=dict(l=10, r=10, t=40, b=10),
+                      legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"))
     return fig

@@ -10,14 +10,13 @@ from datetime import UTC
 
 import streamlit as st
 
-from pages._draw import flash, md_code, md_escape, show_error
+from pages._draw import STATE_ICON, WAIT, flash, loss_figure, md_code, md_escape, show_error
 from pages._project import project_store
 from reform_engine.eta import ProgressClock, progress_text
 from reform_engine.jobs import ACTIVE, cancel_job, max_jobs, queue_position, refresh_job, rerun_job, start_job
-from reform_engine.reports import history_frame, log_tail, stage_status
+from reform_engine.reports import history_frame, log_tail, loss_curves, stage_status
 
 POLL_SECONDS = 2.0
-STATE_ICON = {"queued": "🕒", "pending": "⏳", "running": "⏳", "succeeded": "✅", "failed": "❌", "cancelled": "⏹️"}
 
 
 def _active(store, kinds: Sequence[str] | None, job_ids: Sequence[int] | None) -> list[dict]:
@@ -56,7 +55,7 @@ def _panel(key: str, kinds, job_ids) -> None:
 def queued_text(job: dict, position: int | None, slots: int) -> str:
     """The line a queued job shows instead of progress."""
     place = f"number {position} in the queue" if position else "about to start"
-    return (f"🕒 job #{job['id']} {job['kind']}: queued, {place}; it starts when a slot frees "
+    return (f"{STATE_ICON['queued']} job #{job['id']} {job['kind']}: queued, {place}; it starts when a slot frees "
             f"({slots} job{'s' if slots != 1 else ''} at a time, REFORM_MAX_JOBS)")
 
 
@@ -81,35 +80,51 @@ def draw_job(job: dict, key: str) -> None:
     retrain), its log and a cancel button."""
     if job["state"] == "queued":
         st.progress(0.0, text=queued_text(job, queue_position(project_store(), int(job["id"])), max_jobs()))
-        if st.button("Cancel", key=f"{key}_cancel_{job['id']}"):
-            cancel_job(project_store(), int(job["id"]), grace=5.0)
-            st.rerun()
+        cancel_button(job, key)
         return
     share = float(job["progress"] or 0.0)
     text = progress_text(job["message"], job.get("step"), job.get("total"), _time_left(job))
-    st.progress(min(1.0, max(0.0, share)), text=f"⏳ job #{job['id']} {job['kind']}: {md_escape(text)}")
+    st.progress(min(1.0, max(0.0, share)), text=f"{WAIT} job #{job['id']} {job['kind']}: {md_escape(text)}")
     stages = stage_status(job["run_dir"])
     if stages:
         st.caption(" → ".join(f"{STATE_ICON.get(s['state'], '')} {s['stage']}"
                               + (f" ({s['progress']:.0%})" if s["state"] == "running" else "") for s in stages))
-    c1, c2 = st.columns([1, 5])
-    if c1.button("Cancel", key=f"{key}_cancel_{job['id']}"):
-        cancel_job(project_store(), int(job["id"]), grace=5.0)
-        st.rerun()
-    with c2.expander("Log"):
+    with st.expander("Log"):
         st.code(log_tail(job) or "(nothing logged yet)", language=None)
+    cancel_button(job, key)
+
+
+def cancel_button(job: dict, key: str) -> None:
+    """A Cancel button that asks first: a cancelled job stops at once, and what it had not finished is lost
+    (a re-run starts it from the beginning). Buttons: ``{key}_cancel_{id}``, then ``{key}_cancel_yes_{id}``
+    and ``{key}_cancel_no_{id}``."""
+    job_id, asking = int(job["id"]), f"{key}_cancel_asking"
+    if st.session_state.get(asking) != job_id and st.button("Cancel", key=f"{key}_cancel_{job_id}"):
+        st.session_state[asking] = job_id
+    if st.session_state.get(asking) != job_id:
+        return
+    st.warning(f"Cancel job #{job_id} ({md_escape(job['kind'])})? It stops now, and what it has not finished is lost: "
+               "a re-run starts it from the beginning.")
+    c1, c2, _ = st.columns([1, 1, 3])
+    if c1.button("Yes, cancel it", key=f"{key}_cancel_yes_{job_id}", type="primary"):
+        st.session_state.pop(asking, None)
+        cancel_job(project_store(), job_id, grace=5.0)
+        st.rerun()
+    if c2.button("No, keep it running", key=f"{key}_cancel_no_{job_id}"):
+        st.session_state.pop(asking, None)
+        st.rerun()
 
 
 def history(key: str, kinds: Sequence[str] | None = None) -> None:
-    """The run history (newest first) and, for a picked job, its config, log tail, re-run and cancel."""
+    """The run history (newest first) and, for a picked job, its loss curves (if it trained a reward
+    model), config, log tail, re-run and cancel."""
     store = project_store()
     _active(store, kinds, None)  # bring running jobs up to date, whichever page started them
     frame = history_frame(store, kinds)
     if frame.empty:
         st.caption("No jobs yet.")
         return
-    shown = frame.assign(state=[f"{STATE_ICON.get(s, '')} {s}" for s in frame["state"]])
-    st.dataframe(shown, hide_index=True, key=f"{key}_history", column_config={
+    st.dataframe(frame, hide_index=True, key=f"{key}_history", column_config={
         "progress": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent"),
         "minutes": st.column_config.NumberColumn(format="%.1f"),
         "created_at": st.column_config.DatetimeColumn("created (UTC)"),
@@ -122,14 +137,15 @@ def history(key: str, kinds: Sequence[str] | None = None) -> None:
     job = store.get_job(picked)
     st.caption(f"{STATE_ICON.get(job['state'], '')} {job['state']} · run directory {md_code(job['run_dir'])} · "
                f"{md_escape(job['message'])}")
-    c1, _ = st.columns([1, 5])
-    if job["state"] in ACTIVE and c1.button("Cancel", key=f"{key}_history_cancel"):
-        cancel_job(store, picked, grace=5.0)
-        st.rerun()
-    if job["state"] not in ACTIVE:
-        c1.button("Re-run", key=f"{key}_rerun", on_click=_rerun, args=(key, picked),
+    if job["state"] in ACTIVE:
+        cancel_button(job, f"{key}_history")
+    else:
+        st.button("Re-run", key=f"{key}_rerun", on_click=_rerun, args=(key, picked),
                   help="the same config in a fresh run directory")
     show_error(st.session_state.pop(f"{key}_rerun_error", None), "Not re-run")
+    curves = loss_curves(job["run_dir"])  # a run that trained a reward model: its loss per step
+    if curves:
+        st.plotly_chart(loss_figure(curves), key=f"{key}_loss_{picked}")
     with st.expander("Config"):
         st.json(job["config"], expanded=False)
     st.code(log_tail(job) or "(nothing logged)", language=None)

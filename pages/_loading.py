@@ -10,7 +10,7 @@ from typing import Any
 import streamlit as st
 
 from pages._cpu import cpu_work
-from pages._draw import md_code, md_escape, show_error
+from pages._draw import WAIT, md_code, md_escape, show_error
 from pages._settings import file_stamp, rm_exists, settings
 from reform_engine.background import BackgroundTask
 from reform_engine.data import ColumnError, DataError
@@ -167,7 +167,7 @@ def _progress_panel(task: BackgroundTask, label: str) -> None:
     if task.finished:
         st.rerun()  # the whole page, now that its input is ready
     share = task.progress
-    text = f"⏳ {md_escape(label)}: {md_escape(progress_text(task.message, remaining=task.remaining))} ({task.elapsed:.0f} s)"
+    text = f"{WAIT} {md_escape(label)}: {md_escape(progress_text(task.message, remaining=task.remaining))} ({task.elapsed:.0f} s)"
     if share is None:
         st.info(text)
     else:

@@ -178,7 +178,7 @@ def draw_kept(store, job: dict) -> None:
     if r["steps"]:
         st.plotly_chart(trace_figure([("sample", [p["piece"] for p in r["steps"]], [p["running_reward"] for p in r["steps"]])],
                                      {"y+": r["r_chosen"], "y−": r["r_rejected"]}, title="Target RM's reward, token by token",
-                                     height=300), key="adversarial_trace")
+                                     height=300, tick_labels=[p["piece"] for p in r["steps"]]), key="adversarial_trace")
 
 
 s, store = store_page("Adversarial attack", FLASH_KEY)
@@ -280,13 +280,14 @@ st.subheader("Rounds: attack, add the samples as pairs, retrain, attack again")
 st.caption("An adv-rounds job runs the attack above on the target, adds what it kept as pairs (y+ preferred over the sample), "
            "retrains the target's recipe from scratch on its pairs plus all adversarial pairs so far, and attacks the retrained "
            "RM with fresh z-scores; every RM is evaluated on the same held-out pairs (Retrain & evaluate shows them).")
-c = st.columns(5)
+c = st.columns(3)
 n_rounds = c[0].number_input("Rounds (retrainings)", 1, 20, ROUND_DEFAULTS["rounds"], key="adversarial_rounds")
 pass_floor = c[1].number_input("Stop below this pass rate", 0.0, 1.0, ROUND_DEFAULTS["pass_floor"], step=0.01,
                                key="adversarial_pass_floor")
 eval_rows = c[2].text_input("Held-out rows ('' = after the training rows)", ROUND_DEFAULTS["eval_rows"], key="adversarial_eval_rows")
-confirmed_only = c[3].toggle("Confirmed samples only", ROUND_DEFAULTS["confirmed_only"], key="adversarial_confirmed_only")
-baseline_arm = c[4].toggle("Also the λ = 0 arm", ROUND_DEFAULTS["baseline_arm"], key="adversarial_baseline_arm")
+c = st.columns(3)  # the toggles on a row of their own: in a fifth of a row their labels were cut
+confirmed_only = c[0].toggle("Confirmed samples only", ROUND_DEFAULTS["confirmed_only"], key="adversarial_confirmed_only")
+baseline_arm = c[1].toggle("Also the λ = 0 arm", ROUND_DEFAULTS["baseline_arm"], key="adversarial_baseline_arm")
 recipe_known = rm_exists(target) and base_training_config(target) is not None
 train_rows = "" if recipe_known else st.text_input(
     f"The target was not trained here: its training rows in {short(s.data, 40)} (retraining repeats its recipe on them)",

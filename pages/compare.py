@@ -34,8 +34,9 @@ def error_bars(frame: pd.DataFrame, x: str, group: str, title: str, *, percent: 
 def draw_table(table: dict, job_id: int) -> None:
     checks = pd.DataFrame(table["checks"])
     if not checks.empty:
-        checks.insert(0, "", ["✅" if ok else "⚠️" for ok in checks.pop("ok")])
-        st.dataframe(checks, hide_index=True, key=f"compare_checks_{job_id}")
+        checks.insert(0, "ok", checks.pop("ok"))  # a tick box: an emoji here drew as a box without an emoji font
+        st.dataframe(checks, hide_index=True, key=f"compare_checks_{job_id}",
+                     column_config={"ok": st.column_config.CheckboxColumn("ok")})
     st.caption(f"Intervals: 95% percentile bootstrap, {table['n_boot']} resamples, seed {table['seed']}; differences of two "
                "methods on different samples resample each side, of two RMs on the same pairs resample the pairs once (paired).")
 
@@ -98,11 +99,12 @@ pipelines, rounds = finished_runs(store, "pipeline"), finished_runs(store, "adv-
 if not pipelines or not rounds:
     st.info("Needs a finished pipeline run (Retrain & evaluate) and a finished adv-rounds run (Adversarial attack) on the same base RM.")
 else:
-    c = st.columns([2, 2, 1, 1])
+    c = st.columns(2)
     p = c[0].selectbox("REFORM: pipeline run", list(pipelines), key="compare_pipeline", format_func=lambda i: f"#{i} pipeline")
     a = c[1].selectbox("Adv-RM: adv-rounds run", list(rounds), key="compare_rounds", format_func=lambda i: f"#{i} adv-rounds")
-    equal_pairs = c[2].toggle("Retrain on equal pairs", True, key="compare_equal_pairs")
-    cross_attacks = c[3].toggle("Cross-attacks", True, key="compare_cross_attacks", disabled=not equal_pairs)
+    c = st.columns(2)  # the toggles on a row of their own: in a sixth of a row their labels were cut
+    equal_pairs = c[0].toggle("Retrain on equal pairs", True, key="compare_equal_pairs")
+    cross_attacks = c[1].toggle("Cross-attacks", True, key="compare_cross_attacks", disabled=not equal_pairs)
     if st.button("Compare (background job)", type="primary", key="compare_start"):
         try:
             config = CompareConfig(pipelines[p], rounds[a], equal_pairs=equal_pairs, cross_attacks=cross_attacks and equal_pairs,

@@ -116,8 +116,8 @@ with st.expander("Generate variants over the influential set (background job)", 
 st.subheader("Queue")
 c1, c2 = st.columns([1, 2])
 status = c1.selectbox("Show", list(STATUS_FILTERS), format_func=STATUS_FILTERS.get, key="curation_status")
-every = c2.toggle("Also the non-inversions of batch jobs, the not-fluent ones among them (they can only be rejected)",
-                  key="curation_every")
+every = c2.toggle("Also the non-inversions of batch jobs", key="curation_every",
+                  help="the not-fluent ones among them too; they can only be rejected")
 frame = queue(store, None if status == "all" else status, every_variant=every)
 if frame.empty:
     st.info("Nothing here. Generate variants above, or send one from Controlled decoding." if status == "pending"
@@ -188,7 +188,7 @@ else:
     pieces, rewards = step_trace(v["steps"])
     if rewards:
         st.plotly_chart(trace_figure([("variant", pieces, rewards)], {"chosen r+": v["r_chosen"], "rejected r−": v["r_rejected"]},
-                                     title="Running reward while decoding", height=300), key="curation_trace")
+                                     title="Running reward while decoding", height=300, tick_labels=pieces), key="curation_trace")
 
     # the decision
     st.markdown(f"**Status: {md_escape(v['status'])}**"

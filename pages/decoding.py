@@ -69,6 +69,9 @@ left.markdown(f"**Controlled ({direction})**")
 left_text, left_info = left.empty(), left.empty()
 right.markdown("**Plain policy (greedy)**")
 right_text, right_info = right.empty(), right.empty()
+# The verdict, trace and hand-off of the last result are drawn into this one slot: a new run empties it
+# before it decodes (else the old verdict and its "Send to curation" stay on screen until the run ends).
+result_slot = st.empty() if run else st.container()  # a container otherwise: a rerun redraws it without a flicker
 
 
 def live(text_slot, info_slot, limit: int):
@@ -117,6 +120,7 @@ def send_button(x, label: str, key: str) -> None:
 
 
 if run:
+    st.session_state.pop(LAST_DECODED, None)  # the new run replaces it, also when it fails
     try:
         result = decoder.decode([pair.prompt], config, on_event=live(left_text, left_info, config.max_new_tokens), seed=seed)[0]
         plain = None
@@ -156,42 +160,41 @@ if plain is not None:
                        f"perplexity {plain.perplexity:.2f}")
 else:
     right_text.caption("not decoded")
-if last["pair_id"] != pair.pair_id or cfg.direction != direction:
-    st.caption(f"Showing the last run: pair {md_escape(last['pair_id'])}, direction {cfg.direction}.")
 
+with result_slot.container():
+    if last["pair_id"] != pair.pair_id or cfg.direction != direction:
+        st.caption(f"Showing the last run: pair {md_escape(last['pair_id'])}, direction {cfg.direction}.")
+    show_verdict(v, "this variant")
+    st.caption(f"k={cfg.k} · α={cfg.alpha} · temperature={cfg.temperature} · max tokens={cfg.max_new_tokens} · "
+               f"seed={last['seed']} · path={decoder.path}. Rewards re-scored from the text.")
 
+    # per-token trace and step inspector
+    tokens = [x for x in v.steps if not x.is_eos]
+    if st.session_state.get("decoding_step", 1) > len(v.steps):  # a shorter result than the last one inspected
+        st.session_state.decoding_step = 1
+    step = st.slider("Inspect step", 1, max(1, len(v.steps)), 1, key="decoding_step") if len(v.steps) > 1 else 1
+    traces = [("controlled", [x.piece for x in tokens], [x.running_reward for x in tokens])]
+    if plain is not None:
+        p_tokens = [x for x in plain.steps if not x.is_eos]
+        traces.append(("plain policy", [x.piece for x in p_tokens], [x.running_reward for x in p_tokens]))
+    st.plotly_chart(trace_figure(traces, {"chosen r+": v.r_chosen, "rejected r−": v.r_rejected}, mark=step),
+                    key="decoding_trace")
+    rec = v.steps[step - 1]
+    st.markdown(f"**Step {step}**: chose {md_escape(repr(rec.piece))}" + (" (end of text)" if rec.is_eos else ""))
+    st.dataframe(pd.DataFrame([{"chosen": "✓" if j == rec.chosen else "", "token": repr(piece), "id": tid, "log π": lp,
+                                "reward": r, "score": sc} for j, (piece, tid, lp, r, sc) in
+                               enumerate(zip(rec.candidate_pieces, rec.candidate_ids, rec.logprobs, rec.rewards, rec.scores))]),
+                 hide_index=True, key="decoding_candidates",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("log π", "reward", "score")})
+    st.caption("score = " + ("−" if v.direction == "lower" else "+") + f"reward + α·log π (α = {cfg.alpha}); "
+               + ("the highest score is taken." if cfg.temperature == 0 else f"sampled from softmax(score / {cfg.temperature})."))
 
-show_verdict(v, "this variant")
-st.caption(f"k={cfg.k} · α={cfg.alpha} · temperature={cfg.temperature} · max tokens={cfg.max_new_tokens} · seed={last['seed']} · "
-           f"path={decoder.path}. Rewards re-scored from the text.")
-
-# per-token trace and step inspector
-tokens = [x for x in v.steps if not x.is_eos]
-if st.session_state.get("decoding_step", 1) > len(v.steps):  # a shorter result than the last one inspected
-    st.session_state.decoding_step = 1
-step = st.slider("Inspect step", 1, max(1, len(v.steps)), 1, key="decoding_step") if len(v.steps) > 1 else 1
-traces = [("controlled", [x.piece for x in tokens], [x.running_reward for x in tokens])]
-if plain is not None:
-    p_tokens = [x for x in plain.steps if not x.is_eos]
-    traces.append(("plain policy", [x.piece for x in p_tokens], [x.running_reward for x in p_tokens]))
-st.plotly_chart(trace_figure(traces, {"chosen r+": v.r_chosen, "rejected r−": v.r_rejected}, mark=step),
-                key="decoding_trace")
-rec = v.steps[step - 1]
-st.markdown(f"**Step {step}**: chose {md_escape(repr(rec.piece))}" + (" (end of text)" if rec.is_eos else ""))
-st.dataframe(pd.DataFrame([{"chosen": "✓" if j == rec.chosen else "", "token": repr(piece), "id": tid, "log π": lp, "reward": r,
-                            "score": sc} for j, (piece, tid, lp, r, sc) in
-                           enumerate(zip(rec.candidate_pieces, rec.candidate_ids, rec.logprobs, rec.rewards, rec.scores))]),
-             hide_index=True, key="decoding_candidates",
-             column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("log π", "reward", "score")})
-st.caption("score = " + ("−" if v.direction == "lower" else "+") + f"reward + α·log π (α = {cfg.alpha}); "
-           + ("the highest score is taken." if cfg.temperature == 0 else f"sampled from softmax(score / {cfg.temperature})."))
-
-# ------------------------------------------------------------------ hand-off to curation
-send_button(v, "Send to curation", "decoding_send")
-if plain is not None:
-    st.markdown("**The plain policy's own continuation**: it can cross the threshold too.")
-    show_verdict(plain, "the plain continuation")
-    send_button(plain, "Send the plain continuation to curation", "decoding_send_plain")
+    # ------------------------------------------------------------------ hand-off to curation
+    send_button(v, "Send to curation", "decoding_send")
+    if plain is not None:
+        st.markdown("**The plain policy's own continuation**: it can cross the threshold too.")
+        show_verdict(plain, "the plain continuation")
+        send_button(plain, "Send the plain continuation to curation", "decoding_send_plain")
 pending = pending_variants()
 if pending:
     with st.expander(f"Waiting for curation ({len(pending)})"):

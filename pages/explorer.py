@@ -10,7 +10,7 @@ from pages._routes import through_router
 from pages._scoring import trace_of
 from pages._settings import rm_exists, settings
 from reform_engine.data import DataError, hh_text, prompt_from_text
-from reform_engine.perturbations import PERTURBATIONS, perturb
+from reform_engine.perturbations import PERTURBATIONS, align_tokens, perturb
 
 NONE = "(none)"
 
@@ -47,11 +47,12 @@ with st.expander("Start from a pair of the data, or from the last decoded varian
 prompt_text = st.text_area("Prompt (one user message, or HH turns 'Human: … Assistant: … Human: …')", key="explorer_prompt",
                            height=90)
 response = st.text_area("Response", key="explorer_response", height=120)
-c1, c2, c3 = st.columns([2, 1, 3])
-name = c1.selectbox("Perturbation", [NONE] + list(PERTURBATIONS), key="explorer_perturbation",
+# the picker has a row of its own: its options are a name and a description, cut off in a third of a row
+name = st.selectbox("Perturbation", [NONE] + list(PERTURBATIONS), key="explorer_perturbation",
                     format_func=lambda n: n if n == NONE else f"{n} — {PERTURBATIONS[n].description}")
-seed = c2.number_input("Seed", 0, 2**31 - 1, 0, key="explorer_seed")
-compare_rm = c3.text_input("Compare with a second RM (checkpoint directory, optional)", value=s.compare_rm,
+c1, c2 = st.columns([1, 3])
+seed = c1.number_input("Seed", 0, 2**31 - 1, 0, key="explorer_seed")
+compare_rm = c2.text_input("Compare with a second RM (checkpoint directory, optional)", value=s.compare_rm,
                            key="explorer_compare_rm").strip()
 
 try:
@@ -91,17 +92,34 @@ for col, (label, path) in zip(columns, rms):
         if pert is not None:
             m[1].metric("Perturbed", f"{pert['rewards'][-1]:+.3f}", delta=f"{pert['rewards'][-1] - base['rewards'][-1]:+.3f}")
         m[2].metric("Tokens", len(base["rewards"]))
-        traces = [("original", base["pieces"], base["rewards"])]
-        if pert is not None:
-            traces.append((f"perturbed: {name}", pert["pieces"], pert["rewards"]))
-        st.plotly_chart(trace_figure(traces), key=f"explorer_trace_{label}")
+        if pert is None:
+            st.plotly_chart(trace_figure([("original", base["pieces"], base["rewards"])], tick_labels=base["pieces"]),
+                            key=f"explorer_trace_{label}")
+        else:  # both against the columns of one token alignment, so a token's reward faces its perturbed self
+            columns = align_tokens(base["pieces"], pert["pieces"])
+            at_base = [c + 1 for c, (i, _) in enumerate(columns) if i is not None]   # x of each original token
+            at_pert = [c + 1 for c, (_, j) in enumerate(columns) if j is not None]   # x of each perturbed token
+            traces = [("original", base["pieces"], base["rewards"], at_base),
+                      ("perturbed", pert["pieces"], pert["rewards"], at_pert)]
+            ticks = [base["pieces"][i] if i is not None else "+" + pert["pieces"][j] for i, j in columns]
+            st.plotly_chart(trace_figure(traces, tick_labels=ticks), key=f"explorer_trace_{label}")
+            st.caption(f"Perturbed with {name}. The x axis is a common alignment of the two token sequences: a token "
+                       "faces its perturbed self, and one only the perturbed response has faces a gap (labelled +token "
+                       "when the axis names tokens). Hover a position for both tokens.")
         if base["prompt_truncated"]:
             st.caption("The prompt was cut from the left to fit the RM's length limit.")
         if base["slow_path"]:
             st.caption("A sequence-classification RM: every prefix was scored as its own text (slow path).")
         with st.expander("Token by token"):
             rewards = base["rewards"]
-            st.dataframe(pd.DataFrame({"token": [repr(p) for p in base["pieces"]], "reward": rewards,
-                                       "change": [rewards[0]] + [b - a for a, b in zip(rewards, rewards[1:])]}),
-                         hide_index=True, key=f"explorer_tokens_{label}",
-                         column_config={c: st.column_config.NumberColumn(format="%.4f") for c in ("reward", "change")})
+            if pert is None:
+                frame = pd.DataFrame({"token": [repr(p) for p in base["pieces"]], "reward": rewards,
+                                      "change": [rewards[0]] + [b - a for a, b in zip(rewards, rewards[1:])]})
+            else:
+                frame = pd.DataFrame([{"original": repr(base["pieces"][i]) if i is not None else "",
+                                       "reward": rewards[i] if i is not None else None,
+                                       "perturbed": repr(pert["pieces"][j]) if j is not None else "",
+                                       "perturbed reward": pert["rewards"][j] if j is not None else None} for i, j in columns])
+            st.dataframe(frame, hide_index=True, key=f"explorer_tokens_{label}",
+                         column_config={c: st.column_config.NumberColumn(format="%.4f")
+                                        for c in ("reward", "change", "perturbed reward")})

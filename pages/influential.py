@@ -11,6 +11,13 @@ from pages._routes import through_router
 from pages._scoring import require_scored, show_scoring_skips
 from reform_engine.influence import select_influential
 
+KEPT = "influential_kept"   # the pick, kept across selections and page visits
+
+
+def keep_pick() -> None:
+    st.session_state[KEPT] = list(st.session_state.influential_pick)
+
+
 through_router()
 st.title("Influential samples")
 scored = require_scored()
@@ -46,23 +53,29 @@ fig.update_layout(barmode="stack", height=320, margin=dict(l=10, r=10, t=40, b=1
 fig.update_yaxes(title_text="pairs", row=1, col=1)
 st.plotly_chart(fig, key="influential_hist")
 
-frame = pd.DataFrame([{"pair_id": x.pair.pair_id, "prompt": x.pair.prompt[-1]["content"], "chosen": x.pair.chosen,
-                       "rejected": x.pair.rejected, "r+": x.r_chosen, "r−": x.r_rejected, "margin": x.r_chosen - x.r_rejected,
-                       "loss": x.loss, "rank": x.rank} for x in selected])
+# r+, r− and loss first: they are what the table is for, and the texts after them are wide
+frame = pd.DataFrame([{"r+": x.r_chosen, "r−": x.r_rejected, "loss": x.loss, "margin": x.r_chosen - x.r_rejected,
+                       "rank": x.rank, "pair_id": x.pair.pair_id, "prompt": x.pair.prompt[-1]["content"],
+                       "chosen": x.pair.chosen, "rejected": x.pair.rejected} for x in selected])
 st.caption("Selected pairs, " + ("lowest rank first" if strategy != "random" else "in drawn order")
            + ". Tick rows to attack them, or pick them below.")
 event = st.dataframe(frame, hide_index=True, key="influential_table", on_select="rerun", selection_mode="multi-row",
                      column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("r+", "r−", "margin", "loss")})
 ticked = [frame["pair_id"][i] for i in (event.selection.rows if event is not None else [])]
-options = frame["pair_id"].tolist()
-if "influential_pick" not in st.session_state:  # first visit: what was queued before, else the top three
-    st.session_state.influential_pick = [p for p in st.session_state.get(TARGETS, []) if p in chosen_ids] or options[:3]
+# The pick lives in its own key, not only in the widget's: a pick outside the current selection (another
+# strategy, a smaller p) stays picked and listed, so switching the strategy and back keeps it.
+scored_ids = {x.pair.pair_id for x in scored}
+if KEPT not in st.session_state:  # first visit: what was queued before, else the top three
+    st.session_state[KEPT] = [p for p in st.session_state.get(TARGETS, []) if p in chosen_ids] or frame["pair_id"].tolist()[:3]
 if ticked != st.session_state.get("influential_ticked", []):  # ticking rows in the table replaces the pick
     st.session_state.influential_ticked = ticked
     if ticked:
-        st.session_state.influential_pick = ticked
-st.session_state.influential_pick = [p for p in st.session_state.influential_pick if p in chosen_ids]
-targets = st.multiselect("Pairs to attack", options=options, key="influential_pick")
+        st.session_state[KEPT] = ticked
+kept = [p for p in st.session_state[KEPT] if p in scored_ids]  # other data: its pairs are gone
+options = frame["pair_id"].tolist() + [p for p in kept if p not in chosen_ids]
+st.session_state.influential_pick = kept
+targets = st.multiselect("Pairs to attack", options=options, key="influential_pick", on_change=keep_pick,
+                         help="the selected pairs, and any picked before from another selection")
 if st.button("Attack these pairs in controlled decoding", type="primary", disabled=not targets, key="influential_send"):
     st.session_state[TARGETS] = list(targets)
     st.switch_page("pages/decoding.py")

@@ -5,11 +5,10 @@ clean accuracy and win-rate drop per perturbation, base vs retrained (vs ablatio
 import dataclasses
 from pathlib import Path
 
-import plotly.graph_objects as go
 import streamlit as st
 
-from pages._controls import decoding_controls
-from pages._draw import md_code, short, show_error
+from pages._controls import decoding_controls, keep_across_pages
+from pages._draw import accuracy_figure, drop_figure, md_code, short, show_error
 from pages._jobs import history, live_jobs, start_from_page
 from pages._project import project_store
 from pages._routes import store_page
@@ -27,6 +26,11 @@ from reform_engine.stages import RETRAIN_MODES, RetrainRecipe
 from reform_engine.training import TrainRewardConfig
 
 FLASH_KEY = "retrain_flash"
+FORM_KEYS = [f"retrain_{k}" for k in ("base", "mode", "data", "train_rows", "ft_epochs", "ft_lr", "replay", "eval_data",
+                                      "eval_rows", "perturbations")] + \
+            [f"pipeline_{k}" for k in ("train_rows", "eval_rows", "use_base", "mode", "p", "epochs", "k", "alpha", "temperature",
+                                       "max_tokens", "ablate_random", "ablate_no_aug", "use_approved", "perturbations")] + \
+            [f"robustness_{k}" for k in ("rm", "data", "rows", "perturbations")] + ["retrain_compare"]
 RESULT_KINDS = ["retrain", "pipeline", "robustness"]
 
 
@@ -41,28 +45,8 @@ def perturbation_picker(key: str) -> str:
     return ",".join(names)
 
 
-def accuracy_figure(summary) -> go.Figure:
-    fig = go.Figure(go.Bar(x=summary["label"], y=summary["clean_accuracy"], marker_color="#1565c0",
-                           text=[f"{a:.1%}" for a in summary["clean_accuracy"]], textposition="outside",
-                           customdata=summary["checkpoint"], hovertemplate="%{x}: %{y:.3f}<br>%{customdata}<extra></extra>"))
-    fig.update_layout(title="Clean accuracy (win rate on the held-out pairs)", yaxis=dict(range=[0, 1.1], title="win rate"),
-                      height=340, margin=dict(l=10, r=10, t=40, b=10))
-    return fig
-
-
-def drop_figure(drops) -> go.Figure:
-    fig = go.Figure()
-    for label, rows in drops.groupby("label", sort=False):
-        fig.add_trace(go.Bar(name=label, x=rows["perturbation"], y=rows["drop"],
-                             hovertemplate="%{x}: %{y:+.3f}<extra>" + label + "</extra>"))
-    fig.add_hline(y=0, line_color="#616161")
-    fig.update_layout(title="Win-rate drop per perturbation (lower is more robust)", barmode="group", height=380,
-                      yaxis_title="clean − perturbed win rate", margin=dict(l=10, r=10, t=40, b=10),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
-    return fig
-
-
 s, store = store_page("Retrain & evaluate", FLASH_KEY)
+keep_across_pages(FORM_KEYS, "retrain_form", context=s)  # the forms are as they were left, until the settings change
 
 # ------------------------------------------------------------------ start a run
 tab_retrain, tab_pipeline, tab_eval = st.tabs(["Retrain on the approved pairs", "The whole loop (pipeline)",
@@ -124,13 +108,13 @@ with tab_pipeline:
                "(fine-tune) the same extra training without new pairs. Every inversion counts as approved, unless you use "
                "your approved pairs.")
     demo = Path(s.data).expanduser().resolve() == DEMO_PATH.resolve()
-    c = st.columns(4)
+    c = st.columns(3)
     p_train_rows = c[0].text_input("Training rows", value=DEMO_SPLIT[0] if demo else s.rows, key="pipeline_train_rows").strip()
     p_eval_rows = c[1].text_input("Held-out rows", value=DEMO_SPLIT[1] if demo else held_out_rows(s.rows),
                                   key="pipeline_eval_rows").strip()
-    use_base = c[2].toggle("Start from the current RM", value=False, key="pipeline_use_base", disabled=not rm_exists(s.reward_model),
-                           help="off: train a base RM on the training rows first")
-    p_mode = c[3].radio("Retrain", list(RETRAIN_MODES), key="pipeline_mode", horizontal=True)
+    p_mode = c[2].radio("Retrain", list(RETRAIN_MODES), key="pipeline_mode", horizontal=True)
+    use_base = st.toggle("Start from the current RM", value=False, key="pipeline_use_base",
+                         disabled=not rm_exists(s.reward_model), help="off: train a base RM on the training rows first")
     defaults = PipelineConfig()
     c = st.columns(2)
     fraction = c[0].number_input("p: influential share, %", 0.1, 100.0, defaults.variants.fraction * 100, step=1.0,
@@ -139,10 +123,11 @@ with tab_pipeline:
     decoding, _ = decoding_controls("pipeline", seed=False)
     c = st.columns(3)
     ablate_random = c[0].checkbox("Ablation: random p%", value=defaults.ablate_random, key="pipeline_ablate_random")
-    ablate_no_aug = c[1].checkbox("Ablation: no augmentation (fine-tune)", value=defaults.ablate_no_augment,
-                                  key="pipeline_ablate_no_aug", disabled=p_mode != "finetune")
-    use_approved = c[2].checkbox("Use my approved pairs for the REFORM arm", value=False, key="pipeline_use_approved",
-                                 disabled=n_approved == 0)
+    ablate_no_aug = c[1].checkbox("Ablation: no new pairs", value=defaults.ablate_no_augment, key="pipeline_ablate_no_aug",
+                                  disabled=p_mode != "finetune",
+                                  help="fine-tune only: the same extra training on the original pairs, without the inversions")
+    use_approved = c[2].checkbox("Use my approved pairs", value=False, key="pipeline_use_approved", disabled=n_approved == 0,
+                                 help="the REFORM arm retrains on the pairs approved in Curation, not on every inversion")
     p_perturbations = perturbation_picker("pipeline_perturbations")
     if st.button("Run the pipeline", type="primary", key="pipeline_start"):
         try:

@@ -12,9 +12,12 @@ The robustness metric (evaluation of issue 4) compares the win rate on clean and
 """
 from __future__ import annotations
 
+import difflib
+import itertools
 import random
 import re
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Callable
 
@@ -121,3 +124,19 @@ def perturb(name: str, response: str, prompt: str = "", seed: int = 0) -> str:
     if name not in PERTURBATIONS:
         raise ValueError(f"unknown perturbation {name!r}; choose from {sorted(PERTURBATIONS)}")
     return PERTURBATIONS[name].fn(response, prompt, random.Random(seed))
+
+
+def align_tokens(original: Sequence[str], perturbed: Sequence[str]) -> list[tuple[int | None, int | None]]:
+    """A common alignment of a response's tokens and its perturbed version's, so their reward traces can
+    be drawn against one axis: one column per position, (index into ``original`` or None, index into
+    ``perturbed`` or None), both indices increasing. Tokens equal up to case and surrounding whitespace
+    share a column (a capitalised or re-spaced word lines up with its original); a run replaced by
+    another is laid out side by side, the longer run's extra tokens against a gap."""
+    def norm(pieces: Sequence[str]) -> list[str]:
+        return [p.strip().casefold() for p in pieces]
+
+    columns: list[tuple[int | None, int | None]] = []
+    matcher = difflib.SequenceMatcher(None, norm(original), norm(perturbed), autojunk=False)
+    for _, a0, a1, b0, b1 in matcher.get_opcodes():  # equal / replace / delete / insert, in order
+        columns += itertools.zip_longest(range(a0, a1), range(b0, b1))
+    return columns

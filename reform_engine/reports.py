@@ -1,5 +1,6 @@
 """What the jobs produced, as tables a page can draw: robustness results of finished runs (base vs
-retrained vs ablations), the run history, the stages of a running pipeline, and the end of a job's logs.
+retrained vs ablations), the run history, the stages of a running pipeline, the loss curves of the reward
+models a run trained, and the end of a job's logs.
 
 Results come from the run directories the store points at: a ``pipeline``, ``retrain`` or ``adv-rounds`` job's
 ``report.json`` (one row per model), a ``robustness`` job's ``metrics.json`` (one model). Frames:
@@ -124,6 +125,22 @@ def stage_status(run_dir: str | os.PathLike | None) -> list[dict[str, Any]]:
                            "message": status.get("message", ""), "_t": (d / "config.json").stat().st_mtime
                            if (d / "config.json").exists() else 0.0})
     return [{k: v for k, v in s.items() if k != "_t"} for s in sorted(stages, key=lambda s: (s["_t"], s["stage"]))]
+
+
+def loss_curves(run_dir: str | os.PathLike | None) -> dict[str, list[float]]:
+    """The training loss per step of each reward model a run trained: the run's own ``metrics.json``
+    (a train-rm job; named after the run directory) and its stages' (a pipeline's base and retrain; named
+    after the stage), in the order they started -> {name: [loss of step 1, 2, …]}; {} when none trained."""
+    if not run_dir or not Path(run_dir).is_dir():
+        return {}
+    run_dir = Path(run_dir)
+    curves = {}
+    for name, metrics_path in [(run_dir.name, run_dir / "metrics.json"),
+                               *((s["stage"], run_dir / s["stage"] / "metrics.json") for s in stage_status(run_dir))]:
+        metrics = read_json(metrics_path)
+        if isinstance(metrics, dict) and metrics.get("loss_curve"):
+            curves[name] = [float(x) for x in metrics["loss_curve"]]
+    return curves
 
 
 def log_tail(job: dict[str, Any], max_lines: int = 40, max_bytes: int = 16_384) -> str:

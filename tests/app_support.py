@@ -7,6 +7,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from job_support import HANG_GUARD
+from pages._draw import WAIT
 from reform_engine.jobs import ACTIVE
 from reform_engine.store import Store
 
@@ -45,8 +46,8 @@ def run(at: AppTest) -> AppTest:
 
 def loading(at: AppTest) -> bool:
     """A background model load is still drawing its progress (a job's progress bar is no load)."""
-    return any("⏳" in el.value for el in at.info) or any(
-        "⏳" in el.proto.text and "job #" not in el.proto.text for el in at.get("progress"))
+    return any(WAIT in el.value for el in at.info) or any(
+        WAIT in el.proto.text and "job #" not in el.proto.text for el in at.get("progress"))
 
 
 def settle(at: AppTest, page: str | None = None, tries: int = 400) -> AppTest:

@@ -1,4 +1,5 @@
 """Every page renders without exceptions and its main action works, on tiny models (AppTest, in process)."""
+import dataclasses
 import json
 import math
 import re
@@ -9,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from app_support import APP, ROOT, app_env, no_thread_outlives_the_tests, settle  # noqa: F401  (a fixture)
 from reform_engine.data import upload_file_name
+from pages._draw import WAIT
 from reform_engine.reward_model import RewardModelSpec, build_reward_model
 from reform_engine.runtime import Runtime
 from reform_engine.tiny import save_tiny_model
@@ -213,6 +215,18 @@ def test_influential_page_selects_lowest_loss_share_and_queues_pairs(env):
     assert at.title[0].value == "Controlled decoding"  # switched to the decoding page
 
 
+def test_influential_keeps_the_pick_across_strategies_and_shows_the_rewards_first(env):
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/influential.py")
+    table = at.dataframe[0].value
+    assert list(table.columns[:3]) == ["r+", "r−", "loss"]
+    pick = list(table["pair_id"][1:3])
+    at.multiselect(key="influential_pick").set_value(pick).run()
+    at.radio(key="influential_strategy").set_value("highest_loss").run()
+    assert at.multiselect(key="influential_pick").value == pick  # not in this selection, still picked
+    at.radio(key="influential_strategy").set_value("lowest_loss").run()
+    assert at.multiselect(key="influential_pick").value == pick and not at.exception
+
+
 def test_decoding_page_runs_judges_inspects_and_queues_a_variant(env):
     at = AppTest.from_file(APP, default_timeout=120)
     at.session_state["influential_targets"] = ["demo_pairs.jsonl:3"]
@@ -298,6 +312,20 @@ def test_decoding_page_reports_a_bad_knob_on_the_page(env):
     assert any("Decoding did not run" in e.value and "max_length" in e.value for e in at.error)
 
 
+def test_a_new_decoding_run_clears_the_last_verdict_and_its_send_button(env):
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/decoding.py")
+    at.slider(key="decoding_max_tokens").set_value(4)
+    at.button(key="decoding_run").click()
+    at = settle(at)
+    assert any("inversion" in el.value.lower() for el in [*at.success, *at.warning]) and at.button(key="decoding_send")
+    at.slider(key="decoding_max_tokens").set_value(256)  # this run fails: no room left for the prompt
+    at.button(key="decoding_run").click()
+    at = settle(at)
+    assert any("Decoding did not run" in e.value for e in at.error)
+    assert not [el.value for el in [*at.success, *at.warning] if "inversion" in el.value.lower()]
+    assert "decoding_send" not in [b.key for b in at.button] and "decoding_last" not in at.session_state
+
+
 def test_reward_explorer_traces_perturbs_and_compares_two_rms(env):
     at = settle(AppTest.from_file(APP, default_timeout=120), "pages/explorer.py")
     assert "Reward" in metrics(at) and len(at.get("plotly_chart")) == 1
@@ -313,6 +341,51 @@ def test_reward_explorer_traces_perturbs_and_compares_two_rms(env):
     at.text_area(key="explorer_response").set_value("Fine.")
     at.text_input(key="explorer_compare_rm").set_value("/no/such/rm").run()
     assert any("No reward model at `/no/such/rm`" in e.value for e in at.error)
+
+
+def widget_shares(at: AppTest) -> dict[str, float]:
+    """Each keyed widget's share of the page's width: the product of the column weights it sits in."""
+    from streamlit.testing.v1.element_tree import Column
+
+    shares = {}
+
+    def walk(node, share: float) -> None:
+        for child in getattr(node, "children", {}).values():
+            inner = share * child.weight if isinstance(child, Column) else share
+            if getattr(child, "key", None):
+                shares[child.key] = inner
+            walk(child, inner)
+    walk(at.main, 1.0)
+    return shares
+
+
+def test_reward_explorer_aligns_the_perturbed_trace_by_token_and_gives_the_picker_a_row(env):
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/explorer.py")
+    assert widget_shares(at)["explorer_perturbation"] == 1.0
+    at.selectbox(key="explorer_perturbation").set_value("prompt_echo").run()
+    echo = 'You asked: "How do I make a good cup of tea?" '  # what prompt_echo puts before the response
+    n = len(at.text_area(key="explorer_response").value)  # the tiny tokenizer: one token per byte
+    original, perturbed = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    assert original["x"] == list(range(len(echo) + 1, len(echo) + n + 1))  # each token faces its perturbed self
+    assert perturbed["x"] == list(range(1, len(echo) + n + 1))
+    tokens = next(d.value for d in at.dataframe if "perturbed reward" in d.value.columns)
+    assert len(tokens) == len(echo) + n and tokens["original"].tolist()[: len(echo)] == [""] * len(echo)
+    assert tokens["perturbed"].tolist()[len(echo):] == tokens["original"].tolist()[len(echo):] and not at.exception
+
+
+ROW_CHARS = 90  # label characters a full row holds at 14 px in a ~650 px wide main area (a laptop window)
+
+
+def test_checkbox_and_toggle_labels_fit_the_columns_they_stand_in(env):
+    tight = {}
+    for page in ("pages/retrain.py", "pages/adversarial.py", "pages/curation.py", "pages/decoding.py"):
+        at = settle(AppTest.from_file(APP, default_timeout=120), page)
+        shares = widget_shares(at)
+        boxes = [*at.checkbox, *at.toggle]
+        assert boxes, page
+        tight.update({box.label: round(shares[box.key], 3) for box in boxes
+                      if len(box.label) + 4 > ROW_CHARS * shares[box.key]})  # + the box or switch itself
+    assert tight == {}
 
 
 def test_reward_explorer_loads_a_pair_of_the_data(env):
@@ -438,6 +511,28 @@ def test_every_page_that_decodes_draws_the_same_decoding_controls(env):
             assert (slider.min, slider.max, slider.value) == (*LIMITS[knob], getattr(default, knob)), (page, knob)
 
 
+def test_the_retrain_forms_keep_their_values_when_the_user_leaves_the_page_until_the_settings_change(env):
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/retrain.py")
+    typed = {"retrain_eval_rows": "1:9", "pipeline_train_rows": "0:50", "robustness_rows": "2:5"}
+    for key, value in typed.items():
+        at.text_input(key=key).set_value(value)
+    at.number_input(key="pipeline_p").set_value(20.0)
+    at.slider(key="pipeline_k").set_value(3)
+    at.checkbox(key="pipeline_ablate_random").set_value(False)
+    at.multiselect(key="robustness_perturbations").set_value(["verbosity"])
+    at = settle(at)
+    at = settle(at, "pages/explorer.py")
+    at = settle(at, "pages/retrain.py")
+    assert {key: at.text_input(key=key).value for key in typed} == typed
+    assert (at.number_input(key="pipeline_p").value, at.slider(key="pipeline_k").value) == (20.0, 3)
+    assert at.checkbox(key="pipeline_ablate_random").value is False
+    assert at.multiselect(key="robustness_perturbations").value == ["verbosity"]
+    at.session_state["app_settings"] = dataclasses.replace(at.session_state["app_settings"], rows="0:40")  # as Home does
+    at = settle(at, "pages/explorer.py")
+    at = settle(at, "pages/retrain.py")
+    assert at.text_input(key="robustness_rows").value == "0:40" and at.number_input(key="pipeline_p").value == 5.0
+
+
 def test_keys_that_pages_share_are_spelt_once_in_pages_keys():
     from pages import _keys
 
@@ -446,6 +541,13 @@ def test_keys_that_pages_share_are_spelt_once_in_pages_keys():
         if path.name != "_keys.py":
             text = path.read_text()
             assert not [key for key in shared if f'"{key}"' in text], path.name
+
+
+def test_pages_draw_no_emoji_which_show_as_boxes_without_an_emoji_font():
+    """Debian's chromium has no emoji font: pages use Material icons (:material/name:) instead."""
+    emoji = re.compile("[\U0001F000-\U0001FAFF\u2300-\u23FF\u2600-\u26FF\u2705\u274C\u2728\uFE0F]")
+    found = {path.name: emoji.findall(path.read_text()) for path in [*(ROOT / "pages").glob("*.py"), ROOT / "app.py"]}
+    assert {name: chars for name, chars in found.items() if chars} == {}
 
 
 BEACON = "![x](http://evil/beacon.png)"

@@ -1,5 +1,7 @@
 """The REFORM vs Adv-RM page under AppTest, on real tiny runs: the two finished runs are picked, a
 compare job runs in the background to the end, and its table is drawn with error bars."""
+import json
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -42,6 +44,8 @@ def test_the_page_compares_a_pipeline_and_an_adv_rounds_run_and_draws_the_interv
     checks = next(d.value for d in at.dataframe if "check" in d.value.columns)
     assert "same base RM" in checks["check"].tolist()
     charts = at.get("plotly_chart")
-    assert len(charts) == 6  # success, efficiency, accuracy, drops, paired differences, cross-attacks
+    assert len(charts) == 7  # success, efficiency, accuracy, drops, paired differences, cross-attacks; in the run
+    loss = json.loads(charts[6].proto.spec)  # history, the loss curves of the reward models the job retrained
+    assert loss["layout"]["title"]["text"].startswith("Training loss") and all(trace["y"] for trace in loss["data"])
     success = charts[0].proto.spec
     assert '"error_y"' in success and '"arrayminus"' in success  # every bar carries its interval

@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from app_support import APP, app_env, job_progress, no_thread_outlives_the_tests, settle, until_job_ends  # noqa: F401  (a fixture)
 from conftest import make_pair
+from pages._draw import WAIT
 from reform_engine.data import load_preferences, write_jsonl
 from reform_engine.decoding import DecodingResult, StepRecord
 from reform_engine.influence import ScoredPair
@@ -269,7 +270,10 @@ def test_retrain_page_retrains_on_approved_pairs_and_charts_base_vs_retrained(en
     (augment,) = (env["project"] / "curated").glob("approved-*.jsonl")
     assert len(load_preferences(str(augment)).pairs) == 2
 
-    assert len(at.get("plotly_chart")) == 2  # clean accuracy; win-rate drop per perturbation
+    assert len(at.get("plotly_chart")) == 3  # clean accuracy; win-rate drop per perturbation; the job's loss curve
+    loss = json.loads(at.get("plotly_chart")[2].proto.spec)["data"]
+    trained = json.loads((Path(ended["run_dir"]) / "retrain" / "metrics.json").read_text())["loss_curve"]
+    assert [t["name"] for t in loss] == ["retrain: every step", "retrain"] and loss[0]["y"] == trained and len(trained) > 0
     summary = table(at, "clean_accuracy")
     assert summary["label"].tolist() == [f"#{job} base", f"#{job} retrained"]
     report = json.loads((Path(ended["run_dir"]) / "report.json").read_text())
@@ -297,8 +301,10 @@ def test_retrain_page_starts_and_cancels_a_pipeline(env):
     assert config["base"]["model"]["base_model"] == env["policy"] and config["base_rm"] == ""
     at.button(key=f"retrain_cancel_{job}").click()
     at.run()
+    at.button(key=f"retrain_cancel_yes_{job}").click()  # Cancel asks first
+    at.run()
     assert Store(env["db"]).get_job(job)["state"] == "cancelled" and not job_progress(at)
-    assert table(at, "minutes")["state"].tolist() == ["⏹️ cancelled"]
+    assert table(at, "minutes")["state"].tolist() == ["cancelled"]
 
     at.text_input(key="robustness_rm").set_value("/no/such/rm")
     at.button(key="robustness_start").click()
@@ -436,7 +442,7 @@ def test_a_count_that_fails_is_a_message_in_the_sidebar_not_a_crash(env):
     assert any(e.value.startswith("Project database: the project database") and "CatalogException" in e.value for e in at.error)
 
 
-def test_a_queued_job_shows_its_place_in_the_queue_and_can_be_cancelled(env, monkeypatch, tmp_path):
+def test_a_queued_job_shows_its_place_in_the_queue_and_is_cancelled_only_once_confirmed(env, monkeypatch, tmp_path):
     monkeypatch.setenv("REFORM_MAX_JOBS", "1")
     store = Store(env["db"])
     busy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # the one slot is taken
@@ -444,13 +450,23 @@ def test_a_queued_job_shows_its_place_in_the_queue_and_can_be_cancelled(env, mon
     store.update_job(running, state="running", pid=busy.pid, message="scoring")
     queued = store.add_job("robustness", {"reward_model": env["rm"]}, str(tmp_path / "next"), state="queued")
     at = settle(AppTest.from_file(APP, default_timeout=120), "pages/retrain.py")
-    assert job_progress(at) == [f"⏳ job #{running} robustness: scoring",
-                                f"🕒 job #{queued} robustness: queued, number 1 in the queue; it starts when a slot frees "
+    assert job_progress(at) == [f"{WAIT} job #{running} robustness: scoring",
+                                f":material/schedule: job #{queued} robustness: queued, number 1 in the queue; it starts when a slot frees "
                                 "(1 job at a time, REFORM_MAX_JOBS)"]
     at.button(key=f"retrain_cancel_{queued}").click()
     at.run()
     assert not at.exception, [e.value for e in at.exception]
+    asking = [w.value for w in at.warning if w.value.startswith(f"Cancel job #{queued} (robustness)?")]
+    assert len(asking) == 1 and store.get_job(queued)["state"] == "queued"  # a question first, nothing cancelled yet
+    at.button(key=f"retrain_cancel_no_{queued}").click()
+    at.run()
+    assert store.get_job(queued)["state"] == "queued" and not [w for w in at.warning if w.value.startswith("Cancel job")]
+    at.button(key=f"retrain_cancel_{queued}").click()
+    at.run()
+    at.button(key=f"retrain_cancel_yes_{queued}").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
     assert store.get_job(queued)["state"] == "cancelled" and store.get_job(running)["state"] == "running"
-    assert job_progress(at) == [f"⏳ job #{running} robustness: scoring"]
+    assert job_progress(at) == [f"{WAIT} job #{running} robustness: scoring"]
     busy.kill()
     busy.wait()

@@ -2,8 +2,8 @@ import random
 
 import pytest
 
-from reform_engine.perturbations import (PERTURBATIONS, capitalization, emoji_noise, markdown, misspelling, perturb,
-                                         prompt_echo, punctuation_removal, repetition, sentences, verbosity,
+from reform_engine.perturbations import (PERTURBATIONS, align_tokens, capitalization, emoji_noise, markdown, misspelling,
+                                         perturb, prompt_echo, punctuation_removal, repetition, sentences, verbosity,
                                          whitespace_noise)
 
 TEXT = "Boil the water first. Then add the pasta! Stir it often?"
@@ -60,3 +60,11 @@ def test_every_perturbation_is_deterministic_for_a_seed_and_changes_text():
 def test_unknown_perturbation_is_refused():
     with pytest.raises(ValueError, match="choose from"):
         perturb("rot13", "x")
+
+
+def test_aligned_tokens_share_a_column_up_to_case_and_an_inserted_run_faces_a_gap():
+    original = ["Boil", " water", ",", " then", " wait", "."]
+    perturbed = ["BO", "IL", " WATER", " then", " 🙂", " wait", "."]
+    assert align_tokens(original, perturbed) == [(0, 0), (None, 1), (1, 2), (2, None), (3, 3), (None, 4), (4, 5), (5, 6)]
+    assert align_tokens(["a", "b"], ["a", "b"]) == [(0, 0), (1, 1)]
+    assert align_tokens([], ["x"]) == [(None, 0)]

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from reform_engine.reports import (checkpoint_name, finished_result_jobs, history_frame, job_results, latest_job, log_tail,
-                                   results_frames, stage_status)
+                                   loss_curves, results_frames, stage_status)
 from reform_engine.runs import RunDir, atomic_write_json
 from reform_engine.store import Store
 
@@ -79,6 +79,22 @@ def test_history_latest_job_and_stage_status(store, tmp_path):
     assert [(s["stage"], s["state"], s["progress"]) for s in stage_status(run)] == [
         ("base", "succeeded", 1.0), ("influence", "running", 0.5)]
     assert stage_status(tmp_path / "nothing") == [] and stage_status(None) == []
+
+
+def test_loss_curves_come_from_the_run_and_its_training_stages_in_order(tmp_path):
+    train = tmp_path / "base-rm"
+    RunDir(train).set_status("succeeded", progress=1.0)
+    atomic_write_json(train / "metrics.json", {"steps": 3, "final_loss": 0.5, "loss_curve": [0.75, 0.625, 0.5]})
+    assert loss_curves(train) == {"base-rm": [0.75, 0.625, 0.5]}
+
+    run = tmp_path / "pipe"
+    for stage, metrics in (("base", {"loss_curve": [0.7, 0.6]}), ("eval_base", {"clean_win_rate": 0.5}),
+                           ("retrain", {"loss_curve": [0.5, 0.25]})):
+        RunDir(run / stage).set_status("succeeded", progress=1.0)
+        atomic_write_json(run / stage / "config.json", {})
+        atomic_write_json(run / stage / "metrics.json", metrics)
+    assert loss_curves(run) == {"base": [0.7, 0.6], "retrain": [0.5, 0.25]}  # the evaluation stage trained nothing
+    assert loss_curves(tmp_path / "nothing") == {} and loss_curves(None) == {}
 
 
 def test_log_tail_reads_both_logs_and_keeps_the_last_state_of_progress_bars(tmp_path):
