@@ -58,7 +58,7 @@ with st.expander(f"The pair · r+ = {r_chosen:+.3f} · r− = {r_rejected:+.3f}"
 direction = st.radio("Direction", ["lower", "raise"], format_func=lambda d: DIRECTION_HELP[d], key="decoding_direction")
 config, seed = decoding_controls("decoding", direction)
 c1, c2 = st.columns([2, 1])
-compare = c1.checkbox("Also decode the plain policy (greedy, no RM) for comparison", value=True, key="decoding_compare",
+compare = c1.checkbox("Also decode the plain policy (greedy, no RM)", value=True, key="decoding_compare",
                       help="its perplexity is the fluency reference either way; unticked, it is computed without being shown")
 verdict = fluency_control("decoding", c2)
 run = st.button("Run", type="primary", key="decoding_run")
