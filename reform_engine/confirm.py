@@ -16,6 +16,7 @@ classes take them without defaults, so each threshold has one home.
 """
 from __future__ import annotations
 
+import math
 import re
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -77,6 +78,35 @@ def select_kept(candidates: Sequence[Candidate], *, threshold: float, u_z_min: f
         grams.append(g)
         per[c.prompt_index] += 1
     return kept
+
+
+@dataclass
+class KeepConfig:
+    """Which of an attack's samples are candidates, and the filter, near-duplicate removal and caps
+    that pick the kept ones among them (select_kept)."""
+
+    keep_last: float = setting(0.5, "rollouts of the last half of the steps are candidates: the early ones are still much "
+                                    "like pi0's")
+    fresh_samples: int = setting(4, "per prompt, from the final policy (candidates) and from pi0 (the base pass rate)")
+    u_z_min: float = setting(1.96, "keep when the disagreement's z-score exceeds this (two-sided 5%)")
+    dedupe_jaccard: float = setting(0.8, "character-trigram Jaccard at or above which two samples are one")
+    cap_per_prompt: int = setting(4, "at most this many pairs per prompt")
+    cap_total: int = setting(200, "and at most this many in total")
+
+    def __post_init__(self):
+        checks = [(0 <= self.keep_last <= 1, "keep_last must be a share in [0, 1]"),
+                  (self.fresh_samples >= 0, "fresh_samples must be >= 0 (0 = no fresh samples, no pass rates)"),
+                  (math.isfinite(self.u_z_min), "u_z_min must be finite (1.96: two-sided 5%)"),
+                  (self.cap_per_prompt >= 1 and self.cap_total >= 1, "cap_per_prompt and cap_total must be >= 1"),
+                  (0 < self.dedupe_jaccard <= 1, "dedupe_jaccard must be in (0, 1] (1 drops exact duplicates only)")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"KeepConfig: {message}")
+
+    def select(self, candidates: Sequence[Candidate], threshold: float) -> list[Candidate]:
+        """select_kept with these settings; ``threshold``: the reward's T."""
+        return select_kept(candidates, threshold=threshold, u_z_min=self.u_z_min, max_jaccard=self.dedupe_jaccard,
+                           per_prompt=self.cap_per_prompt, total=self.cap_total)
 
 
 # --------------------------------------------------------------------------- rules

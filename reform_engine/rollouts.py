@@ -27,6 +27,7 @@ from typing import Sequence
 
 import torch
 
+from .configs import setting
 from .data import DataError
 from .layer_stack import Stack, attention_mask, prefill_mask, run_layers, shared_depth
 from .scoring import collate, encode, encode_prompt, score_sequences
@@ -43,6 +44,20 @@ def sentence_end_ids(tokenizer) -> tuple[list[int], list[int]]:
     ends = [i for i, p in enumerate(pieces) if p.strip() and SENTENCE_END.search(p)]
     digits = [i for i, p in enumerate(pieces) if ENDS_IN_DIGIT.search(p)]
     return ends, digits
+
+
+@dataclass
+class AdapterConfig:
+    """The LoRA adapter an adversary policy trains (build_policy's ``lora_*``). Not RewardModelSpec's
+    LoRA fields: those are part of a reward model's checkpoint record, with its own defaults."""
+
+    lora_layers: int = setting(4, "LoRA on the top N layers: the trunk below is shared with pi0 and the RMs")
+    lora_r: int = setting(8, "a small adapter: the adversary moves the policy, it does not retrain it")
+    lora_alpha: int = setting(16, "LoRA scale: alpha / r = 2, as train-rm's default")
+
+    def __post_init__(self):
+        if not (self.lora_layers >= 1 and self.lora_r >= 1 and self.lora_alpha >= 1):
+            raise ValueError("AdapterConfig: lora_layers, lora_r and lora_alpha must be >= 1")
 
 
 def build_policy(name: str, *, lora_layers: int, lora_r: int, lora_alpha: int, device: str = "auto",
