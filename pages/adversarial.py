@@ -23,7 +23,7 @@ from reform_engine.confirm import RULES, ConfirmConfig, KeepConfig
 from reform_engine.data import hh_text
 from reform_engine.jobs import ACTIVE, ingest_results, start_job
 from reform_engine.retrain import base_training_config
-from reform_engine.rollouts import AdapterConfig
+from reform_engine.rollouts import AdapterConfig, ResponseConfig
 from reform_engine.runs import read_json
 
 FLASH_KEY = "adversarial_flash"
@@ -230,9 +230,9 @@ prompts_per_step = c[1].number_input("Prompts per step", 1, 64, DEFAULTS.rloo.pr
 n_prompts = c[2].number_input("Prompts attacked", 1, 100_000, DEFAULTS.prompts, key="adversarial_prompts")
 steps = c[3].number_input("RL steps", 1, 1_000_000, DEFAULTS.rloo.steps, key="adversarial_steps")
 c = st.columns(5)
-max_tokens = c[0].number_input("Max new tokens", 2, 1024, DEFAULTS.rloo.max_new_tokens, key="adversarial_max_tokens")
+max_tokens = c[0].number_input("Max new tokens", 2, 1024, DEFAULTS.response.max_new_tokens, key="adversarial_max_tokens")
 sentence_window = c[1].number_input("A sentence end in the last N tokens ends a response (0 = EOS only)", 0, 1024,
-                                    DEFAULTS.rloo.sentence_window, key="adversarial_sentence_window")
+                                    DEFAULTS.response.sentence_window, key="adversarial_sentence_window")
 seed = c[2].number_input("Seed", 0, 2**31 - 1, DEFAULTS.runtime.seed, key="adversarial_seed")
 lr = c[3].number_input("Learning rate", 1e-7, 1.0, DEFAULTS.rloo.lr, step=1e-5, format="%.1e", key="adversarial_lr")
 lora_layers = c[4].number_input("LoRA on the top N layers", 1, 200, DEFAULTS.adapter.lora_layers, key="adversarial_lora_layers")
@@ -262,12 +262,12 @@ def attack_config() -> AttackConfig:
     reward = AdversarialRewardConfig(penalty_weight=float(penalty_weight), kl_weight=float(kl_weight), threshold=float(threshold),
                                      below_cost=float(below_cost), clip_low=float(clip_low), clip_high=float(clip_high),
                                      base_samples=int(base_samples))
-    rloo = RLOOConfig(group_size=int(group_size), prompts_per_step=int(prompts_per_step), steps=int(steps),
-                      max_new_tokens=int(max_tokens), sentence_window=int(sentence_window), lr=float(lr))
+    rloo = RLOOConfig(group_size=int(group_size), prompts_per_step=int(prompts_per_step), steps=int(steps), lr=float(lr))
     keep = KeepConfig(keep_last=float(keep_last), fresh_samples=int(fresh_samples), u_z_min=float(u_z_min),
                       cap_per_prompt=int(cap_per_prompt), cap_total=int(cap_total))
     return AttackConfig(target_rm=target, penalty_rms=",".join(penalties), judge_rm=judge, policy=s.policy, data=s.data,
                         rows=s.rows, prompts=int(n_prompts), reward=reward, rloo=rloo,
+                        response=ResponseConfig(max_new_tokens=int(max_tokens), sentence_window=int(sentence_window)),
                         adapter=AdapterConfig(lora_layers=int(lora_layers)), keep=keep, confirm=confirm, runtime=s.runtime(int(seed)))
 
 

@@ -224,14 +224,11 @@ class AdversarialRewardConfig:
 
 @dataclass
 class RLOOConfig:
-    """How the adversary is trained: RLOO groups, rollout length, the optimiser, the checkpoints."""
+    """How the adversary is trained: RLOO groups, steps, the optimiser, the checkpoints."""
 
     group_size: int = setting(4, "k rollouts per prompt (the paper's 4)")
     prompts_per_step: int = setting(2, "prompts per step: 2 x 4 = 8 rollouts")
     steps: int = setting(100, "RLOO updates; every prompt is drawn ~6 times at the defaults")
-    max_new_tokens: int = setting(48, "rollout length: the RM's verdict on short responses, at CPU cost")
-    sentence_window: int = setting(16, "a sentence end (. ! ?) in the last this many tokens also ends a response; 0 = EOS only "
-                                       "(the paper). SmolLM2 rarely says EOS within 48 tokens on HH (benchmarks/RESULTS.md)")
     lr: float = setting(1e-4, "LoRA's usual rate; RL on a 135M model diverges well above 1e-3")
     max_grad_norm: float = setting(1.0, "gradient clipping: one group of outlier rewards cannot throw the adapter far")
     save_every: int = setting(0, "steps between adapter checkpoints; 0 = at the end only")
@@ -240,8 +237,6 @@ class RLOOConfig:
         _refuse(self, [(self.group_size >= 2, "group_size must be >= 2: leave-one-out needs another rollout of the prompt"),
                        (self.prompts_per_step >= 1, "prompts_per_step must be >= 1"),
                        (self.steps >= 1, "steps must be >= 1"),
-                       (self.max_new_tokens >= 2, "max_new_tokens must be >= 2"),
-                       (self.sentence_window >= 0, "sentence_window must be >= 0 (0 = only EOS ends a response)"),
                        (self.lr > 0, "lr must be > 0"),
                        (self.max_grad_norm > 0, "max_grad_norm must be > 0"),
                        (self.save_every >= 0, "save_every must be >= 0")])

@@ -17,8 +17,8 @@ Stages, in the run directory (runs.py) beside config/status/log/metrics:
    target and the judge against y+ and checked by the rules (judging.py): the rate of confirmed
    failures among what the attack produces, the success criterion it shares with REFORM (compare.py).
 
-A response is complete when it ends with EOS or, with ``rloo.sentence_window`` > 0, at a sentence end in
-the last ``rloo.sentence_window`` tokens of its budget (rollouts.py). SmolLM2 on HH prompts rarely says
+A response is complete when it ends with EOS or, with ``response.sentence_window`` > 0, at a sentence end in
+the last ``response.sentence_window`` tokens of its budget (rollouts.py). SmolLM2 on HH prompts rarely says
 EOS within 48 tokens, so with EOS alone nearly every rollout earns -C and the advantages carry no
 signal; the window keeps the paper's rule (a cut-off text is no response) while accepting an answer
 that closes a sentence near the limit (benchmarks/RESULTS.md: the completion rates measured).
@@ -40,7 +40,7 @@ from .confirm import Candidate, ConfirmConfig, KeepConfig, Rule, RuleContext, ch
 from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, parse_rows, select_rows, write_jsonl
 from .judging import SAMPLES_FILE, duel_scores, duels, judge_candidates
 from .models import DEFAULT_MODEL
-from .rollouts import AdapterConfig
+from .rollouts import AdapterConfig, ResponseConfig
 from .runs import RunDir, atomic_directory, job
 from .runtime import Runtime, seed_everything
 
@@ -65,14 +65,15 @@ class AttackConfig:
     # r = Z_t - lambda * clip(Z_p) if Z_t > T else Z_t - C; no EOS: -C; minus beta * KL (adversary.py)
     reward: AdversarialRewardConfig = nested(AdversarialRewardConfig, "the adversary's reward (lambda, beta, T, C, clip) "
                                              "and the base samples its z-scores stand on")
-    rloo: RLOOConfig = nested(RLOOConfig, "RLOO training: group size, prompts per step, steps, rollout length, optimiser")
+    response: ResponseConfig = nested(ResponseConfig, "every sampled response's length and what ends it (base, RL, fresh)")
+    rloo: RLOOConfig = nested(RLOOConfig, "RLOO training: group size, prompts per step, steps, optimiser, checkpoints")
     adapter: AdapterConfig = nested(AdapterConfig, "the LoRA adapter the adversary trains on the policy's top layers")
     keep: KeepConfig = nested(KeepConfig, "which samples are candidates, and the filter and caps that keep them")
     confirm: ConfirmConfig = nested(ConfirmConfig, "the rules that confirm a sample bad without a human, and their thresholds")
     runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (pi0's samples, RLOO, prompt order), remote-code leave")
     # these groups were the job's own fields until they were nested: a stored flat config (a job row,
     # a run's config.json) still loads, each old key put into its group (configs.config_from_dict)
-    MOVED_INTO: ClassVar[tuple[str, ...]] = ("reward", "rloo", "adapter", "keep")
+    MOVED_INTO: ClassVar[tuple[str, ...]] = ("reward", "response", "rloo", "adapter", "keep")
 
     def __post_init__(self):
         penalties = self.penalty_list()
@@ -188,8 +189,7 @@ def _candidates(roll, raw, logp0, prompt_index, norm: PromptNorm, origin: str) -
 
 def _sample_scored(engine, prompts, ids: list[int], k: int, generator, config: AttackConfig, adapter: bool):
     """k samples of each prompt in ``ids`` -> (rollouts, (N, M) rewards, (N, T) log pi0, (N,) prompt index)."""
-    roll = engine.sample([prompts[i] for i in ids], k, generator, max_new_tokens=config.rloo.max_new_tokens, adapter=adapter,
-                         sentence_window=config.rloo.sentence_window)
+    roll = engine.sample([prompts[i] for i in ids], k, generator, adapter=adapter, **asdict(config.response))
     logp0, _ = engine.logprobs(roll, adapter=False)
     return roll, engine.rm_rewards(roll), logp0, torch.tensor(ids)[roll.owner.cpu()]
 
@@ -264,9 +264,9 @@ def run_attack(config: AttackConfig, run: RunDir) -> AttackResult:
     rms = [load_reward_model(p, **load) for p in [config.target_rm] + config.penalty_list()]
     policy, tokenizer = build_policy(config.policy, **asdict(config.adapter), seed=seed, **load)
     context = getattr(policy.config, "max_position_embeddings", 4096)
-    budget = min([config.max_prompt_tokens, context] + [rm.spec.max_length for rm in rms]) - config.rloo.max_new_tokens
+    budget = min([config.max_prompt_tokens, context] + [rm.spec.max_length for rm in rms]) - config.response.max_new_tokens
     if budget < 4:
-        raise DataError(f"max_new_tokens={config.rloo.max_new_tokens} leaves no room for a prompt within the RMs' max_length.",
+        raise DataError(f"max_new_tokens={config.response.max_new_tokens} leaves no room for a prompt within the RMs' max_length.",
                         fix="lower max_new_tokens or raise max_prompt_tokens.")
     engine = RolloutEngine(policy, tokenizer, rms, prompt_budget=budget)
     run.log(f"{len(pairs)} prompts; policy LoRA from layer {engine.lora_start}; the RMs' own layers start at "

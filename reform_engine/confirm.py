@@ -185,44 +185,70 @@ class Repetition(Rule):
         return None
 
 
-class NoPunctuation(Rule):
+class _WordRun(Rule):
+    """A run of at least ``least`` words with some property (``run`` finds it): a rule whose one
+    threshold is a run's length in words, so at least 2 (one word is no run)."""
+
+    def __init__(self, least: int, arg: str, fix: str):
+        self.least = _at_least_two(arg, least, fix)
+
+    @abstractmethod
+    def run(self, text: str, context: RuleContext) -> list[str]:
+        """-> the run of words the rule judges ([] = none)."""
+
+    @abstractmethod
+    def evidence(self, run: list[str]) -> str: ...
+
+    def needed(self, context: RuleContext) -> int:
+        return self.least
+
+    def __call__(self, text: str, context: RuleContext) -> Flag | None:
+        run = self.run(text, context)
+        return self.flag(self.evidence(run)) if run and len(run) >= self.needed(context) else None
+
+
+class NoPunctuation(_WordRun):
     """``span`` words or more in a row without any sentence punctuation."""
 
     name = "no punctuation"
 
     def __init__(self, span: int):
-        self.span = _at_least_two("span", span, "use a span of at least 2 words")
+        super().__init__(span, "span", "use a span of at least 2 words")
 
-    def __call__(self, text: str, context: RuleContext) -> Flag | None:
-        for chunk in re.split(r"[.,;:!?…()\"\n]+", text):
-            words = chunk.split()
-            if len(words) >= self.span:
-                return self.flag(f"{len(words)} words without punctuation from {_quote(' '.join(words[:8]))}")
-        return None
+    def run(self, text: str, context: RuleContext) -> list[str]:  # the first long enough
+        chunks = (chunk.split() for chunk in re.split(r"[.,;:!?…()\"\n]+", text))
+        return next((words for words in chunks if len(words) >= self.least), [])
+
+    def evidence(self, run: list[str]) -> str:
+        return f"{len(run)} words without punctuation from {_quote(' '.join(run[:8]))}"
 
 
-class PromptEcho(Rule):
+class PromptEcho(_WordRun):
     """``min_words`` words of the prompt repeated verbatim (or the whole prompt when it is shorter)."""
 
     name = "prompt echo"
 
     def __init__(self, min_words: int):
-        self.min_words = _at_least_two("min_words", min_words, "an echo needs at least 2 words")
+        super().__init__(min_words, "min_words", "an echo needs at least 2 words")
 
-    def __call__(self, text: str, context: RuleContext) -> Flag | None:
+    def needed(self, context: RuleContext) -> int:
+        a = _words(context.prompt)
+        return min(self.least, len(a)) if len(a) >= 3 else self.least
+
+    def run(self, text: str, context: RuleContext) -> list[str]:  # the longest common run of words
         a, b = _words(context.prompt), _words(text)
-        need = min(self.min_words, len(a)) if len(a) >= 3 else self.min_words
         best, where = 0, 0
-        for i in range(len(a)):  # longest common run of words
+        for i in range(len(a)):
             for j in range(len(b)):
                 n = 0
                 while i + n < len(a) and j + n < len(b) and a[i + n] == b[j + n]:
                     n += 1
                 if n > best:
                     best, where = n, i
-        if best >= need:
-            return self.flag(f"repeats {best} words of the prompt: {_quote(' '.join(a[where:where + best]))}")
-        return None
+        return a[where:where + best]
+
+    def evidence(self, run: list[str]) -> str:
+        return f"repeats {len(run)} words of the prompt: {_quote(' '.join(run))}"
 
 
 class _Share(Rule):

@@ -47,6 +47,22 @@ def sentence_end_ids(tokenizer) -> tuple[list[int], list[int]]:
 
 
 @dataclass
+class ResponseConfig:
+    """How long a sampled response may be and what ends it (RolloutEngine.sample's keywords): the same
+    for every sample an attack draws, pi0's base samples, the RL rollouts and the fresh samples."""
+
+    max_new_tokens: int = setting(48, "rollout length: the RM's verdict on short responses, at CPU cost")
+    sentence_window: int = setting(16, "a sentence end (. ! ?) in the last this many tokens also ends a response; 0 = EOS only "
+                                       "(the paper). SmolLM2 rarely says EOS within 48 tokens on HH (benchmarks/RESULTS.md)")
+
+    def __post_init__(self):
+        if self.max_new_tokens < 2:
+            raise ValueError("ResponseConfig: max_new_tokens must be >= 2")
+        if self.sentence_window < 0:
+            raise ValueError("ResponseConfig: sentence_window must be >= 0 (0 = only EOS ends a response)")
+
+
+@dataclass
 class AdapterConfig:
     """The LoRA adapter an adversary policy trains (build_policy's ``lora_*``). Not RewardModelSpec's
     LoRA fields: those are part of a reward model's checkpoint record, with its own defaults."""

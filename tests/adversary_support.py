@@ -77,7 +77,7 @@ def tiny_attack(models: dict, **overrides) -> dict:
     config = {"target_rm": models["target"], "penalty_rms": models["penalties"], "judge_rm": models["judge"],
               "policy": models["policy"], "data": models["data"], "prompts": 4,
               "reward": {"base_samples": 4, "threshold": -10.0},
-              "rloo": {"steps": 4, "group_size": 2, "prompts_per_step": 2, "max_new_tokens": 10, "lr": 1e-2},
+              "rloo": {"steps": 4, "group_size": 2, "prompts_per_step": 2, "lr": 1e-2}, "response": {"max_new_tokens": 10},
               "adapter": {"lora_layers": 1, "lora_r": 2, "lora_alpha": 4}, "keep": {"fresh_samples": 2, "u_z_min": -10.0},
               "runtime": Runtime(device="cpu", threads=1)}
     for name, value in overrides.items():

@@ -59,8 +59,9 @@ def test_an_attack_config_stored_flat_before_its_groups_loads_with_the_same_valu
     config = config_from_dict(AttackConfig, FLAT)  # as jobs.py reads a stored job row
     assert vars(config.reward) == {"penalty_weight": 3.0, "kl_weight": 0.1, "threshold": 0.5, "below_cost": 7.0,
                                    "clip_low": -1.0, "clip_high": 1.5, "sd_floor": 0.5, "base_samples": 6}
-    assert vars(config.rloo) == {"group_size": 3, "prompts_per_step": 1, "steps": 7, "max_new_tokens": 20, "sentence_window": 0,
-                                 "lr": 0.001, "max_grad_norm": 0.5, "save_every": 2}
+    assert vars(config.rloo) == {"group_size": 3, "prompts_per_step": 1, "steps": 7, "lr": 0.001, "max_grad_norm": 0.5,
+                                 "save_every": 2}
+    assert vars(config.response) == {"max_new_tokens": 20, "sentence_window": 0}
     assert vars(config.adapter) == {"lora_layers": 2, "lora_r": 4, "lora_alpha": 8}
     assert vars(config.keep) == {"keep_last": 0.25, "fresh_samples": 3, "u_z_min": 1.0, "dedupe_jaccard": 0.9,
                                  "cap_per_prompt": 2, "cap_total": 9}
