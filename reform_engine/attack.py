@@ -266,8 +266,8 @@ def run_attack(config: AttackConfig, run: RunDir) -> AttackResult:
     context = getattr(policy.config, "max_position_embeddings", 4096)
     budget = min([config.max_prompt_tokens, context] + [rm.spec.max_length for rm in rms]) - config.response.max_new_tokens
     if budget < 4:
-        raise DataError(f"max_new_tokens={config.response.max_new_tokens} leaves no room for a prompt within the RMs' max_length.",
-                        fix="lower max_new_tokens or raise max_prompt_tokens.")
+        raise DataError(f"response.max_new_tokens={config.response.max_new_tokens} leaves no room for a prompt within the "
+                        "RMs' max_length.", fix="lower response.max_new_tokens or raise max_prompt_tokens.")
     engine = RolloutEngine(policy, tokenizer, rms, prompt_budget=budget)
     run.log(f"{len(pairs)} prompts; policy LoRA from layer {engine.lora_start}; the RMs' own layers start at "
             f"{engine.rm_depths} (-1: all of them on the same ids, None: scored from text)")
