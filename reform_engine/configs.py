@@ -224,8 +224,8 @@ def config_from_dict(cls: type, data: Any, defaults: Any = None) -> Any:
 
 
 def _regrouped(cls: type, data: dict, fields_: dict, hints: dict) -> dict:
-    """``data`` with each old flat key of ``cls.MOVED_INTO``'s groups moved into its group's dict (a
-    value given in the group itself wins)."""
+    """``data`` with each old flat key of ``cls.MOVED_INTO``'s groups moved into its group's dict; a
+    setting given both ways is refused (which one was meant is unknown)."""
     out = dict(data)
     for group in getattr(cls, "MOVED_INTO", ()):
         names = {f.name for f in dataclasses.fields(_plain(hints[group])[0])}
@@ -233,8 +233,9 @@ def _regrouped(cls: type, data: dict, fields_: dict, hints: dict) -> dict:
         if not moved:
             continue
         given = out.get(group, {})
-        if not isinstance(given, dict):
-            raise JobConfigError(f"{cls.__name__} has {sorted(moved)} both in {group} and outside it.",
-                                 fix=f"give them only in {group}.")
+        both = sorted(moved) if not isinstance(given, dict) else sorted(set(moved) & set(given))
+        if both:
+            raise JobConfigError(f"{cls.__name__} is given {both} both in {group} and outside it.",
+                                 fix=f"give them once, in {group}.")
         out[group] = {**moved, **given}
     return out

@@ -74,6 +74,10 @@ def tiny_attack(models: dict, **overrides) -> dict:
     """An AttackConfig's JSON (its groups as dicts) for a few-second attack on the tiny models; a filter
     so loose that every sample ending in EOS passes (the tests are about the plumbing, not the attack's
     strength). ``overrides``: fields, a group's dict merging into the group (``rloo={"steps": 2}``)."""
+    from dataclasses import fields
+
+    from reform_engine.attack import AttackConfig
+
     config = {"target_rm": models["target"], "penalty_rms": models["penalties"], "judge_rm": models["judge"],
               "policy": models["policy"], "data": models["data"], "prompts": 4,
               "reward": {"base_samples": 4, "threshold": -10.0},
@@ -81,6 +85,7 @@ def tiny_attack(models: dict, **overrides) -> dict:
               "adapter": {"lora_layers": 1, "lora_r": 2, "lora_alpha": 4}, "keep": {"fresh_samples": 2, "u_z_min": -10.0},
               "runtime": Runtime(device="cpu", threads=1)}
     for name, value in overrides.items():
+        assert name in {f.name for f in fields(AttackConfig)}, f"{name} is no AttackConfig field: give it in its group"
         config[name] = config[name] | value if isinstance(value, dict) and isinstance(config.get(name), dict) else value
     return config
 

@@ -74,7 +74,7 @@ def test_two_rounds_retrain_on_every_pair_so_far_and_report_each_round_and_each_
 
 
 def test_the_rounds_stop_when_the_attack_passes_the_filter_less_often_than_the_floor(models, tmp_path):
-    result = run_adv_rounds(rounds_config(models, {"threshold": 10.0}, pass_floor=0.05), tmp_path / "run")
+    result = run_adv_rounds(rounds_config(models, {"reward": {"threshold": 10.0}}, pass_floor=0.05), tmp_path / "run")
     (row,) = result.rounds
     assert (row["round"], row["pass_rate"], row["added"]) == (1, 0.0, 0)
     assert row["stop"] == "pass rate 0.000 below the floor 0.05: the RM no longer falls for the attack"

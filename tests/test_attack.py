@@ -7,7 +7,7 @@ import pytest
 from adversary_support import save_attack_models, tiny_attack, tiny_attack_config
 from job_support import wait_for
 from reform_engine.attack import KEPT_FILE, SAMPLES_FILE, STEPS_FILE, AttackConfig, read_kept, read_steps, run_attack
-from reform_engine.configs import config_from_dict
+from reform_engine.configs import JobConfigError, config_from_dict
 from reform_engine.curation import new_pair, queue
 from reform_engine.jobs import cancel_job, ingest_results, process_alive, refresh_job, start_job
 from reform_engine.runs import read_json
@@ -70,9 +70,11 @@ def test_an_attack_config_stored_flat_before_its_groups_loads_with_the_same_valu
     assert read_rounds_config(tmp_path).attack.rloo == config.rloo  # an adv-rounds run directory, as compare reads it
 
 
-def test_a_setting_given_in_its_group_wins_over_the_same_setting_stored_flat():
-    config = config_from_dict(AttackConfig, {"target_rm": "t", "penalty_rms": "a,b", "steps": 7, "rloo": {"steps": 9}})
-    assert (config.rloo.steps, config.rloo.group_size) == (9, 4)
+def test_flat_settings_join_the_ones_given_in_their_group_and_one_given_both_ways_is_refused():
+    config = config_from_dict(AttackConfig, {"target_rm": "t", "penalty_rms": "a,b", "steps": 7, "rloo": {"lr": 0.5}})
+    assert (config.rloo.steps, config.rloo.lr, config.rloo.group_size) == (7, 0.5, 4)
+    with pytest.raises(JobConfigError, match=r"AttackConfig is given \['steps'\] both in rloo and outside it"):
+        config_from_dict(AttackConfig, {"target_rm": "t", "penalty_rms": "a,b", "steps": 7, "rloo": {"steps": 9}})
 
 
 def test_an_attack_writes_its_step_metrics_kept_samples_and_adapter(models, tmp_path):
