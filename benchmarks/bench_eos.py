@@ -5,7 +5,7 @@
 A rollout that does not finish earns -C, so when almost none finish the RLOO advantages carry no
 signal. SmolLM2-135M-Instruct (LoRA adapter off: pi0) samples k responses per prompt at temperature 1
 with EOS as the only stop, up to the longest budget; the completion rates of the shorter budgets and
-of the sentence window (attack.sentence_window: a sentence end in the last W tokens of the budget
+of the sentence window (attack's response.sentence_window: a sentence end in the last W tokens of the budget
 ends the response) are read off the same samples, since both stopping rules only look back: a
 rollout stopped earlier is a prefix of the one sampled here. Prompts: the first rows of --data (the
 shared HH dev file when it is beside the repo, else the demo set), cut to the attack's prompt budget.
@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +27,7 @@ import torch  # noqa: E402
 from _paths import bench_data  # noqa: E402
 from reform_engine.data import load_preferences, select_rows  # noqa: E402
 from reform_engine.models import DEFAULT_MODEL  # noqa: E402
-from reform_engine.rollouts import RolloutEngine, build_policy  # noqa: E402
+from reform_engine.rollouts import AdapterConfig, RolloutEngine, build_policy  # noqa: E402
 from reform_engine.runtime import set_cpu_threads  # noqa: E402
 
 
@@ -57,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     set_cpu_threads(args.threads)
     pairs = select_rows(load_preferences(args.data, skip_invalid=True).pairs, f":{args.prompts}")
-    policy, tok = build_policy(DEFAULT_MODEL, lora_layers=4, lora_r=8, lora_alpha=16, device="cpu")
+    policy, tok = build_policy(DEFAULT_MODEL, **asdict(AdapterConfig()), device="cpu")  # the attack's adapter
     engine = RolloutEngine(policy, tok, [], prompt_budget=args.prompt_tokens)
     sentence, digit = engine.sentence_ids()
     generator = torch.Generator().manual_seed(args.seed)

@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,11 +29,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from _paths import bench_data  # noqa: E402
-from reform_engine.adversary import AdversarialReward, PromptNorm, kl_k3, rloo_advantages, rloo_loss  # noqa: E402
+from reform_engine.adversary import AdversarialRewardConfig, PromptNorm, kl_k3, rloo_advantages, rloo_loss  # noqa: E402
 from reform_engine.data import load_preferences, select_rows  # noqa: E402
 from reform_engine.models import DEFAULT_MODEL  # noqa: E402
 from reform_engine.reward_model import RewardModelSpec, build_reward_model, load_reward_model  # noqa: E402
-from reform_engine.rollouts import RolloutEngine, build_policy  # noqa: E402
+from reform_engine.rollouts import AdapterConfig, RolloutEngine, build_policy  # noqa: E402
 from reform_engine.runtime import set_cpu_threads  # noqa: E402
 from reform_engine.scoring import collate  # noqa: E402
 
@@ -97,7 +98,7 @@ def main() -> None:
     prompts = [p.prompt for p in pairs]
     with tempfile.TemporaryDirectory() as tmp:
         rms = [load_reward_model(p, device="cpu") for p in rm_checkpoints(Path(tmp), 3)]
-    policy, tok = build_policy(DEFAULT_MODEL, lora_layers=4, lora_r=8, lora_alpha=16, device="cpu")
+    policy, tok = build_policy(DEFAULT_MODEL, **asdict(AdapterConfig()), device="cpu")  # the attack's adapter
     with torch.no_grad():  # a policy some steps into training: its adapter changes the top layers
         for name, p in policy.named_parameters():
             if "lora_B" in name:
@@ -108,7 +109,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     n = len(prompts)
     norm = PromptNorm(torch.zeros(n, 3), torch.ones(n, 3), torch.zeros(n), torch.ones(n))
-    reward = AdversarialReward(2.0, 0.05, 1.0, 5.0)
+    reward = AdversarialRewardConfig().build()  # the attack's default reward
 
     ours, theirs = [], []
     for r in range(args.repeats + 1):  # the first of each is a warm-up

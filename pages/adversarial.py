@@ -17,11 +17,13 @@ from pages._project import project_store
 from pages._routes import store_page
 from pages._settings import rm_exists, settings
 from reform_engine.adv_rounds import AdvRoundsConfig, read_rounds
+from reform_engine.adversary import AdversarialRewardConfig, RLOOConfig
 from reform_engine.attack import AttackConfig, companion_configs, read_kept, read_steps
-from reform_engine.confirm import RULES, ConfirmConfig
+from reform_engine.confirm import RULES, ConfirmConfig, KeepConfig
 from reform_engine.data import hh_text
 from reform_engine.jobs import ACTIVE, ingest_results, start_job
 from reform_engine.retrain import base_training_config
+from reform_engine.rollouts import AdapterConfig, ResponseConfig
 from reform_engine.runs import read_json
 
 FLASH_KEY = "adversarial_flash"
@@ -217,34 +219,34 @@ st.subheader("Attack")
 st.caption(f"Prompts and y+ from {md_code(short(s.data, 60))}" + (f" rows {md_code(s.rows)}" if s.rows else "")
            + f"; the policy {md_code(short(s.policy, 40))} gets LoRA on its top layers.")
 c = st.columns(4)
-penalty_weight = c[0].number_input("λ penalty weight (0 = over-optimisation baseline)", 0.0, 100.0, DEFAULTS.penalty_weight, step=0.5,
+penalty_weight = c[0].number_input("λ penalty weight (0 = over-optimisation baseline)", 0.0, 100.0, DEFAULTS.reward.penalty_weight, step=0.5,
                                    key="adversarial_lambda")
-kl_weight = c[1].number_input("β KL weight", 0.0, 10.0, DEFAULTS.kl_weight, step=0.01, format="%.3f", key="adversarial_beta")
-threshold = c[2].number_input("T: target z threshold", -100.0, 100.0, DEFAULTS.threshold, step=0.25, key="adversarial_threshold")
-below_cost = c[3].number_input("C: cost below T or without EOS", 0.0, 1000.0, DEFAULTS.below_cost, step=0.5, key="adversarial_cost")
+kl_weight = c[1].number_input("β KL weight", 0.0, 10.0, DEFAULTS.reward.kl_weight, step=0.01, format="%.3f", key="adversarial_beta")
+threshold = c[2].number_input("T: target z threshold", -100.0, 100.0, DEFAULTS.reward.threshold, step=0.25, key="adversarial_threshold")
+below_cost = c[3].number_input("C: cost below T or without EOS", 0.0, 1000.0, DEFAULTS.reward.below_cost, step=0.5, key="adversarial_cost")
 c = st.columns(4)
-group_size = c[0].number_input("Group size k (rollouts per prompt)", 2, 64, DEFAULTS.group_size, key="adversarial_group")
-prompts_per_step = c[1].number_input("Prompts per step", 1, 64, DEFAULTS.prompts_per_step, key="adversarial_prompts_per_step")
+group_size = c[0].number_input("Group size k (rollouts per prompt)", 2, 64, DEFAULTS.rloo.group_size, key="adversarial_group")
+prompts_per_step = c[1].number_input("Prompts per step", 1, 64, DEFAULTS.rloo.prompts_per_step, key="adversarial_prompts_per_step")
 n_prompts = c[2].number_input("Prompts attacked", 1, 100_000, DEFAULTS.prompts, key="adversarial_prompts")
-steps = c[3].number_input("RL steps", 1, 1_000_000, DEFAULTS.steps, key="adversarial_steps")
+steps = c[3].number_input("RL steps", 1, 1_000_000, DEFAULTS.rloo.steps, key="adversarial_steps")
 c = st.columns(5)
-max_tokens = c[0].number_input("Max new tokens", 2, 1024, DEFAULTS.max_new_tokens, key="adversarial_max_tokens")
+max_tokens = c[0].number_input("Max new tokens", 2, 1024, DEFAULTS.response.max_new_tokens, key="adversarial_max_tokens")
 sentence_window = c[1].number_input("A sentence end in the last N tokens ends a response (0 = EOS only)", 0, 1024,
-                                    DEFAULTS.sentence_window, key="adversarial_sentence_window")
+                                    DEFAULTS.response.sentence_window, key="adversarial_sentence_window")
 seed = c[2].number_input("Seed", 0, 2**31 - 1, DEFAULTS.runtime.seed, key="adversarial_seed")
-lr = c[3].number_input("Learning rate", 1e-7, 1.0, DEFAULTS.lr, step=1e-5, format="%.1e", key="adversarial_lr")
-lora_layers = c[4].number_input("LoRA on the top N layers", 1, 200, DEFAULTS.lora_layers, key="adversarial_lora_layers")
+lr = c[3].number_input("Learning rate", 1e-7, 1.0, DEFAULTS.rloo.lr, step=1e-5, format="%.1e", key="adversarial_lr")
+lora_layers = c[4].number_input("LoRA on the top N layers", 1, 200, DEFAULTS.adapter.lora_layers, key="adversarial_lora_layers")
 with st.expander("Normalisation and the keep filter"):
     c = st.columns(4)
-    clip_low = c[0].number_input("clip Z_p: low", -100.0, 100.0, DEFAULTS.clip_low, step=0.5, key="adversarial_clip_low")
-    clip_high = c[1].number_input("clip Z_p: high", -100.0, 100.0, DEFAULTS.clip_high, step=0.5, key="adversarial_clip_high")
-    base_samples = c[2].number_input("Base samples per prompt (z-scores)", 2, 256, DEFAULTS.base_samples, key="adversarial_base_samples")
-    fresh_samples = c[3].number_input("Fresh samples per prompt (pass rates)", 0, 256, DEFAULTS.fresh_samples, key="adversarial_fresh")
+    clip_low = c[0].number_input("clip Z_p: low", -100.0, 100.0, DEFAULTS.reward.clip_low, step=0.5, key="adversarial_clip_low")
+    clip_high = c[1].number_input("clip Z_p: high", -100.0, 100.0, DEFAULTS.reward.clip_high, step=0.5, key="adversarial_clip_high")
+    base_samples = c[2].number_input("Base samples per prompt (z-scores)", 2, 256, DEFAULTS.reward.base_samples, key="adversarial_base_samples")
+    fresh_samples = c[3].number_input("Fresh samples per prompt (pass rates)", 0, 256, DEFAULTS.keep.fresh_samples, key="adversarial_fresh")
     c = st.columns(4)
-    u_z_min = c[0].number_input("Keep: disagreement z above", -100.0, 100.0, DEFAULTS.u_z_min, step=0.1, key="adversarial_u_z")
-    keep_last = c[1].number_input("Keep from the last share of steps", 0.0, 1.0, DEFAULTS.keep_last, step=0.1, key="adversarial_keep_last")
-    cap_per_prompt = c[2].number_input("Cap per prompt", 1, 1000, DEFAULTS.cap_per_prompt, key="adversarial_cap_prompt")
-    cap_total = c[3].number_input("Cap in total", 1, 1_000_000, DEFAULTS.cap_total, key="adversarial_cap_total")
+    u_z_min = c[0].number_input("Keep: disagreement z above", -100.0, 100.0, DEFAULTS.keep.u_z_min, step=0.1, key="adversarial_u_z")
+    keep_last = c[1].number_input("Keep from the last share of steps", 0.0, 1.0, DEFAULTS.keep.keep_last, step=0.1, key="adversarial_keep_last")
+    cap_per_prompt = c[2].number_input("Cap per prompt", 1, 1000, DEFAULTS.keep.cap_per_prompt, key="adversarial_cap_prompt")
+    cap_total = c[3].number_input("Cap in total", 1, 1_000_000, DEFAULTS.keep.cap_total, key="adversarial_cap_total")
 with st.expander("Confirmation rules (a kept sample any of them flags is confirmed bad, as is one the judge scores below y+)"):
     rules = st.multiselect("Rules", [r.name for r in RULES], DEFAULT_CONFIRM.names(), key="adversarial_rules")
     c = st.columns(5)
@@ -257,14 +259,16 @@ with st.expander("Confirmation rules (a kept sample any of them flags is confirm
 def attack_config() -> AttackConfig:
     """The attack the settings above describe (raises ValueError, saying what to fix)."""
     confirm = ConfirmConfig(rules=",".join(rules), **confirm_values)
+    reward = AdversarialRewardConfig(penalty_weight=float(penalty_weight), kl_weight=float(kl_weight), threshold=float(threshold),
+                                     below_cost=float(below_cost), clip_low=float(clip_low), clip_high=float(clip_high),
+                                     base_samples=int(base_samples))
+    rloo = RLOOConfig(group_size=int(group_size), prompts_per_step=int(prompts_per_step), steps=int(steps), lr=float(lr))
+    keep = KeepConfig(keep_last=float(keep_last), fresh_samples=int(fresh_samples), u_z_min=float(u_z_min),
+                      cap_per_prompt=int(cap_per_prompt), cap_total=int(cap_total))
     return AttackConfig(target_rm=target, penalty_rms=",".join(penalties), judge_rm=judge, policy=s.policy, data=s.data,
-                        rows=s.rows, prompts=int(n_prompts), penalty_weight=float(penalty_weight), kl_weight=float(kl_weight),
-                        threshold=float(threshold), below_cost=float(below_cost), clip_low=float(clip_low),
-                        clip_high=float(clip_high), base_samples=int(base_samples), group_size=int(group_size),
-                        prompts_per_step=int(prompts_per_step), steps=int(steps), max_new_tokens=int(max_tokens),
-                        sentence_window=int(sentence_window), lr=float(lr), lora_layers=int(lora_layers), keep_last=float(keep_last),
-                        fresh_samples=int(fresh_samples), u_z_min=float(u_z_min), cap_per_prompt=int(cap_per_prompt),
-                        cap_total=int(cap_total), confirm=confirm, runtime=s.runtime(int(seed)))
+                        rows=s.rows, prompts=int(n_prompts), reward=reward, rloo=rloo,
+                        response=ResponseConfig(max_new_tokens=int(max_tokens), sentence_window=int(sentence_window)),
+                        adapter=AdapterConfig(lora_layers=int(lora_layers)), keep=keep, confirm=confirm, runtime=s.runtime(int(seed)))
 
 
 ready = rm_exists(target) and not missing_penalties and len(penalties) >= 2 and (not judge or rm_exists(judge))

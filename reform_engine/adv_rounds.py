@@ -65,7 +65,7 @@ class AdvRoundsConfig(BaseRetraining):
     def __post_init__(self):
         checks = [(self.rounds >= 1, "rounds must be >= 1"),
                   (0 <= self.pass_floor <= 1, "pass_floor must be a share in [0, 1] (0 = never stop early)"),
-                  (self.attack.fresh_samples >= 1, "attack.fresh_samples must be >= 1: a round's pass rate is measured on "
+                  (self.attack.keep.fresh_samples >= 1, "attack.keep.fresh_samples must be >= 1: a round's pass rate is measured on "
                    "fresh samples of the final policy")]
         for ok, message in checks:
             if not ok:
@@ -87,7 +87,8 @@ class AdvRoundsConfig(BaseRetraining):
         return dataclasses.replace(self.robustness, reward_model=rm, data=self.eval_data or recipe.data, rows=rows)
 
     def attack_config(self, target: str, baseline: bool = False) -> AttackConfig:
-        return dataclasses.replace(self.attack, target_rm=target, **({"penalty_weight": 0.0} if baseline else {}))
+        lambda0 = {"reward": dataclasses.replace(self.attack.reward, penalty_weight=0.0)} if baseline else {}
+        return dataclasses.replace(self.attack, target_rm=target, **lambda0)
 
 
 @dataclass

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .configs import setting
+
 
 class RolloutReward(ABC):
     """A rule that turns the z-scores of N rollouts into their rewards, every piece kept for the log.
@@ -187,3 +189,54 @@ def rloo_loss(advantages: torch.Tensor, seq_logp: torch.Tensor) -> torch.Tensor:
     """(N,) advantages (treated as constants), (N,) sum over response tokens of log pi -> the scalar
     REINFORCE loss -mean(advantage * log pi(y | x))."""
     return -(advantages.detach() * seq_logp).mean()
+
+
+def _refuse(config: object, checks: list[tuple[bool, str]]) -> None:
+    """Raise the first failed check's message, named after the config that holds the setting."""
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(f"{type(config).__name__}: {message}")
+
+
+@dataclass
+class AdversarialRewardConfig:
+    """The attack's reward (the module docstring's r) and the base samples its z-scores stand on."""
+
+    penalty_weight: float = setting(2.0, "lambda > 1: a response the penalty RMs like as much as the target earns less; "
+                                         "0 = the over-optimisation baseline")
+    kl_weight: float = setting(0.05, "beta: keeps the adversary near pi0 so its text stays readable (TRL's RLOO default)")
+    threshold: float = setting(1.0, "T, in target z: beat ~84% of the base samples before the disagreement counts")
+    below_cost: float = setting(5.0, "C: the cost below T and without EOS; above lambda * clip_high (4), so crossing T "
+                                     "always pays")
+    clip_low: float = setting(-2.0, "pushing the penalty RMs below -2 sd earns nothing more (no prize for gibberish)")
+    clip_high: float = setting(2.0, "bounds the penalty, so one outlier does not swamp its group's advantages")
+    sd_floor: float = setting(0.25, "per-prompt sd >= this share of the median sd: flat prompts do not blow up z")
+    base_samples: int = setting(8, "N samples of pi0 per prompt for the mean and sd (8: sd within ~25%)")
+
+    def __post_init__(self):
+        _refuse(self, [(self.base_samples >= 2, "base_samples must be >= 2: an sd needs two samples"),
+                       (0 < self.sd_floor <= 1, "sd_floor must be a share of the median sd in (0, 1]")])
+        self.build()  # refuses a bad lambda, beta, T, C or clip range now, not in the job
+
+    def build(self) -> AdversarialReward:
+        return AdversarialReward(self.penalty_weight, self.kl_weight, self.threshold, self.below_cost, (self.clip_low, self.clip_high))
+
+
+@dataclass
+class RLOOConfig:
+    """How the adversary is trained: RLOO groups, steps, the optimiser, the checkpoints."""
+
+    group_size: int = setting(4, "k rollouts per prompt (the paper's 4)")
+    prompts_per_step: int = setting(2, "prompts per step: 2 x 4 = 8 rollouts")
+    steps: int = setting(100, "RLOO updates; every prompt is drawn ~6 times at the defaults")
+    lr: float = setting(1e-4, "LoRA's usual rate; RL on a 135M model diverges well above 1e-3")
+    max_grad_norm: float = setting(1.0, "gradient clipping: one group of outlier rewards cannot throw the adapter far")
+    save_every: int = setting(0, "steps between adapter checkpoints; 0 = at the end only")
+
+    def __post_init__(self):
+        _refuse(self, [(self.group_size >= 2, "group_size must be >= 2: leave-one-out needs another rollout of the prompt"),
+                       (self.prompts_per_step >= 1, "prompts_per_step must be >= 1"),
+                       (self.steps >= 1, "steps must be >= 1"),
+                       (self.lr > 0, "lr must be > 0"),
+                       (self.max_grad_norm > 0, "max_grad_norm must be > 0"),
+                       (self.save_every >= 0, "save_every must be >= 0")])

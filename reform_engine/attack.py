@@ -3,13 +3,13 @@
     python -m reform_engine attack --run-dir D --target-rm T --penalty-rms P1,P2 [--judge-rm J] ...
 
 Stages, in the run directory (runs.py) beside config/status/log/metrics:
-1. Normalisation: ``base_samples`` samples of pi0 per prompt, scored by the target and penalty RMs,
+1. Normalisation: ``reward.base_samples`` samples of pi0 per prompt, scored by the target and penalty RMs,
    give every prompt's mean and sd (adversary.PromptNorm).
 2. RLOO steps (adversary.py); each appends its metrics to ``steps.jsonl`` as it ends, so a page can
-   draw the curves live; ``checkpoint/`` holds the LoRA adapter (at the end, or every ``save_every``).
-3. ``fresh_samples`` per prompt from the final policy and from pi0: the pass rates of both under the
+   draw the curves live; ``checkpoint/`` holds the LoRA adapter (at the end, or every ``rloo.save_every``).
+3. ``keep.fresh_samples`` per prompt from the final policy and from pi0: the pass rates of both under the
    same filter, on the same prompts.
-4. Keeping (confirm.select_kept) among the rollouts of the last ``keep_last`` share of the steps and
+4. Keeping (confirm.select_kept) among the rollouts of the last ``keep.keep_last`` share of the steps and
    the fresh samples; each kept sample is confirmed (judge RM, rules) and written to ``variants.jsonl``
    as a variant of direction "adv-rm": the pair (y+ preferred over the sample), y+ being the dataset's
    chosen response. The store ingests that file when the job ends, so they join the Curation queue.
@@ -17,8 +17,8 @@ Stages, in the run directory (runs.py) beside config/status/log/metrics:
    target and the judge against y+ and checked by the rules (judging.py): the rate of confirmed
    failures among what the attack produces, the success criterion it shares with REFORM (compare.py).
 
-A response is complete when it ends with EOS or, with ``sentence_window`` > 0, at a sentence end in
-the last ``sentence_window`` tokens of its budget (rollouts.py). SmolLM2 on HH prompts rarely says
+A response is complete when it ends with EOS or, with ``response.sentence_window`` > 0, at a sentence end in
+the last ``response.sentence_window`` tokens of its budget (rollouts.py). SmolLM2 on HH prompts rarely says
 EOS within 48 tokens, so with EOS alone nearly every rollout earns -C and the advantages carry no
 signal; the window keeps the paper's rule (a cut-off text is no response) while accepting an answer
 that closes a sentence near the limit (benchmarks/RESULTS.md: the completion rates measured).
@@ -27,19 +27,20 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
-from .adversary import AdversarialReward, PromptNorm, kl_k3, rloo_advantages, rloo_loss
+from .adversary import AdversarialRewardConfig, PromptNorm, RLOOConfig, kl_k3, rloo_advantages, rloo_loss
 from .configs import nested, required, setting
-from .confirm import Candidate, ConfirmConfig, Rule, RuleContext, check_rules, confirmation, passes, select_kept
+from .confirm import Candidate, ConfirmConfig, KeepConfig, Rule, RuleContext, check_rules, confirmation, passes
 from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, parse_rows, select_rows, write_jsonl
 from .judging import SAMPLES_FILE, duel_scores, duels, judge_candidates
 from .models import DEFAULT_MODEL
+from .rollouts import AdapterConfig, ResponseConfig
 from .runs import RunDir, atomic_directory, job
 from .runtime import Runtime, seed_everything
 
@@ -61,40 +62,18 @@ class AttackConfig:
     prompts: int = setting(32, "the first this many pairs of those rows")
     skip_invalid: bool = setting(True, "invalid rows are skipped and counted, not fatal")
     max_prompt_tokens: int = setting(256, "prompts are cut from the left beyond this (and to fit every RM's max_length)")
-    # reward: r = Z_t - lambda * clip(Z_p) if Z_t > T else Z_t - C; no EOS: -C; minus beta * KL
-    penalty_weight: float = setting(2.0, "lambda > 1: a response the penalty RMs like as much as the target earns less; "
-                                         "0 = the over-optimisation baseline")
-    kl_weight: float = setting(0.05, "beta: keeps the adversary near pi0 so its text stays readable (TRL's RLOO default)")
-    threshold: float = setting(1.0, "T, in target z: beat ~84% of the base samples before the disagreement counts")
-    below_cost: float = setting(5.0, "C: the cost below T and without EOS; above lambda * clip_high (4), so crossing T "
-                                     "always pays")
-    clip_low: float = setting(-2.0, "pushing the penalty RMs below -2 sd earns nothing more (no prize for gibberish)")
-    clip_high: float = setting(2.0, "bounds the penalty, so one outlier does not swamp its group's advantages")
-    sd_floor: float = setting(0.25, "per-prompt sd >= this share of the median sd: flat prompts do not blow up z")
-    base_samples: int = setting(8, "N samples of pi0 per prompt for the mean and sd (8: sd within ~25%)")
-    # RLOO
-    group_size: int = setting(4, "k rollouts per prompt (the paper's 4)")
-    prompts_per_step: int = setting(2, "prompts per step: 2 x 4 = 8 rollouts")
-    steps: int = setting(100, "RLOO updates; every prompt is drawn ~6 times at the defaults")
-    max_new_tokens: int = setting(48, "rollout length: the RM's verdict on short responses, at CPU cost")
-    sentence_window: int = setting(16, "a sentence end (. ! ?) in the last this many tokens also ends a response; 0 = EOS only "
-                                       "(the paper). SmolLM2 rarely says EOS within 48 tokens on HH (benchmarks/RESULTS.md)")
-    lr: float = setting(1e-4, "LoRA's usual rate; RL on a 135M model diverges well above 1e-3")
-    max_grad_norm: float = setting(1.0, "gradient clipping: one group of outlier rewards cannot throw the adapter far")
-    lora_layers: int = setting(4, "LoRA on the top N layers: the trunk below is shared with pi0 and the RMs")
-    lora_r: int = setting(8, "a small adapter: the adversary moves the policy, it does not retrain it")
-    lora_alpha: int = setting(16, "LoRA scale: alpha / r = 2, as train-rm's default")
-    save_every: int = setting(0, "steps between adapter checkpoints; 0 = at the end only")
-    # keeping and confirming
-    keep_last: float = setting(0.5, "rollouts of the last half of the steps are candidates: the early ones are still much "
-                                    "like pi0's")
-    fresh_samples: int = setting(4, "per prompt, from the final policy (candidates) and from pi0 (the base pass rate)")
-    u_z_min: float = setting(1.96, "keep when the disagreement's z-score exceeds this (two-sided 5%)")
-    dedupe_jaccard: float = setting(0.8, "character-trigram Jaccard at or above which two samples are one")
-    cap_per_prompt: int = setting(4, "at most this many pairs per prompt")
-    cap_total: int = setting(200, "and at most this many in total")
+    # r = Z_t - lambda * clip(Z_p) if Z_t > T else Z_t - C; no EOS: -C; minus beta * KL (adversary.py)
+    reward: AdversarialRewardConfig = nested(AdversarialRewardConfig, "the adversary's reward (lambda, beta, T, C, clip) "
+                                             "and the base samples its z-scores stand on")
+    response: ResponseConfig = nested(ResponseConfig, "every sampled response's length and what ends it (base, RL, fresh)")
+    rloo: RLOOConfig = nested(RLOOConfig, "RLOO training: group size, prompts per step, steps, optimiser, checkpoints")
+    adapter: AdapterConfig = nested(AdapterConfig, "the LoRA adapter the adversary trains on the policy's top layers")
+    keep: KeepConfig = nested(KeepConfig, "which samples are candidates, and the filter and caps that keep them")
     confirm: ConfirmConfig = nested(ConfirmConfig, "the rules that confirm a sample bad without a human, and their thresholds")
     runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (pi0's samples, RLOO, prompt order), remote-code leave")
+    # these groups were the job's own fields until they were nested: a stored flat config (a job row,
+    # a run's config.json) still loads, each old key put into its group (configs.config_from_dict)
+    MOVED_INTO: ClassVar[tuple[str, ...]] = ("reward", "response", "rloo", "adapter", "keep")
 
     def __post_init__(self):
         penalties = self.penalty_list()
@@ -109,37 +88,17 @@ class AttackConfig:
              "the judge RM is also in the reward: give a judge trained apart, or '' to confirm by the rules alone"),
             (self.prompts >= 1, "prompts must be >= 1"),
             (self.max_prompt_tokens >= 4, "max_prompt_tokens must be >= 4"),
-            (self.base_samples >= 2, "base_samples must be >= 2: an sd needs two samples"),
-            (self.group_size >= 2, "group_size must be >= 2: leave-one-out needs another rollout of the prompt"),
-            (self.prompts_per_step >= 1, "prompts_per_step must be >= 1"),
-            (self.steps >= 1, "steps must be >= 1"),
-            (self.max_new_tokens >= 2, "max_new_tokens must be >= 2"),
-            (self.sentence_window >= 0, "sentence_window must be >= 0 (0 = only EOS ends a response)"),
-            (self.lr > 0, "lr must be > 0"),
-            (self.max_grad_norm > 0, "max_grad_norm must be > 0"),
-            (self.lora_layers >= 1 and self.lora_r >= 1 and self.lora_alpha >= 1, "lora_layers, lora_r and lora_alpha must be >= 1"),
-            (0 <= self.keep_last <= 1, "keep_last must be a share in [0, 1]"),
-            (self.fresh_samples >= 0, "fresh_samples must be >= 0 (0 = no fresh samples, no pass rates)"),
-            (math.isfinite(self.u_z_min), "u_z_min must be finite (1.96: two-sided 5%)"),
-            (self.cap_per_prompt >= 1 and self.cap_total >= 1, "cap_per_prompt and cap_total must be >= 1"),
-            (0 < self.dedupe_jaccard <= 1, "dedupe_jaccard must be in (0, 1] (1 drops exact duplicates only)"),
-            (0 < self.sd_floor <= 1, "sd_floor must be a share of the median sd in (0, 1]"),
-            (self.save_every >= 0, "save_every must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"AttackConfig: {message}")
         parse_rows(self.rows)
-        self.reward()  # refuses a bad lambda, beta, T, C or clip range now, not in the job
 
     def rules(self) -> tuple[Rule, ...]:
         return self.confirm.build()
 
     def penalty_list(self) -> list[str]:
         return [p.strip() for p in self.penalty_rms.split(",") if p.strip()]
-
-    def reward(self) -> AdversarialReward:
-        return AdversarialReward(self.penalty_weight, self.kl_weight, self.threshold, self.below_cost, (self.clip_low, self.clip_high))
 
 
 @dataclass
@@ -230,8 +189,7 @@ def _candidates(roll, raw, logp0, prompt_index, norm: PromptNorm, origin: str) -
 
 def _sample_scored(engine, prompts, ids: list[int], k: int, generator, config: AttackConfig, adapter: bool):
     """k samples of each prompt in ``ids`` -> (rollouts, (N, M) rewards, (N, T) log pi0, (N,) prompt index)."""
-    roll = engine.sample([prompts[i] for i in ids], k, generator, max_new_tokens=config.max_new_tokens, adapter=adapter,
-                         sentence_window=config.sentence_window)
+    roll = engine.sample([prompts[i] for i in ids], k, generator, adapter=adapter, **asdict(config.response))
     logp0, _ = engine.logprobs(roll, adapter=False)
     return roll, engine.rm_rewards(roll), logp0, torch.tensor(ids)[roll.owner.cpu()]
 
@@ -304,45 +262,45 @@ def run_attack(config: AttackConfig, run: RunDir) -> AttackResult:
     prompts = [p.prompt for p in pairs]
     load = config.runtime.load_args()
     rms = [load_reward_model(p, **load) for p in [config.target_rm] + config.penalty_list()]
-    policy, tokenizer = build_policy(config.policy, lora_layers=config.lora_layers, lora_r=config.lora_r,
-                                     lora_alpha=config.lora_alpha, seed=seed, **load)
+    policy, tokenizer = build_policy(config.policy, **asdict(config.adapter), seed=seed, **load)
     context = getattr(policy.config, "max_position_embeddings", 4096)
-    budget = min([config.max_prompt_tokens, context] + [rm.spec.max_length for rm in rms]) - config.max_new_tokens
+    budget = min([config.max_prompt_tokens, context] + [rm.spec.max_length for rm in rms]) - config.response.max_new_tokens
     if budget < 4:
-        raise DataError(f"max_new_tokens={config.max_new_tokens} leaves no room for a prompt within the RMs' max_length.",
-                        fix="lower max_new_tokens or raise max_prompt_tokens.")
+        raise DataError(f"response.max_new_tokens={config.response.max_new_tokens} leaves no room for a prompt within the "
+                        "RMs' max_length.", fix="lower response.max_new_tokens or raise max_prompt_tokens.")
     engine = RolloutEngine(policy, tokenizer, rms, prompt_budget=budget)
     run.log(f"{len(pairs)} prompts; policy LoRA from layer {engine.lora_start}; the RMs' own layers start at "
             f"{engine.rm_depths} (-1: all of them on the same ids, None: scored from text)")
     generator = torch.Generator().manual_seed(seed)
-    per_step = config.prompts_per_step * config.group_size
-    cal = _chunks(len(prompts), max(1, per_step // config.base_samples))
-    fresh = _chunks(len(prompts), max(1, per_step // max(1, config.fresh_samples))) if config.fresh_samples else []
-    total, done = len(cal) + config.steps + 2 * len(fresh) + 1, 0
+    rl, keep = config.rloo, config.keep
+    per_step = rl.prompts_per_step * rl.group_size
+    cal = _chunks(len(prompts), max(1, per_step // config.reward.base_samples))
+    fresh = _chunks(len(prompts), max(1, per_step // max(1, keep.fresh_samples))) if keep.fresh_samples else []
+    total, done = len(cal) + rl.steps + 2 * len(fresh) + 1, 0
 
     # 1. the base policy's samples: every z-score's yardstick
     raws, idxs, ppls = [], [], []
     for ids in cal:
-        roll, raw, logp0, idx = _sample_scored(engine, prompts, ids, config.base_samples, generator, config, adapter=False)
+        roll, raw, logp0, idx = _sample_scored(engine, prompts, ids, config.reward.base_samples, generator, config, adapter=False)
         raws.append(raw)
         idxs.append(idx)
         ppls.append(torch.exp(-logp0.sum(-1) / roll.lengths.clamp(min=1)))
         done += 1
         run.progress(done, total, message=f"sampling the base policy: {done}/{len(cal)} prompt groups")
-    norm = PromptNorm.fit(torch.cat(raws), torch.cat(idxs), len(prompts), config.sd_floor)
+    norm = PromptNorm.fit(torch.cat(raws), torch.cat(idxs), len(prompts), config.reward.sd_floor)
     base_ppl = float(torch.cat(ppls).median())
 
     # 2. RLOO
-    reward, k, G = config.reward(), config.group_size, config.prompts_per_step
+    reward, k, G, threshold = config.reward.build(), rl.group_size, rl.prompts_per_step, config.reward.threshold
     params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=rl.lr, weight_decay=0.0)
     order = _prompt_order(len(prompts), seed)
     steps_path = run.path / STEPS_FILE
     steps_path.write_text("")  # a re-run in the same directory starts its curves afresh
-    keep_after = config.steps - round(config.keep_last * config.steps)
+    keep_after = rl.steps - round(keep.keep_last * rl.steps)
     pool, window = [], []
     rl_start = time.perf_counter()
-    for step in range(1, config.steps + 1):
+    for step in range(1, rl.steps + 1):
         t0 = time.perf_counter()
         ids = [next(order) for _ in range(G)]
         roll, raw, logp0, idx = _sample_scored(engine, prompts, ids, k, generator, config, adapter=True)
@@ -355,10 +313,10 @@ def run_attack(config: AttackConfig, run: RunDir) -> AttackResult:
         loss = rloo_loss(advantages, logp.sum(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, rl.max_grad_norm)
         optimizer.step()
         found = _candidates(roll, raw, logp0, idx, norm, f"step {step}")
-        passing = [passes(c, config.threshold, config.u_z_min) for c in found]
+        passing = [passes(c, threshold, keep.u_z_min) for c in found]
         if step > keep_after:
             pool += found
             window += passing
@@ -370,9 +328,9 @@ def run_attack(config: AttackConfig, run: RunDir) -> AttackResult:
         with open(steps_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
         done += 1
-        run.progress(done, total, message=f"step {step}/{config.steps}: target z {row['target_z']:+.2f}, penalty z "
+        run.progress(done, total, message=f"step {step}/{rl.steps}: target z {row['target_z']:+.2f}, penalty z "
                      f"{row['penalty_z']:+.2f}, pass rate {row['pass_rate']:.0%}")
-        if config.save_every and step % config.save_every == 0 and step < config.steps:
+        if rl.save_every and step % rl.save_every == 0 and step < rl.steps:
             _save_adapter(policy, run.checkpoint_path)
             run.log(f"adapter checkpoint at step {step}")
     rl_seconds = time.perf_counter() - rl_start
@@ -383,19 +341,18 @@ def run_attack(config: AttackConfig, run: RunDir) -> AttackResult:
     for adapter, name in ((True, "final"), (False, "base")):
         got = []
         for ids in fresh:
-            roll, raw, logp0, idx = _sample_scored(engine, prompts, ids, config.fresh_samples, generator, config, adapter)
+            roll, raw, logp0, idx = _sample_scored(engine, prompts, ids, keep.fresh_samples, generator, config, adapter)
             got += _candidates(roll, raw, logp0, idx, norm, "fresh" if adapter else "base")
             done += 1
             run.progress(done, total, message=f"fresh samples of the {name} policy")
-        rates[name] = sum(passes(c, config.threshold, config.u_z_min) for c in got) / len(got) if got else float("nan")
+        rates[name] = sum(passes(c, threshold, keep.u_z_min) for c in got) / len(got) if got else float("nan")
         samples[name] = got
         if adapter:
             pool += got
 
     # 4. keep, confirm, hand to the store
     run.set_status("running", message="keeping and confirming")
-    kept = select_kept(pool, threshold=config.threshold, u_z_min=config.u_z_min, max_jaccard=config.dedupe_jaccard,
-                       per_prompt=config.cap_per_prompt, total=config.cap_total)
+    kept = keep.select(pool, threshold)
     target = rms[0]
     del engine, rms, policy  # the judge's turn: the policy and the penalty RMs are done
     gc.collect()
@@ -405,7 +362,7 @@ def run_attack(config: AttackConfig, run: RunDir) -> AttackResult:
     write_jsonl(run.path / KEPT_FILE, records)
     run.set_status("running", message="judging the fresh samples")
     judged = judge_candidates(samples.get("final", []) + samples.get("base", []), pairs, target, judge, base_ppl, rules,
-                              config.threshold, config.u_z_min)
+                              threshold, keep.u_z_min)
     write_jsonl(run.path / SAMPLES_FILE, judged)
     success = {name: [r["success"] for r in judged if r["origin"] == origin]
                for name, origin in (("final", "fresh"), ("base", "base"))}
@@ -414,12 +371,12 @@ def run_attack(config: AttackConfig, run: RunDir) -> AttackResult:
         for f in r["flags"]:
             fired[f["rule"]] = fired.get(f["rule"], 0) + 1
     confirmed = sum(r["confirmed"] for r in records)
-    result = AttackResult(str(run.path / KEPT_FILE), str(steps_path), str(run.checkpoint_path), config.steps, len(prompts),
+    result = AttackResult(str(run.path / KEPT_FILE), str(steps_path), str(run.checkpoint_path), rl.steps, len(prompts),
                           len(records), confirmed, rates.get("final", float("nan")), rates.get("base", float("nan")),
                           sum(window) / len(window) if window else float("nan"),
                           confirmed / len(records) if records else float("nan"), fired, base_ppl,
                           _share(success["final"]), _share(success["base"]), time.perf_counter() - start,
-                          rl_seconds / config.steps, time.process_time() - cpu_start)
+                          rl_seconds / rl.steps, time.process_time() - cpu_start)
     run.log(f"kept {len(records)} ({confirmed} confirmed); pass rate {result.pass_rate:.3f} vs base {result.base_pass_rate:.3f}")
     return result
 

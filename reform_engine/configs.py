@@ -11,6 +11,10 @@ and data): they are no flags, and a value given for them is replaced.
     add_config_args(parser, cls), config_from_args(cls, args)    argparse, for the CLI
     config_argv(config)         the flags that rebuild ``config`` (jobs.command_line)
     config_from_dict(cls, d)    a config from its JSON (the store's job rows, run directories' config.json)
+
+A config whose own fields moved into nested groups, under the same names, lists those groups in a
+``MOVED_INTO: ClassVar[tuple[str, ...]]``; ``config_from_dict`` then puts an old flat key into the
+group that has it, so JSON stored before the move still loads (AttackConfig).
 """
 from __future__ import annotations
 
@@ -197,6 +201,7 @@ def config_from_dict(cls: type, data: Any, defaults: Any = None) -> Any:
                              fix=f"pass a {cls.__name__} or a dict of its fields.")
     hints = typing.get_type_hints(cls)
     fields_ = {f.name: f for f in dataclasses.fields(cls)}
+    data = _regrouped(cls, data, fields_, hints)
     unknown = sorted(set(data) - set(fields_))
     if unknown:
         raise JobConfigError(f"{cls.__name__} has no field(s) {unknown}.", fix=f"use fields of {cls.__name__}.")
@@ -216,3 +221,21 @@ def config_from_dict(cls: type, data: Any, defaults: Any = None) -> Any:
         elif defaults is not None:
             kwargs[name] = base
     return cls(**kwargs)
+
+
+def _regrouped(cls: type, data: dict, fields_: dict, hints: dict) -> dict:
+    """``data`` with each old flat key of ``cls.MOVED_INTO``'s groups moved into its group's dict; a
+    setting given both ways is refused (which one was meant is unknown)."""
+    out = dict(data)
+    for group in getattr(cls, "MOVED_INTO", ()):
+        names = {f.name for f in dataclasses.fields(_plain(hints[group])[0])}
+        moved = {k: out.pop(k) for k in list(out) if k in names and k not in fields_}
+        if not moved:
+            continue
+        given = out.get(group, {})
+        both = sorted(moved) if not isinstance(given, dict) else sorted(set(moved) & set(given))
+        if both:
+            raise JobConfigError(f"{cls.__name__} is given {both} both in {group} and outside it.",
+                                 fix=f"give them once, in {group}.")
+        out[group] = {**moved, **given}
+    return out

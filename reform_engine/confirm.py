@@ -16,6 +16,7 @@ classes take them without defaults, so each threshold has one home.
 """
 from __future__ import annotations
 
+import math
 import re
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -77,6 +78,35 @@ def select_kept(candidates: Sequence[Candidate], *, threshold: float, u_z_min: f
         grams.append(g)
         per[c.prompt_index] += 1
     return kept
+
+
+@dataclass
+class KeepConfig:
+    """Which of an attack's samples are candidates, and the filter, near-duplicate removal and caps
+    that pick the kept ones among them (select_kept)."""
+
+    keep_last: float = setting(0.5, "rollouts of the last half of the steps are candidates: the early ones are still much "
+                                    "like pi0's")
+    fresh_samples: int = setting(4, "per prompt, from the final policy (candidates) and from pi0 (the base pass rate)")
+    u_z_min: float = setting(1.96, "keep when the disagreement's z-score exceeds this (two-sided 5%)")
+    dedupe_jaccard: float = setting(0.8, "character-trigram Jaccard at or above which two samples are one")
+    cap_per_prompt: int = setting(4, "at most this many pairs per prompt")
+    cap_total: int = setting(200, "and at most this many in total")
+
+    def __post_init__(self):
+        checks = [(0 <= self.keep_last <= 1, "keep_last must be a share in [0, 1]"),
+                  (self.fresh_samples >= 0, "fresh_samples must be >= 0 (0 = no fresh samples, no pass rates)"),
+                  (math.isfinite(self.u_z_min), "u_z_min must be finite (1.96: two-sided 5%)"),
+                  (self.cap_per_prompt >= 1 and self.cap_total >= 1, "cap_per_prompt and cap_total must be >= 1"),
+                  (0 < self.dedupe_jaccard <= 1, "dedupe_jaccard must be in (0, 1] (1 drops exact duplicates only)")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"KeepConfig: {message}")
+
+    def select(self, candidates: Sequence[Candidate], threshold: float) -> list[Candidate]:
+        """select_kept with these settings; ``threshold``: the reward's T."""
+        return select_kept(candidates, threshold=threshold, u_z_min=self.u_z_min, max_jaccard=self.dedupe_jaccard,
+                           per_prompt=self.cap_per_prompt, total=self.cap_total)
 
 
 # --------------------------------------------------------------------------- rules
@@ -155,44 +185,70 @@ class Repetition(Rule):
         return None
 
 
-class NoPunctuation(Rule):
+class _WordRun(Rule):
+    """A run of at least ``least`` words with some property (``run`` finds it): a rule whose one
+    threshold is a run's length in words, so at least 2 (one word is no run)."""
+
+    def __init__(self, least: int, arg: str, fix: str):
+        self.least = _at_least_two(arg, least, fix)
+
+    @abstractmethod
+    def run(self, text: str, context: RuleContext) -> list[str]:
+        """-> the run of words the rule judges ([] = none)."""
+
+    @abstractmethod
+    def evidence(self, run: list[str]) -> str: ...
+
+    def needed(self, context: RuleContext) -> int:
+        return self.least
+
+    def __call__(self, text: str, context: RuleContext) -> Flag | None:
+        run = self.run(text, context)
+        return self.flag(self.evidence(run)) if run and len(run) >= self.needed(context) else None
+
+
+class NoPunctuation(_WordRun):
     """``span`` words or more in a row without any sentence punctuation."""
 
     name = "no punctuation"
 
     def __init__(self, span: int):
-        self.span = _at_least_two("span", span, "use a span of at least 2 words")
+        super().__init__(span, "span", "use a span of at least 2 words")
 
-    def __call__(self, text: str, context: RuleContext) -> Flag | None:
-        for chunk in re.split(r"[.,;:!?…()\"\n]+", text):
-            words = chunk.split()
-            if len(words) >= self.span:
-                return self.flag(f"{len(words)} words without punctuation from {_quote(' '.join(words[:8]))}")
-        return None
+    def run(self, text: str, context: RuleContext) -> list[str]:  # the first long enough
+        chunks = (chunk.split() for chunk in re.split(r"[.,;:!?…()\"\n]+", text))
+        return next((words for words in chunks if len(words) >= self.least), [])
+
+    def evidence(self, run: list[str]) -> str:
+        return f"{len(run)} words without punctuation from {_quote(' '.join(run[:8]))}"
 
 
-class PromptEcho(Rule):
+class PromptEcho(_WordRun):
     """``min_words`` words of the prompt repeated verbatim (or the whole prompt when it is shorter)."""
 
     name = "prompt echo"
 
     def __init__(self, min_words: int):
-        self.min_words = _at_least_two("min_words", min_words, "an echo needs at least 2 words")
+        super().__init__(min_words, "min_words", "an echo needs at least 2 words")
 
-    def __call__(self, text: str, context: RuleContext) -> Flag | None:
+    def needed(self, context: RuleContext) -> int:
+        a = _words(context.prompt)
+        return min(self.least, len(a)) if len(a) >= 3 else self.least
+
+    def run(self, text: str, context: RuleContext) -> list[str]:  # the longest common run of words
         a, b = _words(context.prompt), _words(text)
-        need = min(self.min_words, len(a)) if len(a) >= 3 else self.min_words
         best, where = 0, 0
-        for i in range(len(a)):  # longest common run of words
+        for i in range(len(a)):
             for j in range(len(b)):
                 n = 0
                 while i + n < len(a) and j + n < len(b) and a[i + n] == b[j + n]:
                     n += 1
                 if n > best:
                     best, where = n, i
-        if best >= need:
-            return self.flag(f"repeats {best} words of the prompt: {_quote(' '.join(a[where:where + best]))}")
-        return None
+        return a[where:where + best]
+
+    def evidence(self, run: list[str]) -> str:
+        return f"repeats {len(run)} words of the prompt: {_quote(' '.join(run))}"
 
 
 class _Share(Rule):

@@ -27,6 +27,7 @@ from typing import Sequence
 
 import torch
 
+from .configs import setting
 from .data import DataError
 from .layer_stack import Stack, attention_mask, prefill_mask, run_layers, shared_depth
 from .scoring import collate, encode, encode_prompt, score_sequences
@@ -43,6 +44,36 @@ def sentence_end_ids(tokenizer) -> tuple[list[int], list[int]]:
     ends = [i for i, p in enumerate(pieces) if p.strip() and SENTENCE_END.search(p)]
     digits = [i for i, p in enumerate(pieces) if ENDS_IN_DIGIT.search(p)]
     return ends, digits
+
+
+@dataclass
+class ResponseConfig:
+    """How long a sampled response may be and what ends it (RolloutEngine.sample's keywords): the same
+    for every sample an attack draws, pi0's base samples, the RL rollouts and the fresh samples."""
+
+    max_new_tokens: int = setting(48, "rollout length: the RM's verdict on short responses, at CPU cost")
+    sentence_window: int = setting(16, "a sentence end (. ! ?) in the last this many tokens also ends a response; 0 = EOS only "
+                                       "(the paper). SmolLM2 rarely says EOS within 48 tokens on HH (benchmarks/RESULTS.md)")
+
+    def __post_init__(self):
+        if self.max_new_tokens < 2:
+            raise ValueError("ResponseConfig: max_new_tokens must be >= 2")
+        if self.sentence_window < 0:
+            raise ValueError("ResponseConfig: sentence_window must be >= 0 (0 = only EOS ends a response)")
+
+
+@dataclass
+class AdapterConfig:
+    """The LoRA adapter an adversary policy trains (build_policy's ``lora_*``). Not RewardModelSpec's
+    LoRA fields: those are part of a reward model's checkpoint record, with its own defaults."""
+
+    lora_layers: int = setting(4, "LoRA on the top N layers: the trunk below is shared with pi0 and the RMs")
+    lora_r: int = setting(8, "a small adapter: the adversary moves the policy, it does not retrain it")
+    lora_alpha: int = setting(16, "LoRA scale: alpha / r = 2, as train-rm's default")
+
+    def __post_init__(self):
+        if not (self.lora_layers >= 1 and self.lora_r >= 1 and self.lora_alpha >= 1):
+            raise ValueError("AdapterConfig: lora_layers, lora_r and lora_alpha must be >= 1")
 
 
 def build_policy(name: str, *, lora_layers: int, lora_r: int, lora_alpha: int, device: str = "auto",

@@ -71,12 +71,31 @@ def save_attack_models(root: str | Path) -> dict:
 
 
 def tiny_attack(models: dict, **overrides) -> dict:
-    """An AttackConfig's fields for a few-second attack on the tiny models; a filter so loose that
-    every sample ending in EOS passes (the tests are about the plumbing, not the attack's strength)."""
-    return {"target_rm": models["target"], "penalty_rms": models["penalties"], "judge_rm": models["judge"],
-            "policy": models["policy"], "data": models["data"], "prompts": 4, "steps": 4, "group_size": 2, "prompts_per_step": 2,
-            "max_new_tokens": 10, "base_samples": 4, "fresh_samples": 2, "threshold": -10.0, "u_z_min": -10.0,
-            "lora_layers": 1, "lora_r": 2, "lora_alpha": 4, "lr": 1e-2, "runtime": Runtime(device="cpu", threads=1), **overrides}
+    """An AttackConfig's JSON (its groups as dicts) for a few-second attack on the tiny models; a filter
+    so loose that every sample ending in EOS passes (the tests are about the plumbing, not the attack's
+    strength). ``overrides``: fields, a group's dict merging into the group (``rloo={"steps": 2}``)."""
+    from dataclasses import fields
+
+    from reform_engine.attack import AttackConfig
+
+    config = {"target_rm": models["target"], "penalty_rms": models["penalties"], "judge_rm": models["judge"],
+              "policy": models["policy"], "data": models["data"], "prompts": 4,
+              "reward": {"base_samples": 4, "threshold": -10.0},
+              "rloo": {"steps": 4, "group_size": 2, "prompts_per_step": 2, "lr": 1e-2}, "response": {"max_new_tokens": 10},
+              "adapter": {"lora_layers": 1, "lora_r": 2, "lora_alpha": 4}, "keep": {"fresh_samples": 2, "u_z_min": -10.0},
+              "runtime": Runtime(device="cpu", threads=1)}
+    for name, value in overrides.items():
+        assert name in {f.name for f in fields(AttackConfig)}, f"{name} is no AttackConfig field: give it in its group"
+        config[name] = config[name] | value if isinstance(value, dict) and isinstance(config.get(name), dict) else value
+    return config
+
+
+def tiny_attack_config(models: dict, **overrides):
+    """tiny_attack's AttackConfig."""
+    from reform_engine.attack import AttackConfig
+    from reform_engine.configs import config_from_dict
+
+    return config_from_dict(AttackConfig, tiny_attack(models, **overrides))
 
 
 def save_compared_runs(root: str | Path) -> dict:
@@ -109,6 +128,6 @@ def save_compared_runs(root: str | Path) -> dict:
                                 runtime=Runtime(device="cpu", threads=1)), pipeline)
     base = str(pipeline / "base" / "checkpoint")
     rounds = root / "rounds"
-    run_adv_rounds(AdvRoundsConfig(attack=AttackConfig(**tiny_attack(models, target_rm=base)), rounds=1, final_attack=False,
+    run_adv_rounds(AdvRoundsConfig(attack=tiny_attack_config(models, target_rm=base), rounds=1, final_attack=False,
                                    confirmed_only=False, robustness=robustness), rounds)
     return {"pipeline": pipeline, "rounds": rounds, "base": base, "models": models}

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from adversary_support import save_attack_models, tiny_attack
+from adversary_support import save_attack_models, tiny_attack_config
 from reform_engine.adv_rounds import BASELINE, AdvRoundsConfig, run_adv_rounds
-from reform_engine.attack import AttackConfig, read_kept
+from reform_engine.attack import read_kept
 from reform_engine.confirm import ConfirmConfig
 from reform_engine.reports import job_results
 from reform_engine.robustness import RobustnessConfig
@@ -20,7 +20,7 @@ def models(tmp_path_factory) -> dict:
 def rounds_config(models, attack: dict | None = None, **fields) -> AdvRoundsConfig:
     """Rounds on the tiny models: 8 pairs, the first 6 to train on (the attack takes prompts 0-3 of
     them), rows 6-7 held out; the target was not trained here, so its recipe is its spec on those rows."""
-    return AdvRoundsConfig(attack=AttackConfig(**tiny_attack(models, **(attack or {}))), data=models["data"], train_rows="0:6",
+    return AdvRoundsConfig(attack=tiny_attack_config(models, **(attack or {})), data=models["data"], train_rows="0:6",
                            **{"robustness": RobustnessConfig(reward_model="", perturbations="capitalization,verbosity"),
                               "runtime": Runtime(device="cpu", threads=1), **fields})
 
@@ -55,7 +55,7 @@ def test_two_rounds_retrain_on_every_pair_so_far_and_report_each_round_and_each_
 
     # round 2 attacks round 1's RM and retrains the base's recipe from scratch on all the pairs so far
     assert read_json(run / "attack_r2" / "config.json")["target_rm"] == r1["retrained"]
-    assert read_json(run / "attack_r1_lambda0" / "config.json")["penalty_weight"] == 0.0
+    assert read_json(run / "attack_r1_lambda0" / "config.json")["reward"]["penalty_weight"] == 0.0
     retrain2 = read_json(run / "retrain_r2" / "config.json")
     assert (retrain2["augment_data"], retrain2["init_from"], retrain2["train_rows"]) == (str(run / "pairs_r2.jsonl"), "", "0:6")
     pairs = lines(run / "pairs_r2.jsonl")
@@ -74,7 +74,7 @@ def test_two_rounds_retrain_on_every_pair_so_far_and_report_each_round_and_each_
 
 
 def test_the_rounds_stop_when_the_attack_passes_the_filter_less_often_than_the_floor(models, tmp_path):
-    result = run_adv_rounds(rounds_config(models, {"threshold": 10.0}, pass_floor=0.05), tmp_path / "run")
+    result = run_adv_rounds(rounds_config(models, {"reward": {"threshold": 10.0}}, pass_floor=0.05), tmp_path / "run")
     (row,) = result.rounds
     assert (row["round"], row["pass_rate"], row["added"]) == (1, 0.0, 0)
     assert row["stop"] == "pass rate 0.000 below the floor 0.05: the RM no longer falls for the attack"
@@ -99,8 +99,8 @@ def test_with_confirmed_samples_only_a_round_without_a_confirmed_one_ends_the_ro
 def test_rounds_config_refuses_bad_settings_saying_what_to_do(models, fields, message):
     with pytest.raises(ValueError, match=message):
         rounds_config(models, **fields)
-    with pytest.raises(ValueError, match="attack.fresh_samples must be >= 1"):
-        rounds_config(models, {"fresh_samples": 0})
+    with pytest.raises(ValueError, match="attack.keep.fresh_samples must be >= 1"):
+        rounds_config(models, {"keep": {"fresh_samples": 0}})
 
 
 def test_attack_prompts_among_the_held_out_pairs_are_refused_before_any_attack(models, tmp_path):

@@ -4,9 +4,10 @@ import signal
 
 import pytest
 
-from adversary_support import save_attack_models, tiny_attack
+from adversary_support import save_attack_models, tiny_attack, tiny_attack_config
 from job_support import wait_for
 from reform_engine.attack import KEPT_FILE, SAMPLES_FILE, STEPS_FILE, AttackConfig, read_kept, read_steps, run_attack
+from reform_engine.configs import JobConfigError, config_from_dict
 from reform_engine.curation import new_pair, queue
 from reform_engine.jobs import cancel_job, ingest_results, process_alive, refresh_job, start_job
 from reform_engine.runs import read_json
@@ -32,19 +33,52 @@ def store(tmp_path):
     (dict(penalty_rms="a,a"), r"give at least 2 different checkpoints"),
     (dict(penalty_rms="t,b"), r"the target RM is among the penalty RMs"),
     (dict(judge_rm="b"), r"the judge RM is also in the reward"),
-    (dict(group_size=1), r"group_size must be >= 2: leave-one-out needs another rollout"),
-    (dict(base_samples=1), r"base_samples must be >= 2"),
-    (dict(penalty_weight=1.0), r"penalty_weight=1.0: use 0 \(the over-optimisation baseline\) or > 1"),
-    (dict(penalty_weight=3.0), r"below_cost=5.0: make C > 0 and > penalty_weight \* clip_high = 6"),
-    (dict(keep_last=1.5), r"keep_last must be a share in \[0, 1\]"),
+    (dict(rloo={"group_size": 1}), r"group_size must be >= 2: leave-one-out needs another rollout"),
+    (dict(reward={"base_samples": 1}), r"base_samples must be >= 2"),
+    (dict(reward={"penalty_weight": 1.0}), r"penalty_weight=1.0: use 0 \(the over-optimisation baseline\) or > 1"),
+    (dict(reward={"penalty_weight": 3.0}), r"below_cost=5.0: make C > 0 and > penalty_weight \* clip_high = 6"),
+    (dict(keep={"keep_last": 1.5}), r"keep_last must be a share in \[0, 1\]"),
 ])
 def test_attack_config_refuses_bad_settings_saying_what_to_do(fields, message):
     with pytest.raises(ValueError, match=message):
-        AttackConfig(**({"target_rm": "t", "penalty_rms": "a,b"} | fields))
+        config_from_dict(AttackConfig, {"target_rm": "t", "penalty_rms": "a,b"} | fields)
+
+
+# an attack's config as stored before its settings were grouped: job rows and run directories' config.json
+FLAT = {"target_rm": "t", "penalty_rms": "a,b", "judge_rm": "j", "prompts": 5, "penalty_weight": 3.0, "kl_weight": 0.1,
+        "threshold": 0.5, "below_cost": 7.0, "clip_low": -1.0, "clip_high": 1.5, "sd_floor": 0.5, "base_samples": 6,
+        "group_size": 3, "prompts_per_step": 1, "steps": 7, "max_new_tokens": 20, "sentence_window": 0, "lr": 0.001,
+        "max_grad_norm": 0.5, "save_every": 2, "lora_layers": 2, "lora_r": 4, "lora_alpha": 8, "keep_last": 0.25,
+        "fresh_samples": 3, "u_z_min": 1.0, "dedupe_jaccard": 0.9, "cap_per_prompt": 2, "cap_total": 9,
+        "confirm": {"rules": "capitals"}, "runtime": {"device": "cpu", "seed": 3}}
+
+
+def test_an_attack_config_stored_flat_before_its_groups_loads_with_the_same_values(tmp_path):
+    from reform_engine.adv_rounds import read_rounds_config
+
+    config = config_from_dict(AttackConfig, FLAT)  # as jobs.py reads a stored job row
+    assert vars(config.reward) == {"penalty_weight": 3.0, "kl_weight": 0.1, "threshold": 0.5, "below_cost": 7.0,
+                                   "clip_low": -1.0, "clip_high": 1.5, "sd_floor": 0.5, "base_samples": 6}
+    assert vars(config.rloo) == {"group_size": 3, "prompts_per_step": 1, "steps": 7, "lr": 0.001, "max_grad_norm": 0.5,
+                                 "save_every": 2}
+    assert vars(config.response) == {"max_new_tokens": 20, "sentence_window": 0}
+    assert vars(config.adapter) == {"lora_layers": 2, "lora_r": 4, "lora_alpha": 8}
+    assert vars(config.keep) == {"keep_last": 0.25, "fresh_samples": 3, "u_z_min": 1.0, "dedupe_jaccard": 0.9,
+                                 "cap_per_prompt": 2, "cap_total": 9}
+    assert (config.judge_rm, config.prompts, config.confirm.rules, config.runtime.seed) == ("j", 5, "capitals", 3)
+    (tmp_path / "config.json").write_text(json.dumps({"attack": FLAT, "data": "d.jsonl", "train_rows": "0:6"}))
+    assert read_rounds_config(tmp_path).attack.rloo == config.rloo  # an adv-rounds run directory, as compare reads it
+
+
+def test_flat_settings_join_the_ones_given_in_their_group_and_one_given_both_ways_is_refused():
+    config = config_from_dict(AttackConfig, {"target_rm": "t", "penalty_rms": "a,b", "steps": 7, "rloo": {"lr": 0.5}})
+    assert (config.rloo.steps, config.rloo.lr, config.rloo.group_size) == (7, 0.5, 4)
+    with pytest.raises(JobConfigError, match=r"AttackConfig is given \['steps'\] both in rloo and outside it"):
+        config_from_dict(AttackConfig, {"target_rm": "t", "penalty_rms": "a,b", "steps": 7, "rloo": {"steps": 9}})
 
 
 def test_an_attack_writes_its_step_metrics_kept_samples_and_adapter(models, tmp_path):
-    result = run_attack(AttackConfig(**tiny_attack(models)), tmp_path / "run")
+    result = run_attack(tiny_attack_config(models), tmp_path / "run")
     steps = read_steps(tmp_path / "run")
     assert [s["step"] for s in steps] == [1, 2, 3, 4] and all(set(s) == STEP_KEYS for s in steps)
     assert all(0 <= s["eos_rate"] <= 1 and s["kl"] >= 0 and s["length"] > 0 for s in steps)
@@ -79,7 +113,7 @@ def test_an_attack_writes_its_step_metrics_kept_samples_and_adapter(models, tmp_
 
 
 def test_the_over_optimisation_arm_runs_with_penalty_weight_zero(models, tmp_path):
-    result = run_attack(AttackConfig(**tiny_attack(models, penalty_weight=0.0, judge_rm="", steps=2)), tmp_path / "run")
+    result = run_attack(tiny_attack_config(models, reward={"penalty_weight": 0.0}, judge_rm="", rloo={"steps": 2}), tmp_path / "run")
     assert result.steps == 2 and all(s["penalty_term"] == 0.0 for s in read_steps(tmp_path / "run"))
     assert all(r["judge_sample"] is None for r in read_kept(tmp_path / "run"))  # no judge: the rules alone confirm
 
@@ -103,7 +137,7 @@ def test_kept_samples_reach_the_store_and_the_curation_queue_as_adv_rm_pairs(mod
 
 
 def test_an_attack_survives_cancel_and_kill_like_the_other_jobs(models, store):
-    long = tiny_attack(models, steps=100_000)
+    long = tiny_attack(models, rloo={"steps": 100_000})
     job_id = start_job(store, "attack", long)
     run_dir = store.get_job(job_id)["run_dir"]
     wait_for(store, job_id, until=lambda j: len(read_steps(run_dir)) >= 1)
