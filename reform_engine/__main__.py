@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("queue", help="look at the project's jobs (REFORM_PROJECT_DIR) and start queued ones that have a free slot")
     commands = {}
     for name, job in jobs().items():
-        commands[name] = sub.add_parser(name, help=job.help, description=f"{job.help}. Every flag is a field of "
+        said = job.help.replace("%", "%%")  # argparse formats help with %: "p%" would break --help
+        commands[name] = sub.add_parser(name, help=said, description=f"{said}. Every flag is a field of "
                                         f"{job.config.__name__}; a nested config's fields are --group.field.")
         commands[name].add_argument("--run-dir", required=True, help="where config, status, log, metrics and checkpoint go")
         add_config_args(commands[name], job.config)

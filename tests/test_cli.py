@@ -80,3 +80,14 @@ def test_backup_restore_and_export_decisions_from_the_command_line(tmp_path, cap
     assert "1 decision(s) written" in capsys.readouterr().out
     (row,) = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert (row["decision"], row["reviewer"], row["variant_text"]) == ("approve", "ann", "fine")
+
+
+def test_the_top_level_help_lists_every_job_even_one_whose_help_says_a_percentage(capsys):
+    from reform_engine.registry import jobs
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps long lines
+    assert "select lowest/random/highest p%" in out
+    assert all(name in out for name in jobs())
