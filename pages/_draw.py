@@ -164,29 +164,48 @@ def trace_figure(traces: Sequence[tuple], references: dict[str, float] | None = 
     return fig
 
 
+def _error_y(frame, value: str, low: str, high: str) -> dict | None:
+    """Plotly error bars from interval ends (NaN or None where a row has no interval: no bar); None when
+    no row has one (reports written before intervals)."""
+    import numpy as np
+
+    lo, hi = frame[low].astype(float).to_numpy(), frame[high].astype(float).to_numpy()
+    if np.isnan(lo).all():
+        return None
+    v = frame[value].astype(float).to_numpy()
+    return dict(type="data", symmetric=False, array=np.nan_to_num(hi - v).tolist(), arrayminus=np.nan_to_num(v - lo).tolist())
+
+
 def accuracy_figure(summary):
-    """Bar chart of clean accuracy per model, from reports.results_frames' summary frame."""
+    """Bar chart of clean accuracy per model, from reports.results_frames' summary frame, each bar with its
+    95% bootstrap interval over the held-out pairs (when the run wrote per-pair rewards)."""
     import plotly.graph_objects as go
 
+    lows, highs = summary["clean_accuracy_low"].astype(float), summary["clean_accuracy_high"].astype(float)
+    n = summary["n_pairs"].astype(float).fillna(0).astype(int)
     fig = go.Figure(go.Bar(x=summary["label"], y=summary["clean_accuracy"], marker_color=TRACE_STYLES[0][0],
                            text=[f"{a:.1%}" for a in summary["clean_accuracy"]], textposition="outside",
-                           customdata=summary["checkpoint"], hovertemplate="%{x}: %{y:.3f}<br>%{customdata}<extra></extra>"))
-    fig.update_layout(title="Clean accuracy (win rate on the held-out pairs)", yaxis=dict(range=[0, 1.1], title="win rate"),
+                           error_y=_error_y(summary, "clean_accuracy", "clean_accuracy_low", "clean_accuracy_high"),
+                           customdata=[[c, lo, hi, k] for c, lo, hi, k in zip(summary["checkpoint"], lows, highs, n)],
+                           hovertemplate="%{x}: %{y:.3f} [%{customdata[1]:.3f}, %{customdata[2]:.3f}], n = %{customdata[3]}"
+                                         "<br>%{customdata[0]}<extra></extra>"))
+    fig.update_layout(title="Clean accuracy (win rate on the held-out pairs, 95% CI)", yaxis=dict(range=[0, 1.1], title="win rate"),
                       height=340, margin=dict(l=10, r=10, t=40, b=10))
     return fig
 
 
 def drop_figure(drops):
     """Grouped bars of the win-rate drop per perturbation, one colour per model, from reports.results_frames'
-    drops frame. The legend stands right of the bars: above them it ran into the title."""
+    drops frame, each with its 95% bootstrap interval when the run has one. The legend stands right of
+    the bars: above them it ran into the title."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
     for n, (label, rows) in enumerate(drops.groupby("label", sort=False)):
         fig.add_trace(go.Bar(name=label, x=rows["perturbation"], y=rows["drop"], marker_color=OKABE_ITO[n % len(OKABE_ITO)],
-                             hovertemplate="%{x}: %{y:+.3f}<extra>" + html.escape(str(label)) + "</extra>"))
+                             error_y=_error_y(rows, "drop", "low", "high"), hovertemplate="%{x}: %{y:+.3f}<extra>" + html.escape(str(label)) + "</extra>"))
     fig.add_hline(y=0, line_color="#616161")
-    fig.update_layout(title="Win-rate drop per perturbation (lower is more robust)", barmode="group", height=380,
+    fig.update_layout(title="Win-rate drop per perturbation (lower is more robust; 95% CI)", barmode="group", height=380,
                       yaxis_title="clean − perturbed win rate", margin=dict(l=10, r=10, t=40, b=10),
                       legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"))
     return fig

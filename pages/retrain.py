@@ -39,6 +39,12 @@ def start(kind: str, config, what: str) -> None:
                     message=lambda i: f"Started job #{i}: {what}. Progress below; results appear when it ends.")
 
 
+def interval_text(summary, column: str) -> list[str]:
+    """'[low, high]' of each row's 95% interval of ``column`` ('' where the run has none)."""
+    return ["" if lo is None or hi is None or lo != lo or hi != hi else f"[{lo:.3f}, {hi:.3f}]"
+            for lo, hi in zip(summary[f"{column}_low"], summary[f"{column}_high"])]
+
+
 def perturbation_picker(key: str) -> str:
     names = st.multiselect("Perturbations", list(PERTURBATIONS), default=list(PERTURBATIONS), key=key,
                            help="; ".join(f"{n}: {p.description} ({p.side})" for n, p in PERTURBATIONS.items()))
@@ -185,11 +191,15 @@ else:
         c1, c2 = st.columns([2, 3])
         c1.plotly_chart(accuracy_figure(summary), key="retrain_accuracy_chart")
         c2.plotly_chart(drop_figure(drops), key="retrain_drop_chart")
-        st.dataframe(summary[["label", "clean_accuracy", "mean_drop", "drop_vs_base", "checkpoint"]], hide_index=True,
+        shown = summary.assign(**{f"{c} 95% CI": interval_text(summary, c) for c in ("clean_accuracy", "mean_drop", "drop_vs_base")})
+        st.dataframe(shown[["label", "n_pairs", "clean_accuracy", "clean_accuracy 95% CI", "mean_drop", "mean_drop 95% CI",
+                            "drop_vs_base", "drop_vs_base 95% CI", "checkpoint"]], hide_index=True,
                      key="retrain_summary", column_config={
+                         "n_pairs": st.column_config.NumberColumn("held-out pairs"),
                          "clean_accuracy": st.column_config.NumberColumn("clean accuracy", format="%.3f"),
                          "mean_drop": st.column_config.NumberColumn("mean win-rate drop", format="%+.3f"),
-                         "drop_vs_base": st.column_config.NumberColumn("drop ÷ base's", format="%.2f")})
+                         "drop_vs_base": st.column_config.NumberColumn("drop ÷ base's", format="%.2f",
+                                                                       help="its interval: paired bootstrap over the same pairs")})
 
 # ------------------------------------------------------------------ history
 st.subheader("Run history")

@@ -278,6 +278,11 @@ def test_retrain_page_retrains_on_approved_pairs_and_charts_base_vs_retrained(en
     assert summary["label"].tolist() == [f"#{job} base", f"#{job} retrained"]
     report = json.loads((Path(ended["run_dir"]) / "report.json").read_text())
     assert summary["clean_accuracy"].tolist() == [r["clean_accuracy"] for r in report["summary"]]
+    ci = report["models"][1]["intervals"]["clean_accuracy"]   # each value with its 95% interval, in the table and as error bars
+    assert summary["clean_accuracy 95% CI"].tolist()[1] == f"[{ci['low']:.3f}, {ci['high']:.3f}]"
+    assert summary["n_pairs"].tolist() == [report["models"][0]["n_pairs"]] * 2 and report["models"][0]["n_pairs"] > 0
+    accuracy = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+    assert accuracy["error_y"]["array"][1] == pytest.approx(ci["high"] - ci["estimate"])
     assert {r["perturbation"] for r in report["drops"]} == {"verbosity", "capitalization"}
     assert table(at, "minutes")["kind"].tolist() == ["retrain"]
     assert any("==> log.txt <==" in c.value and "stage retrain" in c.value for c in at.code)  # the job's log tail

@@ -1,7 +1,8 @@
+import pytest
 """The pages' figure builders (pages/_draw.py): pure functions, checked without a browser."""
 import pandas as pd
 
-from pages._draw import drop_figure, loss_figure, trace_figure
+from pages._draw import accuracy_figure, drop_figure, loss_figure, trace_figure
 
 
 def test_two_traces_get_distinct_colour_blind_safe_colours_dashes_and_markers():
@@ -32,7 +33,7 @@ def test_the_x_axis_names_tokens_when_few_and_traces_can_sit_at_aligned_position
 
 
 def test_the_drop_charts_legend_stands_right_of_the_bars_clear_of_the_title():
-    drops = pd.DataFrame([{"label": label, "perturbation": p, "drop": d} for label, p, d in
+    drops = pd.DataFrame([{"label": label, "perturbation": p, "drop": d, "low": None, "high": None} for label, p, d in
                           [("#1 base", "verbosity", 0.25), ("#1 base", "capitalization", 0.0),
                            ("#1 retrained", "verbosity", 0.125), ("#1 retrained", "capitalization", -0.125)]])
     fig = drop_figure(drops)
@@ -50,3 +51,20 @@ def test_the_loss_figure_draws_every_step_faint_and_its_running_mean_per_model()
         ("retrain: every step", "#E69F00", False), ("retrain", "#E69F00", None)]
     assert list(fig.data[0].y) == [1.0, 0.5, 0.25, 0.25] and list(fig.data[1].y) == [1.0, 0.75, 0.375, 0.25]
     assert list(fig.data[3].x) == [1, 2] and list(fig.data[3].y) == [0.5, 0.375]
+
+
+def test_accuracy_and_drop_bars_carry_their_intervals_and_a_report_without_them_draws_plain_bars():
+    summary = pd.DataFrame([
+        {"label": "#1 base", "checkpoint": "b", "n_pairs": 300, "clean_accuracy": 0.7, "clean_accuracy_low": 0.65,
+         "clean_accuracy_high": 0.75},
+        {"label": "#1 reform", "checkpoint": "r", "n_pairs": 300, "clean_accuracy": 0.72, "clean_accuracy_low": 0.66,
+         "clean_accuracy_high": 0.77}])
+    bar = accuracy_figure(summary).data[0]
+    assert list(bar.error_y.array) == pytest.approx([0.05, 0.05]) and list(bar.error_y.arrayminus) == pytest.approx([0.05, 0.06])
+    assert [list(c) for c in bar.customdata] == [["b", 0.65, 0.75, 300], ["r", 0.66, 0.77, 300]]
+    old = summary.assign(clean_accuracy_low=None, clean_accuracy_high=None, n_pairs=None)
+    assert accuracy_figure(old).data[0].error_y.array is None
+    drops = pd.DataFrame([{"label": "#1 base", "perturbation": "verbosity", "drop": 0.2, "low": 0.1, "high": 0.35},
+                          {"label": "#1 base", "perturbation": "capitalization", "drop": 0.0, "low": None, "high": None}])
+    error = drop_figure(drops).data[0].error_y
+    assert list(error.array) == pytest.approx([0.15, 0.0]) and list(error.arrayminus) == pytest.approx([0.1, 0.0])
