@@ -8,7 +8,8 @@ wrote re-runs whenever that upstream stage ran afresh.
 Each compared model gets a :class:`ModelReport` from its robustness stage, and the parent writes
 ``report.json`` through :meth:`Stages.write_report`, one schema for every such job::
 
-    models    [{name, checkpoint, augment_pairs, clean_accuracy, mean_drop, drops, indicators}]
+    models    [{name, checkpoint, augment_pairs, clean_accuracy, mean_drop, drops, indicators, n_pairs,
+               intervals: 95% bootstrap of accuracy and drops, paired vs the base (robustness_intervals)}]
     stages    [{name, seconds, reused}]
     variants  {strategy: variant stats}          (empty when the job decodes none)
     rounds    [{round, target, pass_rate, ...}]   (adv-rounds: one row per attack; empty for the others)
