@@ -352,3 +352,16 @@ def test_upload_names_are_cut_to_fit_and_keep_their_extension(tmp_path):
     assert upload_file_name("é" * 300 + ".JSON", b"") == "e3b0c44298fc1c14-" + "_" + ".JSON"  # a run of unsafe characters is one '_'
     path = save_upload("y" * 300 + ".jsonl", row, tmp_path)
     assert len(path.name) == 17 + UPLOAD_NAME_CHARS and path.name.endswith("y.jsonl") and len(load_preferences(path)) == 1
+
+
+def test_split_rows_trains_on_the_first_80_percent_and_holds_out_the_rest():
+    from reform_engine.data import DEMO_PATH, split_rows
+
+    pairs = load_preferences(str(DEMO_PATH)).pairs
+    assert split_rows(pairs) == ("0:132", "132:165")
+    assert split_rows(select_rows(pairs, "10:20")) == ("10:18", "18:20")
+    assert split_rows(pairs[:2]) == ("0:1", "1:2")
+    with pytest.raises(DataError, match="1 pair\\(s\\) cannot be split"):
+        split_rows(pairs[:1])
+    with pytest.raises(ValueError, match="train_share=1"):
+        split_rows(pairs, 1)
