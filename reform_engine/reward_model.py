@@ -42,6 +42,9 @@ FINETUNE_MODES = ("lora", "head", "full")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SPEC_FILE = "reward_model.json"
 BACKBONE_FILE = "backbone.json"
+# The demo RM shipped with the repo (data/README.md has its card): LoRA + head on the offline SmolLM2, trained by
+# train-rm on rows 0:132 of the demo set, so the app has a reward model before anyone trains one.
+DEMO_RM_PATH = Path(__file__).resolve().parent.parent / "data" / "demo_rm" / "checkpoint"
 _SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                "intermediate_size", "vocab_size")
 
@@ -176,6 +179,7 @@ class CausalRewardModel(nn.Module):
                 adapter_config = tmp / "adapter" / "adapter_config.json"  # PEFT records the local path: name it instead
                 config = json.loads(adapter_config.read_text())
                 adapter_config.write_text(json.dumps({**config, "base_model_name_or_path": self.spec.base_model}, indent=2))
+                (tmp / "adapter" / "README.md").unlink(missing_ok=True)  # PEFT's empty model card, holding only that path
             elif self.spec.finetune == "full":
                 self.backbone.save_pretrained(tmp / "backbone", safe_serialization=True)
             if self.spec.finetune != "full" and self.backbone_fingerprint is not None:

@@ -172,7 +172,8 @@ def test_init_from_and_retrain_refuse_a_checkpoint_that_asks_for_remote_code(rem
                              runtime=Runtime(device="cpu"))
     _refused_naming_every_file(lambda: train_reward_model(init, tmp_path / "init-run"), ckpt, remote_code_model[0])
     for mode in ("finetune", "scratch"):
-        config = RetrainConfig(base_rm=str(ckpt), augment_data=str(data), data=str(data), retrain=RetrainRecipe(mode=mode),
+        config = RetrainConfig(base_rm=str(ckpt), augment_data=str(data), data=str(data), train_rows="0:6", eval_rows="6:",
+                               retrain=RetrainRecipe(mode=mode),
                                robustness=RobustnessConfig(reward_model="", max_length=64), runtime=Runtime(device="cpu"))
         with pytest.raises(ModelError, match=f"{remote_code_model[0] / 'config.json'}.*remote code is not allowed"):
             run_retrain(config, tmp_path / f"retrain-{mode}")
@@ -214,6 +215,7 @@ def test_a_checkpoint_names_its_backbone_and_is_refused_on_other_weights(tmp_pat
     assert not (ckpt / "backbone").exists()  # a reference, not a copy
     if finetune == "lora":
         assert json.loads((ckpt / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base)
+        assert sorted(f.name for f in (ckpt / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     save_tiny_model(base, seed=2)  # same shapes, other weights under the same name
     with pytest.raises(ModelError, match=r"was trained on another backbone .*weights sha256 .*Give the model it was trained on"):
         load_reward_model(str(ckpt), device="cpu")
