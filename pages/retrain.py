@@ -117,13 +117,14 @@ with tab_retrain:
         try:
             if not rm_exists(base_rm):
                 raise ValueError(f"no reward model at {base_rm}; give a checkpoint directory written by train-rm")
-            path, n = export_approved(store, Path(s.project_dir) / "curated")
-            config = RetrainConfig(base_rm=base_rm, augment_data=str(path), data=data, train_rows=train_rows,
+            config = RetrainConfig(base_rm=base_rm, augment_data="(the approved pairs)", data=data, train_rows=train_rows,
                                    retrain=RetrainRecipe(mode=mode, finetune_epochs=int(ft_epochs), finetune_lr=float(ft_lr),
                                                          replay=int(replay)),
                                    eval_data=eval_data, eval_rows=eval_rows,
                                    robustness=RobustnessConfig(reward_model="", perturbations=perturbations), runtime=s.runtime())
             config.refuse_overlap(config.training_config())  # an unknown recipe or overlapping rows: refused now, not in the job
+            path, n = export_approved(store, Path(s.project_dir) / "curated")  # only once the run can start
+            config = dataclasses.replace(config, augment_data=str(path))
             started(start_job(store, "retrain", config), f"retrain ({mode}) on {n} approved pairs, then evaluate base and retrained")
         except ValueError as exc:  # bad knobs, nothing approved, StoreError
             show_error(exc, "Not started")
