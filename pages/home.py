@@ -54,7 +54,7 @@ def train_base_rm(s, loaded) -> None:
     defaults = TrainRewardConfig()
     try:
         train_default, held_default = split_rows(loaded[1]) if loaded is not None else (s.rows, held_out_rows(s.rows))
-    except ValueError:  # too few pairs to split: train on all of them, and say so below
+    except ValueError:  # too few pairs to split: train on all of them, nothing held out
         train_default, held_default = s.rows, ""
     c = st.columns(4)
     backbone = c[0].text_input("Backbone (model id or directory)", value=s.policy, key="home_train_model",
