@@ -127,6 +127,8 @@ def test_every_page_in_a_real_browser_and_a_short_decoding(chromium, server, out
                 for direction in ("lower", "raise"):
                     page.get_by_text(f"{direction}: start from").click()
                     page.get_by_role("button", name="Run", exact=True).click()
+                    # this run has started streaming, so the verdict awaited below is its own, not the last run's
+                    expect(page.get_by_text(re.compile(r"step \d+/\d+ · running reward"))).to_be_visible()
                     verdict = page.get_by_text("True inversion").or_(page.get_by_text("Not an inversion"))
                     waits[f"decoding {direction}, alpha {alpha}"] = wait_ready(page, verdict, "Controlled decoding")
                     expect(page.get_by_role("button", name="Send to curation")).to_be_visible()  # the page drew to its end
