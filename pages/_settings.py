@@ -2,7 +2,8 @@
 so a test or a deployment can point the app at any models:
 
     REFORM_POLICY          policy model id or directory        (default: the offline SmolLM2-135M-Instruct)
-    REFORM_REWARD_MODEL    RM checkpoint directory             (default: <project>/runs/base-rm/checkpoint)
+    REFORM_REWARD_MODEL    RM checkpoint directory             (default: <project>/runs/base-rm/checkpoint once the
+                                                                project has trained one there, else the shipped demo RM)
     REFORM_COMPARE_RM      a second RM for side-by-side traces (default: none)
     REFORM_DATA            preference data: file path or hub id (default: the embedded demo set)
     REFORM_ROWS            'a:b' rows of the data to work on   (default: all)
@@ -52,6 +53,25 @@ class Settings:
         return Runtime(device=self.device, trust_remote_code=self.trust_remote_code, seed=seed)
 
 
+def project_rm(project_dir: str) -> Path:
+    """Where Home trains the project's own base RM."""
+    return Path(project_dir) / "runs" / "base-rm" / "checkpoint"
+
+
+def default_reward_model(project_dir: str) -> str:
+    """The project's own base RM when it has trained one, else the demo RM shipped in data/demo_rm/."""
+    from reform_engine.reward_model import DEMO_RM_PATH
+
+    own = project_rm(project_dir)
+    return str(own) if rm_exists(str(own)) else str(DEMO_RM_PATH)
+
+
+def is_demo_rm(path: str) -> bool:
+    from reform_engine.reward_model import DEMO_RM_PATH
+
+    return bool(path) and Path(path).expanduser().resolve() == DEMO_RM_PATH.resolve()
+
+
 def default_settings(env: dict | None = None) -> Settings:
     from reform_engine.models import DEFAULT_MODEL
 
@@ -59,7 +79,7 @@ def default_settings(env: dict | None = None) -> Settings:
     project = env.get("REFORM_PROJECT_DIR") or "project_data"
     limit = env.get("REFORM_SCORE_MAX_LENGTH", "")
     return Settings(policy=env.get("REFORM_POLICY") or DEFAULT_MODEL,
-                    reward_model=env.get("REFORM_REWARD_MODEL") or str(Path(project) / "runs" / "base-rm" / "checkpoint"),
+                    reward_model=env.get("REFORM_REWARD_MODEL") or default_reward_model(project),
                     data=env.get("REFORM_DATA") or str(DEMO_PATH), rows=env.get("REFORM_ROWS", ""), project_dir=project,
                     compare_rm=env.get("REFORM_COMPARE_RM", ""), device=env.get("REFORM_DEVICE") or "auto",
                     trust_remote_code=env.get("REFORM_TRUST_REMOTE_CODE", "").strip().lower() in ("1", "true", "yes", "on"),

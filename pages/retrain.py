@@ -14,7 +14,7 @@ from pages._project import project_store
 from pages._routes import store_page
 from pages._settings import rm_exists, settings
 from reform_engine.curation import export_approved
-from reform_engine.data import DEMO_PATH
+from reform_engine.data import DEMO_PATH, overlapping_rows, same_source
 from reform_engine.inversions import GenerateVariantsConfig
 from reform_engine.perturbations import PERTURBATIONS
 from reform_engine.pipeline import DEMO_SPLIT, PipelineConfig
@@ -87,21 +87,27 @@ with tab_retrain:
     c = st.columns(2)
     eval_data = c[0].text_input("Held-out data", value=(recipe.data if recipe else data) or s.data, key="retrain_eval_data").strip()
     eval_rows = c[1].text_input("Held-out rows ('start:end')", value=held_out_rows(train_rows), key="retrain_eval_rows").strip()
-    if not eval_rows and Path(eval_data).expanduser() == Path(recipe.data if recipe else data or s.data).expanduser():
-        st.warning("The held-out rows are empty: base and retrained are then evaluated on their own training pairs, "
-                   "which measures fit, not robustness.")
+    try:
+        shared = overlapping_rows(eval_rows, train_rows) if same_source(eval_data, recipe.data if recipe else data or s.data) else ""
+    except ValueError:  # a malformed range: refused with its fix when the run is started
+        shared = ""
+    if shared:
+        st.warning(f"The held-out rows {md_code(eval_rows or 'all')} overlap the base RM's training rows "
+                   f"{md_code(train_rows or 'all')} (rows {md_code(shared)}): base and retrained would be evaluated on their "
+                   "own training pairs, which measures fit, not robustness, so the run is refused. Give rows outside them.")
     perturbations = perturbation_picker("retrain_perturbations")
     if st.button("Retrain and evaluate", type="primary", key="retrain_start", disabled=n_approved == 0 or not base_rm):
         try:
             if not rm_exists(base_rm):
                 raise ValueError(f"no reward model at {base_rm}; give a checkpoint directory written by train-rm")
-            path, n = export_approved(store, Path(s.project_dir) / "curated")
-            config = RetrainConfig(base_rm=base_rm, augment_data=str(path), data=data, train_rows=train_rows,
+            config = RetrainConfig(base_rm=base_rm, augment_data="(the approved pairs)", data=data, train_rows=train_rows,
                                    retrain=RetrainRecipe(mode=mode, finetune_epochs=int(ft_epochs), finetune_lr=float(ft_lr),
                                                          replay=int(replay)),
                                    eval_data=eval_data, eval_rows=eval_rows,
                                    robustness=RobustnessConfig(reward_model="", perturbations=perturbations), runtime=s.runtime())
-            config.training_config()  # an unknown recipe is refused now, not in the job
+            config.refuse_overlap(config.training_config())  # an unknown recipe or overlapping rows: refused now, not in the job
+            path, n = export_approved(store, Path(s.project_dir) / "curated")  # only once the run can start
+            config = dataclasses.replace(config, augment_data=str(path))
             start("retrain", config, f"retrain ({mode}) on {n} approved pairs, then evaluate base and retrained")
         except ValueError as exc:  # bad knobs, nothing approved, StoreError
             show_error(exc, "Not started")

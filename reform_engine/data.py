@@ -356,6 +356,33 @@ def select_rows(pairs: Sequence[PreferencePair], spec: str) -> list[PreferencePa
     return [p for p in pairs if rows.contains(_row_of(p))]
 
 
+def split_rows(pairs: Sequence[PreferencePair], train_share: float = 0.8) -> tuple[str, str]:
+    """(training rows, held-out rows) as 'a:b' source-row ranges: the first ``train_share`` of the
+    pairs for training, the rest held out (the demo set's 165 pairs: '0:132', '132:165')."""
+    if not 0 < train_share < 1:
+        raise ValueError(f"train_share={train_share}; give a share strictly between 0 and 1, e.g. 0.8")
+    rows = sorted(_row_of(p) for p in pairs)
+    if len(rows) < 2:
+        raise DataError(f"{len(rows)} pair(s) cannot be split into training and held-out rows.", fix="use at least 2 pairs.")
+    cut = rows[min(len(rows) - 1, max(1, int(len(rows) * train_share)))]
+    return f"{rows[0]}:{cut}", f"{cut}:{rows[-1] + 1}"
+
+
+def overlapping_rows(a: str, b: str) -> str:
+    """The rows two ranges share, as 'start:end' ('start:' when both run to the end), or '' when none."""
+    sa, sb = parse_rows(a), parse_rows(b)
+    lo = max(sa.start or 0, sb.start or 0)
+    ends = [s.stop for s in (sa, sb) if s.stop is not None]
+    hi = min(ends) if ends else None
+    return "" if hi is not None and hi <= lo else f"{lo}:{'' if hi is None else hi}"
+
+
+def same_source(a: str, b: str) -> bool:
+    """Whether two data sources name the same file (relative paths from the working directory) or hub id."""
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.resolve() == pb.resolve() if pa.exists() or pb.exists() else a.strip() == b.strip()
+
+
 def prompt_from_text(text: str) -> tuple[dict[str, str], ...]:
     """A typed prompt -> chat messages: HH text ("\\n\\nHuman: ... \\n\\nAssistant: ...") keeps its turns,
     anything else is one user message."""

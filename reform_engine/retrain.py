@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .configs import JobConfigError, config_from_dict, nested, required, setting
-from .data import parse_rows
+from .data import overlapping_rows, parse_rows, same_source
 from .reward_model import SPEC_FILE, read_spec
 from .robustness import RobustnessConfig, evaluate_robustness, robustness_stage
 from .runs import RunDir, job, read_json
@@ -118,6 +118,23 @@ class RetrainConfig(BaseRetraining):
         return self.retrain.training_config(base, str(Path(self.base_rm).expanduser()), self.augment_data,
                                             runtime=self.retraining_runtime(base))
 
+    def refuse_overlap(self, training: TrainRewardConfig | None = None) -> None:
+        """Raise ValueError when the held-out rows include pairs the base RM was trained on (its run's
+        config.json, or the data / train_rows given): both RMs would be scored on their own training
+        pairs, which measures fit, not robustness."""
+        training = training or base_recipe(self.base_rm, self.data, self.train_rows)
+        eval_data = self.eval_data or training.data
+        if not same_source(eval_data, training.data):
+            return
+        shared = overlapping_rows(self.eval_rows, training.train_rows)
+        if shared:
+            source = Path(self.base_rm).expanduser() / ".." / "config.json" if not self.data else "the data and train_rows given"
+            raise ValueError(f"the held-out rows {self.eval_rows or 'all'} of {eval_data} overlap the base RM's training rows "
+                             f"{training.train_rows or 'all'} (rows {shared}, from {source}): base and retrained would be "
+                             f"evaluated on pairs they were trained on. Give held-out rows outside them"
+                             + (f", e.g. '{held_out_rows(training.train_rows)}'" if held_out_rows(training.train_rows) else
+                                ", or other held-out data (eval_data)"))
+
     def robustness_config(self, rm: str, training: TrainRewardConfig) -> RobustnessConfig:
         return dataclasses.replace(self.robustness, reward_model=rm, data=self.eval_data or training.data)
 
@@ -143,6 +160,7 @@ def run_retrain(config: RetrainConfig, run: RunDir) -> ComparisonResult:
         config = dataclasses.replace(config, runtime=dataclasses.replace(
             config.runtime, trunk_cache=",".join(map(str, dict.fromkeys(shared)))))
     stages = Stages(run, total=3)
+    config.refuse_overlap()
     training = config.training_config()
     n_new = _count_pairs(config.augment_data)
     if n_new == 0:

@@ -12,13 +12,19 @@ checkpoint's: a spec saying ``trust_remote_code: true``, or a backbone or base m
 
 Checkpoint directory (written atomically by ``save``)::
 
-    reward_model.json    RewardModelSpec
+    reward_model.json    RewardModelSpec (its base_model names the backbone: an id, a directory or the offline alias)
     head.safetensors     the scalar head
     adapter/             LoRA weights (finetune="lora") | backbone/ full weights (finetune="full")
+    backbone.json        finetune lora/head: the fingerprint of the backbone it was trained on (not a copy of it)
+
+A LoRA or head-only checkpoint is a few MB because it stores no backbone: loading resolves
+``base_model`` again (``models.resolve_model_path``) and compares the backbone it finds with
+``backbone.json``, so a checkpoint is never silently applied to other weights.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +41,12 @@ from .runtime import resolve_device, resolve_dtype
 FINETUNE_MODES = ("lora", "head", "full")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SPEC_FILE = "reward_model.json"
+BACKBONE_FILE = "backbone.json"
+# The demo RM shipped with the repo (data/README.md has its card): LoRA + head on the offline SmolLM2, trained by
+# train-rm on rows 0:132 of the demo set, so the app has a reward model before anyone trains one.
+DEMO_RM_PATH = Path(__file__).resolve().parent.parent / "data" / "demo_rm" / "checkpoint"
+_SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+               "intermediate_size", "vocab_size")
 
 
 @dataclass
@@ -72,6 +84,42 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long() * positions).argmax(-1)
 
 
+def backbone_fingerprint(backbone: nn.Module) -> dict:
+    """What identifies a backbone's weights (before any LoRA): its config's shape fields, parameter
+    count, dtype and a sha256 over every parameter's name, dtype, shape and bytes (~0.6 s for SmolLM2)."""
+    h, count, dtype = hashlib.sha256(), 0, None
+    for name, p in backbone.named_parameters():
+        t = p.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        count, dtype = count + t.numel(), dtype or str(t.dtype).removeprefix("torch.")
+    config = backbone.config.to_dict()
+    return {"shapes": {k: config.get(k) for k in _SHAPE_KEYS}, "parameters": count, "dtype": dtype, "sha256": h.hexdigest()}
+
+
+def verify_backbone(directory: Path, spec: "RewardModelSpec", path: str, found: dict) -> None:
+    """Raise ModelError when the backbone ``spec.base_model`` resolved to (``path``, fingerprint
+    ``found``) is not the one checkpoint ``directory`` was trained on. The weights' hash is compared
+    only when both are in the same dtype (a bfloat16 load of float32 weights has other bytes)."""
+    file = directory / BACKBONE_FILE
+    if not file.is_file():
+        return  # written before fingerprints were recorded: nothing to compare with
+    try:
+        want = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{file} is unreadable ({exc}); restore it from the checkpoint's source") from exc
+    differs = [f"{k} {want['shapes'].get(k)} vs {found['shapes'].get(k)}" for k in _SHAPE_KEYS
+               if want.get("shapes", {}).get(k) != found["shapes"].get(k)]
+    if want.get("parameters") != found["parameters"]:
+        differs.append(f"{want.get('parameters')} vs {found['parameters']} parameters")
+    if not differs and want.get("dtype") == found["dtype"] and want.get("sha256") != found["sha256"]:
+        differs.append(f"weights sha256 {str(want.get('sha256'))[:12]}… vs {found['sha256'][:12]}…")
+    if differs:
+        raise ModelError(f"{directory} was trained on another backbone than {spec.base_model!r} gives here ({path}): "
+                         f"{'; '.join(differs)} (checkpoint vs found). Give the model it was trained on as base_model in "
+                         f"{directory / SPEC_FILE}, or, for the offline SmolLM2, delete {path} so it is converted again")
+
+
 class CausalRewardModel(nn.Module):
     """Backbone (no LM head) + Linear(hidden, 1). ``tokenizer`` and ``spec`` ride along as attributes."""
 
@@ -80,6 +128,7 @@ class CausalRewardModel(nn.Module):
     def __init__(self, backbone: nn.Module, spec: RewardModelSpec, tokenizer=None):
         super().__init__()
         self.backbone, self.spec, self.tokenizer = backbone, spec, tokenizer
+        self.backbone_fingerprint: dict | None = None  # of the backbone before LoRA; saved beside a LoRA/head checkpoint
         hidden = backbone.config.hidden_size
         self.head = nn.Linear(hidden, 1)
         nn.init.normal_(self.head.weight, std=1.0 / (hidden + 1) ** 0.5)
@@ -127,8 +176,15 @@ class CausalRewardModel(nn.Module):
             save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, str(tmp / "head.safetensors"))
             if self.spec.finetune == "lora":
                 self.backbone.save_pretrained(tmp / "adapter")
+                adapter_config = tmp / "adapter" / "adapter_config.json"  # PEFT records the local path: name it instead
+                config = json.loads(adapter_config.read_text())
+                adapter_config.write_text(json.dumps({**config, "base_model_name_or_path": self.spec.base_model}, indent=2))
+                (tmp / "adapter" / "README.md").unlink(missing_ok=True)  # PEFT's empty model card, holding only that path
             elif self.spec.finetune == "full":
                 self.backbone.save_pretrained(tmp / "backbone", safe_serialization=True)
+            if self.spec.finetune != "full" and self.backbone_fingerprint is not None:
+                (tmp / BACKBONE_FILE).write_text(json.dumps({"base_model": self.spec.base_model, **self.backbone_fingerprint},
+                                                            indent=2))
         return Path(directory)
 
 
@@ -149,6 +205,7 @@ def build_reward_model(spec: RewardModelSpec, *, device: str = "auto", dtype: st
         raise ModelError(f"could not load backbone {spec.base_model!r} ({exc}); only safetensors weights are loaded") from exc
     for p in backbone.parameters():
         p.requires_grad_(spec.finetune == "full")
+    fingerprint = backbone_fingerprint(backbone) if spec.finetune != "full" else None
     torch.manual_seed(seed)
     if spec.finetune == "lora":
         from peft import LoraConfig, get_peft_model
@@ -161,6 +218,7 @@ def build_reward_model(spec: RewardModelSpec, *, device: str = "auto", dtype: st
                           layers_pattern="layers" if layers else None)
         backbone = get_peft_model(backbone, lora)
     model = CausalRewardModel(backbone, spec, load_tokenizer(spec.base_model, trust_remote_code=trust_remote_code))
+    model.backbone_fingerprint = fingerprint
     return model.to(resolve_device(device))
 
 
@@ -192,6 +250,10 @@ def load_causal_reward_model(directory: str | Path, *, device: str = "auto", dty
     refuse_remote_code(requests, trust_remote_code)
     backbone = AutoModel.from_pretrained(source, dtype=resolve_dtype(dtype), use_safetensors=True,
                                          trust_remote_code=trust_remote_code)
+    fingerprint = None
+    if spec.finetune != "full":
+        fingerprint = backbone_fingerprint(backbone)
+        verify_backbone(directory, spec, base, fingerprint)
     if spec.finetune == "lora":
         from peft import PeftModel
 
@@ -204,6 +266,7 @@ def load_causal_reward_model(directory: str | Path, *, device: str = "auto", dty
         if trainable and spec.finetune == "lora" and "lora_" in name:
             p.requires_grad_(True)
     model = CausalRewardModel(backbone, spec, load_tokenizer(spec.base_model, trust_remote_code=trust_remote_code))
+    model.backbone_fingerprint = fingerprint
     model.head.load_state_dict(load_file(str(directory / "head.safetensors")))
     model.head.requires_grad_(trainable)
     model = model.to(resolve_device(device))

@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from app_support import APP, ROOT, app_env, no_thread_outlives_the_tests, settle  # noqa: F401  (a fixture)
 from reform_engine.data import upload_file_name
 from pages._draw import WAIT
-from reform_engine.reward_model import RewardModelSpec, build_reward_model
+from reform_engine.reward_model import DEMO_RM_PATH, RewardModelSpec, build_reward_model
 from reform_engine.runtime import Runtime
 from reform_engine.tiny import save_tiny_model
 
@@ -47,6 +47,29 @@ def test_home_shows_models_data_and_rm_accuracy_with_length_baselines(env):
     assert m["RM accuracy"].endswith("%") and m["Always the longer"].endswith("%") and m["Always the shorter"].endswith("%")
     assert float(m["Always the longer"].rstrip("%")) + float(m["Always the shorter"].rstrip("%")) == pytest.approx(100, abs=0.2)
     assert any(env["policy"] in md.value for md in at.markdown)
+
+
+def test_home_labels_each_accuracy_with_the_rows_it_is_measured_on(env, monkeypatch, tmp_path):
+    from reform_engine.data import DEMO_PATH
+    from reform_engine.runs import RunDir
+    from reform_engine.training import TrainRewardConfig
+
+    run = RunDir(tmp_path / "run")  # an RM trained here on rows 0:132 of the demo set (its run's config.json says so)
+    build_reward_model(RewardModelSpec(base_model=env["policy"], finetune="head"), device="cpu").save(run.checkpoint_path)
+    run.write_config(TrainRewardConfig(data=str(DEMO_PATH), train_rows="0:132", model=RewardModelSpec(base_model=env["policy"])))
+    monkeypatch.setenv("REFORM_REWARD_MODEL", str(run.checkpoint_path))
+    monkeypatch.setenv("REFORM_ROWS", "120:140")
+    at = settle(AppTest.from_file(APP, default_timeout=120))
+    labels = [md.value for md in at.markdown if "accuracy**" in md.value]
+    assert labels == ["**Held-out accuracy**: rows `120:140` of the data in use outside its training rows `0:132` (8 pairs it never saw).",
+                      "**Training accuracy**: its training rows `0:132` (12 pairs it learnt from; this measures fit, not "
+                      "generalisation)."]
+    assert [m.label for m in at.metric].count("RM accuracy") == 2
+
+    monkeypatch.setenv("REFORM_REWARD_MODEL", env["rm"])  # trained elsewhere: its training rows are unknown
+    at = settle(AppTest.from_file(APP, default_timeout=120))
+    assert any(md.value.startswith("On rows `120:140` of the data in use (20 pairs). The RM's training rows are unknown")
+               for md in at.markdown)
 
 
 def test_home_switches_data_and_reports_bad_input_on_the_page(env, tmp_path):
@@ -483,12 +506,21 @@ def test_settings_come_from_the_environment():
     from pages._settings import default_settings
 
     s = default_settings({"REFORM_POLICY": "/m/policy", "REFORM_PROJECT_DIR": "/p", "REFORM_ROWS": "0:10"})
-    assert (s.policy, s.reward_model, s.project_dir, s.rows, s.device) == ("/m/policy", "/p/runs/base-rm/checkpoint", "/p",
-                                                                           "0:10", "auto")
+    assert (s.policy, s.reward_model, s.project_dir, s.rows, s.device) == ("/m/policy", str(DEMO_RM_PATH), "/p", "0:10", "auto")
     assert default_settings({}).data.endswith("data/demo_pairs.jsonl") and default_settings({}).policy == "smollm2-135m-instruct"
     assert (default_settings({}).trust_remote_code, default_settings({}).score_max_length) == (False, 1024)
     s = default_settings({"REFORM_TRUST_REMOTE_CODE": "1", "REFORM_SCORE_MAX_LENGTH": "2048"})
     assert (s.trust_remote_code, s.score_max_length) == (True, 2048)
+
+
+def test_the_default_rm_is_the_shipped_demo_rm_until_the_project_trains_its_own(tmp_path):
+    from pages._settings import default_settings
+
+    assert (DEMO_RM_PATH / "reward_model.json").is_file()  # the default points at a checkpoint that exists
+    assert default_settings({"REFORM_PROJECT_DIR": str(tmp_path)}).reward_model == str(DEMO_RM_PATH)
+    own = tmp_path / "runs" / "base-rm" / "checkpoint"
+    build_reward_model(RewardModelSpec(base_model=str(save_tiny_model(tmp_path / "m")), finetune="head"), device="cpu").save(own)
+    assert default_settings({"REFORM_PROJECT_DIR": str(tmp_path)}).reward_model == str(own)
 
 
 def test_a_bad_row_range_is_refused_by_the_settings_themselves():

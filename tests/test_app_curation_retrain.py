@@ -214,7 +214,8 @@ def test_decoding_page_sends_the_variant_to_the_store(env):
 def test_home_trains_a_base_rm_in_the_background_when_there_is_none(env, monkeypatch, tmp_path):
     monkeypatch.setenv("REFORM_REWARD_MODEL", str(tmp_path / "no-rm-yet"))
     at = settle(AppTest.from_file(APP, default_timeout=120))
-    at.text_input(key="home_train_rows").set_value("0:6")
+    # a split by default: the first 80% of the 8 pairs to train on, the rest held out
+    assert (at.text_input(key="home_train_rows").value, at.text_input(key="home_train_held").value) == ("0:6", "6:8")
     at.number_input(key="home_train_lora_layers").set_value(1)
     at.number_input(key="home_train_max_steps").set_value(2)
     at.number_input(key="home_train_batch").set_value(4)
@@ -229,12 +230,18 @@ def test_home_trains_a_base_rm_in_the_background_when_there_is_none(env, monkeyp
     at = settle(at)
     assert at.session_state["app_settings"].reward_model == str(checkpoint)
     assert "RM accuracy" in {m.label for m in at.metric}  # the new RM scored the data
-    assert json.loads((checkpoint.parent / "config.json").read_text())["train_rows"] == "0:6"
+    config = json.loads((checkpoint.parent / "config.json").read_text())
+    assert (config["train_rows"], config["eval_rows"]) == ("0:6", "6:8")
+    assert any(md.value.startswith("**Held-out accuracy**") for md in at.markdown)
 
 
 def test_home_refuses_a_bad_training_knob_on_the_page(env, monkeypatch, tmp_path):
     monkeypatch.setenv("REFORM_REWARD_MODEL", str(tmp_path / "no-rm-yet"))
     at = settle(AppTest.from_file(APP, default_timeout=120))
+    at.text_input(key="home_train_held").set_value("4:")
+    at.button(key="home_train").click()
+    at = settle(at)
+    assert any("Not started: the held-out rows 4: overlap the training rows 0:6 (rows 4:6)" in e.value for e in at.error)
     at.text_input(key="home_train_rows").set_value("first half")
     at.button(key="home_train").click()
     at = settle(at)
@@ -260,6 +267,14 @@ def test_retrain_page_retrains_on_approved_pairs_and_charts_base_vs_retrained(en
     assert any("Not started: no reward model at /no/such/rm" in e.value for e in at.error) and store.list_jobs().empty
 
     at.text_input(key="retrain_base").set_value(env["base"])
+    at.text_input(key="retrain_eval_rows").set_value("4:")  # the base was trained on 0:6
+    at = settle(at)
+    assert any("overlap the base RM's training rows `0:6` (rows `4:6`)" in w.value for w in at.warning)
+    at.button(key="retrain_start").click()
+    at = settle(at)
+    assert any("Not started: the held-out rows 4: of" in e.value and "e.g. '6:'" in e.value for e in at.error)
+    assert store.list_jobs().empty
+    at.text_input(key="retrain_eval_rows").set_value("6:")
     at.button(key="retrain_start").click()
     at.run()
     assert not at.exception, [e.value for e in at.exception]

@@ -427,3 +427,16 @@ def test_a_hub_dataset_id_offline_is_refused_at_once_naming_the_reason(monkeypat
     assert str(info.value) == ("no-such-org/no-such-set: no such local file, and as a hub dataset id it is not in the local "
                                "cache while the hub cannot be reached (HF_HUB_OFFLINE is set). Fix: check the path, or "
                                "download the dataset where there is a network and give its local file.")
+
+
+def test_split_rows_trains_on_the_first_80_percent_and_holds_out_the_rest():
+    from reform_engine.data import DEMO_PATH, split_rows
+
+    pairs = load_preferences(str(DEMO_PATH)).pairs
+    assert split_rows(pairs) == ("0:132", "132:165")
+    assert split_rows(select_rows(pairs, "10:20")) == ("10:18", "18:20")
+    assert split_rows(pairs[:2]) == ("0:1", "1:2")
+    with pytest.raises(DataError, match="1 pair\\(s\\) cannot be split"):
+        split_rows(pairs[:1])
+    with pytest.raises(ValueError, match="train_share=1"):
+        split_rows(pairs, 1)

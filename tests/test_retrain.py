@@ -88,6 +88,30 @@ def test_held_out_rows():
     assert held_out_rows("") == "" and held_out_rows("10:") == ""
 
 
+def test_retrain_refuses_held_out_rows_the_base_was_trained_on(base_run, approved_file, toy_file, tmp_path):
+    _, checkpoint = base_run  # trained on rows 0:6 of toy_file (its run's config.json)
+    for eval_rows, shared in (("4:8", "4:6"), ("", "0:6"), ("2:3", "2:3")):
+        cfg = RetrainConfig(base_rm=checkpoint, augment_data=approved_file, eval_rows=eval_rows, runtime=Runtime(device="cpu"))
+        with pytest.raises(ValueError, match=rf"the held-out rows {eval_rows or 'all'} of .*toy.jsonl overlap the base RM's "
+                                             rf"training rows 0:6 \(rows {shared}, from .*config.json\).*e.g. '6:'"):
+            run_retrain(cfg, tmp_path / f"run{eval_rows}")
+        assert not (tmp_path / f"run{eval_rows}" / "retrain").exists()  # refused before any training
+    RetrainConfig(base_rm=checkpoint, augment_data=approved_file, eval_rows="6:").refuse_overlap()
+    RetrainConfig(base_rm=checkpoint, augment_data=approved_file, eval_data=approved_file).refuse_overlap()  # other data
+    with pytest.raises(ValueError, match=r"rows 1:2, from the data and train_rows given"):
+        RetrainConfig(base_rm=checkpoint, augment_data=approved_file, data=toy_file, train_rows="0:2", eval_rows="1:").refuse_overlap()
+
+
+def test_overlapping_rows_and_same_source(tmp_path):
+    from reform_engine.data import overlapping_rows, same_source
+
+    assert [overlapping_rows(a, b) for a, b in (("0:132", "132:"), ("0:132", "100:"), ("", "5:"), ("", ""), (":10", "3:4"))] == [
+        "", "100:132", "5:", "0:", "3:4"]
+    (tmp_path / "d.jsonl").write_text("")
+    assert same_source(str(tmp_path / "d.jsonl"), str(tmp_path / "x" / ".." / "d.jsonl"))
+    assert not same_source(str(tmp_path / "d.jsonl"), "org/d") and same_source("org/d", "org/d ")
+
+
 def test_retrain_job_trains_evaluates_both_and_resumes(base_run, approved_file, tmp_path):
     _, checkpoint = base_run
     cfg = RetrainConfig(base_rm=checkpoint, augment_data=approved_file, eval_rows="6:",

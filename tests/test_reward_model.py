@@ -172,7 +172,8 @@ def test_init_from_and_retrain_refuse_a_checkpoint_that_asks_for_remote_code(rem
                              runtime=Runtime(device="cpu"))
     _refused_naming_every_file(lambda: train_reward_model(init, tmp_path / "init-run"), ckpt, remote_code_model[0])
     for mode in ("finetune", "scratch"):
-        config = RetrainConfig(base_rm=str(ckpt), augment_data=str(data), data=str(data), retrain=RetrainRecipe(mode=mode),
+        config = RetrainConfig(base_rm=str(ckpt), augment_data=str(data), data=str(data), train_rows="0:6", eval_rows="6:",
+                               retrain=RetrainRecipe(mode=mode),
                                robustness=RobustnessConfig(reward_model="", max_length=64), runtime=Runtime(device="cpu"))
         with pytest.raises(ModelError, match=f"{remote_code_model[0] / 'config.json'}.*remote code is not allowed"):
             run_retrain(config, tmp_path / f"retrain-{mode}")
@@ -197,3 +198,34 @@ def test_the_spec_defaults_are_the_training_recipes_and_old_spec_files_still_loa
            "use_chat_template": True, "max_length": 512, "trust_remote_code": False}  # as checkpoints wrote it before
     (tmp_path / "reward_model.json").write_text(json.dumps(old))
     assert read_spec(tmp_path) == RewardModelSpec(base_model="m", lora_layers=None, max_length=512)
+
+
+@pytest.mark.parametrize("finetune", ["lora", "head"])
+def test_a_checkpoint_names_its_backbone_and_is_refused_on_other_weights(tmp_path, finetune):
+    import json
+
+    from reform_engine.tiny import save_tiny_model
+
+    base = save_tiny_model(tmp_path / "base", seed=1)
+    rm = build_reward_model(RewardModelSpec(base_model=str(base), finetune=finetune, max_length=128), device="cpu", seed=3)
+    ckpt = rm.save(tmp_path / "ckpt")
+    recorded = json.loads((ckpt / "backbone.json").read_text())
+    assert recorded["base_model"] == str(base) and recorded["dtype"] == "float32"
+    assert recorded["parameters"] == sum(p.numel() for p in load_reward_model(str(ckpt), device="cpu").backbone.parameters())
+    assert not (ckpt / "backbone").exists()  # a reference, not a copy
+    if finetune == "lora":
+        assert json.loads((ckpt / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base)
+        assert sorted(f.name for f in (ckpt / "adapter").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    save_tiny_model(base, seed=2)  # same shapes, other weights under the same name
+    with pytest.raises(ModelError, match=r"was trained on another backbone .*weights sha256 .*Give the model it was trained on"):
+        load_reward_model(str(ckpt), device="cpu")
+
+
+def test_a_checkpoint_on_a_backbone_of_other_shapes_says_which_shapes_differ(tmp_path):
+    from reform_engine.tiny import build_tiny_causal_lm, save_tiny_model
+
+    base = save_tiny_model(tmp_path / "base", seed=1)
+    ckpt = build_reward_model(RewardModelSpec(base_model=str(base), finetune="head"), device="cpu").save(tmp_path / "ckpt")
+    build_tiny_causal_lm(len(build_tiny_tokenizer()), seed=1, hidden=48).save_pretrained(base, safe_serialization=True)
+    with pytest.raises(ModelError, match=r"hidden_size 32 vs 48"):
+        load_reward_model(str(ckpt), device="cpu")
