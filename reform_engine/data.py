@@ -369,12 +369,19 @@ def split_rows(pairs: Sequence[PreferencePair], train_share: float = 0.8) -> tup
 
 
 def overlapping_rows(a: str, b: str) -> str:
-    """The rows two ranges share, as 'start:end' ('start:' when both run to the end), or '' when none."""
+    """The rows two row specs share: for two ranges 'start:end' ('start:' when both run to the end); for
+    a fold spec, a description of the rows in both ('' when none: two different folds of the same draw,
+    or a fold and its complement)."""
     sa, sb = parse_rows(a), parse_rows(b)
-    lo = max(sa.start or 0, sb.start or 0)
-    ends = [s.stop for s in (sa, sb) if s.stop is not None]
-    hi = min(ends) if ends else None
-    return "" if hi is not None and hi <= lo else f"{lo}:{'' if hi is None else hi}"
+    if sa.fold is None and sb.fold is None:
+        lo = max(sa.start or 0, sb.start or 0)
+        ends = [s.stop for s in (sa, sb) if s.stop is not None]
+        hi = min(ends) if ends else None
+        return "" if hi is not None and hi <= lo else f"{lo}:{'' if hi is None else hi}"
+    if sa.fold is not None and sb.fold is not None and (sa.folds, sa.seed) == (sb.folds, sb.seed):
+        if (sa.fold == sb.fold and sa.inside != sb.inside) or (sa.inside and sb.inside and sa.fold != sb.fold):
+            return ""
+    return f"those in both {a or 'all'} and {b or 'all'}"
 
 
 def same_source(a: str, b: str) -> bool:

@@ -440,3 +440,13 @@ def test_split_rows_trains_on_the_first_80_percent_and_holds_out_the_rest():
         split_rows(pairs[:1])
     with pytest.raises(ValueError, match="train_share=1"):
         split_rows(pairs, 1)
+
+
+def test_overlapping_rows_knows_ranges_and_random_folds():
+    from reform_engine.data import overlapping_rows
+
+    assert overlapping_rows("0:132", "132:") == "" and overlapping_rows("0:132", "100:") == "100:132"
+    assert overlapping_rows("fold!=0/5", "fold=0/5") == "" and overlapping_rows("fold=1/5@2", "fold=3/5@2") == ""
+    assert overlapping_rows("fold!=0/5", "fold=1/5") == "those in both fold!=0/5 and fold=1/5"
+    assert overlapping_rows("fold!=0/5@1", "fold=0/5") != ""          # another draw: the folds cross
+    assert overlapping_rows("fold=0/5", "0:100") == "those in both fold=0/5 and 0:100"
