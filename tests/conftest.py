@@ -22,6 +22,16 @@ from reform_engine.tiny import save_tiny_model  # noqa: E402
 HH_DEV_PATH = ROOT.parent / "shared" / "data" / "hh-rlhf-harmless" / "dev.jsonl.gz"
 
 
+@pytest.fixture(autouse=True)
+def main_module_restored():
+    """AppTest runs a page as ``__main__`` and leaves it there; multiprocessing's spawn would then re-run
+    that script (a temporary file, for AppTest.from_function) in every child process a later test starts."""
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None and sys.modules.get("__main__") is not main:
+        sys.modules["__main__"] = main
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> str:
     """A 2-layer random Llama + byte tokenizer saved as an ordinary model directory."""

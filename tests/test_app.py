@@ -624,7 +624,7 @@ def test_an_over_long_pair_is_skipped_with_a_count_on_home_and_influential(env, 
     assert [w.value for w in at.warning if "not scored" in w.value] == [
         "1 pair(s) not scored: a response longer than the scoring limit of 1024 tokens (first: `pairs.jsonl:2`). "
         "Raise the limit under Home > Models to score them."]
-    assert any(c.value.startswith("Scored on the data in use (5 pairs;") for c in at.caption)
+    assert any(m.value.startswith("On all rows of the data in use (5 pairs).") for m in at.markdown)  # the 5 scored
     at = settle(at, "pages/influential.py")
     assert len(at.dataframe[0].value) == 1 and any("1 pair(s) not scored" in w.value for w in at.warning)
     assert metrics(at)["Selected pairs"] == "1 of 5"

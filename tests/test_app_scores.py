@@ -11,11 +11,13 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from app_support import settle
 from conftest import make_pair
 from reform_engine import score_cache
 from reform_engine.data import write_jsonl
 from reform_engine.jobs import ACTIVE
 from reform_engine.reward_model import RewardModelSpec, build_reward_model
+from pages._draw import WAIT
 from reform_engine.store import Store
 from reform_engine.tiny import save_tiny_model
 
@@ -64,23 +66,6 @@ def restart() -> None:
     st.cache_data.clear()
     _scoring._STARTED.clear()
     score_cache._DIGESTS.clear()
-
-
-def loading(at: AppTest) -> bool:
-    return any("⏳" in el.value for el in at.info) or any(
-        "⏳" in el.proto.text and "job #" not in el.proto.text for el in at.get("progress"))
-
-
-def settle(at: AppTest, page: str | None = None) -> AppTest:
-    (at.switch_page(page) if page else at).run()
-    for _ in range(400):
-        if not loading(at):
-            break
-        time.sleep(0.05)
-        at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert not loading(at), "a background load never finished"
-    return at
 
 
 def losses(at: AppTest) -> list:
@@ -141,4 +126,4 @@ def test_a_running_job_shows_the_time_left_and_its_step_once(env, tmp_path):
     assert not at.exception, [e.value for e in at.exception]
     (text,) = [el.proto.text for el in at.get("progress")]
     # 5 steps in 10 min (and the seconds this test took): 15 steps left, about 30 min
-    assert re.fullmatch(r"⏳ job #1 train-rm: step 5/20 loss 0\.412 · about 3\d min left", text), text
+    assert re.fullmatch(re.escape(WAIT) + r" job #1 train-rm: step 5/20 loss 0\.412 · about 3\d min left", text), text

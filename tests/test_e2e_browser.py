@@ -24,6 +24,7 @@ import pytest
 from browser_support import (INSTALL_HINT, ROOT, find_chromium, install_chromium, launch_chromium, streamlit_server)
 from reform_engine.reward_model import DEMO_RM_PATH
 from reform_engine.store import Store
+from pages._routes import PAGES
 
 READY_S = 1800       # loading SmolLM2 (converting it on a cold cache), scoring, a decoding: generous under any load
 ACTION_MS = 300_000  # a click's redraw, with the models loaded
@@ -97,7 +98,7 @@ def test_every_page_in_a_real_browser_and_a_short_decoding(chromium, server, out
             expect(page.get_by_role("heading", name="Preference data")).to_be_visible()
             nav = page.locator('[data-testid="stSidebarNav"] a')
             expect(nav.filter(has_text="Controlled decoding")).to_have_count(1)
-            expect(nav).to_have_count(9)  # the app's pages, not every file in pages/
+            expect(nav).to_have_count(len(PAGES))  # the app's pages, not every file in pages/
             page.goto(url)
             waits["home: models loaded, data scored"] = wait_ready(page, page.get_by_text("RM accuracy"), "Home")
             expect(page.get_by_text("Pairs", exact=True)).to_be_visible()
