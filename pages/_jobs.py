@@ -176,6 +176,25 @@ def pick_job(store, kind: str, title: str, label: str, key: str) -> dict | None:
     return refresh_job(store, st.selectbox(label, ids, key=key, format_func=lambda i: f"#{i} {kind}"))
 
 
+def job_results(store, kind: str, *, title: str, label: str, idle: str, read: Callable[[str], object],
+                draw: Callable[[object, int], None]) -> None:
+    """The lower half of a page whose job makes one result: the running jobs of ``kind`` (or ``idle``
+    when none), a picker over its jobs under ``title``, the picked job's state line and, once it has
+    succeeded, ``draw(read(run directory), job id)``; then the history of ``kind``."""
+    st.subheader("Running")
+    if not live_jobs(kind, kinds=[kind]):
+        st.caption(idle)
+    job = pick_job(store, kind, title, label, key=f"{kind}_job")
+    if job is None:
+        return
+    st.caption(f"{md_escape(job['state'])} · {md_escape(job['message'])} · run directory {md_code(job['run_dir'])}")
+    result = read(job["run_dir"]) if job["state"] == "succeeded" else None
+    if result:
+        draw(result, int(job["id"]))
+    st.subheader("History")
+    history(f"{kind}_history", kinds=[kind])
+
+
 def _rerun(key: str, job_id: int) -> None:
     try:  # a callback: it may still point the job picker at the new job
         st.session_state[f"{key}_job"] = rerun_job(project_store(), job_id)

@@ -7,8 +7,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._draw import md_code, md_escape, show_error
-from pages._jobs import history, live_jobs, pick_job, start_from_page
+from pages._draw import show_error
+from pages._jobs import job_results, start_from_page
 from pages._routes import store_page
 from reform_engine.compare import CompareConfig, read_table
 
@@ -114,16 +114,5 @@ else:
         except ValueError as exc:
             show_error(exc, "Not started")
 
-st.subheader("Running")
-if not live_jobs("compare", kinds=["compare"]):
-    st.caption("No comparison is running.")
-
-job = pick_job(store, "compare", "Comparison", "Compare job", key="compare_job")
-if job is not None:
-    job_id = int(job["id"])
-    st.caption(f"{md_escape(job['state'])} · {md_escape(job['message'])} · run directory {md_code(job['run_dir'])}")
-    table = read_table(job["run_dir"]) if job["state"] == "succeeded" else None
-    if table:
-        draw_table(table, job_id)
-    st.subheader("History")
-    history("compare_history", kinds=["compare"])
+job_results(store, "compare", title="Comparison", label="Compare job", idle="No comparison is running.", read=read_table,
+            draw=draw_table)

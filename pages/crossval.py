@@ -6,8 +6,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._draw import md_code, md_escape, show_error
-from pages._jobs import history, live_jobs, pick_job, start_from_page
+from pages._draw import show_error
+from pages._jobs import job_results, start_from_page
 from pages._routes import store_page
 from reform_engine.crossval import REFERENCES, CrossValConfig, read_report
 from reform_engine.reward_model import FINETUNE_MODES, RewardModelSpec
@@ -83,15 +83,5 @@ with st.form("crossval_form"):
         except ValueError as exc:
             show_error(exc, "Not started")
 
-st.subheader("Running")
-if not live_jobs("crossval", kinds=["crossval"]):
-    st.caption("No cross-validation is running.")
-
-job = pick_job(store, "crossval", "Result", "Crossval job", key="crossval_job")
-if job is not None:
-    report = read_report(job["run_dir"]) if job["state"] == "succeeded" else None
-    st.caption(f"{md_escape(job['state'])} · {md_escape(job['message'])} · run directory {md_code(job['run_dir'])}")
-    if report:
-        draw_report(report, int(job["id"]))
-    st.subheader("History")
-    history("crossval_history", kinds=["crossval"])
+job_results(store, "crossval", title="Result", label="Crossval job", idle="No cross-validation is running.",
+            read=read_report, draw=draw_report)
