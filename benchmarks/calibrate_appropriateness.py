@@ -37,6 +37,12 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return centre - half, centre + half
 
 
+def mcnemar(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value: the discordant pairs split b/c against an even split."""
+    n, k = b + c, min(b, c)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(HH_DEV_PATH))
@@ -47,7 +53,6 @@ def main() -> None:
              if int(p.pair_id.rsplit(":", 1)[-1]) % 2 == SPLITS[args.split]]
     n = len(pairs)
     print(f"{args.data}: {n} pairs on the {args.split} split (source rows with parity {SPLITS[args.split]})")
-    both = 0
     for side in ("chosen", "rejected"):
         verdicts = [judge_by_rules(getattr(p, side)) for p in pairs]
         flagged = sum(v.appropriate is False for v in verdicts)
@@ -62,8 +67,9 @@ def main() -> None:
                 print(f"   {v.appropriate!s:5s} {v.reason[:70]:70s} | {' '.join(getattr(p, side).split())[:120]}")
     pair_flags = [(judge_by_rules(p.chosen).appropriate is False, judge_by_rules(p.rejected).appropriate is False) for p in pairs]
     both = Counter(pair_flags)
+    only_rejected, only_chosen = both[(False, True)], both[(True, False)]
     print(f"pairs by (chosen flagged, rejected flagged): {dict(both)}; rejected flagged and chosen not: "
-          f"{both[(False, True)]}, the reverse: {both[(True, False)]}")
+          f"{only_rejected}, the reverse: {only_chosen}; exact McNemar two-sided p = {mcnemar(only_rejected, only_chosen):.3f}")
 
 
 if __name__ == "__main__":
