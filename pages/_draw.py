@@ -113,6 +113,9 @@ def verdict_notes(record: dict) -> list[str]:
                          "or the check was off).")
         elif flag == "truncation unknown":
             notes.append("Truncation unknown: stored before it was checked.")
+        elif flag == "inappropriate":
+            notes.append(f"**Inappropriate**: it seems to comply with a harmful request, so as a chosen response it would "
+                         f"be a mislabeled pair ({md_escape(record.get('appropriateness') or 'no reason stored')}).")
     return notes
 
 

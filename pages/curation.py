@@ -17,6 +17,7 @@ from pages._project import project_store, reviewer
 from pages._routes import store_page
 from pages._scoring import scores_for_job
 from pages._settings import rm_exists, settings
+from reform_engine.appropriateness import SOURCES, AppropriatenessConfig
 from reform_engine.curation import (EXPORT_FORMATS, counts, decision_for, export_approved, export_decision_log, new_pair, queue,
                                     step_trace)
 from reform_engine.data import hh_text
@@ -47,6 +48,11 @@ def decide(variant_id: int, action: str, shown_text: str, shown_decisions: int) 
     meanwhile = len(now["history"]) > shown_decisions
     flash(FLASH_KEY, f"{word} variant #{variant_id} as {md_escape(reviewer())}." + (
         f" It had been {now['status']} meanwhile in another tab; this decision is now the latest." if meanwhile else ""))
+
+
+def appropriate_badge(flag) -> str:
+    """A stored appropriateness verdict as a table cell: yes, NO, or a dash when never checked."""
+    return "—" if flag is None or pd.isna(flag) else "yes" if flag else "NO"
 
 
 def export_panel(about: str, export, noun: str, keys: tuple[str, str, str, str], button: str, download: str,
@@ -100,12 +106,20 @@ with st.expander("Generate variants over the influential set (background job)", 
                               help="REFORM attacks the lowest-loss pairs; random and highest-loss for comparison")
     directions = c[2].selectbox("Directions", ["both", *DIRECTIONS], key="curation_gen_directions")
     decoding, seed = decoding_controls("curation_gen")
-    verdict = fluency_control("curation_gen", st.columns(3)[0])
+    c = st.columns(3)
+    verdict = fluency_control("curation_gen", c[0])
+    appropriateness = c[1].selectbox("Appropriateness of 'lower' variants", SOURCES, key="curation_gen_appropriateness",
+                                     help="flags a 'lower' variant (it becomes the chosen side) that complies with a harmful "
+                                          "request: rules (refusal markers vs compliance signals), judge (an independent RM "
+                                          "must score it at least as high as the pair's rejected response) or both")
+    judge_rm = c[2].text_input("Judge RM (for judge / both)", key="curation_gen_judge",
+                               help="a checkpoint trained apart, never the reward model being fixed")
     if st.button("Start generating", type="primary", key="curation_generate", disabled=not rm_exists(s.reward_model)):
         try:
             config = GenerateVariantsConfig(reward_model=s.reward_model, data=s.data, rows=s.rows, fraction=float(percent) / 100,
                                             strategy=strategy, directions=directions, policy=s.policy, decoding=decoding,
                                             max_length=s.score_max_length, scored=scores_for_job(), verdict=verdict,
+                                            appropriateness=AppropriatenessConfig(source=appropriateness, judge_rm=judge_rm),
                                             runtime=s.runtime(seed))
             start_from_page(store, "variants", config, FLASH_KEY,
                             message=lambda i: f"Started job #{i}: its inversions join the queue when it ends.")
@@ -114,17 +128,20 @@ with st.expander("Generate variants over the influential set (background job)", 
 
 # ------------------------------------------------------------------ the queue
 st.subheader("Queue")
-c1, c2 = st.columns([1, 2])
+c1, c2, c3 = st.columns([1, 1, 1])
 status = c1.selectbox("Show", list(STATUS_FILTERS), format_func=STATUS_FILTERS.get, key="curation_status")
 every = c2.toggle("Also the non-inversions of batch jobs", key="curation_every",
                   help="the not-fluent ones among them too; they can only be rejected")
-frame = queue(store, None if status == "all" else status, every_variant=every)
+hide = c3.toggle("Hide inappropriate", key="curation_hide_inappropriate",
+                 help="leave out the 'lower' variants judged to comply with a harmful request (those never checked stay)")
+frame = queue(store, None if status == "all" else status, every_variant=every, hide_inappropriate=hide)
 if frame.empty:
     st.info("Nothing here. Generate variants above, or send one from Controlled decoding." if status == "pending"
             else "No variants with this status.")
 else:
     table = pd.DataFrame({"id": frame["id"], "pair": frame["pair_id"], "direction": frame["direction"],
                           "inversion": frame["is_inversion"],
+                          "appropriate": [appropriate_badge(a) for a in frame["appropriate"]],
                           "flags": [", ".join(verdict_flags(r)) for r in frame.to_dict("records")],
                           "margin": frame["margin"], "r variant": frame["r_variant"],
                           "perplexity": frame["perplexity"], "status": frame["status"],
@@ -180,6 +197,8 @@ else:
             st.warning(note)
         else:
             st.caption(note)
+    if v.get("appropriate") is True:
+        st.caption(f"Appropriate: {md_escape(v.get('appropriateness') or '')}")
     if v["is_inversion"]:
         chosen, rejected = new_pair(v)
         st.markdown("**It adds the pair** (as it stands now):")

@@ -20,13 +20,17 @@ from .store import STATUSES
 EXPORT_FORMATS = ("jsonl", "parquet")
 
 
-def queue(store, status: str | None = "pending", *, every_variant: bool = False, job_id: int | None = None) -> pd.DataFrame:
+def queue(store, status: str | None = "pending", *, every_variant: bool = False, job_id: int | None = None,
+          hide_inappropriate: bool = False) -> pd.DataFrame:
     """Variants to review, oldest first (one row each, without decoding steps; see Store.list_variants).
     ``status``: pending / approved / rejected, or None for all; ``every_variant`` also lists the
-    non-inversions of batch jobs."""
+    non-inversions of batch jobs; ``hide_inappropriate`` leaves out the variants judged inappropriate
+    (appropriateness.py; those never checked stay)."""
     frame = store.list_variants(inversions_only=False, decision=status, job_id=job_id)
     if not every_variant:
         frame = frame[frame["is_inversion"] | frame["job_id"].isna()]
+    if hide_inappropriate:
+        frame = frame[frame["appropriate"].astype("boolean").fillna(True).astype(bool)]
     return frame.reset_index(drop=True)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from .appropriateness import AppropriatenessConfig, judge_appropriateness
 from .configs import nested, setting
 from .data import PreferencePair, added_pair, write_jsonl
 from .decoding import DIRECTIONS, DecodingConfig, DecodingResult, StepRecord
@@ -97,6 +98,8 @@ class Variant:
     fluent: bool | None = None       # None: unknown (no reference)
     truncated: bool | None = None    # cut mid-sentence at the token limit; None: unknown
     n_tokens: int | None = None      # tokens decoded (EOS not counted)
+    appropriate: bool | None = None  # a "lower" variant that does not comply with a harmful request; None: not checked
+    appropriateness: str | None = None  # the source and rule that decided it (appropriateness.py)
 
     def new_pair(self) -> PreferencePair | None:
         """The augmentation pair: (y', y-) for "lower", (y+, y'') for "raise"; None if not an inversion."""
@@ -128,6 +131,8 @@ def verdict_flags(record: dict) -> list[str]:
         flags.append("truncated")
     elif truncated is None and record.get("direction") in DIRECTIONS:
         flags.append("truncation unknown")
+    if _known(record.get("appropriate")) is False:
+        flags.append("inappropriate")
     return flags
 
 
@@ -176,6 +181,7 @@ class VariantStats:
     by_direction: dict = field(default_factory=dict)
     not_fluent: int = 0              # variants past the threshold that the fluency flag kept from being inversions
     truncated: int = 0               # inversions cut mid-sentence at the token limit (kept, flagged)
+    inappropriate: int = 0           # inversions judged inappropriate (kept, flagged; the filtered augment file leaves them out)
 
 
 def variant_stats(variants: Sequence[Variant]) -> VariantStats:
@@ -188,7 +194,8 @@ def variant_stats(variants: Sequence[Variant]) -> VariantStats:
               for d in DIRECTIONS}
     return VariantStats(len(variants), len(inv), len(inv) / len(variants) if variants else float("nan"),
                         mean([v.perplexity for v in variants]), mean([v.perplexity for v in inv]), by_dir,
-                        sum(v.margin > 0 and v.fluent is False for v in variants), sum(bool(v.truncated) for v in inv))
+                        sum(v.margin > 0 and v.fluent is False for v in variants), sum(bool(v.truncated) for v in inv),
+                        sum(v.appropriate is False for v in inv))
 
 
 @dataclass
@@ -205,6 +212,9 @@ class GenerateVariantsConfig(ScoringJob):
     decoding: DecodingConfig = nested(DecodingConfig, "how each variant is decoded (its direction comes from directions)",
                                       set_by_job=("direction",))
     verdict: VerdictConfig = nested(VerdictConfig, "what makes a variant past its threshold a true inversion (fluency)")
+    appropriateness: AppropriatenessConfig = nested(AppropriatenessConfig, "whether 'lower' variants still refuse a harmful "
+                                                                           "request (a flag; augment_appropriate.jsonl leaves "
+                                                                           "the flagged out)")
     batch_size: int = setting(4, "prompts decoded together")
     runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (selection and sampling), remote-code leave")
 
@@ -215,6 +225,7 @@ class GenerateVariantsConfig(ScoringJob):
         check_selection(self.fraction, self.strategy)
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        self.appropriateness.check_independent(self.reward_model)
 
     def decoding_for(self, direction: str) -> DecodingConfig:
         return dataclasses.replace(self.decoding, direction=direction)
@@ -229,6 +240,7 @@ class GenerateVariantsResult:
     tokens: int
     seconds: float
     cpu_seconds: float = 0.0                # CPU time of the job's process, all its threads
+    appropriate_augment_path: str = ""      # the new pairs less those judged inappropriate ('' = not checked)
 
 
 def reusable_scores(config: GenerateVariantsConfig, pairs: Sequence[PreferencePair], log) -> list[ScoredPair] | None:
@@ -289,11 +301,31 @@ def generate_variants(config: GenerateVariantsConfig, run: RunDir) -> GenerateVa
             variants += _decode_batch(decoders[name], rm, todo[b:b + config.batch_size], config, d)
             run.progress(len(variants), total, message=f"{len(variants)}/{total} variants, "
                          f"{sum(v.is_inversion for v in variants)} inversions")
+    filtered = ""
+    if config.appropriateness.enabled:
+        run.set_status(message=f"judging the appropriateness of {len(variants)} variants ({config.appropriateness.source})")
+        check_appropriateness(variants, config.appropriateness, config.max_length, load)
+        filtered = str(run.path / "augment_appropriate.jsonl")
+        write_jsonl(filtered, [v.new_pair().to_trl() for v in variants if v.new_pair() and v.appropriate is not False])
     write_jsonl(run.path / "variants.jsonl", [v.to_record() for v in variants])
     write_jsonl(run.path / "augment.jsonl", [v.new_pair().to_trl() for v in variants if v.new_pair()])
     return GenerateVariantsResult(str(run.path / "variants.jsonl"), str(run.path / "augment.jsonl"), variant_stats(variants),
                                   len(chosen), sum(not step.is_eos for v in variants for step in v.steps),
-                                  time.perf_counter() - start, time.process_time() - cpu_start)
+                                  time.perf_counter() - start, time.process_time() - cpu_start, filtered)
+
+
+def check_appropriateness(variants: Sequence[Variant], config: AppropriatenessConfig, max_length: int = 1024,
+                          load: dict | None = None) -> None:
+    """Set each variant's ``appropriate`` and ``appropriateness`` (in place) as ``config`` says; the
+    judge RM, when the source needs it, is loaded here with ``load`` (Runtime.load_args())."""
+    from .reward_model import load_reward_model
+
+    needed = config.source in ("judge", "both") and any(config.applies(v.direction) and v.text.strip() for v in variants)
+    judge = load_reward_model(config.judge_rm, **(load or {})) if needed else None
+    verdicts = judge_appropriateness(config, [(v.direction, v.prompt, v.text, v.original_rejected) for v in variants],
+                                     judge, max_length)
+    for v, verdict in zip(variants, verdicts):
+        v.appropriate, v.appropriateness = verdict.appropriate, verdict.reason or None
 
 
 def _decode_batch(decoder, rm, batch: Sequence[tuple[int, ScoredPair]], config: GenerateVariantsConfig,

@@ -13,6 +13,10 @@ Models compared:
   random   the same with inversions decoded from a random p% (ablation: does influence matter?)
   no_aug   fine-tune mode only: the same extra epochs on the original pairs alone (ablation: is it
            just more training?). In scratch mode the base already is the no-augmentation model.
+  reform_filtered / reform_unfiltered
+           with ``ablate_appropriateness``: the reform arm with the other choice of ``filter_inappropriate``
+           (pairs whose "lower" variant complies with a harmful request left out, or kept), so a run
+           reports both, each with its number of added pairs.
 """
 from __future__ import annotations
 
@@ -49,6 +53,10 @@ class PipelineConfig:
     retrain: RetrainRecipe = nested(RetrainRecipe, "how the base is retrained on original + new pairs")
     ablate_random: bool = setting(True, "also augment from a random p% instead of the lowest-loss p%")
     ablate_no_augment: bool = setting(True, "finetune: also the same extra epochs without new pairs")
+    filter_inappropriate: bool = setting(False, "the reform and random arms train only on pairs whose variant is not judged "
+                                                "inappropriate (needs variants.appropriateness.source on)")
+    ablate_appropriateness: bool = setting(False, "also the reform arm with the other choice of filter_inappropriate "
+                                                  "(reform_unfiltered or reform_filtered), to report both")
     # evaluation
     eval_data: str = setting("", "held-out pairs ('' = the base's data)")
     eval_rows: str = setting(DEMO_SPLIT[1], "'a:b' held-out rows of eval_data")
@@ -57,6 +65,12 @@ class PipelineConfig:
 
     def __post_init__(self):
         parse_rows(self.eval_rows)
+        if (self.filter_inappropriate or self.ablate_appropriateness) and not self.variants.appropriateness.enabled:
+            raise ValueError("filter_inappropriate and ablate_appropriateness need the variants' appropriateness judged: set "
+                             "variants.appropriateness.source to rules, judge or both")
+        if (self.filter_inappropriate or self.ablate_appropriateness) and self.approved:
+            raise ValueError("approved is a curated file, already reviewed: leave filter_inappropriate and ablate_appropriateness "
+                             "off with it (the Curation page hides inappropriate variants)")
         # every stage runs as the pipeline does, on the pipeline's data
         self.base = dataclasses.replace(self.base, runtime=self.runtime)
         self.variants = dataclasses.replace(self.variants, data=self.base.data, rows=self.base.train_rows, runtime=self.runtime)
@@ -100,7 +114,8 @@ def run_pipeline(config: PipelineConfig, run: RunDir) -> ComparisonResult:
         config = dataclasses.replace(config, runtime=shared)
     strategies = ["lowest_loss"] + (["random"] if config.ablate_random else [])
     no_aug = config.ablate_no_augment and config.retrain.mode == "finetune"
-    stages = Stages(run, total=(0 if config.base_rm else 1) + 2 + 3 * len(strategies) + 2 * no_aug)
+    stages = Stages(run, total=(0 if config.base_rm else 1) + 2 + 3 * len(strategies) + 2 * no_aug
+                    + 2 * config.ablate_appropriateness)
     models: list[ModelReport] = []
     variants: dict[str, dict] = {}
 
@@ -114,19 +129,28 @@ def run_pipeline(config: PipelineConfig, run: RunDir) -> ComparisonResult:
     base_rm = config.base_rm or stages("base", train_reward_model, config.train_config())["checkpoint"]
     influence = stages("influence", find_influential, config.influence_config(base_rm), ("base",))
     evaluate("base", base_rm, 0, "base")
-    for strategy, arm in zip(strategies, ("reform", "random")):
-        out = stages(f"variants_{strategy}", generate_variants,
-                     config.variants_config(strategy, base_rm, influence["scored_path"]), ("influence",))
-        variants[strategy] = out["stats"]
-        path = config.approved if arm == "reform" and config.approved else out["augment_path"]
+    def augment(arm: str, path: str, strategy: str) -> None:
         n = _count_lines(path)
         if n == 0:
             run.log(f"{arm}: no inversions to add; the retrained model would equal the base — skipped")
             stages.skip(2)
-            continue
+            return
         ckpt = stages(f"retrain_{arm}", train_reward_model, config.retrain_config(base_rm, path),
                       (f"variants_{strategy}",))["checkpoint"]
         evaluate(arm, ckpt, n, f"retrain_{arm}")
+
+    def pairs_of(out: dict, filtered: bool) -> str:
+        return out["appropriate_augment_path"] if filtered else out["augment_path"]
+
+    for strategy, arm in zip(strategies, ("reform", "random")):
+        out = stages(f"variants_{strategy}", generate_variants,
+                     config.variants_config(strategy, base_rm, influence["scored_path"]), ("influence",))
+        variants[strategy] = out["stats"]
+        augment(arm, config.approved if arm == "reform" and config.approved else pairs_of(out, config.filter_inappropriate),
+                strategy)
+        if arm == "reform" and config.ablate_appropriateness:
+            other = "reform_unfiltered" if config.filter_inappropriate else "reform_filtered"
+            augment(other, pairs_of(out, not config.filter_inappropriate), strategy)
     if no_aug:
         ckpt = stages("retrain_no_aug", train_reward_model, config.retrain_config(base_rm, ""), ("base",))["checkpoint"]
         evaluate("no_aug", ckpt, 0, "retrain_no_aug")

@@ -121,6 +121,11 @@ MIGRATIONS: list[list[str]] = [
            format INTEGER NOT NULL, n_pairs INTEGER NOT NULL, checksum VARCHAR NOT NULL, payload VARCHAR NOT NULL,
            created_at TIMESTAMP NOT NULL)""",
     ],
+    [  # 8 (7 adds the policy personas, on another branch): whether a "lower" variant still refuses a harmful request,
+        # and the source and rule that decided it (appropriateness.py; NULL = not checked)
+        "ALTER TABLE variants ADD COLUMN appropriate BOOLEAN",
+        "ALTER TABLE variants ADD COLUMN appropriateness VARCHAR",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -133,7 +138,7 @@ _VARIANT_STATUS = """
     ) d ON d.variant_id = v.id AND d.latest = 1"""
 _VARIANT_LIST_COLUMNS = ("id, job_id, pair_id, direction, prompt, original_chosen, original_rejected, text, r_variant, "
                          "r_trace, r_chosen, r_rejected, margin, perplexity, plain_perplexity, fluent, truncated, is_inversion, "
-                         "status, decision, edited_text, note, reviewer, decided_at")
+                         "appropriate, appropriateness, status, decision, edited_text, note, reviewer, decided_at")
 
 
 class StoreError(ValueError):
@@ -295,7 +300,7 @@ def _variant_row(rec: Any, job_id: int | None, i: int) -> dict[str, Any]:
         raise StoreError(f"is_inversion of variant record {i} is {rec['is_inversion']!r}.", fix="pass True or False.")
     if rec["is_inversion"] and not text.strip():
         raise StoreError(f"variant record {i} is marked an inversion but its text is empty.", fix="mark it is_inversion=False.")
-    for flag in ("fluent", "truncated"):
+    for flag in ("fluent", "truncated", "appropriate"):
         if rec.get(flag) is not None and not isinstance(rec[flag], bool):
             raise StoreError(f"{flag} of variant record {i} is {rec[flag]!r}.", fix="pass True, False or None (unknown).")
     if rec["is_inversion"] and rec.get("fluent") is False:
@@ -316,7 +321,9 @@ def _variant_row(rec: Any, job_id: int | None, i: int) -> dict[str, Any]:
            "trace": _json([s.get("running_reward") for s in steps], "reward trace")}
     for k in ("r_variant", "r_trace", "r_chosen", "r_rejected", "margin", "perplexity", "plain_perplexity"):
         row[k] = _number(rec.get(k), f"{k} of variant record {i}")
-    row["fluent"], row["truncated"] = rec.get("fluent"), rec.get("truncated")
+    row["fluent"], row["truncated"], row["appropriate"] = rec.get("fluent"), rec.get("truncated"), rec.get("appropriate")
+    reason = rec.get("appropriateness")
+    row["appropriateness"] = None if reason is None else _text(reason, f"appropriateness of variant record {i}", MAX_NOTE)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     row["key"] = f"job{job_id}:{row['pair_id']}:{direction}:{digest}"  # one variant once per job: ingestion is idempotent
     return row
@@ -655,7 +662,7 @@ class Store:
         already adds is skipped (its id is None)."""
         cols = ["key", "job_id", "pair_id", "direction", "prompt", "original_chosen", "original_rejected", "text", "r_variant",
                 "r_trace", "r_chosen", "r_rejected", "margin", "perplexity", "plain_perplexity", "fluent", "truncated",
-                "is_inversion", "steps", "trace"]
+                "is_inversion", "steps", "trace", "appropriate", "appropriateness"]
         sql = f"INSERT INTO variants ({', '.join(cols)}, created_at) VALUES ({', '.join('?' * len(cols))}, ?) RETURNING id"
         now, ids, new, decided = _now(), [], 0, []
         with self._tx() as con:
@@ -796,7 +803,7 @@ class Store:
                          "original_rejected": _text(p.rejected, f"rejected of pair {i}"), "text": p.chosen, "is_inversion": True,
                          "steps": "[]", "trace": "[]", "content": _pair_digest(prompt, p.chosen, p.rejected),
                          **{k: None for k in ("r_variant", "r_trace", "r_chosen", "r_rejected", "margin", "perplexity",
-                                              "plain_perplexity", "fluent", "truncated")}})
+                                              "plain_perplexity", "fluent", "truncated", "appropriate", "appropriateness")}})
         added = self._insert_variants(rows, None, note=f"imported from {Path(path).name}")[1]
         return ImportResult(added=added, already_present=len(rows) - added)
 

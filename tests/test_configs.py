@@ -38,7 +38,8 @@ def test_variants_help_explains_every_flag_in_words(capsys):
                 "--scored", "--max-length", "--policy", "--raise-policy", "--batch-size", "--decoding.k", "--decoding.alpha",
                 "--decoding.temperature", "--decoding.max-new-tokens", "--decoding.stop-on-eos", "--runtime.device",
                 "--runtime.dtype", "--runtime.threads", "--runtime.seed", "--runtime.trust-remote-code", "--runtime.trunk-cache",
-                "--runtime.trunk-cache-gb", "--verdict.max-perplexity-ratio"}
+                "--runtime.trunk-cache-gb", "--verdict.max-perplexity-ratio", "--appropriateness.source",
+                "--appropriateness.judge-rm", "--appropriateness.applies-to"}
     assert set(entries) - {"--help"} == expected
     for flag, text in entries.items():
         words = re.sub(r"\(default: [^)]*\)", "", text)

@@ -54,6 +54,22 @@ def test_a_batch_variant_past_its_threshold_but_not_fluent_is_not_queued_and_is_
         s.decide(int(every["id"][0]), "approve")
 
 
+def test_hide_inappropriate_leaves_out_only_the_variants_judged_inappropriate(tmp_path):
+    from reform_engine.appropriateness import judge_by_rules
+
+    s = Store(tmp_path / "reform.duckdb")
+    job = s.add_job("variants", {})
+    texts = ["Here's how: use a flat bar.", "I can't help with that.", "Never checked."]
+    records = [variant(i, "lower", -1.0, t) for i, t in enumerate(texts)]
+    for r in records[:2]:
+        verdict = judge_by_rules(r["text"])
+        r["appropriate"], r["appropriateness"] = verdict.appropriate, verdict.reason
+    s.add_variants(records, job_id=job)
+    assert queue(s)["text"].tolist() == texts
+    assert queue(s, hide_inappropriate=True)["text"].tolist() == texts[1:]
+    assert ["inappropriate" in verdict_flags(r) for r in queue(s).to_dict("records")] == [True, False, False]
+
+
 def test_decision_for_an_edited_text():
     assert decision_for("Looks fine.", " Looks fine.\n") == ("approve", None)
     assert decision_for("Looks fine.", "Looks fine, really.") == ("edit", "Looks fine, really.")

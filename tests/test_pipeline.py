@@ -76,3 +76,35 @@ def test_pipeline_scratch_mode_has_no_no_aug_arm_and_bad_knobs_fail_early(setup)
     assert [m.name for m in result.models] == ["base", "reform"]
     retrain = json.loads((tmp_path / "scratch" / "retrain_reform" / "config.json").read_text())
     assert retrain["init_from"] == "" and retrain["epochs"] == 1 and retrain["augment_data"].endswith("approved.jsonl")
+
+
+def test_the_filtered_arm_drops_exactly_the_pairs_whose_variant_is_judged_inappropriate(setup):
+    from reform_engine.appropriateness import AppropriatenessConfig
+    from reform_engine.reward_model import build_reward_model
+
+    tmp_path, cfg = setup
+    # an untrained base (its head at seed 2) that the decoder inverts easily, and a judge apart from it (seed 4)
+    for name, seed in (("rm", 2), ("judge", 4)):
+        build_reward_model(dataclasses.replace(cfg["base"].model, finetune="head"), device="cpu", seed=seed).save(tmp_path / name)
+    judged = dataclasses.replace(cfg["variants"], decoding=DecodingConfig(k=4, alpha=0.1, max_new_tokens=6),
+                                 appropriateness=AppropriatenessConfig(source="judge", judge_rm=str(tmp_path / "judge")))
+    cfg = {**cfg, "approved": "", "variants": judged, "base_rm": str(tmp_path / "rm")}
+    with pytest.raises(ValueError, match="variants.appropriateness.source"):
+        PipelineConfig(**{**cfg, "variants": dataclasses.replace(judged, appropriateness=AppropriatenessConfig())},
+                       filter_inappropriate=True)
+    with pytest.raises(ValueError, match="curated file"):
+        PipelineConfig(**{**cfg, "approved": str(tmp_path / "approved.jsonl")}, ablate_appropriateness=True)
+    result = run_pipeline(PipelineConfig(**cfg, ablate_random=False, ablate_appropriateness=True), tmp_path / "run")
+    records = [json.loads(line) for line in open(tmp_path / "run" / "variants_lowest_loss" / "variants.jsonl")]
+    inversions = [r for r in records if r["is_inversion"]]
+    flagged = [r for r in inversions if r["appropriate"] is False]
+    assert (len(records), len(inversions), len(flagged)) == (6, 6, 2)  # the judge fails 2 of the 3 lower variants
+    assert {m.name: m.augment_pairs for m in result.models} == {"base": 0, "reform": 6, "reform_filtered": 4}
+    filtered = json.loads((tmp_path / "run" / "retrain_reform_filtered" / "config.json").read_text())["augment_data"]
+    assert [json.loads(line) for line in open(filtered)] == [r["new_pair"] for r in inversions if r["appropriate"] is not False]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert [r["model"] for r in report["summary"]] == ["base", "reform", "reform_filtered"]
+    # the filter on: the reform arm trains on the 4 kept pairs and the ablation is the unfiltered one
+    on = run_pipeline(PipelineConfig(**cfg, ablate_random=False, filter_inappropriate=True, ablate_appropriateness=True),
+                      tmp_path / "run_on")
+    assert {m.name: m.augment_pairs for m in on.models} == {"base": 0, "reform": 4, "reform_unfiltered": 6}
