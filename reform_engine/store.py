@@ -121,7 +121,7 @@ MIGRATIONS: list[list[str]] = [
            format INTEGER NOT NULL, n_pairs INTEGER NOT NULL, checksum VARCHAR NOT NULL, payload VARCHAR NOT NULL,
            created_at TIMESTAMP NOT NULL)""",
     ],
-    [  # 8 (7 adds the policy personas, on another branch): whether a "lower" variant still refuses a harmful request,
+    [  # 7: whether a "lower" variant still refuses a harmful request,
         # and the source and rule that decided it (appropriateness.py; NULL = not checked)
         "ALTER TABLE variants ADD COLUMN appropriate BOOLEAN",
         "ALTER TABLE variants ADD COLUMN appropriateness VARCHAR",
