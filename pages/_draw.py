@@ -240,13 +240,14 @@ def proxy_figure(table):
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=table["step"], y=table["n"], name="n variants", yaxis="y2", opacity=0.3,
+    steps, n = table["step"].tolist(), table["n"].tolist()
+    fig.add_trace(go.Bar(x=steps, y=n, name="n variants", yaxis="y2", opacity=0.3,
                          marker_color=["#90a4ae" if ok else "#b0bec5" for ok in table["enough"]],
                          marker_pattern_shape=["" if ok else "/" for ok in table["enough"]],
                          hovertemplate="step %{x}: n = %{y}<extra></extra>"))
-    for n, column in enumerate(("pearson", "spearman")):
-        fig.add_trace(go.Scatter(x=table["step"], y=table[column], mode="lines+markers", name=column.capitalize(),
-                                 line=dict(color=OKABE_ITO[n % len(OKABE_ITO)]), customdata=table["n"],
+    for i, column in enumerate(("pearson", "spearman")):
+        fig.add_trace(go.Scatter(x=steps, y=[None if v != v else v for v in table[column]], mode="lines+markers",
+                                 name=column.capitalize(), line=dict(color=OKABE_ITO[i % len(OKABE_ITO)]), customdata=n,
                                  hovertemplate=f"step %{{x}}: {column} %{{y:.3f}}, n = %{{customdata}}<extra></extra>"))
     fig.update_layout(title="Partial reward r(x, y≤i) vs the finished response's reward, by step", height=340,
                       xaxis_title="decoding step i", yaxis=dict(title="correlation", range=[-1.05, 1.05]),

@@ -272,27 +272,36 @@ def _with_interval(row: dict, column: str, fmt: str) -> str:
     return f"{format(value, fmt)} [{format(low, fmt)}, {format(high, fmt)}]"
 
 
-def arm_markdown(table: pd.DataFrame) -> str:
-    """:func:`arm_table` as a Markdown table (benchmarks/RESULTS.md, the app): intervals in brackets,
-    '—' where a value is missing, seconds as train / find / eval."""
+def arm_cells(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`arm_table` as the text a reader sees, one column per heading: intervals in brackets, '—'
+    where a value is missing, seconds as train / find / eval (the app's table and :func:`arm_markdown`)."""
     if table.empty:
-        return ""
+        return pd.DataFrame()
     perturbations = [c.split(":", 1)[1] for c in table.columns if c.startswith("drop:") and not c.endswith(("_low", "_high"))]
-    head = (["run", "arm", "added pairs", "held-out pairs", "clean accuracy [95% CI]", "mean drop [95% CI]"]
-            + [f"drop: {p}" for p in perturbations]
-            + ["drop ÷ base [paired 95% CI]", "BoN win vs base [95% CI] (prompts; same pick)", "extreme-negative share",
-               "r(reward, length)", "seconds train / find / eval"])
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    rows = []
     for row in table.to_dict("records"):
         bon = _with_interval(row, "bon_win_rate", ".3f")
         if bon != "—":
             bon += f" ({_number(row['bon_prompts'], 'd')}; {_number(row['bon_same_pick'], 'd')})"
-        cells = ([str(row["run"]), str(row["arm"]), _number(row["added_pairs"], "d"), _number(row["n_pairs"], "d"),
-                  _with_interval(row, "clean_accuracy", ".3f"), _with_interval(row, "mean_drop", "+.3f")]
-                 + [_with_interval(row, f"drop:{p}", "+.3f") for p in perturbations]
-                 + [_with_interval(row, "drop_vs_base", ".2f"), bon, _number(row["extreme_negative_share"], ".3f"),
-                    _number(row["length_corr"], "+.3f"),
-                    " / ".join(_number(row[f"seconds_{k}"], ".1f" if (row[f"seconds_{k}"] or 0) < 10 else ".0f")
-                               for k in ("train", "find", "eval"))])
-        lines.append("| " + " | ".join(cells) + " |")
+        seconds = [row[f"seconds_{k}"] for k in ("train", "find", "eval")]
+        rows.append({"run": str(row["run"]), "arm": str(row["arm"]), "added pairs": _number(row["added_pairs"], "d"),
+                     "held-out pairs": _number(row["n_pairs"], "d"),
+                     "clean accuracy [95% CI]": _with_interval(row, "clean_accuracy", ".3f"),
+                     "mean drop [95% CI]": _with_interval(row, "mean_drop", "+.3f"),
+                     **{f"drop: {p}": _with_interval(row, f"drop:{p}", "+.3f") for p in perturbations},
+                     "drop ÷ base [paired 95% CI]": _with_interval(row, "drop_vs_base", ".2f"),
+                     "BoN win vs base [95% CI] (prompts; same pick)": bon,
+                     "extreme-negative share": _number(row["extreme_negative_share"], ".3f"),
+                     "r(reward, length)": _number(row["length_corr"], "+.3f"),
+                     "seconds train / find / eval": " / ".join(_number(x, ".1f" if (x or 0) < 10 else ".0f") for x in seconds)})
+    return pd.DataFrame(rows)
+
+
+def arm_markdown(table: pd.DataFrame) -> str:
+    """:func:`arm_table` as a Markdown table (benchmarks/RESULTS.md): the cells of :func:`arm_cells`."""
+    cells = arm_cells(table)
+    if cells.empty:
+        return ""
+    lines = ["| " + " | ".join(cells.columns) + " |", "|" + "|".join("---" for _ in cells.columns) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
     return "\n".join(lines) + "\n"
