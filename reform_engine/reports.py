@@ -180,16 +180,23 @@ SHARED_STAGES = {"influence": ("reform", "random")}           # one stage every 
 INDICATORS = ("extreme_negative_share", "length_corr")        # the seed's spurious-correlation checks, before (base) and after
 
 
+def best_of_n_result(run_dir: str | os.PathLike) -> dict | None:
+    """The result (metrics.json) of a finished best-of-n run, None when there is none: best_of_n.BestOfNResult's
+    fields (rm_a, rm_b, win_rate, low, high, prompts, same_pick, ...)."""
+    metrics = read_json(Path(run_dir) / "metrics.json")
+    return metrics if isinstance(metrics, dict) and "win_rate" in metrics and "rm_b" in metrics else None
+
+
 def best_of_n_results(jobs: Sequence[dict[str, Any]]) -> list[dict]:
-    """The results (metrics.json) of the succeeded best-of-n jobs among ``jobs``, newest first, each with
-    its ``job_id``; best_of_n.BestOfNResult's fields: rm_a, rm_b, win_rate, low, high, prompts, same_pick, ..."""
+    """The results of the succeeded best-of-n jobs among ``jobs`` (:func:`best_of_n_result`), newest
+    first, each with its ``job_id``."""
     out = []
     for job in sorted(jobs, key=lambda j: -int(j["id"])):
         if job.get("kind") != BEST_OF_N_KIND or job.get("state") != "succeeded" or not job.get("run_dir"):
             continue
-        metrics = read_json(Path(job["run_dir"]) / "metrics.json")
-        if isinstance(metrics, dict) and "win_rate" in metrics:
-            out.append({**metrics, "job_id": int(job["id"])})
+        result = best_of_n_result(job["run_dir"])
+        if result is not None:
+            out.append({**result, "job_id": int(job["id"])})
     return out
 
 
@@ -249,7 +256,7 @@ def arm_table(run_dir: str | os.PathLike, best_of_n: Sequence[dict] = (), run: s
                     and _same_path(b.get("rm_b", ""), m["checkpoint"])), None)
         row.update({"bon_win_rate": bon["win_rate"] if bon else None, "bon_win_rate_low": bon["low"] if bon else None,
                     "bon_win_rate_high": bon["high"] if bon else None, "bon_prompts": bon["prompts"] if bon else None,
-                    "bon_same_pick": bon["same_pick"] if bon else None, "bon_job": bon["job_id"] if bon else None})
+                    "bon_same_pick": bon["same_pick"] if bon else None, "bon_job": bon.get("job_id") if bon else None})
         row.update({k: (m.get("indicators") or {}).get(k) for k in INDICATORS})
         row.update({f"seconds_{k}": v for k, v in stage_seconds(report.get("stages") or [], m["name"]).items()})
         rows.append(row)
