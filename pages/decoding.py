@@ -205,11 +205,13 @@ if pending:
 
 # ------------------------------------------------------------------ the seed's open check: is the partial reward a proxy?
 with st.expander("Partial-reward proxy: every decoded variant, by step"):
-    proxy = partial_reward_proxy(project_store())
-    if proxy.empty:
-        st.caption("No decoded variants stored yet: send some to curation, or generate them on the Curation page.")
-    else:
-        st.plotly_chart(proxy_figure(proxy), key="decoding_proxy")
-        st.caption(f"Over {int(proxy['n'].iloc[0])} variants: the correlation between the reward of the response so far "
-                   f"after i tokens and the reward of the finished text. A variant that ended before step i is not counted "
-                   f"there; steps with fewer than {MIN_VARIANTS} variants have no correlation (hatched bars).")
+    # on demand: it reads every variant's trace, which this page would otherwise re-read on each interaction
+    if st.toggle("Compute it over the stored variants", key="decoding_proxy_show"):
+        proxy = partial_reward_proxy(project_store())
+        if proxy.empty:
+            st.caption("No decoded variants stored yet: send some to curation, or generate them on the Curation page.")
+        else:
+            st.plotly_chart(proxy_figure(proxy), key="decoding_proxy")
+            st.caption(f"Over {int(proxy['n'].iloc[0])} variants: the correlation between the reward of the response so far "
+                       f"after i tokens and the reward of the finished text. A variant that ended before step i is not counted "
+                       f"there; steps with fewer than {MIN_VARIANTS} variants have no correlation (hatched bars).")

@@ -203,6 +203,8 @@ def test_decoding_page_sends_the_variant_to_the_store(env):
     assert stored[["pair_id", "direction", "text", "is_inversion"]].values.tolist() == [[v.pair_id, "lower", v.text, v.is_inversion]]
     assert len(Store(env["db"]).get_variant(int(stored["id"][0]))["steps"]) == len(v.steps)
     # the partial-reward proxy over every stored variant: one variant, too few for a correlation at any step
+    at.toggle(key="decoding_proxy_show").set_value(True)
+    at = settle(at)
     proxy = next(f for f in (json.loads(c.proto.spec) for c in at.get("plotly_chart"))
                  if f["layout"].get("title", {}).get("text", "").startswith("Partial reward"))
     tokens = len([x for x in v.steps if not x.is_eos])
