@@ -21,7 +21,8 @@ from reform_engine.inversions import GenerateVariantsConfig
 from reform_engine.perturbations import PERTURBATIONS
 from reform_engine.pipeline import DEMO_SPLIT, PipelineConfig
 from reform_engine.best_of_n import BestOfNConfig
-from reform_engine.reports import arm_cells, arm_markdown, arm_table, best_of_n_results, finished_result_jobs, results_frames
+from reform_engine.reports import (arm_cells, arm_markdown, arm_table, best_of_n_frame, best_of_n_results, finished_result_jobs,
+                                   results_frames)
 from reform_engine.retrain import RetrainConfig, base_training_config, held_out_rows
 from reform_engine.reward_model import RewardModelSpec
 from reform_engine.robustness import RobustnessConfig
@@ -245,6 +246,15 @@ else:
             st.dataframe(arm_cells(arms), hide_index=True, key="retrain_arms")
             with st.expander("The report as Markdown (for benchmarks/RESULTS.md)"):
                 st.code(arm_markdown(arms), language="markdown")
+
+bon_runs = best_of_n_frame(best_of_n_results(store.list_jobs().to_dict("records")))
+if not bon_runs.empty:
+    st.markdown("**Best-of-N runs**: B's picks against A's, judged by a third RM (ties half; the same pick is a tie)")
+    st.dataframe(bon_runs.assign(**{"95% CI": [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(bon_runs["low"], bon_runs["high"])]})
+                 [["job_id", "rm_a", "rm_b", "judge", "n", "prompts", "win_rate", "95% CI", "same_pick", "skipped"]],
+                 hide_index=True, key="retrain_bon", column_config={
+                     "win_rate": st.column_config.NumberColumn("B's win rate", format="%.3f"),
+                     "same_pick": st.column_config.NumberColumn("same pick", help="prompts where A and B picked the same sample")})
 
 # ------------------------------------------------------------------ history
 st.subheader("Run history")

@@ -200,6 +200,17 @@ def best_of_n_results(jobs: Sequence[dict[str, Any]]) -> list[dict]:
     return out
 
 
+BEST_OF_N_COLUMNS = ["job_id", "rm_a", "rm_b", "judge", "n", "prompts", "win_rate", "low", "high", "wins", "losses", "ties",
+                     "same_pick", "skipped"]
+
+
+def best_of_n_frame(results: Sequence[dict]) -> pd.DataFrame:
+    """best_of_n_results as a table, one row per run (RMs by their short names: checkpoint_name)."""
+    return pd.DataFrame([{**{c: r.get(c) for c in BEST_OF_N_COLUMNS}, "rm_a": checkpoint_name(r["rm_a"]),
+                          "rm_b": checkpoint_name(r["rm_b"]), "judge": checkpoint_name(r["judge_rm"])} for r in results],
+                        columns=BEST_OF_N_COLUMNS)
+
+
 def _same_path(a: str, b: str) -> bool:
     return bool(a) and bool(b) and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 

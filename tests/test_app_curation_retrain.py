@@ -319,8 +319,19 @@ def test_retrain_page_retrains_on_approved_pairs_and_charts_base_vs_retrained(en
     assert any(c.value.startswith("| run | arm | added pairs | held-out pairs |") for c in at.code)
 
 
-def test_retrain_page_refuses_a_best_of_n_whose_judge_is_one_of_the_compared_rms(env):
+def test_retrain_page_refuses_a_best_of_n_whose_judge_is_one_of_the_compared_rms_and_lists_finished_ones(env, tmp_path):
+    store = Store(env["db"])
+    run = tmp_path / "bon-run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({  # a finished best-of-n run's result file (best_of_n.BestOfNResult)
+        "rm_a": env["base"], "rm_b": env["rm"], "judge_rm": "/rms/judge", "n": 8, "prompts": 40, "skipped": 1,
+        "win_rate": 0.5625, "low": 0.45, "high": 0.675, "wins": 20, "losses": 15, "ties": 5, "same_pick": 3}))
+    finished = store.add_job("best-of-n", {}, str(run))
+    store.update_job(finished, state="succeeded", progress=1.0, message="done")
     at = settle(AppTest.from_file(APP, default_timeout=120), "pages/retrain.py")
+    bon = table(at, "same_pick")
+    assert bon[["rm_a", "rm_b", "judge", "prompts", "win_rate", "95% CI", "same_pick"]].values.tolist() == [
+        ["base-run", "rm", "judge", 40, 0.5625, "[0.450, 0.675]", 3]]
     assert at.text_input(key="bon_rm_a").value == env["rm"] and at.number_input(key="bon_n").value == 8
     at.text_input(key="bon_rm_b").set_value(env["base"])
     at.text_input(key="bon_judge").set_value("/no/such/judge")
@@ -331,7 +342,7 @@ def test_retrain_page_refuses_a_best_of_n_whose_judge_is_one_of_the_compared_rms
     at.button(key="bon_start").click()
     at = settle(at)
     assert any("Not started" in e.value and "the judge is RM A or RM B" in e.value for e in at.error)
-    assert Store(env["db"]).list_jobs().empty
+    assert Store(env["db"]).list_jobs()["id"].tolist() == [finished]
 
 
 def test_retrain_page_starts_and_cancels_a_pipeline(env):

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from reform_engine.reports import (arm_markdown, arm_table, best_of_n_results, checkpoint_name, finished_result_jobs,
+from reform_engine.reports import (arm_markdown, arm_table, best_of_n_frame, best_of_n_results, checkpoint_name, finished_result_jobs,
                                    history_frame, job_results, latest_job, log_tail, loss_curves, results_frames, stage_seconds,
                                    stage_status)
 from reform_engine.runs import RunDir, atomic_write_json
@@ -241,6 +241,14 @@ def test_the_report_table_renders_as_markdown_with_intervals_and_dashes_where_a_
     assert reform[4] == f"{m.clean_accuracy:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
     assert f"{bon.win_rate:.3f} [{bon.low:.3f}, {bon.high:.3f}] (2; {bon.same_pick})" in reform
     assert base[8] == "—" and base[9] == "—"   # the base has no ratio to itself and no best-of-N against itself
+
+
+def test_best_of_n_runs_list_as_a_table_by_the_short_names_of_their_rms(tiny_run):
+    root, result, bon, store = tiny_run
+    frame = best_of_n_frame(best_of_n_results(store.list_jobs().to_dict("records")))
+    assert frame[["rm_a", "rm_b", "judge", "n", "prompts"]].values.tolist() == [["base", "retrain_reform", "judge", 2, 2]]
+    assert frame[["win_rate", "low", "high", "same_pick"]].values.tolist() == [[bon.win_rate, bon.low, bon.high, bon.same_pick]]
+    assert best_of_n_frame([]).columns.tolist()[:3] == ["job_id", "rm_a", "rm_b"] and best_of_n_frame([]).empty
 
 
 def test_a_run_without_a_report_gives_an_empty_table_and_no_markdown(tmp_path):
