@@ -254,7 +254,8 @@ if not bon_runs.empty:
                  [["job_id", "rm_a", "rm_b", "judge", "n", "prompts", "win_rate", "95% CI", "same_pick", "skipped"]],
                  hide_index=True, key="retrain_bon", column_config={
                      "win_rate": st.column_config.NumberColumn("B's win rate", format="%.3f"),
-                     "same_pick": st.column_config.NumberColumn("same pick", help="prompts where A and B picked the same sample")})
+                     "same_pick": st.column_config.NumberColumn("same pick",
+                                                                help="prompts where A and B picked the same sample")})
 
 # ------------------------------------------------------------------ history
 st.subheader("Run history")

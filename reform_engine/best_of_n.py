@@ -57,7 +57,8 @@ class BestOfNConfig:
 
     def __post_init__(self):
         checks = [
-            (all(x.strip() for x in (self.rm_a, self.rm_b, self.judge_rm)), "give rm_a, rm_b and judge_rm (checkpoint directories)"),
+            (all(x.strip() for x in (self.rm_a, self.rm_b, self.judge_rm)),
+             "give rm_a, rm_b and judge_rm (checkpoint directories)"),
             (self.judge_rm.strip() not in (self.rm_a.strip(), self.rm_b.strip()),
              "the judge is RM A or RM B: it would judge its own picks; give a judge RM trained apart"),
             (self.n >= 2, f"n={self.n}: best-of-N needs at least 2 samples per prompt (8 is the usual N)"),

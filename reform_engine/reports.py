@@ -175,7 +175,8 @@ BEST_OF_N_KIND = "best-of-n"
 # what each stage does, by its name's prefix: train an RM, find new pairs for it, or evaluate it
 STAGE_KINDS = {"base": "train", "retrain": "train", "influence": "find", "variants": "find", "attack": "find", "judge": "find",
                "robustness": "eval"}
-STAGE_ALIASES = {"lowest_loss": "reform", "": "retrained"}   # a stage's suffix -> the arm it builds ('retrain' alone: retrain job)
+# a stage's name after its prefix -> the arm it builds, where they differ ('retrain' alone: the retrain job's)
+STAGE_ALIASES = {"lowest_loss": "reform", "": "retrained"}
 SHARED_STAGES = {"influence": ("reform", "random")}           # one stage every one of these arms is built on
 INDICATORS = ("extreme_negative_share", "length_corr")        # the seed's spurious-correlation checks, before (base) and after
 
