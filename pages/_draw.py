@@ -234,3 +234,26 @@ def loss_figure(curves: dict[str, Sequence[float]], window: int = 20):
                       margin=dict(l=10, r=10, t=40, b=10),
                       legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"))
     return fig
+
+
+def proxy_figure(table):
+    """Correlation of the partial reward at each decoding step with the final reward (proxy.proxy_by_step):
+    Pearson and Spearman lines, and the variants that reached each step as bars on a second axis (grey
+    where too few for a correlation, whose line then breaks)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    steps, n = table["step"].tolist(), table["n"].tolist()
+    fig.add_trace(go.Bar(x=steps, y=n, name="n variants", yaxis="y2", opacity=0.3,
+                         marker_color=["#90a4ae" if ok else "#b0bec5" for ok in table["enough"]],
+                         marker_pattern_shape=["" if ok else "/" for ok in table["enough"]],
+                         hovertemplate="step %{x}: n = %{y}<extra></extra>"))
+    for i, column in enumerate(("pearson", "spearman")):
+        fig.add_trace(go.Scatter(x=steps, y=[None if v != v else v for v in table[column]], mode="lines+markers",
+                                 name=column.capitalize(), line=dict(color=OKABE_ITO[i % len(OKABE_ITO)]), customdata=n,
+                                 hovertemplate=f"step %{{x}}: {column} %{{y:.3f}}, n = %{{customdata}}<extra></extra>"))
+    fig.update_layout(title="Partial reward r(x, y≤i) vs the finished response's reward, by step", height=340,
+                      xaxis_title="decoding step i", yaxis=dict(title="correlation", range=[-1.05, 1.05]),
+                      yaxis2=dict(title="variants", overlaying="y", side="right", rangemode="tozero", showgrid=False),
+                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
+    return fig

@@ -9,10 +9,10 @@ import pandas as pd
 import streamlit as st
 
 from pages._controls import decoding_controls, fluency_control
-from pages._draw import fmt, md_escape, pair_label, short, show_error, trace_figure, verdict_notes
+from pages._draw import fmt, md_escape, pair_label, proxy_figure, short, show_error, trace_figure, verdict_notes
 from pages._keys import LAST_DECODED, TARGETS
 from pages._loading import require_data, require_decoder
-from pages._project import pending_variants, send_to_curation
+from pages._project import pending_variants, project_store, send_to_curation
 from pages._routes import through_router
 from pages._scoring import pair_rewards
 from pages._settings import settings
@@ -21,6 +21,7 @@ from reform_engine.decoding import DecodingConfig
 from reform_engine.eta import ProgressClock, format_remaining
 from reform_engine.influence import ScoredPair
 from reform_engine.inversions import score_variant
+from reform_engine.proxy import MIN_VARIANTS, partial_reward_proxy
 from reform_engine.store import too_short
 
 DIRECTION_HELP = {"lower": "lower: start from a preferred pair; find a good-looking response the RM scores below the rejected one",
@@ -201,3 +202,16 @@ if pending:
         st.dataframe(pd.DataFrame([{"pair": r["pair_id"], "direction": r["direction"], "inversion": r["is_inversion"],
                                     "margin": r["margin"] if not math.isnan(r["margin"]) else None, "text": short(r["text"], 120)}
                                    for r in pending]), hide_index=True, key="decoding_pending")
+
+# ------------------------------------------------------------------ the seed's open check: is the partial reward a proxy?
+with st.expander("Partial-reward proxy: every decoded variant, by step"):
+    # on demand: it reads every variant's trace, which this page would otherwise re-read on each interaction
+    if st.toggle("Compute it over the stored variants", key="decoding_proxy_show"):
+        proxy = partial_reward_proxy(project_store())
+        if proxy.empty:
+            st.caption("No decoded variants stored yet: send some to curation, or generate them on the Curation page.")
+        else:
+            st.plotly_chart(proxy_figure(proxy), key="decoding_proxy")
+            st.caption(f"Over {int(proxy['n'].iloc[0])} variants: the correlation between the reward of the response so far "
+                       f"after i tokens and the reward of the finished text. A variant that ended before step i is not counted "
+                       f"there; steps with fewer than {MIN_VARIANTS} variants have no correlation (hatched bars).")

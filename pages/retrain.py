@@ -1,10 +1,12 @@
 """Retrain & evaluate: retrain the reward model on the approved pairs (from scratch with the base's
 recipe, or as a fine-tune of the base) and measure base and retrained under the perturbations, or run
-the whole REFORM loop with its ablations; every run is a background job with live progress. Results:
-clean accuracy and win-rate drop per perturbation, base vs retrained (vs ablations), and the run history."""
+the whole REFORM loop with its ablations, or best-of-N picked by two RMs and judged by a third; every run is
+a background job with live progress. Results: clean accuracy and win-rate drop per perturbation, base vs
+retrained (vs ablations), one report per run (a table per arm, reports.arm_table), and the run history."""
 import dataclasses
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from pages._controls import decoding_controls, keep_across_pages
@@ -18,7 +20,9 @@ from reform_engine.data import DEMO_PATH, overlapping_rows, same_source
 from reform_engine.inversions import GenerateVariantsConfig
 from reform_engine.perturbations import PERTURBATIONS
 from reform_engine.pipeline import DEMO_SPLIT, PipelineConfig
-from reform_engine.reports import finished_result_jobs, results_frames
+from reform_engine.best_of_n import BestOfNConfig
+from reform_engine.reports import (arm_cells, arm_markdown, arm_table, best_of_n_frame, best_of_n_results, finished_result_jobs,
+                                   results_frames)
 from reform_engine.retrain import RetrainConfig, base_training_config, held_out_rows
 from reform_engine.reward_model import RewardModelSpec
 from reform_engine.robustness import RobustnessConfig
@@ -30,8 +34,10 @@ FORM_KEYS = [f"retrain_{k}" for k in ("base", "mode", "data", "train_rows", "ft_
                                       "eval_rows", "perturbations")] + \
             [f"pipeline_{k}" for k in ("train_rows", "eval_rows", "use_base", "mode", "p", "epochs", "k", "alpha", "temperature",
                                        "max_tokens", "ablate_random", "ablate_no_aug", "use_approved", "perturbations")] + \
-            [f"robustness_{k}" for k in ("rm", "data", "rows", "perturbations")] + ["retrain_compare"]
-RESULT_KINDS = ["retrain", "pipeline", "robustness"]
+            [f"robustness_{k}" for k in ("rm", "data", "rows", "perturbations")] + \
+            [f"bon_{k}" for k in ("rm_a", "rm_b", "judge", "data", "rows", "prompts", "n")] + ["retrain_compare"]
+RESULT_KINDS = ["retrain", "pipeline", "robustness", "best-of-n"]
+ARM_KINDS = ("retrain", "pipeline", "adv-rounds")   # runs with a report.json: one row per arm
 
 
 def start(kind: str, config, what: str) -> None:
@@ -55,8 +61,8 @@ s, store = store_page("Retrain & evaluate", FLASH_KEY)
 keep_across_pages(FORM_KEYS, "retrain_form", context=s)  # the forms are as they were left, until the settings change
 
 # ------------------------------------------------------------------ start a run
-tab_retrain, tab_pipeline, tab_eval = st.tabs(["Retrain on the approved pairs", "The whole loop (pipeline)",
-                                               "Evaluate one checkpoint"])
+tab_retrain, tab_pipeline, tab_eval, tab_bon = st.tabs(["Retrain on the approved pairs", "The whole loop (pipeline)",
+                                                        "Evaluate one checkpoint", "Best-of-N: RM A vs RM B"])
 with tab_retrain:
     n_approved = len(store.approved_pairs())
     base_rm = st.text_input("Base reward model (checkpoint directory)", value=s.reward_model, key="retrain_base").strip()
@@ -174,6 +180,30 @@ with tab_eval:
         except ValueError as exc:
             show_error(exc, "Not started")
 
+with tab_bon:
+    st.caption("Downstream quality: the policy samples N responses per held-out prompt; RM A and RM B each pick their best, "
+               "and a judge RM trained apart compares the two picks. The result is B's win rate (ties count half) with a 95% "
+               "bootstrap interval over prompts; it appears in the run report below for the arm whose RM is B.")
+    c = st.columns(3)
+    bon_a = c[0].text_input("RM A (the reference, e.g. the base)", value=s.reward_model, key="bon_rm_a").strip()
+    bon_b = c[1].text_input("RM B (e.g. a retrained RM's checkpoint)", key="bon_rm_b").strip()
+    bon_judge = c[2].text_input("Judge RM (trained apart)", key="bon_judge").strip()
+    c = st.columns(4)
+    bon_data = c[0].text_input("Held-out prompts: data", value=s.data, key="bon_data").strip()
+    bon_rows = c[1].text_input("Rows ('start:end' or 'fold=0/5')", value=held_out_rows(s.rows), key="bon_rows").strip()
+    bon_prompts = c[2].number_input("Prompts (0 = all rows)", 0, 100_000, 0, key="bon_prompts")
+    bon_n = c[3].number_input("N samples per prompt", 2, 64, BestOfNConfig.__dataclass_fields__["n"].default, key="bon_n")
+    if st.button("Run best-of-N", type="primary", key="bon_start"):
+        try:
+            for path in (bon_a, bon_b, bon_judge):
+                if not rm_exists(path):
+                    raise ValueError(f"no reward model at {path or '(empty)'}; give a checkpoint directory written by train-rm")
+            config = BestOfNConfig(rm_a=bon_a, rm_b=bon_b, judge_rm=bon_judge, policy=s.policy, data=bon_data, rows=bon_rows,
+                                   prompts=int(bon_prompts), n=int(bon_n), runtime=s.runtime())
+            start("best-of-n", config, f"best-of-{int(bon_n)}: {md_code(short(bon_b, 40))} vs {md_code(short(bon_a, 40))}")
+        except ValueError as exc:
+            show_error(exc, "Not started")
+
 # ------------------------------------------------------------------ live progress
 st.subheader("Running")
 if not live_jobs("retrain", kinds=RESULT_KINDS):
@@ -206,6 +236,26 @@ else:
                          "mean_drop": st.column_config.NumberColumn("mean win-rate drop", format="%+.3f"),
                          "drop_vs_base": st.column_config.NumberColumn("drop ÷ base's", format="%.2f",
                                                                        help="its interval: paired bootstrap over the same pairs")})
+        runs = [j for j in finished if int(j["id"]) in picked and j["kind"] in ARM_KINDS]
+        if runs:
+            st.markdown("**One report per run**: every arm with its intervals, the best-of-N win rate of its RM over the "
+                        "base's (a best-of-N run above), the spurious indicators of its rewards on the clean held-out pairs "
+                        "(share of extreme-negative rewards, correlation of reward with length) and the seconds of its stages")
+            bons = best_of_n_results(store.list_jobs().to_dict("records"))
+            arms = pd.concat([arm_table(j["run_dir"], bons, run=f"#{j['id']} {j['kind']}") for j in runs], ignore_index=True)
+            st.dataframe(arm_cells(arms), hide_index=True, key="retrain_arms")
+            with st.expander("The report as Markdown (for benchmarks/RESULTS.md)"):
+                st.code(arm_markdown(arms), language="markdown")
+
+bon_runs = best_of_n_frame(best_of_n_results(store.list_jobs().to_dict("records")))
+if not bon_runs.empty:
+    st.markdown("**Best-of-N runs**: B's picks against A's, judged by a third RM (ties half; the same pick is a tie)")
+    st.dataframe(bon_runs.assign(**{"95% CI": [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in zip(bon_runs["low"], bon_runs["high"])]})
+                 [["job_id", "rm_a", "rm_b", "judge", "n", "prompts", "win_rate", "95% CI", "same_pick", "skipped"]],
+                 hide_index=True, key="retrain_bon", column_config={
+                     "win_rate": st.column_config.NumberColumn("B's win rate", format="%.3f"),
+                     "same_pick": st.column_config.NumberColumn("same pick",
+                                                                help="prompts where A and B picked the same sample")})
 
 # ------------------------------------------------------------------ history
 st.subheader("Run history")

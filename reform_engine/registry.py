@@ -20,6 +20,7 @@ def jobs() -> dict[str, Job]:
     """Job name -> Job. The modules load on first use: a CLI call that runs no job imports none of them."""
     from .adv_rounds import AdvRoundsConfig, run_adv_rounds
     from .attack import AttackConfig, run_attack
+    from .best_of_n import BestOfNConfig, run_best_of_n
     from .compare import CompareConfig, run_compare
     from .crossval import CrossValConfig, run_crossval
     from .evaluation import EvaluateRewardConfig, evaluate_reward_model
@@ -46,4 +47,6 @@ def jobs() -> dict[str, Job]:
                           "scratch, attack the retrained RM; robustness of every RM"),
         "compare": Job(CompareConfig, run_compare, "REFORM vs Adv-RM on one base RM: confirmed failures, cost, diversity, "
                        "retrained on equal pairs, cross-attacks, with bootstrap intervals"),
+        "best-of-n": Job(BestOfNConfig, run_best_of_n, "best-of-N on held-out prompts picked by RM A vs RM B, judged by a "
+                         "third RM: B's win rate with a bootstrap interval"),
     }

@@ -7,6 +7,9 @@ Results come from the run directories the store points at: a ``pipeline``, ``ret
 
     summary   run, job_id, kind, model, label, checkpoint, clean_accuracy, mean_drop, drop_vs_base
     drops     run, job_id, model, label, perturbation, drop          (long format: one bar per cell)
+    arms      one report per run (:func:`arm_table`, :func:`arm_markdown` for benchmarks/RESULTS.md): per arm the
+              added pairs, accuracy, drops and ratio to the base with intervals, the best-of-N win rate of a
+              ``best-of-n`` job on it, the spurious indicators and the stage times
 """
 from __future__ import annotations
 
@@ -164,3 +167,160 @@ def log_tail(job: dict[str, Any], max_lines: int = 40, max_bytes: int = 16_384) 
         if lines:
             parts.append(f"==> {path.name} <==\n" + "\n".join(lines))
     return "\n\n".join(parts)
+
+
+# --------------------------------------------------------------------------- one report per run
+
+BEST_OF_N_KIND = "best-of-n"
+# what each stage does, by its name's prefix: train an RM, find new pairs for it, or evaluate it
+STAGE_KINDS = {"base": "train", "retrain": "train", "influence": "find", "variants": "find", "attack": "find", "judge": "find",
+               "robustness": "eval"}
+# a stage's name after its prefix -> the arm it builds, where they differ ('retrain' alone: the retrain job's)
+STAGE_ALIASES = {"lowest_loss": "reform", "": "retrained"}
+SHARED_STAGES = {"influence": ("reform", "random")}           # one stage every one of these arms is built on
+INDICATORS = ("extreme_negative_share", "length_corr")        # the seed's spurious-correlation checks, before (base) and after
+
+
+def best_of_n_result(run_dir: str | os.PathLike) -> dict | None:
+    """The result (metrics.json) of a finished best-of-n run, None when there is none: best_of_n.BestOfNResult's
+    fields (rm_a, rm_b, win_rate, low, high, prompts, same_pick, ...)."""
+    metrics = read_json(Path(run_dir) / "metrics.json")
+    return metrics if isinstance(metrics, dict) and "win_rate" in metrics and "rm_b" in metrics else None
+
+
+def best_of_n_results(jobs: Sequence[dict[str, Any]]) -> list[dict]:
+    """The results of the succeeded best-of-n jobs among ``jobs`` (:func:`best_of_n_result`), newest
+    first, each with its ``job_id``."""
+    out = []
+    for job in sorted(jobs, key=lambda j: -int(j["id"])):
+        if job.get("kind") != BEST_OF_N_KIND or job.get("state") != "succeeded" or not job.get("run_dir"):
+            continue
+        result = best_of_n_result(job["run_dir"])
+        if result is not None:
+            out.append({**result, "job_id": int(job["id"])})
+    return out
+
+
+BEST_OF_N_COLUMNS = ["job_id", "rm_a", "rm_b", "judge", "n", "prompts", "win_rate", "low", "high", "wins", "losses", "ties",
+                     "same_pick", "skipped"]
+
+
+def best_of_n_frame(results: Sequence[dict]) -> pd.DataFrame:
+    """best_of_n_results as a table, one row per run (RMs by their short names: checkpoint_name)."""
+    return pd.DataFrame([{**{c: r.get(c) for c in BEST_OF_N_COLUMNS}, "rm_a": checkpoint_name(r["rm_a"]),
+                          "rm_b": checkpoint_name(r["rm_b"]), "judge": checkpoint_name(r["judge_rm"])} for r in results],
+                        columns=BEST_OF_N_COLUMNS)
+
+
+def _same_path(a: str, b: str) -> bool:
+    return bool(a) and bool(b) and Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _stage_arm(stage: str) -> tuple[str, str] | None:
+    """(what the stage does, the arm it builds) from its name: 'retrain_reform' -> ('train', 'reform')."""
+    prefix, _, rest = stage.partition("_")
+    kind = STAGE_KINDS.get(prefix)
+    if kind is None:
+        return None
+    if prefix == "base":
+        return kind, "base"
+    return kind, STAGE_ALIASES.get(rest, rest.replace("r", "round ", 1) if rest[:1] == "r" and rest[1:].isdigit() else rest)
+
+
+def stage_seconds(stages: Sequence[dict], arm: str) -> dict[str, float]:
+    """Wall seconds of the stages that built and evaluated ``arm``, by what they do -> {train, find, eval}.
+    A stage several arms are built on (the influence ranking) counts in each; a reused stage counts the
+    time it took when it ran."""
+    out = {"train": 0.0, "find": 0.0, "eval": 0.0}
+    for s in stages:
+        found = _stage_arm(s["name"])
+        if found is not None and (found[1] == arm or arm in SHARED_STAGES.get(s["name"], ())):
+            out[found[0]] += float(s.get("seconds") or 0.0)
+    return out
+
+
+def arm_table(run_dir: str | os.PathLike, best_of_n: Sequence[dict] = (), run: str = "") -> pd.DataFrame:
+    """One row per arm (model) of a pipeline, retrain or adv-rounds run, from its ``report.json``:
+    added pairs, held-out pairs, clean accuracy and mean drop with their 95% intervals, each perturbation's
+    drop (``drop:<name>`` with ``_low``/``_high``), the ratio of its mean drop to the base's with the
+    paired interval, the best-of-N win rate against the base (the newest of ``best_of_n``, results of
+    best_of_n_results, whose RM A is this run's base and RM B this arm), the spurious indicators and the
+    seconds of its stages by what they did. Empty when the run has no report."""
+    report = read_json(Path(run_dir) / "report.json")
+    if not isinstance(report, dict) or not report.get("models"):
+        return pd.DataFrame()
+    models = report["models"]
+    base = next((m for m in models if m["name"] == "base"), None)
+    rows = []
+    for m in models:
+        ci = m.get("intervals") or {}
+        row = {"run": run or Path(run_dir).name, "arm": m["name"], "checkpoint": m["checkpoint"],
+               "added_pairs": m.get("augment_pairs", 0), "n_pairs": m.get("n_pairs"),
+               "clean_accuracy": m["clean_accuracy"], **_ends("clean_accuracy", ci.get("clean_accuracy")),
+               "mean_drop": m["mean_drop"], **_ends("mean_drop", ci.get("mean_drop"))}
+        for p, d in m["drops"].items():
+            row[f"drop:{p}"] = d
+            row.update(_ends(f"drop:{p}", (ci.get("drops") or {}).get(p)))
+        is_base = base is None or m is base
+        row["drop_vs_base"] = None if is_base or not base["mean_drop"] else m["mean_drop"] / base["mean_drop"]
+        row.update(_ends("drop_vs_base", None if is_base else (ci.get("vs_base") or {}).get("drop_ratio")))
+        bon = next((b for b in best_of_n if base is not None and _same_path(b.get("rm_a", ""), base["checkpoint"])
+                    and _same_path(b.get("rm_b", ""), m["checkpoint"])), None)
+        row.update({"bon_win_rate": bon["win_rate"] if bon else None, "bon_win_rate_low": bon["low"] if bon else None,
+                    "bon_win_rate_high": bon["high"] if bon else None, "bon_prompts": bon["prompts"] if bon else None,
+                    "bon_same_pick": bon["same_pick"] if bon else None, "bon_job": bon.get("job_id") if bon else None})
+        row.update({k: (m.get("indicators") or {}).get(k) for k in INDICATORS})
+        row.update({f"seconds_{k}": v for k, v in stage_seconds(report.get("stages") or [], m["name"]).items()})
+        rows.append(row)
+    return pd.DataFrame(rows).astype(object).where(lambda f: f.notna(), None)
+
+
+def _number(x: Any, fmt: str) -> str:
+    """``x`` formatted, '—' when missing; counts read back as floats (a column with gaps) print as whole numbers."""
+    if x is None or x != x:
+        return "—"
+    return format(int(x) if fmt == "d" else x, fmt)
+
+
+def _with_interval(row: dict, column: str, fmt: str) -> str:
+    value, low, high = row.get(column), row.get(f"{column}_low"), row.get(f"{column}_high")
+    if value is None or value != value:
+        return "—"
+    if low is None or high is None or low != low or high != high:
+        return format(value, fmt)
+    return f"{format(value, fmt)} [{format(low, fmt)}, {format(high, fmt)}]"
+
+
+def arm_cells(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`arm_table` as the text a reader sees, one column per heading: intervals in brackets, '—'
+    where a value is missing, seconds as train / find / eval (the app's table and :func:`arm_markdown`)."""
+    if table.empty:
+        return pd.DataFrame()
+    perturbations = [c.split(":", 1)[1] for c in table.columns if c.startswith("drop:") and not c.endswith(("_low", "_high"))]
+    rows = []
+    for row in table.to_dict("records"):
+        bon = _with_interval(row, "bon_win_rate", ".3f")
+        if bon != "—":
+            bon += f" ({_number(row['bon_prompts'], 'd')}; {_number(row['bon_same_pick'], 'd')})"
+        seconds = [row[f"seconds_{k}"] for k in ("train", "find", "eval")]
+        rows.append({"run": str(row["run"]), "arm": str(row["arm"]), "added pairs": _number(row["added_pairs"], "d"),
+                     "held-out pairs": _number(row["n_pairs"], "d"),
+                     "clean accuracy [95% CI]": _with_interval(row, "clean_accuracy", ".3f"),
+                     "mean drop [95% CI]": _with_interval(row, "mean_drop", "+.3f"),
+                     **{f"drop: {p}": _with_interval(row, f"drop:{p}", "+.3f") for p in perturbations},
+                     "drop ÷ base [paired 95% CI]": _with_interval(row, "drop_vs_base", ".2f"),
+                     "BoN win vs base [95% CI] (prompts; same pick)": bon,
+                     "extreme-negative share": _number(row["extreme_negative_share"], ".3f"),
+                     "r(reward, length)": _number(row["length_corr"], "+.3f"),
+                     "seconds train / find / eval": " / ".join(_number(x, ".1f" if (x or 0) < 10 else ".0f") for x in seconds)})
+    return pd.DataFrame(rows)
+
+
+def arm_markdown(table: pd.DataFrame) -> str:
+    """:func:`arm_table` as a Markdown table (benchmarks/RESULTS.md): the cells of :func:`arm_cells`."""
+    cells = arm_cells(table)
+    if cells.empty:
+        return ""
+    lines = ["| " + " | ".join(cells.columns) + " |", "|" + "|".join("---" for _ in cells.columns) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join(lines) + "\n"

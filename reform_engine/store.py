@@ -697,6 +697,19 @@ class Store:
                               [bool(inversions_only), decision, decision, job_id, job_id])
             return _frame(cur, "prompt")
 
+    def variant_traces(self, directions: Sequence[str] = DECODED):
+        """One row per variant of ``directions`` (by id): id, job_id, direction, r_variant, r_trace, trace
+        (its running reward after each decoding step, parsed) and ends_in_eos (its last step chose EOS);
+        without the candidates of each step, so every variant's trace can be read at once (proxy.py)."""
+        unknown = sorted(set(directions) - set(DIRECTIONS))
+        if unknown:
+            raise StoreError(f"directions {unknown} are not variant directions.", fix=f"use some of {DIRECTIONS}.")
+        with self._tx() as con:
+            cur = con.execute("SELECT id, job_id, direction, r_variant, r_trace, trace, "
+                              "coalesce(CAST(json_extract(steps, '$[#-1].is_eos') AS BOOLEAN), false) AS ends_in_eos "
+                              "FROM variants WHERE list_contains(?, direction) ORDER BY id", [list(directions)])
+            return _frame(cur, "trace")
+
     def get_variant(self, variant_id: int) -> dict[str, Any]:
         """Everything about one variant: steps, reward trace, latest decision and the decision history."""
         with self._tx() as con:

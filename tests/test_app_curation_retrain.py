@@ -202,6 +202,13 @@ def test_decoding_page_sends_the_variant_to_the_store(env):
     stored = Store(env["db"]).list_variants(inversions_only=False)
     assert stored[["pair_id", "direction", "text", "is_inversion"]].values.tolist() == [[v.pair_id, "lower", v.text, v.is_inversion]]
     assert len(Store(env["db"]).get_variant(int(stored["id"][0]))["steps"]) == len(v.steps)
+    # the partial-reward proxy over every stored variant: one variant, too few for a correlation at any step
+    at.toggle(key="decoding_proxy_show").set_value(True)
+    at = settle(at)
+    proxy = next(f for f in (json.loads(c.proto.spec) for c in at.get("plotly_chart"))
+                 if f["layout"].get("title", {}).get("text", "").startswith("Partial reward"))
+    tokens = len([x for x in v.steps if not x.is_eos])
+    assert proxy["data"][0]["y"] == [1] * tokens and proxy["data"][1]["y"] == [None] * tokens
     at.button(key="decoding_send").click()  # again: still one row
     at = settle(at)
     assert len(Store(env["db"]).list_variants(inversions_only=False)) == 1
@@ -302,6 +309,40 @@ def test_retrain_page_retrains_on_approved_pairs_and_charts_base_vs_retrained(en
     assert table(at, "minutes")["kind"].tolist() == ["retrain"]
     assert any("==> log.txt <==" in c.value and "stage retrain" in c.value for c in at.code)  # the job's log tail
     assert report["models"][1]["checkpoint"] == str(Path(ended["run_dir"]) / "retrain" / "checkpoint")  # where the page's numbers come from
+    # one report per run: a row per arm, its values with their intervals and the spurious indicators, and as Markdown
+    arms = table(at, "clean accuracy [95% CI]")
+    assert arms["arm"].tolist() == ["base", "retrained"] and arms["run"].tolist() == [f"#{job} retrain"] * 2
+    assert arms["added pairs"].tolist() == ["0", "2"]
+    assert arms["clean accuracy [95% CI]"][1] == f"{report['models'][1]['clean_accuracy']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
+    assert arms["extreme-negative share"].tolist() == [f"{m['indicators']['extreme_negative_share']:.3f}" for m in report["models"]]
+    assert arms["BoN win vs base [95% CI] (prompts; same pick)"].tolist() == ["—", "—"]   # no best-of-N run yet
+    assert any(c.value.startswith("| run | arm | added pairs | held-out pairs |") for c in at.code)
+
+
+def test_retrain_page_refuses_a_best_of_n_whose_judge_is_one_of_the_compared_rms_and_lists_finished_ones(env, tmp_path):
+    store = Store(env["db"])
+    run = tmp_path / "bon-run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({  # a finished best-of-n run's result file (best_of_n.BestOfNResult)
+        "rm_a": env["base"], "rm_b": env["rm"], "judge_rm": "/rms/judge", "n": 8, "prompts": 40, "skipped": 1,
+        "win_rate": 0.5625, "low": 0.45, "high": 0.675, "wins": 20, "losses": 15, "ties": 5, "same_pick": 3}))
+    finished = store.add_job("best-of-n", {}, str(run))
+    store.update_job(finished, state="succeeded", progress=1.0, message="done")
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/retrain.py")
+    bon = table(at, "same_pick")
+    assert bon[["rm_a", "rm_b", "judge", "prompts", "win_rate", "95% CI", "same_pick"]].values.tolist() == [
+        ["base-run", "rm", "judge", 40, 0.5625, "[0.450, 0.675]", 3]]
+    assert at.text_input(key="bon_rm_a").value == env["rm"] and at.number_input(key="bon_n").value == 8
+    at.text_input(key="bon_rm_b").set_value(env["base"])
+    at.text_input(key="bon_judge").set_value("/no/such/judge")
+    at.button(key="bon_start").click()
+    at = settle(at)
+    assert any("Not started: no reward model at /no/such/judge" in e.value for e in at.error)
+    at.text_input(key="bon_judge").set_value(env["rm"])
+    at.button(key="bon_start").click()
+    at = settle(at)
+    assert any("Not started" in e.value and "the judge is RM A or RM B" in e.value for e in at.error)
+    assert Store(env["db"]).list_jobs()["id"].tolist() == [finished]
 
 
 def test_retrain_page_starts_and_cancels_a_pipeline(env):

@@ -25,7 +25,7 @@ def test_the_job_queue_and_the_cli_take_the_jobs_from_the_registry_not_from_each
     assert ".registry" in imports_of("jobs") and ".registry" in imports_of("__main__")
     assert job_kinds() == {name: job.config for name, job in jobs().items()}
     assert list(jobs()) == ["train-rm", "eval-rm", "crossval", "influential", "variants", "robustness", "pipeline", "retrain", "attack",
-                            "adv-rounds", "compare"]
+                            "adv-rounds", "compare", "best-of-n"]
 
 
 def test_every_job_config_has_a_runtime_and_every_field_a_help():

@@ -2,8 +2,9 @@ import math
 
 import pytest
 
-from reform_engine.reports import (checkpoint_name, finished_result_jobs, history_frame, job_results, latest_job, log_tail,
-                                   loss_curves, results_frames, stage_status)
+from reform_engine.reports import (arm_markdown, arm_table, best_of_n_frame, best_of_n_results, checkpoint_name, finished_result_jobs,
+                                   history_frame, job_results, latest_job, log_tail, loss_curves, results_frames, stage_seconds,
+                                   stage_status)
 from reform_engine.runs import RunDir, atomic_write_json
 from reform_engine.store import Store
 
@@ -131,3 +132,124 @@ def test_a_report_with_intervals_gives_each_value_its_interval_ends_and_an_old_o
     assert drops[["low", "high"]].values.tolist()[:2] == [[0.0, 0.5], [0.0, 0.25]]
     assert summary.iloc[2:][["clean_accuracy_low", "mean_drop_high"]].isna().all().all()
     assert drops.iloc[2:][["low", "high"]].isna().all().all()
+
+
+def test_stage_seconds_count_each_arms_own_stages_by_what_they_did_and_shared_ones_in_every_arm_built_on_them():
+    pipeline = [{"name": n, "seconds": s} for n, s in [("base", 10.0), ("influence", 2.0), ("robustness_base", 1.0),
+                                                        ("variants_lowest_loss", 5.0), ("retrain_reform", 12.0),
+                                                        ("robustness_reform", 1.5), ("variants_random", 4.0),
+                                                        ("retrain_random", 11.0), ("robustness_random", 1.25)]]
+    assert stage_seconds(pipeline, "base") == {"train": 10.0, "find": 0.0, "eval": 1.0}
+    assert stage_seconds(pipeline, "reform") == {"train": 12.0, "find": 7.0, "eval": 1.5}
+    assert stage_seconds(pipeline, "random") == {"train": 11.0, "find": 6.0, "eval": 1.25}
+    retrain = [{"name": "retrain", "seconds": 8.0}, {"name": "robustness_base", "seconds": 1.0},
+               {"name": "robustness_retrained", "seconds": 2.0}]
+    assert stage_seconds(retrain, "retrained") == {"train": 8.0, "find": 0.0, "eval": 2.0}
+    rounds = [{"name": "attack_r1", "seconds": 30.0}, {"name": "retrain_r1", "seconds": 9.0},
+              {"name": "robustness_r1", "seconds": 1.0}, {"name": "attack_r1_lambda0", "seconds": 20.0}]
+    assert stage_seconds(rounds, "round 1") == {"train": 9.0, "find": 30.0, "eval": 1.0}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A real tiny pipeline run (its arms: base, reform on two approved pairs, the random p% when it finds
+    inversions, and no new pairs) and a best-of-N run of its reform RM against its base, judged by an RM
+    trained apart, in a store."""
+    from conftest import make_pair
+    from reform_engine.best_of_n import BestOfNConfig, run_best_of_n
+    from reform_engine.data import write_jsonl
+    from reform_engine.decoding import DecodingConfig
+    from reform_engine.inversions import GenerateVariantsConfig
+    from reform_engine.pipeline import PipelineConfig, run_pipeline
+    from reform_engine.reward_model import RewardModelSpec, build_reward_model
+    from reform_engine.robustness import RobustnessConfig
+    from reform_engine.rollouts import ResponseConfig
+    from reform_engine.runtime import Runtime
+    from reform_engine.stages import RetrainRecipe
+    from reform_engine.tiny import save_tiny_model
+    from reform_engine.training import TrainRewardConfig
+
+    root = tmp_path_factory.mktemp("report")
+    model = str(save_tiny_model(root / "m", seed=1, ascii_only=True))
+    asks = ["Can you help me?", "What time is it?", "Tell me a fact.", "How do I cook rice?", "Where is Paris?",
+            "Name a colour.", "What is 2+2?", "Say something nice."]
+    write_jsonl(root / "d.jsonl", [make_pair(i, a, "Sure, happy to help.", "No. Go away!!").to_trl() for i, a in enumerate(asks)])
+    write_jsonl(root / "approved.jsonl", [{"prompt": "Hi?", "chosen": "Hello, how can I help?", "rejected": "What."},
+                                          {"prompt": "Help?", "chosen": "Sure, tell me more.", "rejected": "No!!"}])
+    spec = RewardModelSpec(base_model=model, lora_layers=None, max_length=128)
+    result = run_pipeline(PipelineConfig(
+        base=TrainRewardConfig(data=str(root / "d.jsonl"), train_rows="0:6", model=spec, batch_size=4, lr=5e-3, epochs=1),
+        eval_rows="6:", variants=GenerateVariantsConfig(reward_model="", policy=model, fraction=0.5,
+                                                        decoding=DecodingConfig(k=3, max_new_tokens=4), batch_size=2),
+        approved=str(root / "approved.jsonl"), retrain=RetrainRecipe(mode="finetune", replay=4),
+        robustness=RobustnessConfig(reward_model="", perturbations="verbosity,capitalization"),
+        runtime=Runtime(device="cpu")), root / "pipeline")
+    judge = str(build_reward_model(RewardModelSpec(base_model=model, finetune="full", max_length=128), device="cpu",
+                                   seed=9).save(root / "judge"))
+    ckpt = {m.name: m.checkpoint for m in result.models}
+    bon = run_best_of_n(BestOfNConfig(rm_a=ckpt["base"], rm_b=ckpt["reform"], judge_rm=judge, policy=model, data=str(root / "d.jsonl"),
+                                      rows="6:", n=2, response=ResponseConfig(max_new_tokens=4, sentence_window=0),
+                                      runtime=Runtime(device="cpu", seed=2)), root / "bon")
+    store = Store(root / "reform.duckdb")
+    job = store.add_job("best-of-n", {}, str(root / "bon"))
+    store.update_job(job, state="succeeded", progress=1.0, message="done")
+    return root, result, bon, store
+
+
+def test_the_report_table_has_one_row_per_arm_of_a_real_tiny_run_with_its_intervals_bon_indicators_and_times(tiny_run):
+    root, result, bon, store = tiny_run
+    bons = best_of_n_results(store.list_jobs().to_dict("records"))
+    assert [b["win_rate"] for b in bons] == [bon.win_rate] and bons[0]["rm_b"] == bon.rm_b
+    table = arm_table(root / "pipeline", bons, run="tiny")
+    report = {m.name: m for m in result.models}
+    arms = list(report)
+    assert table["arm"].tolist() == arms and arms[:2] == ["base", "reform"] and arms[-1] == "no_aug"
+    assert table["run"].tolist() == ["tiny"] * len(arms) and table["n_pairs"].tolist() == [2] * len(arms)
+    assert table["added_pairs"].tolist() == [m.augment_pairs for m in result.models] and table["added_pairs"][1] == 2
+    assert table["clean_accuracy"].tolist() == [m.clean_accuracy for m in result.models]
+    assert table["mean_drop"].tolist() == [m.mean_drop for m in result.models]
+    assert table["drop:verbosity"].tolist() == [m.drops["verbosity"] for m in result.models]
+    for column in ("clean_accuracy", "mean_drop", "drop:capitalization"):
+        assert all(lo <= v <= hi for v, lo, hi in zip(table[column], table[f"{column}_low"], table[f"{column}_high"]))
+    assert table["clean_accuracy_low"][0] == report["base"].intervals["clean_accuracy"]["low"]
+    base_drop = report["base"].mean_drop
+    assert table["drop_vs_base"][0] is None and table["drop_vs_base_low"][0] is None
+    assert table["drop_vs_base"][1] == (report["reform"].mean_drop / base_drop if base_drop else None)
+    high = report["reform"].intervals["vs_base"]["drop_ratio"]["high"]  # NaN (None in the table) when the base drops nothing
+    assert table["drop_vs_base_high"][1] == (None if high != high else high)
+    # the best-of-N result belongs to the reform arm alone: its RM A is the base, its RM B the reform RM
+    assert table["bon_win_rate"].tolist() == [bon.win_rate if arm == "reform" else None for arm in arms]
+    assert (table["bon_win_rate_low"][1], table["bon_win_rate_high"][1], table["bon_prompts"][1]) == (bon.low, bon.high, 2)
+    assert table["extreme_negative_share"].tolist() == [m.indicators["extreme_negative_share"] for m in result.models]
+    assert table["length_corr"].tolist() == [m.indicators["length_corr"] for m in result.models]
+    seconds = {t.name: t.seconds for t in result.stages}
+    assert table["seconds_train"][0] == seconds["base"] and table["seconds_eval"][0] == seconds["robustness_base"]
+    assert table["seconds_find"][1] == seconds["influence"] + seconds["variants_lowest_loss"]
+    assert table["seconds_train"].tolist()[-1] == seconds["retrain_no_aug"] and table["seconds_find"].tolist()[-1] == 0.0
+
+
+def test_the_report_table_renders_as_markdown_with_intervals_and_dashes_where_a_value_is_missing(tiny_run):
+    root, result, bon, store = tiny_run
+    text = arm_markdown(arm_table(root / "pipeline", best_of_n_results(store.list_jobs().to_dict("records")), run="tiny"))
+    lines = text.splitlines()
+    assert len(lines) == 2 + len(result.models) and lines[0].startswith("| run | arm | added pairs | held-out pairs | clean accuracy [95% CI] |")
+    assert "| drop: capitalization | drop: verbosity |" in lines[0] and lines[1].count("---") == lines[0].count("|") - 1
+    base, reform = lines[2].split(" | "), lines[3].split(" | ")
+    m = result.models[1]
+    ci = m.intervals["clean_accuracy"]
+    assert reform[1:4] == ["reform", "2", "2"]
+    assert reform[4] == f"{m.clean_accuracy:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
+    assert f"{bon.win_rate:.3f} [{bon.low:.3f}, {bon.high:.3f}] (2; {bon.same_pick})" in reform
+    assert base[8] == "—" and base[9] == "—"   # the base has no ratio to itself and no best-of-N against itself
+
+
+def test_best_of_n_runs_list_as_a_table_by_the_short_names_of_their_rms(tiny_run):
+    root, result, bon, store = tiny_run
+    frame = best_of_n_frame(best_of_n_results(store.list_jobs().to_dict("records")))
+    assert frame[["rm_a", "rm_b", "judge", "n", "prompts"]].values.tolist() == [["base", "retrain_reform", "judge", 2, 2]]
+    assert frame[["win_rate", "low", "high", "same_pick"]].values.tolist() == [[bon.win_rate, bon.low, bon.high, bon.same_pick]]
+    assert best_of_n_frame([]).columns.tolist()[:3] == ["job_id", "rm_a", "rm_b"] and best_of_n_frame([]).empty
+
+
+def test_a_run_without_a_report_gives_an_empty_table_and_no_markdown(tmp_path):
+    assert arm_table(tmp_path).empty and arm_markdown(arm_table(tmp_path)) == ""
