@@ -76,3 +76,20 @@ def test_pipeline_scratch_mode_has_no_no_aug_arm_and_bad_knobs_fail_early(setup)
     assert [m.name for m in result.models] == ["base", "reform"]
     retrain = json.loads((tmp_path / "scratch" / "retrain_reform" / "config.json").read_text())
     assert retrain["init_from"] == "" and retrain["epochs"] == 1 and retrain["augment_data"].endswith("approved.jsonl")
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.1, 0.2])
+def test_the_fraction_p_is_one_pipeline_setting_that_the_influence_and_variants_stages_both_use(fraction):
+    from reform_engine.configs import flags
+    from reform_engine.data import PreferencePair
+    from reform_engine.influence import ScoredPair, select_influential
+
+    cfg = PipelineConfig(variants=GenerateVariantsConfig(reward_model="", fraction=fraction, variants_per_pair=3))
+    variants = cfg.variants_config("lowest_loss", "rm")
+    assert cfg.influence_config("rm").fraction == variants.fraction == fraction and variants.variants_per_pair == 3
+    assert [variants.decoding_for(d).persona for d in ("lower", "raise")] == ["aligned", "compliant"]
+    assert {"variants.fraction", "variants.variants_per_pair", "variants.lower_persona", "variants.raise_persona"} <= \
+        {f.dest for f in flags(PipelineConfig)}
+    scored = [ScoredPair(PreferencePair(f"p{i}", ({"role": "user", "content": "q"},), "a", "b"), 0.0, 0.0, i / 100, i + 1)
+              for i in range(100)]
+    assert len(select_influential(scored, fraction)) == {0.05: 5, 0.1: 10, 0.2: 20}[fraction]
