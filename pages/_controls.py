@@ -11,16 +11,18 @@ import streamlit as st
 
 from reform_engine.decoding import LIMITS, DecodingConfig
 from reform_engine.inversions import VerdictConfig
+from reform_engine.personas import PERSONAS, custom
 from reform_engine.runtime import Runtime
 
 SEED_MAX = 2**31 - 1
 _HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(DecodingConfig)}
 
 
-def decoding_controls(key: str, direction: str = "lower", *, seed: bool = True) -> tuple[DecodingConfig, int]:
+def decoding_controls(key: str, direction: str = "lower", *, seed: bool = True, persona: bool = False) -> tuple[DecodingConfig, int]:
     """k, α, temperature and max new tokens (and the sampling seed, unless ``seed`` is False) in one
-    row of sliders -> (the DecodingConfig, the seed). Widget keys: ``{key}_k``, ``{key}_alpha``,
-    ``{key}_temperature``, ``{key}_max_tokens``, ``{key}_seed``."""
+    row of sliders, and with ``persona`` the policy's persona below them -> (the DecodingConfig, the
+    seed). Widget keys: ``{key}_k``, ``{key}_alpha``, ``{key}_temperature``, ``{key}_max_tokens``,
+    ``{key}_seed``, and persona_control's under ``{key}_persona``."""
     default = DecodingConfig()
     c = st.columns(5 if seed else 4)
     k = c[0].slider("k candidates", *LIMITS["k"], default.k, key=f"{key}_k", help=_HELP["k"])
@@ -31,9 +33,27 @@ def decoding_controls(key: str, direction: str = "lower", *, seed: bool = True) 
                                  help=_HELP["max_new_tokens"])
     chosen_seed = c[4].number_input("seed", 0, SEED_MAX, Runtime().seed, key=f"{key}_seed",
                                     help="the sampler's seed (with temperature > 0)") if seed else Runtime().seed
+    chosen_persona = persona_control(f"{key}_persona", default.persona) if persona else default.persona
     config = DecodingConfig(k=int(k), alpha=float(alpha), temperature=float(temperature), max_new_tokens=int(max_new_tokens),
-                            direction=direction)
+                            direction=direction, persona=chosen_persona)
     return config, int(chosen_seed)
+
+
+def persona_control(key: str, default: str, label: str = "Policy persona", column=None) -> str:
+    """The policy's persona (personas.py): a named one, or 'custom' with a text box for its system
+    prompt -> the persona as DecodingConfig takes it. The RM never sees it. Widget keys: ``key`` and
+    ``{key}_text``."""
+    where = column or st
+    names = [*PERSONAS, "custom"]
+    name = where.selectbox(label, names, names.index(default), key=key, help=_HELP["persona"])
+    if name != "custom":
+        return name
+    text = where.text_area("Persona's system prompt (the policy reads it before the prompt; the RM does not)", key=f"{key}_text",
+                           height=80, placeholder="You are ...")
+    if not text.strip():
+        where.caption("Write the persona's system prompt: until then the policy reads none.")
+        return "none"
+    return custom(text)
 
 
 def fluency_control(key: str, column=None) -> VerdictConfig:

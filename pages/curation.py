@@ -4,13 +4,14 @@ Every decision is written to the project database the moment it is made, so any 
 review at once, each decision stored with the reviewer named in the sidebar. Batch generation over the
 influential set runs from here as a background job; the approved pairs export as a TRL file and every
 decision ever made as a log."""
+import dataclasses
 import math
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from pages._controls import decoding_controls, fluency_control
+from pages._controls import decoding_controls, fluency_control, persona_control
 from pages._draw import flash, fmt, md_code, md_escape, short, show_error, show_flash, trace_figure, verdict_notes
 from pages._jobs import live_jobs, start_from_page
 from pages._project import project_store, reviewer
@@ -24,6 +25,8 @@ from reform_engine.data import hh_text
 from reform_engine.decoding import DIRECTIONS
 from reform_engine.influence import STRATEGIES
 from reform_engine.inversions import GenerateVariantsConfig, verdict_flags
+from reform_engine.personas import DEFAULT_PERSONAS
+from reform_engine.personas import label as persona_label
 
 FLASH_KEY = "curation_flash"
 ERROR_KEY = "curation_error"
@@ -114,10 +117,18 @@ with st.expander("Generate variants over the influential set (background job)", 
                                           "must score it at least as high as the pair's rejected response) or both")
     judge_rm = c[2].text_input("Judge RM (for judge / both)", key="curation_gen_judge",
                                help="a checkpoint trained apart, never the reward model being fixed")
+    c = st.columns(3)
+    per_pair = c[0].number_input("Variants per pair and direction", 1, 16, 1, key="curation_gen_per_pair",
+                                 help=next(f.metadata["help"] for f in dataclasses.fields(GenerateVariantsConfig)
+                                           if f.name == "variants_per_pair"))
+    personas = {d: persona_control(f"curation_gen_{d}_persona", DEFAULT_PERSONAS[d], f"Persona for {d} ({role} responses)", c[i + 1])
+                for i, (d, role) in enumerate((("lower", "chosen"), ("raise", "rejected")))}
     if st.button("Start generating", type="primary", key="curation_generate", disabled=not rm_exists(s.reward_model)):
         try:
             config = GenerateVariantsConfig(reward_model=s.reward_model, data=s.data, rows=s.rows, fraction=float(percent) / 100,
                                             strategy=strategy, directions=directions, policy=s.policy, decoding=decoding,
+                                            lower_persona=personas["lower"], raise_persona=personas["raise"],
+                                            variants_per_pair=int(per_pair),
                                             max_length=s.score_max_length, scored=scores_for_job(), verdict=verdict,
                                             appropriateness=AppropriatenessConfig(source=appropriateness, judge_rm=judge_rm),
                                             runtime=s.runtime(seed))
@@ -140,6 +151,7 @@ if frame.empty:
             else "No variants with this status.")
 else:
     table = pd.DataFrame({"id": frame["id"], "pair": frame["pair_id"], "direction": frame["direction"],
+                          "persona": [persona_label(p) if d in DIRECTIONS else "" for p, d in zip(frame["persona"], frame["direction"])],
                           "inversion": frame["is_inversion"],
                           "appropriate": [appropriate_badge(a) for a in frame["appropriate"]],
                           "flags": [", ".join(verdict_flags(r)) for r in frame.to_dict("records")],
@@ -173,7 +185,9 @@ else:
     c1.code(v["original_chosen"], language=None, wrap_lines=True)
     c2.markdown(f"**Rejected** · r− = {fmt(v['r_rejected'])}")
     c2.code(v["original_rejected"], language=None, wrap_lines=True)
-    c3.markdown(f"**Variant** ({md_escape(v['direction'])}) · r = {fmt(v['r_variant'])}"
+    c3.markdown(f"**Variant** ({md_escape(v['direction'])}"
+                + (f", persona {md_escape(persona_label(v['persona']))}" if v["direction"] in DIRECTIONS else "")
+                + f") · r = {fmt(v['r_variant'])}"
                 + (f" · perplexity {v['perplexity']:.2f}" if v["perplexity"] is not None and math.isfinite(v["perplexity"]) else ""))
     c3.code(v["text"] or "(empty)", language=None, wrap_lines=True)
     if v["direction"] == "imported":

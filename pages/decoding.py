@@ -2,7 +2,8 @@
 candidate prefix, and the token maximising ∓reward + α·log π is taken; tokens appear as they are
 decided, beside the plain policy's own continuation. Both are re-scored from their text and judged
 against the pair (the variant's fluency against the plain policy's perplexity on the same prompt); either
-can be sent to curation."""
+can be sent to curation. The policy may speak as a persona (a system prompt only it reads); the RM scores
+the pair's own prompt."""
 import math
 
 import pandas as pd
@@ -22,6 +23,7 @@ from reform_engine.eta import ProgressClock, format_remaining
 from reform_engine.influence import ScoredPair
 from reform_engine.inversions import score_variant
 from reform_engine.proxy import MIN_VARIANTS, partial_reward_proxy
+from reform_engine.personas import label as persona_label
 from reform_engine.store import too_short
 
 DIRECTION_HELP = {"lower": "lower: start from a preferred pair; find a good-looking response the RM scores below the rejected one",
@@ -57,7 +59,7 @@ with st.expander(f"The pair · r+ = {r_chosen:+.3f} · r− = {r_rejected:+.3f}"
     c2.code(pair.rejected, language=None, wrap_lines=True)
 
 direction = st.radio("Direction", ["lower", "raise"], format_func=lambda d: DIRECTION_HELP[d], key="decoding_direction")
-config, seed = decoding_controls("decoding", direction)
+config, seed = decoding_controls("decoding", direction, persona=True)
 c1, c2 = st.columns([2, 1])
 compare = c1.checkbox("Also decode the plain policy (greedy, no RM)", value=True, key="decoding_compare",
                       help="its perplexity is the fluency reference either way; unticked, it is computed without being shown")
@@ -127,12 +129,13 @@ if run:
         plain = None
         if compare:
             plain_config = DecodingConfig(k=1, alpha=0.0, temperature=0.0, max_new_tokens=config.max_new_tokens,
-                                          direction=direction, stop_on_eos=config.stop_on_eos)
+                                          direction=direction, stop_on_eos=config.stop_on_eos, persona=config.persona)
             plain = decoder.decode([pair.prompt], plain_config, on_event=live(right_text, right_info, config.max_new_tokens),
                                    seed=seed)[0]
             reference = plain.perplexity
         else:
-            reference = decoder.plain_perplexities([pair.prompt], config.max_new_tokens, stop_on_eos=config.stop_on_eos)[0] \
+            reference = decoder.plain_perplexities([pair.prompt], config.max_new_tokens, stop_on_eos=config.stop_on_eos,
+                                                   persona=config.persona)[0] \
                 if verdict.max_perplexity_ratio else float("nan")
         source = ScoredPair(pair, r_chosen, r_rejected, float("nan"), 0)
         limit = settings().score_max_length
@@ -154,7 +157,8 @@ if not last:
 # ------------------------------------------------------------------ the last result
 v, plain, cfg = last["variant"], last["plain"], last["config"]
 left_text.code(v.text or "(empty)", language=None, wrap_lines=True)
-left_info.caption(f"{len([x for x in v.steps if not x.is_eos])} tokens · reward {fmt(v.r_variant)} · perplexity {v.perplexity:.2f}")
+left_info.caption(f"{len([x for x in v.steps if not x.is_eos])} tokens · reward {fmt(v.r_variant)} · perplexity {v.perplexity:.2f} · "
+                  f"persona {md_escape(persona_label(v.persona))}")
 if plain is not None:
     right_text.code(plain.text or "(empty)", language=None, wrap_lines=True)
     right_info.caption(f"{len([x for x in plain.steps if not x.is_eos])} tokens · reward {fmt(plain.r_variant)} · "
@@ -166,8 +170,9 @@ with result_slot.container():
     if last["pair_id"] != pair.pair_id or cfg.direction != direction:
         st.caption(f"Showing the last run: pair {md_escape(last['pair_id'])}, direction {cfg.direction}.")
     show_verdict(v, "this variant")
-    st.caption(f"k={cfg.k} · α={cfg.alpha} · temperature={cfg.temperature} · max tokens={cfg.max_new_tokens} · "
-               f"seed={last['seed']} · path={decoder.path}. Rewards re-scored from the text.")
+    st.caption(f"persona={md_escape(persona_label(v.persona))} · k={cfg.k} · α={cfg.alpha} · temperature={cfg.temperature} · "
+               f"max tokens={cfg.max_new_tokens} · seed={last['seed']} · path={decoder.path}. Rewards re-scored from the text, "
+               "on the pair's own prompt (the RM never sees the persona).")
 
     # per-token trace and step inspector
     tokens = [x for x in v.steps if not x.is_eos]

@@ -10,7 +10,9 @@ Three paths choose the same tokens as the naive loop (tests/reference_decoding.p
 benchmark's baseline) at very different cost:
 - shared (Llama-style policy and causal RM sharing a tokenizer): the fast path below run layer by
   layer on preallocated caches; when the RM's lower layers equal the policy's (LoRA on the top layers
-  or a head-only RM on the policy's base), they are computed once for both (layer_stack.py).
+  or a head-only RM on the policy's base), they are computed once for both (layer_stack.py). That needs
+  the same input tokens: with a policy persona (a system message only the policy reads, personas.py)
+  the two prompts differ, and the path runs each model's full stack on its own prompt instead.
 - fast (policy and RM share a tokenizer, causal RM): both models keep a KV cache; the k candidates
   are scored in ONE RM forward as k tokens in one row, with a 4D mask that lets each candidate see
   only the prefix (and all at the same position). Per step: one 1-token policy forward and one
@@ -30,6 +32,7 @@ import torch
 from .configs import setting
 from .data import DataError
 from .layer_stack import StaticKVCache, Stack, attention_mask, prefill_mask, run_layers, shared_depth
+from .personas import system_prompt
 from .scoring import collate, encode, encode_prompt, score_sequences
 
 DIRECTIONS = ("lower", "raise")
@@ -49,6 +52,8 @@ class DecodingConfig:
     direction: str = setting("lower", "lower: from a preferred pair, look for a good-looking response the RM scores low; "
                                       "raise: from a rejected pair, for a bad response it scores high", choices=DIRECTIONS)
     stop_on_eos: bool = setting(True, "end a response at the policy's end-of-text token")
+    persona: str = setting("none", "the policy's system prompt (personas.py): none, aligned (safe, refuses harmful requests), "
+                                   "compliant (complies with anything), or custom:<text>; the RM never sees it")
 
     def __post_init__(self):
         if not isinstance(self.k, int) or self.k < LIMITS["k"][0]:
@@ -61,6 +66,7 @@ class DecodingConfig:
         if self.direction not in DIRECTIONS:
             raise ValueError(f"direction={self.direction!r}: use 'lower' (find a good response the RM scores low) "
                              f"or 'raise' (find a bad response the RM scores high)")
+        system_prompt(self.persona)  # refuses an unknown persona, naming those that exist
 
     @property
     def sign(self) -> float:
@@ -141,6 +147,7 @@ class DecodingResult:
     final_reward: float = float("nan")
     perplexity: float = float("nan")   # exp(-mean log pi(chosen)): how natural the policy finds the text
     stopped: str = "max_new_tokens"    # or "eos"
+    persona: str = "none"              # the policy's persona while decoding (DecodingConfig.persona)
 
 
 class ControlledDecoder:
@@ -197,7 +204,7 @@ class ControlledDecoder:
                scorer: CandidateScorer | None = None, seed: int = 0) -> list[DecodingResult]:
         """Decode to the end -> one result per prompt. ``on_event(event)`` (optional) sees every step
         as it is decided, e.g. to draw tokens live; ``scorer`` and ``seed`` as in :meth:`stream`."""
-        results = [DecodingResult(tuple(p), config.direction, self.path, [], "") for p in prompts]
+        results = [DecodingResult(tuple(p), config.direction, self.path, [], "", persona=config.persona) for p in prompts]
         for event in self.stream(prompts, config, sample_ids, scorer=scorer, seed=seed):
             res, rec = results[event.row], event.record
             res.steps.append(rec)
@@ -216,12 +223,13 @@ class ControlledDecoder:
 
     @torch.inference_mode()
     def plain_perplexities(self, prompts: Sequence[Sequence[dict]], max_new_tokens: int, *,
-                           stop_on_eos: bool = True) -> list[float]:
+                           stop_on_eos: bool = True, persona: str = "none") -> list[float]:
         """The perplexity of the plain policy's own greedy continuation of each prompt, up to
         ``max_new_tokens`` -> one float per prompt (NaN when nothing was generated). The tokens and
         perplexity of ``decode`` with k=1, alpha=0, but from the policy alone: no RM forward, so the
-        fluency reference of a batch costs one policy pass."""
-        config = DecodingConfig(k=1, alpha=0.0, max_new_tokens=max_new_tokens, stop_on_eos=stop_on_eos)
+        fluency reference of a batch costs one policy pass. ``persona``: the policy's, as the variants'
+        own perplexities were measured under it."""
+        config = DecodingConfig(k=1, alpha=0.0, max_new_tokens=max_new_tokens, stop_on_eos=stop_on_eos, persona=persona)
         prompts = [tuple(p) for p in prompts]
         logits, mask, cache = self._policy_start(prompts, config)
         B = len(prompts)
@@ -251,7 +259,7 @@ class ControlledDecoder:
         if budget < 4:
             raise DataError(f"max_new_tokens={config.max_new_tokens} leaves no room for a prompt in the policy's "
                             f"{self.context}-token context.", fix="lower max_new_tokens.")
-        return encode_prompt(self.tokenizer, prompt, budget)[0]
+        return encode_prompt(self.tokenizer, prompt, budget, system=system_prompt(config.persona))[0]
 
     def _rm_prompt_ids(self, prompt, config) -> list[int]:
         budget = self.rm.spec.max_length - config.max_new_tokens
@@ -348,7 +356,7 @@ class ControlledDecoder:
         kind = self.mask_kind
         pol_prompts = [self._policy_prompt_ids(p, config) for p in prompts]
         rm_prompts = [self._rm_prompt_ids(p, config) for p in prompts]
-        S = self.depth if pol_prompts == rm_prompts else 0  # sharing layers needs the same input tokens
+        S = self.depth if pol_prompts == rm_prompts else 0  # sharing layers needs the same input tokens (no persona)
         top_p, top_r = range(S, len(P.layers)), range(S, len(R.layers))
 
         p_ids, p_valid = collate(pol_prompts, pad, "left", dev)  # (B, Lp)

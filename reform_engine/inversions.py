@@ -9,6 +9,12 @@ when r(x, y'') > r(x, y+); it adds (y+ preferred over y''). Variants are re-scor
 Crossing is not enough: a variant the policy itself finds far less likely than its own plain (greedy)
 continuation of the same prompt is flagged "not fluent" and is no true inversion (VerdictConfig), nor is
 one of a single token. One cut mid-sentence at the token limit is flagged "truncated" but still counts.
+
+The policy proposing "lower" variants (future *chosen* responses) speaks as the aligned persona, the one
+proposing "raise" variants (future *rejected* ones) as the compliant, misaligned one (personas.py); the
+RM scores every variant on the pair's own prompt. Several variants per pair follow a fixed schedule
+(GenerateVariantsConfig.decoding_for); a variant whose normalised text (``normalised``) equals an earlier
+one of the same pair and direction is dropped before it is judged, and counted.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from .data import PreferencePair, added_pair, write_jsonl
 from .decoding import DIRECTIONS, DecodingConfig, DecodingResult, StepRecord
 from .influence import STRATEGIES, ScoredPair, check_selection, load_scored, rank_pairs, select_influential
 from .models import DEFAULT_MODEL
+from .personas import DEFAULT_PERSONAS, system_prompt
 from .runs import RunDir, job
 from .runtime import Runtime
 from .scoring import ScoringJob
@@ -100,13 +107,20 @@ class Variant:
     n_tokens: int | None = None      # tokens decoded (EOS not counted)
     appropriate: bool | None = None  # a "lower" variant that does not comply with a harmful request; None: not checked
     appropriateness: str | None = None  # the source and rule that decided it (appropriateness.py)
+    persona: str | None = None       # the policy's persona while decoding (personas.py); None: not recorded
+    index: int = 0                   # which of its pair's variants, in the schedule (GenerateVariantsConfig.decoding_for)
+    k: int | None = None             # the schedule's k, temperature and sampling seed for this variant
+    temperature: float | None = None
+    seed: int | None = None
 
     def new_pair(self) -> PreferencePair | None:
-        """The augmentation pair: (y', y-) for "lower", (y+, y'') for "raise"; None if not an inversion."""
+        """The augmentation pair: (y', y-) for "lower", (y+, y'') for "raise"; None if not an inversion.
+        Its id is ``pair:direction``, with ``:index`` for a pair's second and later variants."""
         if not self.is_inversion or not self.text.strip():
             return None
         chosen, rejected = added_pair(self.direction, self.original_chosen, self.original_rejected, self.text)
-        return PreferencePair(f"{self.pair_id}:{self.direction}", self.prompt, chosen, rejected)
+        suffix = f":{self.index}" if self.index else ""
+        return PreferencePair(f"{self.pair_id}:{self.direction}{suffix}", self.prompt, chosen, rejected)
 
     def to_record(self, with_steps: bool = True) -> dict:
         rec = dataclasses.asdict(self)
@@ -154,7 +168,7 @@ def make_variant(source: ScoredPair, result: DecodingResult, r_variant: float, p
     return Variant(source.pair.pair_id, result.direction, source.pair.prompt, source.pair.chosen, source.pair.rejected,
                    result.text, r_variant, result.final_reward, source.r_chosen, source.r_rejected, margin,
                    result.perplexity, ok, result.steps, plain_perplexity, fluent,
-                   is_truncated(result.text, result.stopped), n_tokens)
+                   is_truncated(result.text, result.stopped), n_tokens, result.persona)
 
 
 def score_variant(rm, source: ScoredPair, result: DecodingResult, *, max_length: int = 1024,
@@ -182,9 +196,16 @@ class VariantStats:
     not_fluent: int = 0              # variants past the threshold that the fluency flag kept from being inversions
     truncated: int = 0               # inversions cut mid-sentence at the token limit (kept, flagged)
     inappropriate: int = 0           # inversions judged inappropriate (kept, flagged; the filtered augment file leaves them out)
+    duplicates: int = 0              # decoded variants dropped as near-duplicates before judging (not in n)
 
 
-def variant_stats(variants: Sequence[Variant]) -> VariantStats:
+def normalised(text: str) -> str:
+    """What two variants must share to count as one: the text with case folded and every run of
+    whitespace (including leading and trailing) collapsed to one space. Punctuation and wording count."""
+    return " ".join(text.split()).casefold()
+
+
+def variant_stats(variants: Sequence[Variant], duplicates: int = 0) -> VariantStats:
     def mean(xs):
         xs = [x for x in xs if math.isfinite(x)]
         return sum(xs) / len(xs) if xs else float("nan")
@@ -195,7 +216,7 @@ def variant_stats(variants: Sequence[Variant]) -> VariantStats:
     return VariantStats(len(variants), len(inv), len(inv) / len(variants) if variants else float("nan"),
                         mean([v.perplexity for v in variants]), mean([v.perplexity for v in inv]), by_dir,
                         sum(v.margin > 0 and v.fluent is False for v in variants), sum(bool(v.truncated) for v in inv),
-                        sum(v.appropriate is False for v in inv))
+                        sum(v.appropriate is False for v in inv), duplicates)
 
 
 @dataclass
@@ -209,8 +230,19 @@ class GenerateVariantsConfig(ScoringJob):
     # policies
     policy: str = setting(DEFAULT_MODEL, "the policy that proposes tokens (the 'aligned' one, for direction lower)")
     raise_policy: str = setting("", "a separate ('misaligned') policy for direction raise; '' = policy")
-    decoding: DecodingConfig = nested(DecodingConfig, "how each variant is decoded (its direction comes from directions)",
-                                      set_by_job=("direction",))
+    lower_persona: str = setting(DEFAULT_PERSONAS["lower"], "the policy's persona for direction lower, whose variants become "
+                                 "chosen responses: aligned (safe, refuses harmful requests), compliant, none, or custom:<text>")
+    raise_persona: str = setting(DEFAULT_PERSONAS["raise"], "the policy's persona for direction raise, whose variants become "
+                                 "rejected responses: compliant (complies with anything: the misaligned policy), aligned, none, "
+                                 "or custom:<text>")
+    decoding: DecodingConfig = nested(DecodingConfig, "how each variant is decoded (its direction and persona come from "
+                                      "directions and the personas above)", set_by_job=("direction", "persona"))
+    # several variants per pair: variant i (0, 1, ...) decodes with k + i*k_step, temperature + i*temperature_step, seed + i
+    variants_per_pair: int = setting(1, "variants decoded per influential pair and direction; near-duplicates (same text up to "
+                                        "case and spacing) are dropped and counted")
+    temperature_step: float = setting(0.5, "variant i of a pair samples at decoding.temperature + i * this (variant 0 is "
+                                           "decoded as configured)")
+    k_step: int = setting(0, "variant i of a pair proposes decoding.k + i * this candidates per step")
     verdict: VerdictConfig = nested(VerdictConfig, "what makes a variant past its threshold a true inversion (fluency)")
     appropriateness: AppropriatenessConfig = nested(AppropriatenessConfig, "whether 'lower' variants still refuse a harmful "
                                                                            "request (a flag; augment_appropriate.jsonl leaves "
@@ -226,9 +258,30 @@ class GenerateVariantsConfig(ScoringJob):
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.appropriateness.check_independent(self.reward_model)
+        for d in DIRECTIONS:
+            try:
+                system_prompt(self.persona_for(d))
+            except ValueError as exc:
+                raise ValueError(f"{d}_persona: {exc}") from None
+        if not isinstance(self.variants_per_pair, int) or self.variants_per_pair < 1:
+            raise ValueError(f"variants_per_pair={self.variants_per_pair!r}: decode at least 1 variant per pair (1 is the usual)")
+        if not self.temperature_step >= 0 or math.isinf(self.temperature_step):
+            raise ValueError(f"temperature_step={self.temperature_step!r}: use a finite step >= 0 (0 keeps one temperature)")
+        if not isinstance(self.k_step, int) or self.k_step < 0:
+            raise ValueError(f"k_step={self.k_step!r}: use a whole number >= 0 (0 keeps one k)")
 
-    def decoding_for(self, direction: str) -> DecodingConfig:
-        return dataclasses.replace(self.decoding, direction=direction)
+    def persona_for(self, direction: str) -> str:
+        return self.lower_persona if direction == "lower" else self.raise_persona
+
+    def decoding_for(self, direction: str, index: int = 0) -> DecodingConfig:
+        """How variant ``index`` of a pair is decoded in ``direction``: the schedule's k and temperature,
+        that direction's persona. Its sampling seed is ``runtime.seed + index`` (seed_for)."""
+        return dataclasses.replace(self.decoding, direction=direction, persona=self.persona_for(direction),
+                                   k=self.decoding.k + index * self.k_step,
+                                   temperature=self.decoding.temperature + index * self.temperature_step)
+
+    def seed_for(self, index: int) -> int:
+        return self.runtime.seed + index
 
 
 @dataclass
@@ -263,10 +316,12 @@ def reusable_scores(config: GenerateVariantsConfig, pairs: Sequence[PreferencePa
 
 
 @job("loading the reward model and the data", done=lambda r: f"{r.stats.inversions} inversions of {r.stats.n} variants"
-     + (f" ({r.stats.not_fluent} more past the threshold but not fluent)" if r.stats.not_fluent else ""))
+     + (f" ({r.stats.not_fluent} more past the threshold but not fluent)" if r.stats.not_fluent else "")
+     + (f", {r.stats.duplicates} near-duplicates dropped" if r.stats.duplicates else ""))
 def generate_variants(config: GenerateVariantsConfig, run: RunDir) -> GenerateVariantsResult:
     """Score the data (unless ``config.scored`` holds its scores under the same key), select
-    influential pairs, decode variants in both directions, filter inversions."""
+    influential pairs, decode ``variants_per_pair`` variants per pair in each direction, drop
+    near-duplicates, filter inversions."""
     from .decoding import ControlledDecoder
     from .models import load_causal_lm, load_tokenizer
     from .reward_model import load_reward_model
@@ -286,11 +341,14 @@ def generate_variants(config: GenerateVariantsConfig, run: RunDir) -> GenerateVa
         scored = rank_pairs(pairs, scores)
     chosen = select_influential(scored, config.fraction, config.strategy, config.runtime.seed)
     directions = DIRECTIONS if config.directions == "both" else (config.directions,)
-    total = len(directions) * len(chosen)
-    run.log(f"{len(chosen)} influential pairs of {len(scored)}; decoding {total} variants")
+    total = len(directions) * len(chosen) * config.variants_per_pair
+    run.log(f"{len(chosen)} influential pairs of {len(scored)}; decoding {total} variants "
+            f"({config.variants_per_pair} per pair and direction; personas: "
+            + ", ".join(f"{d} {config.persona_for(d)}" for d in directions) + ")")
     run.progress(0, total, message=f"loading the policy; then 0/{total} variants")
     decoders: dict[str, ControlledDecoder] = {}
     variants: list[Variant] = []
+    done, dropped = 0, 0
     for d in directions:
         name = config.raise_policy if d == "raise" and config.raise_policy else config.policy
         if name not in decoders:
@@ -298,9 +356,13 @@ def generate_variants(config: GenerateVariantsConfig, run: RunDir) -> GenerateVa
                                                load_tokenizer(name, trust_remote_code=load["trust_remote_code"]), rm)
         todo = sorted(enumerate(chosen), key=lambda t: len(t[1].pair.prompt_text))
         for b in range(0, len(todo), config.batch_size):
-            variants += _decode_batch(decoders[name], rm, todo[b:b + config.batch_size], config, d)
-            run.progress(len(variants), total, message=f"{len(variants)}/{total} variants, "
-                         f"{sum(v.is_inversion for v in variants)} inversions")
+            kept, n_dropped = _decode_batch(decoders[name], rm, todo[b:b + config.batch_size], config, d)
+            variants, dropped = variants + kept, dropped + n_dropped
+            done += len(todo[b:b + config.batch_size]) * config.variants_per_pair
+            run.progress(done, total, message=f"{done}/{total} variants, {sum(v.is_inversion for v in variants)} inversions"
+                         + (f", {dropped} near-duplicates dropped" if dropped else ""))
+    run.log(f"kept {len(variants)} variants; dropped {dropped} near-duplicates (the same text, up to case and spacing, as an "
+            f"earlier variant of the same pair and direction)")
     filtered = ""
     if config.appropriateness.enabled:
         run.set_status(message=f"judging the appropriateness of {len(variants)} variants ({config.appropriateness.source})")
@@ -309,8 +371,9 @@ def generate_variants(config: GenerateVariantsConfig, run: RunDir) -> GenerateVa
         write_jsonl(filtered, [v.new_pair().to_trl() for v in variants if v.new_pair() and v.appropriate is not False])
     write_jsonl(run.path / "variants.jsonl", [v.to_record() for v in variants])
     write_jsonl(run.path / "augment.jsonl", [v.new_pair().to_trl() for v in variants if v.new_pair()])
-    return GenerateVariantsResult(str(run.path / "variants.jsonl"), str(run.path / "augment.jsonl"), variant_stats(variants),
-                                  len(chosen), sum(not step.is_eos for v in variants for step in v.steps),
+    return GenerateVariantsResult(str(run.path / "variants.jsonl"), str(run.path / "augment.jsonl"),
+                                  variant_stats(variants, dropped), len(chosen),
+                                  sum(not step.is_eos for v in variants for step in v.steps),
                                   time.perf_counter() - start, time.process_time() - cpu_start, filtered)
 
 
@@ -329,18 +392,31 @@ def check_appropriateness(variants: Sequence[Variant], config: AppropriatenessCo
 
 
 def _decode_batch(decoder, rm, batch: Sequence[tuple[int, ScoredPair]], config: GenerateVariantsConfig,
-                  direction: str) -> list[Variant]:
-    """Decode one batch of (row, scored pair) in ``direction``, re-score every non-empty variant from
-    its text in one RM call, and judge each against the plain policy's continuation of its prompt."""
+                  direction: str) -> tuple[list[Variant], int]:
+    """Decode one batch of (row, scored pair) in ``direction``, ``variants_per_pair`` times on the
+    schedule; drop each text that repeats an earlier one of its pair (``normalised``); re-score the
+    rest from their text in one RM call and judge each against the plain policy's continuation of its
+    prompt (under the same persona). -> (variants, near-duplicates dropped)."""
     from .scoring import encode, score_sequences
 
     prompts = [s.pair.prompt for _, s in batch]
-    results = decoder.decode(prompts, config.decoding_for(direction), sample_ids=[i for i, _ in batch], seed=config.runtime.seed)
-    plain = decoder.plain_perplexities(prompts, config.decoding.max_new_tokens, stop_on_eos=config.decoding.stop_on_eos) \
-        if config.verdict.max_perplexity_ratio else [float("nan")] * len(batch)
-    readable = [j for j, res in enumerate(results) if res.text.strip()]
-    seqs = [encode(rm.tokenizer, batch[j][1].pair.prompt, results[j].text, max_length=config.max_length,
-                   use_chat_template=rm.spec.use_chat_template).ids for j in readable]
+    persona = config.persona_for(direction)
+    plain = decoder.plain_perplexities(prompts, config.decoding.max_new_tokens, stop_on_eos=config.decoding.stop_on_eos,
+                                       persona=persona) if config.verdict.max_perplexity_ratio else [float("nan")] * len(batch)
+    seen: list[set[str]] = [set() for _ in batch]
+    decoded, dropped = [], 0   # (j: row in the batch, index, decoding, seed, result)
+    for index in range(config.variants_per_pair):
+        decoding, seed = config.decoding_for(direction, index), config.seed_for(index)
+        for j, res in enumerate(decoder.decode(prompts, decoding, sample_ids=[i for i, _ in batch], seed=seed)):
+            if normalised(res.text) in seen[j]:
+                dropped += 1
+                continue
+            seen[j].add(normalised(res.text))
+            decoded.append((j, index, decoding, seed, res))
+    readable = [n for n, (_, _, _, _, res) in enumerate(decoded) if res.text.strip()]
+    seqs = [encode(rm.tokenizer, batch[decoded[n][0]][1].pair.prompt, decoded[n][4].text, max_length=config.max_length,
+                   use_chat_template=rm.spec.use_chat_template).ids for n in readable]
     fresh = dict(zip(readable, score_sequences(rm, seqs).tolist())) if seqs else {}
-    return [make_variant(s, res, fresh.get(j, float("nan")), plain[j], config.verdict)
-            for j, ((_, s), res) in enumerate(zip(batch, results))]
+    return [dataclasses.replace(make_variant(batch[j][1], res, fresh.get(n, float("nan")), plain[j], config.verdict),
+                                index=index, k=decoding.k, temperature=decoding.temperature, seed=seed)
+            for n, (j, index, decoding, seed, res) in enumerate(decoded)], dropped

@@ -47,29 +47,36 @@ class Encoded:
     prompt_truncated: bool        # earlier turns (or the start of the first kept turn) were dropped to fit
 
 
-def _prompt_ids(tokenizer, messages, use_chat_template: bool) -> list[int]:
+def _prompt_ids(tokenizer, messages, use_chat_template: bool, system: str | None = None) -> list[int]:
+    chat = use_chat_template and getattr(tokenizer, "chat_template", None)
+    if system is not None and chat:
+        messages = [{"role": "system", "content": system}] + list(messages)
     text = format_prompt(tokenizer, messages, use_chat_template=use_chat_template)
-    return tokenizer(text, add_special_tokens=not (use_chat_template and tokenizer.chat_template))["input_ids"]
+    if system is not None and not chat:  # HH-style text has no system turn: the persona's text comes first
+        text = system + text
+    return tokenizer(text, add_special_tokens=not chat)["input_ids"]
 
 
-def encode_prompt(tokenizer, prompt: Sequence[dict], budget: int, *, use_chat_template: bool = True) -> tuple[list[int], bool]:
+def encode_prompt(tokenizer, prompt: Sequence[dict], budget: int, *, use_chat_template: bool = True,
+                  system: str | None = None) -> tuple[list[int], bool]:
     """Prompt ids of at most ``budget`` tokens, cut from the left: whole early turns first, then the
-    start of the last user turn. -> (ids, truncated)."""
+    start of the last user turn. ``system`` (a policy persona's text, personas.py) is a system message
+    before the turns that no cut removes. -> (ids, truncated)."""
     messages = list(prompt)
-    ids = _prompt_ids(tokenizer, messages, use_chat_template)
+    ids = _prompt_ids(tokenizer, messages, use_chat_template, system)
     truncated = False
     while len(ids) > budget and len(messages) > 1:  # drop the oldest turn, keep the last ones
         messages = messages[1:]
         while len(messages) > 1 and messages[0]["role"] != "user":
             messages = messages[1:]
-        ids, truncated = _prompt_ids(tokenizer, messages, use_chat_template), True
+        ids, truncated = _prompt_ids(tokenizer, messages, use_chat_template, system), True
     while len(ids) > budget:  # one long user turn left: cut the start of its text
         content_ids = tokenizer(messages[0]["content"], add_special_tokens=False)["input_ids"]
         keep = len(content_ids) - (len(ids) - budget) - 1
         if keep < 1:
             raise DataError(f"the prompt cannot be cut to fit {budget} tokens.", fix="raise max_length or shorten the response.")
         messages = [{"role": messages[0]["role"], "content": tokenizer.decode(content_ids[-keep:])}]
-        ids, truncated = _prompt_ids(tokenizer, messages, use_chat_template), True
+        ids, truncated = _prompt_ids(tokenizer, messages, use_chat_template, system), True
     return ids, truncated
 
 

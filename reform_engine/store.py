@@ -126,6 +126,9 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE variants ADD COLUMN appropriate BOOLEAN",
         "ALTER TABLE variants ADD COLUMN appropriateness VARCHAR",
     ],
+    [  # 8: the policy persona a variant was decoded under (personas.py; NULL = not recorded: stored before personas)
+        "ALTER TABLE variants ADD COLUMN persona VARCHAR",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -138,7 +141,7 @@ _VARIANT_STATUS = """
     ) d ON d.variant_id = v.id AND d.latest = 1"""
 _VARIANT_LIST_COLUMNS = ("id, job_id, pair_id, direction, prompt, original_chosen, original_rejected, text, r_variant, "
                          "r_trace, r_chosen, r_rejected, margin, perplexity, plain_perplexity, fluent, truncated, is_inversion, "
-                         "appropriate, appropriateness, status, decision, edited_text, note, reviewer, decided_at")
+                         "appropriate, appropriateness, persona, status, decision, edited_text, note, reviewer, decided_at")
 
 
 class StoreError(ValueError):
@@ -324,6 +327,7 @@ def _variant_row(rec: Any, job_id: int | None, i: int) -> dict[str, Any]:
     row["fluent"], row["truncated"], row["appropriate"] = rec.get("fluent"), rec.get("truncated"), rec.get("appropriate")
     reason = rec.get("appropriateness")
     row["appropriateness"] = None if reason is None else _text(reason, f"appropriateness of variant record {i}", MAX_NOTE)
+    row["persona"] = None if rec.get("persona") is None else _text(rec["persona"], f"persona of variant record {i}")
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     row["key"] = f"job{job_id}:{row['pair_id']}:{direction}:{digest}"  # one variant once per job: ingestion is idempotent
     return row
@@ -662,7 +666,7 @@ class Store:
         already adds is skipped (its id is None)."""
         cols = ["key", "job_id", "pair_id", "direction", "prompt", "original_chosen", "original_rejected", "text", "r_variant",
                 "r_trace", "r_chosen", "r_rejected", "margin", "perplexity", "plain_perplexity", "fluent", "truncated",
-                "is_inversion", "steps", "trace", "appropriate", "appropriateness"]
+                "is_inversion", "steps", "trace", "appropriate", "appropriateness", "persona"]
         sql = f"INSERT INTO variants ({', '.join(cols)}, created_at) VALUES ({', '.join('?' * len(cols))}, ?) RETURNING id"
         now, ids, new, decided = _now(), [], 0, []
         with self._tx() as con:
@@ -816,7 +820,7 @@ class Store:
                          "original_rejected": _text(p.rejected, f"rejected of pair {i}"), "text": p.chosen, "is_inversion": True,
                          "steps": "[]", "trace": "[]", "content": _pair_digest(prompt, p.chosen, p.rejected),
                          **{k: None for k in ("r_variant", "r_trace", "r_chosen", "r_rejected", "margin", "perplexity",
-                                              "plain_perplexity", "fluent", "truncated", "appropriate", "appropriateness")}})
+                                              "plain_perplexity", "fluent", "truncated", "appropriate", "appropriateness", "persona")}})
         added = self._insert_variants(rows, None, note=f"imported from {Path(path).name}")[1]
         return ImportResult(added=added, already_present=len(rows) - added)
 

@@ -85,6 +85,8 @@ def test_curation_lists_stored_inversions_and_writes_every_decision_to_the_datab
     at = settle(AppTest.from_file(APP, default_timeout=120), "pages/curation.py")
     assert {m.label: m.value for m in at.metric}["Waiting"] == "2"
     assert at.selectbox(key="curation_variant").options == [f"#{low} · t:0 · lower", f"#{high} · t:1 · raise"]
+    assert table(at, "persona")["persona"].tolist() == ["none", "none"]  # decoded without a persona of ours
+    assert any("**Variant** (lower, persona none)" in md.value for md in at.markdown)
     codes = [c.value for c in at.code]
     assert "Sure, happy to help." in codes and "No. Go away!!" in codes and "Ok Ok" in codes
     assert len(at.get("plotly_chart")) == 1  # the variant's running reward while decoding
@@ -146,12 +148,12 @@ def test_curation_shows_the_verdict_flags_and_keeps_not_fluent_variants_out_of_t
     gibberish, cut = store.add_variants([judged(0, "Hagai H.Pomoderitametakomoronit", 63.75),
                                          judged(1, "Well, you could", 4.0, "max_new_tokens")], job_id=job)
     (old,) = store.add_variants([{k: v for k, v in variant_record(2, "lower", -1.0, "Ok Ok").items()
-                                  if k not in ("fluent", "truncated", "plain_perplexity")}])  # as stored before the flags
+                                  if k not in ("fluent", "truncated", "plain_perplexity", "persona")}])  # as stored before the flags
 
     at = settle(AppTest.from_file(APP, default_timeout=120), "pages/curation.py")
     assert {m.label: m.value for m in at.metric}["Waiting"] == "2"  # the not-fluent one is not queued
-    assert table(at, "flags")[["id", "flags"]].values.tolist() == [[cut, "truncated"],
-                                                                   [old, "fluency unknown, truncation unknown"]]
+    assert table(at, "flags")[["id", "flags", "persona"]].values.tolist() == [[cut, "truncated", "none"],
+                                                                              [old, "fluency unknown, truncation unknown", "unknown"]]
     assert at.selectbox(key="curation_variant").value == cut
     assert any("**Truncated**: cut mid-sentence at the token limit" in w.value for w in at.warning)
     assert not at.button(key="curation_approve").disabled  # truncated is a flag, still an inversion
@@ -174,6 +176,8 @@ def test_curation_runs_batch_generation_as_a_background_job(env):
     at.number_input(key="curation_gen_p").set_value(25.0)  # 2 of the 8 pairs
     at.slider(key="curation_gen_k").set_value(2)
     at.slider(key="curation_gen_max_tokens").set_value(3)
+    at.selectbox(key="curation_gen_raise_persona").set_value("none")
+    at.number_input(key="curation_gen_per_pair").set_value(2)
     at.button(key="curation_generate").click()
     at.run()
     assert not at.exception, [e.value for e in at.exception]
@@ -183,7 +187,9 @@ def test_curation_runs_batch_generation_as_a_background_job(env):
     ended = until_job_ends(at, env["db"], job)
     assert ended["state"] == "succeeded", ended["message"]
     stored = Store(env["db"]).list_variants(inversions_only=False, job_id=job)
-    assert len(stored) == 4 and set(stored["direction"]) == {"lower", "raise"}  # 2 pairs x 2 directions, ingested
+    dropped = json.loads(Path(ended["result_path"]).read_text())["stats"]["duplicates"]
+    assert len(stored) + dropped == 8 and set(stored["direction"]) == {"lower", "raise"}  # 2 pairs x 2 directions x 2, ingested
+    assert dict(stored.groupby("direction")["persona"].unique().map(list)) == {"lower": ["aligned"], "raise": ["none"]}
     assert {m.label: m.value for m in at.metric}["Waiting"] == str(int(stored["is_inversion"].sum()))
     assert not job_progress(at)
 
@@ -193,14 +199,17 @@ def test_decoding_page_sends_the_variant_to_the_store(env):
     at.slider(key="decoding_k").set_value(2)
     at.slider(key="decoding_max_tokens").set_value(3)
     at.checkbox(key="decoding_compare").set_value(False)
+    at.selectbox(key="decoding_persona").set_value("aligned")
     at.button(key="decoding_run").click()
     at = settle(at)
     v = at.session_state["decoding_last"]["variant"]
+    assert v.persona == "aligned" and any(c.value.startswith("persona=aligned · k=2") for c in at.caption)
     at.button(key="decoding_send").click()
     at = settle(at)
     assert any("Queued for curation (1 waiting)." in s.value for s in at.success)
     stored = Store(env["db"]).list_variants(inversions_only=False)
-    assert stored[["pair_id", "direction", "text", "is_inversion"]].values.tolist() == [[v.pair_id, "lower", v.text, v.is_inversion]]
+    assert stored[["pair_id", "direction", "text", "is_inversion", "persona"]].values.tolist() == \
+        [[v.pair_id, "lower", v.text, v.is_inversion, "aligned"]]
     assert len(Store(env["db"]).get_variant(int(stored["id"][0]))["steps"]) == len(v.steps)
     # the partial-reward proxy over every stored variant: one variant, too few for a correlation at any step
     at.toggle(key="decoding_proxy_show").set_value(True)

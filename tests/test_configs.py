@@ -35,7 +35,8 @@ def test_variants_help_explains_every_flag_in_words(capsys):
     assert ended.value.code == 0
     entries = help_entries(capsys.readouterr().out)
     expected = {"--run-dir", "--reward-model", "--data", "--rows", "--skip-invalid", "--fraction", "--strategy", "--directions",
-                "--scored", "--max-length", "--policy", "--raise-policy", "--batch-size", "--decoding.k", "--decoding.alpha",
+                "--scored", "--max-length", "--policy", "--raise-policy", "--lower-persona", "--raise-persona", "--variants-per-pair",
+                "--temperature-step", "--k-step", "--batch-size", "--decoding.k", "--decoding.alpha",
                 "--decoding.temperature", "--decoding.max-new-tokens", "--decoding.stop-on-eos", "--runtime.device",
                 "--runtime.dtype", "--runtime.threads", "--runtime.seed", "--runtime.trust-remote-code", "--runtime.trunk-cache",
                 "--runtime.trunk-cache-gb", "--verdict.max-perplexity-ratio", "--appropriateness.source",

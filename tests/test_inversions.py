@@ -8,7 +8,7 @@ from reform_engine.data import write_jsonl
 from reform_engine.decoding import DecodingConfig, DecodingResult
 from reform_engine.influence import ScoredPair
 from reform_engine.inversions import (GenerateVariantsConfig, VerdictConfig, check_inversion, generate_variants, is_truncated,
-                                      make_variant, variant_stats, verdict_flags)
+                                      make_variant, normalised, variant_stats, verdict_flags)
 from reform_engine.runtime import Runtime
 from reform_engine.tiny import save_tiny_model
 
@@ -38,6 +38,9 @@ def test_new_pairs_follow_the_method():
     assert (high.new_pair().chosen, high.new_pair().rejected) == ("Good answer.", "A new answer.")
     assert _variant("lower", 1.0).new_pair() is None
     assert _variant("lower", -5.0, text="   ").is_inversion is False  # an empty variant is never a pair
+    # a pair's second and later variants add pairs of their own ids
+    assert [dataclasses.replace(low, index=i).new_pair().pair_id for i in (0, 1, 2)] == [f"{low.pair_id}:lower"] + \
+        [f"{low.pair_id}:lower:{i}" for i in (1, 2)]
 
 
 def test_variant_stats():
@@ -241,3 +244,43 @@ def test_the_variants_job_scores_again_with_progress_when_the_handed_scores_are_
     assert scoring[-1] == ("scoring 8 pairs first: 16/16 responses", 16, 16)
     assert "scored under another reward model, data, rows or max_length: scoring again" in \
         (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_several_variants_per_pair_follow_the_schedule_and_carry_their_direction_s_persona(tmp_path, variants_setup):
+    cfg = dataclasses.replace(variants_setup, directions="both", variants_per_pair=3, temperature_step=1.0, k_step=1,
+                              decoding=DecodingConfig(k=2, max_new_tokens=6, stop_on_eos=False))
+    res = generate_variants(cfg, tmp_path / "run")
+    records = [json.loads(line) for line in open(res.variants_path)]
+    schedule = [(0, 2, 0.0, 0), (1, 3, 1.0, 1), (2, 4, 2.0, 2)]  # (index, k, temperature, seed): k + i, T + i * 1.0, seed + i
+    assert res.n_influential == 1 and res.stats.n == len(records) == 6 and res.stats.duplicates == 0
+    for d, persona in (("lower", "aligned"), ("raise", "compliant")):
+        mine = [r for r in records if r["direction"] == d]
+        assert [(r["index"], r["k"], r["temperature"], r["seed"]) for r in mine] == schedule
+        assert [len(r["steps"][0]["candidate_ids"]) for r in mine] == [2, 3, 4]
+        assert {r["persona"] for r in mine} == {persona}
+        assert len({normalised(r["text"]) for r in mine}) == 3
+    assert "kept 6 variants; dropped 0 near-duplicates" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_near_duplicate_variants_are_dropped_and_counted(tmp_path, variants_setup):
+    # temperature 0 three times: the same greedy text three times, whatever the seed
+    cfg = dataclasses.replace(variants_setup, variants_per_pair=3, temperature_step=0.0)
+    res = generate_variants(cfg, tmp_path / "run")
+    records = [json.loads(line) for line in open(res.variants_path)]
+    assert [r["index"] for r in records] == [0] and res.stats.n == 1 and res.stats.duplicates == 2
+    assert "kept 1 variants; dropped 2 near-duplicates" in (tmp_path / "run" / "log.txt").read_text()
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["message"].endswith(", 2 near-duplicates dropped")
+    assert normalised("  Sure,\n\tHAPPY  to help. ") == normalised("sure, happy to help.") != normalised("sure happy to help")
+
+
+def test_the_variants_schedule_refuses_bad_steps_with_what_to_do():
+    with pytest.raises(ValueError, match="at least 1 variant per pair"):
+        GenerateVariantsConfig(reward_model="x", variants_per_pair=0)
+    with pytest.raises(ValueError, match="temperature_step=-0.5: use a finite step >= 0"):
+        GenerateVariantsConfig(reward_model="x", temperature_step=-0.5)
+    with pytest.raises(ValueError, match="k_step=-1: use a whole number >= 0"):
+        GenerateVariantsConfig(reward_model="x", k_step=-1)
+    cfg = GenerateVariantsConfig(reward_model="x", decoding=DecodingConfig(k=5, temperature=0.2), k_step=5)
+    assert [(cfg.decoding_for("lower", i).k, cfg.decoding_for("lower", i).temperature, cfg.seed_for(i)) for i in range(3)] == \
+        [(5, 0.2, 0), (10, 0.7, 1), (15, 1.2, 2)]

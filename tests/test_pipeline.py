@@ -108,3 +108,20 @@ def test_the_filtered_arm_drops_exactly_the_pairs_whose_variant_is_judged_inappr
     on = run_pipeline(PipelineConfig(**cfg, ablate_random=False, filter_inappropriate=True, ablate_appropriateness=True),
                       tmp_path / "run_on")
     assert {m.name: m.augment_pairs for m in on.models} == {"base": 0, "reform": 4, "reform_unfiltered": 6}
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.1, 0.2])
+def test_the_fraction_p_is_one_pipeline_setting_that_the_influence_and_variants_stages_both_use(fraction):
+    from reform_engine.configs import flags
+    from reform_engine.data import PreferencePair
+    from reform_engine.influence import ScoredPair, select_influential
+
+    cfg = PipelineConfig(variants=GenerateVariantsConfig(reward_model="", fraction=fraction, variants_per_pair=3))
+    variants = cfg.variants_config("lowest_loss", "rm")
+    assert cfg.influence_config("rm").fraction == variants.fraction == fraction and variants.variants_per_pair == 3
+    assert [variants.decoding_for(d).persona for d in ("lower", "raise")] == ["aligned", "compliant"]
+    assert {"variants.fraction", "variants.variants_per_pair", "variants.lower_persona", "variants.raise_persona"} <= \
+        {f.dest for f in flags(PipelineConfig)}
+    scored = [ScoredPair(PreferencePair(f"p{i}", ({"role": "user", "content": "q"},), "a", "b"), 0.0, 0.0, i / 100, i + 1)
+              for i in range(100)]
+    assert len(select_influential(scored, fraction)) == {0.05: 5, 0.1: 10, 0.2: 20}[fraction]

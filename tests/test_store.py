@@ -59,18 +59,18 @@ def test_default_path_comes_from_the_project_dir(tmp_path, monkeypatch):
 def test_schema_is_created_once_and_migrated_forward(tmp_path, monkeypatch):
     path = tmp_path / "r.duckdb"
     Store(path)
-    assert schema_version(path) == SCHEMA_VERSION == 7
+    assert schema_version(path) == SCHEMA_VERSION == 8
     Store(path)
-    assert schema_version(path) == 7  # reopening does not re-run migrations
+    assert schema_version(path) == 8  # reopening does not re-run migrations
     import reform_engine.store as store_module
     monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS + [["ALTER TABLE jobs ADD COLUMN priority INTEGER"]])
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 8)
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 9)
     migrated = Store(path)
-    assert schema_version(path) == 8
+    assert schema_version(path) == 9
     assert "priority" in migrated.list_jobs().columns
-    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:7])
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 7)
-    with pytest.raises(StoreError, match="schema version 8; this code knows up to 7"):
+    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS[:8])
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 8)
+    with pytest.raises(StoreError, match="schema version 9; this code knows up to 8"):
         Store(path)
 
 
@@ -189,6 +189,36 @@ def test_the_appropriateness_verdict_is_stored_with_each_variant(store):
     with pytest.raises(StoreError, match="appropriate of variant record 0"):
         store.add_variants([{**variant_record(3), "appropriate": "no"}], job)
     assert table_counts(store.path) == before
+
+
+def test_variants_stored_before_personas_load_with_the_persona_unknown(tmp_path):
+    import reform_engine.store as store_module
+
+    path = tmp_path / "v6.duckdb"
+    con = duckdb.connect(str(path))  # a database as the sixth schema left it, with a decoded variant in it
+    for sql in [q for m in store_module.MIGRATIONS[:6] for q in m]:
+        con.execute(sql)
+    con.execute("INSERT INTO schema_version VALUES " + ", ".join(f"({v}, now())" for v in range(1, 7)))
+    con.execute("INSERT INTO variants (key, pair_id, direction, prompt, original_chosen, original_rejected, text, "
+                "is_inversion, steps, trace, created_at) VALUES ('k', 'toy:0', 'lower', '[{\"role\": \"user\", \"content\": \"q\"}]', "
+                "'good', 'bad', 'worse', TRUE, '[]', '[]', now())")
+    con.close()
+    store = Store(path)
+    assert schema_version(path) == SCHEMA_VERSION
+    listed = store.list_variants()
+    assert listed["text"].tolist() == ["worse"] and listed["persona"].isna().all()
+    assert store.get_variant(1)["persona"] is None
+
+
+def test_the_persona_is_stored_with_each_variant(store):
+    job = store.add_job("variants", {})
+    ids = store.add_variants([{**variant_record(0), "persona": "aligned"}, {**variant_record(1), "persona": "custom: Be terse."},
+                              variant_record(2)], job)
+    assert [store.get_variant(i)["persona"] for i in ids] == ["aligned", "custom: Be terse.", None]
+    listed = store.list_variants(inversions_only=False)["persona"]
+    assert listed[:2].tolist() == ["aligned", "custom: Be terse."] and listed.isna().tolist() == [False, False, True]
+    with pytest.raises(StoreError, match="persona of variant record 0 must be text"):
+        store.add_variants([{**variant_record(3), "persona": 7}], job)
 
 
 def test_an_inversion_flagged_not_fluent_is_refused(store):
@@ -433,7 +463,7 @@ def test_an_old_database_keeps_its_decisions_and_records_the_reviewer_from_now_o
     monkeypatch.undo()
 
     store = Store(path)
-    assert schema_version(path) == SCHEMA_VERSION == 7
+    assert schema_version(path) == SCHEMA_VERSION == 8
     (snapshot,) = store.list_backups()  # taken before the migration: the file as the older code left it
     assert "-start" in snapshot.name and verify_database(snapshot)["schema_version"] == 1
     store.decide(1, "reject", note="new", reviewer="  Bea ")
@@ -649,7 +679,7 @@ def test_a_fourth_version_database_gains_the_score_sets_table_with_its_jobs_kept
     con.execute("INSERT INTO jobs (kind, config, state, created_at, updated_at) VALUES ('train-rm', '{}', 'succeeded', now(), now())")
     con.close()
     store = Store(path, backup=BackupConfig(on_start=False))
-    assert schema_version(path) == SCHEMA_VERSION
+    assert schema_version(path) == SCHEMA_VERSION == 8
     assert list(store.list_jobs()["kind"]) == ["train-rm"]
     assert store.get_score_set("k") is None
     score_set(store, "k")
