@@ -139,11 +139,11 @@ with st.expander("Generate variants over the influential set (background job)", 
 
 # ------------------------------------------------------------------ the queue
 st.subheader("Queue")
-c1, c2, c3 = st.columns([1, 1, 1])
+c1, c2 = st.columns([1, 2])
 status = c1.selectbox("Show", list(STATUS_FILTERS), format_func=STATUS_FILTERS.get, key="curation_status")
 every = c2.toggle("Also the non-inversions of batch jobs", key="curation_every",
                   help="the not-fluent ones among them too; they can only be rejected")
-hide = c3.toggle("Hide inappropriate", key="curation_hide_inappropriate",
+hide = c2.toggle("Hide inappropriate", key="curation_hide_inappropriate",
                  help="leave out the 'lower' variants judged to comply with a harmful request (those never checked stay)")
 frame = queue(store, None if status == "all" else status, every_variant=every, hide_inappropriate=hide)
 if frame.empty:

@@ -168,7 +168,7 @@ def make_variant(source: ScoredPair, result: DecodingResult, r_variant: float, p
     return Variant(source.pair.pair_id, result.direction, source.pair.prompt, source.pair.chosen, source.pair.rejected,
                    result.text, r_variant, result.final_reward, source.r_chosen, source.r_rejected, margin,
                    result.perplexity, ok, result.steps, plain_perplexity, fluent,
-                   is_truncated(result.text, result.stopped), n_tokens, result.persona)
+                   is_truncated(result.text, result.stopped), n_tokens, persona=result.persona)
 
 
 def score_variant(rm, source: ScoredPair, result: DecodingResult, *, max_length: int = 1024,

@@ -102,6 +102,7 @@ def test_the_variants_job_judges_lower_variants_and_writes_the_filtered_pairs(tm
     cfg = GenerateVariantsConfig(reward_model=str(tmp_path / "rm"), data=str(tmp_path / "d.jsonl"), fraction=1.0, policy=model,
                                  decoding=DecodingConfig(k=4, alpha=0.1, max_new_tokens=6), batch_size=4,
                                  appropriateness=AppropriatenessConfig(source="judge", judge_rm=str(tmp_path / "judge")),
+                                 lower_persona="none", raise_persona="none",  # the constructed case: the policy's own prompt
                                  runtime=Runtime(device="cpu"))
     res = generate_variants(cfg, tmp_path / "run")
     records = [json.loads(line) for line in open(res.variants_path)]

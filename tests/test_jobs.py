@@ -64,6 +64,8 @@ def test_command_line_round_trips_every_job_config():
         tricky = {f.name: "-5:" for f in dataclasses.fields(cls) if f.name in ("rows", "train_rows", "eval_rows")}
         if kind == "attack":  # two penalty RMs, other than the target
             required["penalty_rms"] = "penalty one,-penalty two"
+        if kind == "best-of-n":  # a judge apart from the two RMs it compares
+            required["judge_rm"] = "-the judge"
         if kind == "adv-rounds":  # its attack is a nested config
             from reform_engine.attack import AttackConfig
             required["attack"] = AttackConfig(target_rm="some/path with spaces", penalty_rms="penalty one,-penalty two", rows="-5:")

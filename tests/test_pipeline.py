@@ -87,7 +87,8 @@ def test_the_filtered_arm_drops_exactly_the_pairs_whose_variant_is_judged_inappr
     for name, seed in (("rm", 2), ("judge", 4)):
         build_reward_model(dataclasses.replace(cfg["base"].model, finetune="head"), device="cpu", seed=seed).save(tmp_path / name)
     judged = dataclasses.replace(cfg["variants"], decoding=DecodingConfig(k=4, alpha=0.1, max_new_tokens=6),
-                                 appropriateness=AppropriatenessConfig(source="judge", judge_rm=str(tmp_path / "judge")))
+                                 appropriateness=AppropriatenessConfig(source="judge", judge_rm=str(tmp_path / "judge")),
+                                 lower_persona="none", raise_persona="none")  # the constructed case: the policy's own prompt
     cfg = {**cfg, "approved": "", "variants": judged, "base_rm": str(tmp_path / "rm")}
     with pytest.raises(ValueError, match="variants.appropriateness.source"):
         PipelineConfig(**{**cfg, "variants": dataclasses.replace(judged, appropriateness=AppropriatenessConfig())},
