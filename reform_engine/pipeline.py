@@ -103,6 +103,8 @@ class PipelineConfig:
         self.variants = dataclasses.replace(self.variants, data=self.base.data, rows=self.base.train_rows, runtime=self.runtime)
         self.robustness = dataclasses.replace(self.robustness, data=self.eval_data or self.base.data, rows=self.eval_rows,
                                               runtime=self.runtime)
+        if self.base_rm:  # an appropriateness judge that is the given base fails now, not at the variants stage
+            self.variants.appropriateness.check_independent(self.base_rm)
         if self.bon_judge_rm.strip():  # bad best-of-N knobs, or a judge that is the base, fail before anything trains
             try:
                 self.bon_config(self.base_rm or "(the base trained here)", "(an arm)")

@@ -218,3 +218,12 @@ def test_a_best_of_n_stage_per_arm_is_judged_apart_and_the_report_table_shows_it
     assert (table["bon_win_rate_low"][1], table["bon_win_rate_high"][1], table["bon_prompts"][1]) == (won["low"], won["high"],
                                                                                                       won["prompts"])
     assert table["seconds_eval"][1] == sum(t.seconds for t in result.stages if t.name in ("robustness_reform", "bon_reform"))
+
+
+def test_an_appropriateness_judge_that_is_the_given_base_is_refused_before_anything_runs(invertible):
+    from reform_engine.appropriateness import AppropriatenessConfig
+
+    tmp_path, cfg = invertible
+    judged = dataclasses.replace(cfg["variants"], appropriateness=AppropriatenessConfig(source="judge", judge_rm=cfg["base_rm"]))
+    with pytest.raises(ValueError, match="is the reward model being fixed"):
+        PipelineConfig(**{**cfg, "variants": judged})
