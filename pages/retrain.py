@@ -300,8 +300,9 @@ else:
         runs = [j for j in finished if int(j["id"]) in picked and j["kind"] in ARM_KINDS]
         if runs:
             st.markdown("**One report per run**: every arm with its intervals, the best-of-N win rate of its RM over the "
-                        "base's (a best-of-N run above), the spurious indicators of its rewards on the clean held-out pairs "
-                        "(share of extreme-negative rewards, correlation of reward with length) and the seconds of its stages")
+                        "base's (the pipeline's own best-of-N stage, else a best-of-N run above), the spurious indicators of "
+                        "its rewards on the clean held-out pairs (share of extreme-negative rewards, correlation of reward with "
+                        "length) and the seconds of its stages")
             bons = best_of_n_results(store.list_jobs().to_dict("records"))
             arms = pd.concat([arm_table(j["run_dir"], bons, run=f"#{j['id']} {j['kind']}") for j in runs], ignore_index=True)
             st.dataframe(arm_cells(arms), hide_index=True, key="retrain_arms")
