@@ -1,7 +1,9 @@
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
+import torch
 
 from reform_engine.data import write_jsonl
 from reform_engine.decoding import DecodingConfig
@@ -180,11 +182,21 @@ def test_the_highest_loss_arm_decodes_from_the_highest_loss_pairs_and_the_retrai
 
 
 def test_in_scratch_mode_the_base_is_the_no_augmentation_model_and_the_log_says_so(setup):
+    from safetensors.torch import load_file
+
+    from reform_engine.training import train_reward_model
+
     tmp_path, cfg = setup
-    result = run_pipeline(PipelineConfig(**cfg, ablate_random=False), tmp_path / "run")
+    config = PipelineConfig(**cfg, ablate_random=False)
+    result = run_pipeline(config, tmp_path / "run")
     assert [m.name for m in result.models] == ["base", "reform"] and not (tmp_path / "run" / "retrain_no_aug").exists()
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "the base row is the no-augmentation model (none trained)" in log
+    # why none is trained: the scratch recipe without new pairs gives the base's weights bit for bit
+    base = result.models[0].checkpoint
+    again = train_reward_model(config.retrain_config(base, ""), tmp_path / "no_aug").checkpoint
+    weights = [{k: v for f in sorted(Path(d).glob("*.safetensors")) for k, v in load_file(f).items()} for d in (base, again)]
+    assert weights[0] and weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_a_best_of_n_stage_per_arm_is_judged_apart_and_the_report_table_shows_its_win_rate(invertible):
