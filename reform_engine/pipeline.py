@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-
 from pathlib import Path
 
 from .best_of_n import BestOfNConfig, run_best_of_n
