@@ -2,9 +2,9 @@
 
     .venv/bin/python benchmarks/report_table.py RUN_DIR [RUN_DIR ...] [--bon BON_RUN_DIR ...]
 
-RUN_DIR: a finished pipeline, retrain or adv-rounds run (its report.json); --bon: finished best-of-n
-runs, each shown on the arm whose checkpoint is its RM B (with RM A the run's base). Reads files only:
-no model is loaded.
+RUN_DIR: a finished pipeline, retrain or adv-rounds run (its report.json; a pipeline's own bon_<arm>
+stages are read from it); --bon: finished best-of-n runs, each shown on the arm whose checkpoint is its
+RM B (with RM A the run's base). Reads files only: no model is loaded.
 """
 from __future__ import annotations
 

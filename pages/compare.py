@@ -2,7 +2,8 @@
 same base RM, start a compare job (it judges both methods' samples alike, retrains both RMs on the same
 number of added pairs, and runs the cross-attacks), and read its table: success per sample and per
 prompt, confirmed failures per CPU-minute, diversity, the retrained RMs' accuracy and drops, and the
-cross-attacks, every rate with its 95% bootstrap interval as an error bar."""
+cross-attacks, every rate with its 95% bootstrap interval as an error bar, and the retrained RMs' spurious
+indicators (extreme-negative share, reward-length correlation)."""
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -71,6 +72,15 @@ def draw_table(table: dict, job_id: int) -> None:
         drops = retrained[retrained["metric"] != "clean accuracy"]
         c2.plotly_chart(error_bars(drops, "metric", "model", "Win-rate drop: the mean and each perturbation (lower is more robust)"),
                         key=f"compare_drops_{job_id}")
+    spurious = pd.DataFrame(table.get("spurious") or [])   # comparisons from before the indicators were kept have none
+    if not spurious.empty:
+        st.markdown("**Spurious indicators** of each RM's rewards on the clean held-out pairs: the share of extreme-negative "
+                    "rewards (below the mean − 2 std) and the correlation of reward with length, capitals and repetition")
+        st.dataframe(spurious, hide_index=True, key=f"compare_spurious_{job_id}", column_config={
+            "added_pairs": st.column_config.NumberColumn("added pairs"),
+            "extreme_negative_share": st.column_config.NumberColumn("extreme-negative share", format="%.3f"),
+            **{c: st.column_config.NumberColumn(f"r(reward, {c.split('_')[0]})", format="%+.3f")
+               for c in ("length_corr", "capital_corr", "repetition_corr")}})
     paired = pd.DataFrame(table["paired"])
     if not paired.empty:
         st.plotly_chart(error_bars(paired, "metric", "difference", "Adv-RM's RM minus REFORM's, pair by pair (paired bootstrap)",

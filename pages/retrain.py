@@ -9,15 +9,17 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages._controls import decoding_controls, keep_across_pages
+from pages._controls import decoding_controls, keep_across_pages, persona_control
 from pages._draw import accuracy_figure, drop_figure, md_code, short, show_error
 from pages._jobs import history, live_jobs, start_from_page
 from pages._project import project_store
 from pages._routes import store_page
 from pages._settings import rm_exists, settings
+from reform_engine.appropriateness import SOURCES, AppropriatenessConfig
 from reform_engine.curation import export_approved
 from reform_engine.data import DEMO_PATH, overlapping_rows, same_source
 from reform_engine.inversions import GenerateVariantsConfig
+from reform_engine.personas import DEFAULT_PERSONAS
 from reform_engine.perturbations import PERTURBATIONS
 from reform_engine.pipeline import DEMO_SPLIT, PipelineConfig
 from reform_engine.best_of_n import BestOfNConfig
@@ -33,7 +35,10 @@ FLASH_KEY = "retrain_flash"
 FORM_KEYS = [f"retrain_{k}" for k in ("base", "mode", "data", "train_rows", "ft_epochs", "ft_lr", "replay", "eval_data",
                                       "eval_rows", "perturbations")] + \
             [f"pipeline_{k}" for k in ("train_rows", "eval_rows", "use_base", "mode", "p", "epochs", "k", "alpha", "temperature",
-                                       "max_tokens", "ablate_random", "ablate_no_aug", "use_approved", "perturbations")] + \
+                                       "max_tokens", "ablate_random", "ablate_no_aug", "use_approved", "perturbations",
+                                       "per_pair", "lower_persona", "lower_persona_text", "raise_persona", "raise_persona_text",
+                                       "appropriateness", "appropriateness_judge", "filter_inappropriate", "ablate_highest_loss",
+                                       "ablate_mode", "ablate_appropriateness", "bon_judge", "bon_prompts", "bon_n")] + \
             [f"robustness_{k}" for k in ("rm", "data", "rows", "perturbations")] + \
             [f"bon_{k}" for k in ("rm_a", "rm_b", "judge", "data", "rows", "prompts", "n")] + ["retrain_compare"]
 RESULT_KINDS = ["retrain", "pipeline", "robustness", "best-of-n"]
@@ -49,6 +54,11 @@ def interval_text(summary, column: str) -> list[str]:
     """'[low, high]' of each row's 95% interval of ``column`` ('' where the run has none)."""
     return ["" if lo is None or hi is None or lo != lo or hi != hi else f"[{lo:.3f}, {hi:.3f}]"
             for lo, hi in zip(summary[f"{column}_low"], summary[f"{column}_high"])]
+
+
+def help_of(cls, name: str) -> str:
+    """A config field's help (its one home), for a widget's tooltip."""
+    return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
 
 
 def perturbation_picker(key: str) -> str:
@@ -121,18 +131,21 @@ with tab_retrain:
         st.caption("Approve inversions on the Curation page first.")
 
 with tab_pipeline:
-    st.caption("Train a base RM (or take the current one), rank the training pairs, decode variants from the lowest-loss p%, keep "
-               "the inversions, retrain, and evaluate on held-out pairs, with ablations: inversions from a random p%, and "
-               "(fine-tune) the same extra training without new pairs. Every inversion counts as approved, unless you use "
-               "your approved pairs.")
+    st.caption("Train a base RM (or take the current one), rank the training pairs, decode variants from the lowest-loss p% "
+               "(the aligned persona writes the future chosen responses, the compliant one the rejected), keep the inversions, "
+               "retrain, and evaluate every arm on held-out pairs, with the ablations and checks below. Every inversion counts "
+               "as approved, unless you use your approved pairs.")
     demo = Path(s.data).expanduser().resolve() == DEMO_PATH.resolve()
     c = st.columns(3)
     p_train_rows = c[0].text_input("Training rows", value=DEMO_SPLIT[0] if demo else s.rows, key="pipeline_train_rows").strip()
     p_eval_rows = c[1].text_input("Held-out rows", value=DEMO_SPLIT[1] if demo else held_out_rows(s.rows),
                                   key="pipeline_eval_rows").strip()
     p_mode = c[2].radio("Retrain", list(RETRAIN_MODES), key="pipeline_mode", horizontal=True)
-    use_base = st.toggle("Start from the current RM", value=False, key="pipeline_use_base",
-                         disabled=not rm_exists(s.reward_model), help="off: train a base RM on the training rows first")
+    c = st.columns(2)
+    use_base = c[0].toggle("Start from the current RM", value=False, key="pipeline_use_base",
+                           disabled=not rm_exists(s.reward_model), help="off: train a base RM on the training rows first")
+    use_approved = c[1].checkbox("Use my approved pairs", value=False, key="pipeline_use_approved", disabled=n_approved == 0,
+                                 help="the REFORM arm retrains on the pairs approved in Curation, not on every inversion")
     defaults = PipelineConfig()
     c = st.columns(2)
     fraction = c[0].number_input("p: influential share, %", 0.1, 100.0, defaults.variants.fraction * 100, step=1.0,
@@ -140,22 +153,70 @@ with tab_pipeline:
     epochs = c[1].number_input("Base epochs", 1, 100, defaults.base.epochs, key="pipeline_epochs")
     decoding, _ = decoding_controls("pipeline", seed=False)
     c = st.columns(3)
-    ablate_random = c[0].checkbox("Ablation: random p%", value=defaults.ablate_random, key="pipeline_ablate_random")
-    ablate_no_aug = c[1].checkbox("Ablation: no new pairs", value=defaults.ablate_no_augment, key="pipeline_ablate_no_aug",
-                                  disabled=p_mode != "finetune",
-                                  help="fine-tune only: the same extra training on the original pairs, without the inversions")
-    use_approved = c[2].checkbox("Use my approved pairs", value=False, key="pipeline_use_approved", disabled=n_approved == 0,
-                                 help="the REFORM arm retrains on the pairs approved in Curation, not on every inversion")
+    per_pair = c[0].number_input("Variants per pair and direction", 1, 16, defaults.variants.variants_per_pair,
+                                 key="pipeline_per_pair", help=help_of(GenerateVariantsConfig, "variants_per_pair"))
+    personas = {d: persona_control(f"pipeline_{d}_persona", DEFAULT_PERSONAS[d], f"Persona for {d} ({role} responses)", c[i + 1])
+                for i, (d, role) in enumerate((("lower", "chosen"), ("raise", "rejected")))}
+    c = st.columns(3)
+    appropriateness = c[0].selectbox("Appropriateness of 'lower' variants", SOURCES, key="pipeline_appropriateness",
+                                     help=help_of(AppropriatenessConfig, "source"))
+    appropriateness_judge = c[1].text_input("Judge RM (for judge / both)", key="pipeline_appropriateness_judge",
+                                            help=help_of(AppropriatenessConfig, "judge_rm")).strip()
+    filter_inappropriate = c[2].checkbox("Leave inappropriate out", value=defaults.filter_inappropriate,
+                                         key="pipeline_filter_inappropriate", disabled=appropriateness == "off",
+                                         help=help_of(PipelineConfig, "filter_inappropriate"))
+    with st.expander("Ablations and checks"):
+        st.caption("Each ablation is one more arm, trained and evaluated on the same held-out pairs as the REFORM arm.")
+        c = st.columns(2)
+        ablate_random = c[0].checkbox("Inversions from a random p%", value=defaults.ablate_random, key="pipeline_ablate_random",
+                                      help=help_of(PipelineConfig, "ablate_random"))
+        ablate_highest = c[1].checkbox("Inversions from the highest-loss p%", value=defaults.ablate_highest_loss,
+                                       key="pipeline_ablate_highest_loss", help=help_of(PipelineConfig, "ablate_highest_loss"))
+        c = st.columns(2)
+        other = {"scratch": "REFORM arm also fine-tuned", "finetune": "REFORM arm also from scratch"}[p_mode]
+        ablate_mode = c[0].checkbox(other, value=defaults.ablate_retrain_mode, key="pipeline_ablate_mode",
+                                    help=help_of(PipelineConfig, "ablate_retrain_mode"))
+        finetuned = p_mode == "finetune" or ablate_mode
+        ablate_no_aug = c[1].checkbox("No new pairs, same extra epochs", value=defaults.ablate_no_augment,
+                                      key="pipeline_ablate_no_aug", disabled=not finetuned,
+                                      help="with a fine-tuned arm: the same extra fine-tuning on the original pairs alone. "
+                                           "From scratch, the base's recipe without new pairs is the base itself")
+        ablate_appropriateness = st.checkbox("REFORM arm also with the other choice of 'leave inappropriate out'",
+                                             value=defaults.ablate_appropriateness, key="pipeline_ablate_appropriateness",
+                                             disabled=appropriateness == "off",
+                                             help=help_of(PipelineConfig, "ablate_appropriateness"))
+        st.caption("Best-of-N after the arms: the policy samples N responses per held-out prompt, the base and each arm pick "
+                   "their best, and a judge RM trained apart compares the picks (each arm's win rate shows in its report).")
+        c = st.columns(3)
+        bon_judge = c[0].text_input("Best-of-N judge RM (empty = none)", key="pipeline_bon_judge",
+                                    help=help_of(PipelineConfig, "bon_judge_rm")).strip()
+        bon_prompts = c[1].number_input("Best-of-N prompts (0 = all)", 0, 100_000, defaults.bon_prompts,
+                                        key="pipeline_bon_prompts", help=help_of(PipelineConfig, "bon_prompts"))
+        bon_n = c[2].number_input("N samples per prompt", 2, 64, defaults.bon_n, key="pipeline_bon_n",
+                                  help=help_of(PipelineConfig, "bon_n"))
     p_perturbations = perturbation_picker("pipeline_perturbations")
     if st.button("Run the pipeline", type="primary", key="pipeline_start"):
         try:
+            judges = [j for j in (appropriateness_judge if appropriateness in ("judge", "both") else "", bon_judge) if j]
+            for path in judges:
+                if not rm_exists(path):
+                    raise ValueError(f"no reward model at {path}; give a judge checkpoint directory written by train-rm")
+            judged = appropriateness != "off"
             config = PipelineConfig(base=TrainRewardConfig(data=s.data, train_rows=p_train_rows,
                                                            model=RewardModelSpec(base_model=s.policy), epochs=int(epochs)),
                                     eval_rows=p_eval_rows, base_rm=s.reward_model if use_base else "",
-                                    variants=GenerateVariantsConfig(reward_model="", policy=s.policy,
-                                                                    fraction=float(fraction) / 100, decoding=decoding),
+                                    variants=GenerateVariantsConfig(
+                                        reward_model="", policy=s.policy, fraction=float(fraction) / 100, decoding=decoding,
+                                        lower_persona=personas["lower"], raise_persona=personas["raise"],
+                                        variants_per_pair=int(per_pair),
+                                        appropriateness=AppropriatenessConfig(source=appropriateness,
+                                                                              judge_rm=appropriateness_judge)),
                                     retrain=RetrainRecipe(mode=p_mode), ablate_random=ablate_random,
-                                    ablate_no_augment=ablate_no_aug and p_mode == "finetune",
+                                    ablate_highest_loss=ablate_highest, ablate_retrain_mode=ablate_mode,
+                                    ablate_no_augment=ablate_no_aug and finetuned,
+                                    filter_inappropriate=filter_inappropriate and judged,
+                                    ablate_appropriateness=ablate_appropriateness and judged,
+                                    bon_judge_rm=bon_judge, bon_prompts=int(bon_prompts), bon_n=int(bon_n),
                                     robustness=RobustnessConfig(reward_model="", perturbations=p_perturbations),
                                     runtime=s.runtime())
             if use_approved:  # exported once the settings are known to be good
@@ -239,8 +300,9 @@ else:
         runs = [j for j in finished if int(j["id"]) in picked and j["kind"] in ARM_KINDS]
         if runs:
             st.markdown("**One report per run**: every arm with its intervals, the best-of-N win rate of its RM over the "
-                        "base's (a best-of-N run above), the spurious indicators of its rewards on the clean held-out pairs "
-                        "(share of extreme-negative rewards, correlation of reward with length) and the seconds of its stages")
+                        "base's (the pipeline's own best-of-N stage, else a best-of-N run above), the spurious indicators of "
+                        "its rewards on the clean held-out pairs (share of extreme-negative rewards, correlation of reward with "
+                        "length) and the seconds of its stages")
             bons = best_of_n_results(store.list_jobs().to_dict("records"))
             arms = pd.concat([arm_table(j["run_dir"], bons, run=f"#{j['id']} {j['kind']}") for j in runs], ignore_index=True)
             st.dataframe(arm_cells(arms), hide_index=True, key="retrain_arms")

@@ -22,7 +22,8 @@ Stages, in sub-directories of the run directory (stages.Stages, so a re-run resu
 
 ``comparison.json`` is the table (:func:`comparison_table`): success per sample and per prompt,
 confirmed failures per CPU-minute, diversity, the retrained RMs' clean accuracy and drops with
-paired differences, and the cross-attacks; every rate with its 95% bootstrap interval.
+paired differences and their spurious indicators, and the cross-attacks; every rate with its 95%
+bootstrap interval.
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ from .training import train_reward_model
 
 TABLE_FILE = "comparison.json"
 REFORM, ADVRM = "REFORM", "Adv-RM"
+SPURIOUS = ("extreme_negative_share", "length_corr", "capital_corr", "repetition_corr")   # robustness.SpuriousIndicators
 
 
 # --------------------------------------------------------------------------- the table
@@ -151,6 +153,13 @@ def _retrained_rows(models: dict[str, Any], n_boot: int, seed: int) -> tuple[lis
     return rows, diffs
 
 
+def _spurious_rows(models: dict[str, tuple[int, dict]]) -> list[dict]:
+    """models: name -> (added pairs, the indicators its robustness stage measured on the clean held-out
+    pairs, robustness.SpuriousIndicators as a dict) -> one row per RM (point values: no interval is drawn)."""
+    return [{"model": name, "added_pairs": added, **{k: (indicators or {}).get(k) for k in SPURIOUS}}
+            for name, (added, indicators) in models.items()]
+
+
 def _cross_rows(cross: Sequence[tuple[str, str, list[dict]]], n_boot: int, seed: int) -> list[dict]:
     """(attacker, target, judged samples) -> success per sample, and each hardened target against base."""
     rows = [_interval(bootstrap_mean([float(s["success"]) for s in samples], n_boot=n_boot, seed=seed), attacker=a, target=t)
@@ -164,6 +173,7 @@ def _cross_rows(cross: Sequence[tuple[str, str, list[dict]]], n_boot: int, seed:
 
 
 def comparison_table(runs: Sequence[MethodRun], *, retrained: dict[str, Any] | None = None,
+                     spurious: dict[str, tuple[int, dict]] | None = None,
                      cross: Sequence[tuple[str, str, list[dict]]] = (), checks: Sequence[dict] = (),
                      n_boot: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
     """The comparison as tables (lists of flat rows, Plotly/pandas-ready), every rate with its
@@ -175,6 +185,8 @@ def comparison_table(runs: Sequence[MethodRun], *, retrained: dict[str, Any] | N
         diversity    over the confirmed failures: distinct-1/2, mean pairwise trigram overlap, judge and rule counts
         retrained    per RM (base, REFORM's, Adv-RM's, same number of added pairs): clean accuracy and drops
         paired       Adv-RM's RM minus REFORM's, on the same held-out pairs (paired bootstrap)
+        spurious     per RM: the share of extreme-negative rewards and the correlations of reward with length,
+                     capitals and repetition on the clean held-out pairs (before: base, after: each method's RM)
         cross        success of each attacker against base and against the other method's RM
     """
     prompts = [{s["prompt_text"] for s in run.samples} for run in runs]
@@ -182,7 +194,8 @@ def comparison_table(runs: Sequence[MethodRun], *, retrained: dict[str, Any] | N
     rows, diffs = _retrained_rows(retrained or {}, n_boot, seed)
     return {"checks": list(checks), "success": _success_rows(runs, n_boot, seed, shared),
             "efficiency": _efficiency_rows(runs, n_boot, seed), "diversity": _diversity_rows(runs, seed), "retrained": rows,
-            "paired": diffs, "cross": _cross_rows(cross, n_boot, seed), "shared_prompts": len(shared),
+            "paired": diffs, "spurious": _spurious_rows(spurious or {}), "cross": _cross_rows(cross, n_boot, seed),
+            "shared_prompts": len(shared),
             "n_boot": n_boot, "seed": seed}
 
 
@@ -304,6 +317,7 @@ def run_compare(config: CompareConfig, run: RunDir) -> CompareResult:
     # the same number of added pairs: retrain both, evaluate on the rounds' held-out pairs
     hardened: dict[str, str] = {}
     retrained: dict[str, Any] = {}
+    measured: dict[str, Path] = {}          # each retrained RM's robustness run: its indicators are in its metrics
     if config.equal_pairs:
         sources = {REFORM: pipe.get("approved") or str(variants_dir / "augment.jsonl"), ADVRM: str(A / "pairs_r1.jsonl")}
         counts = {m: _count(p) if Path(p).is_file() else 0 for m, p in sources.items()}
@@ -315,6 +329,7 @@ def run_compare(config: CompareConfig, run: RunDir) -> CompareResult:
         else:
             base_scores = read_pair_scores(A / "robustness_base")
             retrained["base"] = (0, base_scores)
+            measured["base"] = A / "robustness_base"
             for method, own, slug in ((REFORM, P / "retrain_reform", "reform"), (ADVRM, A / "retrain_r1", "advrm")):
                 pairs = _pair_sample(sources[method], n, run.path / f"pairs_{slug}.jsonl", config.runtime.seed)
                 recipe = rounds.recipe()
@@ -335,7 +350,10 @@ def run_compare(config: CompareConfig, run: RunDir) -> CompareResult:
                 else:
                     stages.skip(1)
                 retrained[method] = (n, read_pair_scores(where))
+                measured[method] = where
             retrained = {k: v for k, v in retrained.items() if v[1] is not None}
+    spurious = {k: (retrained[k][0], (read_json(measured[k] / "metrics.json", {}) or {}).get("indicators"))
+                for k in retrained}
 
     # cross-attacks: each method against the RM the other one hardened
     cross = [("REFORM decoding", "base", reform), ("Adv-RM attack", "base", fresh)]
@@ -354,7 +372,7 @@ def run_compare(config: CompareConfig, run: RunDir) -> CompareResult:
     elif config.cross_attacks:
         stages.skip(3)
 
-    table = comparison_table(runs, retrained=retrained, cross=cross, checks=checks, n_boot=config.n_boot,
+    table = comparison_table(runs, retrained=retrained, spurious=spurious, cross=cross, checks=checks, n_boot=config.n_boot,
                              seed=config.runtime.seed)
     atomic_write_json(run.path / TABLE_FILE, table)
     per = {r["method"]: r["value"] for r in table["success"] if r["unit"] == "sample" and r["method"] in (REFORM, ADVRM)}

@@ -10,19 +10,33 @@ shared between pipelines. In this job every inversion counts as approved (``appr
 Models compared:
   base     the RM trained on the original pairs
   reform   retrained on original + inversions decoded from the lowest-loss p% (the method)
-  random   the same with inversions decoded from a random p% (ablation: does influence matter?)
-  no_aug   fine-tune mode only: the same extra epochs on the original pairs alone (ablation: is it
-           just more training?). In scratch mode the base already is the no-augmentation model.
   reform_filtered / reform_unfiltered
            with ``ablate_appropriateness``: the reform arm with the other choice of ``filter_inappropriate``
            (pairs whose "lower" variant complies with a harmful request left out, or kept), so a run
            reports both, each with its number of added pairs.
+  reform_finetune / reform_scratch
+           with ``ablate_retrain_mode``: the reform arm retrained the other way (``retrain.mode``'s
+           other choice) on the same added pairs (ablation: fine-tune vs from scratch).
+  random   the same as reform with inversions decoded from a random p% (ablation: does influence matter?)
+  highest_loss
+           with ``ablate_highest_loss``: inversions decoded from the highest-loss p%, the pairs the base
+           gets most wrong (ablation: the seed's open question about the lowest-loss heuristic)
+  no_aug   the same extra fine-tuning epochs on the original pairs alone (ablation: is it just more
+           training?), whenever an arm is fine-tuned (retrain.mode finetune, or ablate_retrain_mode).
+           A from-scratch retrain without new pairs is the base's recipe, data and seed again, i.e. the
+           base itself, so for scratch the base row is the no-augmentation model and none is trained.
+
+Arms run in that order, the method first. With ``bon_judge_rm`` each arm's RM then picks best-of-N
+against the base's on the held-out prompts, judged by that RM (``bon_<arm>/``, best_of_n.py); the
+per-arm report (reports.arm_table) reads those stages.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
+from .best_of_n import BestOfNConfig, run_best_of_n
 from .configs import nested, setting
 from .data import parse_rows
 from .influence import InfluenceConfig, find_influential
@@ -30,10 +44,12 @@ from .inversions import GenerateVariantsConfig, generate_variants
 from .robustness import RobustnessConfig, evaluate_robustness, robustness_stage
 from .runs import RunDir, job
 from .runtime import Runtime
-from .stages import ComparisonResult, ModelReport, RetrainRecipe, Stages
+from .stages import RETRAIN_MODES, ComparisonResult, ModelReport, RetrainRecipe, Stages
 from .training import TrainRewardConfig, train_reward_model
 
 DEMO_SPLIT = ("0:132", "132:")   # the demo set's training and held-out rows
+ARMS = {"lowest_loss": "reform", "random": "random", "highest_loss": "highest_loss"}   # the arm each selection builds
+_BON = BestOfNConfig.__dataclass_fields__
 
 
 @dataclass
@@ -52,15 +68,25 @@ class PipelineConfig:
     # retraining and its ablations
     retrain: RetrainRecipe = nested(RetrainRecipe, "how the base is retrained on original + new pairs")
     ablate_random: bool = setting(True, "also augment from a random p% instead of the lowest-loss p%")
-    ablate_no_augment: bool = setting(True, "finetune: also the same extra epochs without new pairs")
-    filter_inappropriate: bool = setting(False, "the reform and random arms train only on pairs whose variant is not judged "
-                                                "inappropriate (needs variants.appropriateness.source on)")
+    ablate_highest_loss: bool = setting(False, "also augment from the highest-loss p% (the pairs the base gets most wrong) "
+                                               "instead of the lowest-loss p%")
+    ablate_retrain_mode: bool = setting(False, "also the reform arm retrained the other way (reform_finetune after scratch, "
+                                               "reform_scratch after finetune) on the same added pairs")
+    ablate_no_augment: bool = setting(True, "when an arm is fine-tuned: also the same extra epochs without new pairs "
+                                            "(a from-scratch retrain without them is the base itself)")
+    filter_inappropriate: bool = setting(False, "the reform, random and highest_loss arms train only on pairs whose variant "
+                                                "is not judged inappropriate (needs variants.appropriateness.source on)")
     ablate_appropriateness: bool = setting(False, "also the reform arm with the other choice of filter_inappropriate "
                                                   "(reform_unfiltered or reform_filtered), to report both")
     # evaluation
     eval_data: str = setting("", "held-out pairs ('' = the base's data)")
     eval_rows: str = setting(DEMO_SPLIT[1], "'a:b' held-out rows of eval_data")
     robustness: RobustnessConfig = robustness_stage("the robustness of every compared model on the held-out pairs")
+    # downstream quality
+    bon_judge_rm: str = setting("", "a judge RM trained apart: after the arms, best-of-N picked by the base vs by each arm's RM "
+                                    "on the held-out prompts, judged by it ('' = no best-of-N)")
+    bon_prompts: int = setting(100, "best-of-N: the first this many held-out prompts (0 = all held-out rows)")
+    bon_n: int = setting(_BON["n"].default, "best-of-N: policy samples per prompt")
     runtime: Runtime = nested(Runtime, "every stage's device, dtype, threads, seed, remote-code leave, trunk cache (auto: one)")
 
     def __post_init__(self):
@@ -76,12 +102,24 @@ class PipelineConfig:
         self.variants = dataclasses.replace(self.variants, data=self.base.data, rows=self.base.train_rows, runtime=self.runtime)
         self.robustness = dataclasses.replace(self.robustness, data=self.eval_data or self.base.data, rows=self.eval_rows,
                                               runtime=self.runtime)
+        if self.base_rm:  # an appropriateness judge that is the given base fails now, not at the variants stage
+            self.variants.appropriateness.check_independent(self.base_rm)
+        if self.bon_judge_rm.strip():  # bad best-of-N knobs, or a judge that is the base, fail before anything trains
+            try:
+                self.bon_config(self.base_rm or "(the base trained here)", "(an arm)")
+            except ValueError as exc:
+                raise ValueError(f"the best-of-N stage (bon_judge_rm, bon_prompts, bon_n): {exc}") from None
 
     def train_config(self) -> TrainRewardConfig:
         return self.base
 
-    def retrain_config(self, base_rm: str, augment: str) -> TrainRewardConfig:
-        return self.retrain.training_config(self.base, base_rm, augment)
+    def retrain_config(self, base_rm: str, augment: str, mode: str = "") -> TrainRewardConfig:
+        """The retraining of the base on ``augment``; ``mode``: another than ``retrain.mode`` (the ablation)."""
+        recipe = dataclasses.replace(self.retrain, mode=mode) if mode else self.retrain
+        return recipe.training_config(self.base, base_rm, augment)
+
+    def other_mode(self) -> str:
+        return next(m for m in RETRAIN_MODES if m != self.retrain.mode)
 
     def influence_config(self, base_rm: str) -> InfluenceConfig:
         return InfluenceConfig(reward_model=base_rm, data=self.base.data, rows=self.base.train_rows,
@@ -92,6 +130,24 @@ class PipelineConfig:
 
     def robustness_config(self, rm: str) -> RobustnessConfig:
         return dataclasses.replace(self.robustness, reward_model=rm)
+
+    def bon_config(self, base_rm: str, arm_rm: str) -> BestOfNConfig:
+        """Best-of-N of the base (RM A) against an arm (RM B) on the held-out prompts, by the policy that decodes."""
+        return BestOfNConfig(rm_a=base_rm, rm_b=arm_rm, judge_rm=self.bon_judge_rm.strip(), data=self.robustness.data,
+                             rows=self.eval_rows, policy=self.variants.policy, prompts=self.bon_prompts, n=self.bon_n,
+                             runtime=self.runtime)
+
+    def arms(self) -> list[str]:
+        """The arms this config trains after the base, in order (a skipped one, without new pairs, included)."""
+        reform = [f"reform_{'unfiltered' if self.filter_inappropriate else 'filtered'}"] * self.ablate_appropriateness
+        reform += [f"reform_{self.other_mode()}"] * self.ablate_retrain_mode
+        return ["reform", *reform, *(ARMS[s] for s in self.strategies()[1:])] + ["no_aug"] * self.trains_no_aug()
+
+    def strategies(self) -> list[str]:
+        return ["lowest_loss"] + ["random"] * self.ablate_random + ["highest_loss"] * self.ablate_highest_loss
+
+    def trains_no_aug(self) -> bool:
+        return self.ablate_no_augment and (self.retrain.mode == "finetune" or self.ablate_retrain_mode)
 
 
 def _count_lines(path: str) -> int:
@@ -109,13 +165,15 @@ def _outcome(result: ComparisonResult) -> str:
 @job("starting", done=_outcome)
 def run_pipeline(config: PipelineConfig, run: RunDir) -> ComparisonResult:
     """The REFORM loop end to end; writes ``report.json`` (models, stages, tables) in ``run_dir``."""
+    if config.bon_judge_rm and Path(config.bon_judge_rm).expanduser().resolve().is_relative_to(run.path.resolve()):
+        raise ValueError(f"bon_judge_rm {config.bon_judge_rm} is a checkpoint of this pipeline run (its base or an arm): it "
+                         "would judge its own picks; give a judge RM trained apart")
     if config.runtime.trunk_cache == "auto":  # one cache for every stage: only new texts pay for the frozen layers
         shared = dataclasses.replace(config.runtime, trunk_cache=str(run.path / "trunk_cache"))
         config = dataclasses.replace(config, runtime=shared)
-    strategies = ["lowest_loss"] + (["random"] if config.ablate_random else [])
-    no_aug = config.ablate_no_augment and config.retrain.mode == "finetune"
-    stages = Stages(run, total=(0 if config.base_rm else 1) + 2 + 3 * len(strategies) + 2 * no_aug
-                    + 2 * config.ablate_appropriateness)
+    strategies, arms = config.strategies(), config.arms()
+    stages = Stages(run, total=(0 if config.base_rm else 1) + 2 + len(strategies) + 2 * len(arms)
+                    + len(arms) * bool(config.bon_judge_rm))
     models: list[ModelReport] = []
     variants: dict[str, dict] = {}
 
@@ -129,29 +187,47 @@ def run_pipeline(config: PipelineConfig, run: RunDir) -> ComparisonResult:
     base_rm = config.base_rm or stages("base", train_reward_model, config.train_config())["checkpoint"]
     influence = stages("influence", find_influential, config.influence_config(base_rm), ("base",))
     evaluate("base", base_rm, 0, "base")
-    def augment(arm: str, path: str, strategy: str) -> None:
+
+    def augment(arm: str, path: str, strategy: str, mode: str = "") -> None:
         n = _count_lines(path)
         if n == 0:
             run.log(f"{arm}: no inversions to add; the retrained model would equal the base — skipped")
             stages.skip(2)
             return
-        ckpt = stages(f"retrain_{arm}", train_reward_model, config.retrain_config(base_rm, path),
+        ckpt = stages(f"retrain_{arm}", train_reward_model, config.retrain_config(base_rm, path, mode),
                       (f"variants_{strategy}",))["checkpoint"]
         evaluate(arm, ckpt, n, f"retrain_{arm}")
 
     def pairs_of(out: dict, filtered: bool) -> str:
         return out["appropriate_augment_path"] if filtered else out["augment_path"]
 
-    for strategy, arm in zip(strategies, ("reform", "random")):
+    for strategy in strategies:
+        arm = ARMS[strategy]
         out = stages(f"variants_{strategy}", generate_variants,
                      config.variants_config(strategy, base_rm, influence["scored_path"]), ("influence",))
         variants[strategy] = out["stats"]
-        augment(arm, config.approved if arm == "reform" and config.approved else pairs_of(out, config.filter_inappropriate),
-                strategy)
+        pairs = config.approved if arm == "reform" and config.approved else pairs_of(out, config.filter_inappropriate)
+        augment(arm, pairs, strategy)
         if arm == "reform" and config.ablate_appropriateness:
             other = "reform_unfiltered" if config.filter_inappropriate else "reform_filtered"
             augment(other, pairs_of(out, not config.filter_inappropriate), strategy)
-    if no_aug:
-        ckpt = stages("retrain_no_aug", train_reward_model, config.retrain_config(base_rm, ""), ("base",))["checkpoint"]
+        if arm == "reform" and config.ablate_retrain_mode:  # the same pairs, retrained the other way
+            augment(f"reform_{config.other_mode()}", pairs, strategy, config.other_mode())
+    if config.trains_no_aug():  # the extra fine-tuning epochs alone, as every fine-tuned arm had them
+        ckpt = stages("retrain_no_aug", train_reward_model, config.retrain_config(base_rm, "", "finetune"),
+                      ("base",))["checkpoint"]
         evaluate("no_aug", ckpt, 0, "retrain_no_aug")
+    elif config.ablate_no_augment:
+        run.log("no_aug: every arm retrains from scratch with the base's recipe, data and seed, and that recipe without new "
+                "pairs is the base itself: the base row is the no-augmentation model (none trained)"
+                + ("; this holds when base_rm was trained with config.base's recipe" if config.base_rm else ""))
+    if config.bon_judge_rm:  # downstream quality: each arm's best-of-N picks against the base's, judged apart
+        trained = {m.name: m.checkpoint for m in models}
+        for arm in arms:
+            if arm not in trained:
+                stages.skip(1)
+                continue
+            stages(f"bon_{arm}", run_best_of_n, config.bon_config(base_rm, trained[arm]), ("base", f"retrain_{arm}"),
+                   describe=lambda r: f"the arm's picks win {r['win_rate']:.3f} [{r['low']:.3f}, {r['high']:.3f}] of "
+                                      f"{r['prompts']} prompts")
     return stages.write_report(models, variants)

@@ -8,8 +8,8 @@ Results come from the run directories the store points at: a ``pipeline``, ``ret
     summary   run, job_id, kind, model, label, checkpoint, clean_accuracy, mean_drop, drop_vs_base
     drops     run, job_id, model, label, perturbation, drop          (long format: one bar per cell)
     arms      one report per run (:func:`arm_table`, :func:`arm_markdown` for benchmarks/RESULTS.md): per arm the
-              added pairs, accuracy, drops and ratio to the base with intervals, the best-of-N win rate of a
-              ``best-of-n`` job on it, the spurious indicators and the stage times
+              added pairs, accuracy, drops and ratio to the base with intervals, the best-of-N win rate (the
+              run's own ``bon_<arm>`` stage, else a ``best-of-n`` job on it), the spurious indicators and the stage times
 """
 from __future__ import annotations
 
@@ -174,10 +174,11 @@ def log_tail(job: dict[str, Any], max_lines: int = 40, max_bytes: int = 16_384) 
 BEST_OF_N_KIND = "best-of-n"
 # what each stage does, by its name's prefix: train an RM, find new pairs for it, or evaluate it
 STAGE_KINDS = {"base": "train", "retrain": "train", "influence": "find", "variants": "find", "attack": "find", "judge": "find",
-               "robustness": "eval"}
+               "robustness": "eval", "bon": "eval"}
 # a stage's name after its prefix -> the arm it builds, where they differ ('retrain' alone: the retrain job's)
 STAGE_ALIASES = {"lowest_loss": "reform", "": "retrained"}
-SHARED_STAGES = {"influence": ("reform", "random")}           # one stage every one of these arms is built on
+SHARED_STAGES = {"influence": ("reform", "random", "highest_loss")}   # one stage every one of these arms is built on
+REFORM_ARM = "reform"   # reform_filtered, reform_finetune, ...: the reform arm's pairs, other training: built on its find stages
 INDICATORS = ("extreme_negative_share", "length_corr")        # the seed's spurious-correlation checks, before (base) and after
 
 
@@ -228,14 +229,29 @@ def _stage_arm(stage: str) -> tuple[str, str] | None:
 
 
 def stage_seconds(stages: Sequence[dict], arm: str) -> dict[str, float]:
-    """Wall seconds of the stages that built and evaluated ``arm``, by what they do -> {train, find, eval}.
-    A stage several arms are built on (the influence ranking) counts in each; a reused stage counts the
-    time it took when it ran."""
+    """Wall seconds of the stages that built and evaluated ``arm``, by what they do -> {train, find, eval}
+    (eval: its robustness and best-of-N). A stage several arms are built on (the influence ranking, the
+    reform arm's variants for its ablations) counts in each; a reused stage counts the time it took when it ran."""
+    found_as = {arm} | ({REFORM_ARM} if arm.startswith(f"{REFORM_ARM}_") else set())
     out = {"train": 0.0, "find": 0.0, "eval": 0.0}
     for s in stages:
         found = _stage_arm(s["name"])
-        if found is not None and (found[1] == arm or arm in SHARED_STAGES.get(s["name"], ())):
+        if found is not None and (found[1] == arm or (found[0] == "find" and found[1] in found_as)
+                                  or found_as & set(SHARED_STAGES.get(s["name"], ()))):
             out[found[0]] += float(s.get("seconds") or 0.0)
+    return out
+
+
+def own_best_of_n(run_dir: str | os.PathLike, stages: Sequence[dict]) -> dict[str, dict]:
+    """The results of a run's own best-of-N stages (a pipeline's ``bon_<arm>``) among ``stages`` (its
+    report's: the ones this run ran or reused, so a stage directory left from another config is not read)
+    -> {arm: best_of_n_result}."""
+    out = {}
+    for s in stages:
+        found = _stage_arm(s["name"])
+        result = best_of_n_result(Path(run_dir) / s["name"]) if found and s["name"].startswith("bon_") else None
+        if result is not None:
+            out[found[1]] = result
     return out
 
 
@@ -243,14 +259,16 @@ def arm_table(run_dir: str | os.PathLike, best_of_n: Sequence[dict] = (), run: s
     """One row per arm (model) of a pipeline, retrain or adv-rounds run, from its ``report.json``:
     added pairs, held-out pairs, clean accuracy and mean drop with their 95% intervals, each perturbation's
     drop (``drop:<name>`` with ``_low``/``_high``), the ratio of its mean drop to the base's with the
-    paired interval, the best-of-N win rate against the base (the newest of ``best_of_n``, results of
-    best_of_n_results, whose RM A is this run's base and RM B this arm), the spurious indicators and the
-    seconds of its stages by what they did. Empty when the run has no report."""
+    paired interval, the best-of-N win rate against the base (the run's own best-of-N stage for that arm,
+    :func:`own_best_of_n`, else the newest of ``best_of_n``, results of best_of_n_results, whose RM A is
+    this run's base and RM B this arm; ``bon_job`` is None for the run's own), the spurious indicators and
+    the seconds of its stages by what they did. Empty when the run has no report."""
     report = read_json(Path(run_dir) / "report.json")
     if not isinstance(report, dict) or not report.get("models"):
         return pd.DataFrame()
     models = report["models"]
     base = next((m for m in models if m["name"] == "base"), None)
+    own = own_best_of_n(run_dir, report.get("stages") or [])
     rows = []
     for m in models:
         ci = m.get("intervals") or {}
@@ -264,8 +282,9 @@ def arm_table(run_dir: str | os.PathLike, best_of_n: Sequence[dict] = (), run: s
         is_base = base is None or m is base
         row["drop_vs_base"] = None if is_base or not base["mean_drop"] else m["mean_drop"] / base["mean_drop"]
         row.update(_ends("drop_vs_base", None if is_base else (ci.get("vs_base") or {}).get("drop_ratio")))
-        bon = next((b for b in best_of_n if base is not None and _same_path(b.get("rm_a", ""), base["checkpoint"])
-                    and _same_path(b.get("rm_b", ""), m["checkpoint"])), None)
+        bon = own.get(m["name"]) if m is not base else None
+        bon = bon or next((b for b in best_of_n if base is not None and _same_path(b.get("rm_a", ""), base["checkpoint"])
+                           and _same_path(b.get("rm_b", ""), m["checkpoint"])), None)
         row.update({"bon_win_rate": bon["win_rate"] if bon else None, "bon_win_rate_low": bon["low"] if bon else None,
                     "bon_win_rate_high": bon["high"] if bon else None, "bon_prompts": bon["prompts"] if bon else None,
                     "bon_same_pick": bon["same_pick"] if bon else None, "bon_job": bon.get("job_id") if bon else None})

@@ -387,6 +387,48 @@ def test_retrain_page_starts_and_cancels_a_pipeline(env):
     assert len(Store(env["db"]).list_jobs()) == 1 and not at.exception
 
 
+def test_retrain_page_starts_a_pipeline_with_its_personas_appropriateness_ablations_and_best_of_n(env):
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/retrain.py")
+    assert at.checkbox(key="pipeline_filter_inappropriate").disabled and at.checkbox(key="pipeline_ablate_no_aug").disabled
+    at.text_input(key="pipeline_train_rows").set_value("0:6")
+    at.text_input(key="pipeline_eval_rows").set_value("6:")
+    at.multiselect(key="pipeline_perturbations").set_value(["verbosity"])
+    at.number_input(key="pipeline_per_pair").set_value(3)
+    at.selectbox(key="pipeline_lower_persona").set_value("none")
+    at.selectbox(key="pipeline_appropriateness").set_value("judge")
+    at.text_input(key="pipeline_appropriateness_judge").set_value(env["rm"])
+    at.checkbox(key="pipeline_ablate_highest_loss").set_value(True)
+    at.checkbox(key="pipeline_ablate_mode").set_value(True)
+    at = settle(at)
+    assert not at.checkbox(key="pipeline_filter_inappropriate").disabled and not at.checkbox(key="pipeline_ablate_no_aug").disabled
+    at.checkbox(key="pipeline_filter_inappropriate").set_value(True)
+    at.checkbox(key="pipeline_ablate_appropriateness").set_value(True)
+    at.text_input(key="pipeline_bon_judge").set_value("/no/such/judge")
+    at.button(key="pipeline_start").click()
+    at = settle(at)
+    assert any("Not started: no reward model at /no/such/judge" in e.value for e in at.error)
+    at.text_input(key="pipeline_bon_judge").set_value(env["base"])
+    at.number_input(key="pipeline_bon_prompts").set_value(2)
+    at.number_input(key="pipeline_bon_n").set_value(4)
+    at.button(key="pipeline_start").click()
+    at = settle(at)
+    (job,) = Store(env["db"]).list_jobs()["id"].tolist()
+    config = Store(env["db"]).get_job(job)["config"]
+    variants = config["variants"]
+    assert (variants["variants_per_pair"], variants["lower_persona"], variants["raise_persona"]) == (3, "none", "compliant")
+    assert variants["appropriateness"]["source"] == "judge" and variants["appropriateness"]["judge_rm"] == env["rm"]
+    assert {k: config[k] for k in ("filter_inappropriate", "ablate_appropriateness", "ablate_random", "ablate_highest_loss",
+                                   "ablate_retrain_mode", "ablate_no_augment")} == {
+        "filter_inappropriate": True, "ablate_appropriateness": True, "ablate_random": True, "ablate_highest_loss": True,
+        "ablate_retrain_mode": True, "ablate_no_augment": True}
+    assert (config["retrain"]["mode"], config["bon_judge_rm"], config["bon_prompts"], config["bon_n"]) == ("scratch", env["base"], 2, 4)
+    at.button(key=f"retrain_cancel_{job}").click()
+    at.run()
+    at.button(key=f"retrain_cancel_yes_{job}").click()
+    at.run()
+    assert Store(env["db"]).get_job(job)["state"] == "cancelled"
+
+
 def test_two_tabs_deciding_at_once_lose_nothing(env):
     store = Store(env["db"])
     first, second = store.add_variants([variant_record(0, "lower", -1.0, "Ok Ok"), variant_record(1, "raise", 3.0, "Whatever.")])

@@ -37,6 +37,19 @@ def test_the_table_counts_success_per_sample_and_per_prompt_and_pairs_the_shared
     assert div[REFORM]["trigram_overlap"] != div[REFORM]["trigram_overlap"]  # one failure: no pair to compare
 
 
+def test_the_table_lists_the_spurious_indicators_of_each_retrained_rm_as_measured():
+    base = {"length_corr": 0.5, "capital_corr": -0.1, "repetition_corr": 0.0, "extreme_negative_share": 0.04}
+    table = comparison_table([], spurious={"base": (0, base), REFORM: (3, {"length_corr": 0.25}), ADVRM: (3, None)}, n_boot=10)
+    assert table["spurious"] == [
+        {"model": "base", "added_pairs": 0, "extreme_negative_share": 0.04, "length_corr": 0.5, "capital_corr": -0.1,
+         "repetition_corr": 0.0},
+        {"model": REFORM, "added_pairs": 3, "extreme_negative_share": None, "length_corr": 0.25, "capital_corr": None,
+         "repetition_corr": None},
+        {"model": ADVRM, "added_pairs": 3, "extreme_negative_share": None, "length_corr": None, "capital_corr": None,
+         "repetition_corr": None}]
+    assert comparison_table([], n_boot=10)["spurious"] == []
+
+
 def test_distinct_n_and_trigram_overlap_on_literal_texts():
     assert distinct_n(["a b a b"], 2) == pytest.approx(2 / 3) and distinct_n(["a b", "c d"], 1) == 1.0
     assert distinct_n([], 1) != distinct_n([], 1)  # NaN: nothing to count
@@ -97,6 +110,14 @@ def test_both_methods_rms_are_retrained_on_the_same_number_of_pairs_and_compared
     assert rows["base", "clean accuracy"]["n"] == 2  # the held-out rows 6-7
     paired = {r["metric"] for r in table["paired"]}
     assert paired == {"clean accuracy", "mean drop", "capitalization", "verbosity"}
+    # the indicators each RM's robustness run measured (REFORM's: the pipeline's own reform arm; base: the rounds')
+    spurious = {r["model"]: r for r in table["spurious"]}
+    measured = {"base": runs["rounds"] / "robustness_base", REFORM: runs["pipeline"] / "robustness_reform",
+                ADVRM: compare / "robustness_advrm" if (compare / "robustness_advrm").exists() else runs["rounds"] / "robustness_r1"}
+    for model, where in measured.items():
+        indicators = read_json(where / "metrics.json")["indicators"]
+        assert len(indicators) == 4 and {k: spurious[model][k] for k in indicators} == indicators
+        assert spurious[model]["added_pairs"] == (0 if model == "base" else n)
     diff = next(r for r in table["paired"] if r["metric"] == "clean accuracy")
     assert diff["value"] == pytest.approx(rows[ADVRM, "clean accuracy"]["value"] - rows[REFORM, "clean accuracy"]["value"])
 

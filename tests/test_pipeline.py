@@ -1,7 +1,9 @@
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
+import torch
 
 from reform_engine.data import write_jsonl
 from reform_engine.decoding import DecodingConfig
@@ -126,3 +128,114 @@ def test_the_fraction_p_is_one_pipeline_setting_that_the_influence_and_variants_
     scored = [ScoredPair(PreferencePair(f"p{i}", ({"role": "user", "content": "q"},), "a", "b"), 0.0, 0.0, i / 100, i + 1)
               for i in range(100)]
     assert len(select_influential(scored, fraction)) == {0.05: 5, 0.1: 10, 0.2: 20}[fraction]
+
+
+@pytest.fixture()
+def invertible(setup):
+    """The setup with an untrained base (its head at seed 2) that the decoder inverts easily, every inversion
+    counted (no curated file), and a judge RM apart from it (seed 9)."""
+    from reform_engine.reward_model import build_reward_model
+
+    tmp_path, cfg = setup
+    for name, seed in (("rm", 2), ("judge", 9)):
+        build_reward_model(dataclasses.replace(cfg["base"].model, finetune="head"), device="cpu", seed=seed).save(tmp_path / name)
+    variants = dataclasses.replace(cfg["variants"], decoding=DecodingConfig(k=4, alpha=0.1, max_new_tokens=6),
+                                   lower_persona="none", raise_persona="none")
+    return tmp_path, {**cfg, "approved": "", "variants": variants, "base_rm": str(tmp_path / "rm")}
+
+
+def lines(path) -> list[dict]:
+    with open(path) as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def test_the_highest_loss_arm_decodes_from_the_highest_loss_pairs_and_the_retrain_mode_arm_retrains_the_same_pairs(invertible):
+    tmp_path, cfg = invertible
+    config = PipelineConfig(**cfg, ablate_random=False, ablate_highest_loss=True, ablate_retrain_mode=True)
+    assert config.arms() == ["reform", "reform_finetune", "highest_loss", "no_aug"]
+    result = run_pipeline(config, tmp_path / "run")
+    run = tmp_path / "run"
+    assert [m.name for m in result.models] == ["base", "reform", "reform_finetune", "highest_loss", "no_aug"]
+    # highest_loss: its own variants stage, decoded from the half of the pairs with the highest loss under the base
+    decoded = json.loads((run / "variants_highest_loss" / "config.json").read_text())
+    assert (decoded["strategy"], decoded["scored"]) == ("highest_loss", str(run / "influence" / "scored.jsonl"))
+    ranked = sorted(lines(run / "influence" / "scored.jsonl"), key=lambda r: -r["rank"])
+    assert {v["pair_id"] for v in lines(run / "variants_highest_loss" / "variants.jsonl")} == {r["pair_id"] for r in ranked[:3]}
+    assert {v["pair_id"] for v in lines(run / "variants_lowest_loss" / "variants.jsonl")} == {r["pair_id"] for r in ranked[3:]}
+    highest = json.loads((run / "retrain_highest_loss" / "config.json").read_text())
+    assert highest["augment_data"] == str(run / "variants_highest_loss" / "augment.jsonl")
+    added = {m.name: m.augment_pairs for m in result.models}
+    assert added["highest_loss"] == len(lines(highest["augment_data"])) > 0
+    # reform_finetune: the reform arm's very pairs, fine-tuned from the base instead of retrained from scratch
+    reform = json.loads((run / "retrain_reform" / "config.json").read_text())
+    finetune = json.loads((run / "retrain_reform_finetune" / "config.json").read_text())
+    assert (reform["init_from"], reform["epochs"]) == ("", 1)
+    assert (finetune["init_from"], finetune["epochs"], finetune["augment_data"]) == (cfg["base_rm"], 1, reform["augment_data"])
+    assert added["reform_finetune"] == added["reform"] > 0
+    # a fine-tuned arm brings the no-augmentation fine-tune with it
+    no_aug = json.loads((run / "retrain_no_aug" / "config.json").read_text())
+    assert (no_aug["init_from"], no_aug["augment_data"]) == (cfg["base_rm"], "")
+    # every planned stage ran, none skipped: the total was right
+    status = json.loads((run / "status.json").read_text())
+    assert status["total"] == len(result.stages) == 1 + 1 + 2 + 4 * 2 and status["progress"] == 1.0
+    assert json.loads((run / "report.json").read_text())["complete"] is True
+
+
+def test_in_scratch_mode_the_base_is_the_no_augmentation_model_and_the_log_says_so(setup):
+    from safetensors.torch import load_file
+
+    from reform_engine.training import train_reward_model
+
+    tmp_path, cfg = setup
+    config = PipelineConfig(**cfg, ablate_random=False)
+    result = run_pipeline(config, tmp_path / "run")
+    assert [m.name for m in result.models] == ["base", "reform"] and not (tmp_path / "run" / "retrain_no_aug").exists()
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "the base row is the no-augmentation model (none trained)" in log
+    # why none is trained: the scratch recipe without new pairs gives the base's weights bit for bit
+    base = result.models[0].checkpoint
+    again = train_reward_model(config.retrain_config(base, ""), tmp_path / "no_aug").checkpoint
+    weights = [{k: v for f in sorted(Path(d).glob("*.safetensors")) for k, v in load_file(f).items()} for d in (base, again)]
+    assert weights[0] and weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_best_of_n_stage_per_arm_is_judged_apart_and_the_report_table_shows_its_win_rate(invertible):
+    from reform_engine.reports import arm_table
+
+    tmp_path, cfg = invertible
+    judge = str(tmp_path / "judge")
+    with pytest.raises(ValueError, match="bon_judge_rm.*the judge is RM A or RM B"):
+        PipelineConfig(**cfg, bon_judge_rm=cfg["base_rm"])
+    with pytest.raises(ValueError, match="n=1"):
+        PipelineConfig(**cfg, bon_judge_rm=judge, bon_n=1)
+    with pytest.raises(ValueError, match="a checkpoint of this pipeline run"):
+        run_pipeline(PipelineConfig(**cfg, bon_judge_rm=str(tmp_path / "run" / "retrain_reform" / "checkpoint")), tmp_path / "run")
+    config = PipelineConfig(**cfg, ablate_random=False, bon_judge_rm=judge, bon_prompts=1, bon_n=2)
+    result = run_pipeline(config, tmp_path / "run")
+    run = tmp_path / "run"
+    assert [m.name for m in result.models] == ["base", "reform"]
+    assert [t.name for t in result.stages][-1] == "bon_reform"
+    bon = json.loads((run / "bon_reform" / "config.json").read_text())
+    reform = next(m for m in result.models if m.name == "reform")
+    assert (bon["rm_a"], bon["rm_b"], bon["judge_rm"]) == (cfg["base_rm"], reform.checkpoint, judge)
+    assert (bon["data"], bon["rows"], bon["prompts"], bon["n"]) == (str(tmp_path / "d.jsonl"), "6:", 1, 2)
+    won = json.loads((run / "bon_reform" / "metrics.json").read_text())
+    assert won["prompts"] + won["skipped"] == 1
+    status = json.loads((run / "status.json").read_text())
+    assert status["total"] == len(result.stages) == 1 + 1 + 1 + 2 + 1
+    # the run's own best-of-N, found without passing any best-of-n job
+    table = arm_table(run)
+    assert table["arm"].tolist() == ["base", "reform"]
+    assert table["bon_win_rate"].tolist() == [None, won["win_rate"]]
+    assert (table["bon_win_rate_low"][1], table["bon_win_rate_high"][1], table["bon_prompts"][1]) == (won["low"], won["high"],
+                                                                                                      won["prompts"])
+    assert table["seconds_eval"][1] == sum(t.seconds for t in result.stages if t.name in ("robustness_reform", "bon_reform"))
+
+
+def test_an_appropriateness_judge_that_is_the_given_base_is_refused_before_anything_runs(invertible):
+    from reform_engine.appropriateness import AppropriatenessConfig
+
+    tmp_path, cfg = invertible
+    judged = dataclasses.replace(cfg["variants"], appropriateness=AppropriatenessConfig(source="judge", judge_rm=cfg["base_rm"]))
+    with pytest.raises(ValueError, match="is the reward model being fixed"):
+        PipelineConfig(**{**cfg, "variants": judged})

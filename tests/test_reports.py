@@ -150,6 +150,19 @@ def test_stage_seconds_count_each_arms_own_stages_by_what_they_did_and_shared_on
     assert stage_seconds(rounds, "round 1") == {"train": 9.0, "find": 30.0, "eval": 1.0}
 
 
+def test_the_pipelines_ablation_arms_count_the_stages_they_are_built_on_and_best_of_n_as_evaluation():
+    pipeline = [{"name": n, "seconds": s} for n, s in [("influence", 2.0), ("robustness_base", 1.0), ("variants_lowest_loss", 5.0),
+                                                        ("retrain_reform", 12.0), ("robustness_reform", 1.5),
+                                                        ("retrain_reform_finetune", 3.0), ("robustness_reform_finetune", 1.25),
+                                                        ("variants_highest_loss", 4.0), ("retrain_highest_loss", 11.0),
+                                                        ("robustness_highest_loss", 1.0), ("bon_reform", 30.0),
+                                                        ("bon_reform_finetune", 20.0), ("bon_highest_loss", 10.0)]]
+    assert stage_seconds(pipeline, "reform") == {"train": 12.0, "find": 7.0, "eval": 31.5}
+    assert stage_seconds(pipeline, "reform_finetune") == {"train": 3.0, "find": 7.0, "eval": 21.25}
+    assert stage_seconds(pipeline, "highest_loss") == {"train": 11.0, "find": 6.0, "eval": 11.0}
+    assert stage_seconds(pipeline, "base") == {"train": 0.0, "find": 0.0, "eval": 1.0}
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A real tiny pipeline run (its arms: base, reform on two approved pairs, the random p% when it finds
