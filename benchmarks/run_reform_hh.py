@@ -40,7 +40,7 @@ OUT = Path(__file__).resolve().parent / "out" / "reform_hh"
 
 def configs(args) -> list[tuple[str, object, Path, str]]:
     """(job kind, config, run dir, checkpoint it leaves) for every job still to run."""
-    runtime = Runtime(device=args.device, threads=args.threads, seed=0)
+    runtime = Runtime(device=args.device, threads=args.threads, seed=0, trunk_cache=args.trunk_cache)
     train_rows, held_out = f"fold!={args.fold}/{args.folds}@{args.fold_seed}", f"fold={args.fold}/{args.folds}@{args.fold_seed}"
     recipe = TrainRewardConfig(data=args.data, train_rows=train_rows, epochs=2, runtime=runtime)
     jobs = []
@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--trunk-cache", default="auto", help="auto: each run's own; or a directory shared with earlier runs of "
+                                                          "the same backbone and split (e.g. the crossval run's trunk_cache)")
     ap.add_argument("--dry-run", action="store_true", help="print each job's command line and stop")
     args = ap.parse_args()
     if not Path(args.data).is_file():
