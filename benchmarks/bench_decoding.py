@@ -41,9 +41,9 @@ def greedy_tokens_per_s(policy, tok, prompts, n: int) -> float:
     return len(prompts) * n / seconds
 
 
-def ours_tokens_per_s(decoder, prompts, n: int, k: int) -> float:
+def ours_tokens_per_s(decoder, prompts, n: int, k: int, persona: str = "none") -> float:
     start = time.perf_counter()
-    res = decoder.decode(prompts, DecodingConfig(k=k, alpha=1.0, max_new_tokens=n, stop_on_eos=False))
+    res = decoder.decode(prompts, DecodingConfig(k=k, alpha=1.0, max_new_tokens=n, stop_on_eos=False, persona=persona))
     seconds = time.perf_counter() - start
     assert all(len(r.token_ids) == n for r in res)
     return len(prompts) * n / seconds

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,18 +19,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from _paths import HH_DEV_PATH, bench_data  # noqa: E402
+from bench_decoding import ours_tokens_per_s  # noqa: E402
 from reform_engine.data import load_preferences, select_rows  # noqa: E402
-from reform_engine.decoding import ControlledDecoder, DecodingConfig  # noqa: E402
+from reform_engine.decoding import ControlledDecoder  # noqa: E402
 from reform_engine.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer  # noqa: E402
 from reform_engine.reward_model import RewardModelSpec, build_reward_model, load_reward_model  # noqa: E402
-
-
-def tokens_per_s(decoder, prompts, n: int, k: int, persona: str) -> float:
-    start = time.perf_counter()
-    res = decoder.decode(prompts, DecodingConfig(k=k, alpha=1.0, max_new_tokens=n, stop_on_eos=False, persona=persona))
-    seconds = time.perf_counter() - start
-    assert all(len(r.token_ids) == n for r in res)
-    return len(prompts) * n / seconds
 
 
 def main() -> None:
@@ -55,11 +47,11 @@ def main() -> None:
             build_reward_model(RewardModelSpec(base_model=DEFAULT_MODEL, lora_layers=8, max_length=320), device="cpu").save(tmp)
             rm, rm_name = load_reward_model(tmp, device="cpu"), "untrained LoRA-top-8 RM"
         decoder = ControlledDecoder(policy, tok, rm)
-        tokens_per_s(decoder, prompts[:1], 4, args.k, "aligned")  # warm-up
+        ours_tokens_per_s(decoder, prompts[:1], 4, args.k, "aligned")  # warm-up
         rates = {"none": [], "aligned": []}
         for _ in range(args.repeats):  # interleaved, so a load change on the machine hits both alike
             for persona in rates:
-                rates[persona].append(tokens_per_s(decoder, prompts, args.tokens, args.k, persona))
+                rates[persona].append(ours_tokens_per_s(decoder, prompts, args.tokens, args.k, persona))
     best = {p: max(r) for p, r in rates.items()}
     print(f"RM: {rm_name}; path {decoder.path}, {decoder.depth} of {len(decoder.p_stack.layers)} layers shared without a "
           f"persona; batch {args.batch}, k={args.k}, {args.tokens} tokens, {args.threads} thread(s), best of {args.repeats}")

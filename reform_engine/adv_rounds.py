@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .attack import AttackConfig, read_kept, run_attack
-from .configs import JobConfigError, config_from_dict, required, setting
+from .configs import JobConfigError, config_from_dict, refuse, required, setting
 from .data import load_preferences, parse_rows, select_rows, write_jsonl
 from .retrain import BaseRetraining, held_out_rows
 from .robustness import RobustnessConfig, evaluate_robustness, robustness_stage
@@ -67,9 +67,7 @@ class AdvRoundsConfig(BaseRetraining):
                   (0 <= self.pass_floor <= 1, "pass_floor must be a share in [0, 1] (0 = never stop early)"),
                   (self.attack.keep.fresh_samples >= 1, "attack.keep.fresh_samples must be >= 1: a round's pass rate is measured on "
                    "fresh samples of the final policy")]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"AdvRoundsConfig: {message}")
+        refuse(self, checks)
         parse_rows(self.train_rows), parse_rows(self.eval_rows)
         self.attack = dataclasses.replace(self.attack, runtime=self.runtime)
         self.robustness = dataclasses.replace(self.robustness, runtime=self.runtime)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .configs import setting
+from .configs import refuse, setting
 
 
 class RolloutReward(ABC):
@@ -191,12 +191,6 @@ def rloo_loss(advantages: torch.Tensor, seq_logp: torch.Tensor) -> torch.Tensor:
     return -(advantages.detach() * seq_logp).mean()
 
 
-def _refuse(config: object, checks: list[tuple[bool, str]]) -> None:
-    """Raise the first failed check's message, named after the config that holds the setting."""
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(f"{type(config).__name__}: {message}")
-
 
 @dataclass
 class AdversarialRewardConfig:
@@ -214,7 +208,7 @@ class AdversarialRewardConfig:
     base_samples: int = setting(8, "N samples of pi0 per prompt for the mean and sd (8: sd within ~25%)")
 
     def __post_init__(self):
-        _refuse(self, [(self.base_samples >= 2, "base_samples must be >= 2: an sd needs two samples"),
+        refuse(self, [(self.base_samples >= 2, "base_samples must be >= 2: an sd needs two samples"),
                        (0 < self.sd_floor <= 1, "sd_floor must be a share of the median sd in (0, 1]")])
         self.build()  # refuses a bad lambda, beta, T, C or clip range now, not in the job
 
@@ -234,7 +228,7 @@ class RLOOConfig:
     save_every: int = setting(0, "steps between adapter checkpoints; 0 = at the end only")
 
     def __post_init__(self):
-        _refuse(self, [(self.group_size >= 2, "group_size must be >= 2: leave-one-out needs another rollout of the prompt"),
+        refuse(self, [(self.group_size >= 2, "group_size must be >= 2: leave-one-out needs another rollout of the prompt"),
                        (self.prompts_per_step >= 1, "prompts_per_step must be >= 1"),
                        (self.steps >= 1, "steps must be >= 1"),
                        (self.lr > 0, "lr must be > 0"),

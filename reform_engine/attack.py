@@ -35,7 +35,7 @@ from typing import ClassVar
 import torch
 
 from .adversary import AdversarialRewardConfig, PromptNorm, RLOOConfig, kl_k3, rloo_advantages, rloo_loss
-from .configs import nested, required, setting
+from .configs import nested, refuse, required, setting
 from .confirm import Candidate, ConfirmConfig, KeepConfig, Rule, RuleContext, check_rules, confirmation, passes
 from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, parse_rows, select_rows, write_jsonl
 from .judging import SAMPLES_FILE, duel_scores, duels, judge_candidates
@@ -89,9 +89,7 @@ class AttackConfig:
             (self.prompts >= 1, "prompts must be >= 1"),
             (self.max_prompt_tokens >= 4, "max_prompt_tokens must be >= 4"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"AttackConfig: {message}")
+        refuse(self, checks)
         parse_rows(self.rows)
 
     def rules(self) -> tuple[Rule, ...]:

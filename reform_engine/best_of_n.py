@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .configs import nested, required, setting
+from .configs import nested, refuse, required, setting
 from .data import DataError, load_preferences, parse_rows, select_rows, write_jsonl
 from .evaluation import BOOTSTRAP_RESAMPLES, Interval, bootstrap_mean
 from .models import DEFAULT_MODEL
@@ -67,9 +67,7 @@ class BestOfNConfig:
             (self.max_prompt_tokens >= 4, "max_prompt_tokens must be >= 4"),
             (self.n_boot >= 1, "n_boot must be >= 1"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"BestOfNConfig: {message}")
+        refuse(self, checks)
         parse_rows(self.rows)
 
 

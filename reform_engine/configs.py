@@ -34,6 +34,14 @@ class JobConfigError(ValueError):
         super().__init__(message + (f" Fix: {fix}" if fix else ""))
 
 
+def refuse(config: object, checks: list[tuple[bool, str]]) -> None:
+    """Raise ValueError with the first failed check's message, named after the config that holds the
+    setting (a config's ``__post_init__`` lists its checks as (ok, what to do instead))."""
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(f"{type(config).__name__}: {message}")
+
+
 # --------------------------------------------------------------------------- declaring fields
 
 def setting(default: Any, help: str, **meta: Any) -> Any:

@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field, fields
 from typing import Sequence
 
-from .configs import setting
+from .configs import refuse, setting
 
 
 @dataclass
@@ -99,9 +99,7 @@ class KeepConfig:
                   (math.isfinite(self.u_z_min), "u_z_min must be finite (1.96: two-sided 5%)"),
                   (self.cap_per_prompt >= 1 and self.cap_total >= 1, "cap_per_prompt and cap_total must be >= 1"),
                   (0 < self.dedupe_jaccard <= 1, "dedupe_jaccard must be in (0, 1] (1 drops exact duplicates only)")]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"KeepConfig: {message}")
+        refuse(self, checks)
 
     def select(self, candidates: Sequence[Candidate], threshold: float) -> list[Candidate]:
         """select_kept with these settings; ``threshold``: the reward's T."""

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from .configs import nested, setting
+from .configs import nested, refuse, setting
 from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, ROWS_HELP, parse_rows, select_rows
 from .evaluation import PairwiseMetrics, pairwise_metrics
 from .reward_model import RewardModelSpec, build_reward_model, load_causal_reward_model
@@ -53,9 +53,7 @@ class TrainRewardConfig:
                   (self.epochs >= 1, "epochs must be >= 1"), (self.max_steps >= 0, "max_steps must be >= 0"),
                   (0 <= self.warmup_ratio < 1, "warmup_ratio must be in [0, 1)"),
                   (self.train_sample >= 0, "train_sample must be >= 0 (0 = all training pairs)")]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"TrainRewardConfig: {message}")
+        refuse(self, checks)
         parse_rows(self.train_rows), parse_rows(self.eval_rows)
 
 
