@@ -63,6 +63,16 @@ def settle(at: AppTest, page: str | None = None, tries: int = 400) -> AppTest:
     return at
 
 
+def until_stored(read, what: str):
+    """``read()`` once it returns something other than None, polled until HANG_GUARD: a background task
+    that has drawn its result may still be writing it to the store on a loaded machine."""
+    deadline = time.monotonic() + HANG_GUARD
+    while (value := read()) is None:
+        assert time.monotonic() < deadline, f"{what} never reached the store"
+        time.sleep(0.1)
+    return value
+
+
 def job_progress(at: AppTest) -> list[str]:
     return [el.proto.text for el in at.get("progress") if "job #" in el.proto.text]
 

@@ -11,7 +11,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from app_support import settle
+from app_support import settle, until_stored
 from conftest import make_pair
 from reform_engine import score_cache
 from reform_engine.data import write_jsonl
@@ -76,8 +76,9 @@ def test_a_restarted_server_reads_the_scores_from_the_store_instead_of_scoring_a
     at = settle(AppTest.from_file(APP, default_timeout=120), "pages/influential.py")
     assert not any(FROM_STORE in c.value for c in at.caption)  # scored by the RM this time
     first = losses(at)
+    assert len(first) > 0, "the page drew no losses: it was not scored"
     key = score_cache.score_key(env["rm"], env["data"], "", True, 1024)
-    assert Store(env["db"]).get_score_set(key.digest)["n_pairs"] == 8
+    assert until_stored(lambda: Store(env["db"]).get_score_set(key.digest), "the score set")["n_pairs"] == 8
     restart()
     again = settle(AppTest.from_file(APP, default_timeout=120), "pages/influential.py")
     assert any(FROM_STORE in c.value for c in again.caption)
