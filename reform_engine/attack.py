@@ -261,12 +261,8 @@ def run_attack(config: AttackConfig, run: RunDir) -> AttackResult:
     load = config.runtime.load_args()
     rms = [load_reward_model(p, **load) for p in [config.target_rm] + config.penalty_list()]
     policy, tokenizer = build_policy(config.policy, **asdict(config.adapter), seed=seed, **load)
-    context = getattr(policy.config, "max_position_embeddings", 4096)
-    budget = min([config.max_prompt_tokens, context] + [rm.spec.max_length for rm in rms]) - config.response.max_new_tokens
-    if budget < 4:
-        raise DataError(f"response.max_new_tokens={config.response.max_new_tokens} leaves no room for a prompt within the "
-                        "RMs' max_length.", fix="lower response.max_new_tokens or raise max_prompt_tokens.")
-    engine = RolloutEngine(policy, tokenizer, rms, prompt_budget=budget)
+    engine = RolloutEngine.fitting(policy, tokenizer, rms, max_prompt_tokens=config.max_prompt_tokens,
+                                    max_new_tokens=config.response.max_new_tokens)
     run.log(f"{len(pairs)} prompts; policy LoRA from layer {engine.lora_start}; the RMs' own layers start at "
             f"{engine.rm_depths} (-1: all of them on the same ids, None: scored from text)")
     generator = torch.Generator().manual_seed(seed)

@@ -156,12 +156,8 @@ def run_best_of_n(config: BestOfNConfig, run: RunDir) -> BestOfNResult:
     rms = [load_reward_model(p, **load) for p in (config.rm_a, config.rm_b, config.judge_rm)]
     # the rollout engine samples from a LoRA-wrapped policy; with the adapter off it is the plain policy
     policy, tokenizer = build_policy(config.policy, lora_layers=1, lora_r=1, lora_alpha=1, seed=seed, **load)
-    context = getattr(policy.config, "max_position_embeddings", 4096)
-    budget = min([config.max_prompt_tokens, context] + [rm.spec.max_length for rm in rms]) - config.response.max_new_tokens
-    if budget < 4:
-        raise DataError(f"response.max_new_tokens={config.response.max_new_tokens} leaves no room for a prompt within the "
-                        "RMs' max_length.", fix="lower response.max_new_tokens or raise max_prompt_tokens.")
-    engine = RolloutEngine(policy, tokenizer, rms, prompt_budget=budget)
+    engine = RolloutEngine.fitting(policy, tokenizer, rms, max_prompt_tokens=config.max_prompt_tokens,
+                                    max_new_tokens=config.response.max_new_tokens)
     generator = torch.Generator().manual_seed(seed)
     rows, outcomes, same = [], [], []
     for lo in range(0, len(pairs), config.prompts_per_batch):

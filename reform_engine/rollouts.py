@@ -189,6 +189,17 @@ class RolloutEngine:
         self._rm_prompts: dict[tuple[int, tuple], list[int]] = {}
         self._sentence_ids: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    @classmethod
+    def fitting(cls, policy, tokenizer, rms: Sequence, *, max_prompt_tokens: int, max_new_tokens: int) -> "RolloutEngine":
+        """An engine whose prompt budget leaves room for ``max_new_tokens`` within the policy's context and
+        every RM's max_length (and at most ``max_prompt_tokens``); a DataError when nothing is left."""
+        context = getattr(policy.config, "max_position_embeddings", 4096)
+        budget = min([max_prompt_tokens, context] + [rm.spec.max_length for rm in rms]) - max_new_tokens
+        if budget < 4:
+            raise DataError(f"response.max_new_tokens={max_new_tokens} leaves no room for a prompt within the RMs' "
+                            "max_length.", fix="lower response.max_new_tokens or raise max_prompt_tokens.")
+        return cls(policy, tokenizer, rms, prompt_budget=budget)
+
     def sentence_ids(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(sentence-end ids, digit-ending ids) of the policy's vocabulary, found once."""
         if self._sentence_ids is None:

@@ -143,3 +143,16 @@ def test_a_sentence_end_in_the_final_window_ends_a_response_one_token_before_its
     assert torch.equal(window.tokens[window.mask], eos_only.tokens[:, :width][window.mask])
     late = engine.sample(prompts, 4, torch.Generator().manual_seed(3), max_new_tokens=12, sentence_window=2)
     assert late.texts == eos_only.texts and late.ended.all() and not late.stopped.any()  # the answers end before the window
+
+
+def test_a_fitting_engine_keeps_room_for_the_response_within_the_shortest_limit_and_refuses_when_none_is_left(policy, tiny_dir,
+                                                                                                            tmp_path):
+    from reform_engine.data import DataError
+
+    short = rm_on(tiny_dir, tmp_path, "short", finetune="head")
+    short.spec.max_length = 40  # the shortest limit of the three: the policy's context, max_prompt_tokens, this RM
+    engine = RolloutEngine.fitting(*policy, [short], max_prompt_tokens=100, max_new_tokens=16)
+    assert engine.prompt_budget == 40 - 16
+    assert RolloutEngine.fitting(*policy, [short], max_prompt_tokens=30, max_new_tokens=16).prompt_budget == 30 - 16
+    with pytest.raises(DataError, match="max_new_tokens=38 leaves no room"):
+        RolloutEngine.fitting(*policy, [short], max_prompt_tokens=100, max_new_tokens=38)

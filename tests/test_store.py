@@ -48,6 +48,29 @@ def store(tmp_path):
     return Store(tmp_path / "reform.duckdb")
 
 
+def database_at(path, version: int, *inserts: str):
+    """A database as migration ``version`` left it, with ``inserts`` run in it -> its path."""
+    import reform_engine.store as store_module
+
+    con = duckdb.connect(str(path))
+    for sql in [q for m in store_module.MIGRATIONS[:version] for q in m]:
+        con.execute(sql)
+    con.execute("INSERT INTO schema_version VALUES " + ", ".join(f"({v}, now())" for v in range(1, version + 1)))
+    for sql in inserts:
+        con.execute(sql)
+    con.close()
+    return path
+
+
+def old_variant(**columns: str) -> str:
+    """The SQL that stores one decoded 'lower' variant in an old schema's table, with its extra ``columns``."""
+    values = {"key": "'k'", "pair_id": "'toy:0'", "direction": "'lower'",
+              "prompt": "'[{\"role\": \"user\", \"content\": \"q\"}]'", "original_chosen": "'good'",
+              "original_rejected": "'bad'", "text": "'worse'", "is_inversion": "TRUE", "steps": "'[]'", "trace": "'[]'",
+              **columns, "created_at": "now()"}
+    return f"INSERT INTO variants ({', '.join(values)}) VALUES ({', '.join(values.values())})"
+
+
 def test_default_path_comes_from_the_project_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("REFORM_PROJECT_DIR", str(tmp_path / "proj"))
     assert default_store_path() == tmp_path / "proj" / "reform.duckdb"
@@ -126,17 +149,8 @@ def test_a_second_version_database_loses_its_copies_of_results_and_keeps_jobs_va
 
 
 def test_variants_stored_before_the_verdict_flags_load_with_the_flags_unknown(tmp_path):
-    import reform_engine.store as store_module
-
-    path = tmp_path / "v4.duckdb"
-    con = duckdb.connect(str(path))  # a database as the fourth schema left it, with a decoded variant in it
-    for sql in [q for m in store_module.MIGRATIONS[:4] for q in m]:
-        con.execute(sql)
-    con.execute("INSERT INTO schema_version VALUES (1, now()), (2, now()), (3, now()), (4, now())")
-    con.execute("INSERT INTO variants (key, pair_id, direction, prompt, original_chosen, original_rejected, text, perplexity, "
-                "is_inversion, steps, trace, created_at) VALUES ('k', 'toy:0', 'lower', '[{\"role\": \"user\", \"content\": \"q\"}]', "
-                "'good', 'bad', 'worse', 63.75, TRUE, '[]', '[]', now())")
-    con.close()
+    path = database_at(tmp_path / "v4.duckdb", 4,  # a database as the fourth schema left it, with a decoded variant in it
+                       old_variant(perplexity="63.75"))
     store = Store(path)
     assert schema_version(path) == SCHEMA_VERSION
     listed = store.list_variants()
@@ -157,17 +171,8 @@ def test_the_verdict_flags_are_stored_with_each_variant(store):
 
 
 def test_variants_stored_before_the_appropriateness_check_read_it_as_not_checked(tmp_path):
-    import reform_engine.store as store_module
-
-    path = tmp_path / "v6.duckdb"
-    con = duckdb.connect(str(path))  # a database as the sixth schema left it, with a decoded variant in it
-    for sql in [q for m in store_module.MIGRATIONS[:6] for q in m]:
-        con.execute(sql)
-    con.execute("INSERT INTO schema_version VALUES (1, now()), (2, now()), (3, now()), (4, now()), (5, now()), (6, now())")
-    con.execute("INSERT INTO variants (key, pair_id, direction, prompt, original_chosen, original_rejected, text, is_inversion, "
-                "steps, trace, fluent, created_at) VALUES ('k', 'toy:0', 'lower', '[{\"role\": \"user\", \"content\": \"q\"}]', "
-                "'good', 'bad', 'worse', TRUE, '[]', '[]', TRUE, now())")
-    con.close()
+    path = database_at(tmp_path / "v6.duckdb", 6,  # a database as the sixth schema left it, with a decoded variant in it
+                       old_variant(fluent="TRUE"))
     store = Store(path)
     assert schema_version(path) == SCHEMA_VERSION
     listed = store.list_variants()
@@ -192,17 +197,8 @@ def test_the_appropriateness_verdict_is_stored_with_each_variant(store):
 
 
 def test_variants_stored_before_personas_load_with_the_persona_unknown(tmp_path):
-    import reform_engine.store as store_module
-
-    path = tmp_path / "v6.duckdb"
-    con = duckdb.connect(str(path))  # a database as the sixth schema left it, with a decoded variant in it
-    for sql in [q for m in store_module.MIGRATIONS[:6] for q in m]:
-        con.execute(sql)
-    con.execute("INSERT INTO schema_version VALUES " + ", ".join(f"({v}, now())" for v in range(1, 7)))
-    con.execute("INSERT INTO variants (key, pair_id, direction, prompt, original_chosen, original_rejected, text, "
-                "is_inversion, steps, trace, created_at) VALUES ('k', 'toy:0', 'lower', '[{\"role\": \"user\", \"content\": \"q\"}]', "
-                "'good', 'bad', 'worse', TRUE, '[]', '[]', now())")
-    con.close()
+    path = database_at(tmp_path / "v6.duckdb", 6,  # a database as the sixth schema left it, with a decoded variant in it
+                       old_variant())
     store = Store(path)
     assert schema_version(path) == SCHEMA_VERSION
     listed = store.list_variants()
@@ -669,15 +665,8 @@ def score_set(store, key: str, payload: str = '{"x": 1}', **over):
 
 
 def test_a_fourth_version_database_gains_the_score_sets_table_with_its_jobs_kept(tmp_path):
-    import reform_engine.store as store_module
-
-    path = tmp_path / "v4.duckdb"
-    con = duckdb.connect(str(path))  # a database as migration 4 left it, with a job
-    for sql in [q for m in store_module.MIGRATIONS[:4] for q in m]:
-        con.execute(sql)
-    con.execute("INSERT INTO schema_version VALUES (1, now()), (2, now()), (3, now()), (4, now())")
-    con.execute("INSERT INTO jobs (kind, config, state, created_at, updated_at) VALUES ('train-rm', '{}', 'succeeded', now(), now())")
-    con.close()
+    path = database_at(tmp_path / "v4.duckdb", 4,  # a database as migration 4 left it, with a job
+                       "INSERT INTO jobs (kind, config, state, created_at, updated_at) VALUES ('train-rm', '{}', 'succeeded', now(), now())")
     store = Store(path, backup=BackupConfig(on_start=False))
     assert schema_version(path) == SCHEMA_VERSION == 8
     assert list(store.list_jobs()["kind"]) == ["train-rm"]
