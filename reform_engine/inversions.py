@@ -32,10 +32,13 @@ from .decoding import DIRECTIONS, DecodingConfig, DecodingResult, StepRecord
 from .influence import STRATEGIES, ScoredPair, check_selection, load_scored, rank_pairs, select_influential
 from .models import DEFAULT_MODEL
 from .personas import DEFAULT_PERSONAS, system_prompt
+from .resume import Journal
 from .runs import RunDir, job
 from .runtime import Runtime
 from .scoring import ScoringJob
 from .store import MIN_TOKENS
+
+JOURNAL = "decoded.journal.jsonl"   # the finished batches of a run that has not ended (resume.py)
 
 
 SENTENCE_ENDS = ".!?…。！？"
@@ -121,6 +124,13 @@ class Variant:
         chosen, rejected = added_pair(self.direction, self.original_chosen, self.original_rejected, self.text)
         suffix = f":{self.index}" if self.index else ""
         return PreferencePair(f"{self.pair_id}:{self.direction}{suffix}", self.prompt, chosen, rejected)
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Variant":
+        """The variant a to_record() (with its steps) was made from, read back from JSON."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in record.items() if k in names}
+        return cls(**{**data, "prompt": tuple(data["prompt"]), "steps": [StepRecord(**s) for s in data.get("steps", [])]})
 
     def to_record(self, with_steps: bool = True) -> dict:
         rec = dataclasses.asdict(self)
@@ -326,6 +336,7 @@ def generate_variants(config: GenerateVariantsConfig, run: RunDir) -> GenerateVa
     from .models import load_causal_lm, load_tokenizer
     from .reward_model import load_reward_model
     from .scoring import score_pairs
+    from .stages import comparable
 
     start, cpu_start, load = time.perf_counter(), time.process_time(), config.runtime.load_args()
     pairs = config.read_pairs()[1]
@@ -346,17 +357,26 @@ def generate_variants(config: GenerateVariantsConfig, run: RunDir) -> GenerateVa
             f"({config.variants_per_pair} per pair and direction; personas: "
             + ", ".join(f"{d} {config.persona_for(d)}" for d in directions) + ")")
     run.progress(0, total, message=f"loading the policy; then 0/{total} variants")
+    # batch by batch on disk: a run killed mid-way (a session's end) resumes from its last finished batch
+    journal = Journal(run.path / JOURNAL, {"config": comparable(config), "pairs": [s.pair.pair_id for s in chosen]})
+    if len(journal):
+        run.log(f"resuming: {len(journal)} finished batches of an interrupted run of this config read back from {JOURNAL}")
     decoders: dict[str, ControlledDecoder] = {}
     variants: list[Variant] = []
     done, dropped = 0, 0
     for d in directions:
         name = config.raise_policy if d == "raise" and config.raise_policy else config.policy
-        if name not in decoders:
-            decoders[name] = ControlledDecoder(load_causal_lm(name, **load),
-                                               load_tokenizer(name, trust_remote_code=load["trust_remote_code"]), rm)
         todo = sorted(enumerate(chosen), key=lambda t: len(t[1].pair.prompt_text))
         for b in range(0, len(todo), config.batch_size):
-            kept, n_dropped = _decode_batch(decoders[name], rm, todo[b:b + config.batch_size], config, d)
+            unit = f"{d}:{b}"
+            if unit in journal:
+                kept, n_dropped = [Variant.from_record(r) for r in journal[unit]["variants"]], journal[unit]["dropped"]
+            else:
+                if name not in decoders:
+                    decoders[name] = ControlledDecoder(load_causal_lm(name, **load),
+                                                       load_tokenizer(name, trust_remote_code=load["trust_remote_code"]), rm)
+                kept, n_dropped = _decode_batch(decoders[name], rm, todo[b:b + config.batch_size], config, d)
+                journal.add(unit, {"variants": [v.to_record() for v in kept], "dropped": n_dropped})
             variants, dropped = variants + kept, dropped + n_dropped
             done += len(todo[b:b + config.batch_size]) * config.variants_per_pair
             run.progress(done, total, message=f"{done}/{total} variants, {sum(v.is_inversion for v in variants)} inversions"
@@ -371,6 +391,7 @@ def generate_variants(config: GenerateVariantsConfig, run: RunDir) -> GenerateVa
         write_jsonl(filtered, [v.new_pair().to_trl() for v in variants if v.new_pair() and v.appropriate is not False])
     write_jsonl(run.path / "variants.jsonl", [v.to_record() for v in variants])
     write_jsonl(run.path / "augment.jsonl", [v.new_pair().to_trl() for v in variants if v.new_pair()])
+    journal.remove()
     return GenerateVariantsResult(str(run.path / "variants.jsonl"), str(run.path / "augment.jsonl"),
                                   variant_stats(variants, dropped), len(chosen),
                                   sum(not step.is_eos for v in variants for step in v.steps),

@@ -7,7 +7,7 @@ from conftest import make_pair
 from reform_engine.data import write_jsonl
 from reform_engine.decoding import DecodingConfig, DecodingResult
 from reform_engine.influence import ScoredPair
-from reform_engine.inversions import (GenerateVariantsConfig, VerdictConfig, check_inversion, generate_variants, is_truncated,
+from reform_engine.inversions import (GenerateVariantsConfig, Variant, VerdictConfig, check_inversion, generate_variants, is_truncated,
                                       make_variant, normalised, variant_stats, verdict_flags)
 from reform_engine.runtime import Runtime
 from reform_engine.tiny import save_tiny_model
@@ -284,3 +284,38 @@ def test_the_variants_schedule_refuses_bad_steps_with_what_to_do():
     cfg = GenerateVariantsConfig(reward_model="x", decoding=DecodingConfig(k=5, temperature=0.2), k_step=5)
     assert [(cfg.decoding_for("lower", i).k, cfg.decoding_for("lower", i).temperature, cfg.seed_for(i)) for i in range(3)] == \
         [(5, 0.2, 0), (10, 0.7, 1), (15, 1.2, 2)]
+
+
+def test_a_variants_run_killed_mid_way_resumes_from_its_last_finished_batch_with_the_same_result(tmp_path, variants_setup,
+                                                                                                monkeypatch):
+    import reform_engine.inversions as inversions
+
+    cfg = dataclasses.replace(variants_setup, fraction=0.5, batch_size=1, directions="both", variants_per_pair=2,
+                              temperature_step=1.0, decoding=DecodingConfig(k=2, max_new_tokens=4, stop_on_eos=False))
+    whole = generate_variants(cfg, tmp_path / "whole")
+    original, calls = inversions._decode_batch, []
+
+    def killed_after_three(*args, **kwargs):
+        if len(calls) == 3:
+            raise KeyboardInterrupt("the session ended")
+        calls.append(1)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(inversions, "_decode_batch", killed_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        generate_variants(cfg, tmp_path / "run")
+    assert len(calls) == 3 and (tmp_path / "run" / inversions.JOURNAL).is_file()
+    calls.clear()
+    monkeypatch.setattr(inversions, "_decode_batch", lambda *a, **k: (calls.append(1), original(*a, **k))[1])
+    res = generate_variants(cfg, tmp_path / "run")
+    assert len(calls) == 8 - 3  # 4 pairs x 2 directions, one pair per batch: only the unfinished batches decode
+    assert (tmp_path / "run" / "variants.jsonl").read_text() == (tmp_path / "whole" / "variants.jsonl").read_text()
+    assert (tmp_path / "run" / "augment.jsonl").read_text() == (tmp_path / "whole" / "augment.jsonl").read_text()
+    assert res.stats == whole.stats
+    assert "resuming: 3 finished batches" in (tmp_path / "run" / "log.txt").read_text()
+    assert not (tmp_path / "run" / inversions.JOURNAL).exists()  # served: removed once the results are written
+
+
+def test_a_variant_read_back_from_its_record_is_the_variant(tmp_path, variants_setup):
+    res = generate_variants(variants_setup, tmp_path / "run")
+    records = [json.loads(line) for line in open(res.variants_path)]
+    assert records and all(json.dumps(Variant.from_record(r).to_record()) == json.dumps(r) for r in records)

@@ -1,0 +1,41 @@
+import json
+
+from reform_engine.resume import Journal
+
+
+def test_units_written_to_a_journal_are_read_back_by_the_same_job(tmp_path):
+    journal = Journal(tmp_path / "j.jsonl", {"config": {"k": 5}, "pairs": ["a", "b"]})
+    journal.add("lower:0", {"variants": [1, 2]})
+    journal.add("lower:4", {"variants": []})
+    again = Journal(tmp_path / "j.jsonl", {"pairs": ["a", "b"], "config": {"k": 5}})  # key order does not matter
+    assert len(again) == 2 and "lower:0" in again and "raise:0" not in again
+    assert again["lower:0"] == {"variants": [1, 2]} and again["lower:4"] == {"variants": []}
+
+
+def test_another_jobs_journal_is_started_anew_and_its_units_are_not_read(tmp_path):
+    Journal(tmp_path / "j.jsonl", {"config": {"k": 5}}).add("lower:0", {"variants": [1]})
+    other = Journal(tmp_path / "j.jsonl", {"config": {"k": 6}})
+    assert len(other) == 0
+    assert Journal(tmp_path / "j.jsonl", {"config": {"k": 5}}).units == {}  # the old job's units went with it
+
+
+def test_a_line_cut_short_by_a_kill_is_redone_with_everything_after_it(tmp_path):
+    journal = Journal(tmp_path / "j.jsonl", {"config": 1})
+    journal.add("a", 1)
+    journal.add("b", 2)
+    text = (tmp_path / "j.jsonl").read_text()
+    (tmp_path / "j.jsonl").write_text(text[:-5])  # the kill came while "b" was being written
+    again = Journal(tmp_path / "j.jsonl", {"config": 1})
+    assert again.units == {"a": 1}
+    again.add("b", 3)
+    assert [json.loads(line) for line in (tmp_path / "j.jsonl").read_text().splitlines()][1:] == \
+        [{"unit": "a", "value": 1}, {"unit": "b", "value": 3}]
+    assert Journal(tmp_path / "j.jsonl", {"config": 1}).units == {"a": 1, "b": 3}
+
+
+def test_a_removed_journal_leaves_nothing_and_a_missing_one_starts_empty(tmp_path):
+    journal = Journal(tmp_path / "run" / "j.jsonl", {"config": 1})
+    assert len(journal) == 0 and (tmp_path / "run" / "j.jsonl").is_file()
+    journal.remove()
+    assert not (tmp_path / "run" / "j.jsonl").exists()
+    journal.remove()  # twice is fine
