@@ -56,7 +56,7 @@ _BON = BestOfNConfig.__dataclass_fields__
 class PipelineConfig:
     # the base reward model
     base_rm: str = setting("", "an existing checkpoint to start from; '' = train one here (base)")
-    base: TrainRewardConfig = nested(lambda: TrainRewardConfig(train_rows=DEMO_SPLIT[0], epochs=2),
+    base: TrainRewardConfig = nested(lambda: TrainRewardConfig(train_rows=DEMO_SPLIT[0]),
                                      "the base RM's training; its data and train_rows are the pairs every stage works on",
                                      set_by_job=("runtime",))
     # influential selection and controlled decoding

@@ -35,7 +35,7 @@ class TrainRewardConfig:
     model: RewardModelSpec = nested(RewardModelSpec, "the reward model to build: backbone, fine-tuning, max length",
                                     set_by_job=("trust_remote_code",))
     # how long, and the checkpoints on the way
-    epochs: int = setting(1, "passes over the training pairs")
+    epochs: int = setting(2, "passes over the training pairs (2: the recipe cross-validated on HH, benchmarks/RESULTS.md)")
     max_steps: int = setting(0, "> 0: stop after this many steps; 0 = the epochs decide")
     save_every: int = setting(0, "steps between intermediate checkpoints; 0 = at the end only")
     # optimisation

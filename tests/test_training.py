@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -196,3 +197,13 @@ def test_two_launched_processes_each_cache_their_shard_then_read_each_others(tin
     # including those the other process stored
     assert {k: metrics["trunk_cache"][k] for k in ("hits", "misses", "entries")} == {"hits": 24, "misses": 12, "entries": 24}
     assert len(list((tmp_path / "run" / "trunk_cache").glob("*/part-*.bin"))) == 2
+
+
+def test_the_default_recipe_is_the_one_cross_validated_on_hh_everywhere():
+    from reform_engine.pipeline import PipelineConfig
+
+    recipe = TrainRewardConfig()
+    assert (recipe.epochs, recipe.lr, recipe.batch_size, recipe.runtime.seed) == (2, 2e-4, 8, 0)
+    assert (recipe.model.finetune, recipe.model.lora_layers, recipe.model.lora_r, recipe.model.max_length) == ("lora", 8, 16, 320)
+    base = PipelineConfig().base  # the pipeline's base differs only in the rows it trains on
+    assert dataclasses.replace(base, train_rows=recipe.train_rows) == recipe
