@@ -75,7 +75,10 @@ class CrossValConfig:
         return f"fold{'=' if held_out else '!='}{k}/{self.folds}@{self.fold_seed}"
 
     def fold_recipe(self, k: int, cache_dir: Path) -> TrainRewardConfig:
-        runtime = dataclasses.replace(self.runtime, trunk_cache=str(cache_dir) if self.runtime.trunk_cache != "off" else "off")
+        """Fold k's training: the other folds' rows; the trunk cache in ``cache_dir`` (the run's own, shared by
+        the folds) unless the setting names directories of its own (an earlier run's cache, say) or is 'off'."""
+        setting = self.runtime.trunk_cache
+        runtime = dataclasses.replace(self.runtime, trunk_cache=str(cache_dir) if setting.strip() == "auto" else setting)
         return dataclasses.replace(self.recipe, train_rows=self.rows(k, held_out=False), eval_data="", eval_rows="",
                                    runtime=runtime)
 

@@ -79,3 +79,12 @@ def test_the_report_a_page_draws_has_every_fold_and_pooled_intervals(small_data,
     assert pooled["RM (the recipe)"]["value"] == result.rm.pooled.estimate and pooled["RM (the recipe)"]["n"] == 24
     assert pooled["linear probe"]["low"] <= pooled["linear probe"]["value"] <= pooled["linear probe"]["high"]
     assert report["complete"] is True and report["rm_minus_probe"]["n"] == 24
+
+
+def test_the_folds_share_the_runs_own_trunk_cache_or_the_one_the_setting_names(tmp_path):
+    run_cache = tmp_path / "cv" / "trunk_cache"
+    assert CrossValConfig().fold_recipe(1, run_cache).runtime.trunk_cache == str(run_cache)  # 'auto'
+    earlier = f"{tmp_path}/earlier/trunk_cache"   # an earlier run's cache of the same backbone and split
+    config = CrossValConfig(runtime=Runtime(trunk_cache=earlier))
+    assert [config.fold_recipe(k, run_cache).runtime.trunk_cache for k in range(2)] == [earlier, earlier]
+    assert CrossValConfig(runtime=Runtime(trunk_cache="off")).fold_recipe(0, run_cache).runtime.trunk_cache == "off"
