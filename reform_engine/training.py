@@ -13,7 +13,7 @@ from .configs import nested, refuse, setting
 from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, ROWS_HELP, parse_rows, select_rows
 from .evaluation import PairwiseMetrics, pairwise_metrics
 from .reward_model import RewardModelSpec, build_reward_model, load_causal_reward_model
-from .runs import RunDir, job
+from .runs import RunDir, atomic_write_bytes, job
 from .runtime import Runtime, seed_everything
 from .scoring import bradley_terry_loss, collate, encode, score_pairs
 from .trunk_cache import finish, open_trunk_cache
@@ -100,6 +100,48 @@ def _lr_lambda(total: int, warmup: int):
     return lambda step: (step + 1) / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
 
 
+RESUME = "resume.pt"     # the training state of a run that has not ended, in its run directory
+RESUME_EVERY_S = 300.0   # wall seconds between saves of it: a killed run loses at most this much training
+
+
+def _resume_key(config: TrainRewardConfig) -> str:
+    """Which job a saved training state belongs to: the config, placement (threads, device) aside."""
+    import json
+
+    from .stages import comparable
+    return json.dumps(comparable(config), sort_keys=True)
+
+
+def _save_resume(run: RunDir, config: TrainRewardConfig, rm, optimizer, scheduler, *, step: int, losses: list[float],
+                 epoch_rng: torch.Tensor, in_epoch: int, seconds: float) -> None:
+    """Everything a rerun needs to go on from ``step`` as if never stopped: the trained weights, the
+    optimizer and schedule, the loss curve so far, and where in which epoch's data order it was."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"key": _resume_key(config), "step": step, "losses": losses, "epoch_rng": epoch_rng, "in_epoch": in_epoch,
+                "seconds": seconds, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "params": {n: p.detach().cpu() for n, p in rm.named_parameters() if p.requires_grad}}, buffer)
+    atomic_write_bytes(run.path / RESUME, buffer.getvalue())
+
+
+def _load_resume(run: RunDir, config: TrainRewardConfig) -> dict | None:
+    """The saved training state of this config in this run directory, or None (none, another config's, or
+    unreadable: the run then starts over, and says so)."""
+    path = run.path / RESUME
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a state cut short by a kill: start over rather than fail
+        run.log(f"the saved training state {path} cannot be read ({exc}); starting over")
+        return None
+    if state.get("key") != _resume_key(config):
+        run.log(f"the saved training state {path} is another config's; starting over")
+        return None
+    return state
+
+
 def _launched_accelerator(device: str):
     """An ``accelerate.Accelerator`` under ``accelerate launch`` (or torchrun) with more than one
     process, else None: a single process never touches accelerate. device='cpu' trains on CPU
@@ -170,12 +212,28 @@ def train_reward_model(config: TrainRewardConfig, run: RunDir) -> TrainRewardRes
 
     rm.train()
     losses: list[float] = []
-    step, start = 0, time.perf_counter()
-    bar = tqdm(total=total, desc="train-rm", unit="step", dynamic_ncols=True, disable=not is_main)
+    step, start, earlier, skip = 0, time.perf_counter(), 0.0, 0
+    # a single process saves its state now and then, so that a killed run (a session's end) resumes
+    state = _load_resume(run, config) if accelerator is None else None
+    if state is not None:
+        trained = dict(rm.named_parameters())
+        with torch.no_grad():
+            for name, value in state["params"].items():
+                trained[name].copy_(value)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, losses, earlier, skip = state["step"], list(state["losses"]), float(state["seconds"]), state["in_epoch"]
+        generator.set_state(state["epoch_rng"])
+        run.log(f"resuming from step {step}/{total} of an interrupted run ({RESUME})")
+    saved_at = time.perf_counter()
+    bar = tqdm(total=total, initial=step, desc="train-rm", unit="step", dynamic_ncols=True, disable=not is_main)
     while step < total:
         if trunk:
             trunk.refresh()  # what other processes of a launch stored last epoch
-        for batch in _shard(batch_order(lengths, config.batch_size, generator), accelerator):
+        epoch_rng = generator.get_state()
+        for i, batch in enumerate(_shard(batch_order(lengths, config.batch_size, generator), accelerator)):
+            if i < skip:  # done before the interruption
+                continue
             if trunk:
                 scores = trunk.pair_scores(model, rm, [encoded[i] for i in batch])  # (2B,)
             else:
@@ -191,7 +249,7 @@ def train_reward_model(config: TrainRewardConfig, run: RunDir) -> TrainRewardRes
             scheduler.step()
             step += 1
             losses.append(float(loss.detach()))
-            elapsed = time.perf_counter() - start
+            elapsed = earlier + time.perf_counter() - start
             recent = sum(losses[-20:]) / len(losses[-20:])
             bar.update(1)
             bar.set_postfix(loss=f"{recent:.3f}")
@@ -199,10 +257,15 @@ def train_reward_model(config: TrainRewardConfig, run: RunDir) -> TrainRewardRes
             if config.save_every and step % config.save_every == 0 and step < total and is_main:
                 rm.save(run.checkpoint_path)
                 run.log(f"checkpoint at step {step}")
+            if accelerator is None and step < total and time.perf_counter() - saved_at >= RESUME_EVERY_S:
+                _save_resume(run, config, rm, optimizer, scheduler, step=step, losses=losses, epoch_rng=epoch_rng,
+                             in_epoch=i + 1, seconds=earlier + time.perf_counter() - start)
+                saved_at = time.perf_counter()
             if step >= total:
                 break
+        skip = 0
     bar.close()
-    seconds = time.perf_counter() - start
+    seconds = earlier + time.perf_counter() - start
     rm.eval()
     if is_main:
         rm.save(run.checkpoint_path)
@@ -216,6 +279,7 @@ def train_reward_model(config: TrainRewardConfig, run: RunDir) -> TrainRewardRes
         scores = score_pairs(rm, eval_pairs, max_length=max(1024, spec.max_length), trunk=trunk)
         metrics = pairwise_metrics(scores.r_chosen, scores.r_rejected, eval_pairs)
     cache_summary = finish(trunk, note, run.log)
+    (run.path / RESUME).unlink(missing_ok=True)  # the checkpoint is written: the saved state has served
     tail = losses[-max(1, len(losses) // 10):]
     pairs_seen = min(step * config.batch_size, len(pairs) * config.epochs) if not config.max_steps else step * config.batch_size
     return TrainRewardResult(str(run.checkpoint_path), len(pairs), skipped, step, seconds, pairs_seen / seconds,

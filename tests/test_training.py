@@ -207,3 +207,53 @@ def test_the_default_recipe_is_the_one_cross_validated_on_hh_everywhere():
     assert (recipe.model.finetune, recipe.model.lora_layers, recipe.model.lora_r, recipe.model.max_length) == ("lora", 8, 16, 320)
     base = PipelineConfig().base  # the pipeline's base differs only in the rows it trains on
     assert dataclasses.replace(base, train_rows=recipe.train_rows) == recipe
+
+
+def test_a_training_run_killed_mid_epoch_resumes_from_its_saved_state_with_the_same_loss_curve_and_weights(
+        tiny_model_dir, toy_file, tmp_path, monkeypatch):
+    import reform_engine.training as training
+
+    config = _config(tiny_model_dir, toy_file, epochs=3, batch_size=3, model=(("lora_layers", 1),))  # 3 steps an epoch
+    whole = train_reward_model(config, tmp_path / "whole")
+    monkeypatch.setattr(training, "RESUME_EVERY_S", 0.0)  # save the state after every step
+    original, calls = training.bradley_terry_loss, []
+
+    def killed_at_the_sixth_step(*args):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt("the session ended")
+        return original(*args)
+    monkeypatch.setattr(training, "bradley_terry_loss", killed_at_the_sixth_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_reward_model(config, tmp_path / "run")
+    assert (tmp_path / "run" / training.RESUME).is_file()
+    monkeypatch.setattr(training, "bradley_terry_loss", original)
+    resumed = train_reward_model(config, tmp_path / "run")
+    assert "resuming from step 5/9" in (tmp_path / "run" / "log.txt").read_text()
+    assert resumed.steps == whole.steps == 9 and resumed.loss_curve == whole.loss_curve
+    for name in ("head.safetensors", "adapter/adapter_model.safetensors"):
+        mine, theirs = load_file(str(tmp_path / "run" / "checkpoint" / name)), load_file(str(tmp_path / "whole" / "checkpoint" / name))
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert not (tmp_path / "run" / training.RESUME).exists()  # served: removed with the checkpoint written
+
+
+def test_a_saved_training_state_of_another_config_is_not_resumed(tiny_model_dir, toy_file, tmp_path, monkeypatch):
+    import reform_engine.training as training
+
+    monkeypatch.setattr(training, "RESUME_EVERY_S", 0.0)
+    config = _config(tiny_model_dir, toy_file, epochs=1)
+    original, calls = training.bradley_terry_loss, []
+
+    def killed_at_the_second_step(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("the session ended")
+        return original(*args)
+    monkeypatch.setattr(training, "bradley_terry_loss", killed_at_the_second_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_reward_model(config, tmp_path / "run")
+    monkeypatch.setattr(training, "bradley_terry_loss", original)
+    other = train_reward_model(dataclasses.replace(config, lr=1e-3), tmp_path / "run")
+    fresh = train_reward_model(dataclasses.replace(config, lr=1e-3), tmp_path / "fresh")
+    assert "is another config's; starting over" in (tmp_path / "run" / "log.txt").read_text()
+    assert other.loss_curve == fresh.loss_curve
