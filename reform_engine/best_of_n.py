@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -33,6 +34,45 @@ from .runs import RunDir, job
 from .runtime import Runtime, seed_everything
 
 PICKS_FILE = "picks.jsonl"       # one line per prompt: both picks, their rewards and the judge's outcome
+
+
+def _sample_key(config: "BestOfNConfig", engine, batch: Sequence, index: int) -> str:
+    """What a batch of samples depends on: the policy, the batch's prompts and place in the run, the
+    sampling settings, the seed, the prompt budget and dtype (not the RMs that read them)."""
+    import hashlib
+    import json
+
+    what = {"policy": config.policy, "prompts": [[p.pair_id, [dict(m) for m in p.prompt]] for p in batch], "index": index,
+            "n": config.n, "prompts_per_batch": config.prompts_per_batch, "response": asdict(config.response),
+            "seed": config.runtime.seed, "dtype": config.runtime.dtype, "budget": engine.prompt_budget}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _cached_samples(path: Path, engine, generator: torch.Generator):
+    """The batch's Rollouts kept at ``path`` when it holds the hidden states every RM of ``engine`` reads
+    (and the generator then where sampling it left it), else None."""
+    from .rollouts import Rollouts
+
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - cut short by a kill: sample it again
+        return None
+    if not set(engine.depths) <= set(saved["rollouts"]["states"]):
+        return None
+    generator.set_state(saved["generator"])
+    return Rollouts.from_dict(saved["rollouts"], engine.device)
+
+
+def _keep_samples(path: Path, roll, generator: torch.Generator) -> None:
+    import io
+
+    from .runs import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    torch.save({"rollouts": roll.to_dict(), "generator": generator.get_state()}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 @dataclass
@@ -53,6 +93,9 @@ class BestOfNConfig:
     prompts_per_batch: int = setting(4, "prompts sampled together (N rows each): memory against speed")
     response: ResponseConfig = nested(ResponseConfig, "each sampled response's length and what ends it")
     n_boot: int = setting(BOOTSTRAP_RESAMPLES, "bootstrap resamples of the win rate's interval")
+    samples_dir: str = setting("", "keep the sampled responses (with the policy's hidden states the RMs read) here, and "
+                                   "reuse them in a later run of the same policy, prompts and sampling: only its RMs "
+                                   "run then ('' = sample every time). The pipeline's arms share one")
     runtime: Runtime = nested(Runtime, "device, dtype, threads, seed (of the samples and the bootstrap), remote-code leave")
 
     def __post_init__(self):
@@ -159,11 +202,18 @@ def run_best_of_n(config: BestOfNConfig, run: RunDir) -> BestOfNResult:
     engine = RolloutEngine.fitting(policy, tokenizer, rms, max_prompt_tokens=config.max_prompt_tokens,
                                     max_new_tokens=config.response.max_new_tokens)
     generator = torch.Generator().manual_seed(seed)
-    rows, outcomes, same = [], [], []
+    rows, outcomes, same, reused = [], [], [], 0
     for lo in range(0, len(pairs), config.prompts_per_batch):
         batch = pairs[lo: lo + config.prompts_per_batch]
-        roll = engine.sample([p.prompt for p in batch], config.n, generator, max_new_tokens=config.response.max_new_tokens,
-                             sentence_window=config.response.sentence_window, adapter=False)
+        kept = Path(config.samples_dir) / f"{_sample_key(config, engine, batch, lo)}.pt" if config.samples_dir else None
+        roll = _cached_samples(kept, engine, generator) if kept else None
+        if roll is None:
+            roll = engine.sample([p.prompt for p in batch], config.n, generator, max_new_tokens=config.response.max_new_tokens,
+                                 sentence_window=config.response.sentence_window, adapter=False)
+            if kept:
+                _keep_samples(kept, roll, generator)
+        else:
+            reused += 1
         rewards = engine.rm_rewards(roll).view(len(batch), config.n, len(rms))  # (G, N, 3): A, B, judge
         for g, pair in enumerate(batch):
             a, b, outcome = judge_picks(rewards[g])
@@ -176,6 +226,9 @@ def run_best_of_n(config: BestOfNConfig, run: RunDir) -> BestOfNResult:
                 same.append(a == b)
         run.progress(min(lo + len(batch), len(pairs)), len(pairs), message=f"{min(lo + len(batch), len(pairs))}/{len(pairs)} "
                                                                             "prompts sampled and judged")
+    if reused:
+        run.log(f"{reused} of {-(-len(pairs) // config.prompts_per_batch)} batches of samples read from {config.samples_dir} "
+                "(sampled by an earlier run of the same policy, prompts and sampling)")
     write_jsonl(run.path / PICKS_FILE, rows)
     rate = win_rate_interval(outcomes, same, seed=seed, n_boot=config.n_boot)
     run.log(f"{len(outcomes)} prompts judged, {len(pairs) - len(outcomes)} skipped; B wins {rate.wins}, loses {rate.losses}, "

@@ -131,11 +131,12 @@ class PipelineConfig:
     def robustness_config(self, rm: str) -> RobustnessConfig:
         return dataclasses.replace(self.robustness, reward_model=rm)
 
-    def bon_config(self, base_rm: str, arm_rm: str) -> BestOfNConfig:
-        """Best-of-N of the base (RM A) against an arm (RM B) on the held-out prompts, by the policy that decodes."""
+    def bon_config(self, base_rm: str, arm_rm: str, samples_dir: str = "") -> BestOfNConfig:
+        """Best-of-N of the base (RM A) against an arm (RM B) on the held-out prompts, by the policy that decodes;
+        every arm reads the same samples from ``samples_dir`` (drawn once, by the first arm)."""
         return BestOfNConfig(rm_a=base_rm, rm_b=arm_rm, judge_rm=self.bon_judge_rm.strip(), data=self.robustness.data,
                              rows=self.eval_rows, policy=self.variants.policy, prompts=self.bon_prompts, n=self.bon_n,
-                             runtime=self.runtime)
+                             samples_dir=samples_dir, runtime=self.runtime)
 
     def arms(self) -> list[str]:
         """The arms this config trains after the base, in order (a skipped one, without new pairs, included)."""
@@ -227,7 +228,8 @@ def run_pipeline(config: PipelineConfig, run: RunDir) -> ComparisonResult:
             if arm not in trained:
                 stages.skip(1)
                 continue
-            stages(f"bon_{arm}", run_best_of_n, config.bon_config(base_rm, trained[arm]), ("base", f"retrain_{arm}"),
+            stages(f"bon_{arm}", run_best_of_n, config.bon_config(base_rm, trained[arm], str(run.path / "bon_samples")),
+                   ("base", f"retrain_{arm}"),
                    describe=lambda r: f"the arm's picks win {r['win_rate']:.3f} [{r['low']:.3f}, {r['high']:.3f}] of "
                                       f"{r['prompts']} prompts")
     return stages.write_report(models, variants)

@@ -21,6 +21,7 @@ stopping rule like EOS and the log-probabilities of what was sampled stay exact.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Sequence
@@ -149,6 +150,21 @@ class Rollouts:
 
     def content_ids(self, n: int) -> list[int]:
         return self.tokens[n, : int(self.lengths[n]) - int(self.ended[n])].tolist()
+
+    def to_dict(self) -> dict:
+        """Every field (the kept hidden states included) as plain containers of CPU tensors, for torch.save
+        with ``weights_only`` loading."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["prompts"] = [[dict(m) for m in p] for p in self.prompts]
+        out["states"] = {int(d): (a.cpu(), b.cpu()) for d, (a, b) in self.states.items()}
+        return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict, device: str | torch.device = "cpu") -> "Rollouts":
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in data.items()}
+        moved["prompts"] = [tuple(p) for p in data["prompts"]]
+        moved["states"] = {int(d): (a.to(device), b.to(device)) for d, (a, b) in data["states"].items()}
+        return cls(**moved)
 
 
 class RolloutEngine:

@@ -84,3 +84,24 @@ def test_the_same_checkpoint_as_a_and_b_ties_on_every_prompt(models, tmp_path):
     result = run_best_of_n(config(models, models["target"], prompts=4, n=3), tmp_path / "same")
     assert (result.prompts, result.ties, result.same_pick, result.wins, result.losses) == (4, 4, 4, 0, 0)
     assert (result.win_rate, result.low, result.high) == (0.5, 0.5, 0.5)
+
+
+def test_a_later_run_on_the_same_samples_reads_them_back_and_gives_what_sampling_anew_gives(models, tmp_path, monkeypatch):
+    from reform_engine.rollouts import RolloutEngine
+
+    shared = str(tmp_path / "samples")
+    fresh = {b: run_best_of_n(config(models, models[b], prompts=3, n=4), tmp_path / f"fresh-{b}") for b in ("penalty1", "penalty2")}
+    first = run_best_of_n(config(models, models["penalty1"], prompts=3, n=4, samples_dir=shared), tmp_path / "first")
+    assert len(list((tmp_path / "samples").glob("*.pt"))) == 2  # 3 prompts, 2 a batch
+    original, sampled = RolloutEngine.sample, []
+    monkeypatch.setattr(RolloutEngine, "sample", lambda self, *a, **k: (sampled.append(1), original(self, *a, **k))[1])
+    second = run_best_of_n(config(models, models["penalty2"], prompts=3, n=4, samples_dir=shared), tmp_path / "second")
+    assert sampled == []  # another arm's RM B: the samples are read back, not drawn again
+    assert "2 of 2 batches of samples read from" in (tmp_path / "second" / "log.txt").read_text()
+    for run, b in (("first", "penalty1"), ("second", "penalty2")):
+        assert (tmp_path / run / "picks.jsonl").read_text() == (tmp_path / f"fresh-{b}" / "picks.jsonl").read_text()
+    assert (first.win_rate, second.win_rate) == (fresh["penalty1"].win_rate, fresh["penalty2"].win_rate)
+    more = run_best_of_n(config(models, models["penalty2"], prompts=4, n=4, samples_dir=shared), tmp_path / "more")
+    assert sampled == [1]  # a fourth prompt: the first batch is read back, the second (other prompts) drawn
+    assert [json.loads(x)["rewards"] for x in (tmp_path / "more" / "picks.jsonl").read_text().splitlines()[:2]] == \
+        [json.loads(x)["rewards"] for x in (tmp_path / "second" / "picks.jsonl").read_text().splitlines()[:2]]

@@ -219,6 +219,7 @@ def test_a_best_of_n_stage_per_arm_is_judged_apart_and_the_report_table_shows_it
     reform = next(m for m in result.models if m.name == "reform")
     assert (bon["rm_a"], bon["rm_b"], bon["judge_rm"]) == (cfg["base_rm"], reform.checkpoint, judge)
     assert (bon["data"], bon["rows"], bon["prompts"], bon["n"]) == (str(tmp_path / "d.jsonl"), "6:", 1, 2)
+    assert bon["samples_dir"] == str(run / "bon_samples") and len(list((run / "bon_samples").glob("*.pt"))) == 1
     won = json.loads((run / "bon_reform" / "metrics.json").read_text())
     assert won["prompts"] + won["skipped"] == 1
     status = json.loads((run / "status.json").read_text())
