@@ -5,7 +5,8 @@
     .venv/bin/python benchmarks/run_reform_hh.py --base-rm RUN/fold-0/checkpoint   # reuse crossval fold 0's model
 
 Three jobs, one after another, each the engine's own job run as its own process (so each resumes where a
-killed run stopped: train-rm from its last checkpoint, the pipeline stage by stage):
+killed run stopped: train-rm from its last saved state, the pipeline stage by stage and inside a stage; a
+finished job is not run again):
 
     base      the default recipe on fold!=0/5@0 (2 epochs, seed 0): crossval's fold-0 model, reusable
     judge     the same recipe, seed 1, on a seeded 1,000 of the same rows: appropriateness and best-of-N only
@@ -32,7 +33,7 @@ from reform_engine.inversions import GenerateVariantsConfig  # noqa: E402
 from reform_engine.jobs import command_line  # noqa: E402
 from reform_engine.pipeline import PipelineConfig  # noqa: E402
 from reform_engine.runtime import Runtime  # noqa: E402
-from reform_engine.stages import RetrainRecipe  # noqa: E402
+from reform_engine.stages import RetrainRecipe, finished  # noqa: E402
 from reform_engine.training import TrainRewardConfig  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "reform_hh"
@@ -86,8 +87,9 @@ def main() -> None:
         sys.exit(f"no data at {args.data}: give --data (the HH-RLHF harmless dev file)")
     for kind, config, run_dir, _ in configs(args):
         argv = command_line(kind, config, run_dir)
-        print(" ".join(argv[2:]), flush=True)
-        if not args.dry_run:
+        done = finished(run_dir, config) is not None  # a finished job is not run again; the pipeline reuses its own stages
+        print(("done: " if done else "") + " ".join(argv[2:]), flush=True)
+        if not args.dry_run and not done:
             subprocess.run(argv, check=True)
     if not args.dry_run:
         from reform_engine.reports import arm_markdown, arm_table
