@@ -18,21 +18,17 @@ A finished job (status succeeded, the same config) is not run again. At the end 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _paths import HH_DEV_PATH  # noqa: E402
+from _jobs import plan_arguments, run_plan  # noqa: E402
 from reform_engine.adv_rounds import AdvRoundsConfig  # noqa: E402
 from reform_engine.attack import AttackConfig  # noqa: E402
-from reform_engine.jobs import command_line  # noqa: E402
 from reform_engine.reward_model import RewardModelSpec  # noqa: E402
 from reform_engine.runtime import Runtime  # noqa: E402
-from reform_engine.stages import finished  # noqa: E402
 from reform_engine.training import TrainRewardConfig  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "advrm_hh"
@@ -64,31 +60,11 @@ def recipe_rows(recipe: TrainRewardConfig) -> list:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(HH_DEV_PATH))
-    ap.add_argument("--fold", type=int, default=0)
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--fold-seed", type=int, default=0)
-    ap.add_argument("--base-rm", required=True, help="the REFORM loop's base: crossval fold 0's checkpoint (the target)")
-    ap.add_argument("--judge-rm", required=True, help="the REFORM loop's judge (seed 1, 1,000 rows): confirms, never rewards")
-    ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--trunk-cache", default="auto", help="auto: each run's own; or the crossval run's trunk_cache")
-    ap.add_argument("--dry-run", action="store_true", help="print each job's command line and stop")
-    args = ap.parse_args()
-    if not Path(args.data).is_file():
-        sys.exit(f"no data at {args.data}: give --data (the HH-RLHF harmless dev file)")
-    for kind, config, run_dir in configs(args):
-        argv = command_line(kind, config, run_dir)
-        done = finished(run_dir, config) is not None
-        print(("done: " if done else "") + " ".join(argv[2:]), flush=True)
-        if not args.dry_run and not done:
-            subprocess.run(argv, check=True)
-    if not args.dry_run:
-        from reform_engine.reports import arm_markdown, arm_table
-
-        print(arm_markdown(arm_table(configs(args)[-1][2])))
+    def own(ap) -> None:
+        ap.add_argument("--base-rm", required=True, help="the REFORM loop's base: crossval fold 0's checkpoint (the target)")
+        ap.add_argument("--judge-rm", required=True, help="the REFORM loop's judge (seed 1, 1,000 rows): confirms, never rewards")
+    args = plan_arguments(__doc__, OUT, own)
+    run_plan(configs(args), args.dry_run)
 
 
 if __name__ == "__main__":

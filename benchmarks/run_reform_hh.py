@@ -18,22 +18,19 @@ At the end the per-arm table (reports.arm_markdown) is printed; paste it into RE
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _paths import HH_DEV_PATH  # noqa: E402
+from _jobs import plan_arguments, run_plan  # noqa: E402
 from reform_engine.appropriateness import AppropriatenessConfig  # noqa: E402
 from reform_engine.decoding import DecodingConfig  # noqa: E402
 from reform_engine.inversions import GenerateVariantsConfig  # noqa: E402
-from reform_engine.jobs import command_line  # noqa: E402
 from reform_engine.pipeline import PipelineConfig  # noqa: E402
 from reform_engine.runtime import Runtime  # noqa: E402
-from reform_engine.stages import RetrainRecipe, finished  # noqa: E402
+from reform_engine.stages import RetrainRecipe  # noqa: E402
 from reform_engine.training import TrainRewardConfig  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "reform_hh"
@@ -68,33 +65,12 @@ def configs(args) -> list[tuple[str, object, Path, str]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(HH_DEV_PATH))
-    ap.add_argument("--fold", type=int, default=0)
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--fold-seed", type=int, default=0)
-    ap.add_argument("--fraction", type=float, default=0.05, help="the influential p (0.05, then 0.10 and 0.20)")
-    ap.add_argument("--base-rm", default="", help="a checkpoint of the default recipe on the training rows (crossval fold 0)")
-    ap.add_argument("--judge-rm", default="", help="a judge trained apart ('' = train it here)")
-    ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--trunk-cache", default="auto", help="auto: each run's own; or a directory shared with earlier runs of "
-                                                          "the same backbone and split (e.g. the crossval run's trunk_cache)")
-    ap.add_argument("--dry-run", action="store_true", help="print each job's command line and stop")
-    args = ap.parse_args()
-    if not Path(args.data).is_file():
-        sys.exit(f"no data at {args.data}: give --data (the HH-RLHF harmless dev file)")
-    for kind, config, run_dir, _ in configs(args):
-        argv = command_line(kind, config, run_dir)
-        done = finished(run_dir, config) is not None  # a finished job is not run again; the pipeline reuses its own stages
-        print(("done: " if done else "") + " ".join(argv[2:]), flush=True)
-        if not args.dry_run and not done:
-            subprocess.run(argv, check=True)
-    if not args.dry_run:
-        from reform_engine.reports import arm_markdown, arm_table
-
-        print(arm_markdown(arm_table(configs(args)[-1][2])))
+    def own(ap) -> None:
+        ap.add_argument("--fraction", type=float, default=0.05, help="the influential p (0.05, then 0.10 and 0.20)")
+        ap.add_argument("--base-rm", default="", help="a checkpoint of the default recipe on the training rows (crossval fold 0)")
+        ap.add_argument("--judge-rm", default="", help="a judge trained apart ('' = train it here)")
+    args = plan_arguments(__doc__, OUT, own)
+    run_plan([job[:3] for job in configs(args)], args.dry_run)
 
 
 if __name__ == "__main__":

@@ -209,6 +209,23 @@ def test_the_default_recipe_is_the_one_cross_validated_on_hh_everywhere():
     assert dataclasses.replace(base, train_rows=recipe.train_rows) == recipe
 
 
+def killed_at_step(config, run_dir, step: int, monkeypatch) -> None:
+    """Train until the loss of ``step`` is asked for, then die as a session's end kills a job."""
+    import reform_engine.training as training
+
+    original, calls = training.bradley_terry_loss, []
+
+    def loss(*args):
+        calls.append(1)
+        if len(calls) == step:
+            raise KeyboardInterrupt("the session ended")
+        return original(*args)
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "bradley_terry_loss", loss)
+        with pytest.raises(KeyboardInterrupt):
+            train_reward_model(config, run_dir)
+
+
 def test_a_training_run_killed_mid_epoch_resumes_from_its_saved_state_with_the_same_loss_curve_and_weights(
         tiny_model_dir, toy_file, tmp_path, monkeypatch):
     import reform_engine.training as training
@@ -216,18 +233,8 @@ def test_a_training_run_killed_mid_epoch_resumes_from_its_saved_state_with_the_s
     config = _config(tiny_model_dir, toy_file, epochs=3, batch_size=3, model=(("lora_layers", 1),))  # 3 steps an epoch
     whole = train_reward_model(config, tmp_path / "whole")
     monkeypatch.setattr(training, "RESUME_EVERY_S", 0.0)  # save the state after every step
-    original, calls = training.bradley_terry_loss, []
-
-    def killed_at_the_sixth_step(*args):
-        calls.append(1)
-        if len(calls) == 6:
-            raise KeyboardInterrupt("the session ended")
-        return original(*args)
-    monkeypatch.setattr(training, "bradley_terry_loss", killed_at_the_sixth_step)
-    with pytest.raises(KeyboardInterrupt):
-        train_reward_model(config, tmp_path / "run")
+    killed_at_step(config, tmp_path / "run", 6, monkeypatch)
     assert (tmp_path / "run" / training.RESUME).is_file()
-    monkeypatch.setattr(training, "bradley_terry_loss", original)
     resumed = train_reward_model(config, tmp_path / "run")
     assert "resuming from step 5/9" in (tmp_path / "run" / "log.txt").read_text()
     assert resumed.steps == whole.steps == 9 and resumed.loss_curve == whole.loss_curve
@@ -242,17 +249,7 @@ def test_a_saved_training_state_of_another_config_is_not_resumed(tiny_model_dir,
 
     monkeypatch.setattr(training, "RESUME_EVERY_S", 0.0)
     config = _config(tiny_model_dir, toy_file, epochs=1)
-    original, calls = training.bradley_terry_loss, []
-
-    def killed_at_the_second_step(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("the session ended")
-        return original(*args)
-    monkeypatch.setattr(training, "bradley_terry_loss", killed_at_the_second_step)
-    with pytest.raises(KeyboardInterrupt):
-        train_reward_model(config, tmp_path / "run")
-    monkeypatch.setattr(training, "bradley_terry_loss", original)
+    killed_at_step(config, tmp_path / "run", 2, monkeypatch)
     other = train_reward_model(dataclasses.replace(config, lr=1e-3), tmp_path / "run")
     fresh = train_reward_model(dataclasses.replace(config, lr=1e-3), tmp_path / "fresh")
     assert "is another config's; starting over" in (tmp_path / "run" / "log.txt").read_text()
