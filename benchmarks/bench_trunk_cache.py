@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_trunk_cache.py                      # 1,500 training pairs, all held-out rows
     .venv/bin/python benchmarks/bench_trunk_cache.py --quick --threads 1  # 64 pairs: proves the script, not the bars
     .venv/bin/python benchmarks/bench_trunk_cache.py --scaling            # 250 / 500 / 1,000 / 1,500 training pairs
+    ... --resume     # after a kill (a session's end): the stages whose before and after both finished are kept
 
 Every stage is the engine's own job (train_reward_model, find_influential, evaluate_robustness), run
 twice in turn: *before* (trunk_cache='off' and the previous scoring path, the prompt's KV cache
@@ -23,9 +24,12 @@ and loss-curve differences between before and after. Results go to benchmarks/ou
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing
+import pickle
 import resource
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -97,34 +101,52 @@ def run_loop(n: int, args, out: Path) -> dict:
     train_rows, held_out = f"0:{n}", f"1500:{1500 + args.held_out}" if args.held_out else "1500:"
     recipe = dict(data=args.data, train_rows=train_rows, model=RewardModelSpec(base_model=DEFAULT_MODEL, lora_layers=8, max_length=320),
                   batch_size=8, lr=2e-4, epochs=args.epochs)
-    setting = {"before": "off", "after": str(out / "after" / "trunk_cache")}
+    caches = out / "after" / "trunk_cache"
+    finished: list[str] = []  # stages done, newest last: their caches are read by the later stages
 
-    def runtime(when: str) -> Runtime:
-        return Runtime(device="cpu", threads=args.threads, seed=0, trunk_cache=setting[when])
+    def runtime(when: str, name: str) -> Runtime:
+        """Before: no cache. After: this stage writes its own directory and reads every earlier stage's,
+        which together are the one cache the pipeline shares (so a stage re-run after a kill starts from
+        exactly what its first attempt found)."""
+        dirs = [caches / name] + [caches / done for done in reversed(finished)]
+        return Runtime(device="cpu", threads=args.threads, seed=0,
+                       trunk_cache="off" if when == "before" else ",".join(str(d) for d in dirs))
     stages, runs = {}, {"before": {}, "after": {}}
 
     def stage(name, job, make_config):
+        kept = out / "done" / f"{name}.pkl"
+        if kept.is_file():  # --resume: this stage's pair of runs finished in an earlier call
+            runs["before"][name], runs["after"][name], stages[name] = pickle.loads(kept.read_bytes())
+            finished.append(name)
+            print(f"  n={n} {name:14s} done earlier {stages[name]}", flush=True)
+            return
+        for path in (out / "before" / name, out / "after" / name, caches / name):  # a killed attempt leaves nothing behind
+            shutil.rmtree(path, ignore_errors=True)
         for when in ("before", "after"):
-            result, cost = timed(job, make_config(when), out / when / name, when == "before", args.threads)
+            config = dataclasses.replace(make_config(when), runtime=runtime(when, name))
+            result, cost = timed(job, config, out / when / name, when == "before", args.threads)
             runs[when][name] = result
             stages.setdefault(name, {})[when] = cost
             print(f"  n={n} {name:14s} {when:6s} {cost}", flush=True)
         b, a = stages[name]["before"], stages[name]["after"]
         stages[name]["speedup"] = round(b["seconds"] / a["seconds"], 2)
         stages[name]["cpu_speedup"] = round(b["cpu_seconds"] / a["cpu_seconds"], 2)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_bytes(pickle.dumps((runs["before"][name], runs["after"][name], stages[name])))
+        finished.append(name)
 
     def robustness(rm_stage):
         return lambda when: RobustnessConfig(reward_model=runs[when][rm_stage].checkpoint, data=args.data, rows=held_out,
-                                             max_length=1024, runtime=runtime(when))
+                                             max_length=1024)
 
-    stage("base", train_reward_model, lambda when: TrainRewardConfig(**recipe, runtime=runtime(when)))
+    stage("base", train_reward_model, lambda when: TrainRewardConfig(**recipe))
     stage("influence", find_influential, lambda when: InfluenceConfig(
-        reward_model=runs[when]["base"].checkpoint, data=args.data, rows=train_rows, max_length=1024, runtime=runtime(when)))
+        reward_model=runs[when]["base"].checkpoint, data=args.data, rows=train_rows, max_length=1024))
     stage("robustness", evaluate_robustness, robustness("base"))
     for arm in range(args.arms):
         extra = new_pairs_file(args.data, train_rows, args.new_pairs, arm, out / f"new_pairs_{arm}.jsonl")
         stage(f"retrain_{arm}", train_reward_model,
-              lambda when: TrainRewardConfig(**recipe, augment_data=extra, runtime=runtime(when)))
+              lambda when: TrainRewardConfig(**recipe, augment_data=extra))
         stage(f"robustness_{arm}", evaluate_robustness, robustness(f"retrain_{arm}"))
 
     def curve_diff(name):
@@ -162,6 +184,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="64 pairs, 8 new pairs, 1 arm, 12 held-out rows")
     ap.add_argument("--scaling", action="store_true", help="the loop at each of --sizes training pairs")
     ap.add_argument("--sizes", default="250,500,1000,1500")
+    ap.add_argument("--resume", action="store_true", help="go on with an interrupted run of the same flags: stages whose "
+                                                          "before and after both finished are read back, the rest run")
     args = ap.parse_args()
     if not Path(args.data).is_file():
         ap.error(f"{args.data} not found; pass --data with the HH harmless dev.jsonl.gz")
@@ -174,8 +198,7 @@ def main() -> None:
     results = {}
     for n in sizes:
         out = OUT / tag / f"n{n}"
-        if out.exists():
-            import shutil
+        if out.exists() and not args.resume:
             shutil.rmtree(out)
         results[n] = run_loop(n, args, out)
         print(json.dumps({n: results[n]}, indent=2), flush=True)
