@@ -258,8 +258,8 @@ def own_best_of_n(run_dir: str | os.PathLike, stages: Sequence[dict]) -> dict[st
 def arm_table(run_dir: str | os.PathLike, best_of_n: Sequence[dict] = (), run: str = "") -> pd.DataFrame:
     """One row per arm (model) of a pipeline, retrain or adv-rounds run, from its ``report.json``:
     added pairs, held-out pairs, clean accuracy and mean drop with their 95% intervals, each perturbation's
-    drop (``drop:<name>`` with ``_low``/``_high``), the ratio of its mean drop to the base's with the
-    paired interval, the best-of-N win rate against the base (the run's own best-of-N stage for that arm,
+    drop (``drop:<name>`` with ``_low``/``_high``), the ratio of its mean drop to the base's, the
+    differences of its mean drop and clean accuracy from the base's, each with its paired interval, the best-of-N win rate against the base (the run's own best-of-N stage for that arm,
     :func:`own_best_of_n`, else the newest of ``best_of_n``, results of best_of_n_results, whose RM A is
     this run's base and RM B this arm; ``bon_job`` is None for the run's own), the spurious indicators and
     the seconds of its stages by what they did. Empty when the run has no report."""
@@ -280,8 +280,14 @@ def arm_table(run_dir: str | os.PathLike, best_of_n: Sequence[dict] = (), run: s
             row[f"drop:{p}"] = d
             row.update(_ends(f"drop:{p}", (ci.get("drops") or {}).get(p)))
         is_base = base is None or m is base
+        vs_base = {} if is_base else ci.get("vs_base") or {}
         row["drop_vs_base"] = None if is_base or not base["mean_drop"] else m["mean_drop"] / base["mean_drop"]
-        row.update(_ends("drop_vs_base", None if is_base else (ci.get("vs_base") or {}).get("drop_ratio")))
+        row.update(_ends("drop_vs_base", vs_base.get("drop_ratio")))
+        # the issue's other two read-outs against the base, paired on the same held-out pairs
+        row["clean_vs_base"] = None if is_base else m["clean_accuracy"] - base["clean_accuracy"]
+        row.update(_ends("clean_vs_base", vs_base.get("clean_accuracy")))
+        row["drop_change"] = None if is_base else m["mean_drop"] - base["mean_drop"]
+        row.update(_ends("drop_change", vs_base.get("mean_drop")))
         bon = own.get(m["name"]) if m is not base else None
         bon = bon or next((b for b in best_of_n if base is not None and _same_path(b.get("rm_a", ""), base["checkpoint"])
                            and _same_path(b.get("rm_b", ""), m["checkpoint"])), None)
@@ -328,6 +334,8 @@ def arm_cells(table: pd.DataFrame) -> pd.DataFrame:
                      "mean drop [95% CI]": _with_interval(row, "mean_drop", "+.3f"),
                      **{f"drop: {p}": _with_interval(row, f"drop:{p}", "+.3f") for p in perturbations},
                      "drop ÷ base [paired 95% CI]": _with_interval(row, "drop_vs_base", ".2f"),
+                     "mean drop − base [paired 95% CI]": _with_interval(row, "drop_change", "+.3f"),
+                     "clean − base [paired 95% CI]": _with_interval(row, "clean_vs_base", "+.3f"),
                      "BoN win vs base [95% CI] (prompts; same pick)": bon,
                      "extreme-negative share": _number(row["extreme_negative_share"], ".3f"),
                      "r(reward, length)": _number(row["length_corr"], "+.3f"),

@@ -230,6 +230,12 @@ def test_the_report_table_has_one_row_per_arm_of_a_real_tiny_run_with_its_interv
     assert table["drop_vs_base"][1] == (report["reform"].mean_drop / base_drop if base_drop else None)
     high = report["reform"].intervals["vs_base"]["drop_ratio"]["high"]  # NaN (None in the table) when the base drops nothing
     assert table["drop_vs_base_high"][1] == (None if high != high else high)
+    paired = report["reform"].intervals["vs_base"]
+    assert table["clean_vs_base"].tolist()[:2] == [None, report["reform"].clean_accuracy - report["base"].clean_accuracy]
+    assert (table["clean_vs_base_low"][1], table["clean_vs_base_high"][1]) == (paired["clean_accuracy"]["low"],
+                                                                               paired["clean_accuracy"]["high"])
+    assert table["drop_change"].tolist()[:2] == [None, report["reform"].mean_drop - base_drop]
+    assert (table["drop_change_low"][1], table["drop_change_high"][1]) == (paired["mean_drop"]["low"], paired["mean_drop"]["high"])
     # the best-of-N result belongs to the reform arm alone: its RM A is the base, its RM B the reform RM
     assert table["bon_win_rate"].tolist() == [bon.win_rate if arm == "reform" else None for arm in arms]
     assert (table["bon_win_rate_low"][1], table["bon_win_rate_high"][1], table["bon_prompts"][1]) == (bon.low, bon.high, 2)
@@ -253,7 +259,9 @@ def test_the_report_table_renders_as_markdown_with_intervals_and_dashes_where_a_
     assert reform[1:4] == ["reform", "2", "2"]
     assert reform[4] == f"{m.clean_accuracy:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
     assert f"{bon.win_rate:.3f} [{bon.low:.3f}, {bon.high:.3f}] (2; {bon.same_pick})" in reform
-    assert base[8] == "—" and base[9] == "—"   # the base has no ratio to itself and no best-of-N against itself
+    assert base[8:12] == ["—"] * 4   # the base has no ratio, difference or best-of-N against itself
+    paired = m.intervals["vs_base"]["clean_accuracy"]
+    assert reform[10] == f"{m.clean_accuracy - result.models[0].clean_accuracy:+.3f} [{paired['low']:+.3f}, {paired['high']:+.3f}]"
 
 
 def test_best_of_n_runs_list_as_a_table_by_the_short_names_of_their_rms(tiny_run):
