@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
 
-from reform_engine.reports import arm_markdown, arm_table, best_of_n_result  # noqa: E402
+from reform_engine.reports import arm_markdown, arm_table, best_of_n_result, versus_markdown, versus_table  # noqa: E402
 
 
 def main() -> None:
@@ -34,6 +34,9 @@ def main() -> None:
     if empty:
         sys.exit(f"no report.json with models in {empty}: give finished pipeline, retrain or adv-rounds runs")
     print(arm_markdown(pd.concat(tables, ignore_index=True)), end="")
+    versus = [versus_table(d).assign(run=Path(d).name) for d in args.runs]
+    if any(not t.empty for t in versus):  # the reform arm against each ablation arm, paired on the same pairs
+        print("\n" + versus_markdown(pd.concat([t for t in versus if not t.empty], ignore_index=True)), end="")
 
 
 if __name__ == "__main__":

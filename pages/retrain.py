@@ -24,7 +24,7 @@ from reform_engine.perturbations import PERTURBATIONS
 from reform_engine.pipeline import DEMO_SPLIT, PipelineConfig
 from reform_engine.best_of_n import BestOfNConfig
 from reform_engine.reports import (arm_cells, arm_markdown, arm_table, best_of_n_frame, best_of_n_results, finished_result_jobs,
-                                   results_frames)
+                                   results_frames, versus_cells, versus_markdown, versus_table)
 from reform_engine.retrain import RetrainConfig, base_training_config, held_out_rows
 from reform_engine.reward_model import RewardModelSpec
 from reform_engine.robustness import RobustnessConfig
@@ -306,8 +306,14 @@ else:
             bons = best_of_n_results(store.list_jobs().to_dict("records"))
             arms = pd.concat([arm_table(j["run_dir"], bons, run=f"#{j['id']} {j['kind']}") for j in runs], ignore_index=True)
             st.dataframe(arm_cells(arms), hide_index=True, key="retrain_arms")
+            versus = [versus_table(j["run_dir"]).assign(run=f"#{j['id']}") for j in runs]
+            versus = pd.concat([t for t in versus if not t.empty] or [pd.DataFrame()], ignore_index=True)
+            if not versus.empty:
+                st.markdown("**The reform arm against each ablation arm** on the same held-out pairs (reform minus the other, "
+                            "paired bootstrap; a negative mean-drop difference: reform is the more robust)")
+                st.dataframe(versus_cells(versus), hide_index=True, key="retrain_versus")
             with st.expander("The report as Markdown (for benchmarks/RESULTS.md)"):
-                st.code(arm_markdown(arms), language="markdown")
+                st.code(arm_markdown(arms) + ("\n" + versus_markdown(versus) if not versus.empty else ""), language="markdown")
 
 bon_runs = best_of_n_frame(best_of_n_results(store.list_jobs().to_dict("records")))
 if not bon_runs.empty:

@@ -351,3 +351,47 @@ def arm_markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(cells.columns) + " |", "|" + "|".join("---" for _ in cells.columns) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
     return "\n".join(lines) + "\n"
+
+
+def versus_table(run_dir: str | os.PathLike, arm: str = "reform", seed: int = 0) -> pd.DataFrame:
+    """``arm`` against every other arm of a pipeline run but the base (which :func:`arm_table` covers), on the
+    same held-out pairs: the differences ``arm - other`` of mean drop and clean accuracy with paired 95%
+    bootstrap intervals, from the per-pair rewards of their robustness stages (``robustness_<name>``).
+    The issue's "the reform arm ahead of the random arm" is the row ``random``. Empty without such stages."""
+    from .robustness import read_pair_scores, robustness_intervals
+
+    report = read_json(Path(run_dir) / "report.json")
+    names = [m["name"] for m in (report or {}).get("models", [])] if isinstance(report, dict) else []
+    mine = read_pair_scores(Path(run_dir) / f"robustness_{arm}") if arm in names else None
+    if mine is None:
+        return pd.DataFrame()
+    rows = []
+    for other in names:
+        theirs = read_pair_scores(Path(run_dir) / f"robustness_{other}") if other not in ("base", arm) else None
+        paired = robustness_intervals(mine, theirs, seed=seed).get("vs_base") if theirs is not None else None
+        if paired is None:  # not scored on the same pairs
+            continue
+        rows.append({"arm": arm, "versus": other, "n_pairs": paired["mean_drop"]["n"],
+                     "drop_change": paired["mean_drop"]["estimate"], **_ends("drop_change", paired["mean_drop"]),
+                     "clean_vs_base": paired["clean_accuracy"]["estimate"], **_ends("clean_vs_base", paired["clean_accuracy"])})
+    return pd.DataFrame(rows)
+
+
+def versus_cells(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`versus_table` as the text a reader sees (the app's table and :func:`versus_markdown`)."""
+    return pd.DataFrame([{"run": str(r.get("run", "")), "arm": r["arm"], "versus": r["versus"],
+                          "held-out pairs": _number(r["n_pairs"], "d"),
+                          "mean drop, arm − other [paired 95% CI]": _with_interval(r, "drop_change", "+.3f"),
+                          "clean accuracy, arm − other [paired 95% CI]": _with_interval(r, "clean_vs_base", "+.3f")}
+                         for r in table.to_dict("records")])
+
+
+def versus_markdown(table: pd.DataFrame) -> str:
+    """:func:`versus_table` as Markdown (benchmarks/RESULTS.md); '' when empty."""
+    cells = versus_cells(table)
+    if cells.empty:
+        return ""
+    cells = cells.drop(columns="run") if not cells["run"].str.len().any() else cells
+    lines = ["| " + " | ".join(cells.columns) + " |", "|" + "|".join("---" for _ in cells.columns) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join(lines) + "\n"

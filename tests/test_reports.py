@@ -4,7 +4,7 @@ import pytest
 
 from reform_engine.reports import (arm_markdown, arm_table, best_of_n_frame, best_of_n_results, checkpoint_name, finished_result_jobs,
                                    history_frame, job_results, latest_job, log_tail, loss_curves, results_frames, stage_seconds,
-                                   stage_status)
+                                   stage_status, versus_markdown, versus_table)
 from reform_engine.runs import RunDir, atomic_write_json
 from reform_engine.store import Store
 
@@ -274,3 +274,21 @@ def test_best_of_n_runs_list_as_a_table_by_the_short_names_of_their_rms(tiny_run
 
 def test_a_run_without_a_report_gives_an_empty_table_and_no_markdown(tmp_path):
     assert arm_table(tmp_path).empty and arm_markdown(arm_table(tmp_path)) == ""
+
+
+def test_the_reform_arm_against_each_ablation_arm_is_paired_on_the_same_held_out_pairs(tiny_run):
+    from reform_engine.robustness import read_pair_scores, robustness_intervals
+
+    root, result, _, _ = tiny_run
+    table = versus_table(root / "pipeline")
+    others = [m.name for m in result.models if m.name not in ("base", "reform")]
+    assert table["versus"].tolist() == others and others  # every ablation arm, in the run's order
+    reform = read_pair_scores(root / "pipeline" / "robustness_reform")
+    for row in table.to_dict("records"):
+        paired = robustness_intervals(reform, read_pair_scores(root / "pipeline" / f"robustness_{row['versus']}"))["vs_base"]
+        assert (row["drop_change"], row["drop_change_low"], row["drop_change_high"]) == \
+            tuple(paired["mean_drop"][k] for k in ("estimate", "low", "high"))
+        assert (row["clean_vs_base"], row["n_pairs"]) == (paired["clean_accuracy"]["estimate"], 2)
+    lines = versus_markdown(table).splitlines()
+    assert len(lines) == 2 + len(others) and lines[2].startswith(f"| reform | {others[0]} | 2 | ")
+    assert versus_table(root / "pipeline", arm="nothing").empty and versus_markdown(versus_table(root)) == ""
