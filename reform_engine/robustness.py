@@ -162,8 +162,8 @@ class PairScores:
 def robustness_intervals(scores: PairScores, base: PairScores | None = None, *, seed: int = 0) -> dict:
     """Bootstrap 95% intervals of one model's robustness, from its per-pair rewards: clean accuracy,
     mean drop and each perturbation's drop; with ``base`` (the base RM on the same pairs) the paired
-    intervals of the differences (model minus base: clean accuracy, mean drop) and of the ratio of
-    mean drops. Intervals as dicts {estimate, low, high, n, level}; ``vs_base`` is left out when the two
+    intervals of the differences (model minus base: clean accuracy, mean drop, each perturbation's drop)
+    and of the ratio of mean drops. Intervals as dicts {estimate, low, high, n, level}; ``vs_base`` is left out when the two
     were not scored on the same pairs."""
     from dataclasses import asdict
 
@@ -176,7 +176,9 @@ def robustness_intervals(scores: PairScores, base: PairScores | None = None, *, 
         out["vs_base"] = {
             "clean_accuracy": asdict(paired_bootstrap_diff(scores.wins(), base.wins(), seed=seed)),
             "mean_drop": asdict(paired_bootstrap_diff(scores.drops(), base.drops(), seed=seed)),
-            "drop_ratio": asdict(paired_bootstrap_ratio(scores.drops(), base.drops(), seed=seed))}
+            "drop_ratio": asdict(paired_bootstrap_ratio(scores.drops(), base.drops(), seed=seed)),
+            "drops": {name: asdict(paired_bootstrap_diff(scores.drops(name), base.drops(name), seed=seed))
+                      for name in scores.perturbed}}
     return out
 
 

@@ -203,7 +203,7 @@ def test_report_json_of_pipeline_and_retrain_has_one_schema(tmp_path, toy_pairs)
     for report, arm in ((pipe, "reform"), (re_, "retrained")):   # every model's intervals from its per-pair rewards
         base, other = report["models"]
         assert base["n_pairs"] == other["n_pairs"] == other["intervals"]["clean_accuracy"]["n"] > 0 and other["name"] == arm
-        assert "vs_base" not in base["intervals"] and set(other["intervals"]["vs_base"]) == {"clean_accuracy", "mean_drop", "drop_ratio"}
+        assert "vs_base" not in base["intervals"] and set(other["intervals"]["vs_base"]) == {"clean_accuracy", "mean_drop", "drop_ratio", "drops"}
         assert other["intervals"]["mean_drop"]["estimate"] == pytest.approx(other["mean_drop"])
     assert [m["name"] for m in pipe["models"]] == ["base", "reform"] and [m["name"] for m in re_["models"]] == ["base", "retrained"]
     assert pipe["complete"] is True and re_["complete"] is True and re_["variants"] == {} and pipe["rounds"] == re_["rounds"] == []
@@ -240,6 +240,8 @@ def test_a_model_report_carries_intervals_from_its_per_pair_rewards_paired_again
     assert m.n_pairs == 4 and m.intervals["clean_accuracy"]["estimate"] == 1.0 and m.intervals["clean_accuracy"]["n"] == 4
     assert m.intervals["drops"]["verbosity"]["estimate"] == 0.25
     assert m.intervals["vs_base"]["mean_drop"]["estimate"] == -0.25 and m.intervals["vs_base"]["drop_ratio"]["estimate"] == 0.5
+    assert list(m.intervals["vs_base"]["drops"]) == ["verbosity"]  # each perturbation's drop, paired: 0.25 - 0.5
+    assert m.intervals["vs_base"]["drops"]["verbosity"]["estimate"] == -0.25 and m.intervals["vs_base"]["drops"]["verbosity"]["n"] == 4
     base = ModelReport.from_robustness("base", "b", 0, metrics, tmp_path / "robustness_base", tmp_path / "robustness_base")
     assert "vs_base" not in base.intervals and base.intervals["mean_drop"]["estimate"] == 0.5
     older = ModelReport.from_robustness("reform", "c", 3, metrics, tmp_path / "nowhere", tmp_path / "robustness_base")
