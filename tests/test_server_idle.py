@@ -1,5 +1,7 @@
 """The app's server, started the README's way (only the repo's .streamlit/config.toml), stays idle when
-nobody uses it: after one page visit it must use under 5% of a core. Measured as the server process's
+nobody uses it: after one page visit it must use under 10% of a core. Streamlit itself polls its config files
+every 0.2 s whatever server.fileWatcherType says (bootstrap.py: watcher_type="poll"); py-spy on an idle server
+shows that polling as its only work, 4-8% of a core on this machine, so the bar sits above it. Measured as the server process's
 CPU time over a window, not wall time, so a busy machine cannot fail it. With Streamlit's file watcher on,
 the .venv inside the app folder made it overflow in a loop: ~26 s of CPU per 30 s."""
 import time
@@ -12,7 +14,7 @@ from reform_engine.tiny import save_tiny_model
 from test_e2e_browser import chromium, out_dir  # noqa: F401  (fixtures: find or install chromium)
 
 WINDOW_S = 20.0
-MAX_CORE_SHARE = 0.05
+MAX_CORE_SHARE = 0.10
 QUIET_S, QUIET_GUARD_S = 2.0, 90.0   # the page's last work (saving its scores, a rerun) ends before the window opens
 
 
@@ -29,7 +31,7 @@ def until_quiet(pid: int) -> None:
         assert time.monotonic() < deadline, f"the server never went quiet: {share:.0%} of a core in its last {QUIET_S:.0f} s"
 
 
-def test_an_idle_server_after_one_visit_uses_under_five_percent_of_a_core(chromium, out_dir, tmp_path):  # noqa: F811
+def test_an_idle_server_after_one_visit_uses_under_ten_percent_of_a_core(chromium, out_dir, tmp_path):  # noqa: F811
     from playwright.sync_api import expect, sync_playwright
 
     policy = str(save_tiny_model(tmp_path / "policy", seed=1, ascii_only=True))
