@@ -52,27 +52,19 @@ def _cached_samples(path: Path, engine, generator: torch.Generator):
     """The batch's Rollouts kept at ``path`` when it holds the hidden states every RM of ``engine`` reads
     (and the generator then where sampling it left it), else None."""
     from .rollouts import Rollouts
+    from .runs import read_torch
 
-    if not path.is_file():
-        return None
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - cut short by a kill: sample it again
-        return None
-    if not set(engine.depths) <= set(saved["rollouts"]["states"]):
+    saved, _ = read_torch(path)
+    if saved is None or not set(engine.depths) <= set(saved["rollouts"]["states"]):
         return None
     generator.set_state(saved["generator"])
     return Rollouts.from_dict(saved["rollouts"], engine.device)
 
 
 def _keep_samples(path: Path, roll, generator: torch.Generator) -> None:
-    import io
+    from .runs import atomic_torch_save
 
-    from .runs import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    torch.save({"rollouts": roll.to_dict(), "generator": generator.get_state()}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_torch_save(path, {"rollouts": roll.to_dict(), "generator": generator.get_state()})
 
 
 @dataclass

@@ -29,7 +29,7 @@ from .data import load_preferences, select_rows
 from .evaluation import Interval, bootstrap_mean, pair_wins, paired_bootstrap_diff
 from .probe import fit_probe, pair_features, probe_wins
 from .reward_model import RewardModelSpec, build_reward_model, load_reward_model
-from .runs import RunDir, atomic_write_json, job, read_json
+from .runs import RunDir, atomic_torch_save, atomic_write_json, job, read_json, read_torch
 from .runtime import Runtime
 from .scoring import score_pairs
 from .stages import Stages, finished
@@ -152,10 +152,9 @@ def _features(config: CrossValConfig, run: RunDir, pairs) -> dict[str, tuple[tor
     spec = config.recipe.model
     key = {"base_model": spec.base_model, "max_length": EVAL_MAX_LENGTH, "data": config.recipe.data,
            "use_chat_template": spec.use_chat_template, "dtype": config.runtime.dtype}
-    if path.is_file():
-        saved = torch.load(path, weights_only=True)
-        if saved.get("key") == repr(key):
-            return dict(zip(saved["ids"], zip(saved["chosen"], saved["rejected"])))
+    saved, _ = read_torch(path)
+    if saved is not None and saved.get("key") == repr(key):
+        return dict(zip(saved["ids"], zip(saved["chosen"], saved["rejected"])))
     run.set_status("running", message=f"probe features of {len(pairs)} pairs (the frozen backbone, once for every fold)")
     rm = build_reward_model(RewardModelSpec(base_model=spec.base_model, finetune="head", use_chat_template=spec.use_chat_template,
                                             max_length=EVAL_MAX_LENGTH), **config.runtime.load_args(),
@@ -164,7 +163,7 @@ def _features(config: CrossValConfig, run: RunDir, pairs) -> dict[str, tuple[tor
                           on_progress=lambda done, total: run.set_status(
                               "running", progress=0.0, message=f"probe features: {done}/{total} responses (once for every fold)"))
     ids = [pairs[i].pair_id for i in feats.kept]
-    torch.save({"key": repr(key), "ids": ids, "chosen": feats.chosen, "rejected": feats.rejected}, path)
+    atomic_torch_save(path, {"key": repr(key), "ids": ids, "chosen": feats.chosen, "rejected": feats.rejected})
     return dict(zip(ids, zip(feats.chosen, feats.rejected)))
 
 

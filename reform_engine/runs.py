@@ -66,6 +66,32 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save`` that a kill cannot leave half-written: serialised in memory, then written atomically."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_torch(path: str | os.PathLike) -> tuple[Any, str | None]:
+    """What ``atomic_torch_save`` kept at ``path`` (tensors and plain containers only, on the CPU), as
+    ``(obj, None)``; ``(None, why)`` when there is no file or it cannot be read, so that the caller
+    recomputes instead of failing."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        return None, "no file"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), None
+    except Exception as exc:  # noqa: BLE001 - written by an older version or cut short outside atomic_torch_save
+        return None, f"{type(exc).__name__}: {exc}"
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=True))
 

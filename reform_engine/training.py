@@ -13,7 +13,7 @@ from .configs import nested, refuse, setting
 from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, ROWS_HELP, parse_rows, select_rows
 from .evaluation import PairwiseMetrics, pairwise_metrics
 from .reward_model import RewardModelSpec, build_reward_model, load_causal_reward_model
-from .runs import RunDir, atomic_write_bytes, job
+from .runs import RunDir, atomic_torch_save, job, read_torch
 from .runtime import Runtime, seed_everything
 from .scoring import bradley_terry_loss, collate, encode, score_pairs
 from .trunk_cache import finish, open_trunk_cache
@@ -116,13 +116,10 @@ def _save_resume(run: RunDir, config: TrainRewardConfig, rm, optimizer, schedule
                  epoch_rng: torch.Tensor, in_epoch: int, seconds: float) -> None:
     """Everything a rerun needs to go on from ``step`` as if never stopped: the trained weights, the
     optimizer and schedule, the loss curve so far, and where in which epoch's data order it was."""
-    import io
-
-    buffer = io.BytesIO()
-    torch.save({"key": _resume_key(config), "step": step, "losses": losses, "epoch_rng": epoch_rng, "in_epoch": in_epoch,
-                "seconds": seconds, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "params": {n: p.detach().cpu() for n, p in rm.named_parameters() if p.requires_grad}}, buffer)
-    atomic_write_bytes(run.path / RESUME, buffer.getvalue())
+    atomic_torch_save(run.path / RESUME, {
+        "key": _resume_key(config), "step": step, "losses": losses, "epoch_rng": epoch_rng, "in_epoch": in_epoch,
+        "seconds": seconds, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "params": {n: p.detach().cpu() for n, p in rm.named_parameters() if p.requires_grad}})
 
 
 def _load_resume(run: RunDir, config: TrainRewardConfig) -> dict | None:
@@ -131,10 +128,9 @@ def _load_resume(run: RunDir, config: TrainRewardConfig) -> dict | None:
     path = run.path / RESUME
     if not path.is_file():
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a state cut short by a kill: start over rather than fail
-        run.log(f"the saved training state {path} cannot be read ({exc}); starting over")
+    state, why = read_torch(path)
+    if state is None:
+        run.log(f"the saved training state {path} cannot be read ({why}); starting over")
         return None
     if state.get("key") != _resume_key(config):
         run.log(f"the saved training state {path} is another config's; starting over")

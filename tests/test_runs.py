@@ -18,6 +18,20 @@ def test_atomic_write_json_leaves_no_temp_files(tmp_path):
     assert os.listdir(tmp_path) == ["a.json"]
 
 
+def test_a_torch_state_is_read_back_and_a_torn_or_missing_one_is_a_miss_that_says_why(tmp_path):
+    state = {"weights": torch.arange(6.0).reshape(2, 3), "losses": [0.7, 0.6], "rng": torch.Generator().get_state()}
+    runs.atomic_torch_save(tmp_path / "s.pt", state)
+    back, why = runs.read_torch(tmp_path / "s.pt")
+    assert why is None and torch.equal(back["weights"], state["weights"]) and back["losses"] == [0.7, 0.6]
+    assert torch.equal(back["rng"], state["rng"])
+    assert os.listdir(tmp_path) == ["s.pt"]  # no temp file left behind
+    whole = (tmp_path / "s.pt").read_bytes()
+    (tmp_path / "s.pt").write_bytes(whole[: len(whole) // 2])  # what a kill mid-write by plain torch.save leaves
+    back, why = runs.read_torch(tmp_path / "s.pt")
+    assert back is None and why
+    assert runs.read_torch(tmp_path / "none.pt") == (None, "no file")
+
+
 def test_atomic_directory_keeps_previous_version_when_the_writer_fails(tmp_path):
     with atomic_directory(tmp_path / "ckpt") as d:
         (d / "w.txt").write_text("v1")
