@@ -6,14 +6,15 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._draw import show_error
+from pages._draw import md_escape, show_error
 from pages._jobs import job_results, start_from_page
 from pages._routes import store_page
-from reform_engine.crossval import REFERENCES, CrossValConfig, read_report
+from reform_engine.crossval import REFERENCES, CrossValConfig, compare_runs, read_report
 from reform_engine.reward_model import FINETUNE_MODES, RewardModelSpec
 from reform_engine.training import TrainRewardConfig
 
 FLASH_KEY = "crossval_flash"
+DEFAULT = TrainRewardConfig()
 COLORS = dict(zip((label for _, label in REFERENCES), ("#1565c0", "#ef6c00", "#9e9e9e", "#616161")))
 
 
@@ -34,6 +35,21 @@ def accuracy_figure(report: dict) -> go.Figure:
     fig.update_layout(height=360, margin=dict(l=10, r=10, t=30, b=10), yaxis_tickformat=".0%", showlegend=True,
                       legend=dict(orientation="h", y=-0.15), yaxis_range=[0.3, 1.0])
     return fig
+
+
+def draw_comparison(report: dict) -> None:
+    """Two recipes on the same held-out pairs: each one's pooled accuracy and the paired difference."""
+    rows = [{"recipe": name, "accuracy": report[name].estimate, "low": report[name].low, "high": report[name].high,
+             "pairs": report[name].n} for name in ("default", "candidate")]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="crossval_compare_table",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("accuracy", "low", "high")})
+    d = report["difference"]
+    changed = "; ".join(f"{k.removeprefix('recipe.')}: {a} → {b}" for k, (a, b) in report["changed"].items()) or "nothing"
+    st.markdown(f"**Candidate − default: {d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]** on the {d.n} held-out pairs both "
+                f"runs scored (paired 95% bootstrap). Changed: {md_escape(changed)}.")
+    st.caption(("" if report["complete"] else "Not every fold of both runs has been scored: this covers the folds done so far. ")
+               + "Fix the rule before the runs (e.g. replace the default only if the interval is above zero). A recipe "
+               "picked on these folds is optimistic by the picking: only pairs no run has seen can say by how much.")
 
 
 def draw_report(report: dict, job_id: int) -> None:
@@ -66,10 +82,10 @@ with st.form("crossval_form"):
     only = c[3].text_input("Only folds", "", key="crossval_only", help="e.g. '0,1' to spread a long run over sessions; '' = all")
     c = st.columns(5)
     finetune = c[0].selectbox("Fine-tuning", FINETUNE_MODES, key="crossval_finetune")
-    lora_layers = c[1].number_input("LoRA layers (top)", 1, 64, 8, key="crossval_lora_layers")
-    max_length = c[2].number_input("Max length", 64, 4096, 320, step=32, key="crossval_max_length")
-    epochs = c[3].number_input("Epochs", 1, 20, 1, key="crossval_epochs")
-    lr = c[4].number_input("Learning rate", 1e-6, 1e-2, 2e-4, format="%.1e", key="crossval_lr")
+    lora_layers = c[1].number_input("LoRA layers (top)", 1, 64, DEFAULT.model.lora_layers, key="crossval_lora_layers")
+    max_length = c[2].number_input("Max length", 64, 4096, DEFAULT.model.max_length, step=32, key="crossval_max_length")
+    epochs = c[3].number_input("Epochs", 1, 20, DEFAULT.epochs, key="crossval_epochs")
+    lr = c[4].number_input("Learning rate", 1e-6, 1e-2, DEFAULT.lr, format="%.1e", key="crossval_lr")
     probe = st.toggle("Linear probe on frozen features (one extra pass over the data)", True, key="crossval_probe")
     if st.form_submit_button("Cross-validate (background job)", type="primary"):
         try:
@@ -85,3 +101,16 @@ with st.form("crossval_form"):
 
 job_results(store, "crossval", title="Result", label="Crossval job", idle="No cross-validation is running.",
             read=read_report, draw=draw_report)
+
+jobs = store.list_jobs("crossval")
+if len(jobs) >= 2:
+    st.subheader("Compare two recipes")
+    ids = [int(i) for i in jobs["id"]]
+    run_dir = dict(zip(ids, jobs["run_dir"]))
+    c = st.columns(2)
+    candidate = c[0].selectbox("Candidate", ids, index=0, key="crossval_candidate", format_func=lambda i: f"#{i} crossval")
+    default = c[1].selectbox("Default", ids, index=1, key="crossval_default", format_func=lambda i: f"#{i} crossval")
+    try:
+        draw_comparison(compare_runs(run_dir[candidate], run_dir[default]))
+    except ValueError as exc:
+        show_error(exc, "Cannot compare these runs")

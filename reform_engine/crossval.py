@@ -238,3 +238,61 @@ def read_report(run_dir: str | Path) -> dict | None:
               for key, label in REFERENCES if (s := metrics.get(key))]
     return {"folds": folds, "pooled": pooled, "rm_minus_probe": metrics.get("rm_minus_probe"),
             "complete": metrics.get("complete", False), "fold_seed": metrics.get("fold_seed"), "seed": metrics.get("seed")}
+
+
+PLACEMENT = ("threads", "device", "trunk_cache", "trunk_cache_gb")   # where a run ran, not what it trained
+TRAINED = ("recipe.", "runtime.")   # what the folds' models are (the recipe's own runtime is the job's, set by it)
+
+
+def _flat(config: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{name}."))
+        elif key not in PLACEMENT and not name.startswith("recipe.runtime."):
+            out[name] = value
+    return out
+
+
+def out_of_fold_wins(run_dir: str | Path) -> dict[str, float]:
+    """Each held-out pair's RM win (1, 0.5 for a tie, 0) from every fold a crossval run has scored."""
+    wins = {}
+    for path in sorted(Path(run_dir).glob("fold-*/heldout.json")):
+        kept = read_json(path)
+        if isinstance(kept, dict) and isinstance(kept.get("wins"), dict):
+            wins.update({pair_id: float(w[0]) for pair_id, w in kept["wins"].items()})
+    return wins
+
+
+def compare_runs(candidate: str | Path, default: str | Path, *, seed: int = 0) -> dict:
+    """A candidate recipe against the default, both cross-validated on the same folds of the same data ->
+    {n, candidate, default, difference (paired bootstrap over the held-out pairs both runs scored), changed:
+    {setting: [default's, candidate's]}, complete}. The pairs are the same pairs, so the difference is paired.
+    Raises ValueError when the runs cannot be compared (other data, folds or fold draw, or no common pairs)."""
+    configs = []
+    for run_dir in (candidate, default):
+        config = read_json(Path(run_dir) / "config.json")
+        if not isinstance(config, dict) or "recipe" not in config:
+            raise ValueError(f"{run_dir} is not a crossval run directory (no config.json with a recipe): pick the run "
+                             "directory of a crossval job")
+        configs.append(config)
+    a, b = configs
+    for key in ("folds", "fold_seed"):
+        if a.get(key) != b.get(key):
+            raise ValueError(f"the runs drew their folds differently ({key} {a.get(key)} vs {b.get(key)}): recipes are "
+                             "compared on the same held-out pairs only; cross-validate the candidate with the default's folds")
+    if a["recipe"].get("data") != b["recipe"].get("data"):
+        raise ValueError(f"the runs read different data ({a['recipe'].get('data')} vs {b['recipe'].get('data')}): compare "
+                         "recipes on the same file")
+    wins_a, wins_b = out_of_fold_wins(candidate), out_of_fold_wins(default)
+    common = sorted(wins_a.keys() & wins_b.keys())
+    if not common:
+        raise ValueError("the two runs have no held-out pair scored by both yet: let at least one common fold finish")
+    x, y = np.array([wins_a[i] for i in common]), np.array([wins_b[i] for i in common])
+    flat_a, flat_b = _flat(a), _flat(b)
+    changed = {k: [flat_b.get(k), flat_a.get(k)] for k in sorted(flat_a.keys() | flat_b.keys())
+               if flat_a.get(k) != flat_b.get(k) and k.startswith(TRAINED)}
+    complete = all(len(list(Path(r).glob("fold-*/heldout.json"))) == a["folds"] for r in (candidate, default))
+    return {"n": len(common), "candidate": bootstrap_mean(x, seed=seed), "default": bootstrap_mean(y, seed=seed),
+            "difference": paired_bootstrap_diff(x, y, seed=seed), "changed": changed, "complete": complete}

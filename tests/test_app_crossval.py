@@ -45,3 +45,14 @@ def test_the_page_cross_validates_a_recipe_and_draws_each_fold_beside_the_pooled
     assert len(dots["x"]) == 8                                   # 2 folds x 4 models
     folds = next(d.value for d in at.dataframe if "held-out pairs" in d.value.columns)
     assert folds["fold"].tolist() == [0, 1] and folds["held-out pairs"].sum() == 16
+
+    at.number_input(key="crossval_epochs").set_value(1)          # a second recipe on the same folds: the comparison
+    next(b for b in at.button if "Cross-validate" in b.label).click()
+    run(at)
+    second = int(store.list_jobs("crossval")["id"].iloc[0])
+    assert second != job_id and until_job_ends(at, env["db"], second)["state"] == "succeeded"
+    assert at.selectbox(key="crossval_candidate").value == second and at.selectbox(key="crossval_default").value == job_id
+    table = next(d.value for d in at.dataframe if "recipe" in d.value.columns)
+    assert table["recipe"].tolist() == ["default", "candidate"] and table["pairs"].tolist() == [16, 16]
+    line = next(m.value for m in at.markdown if "Candidate − default" in m.value)
+    assert "on the 16 held-out pairs" in line and "epochs: 2 → 1" in line

@@ -1,8 +1,9 @@
+import dataclasses
 import json
 
 import pytest
 
-from reform_engine.crossval import CrossValConfig, run_crossval
+from reform_engine.crossval import CrossValConfig, compare_runs, run_crossval
 from reform_engine.data import DEMO_PATH, load_preferences, select_rows, write_jsonl
 from reform_engine.reward_model import RewardModelSpec
 from reform_engine.runtime import Runtime
@@ -88,3 +89,30 @@ def test_the_folds_share_the_runs_own_trunk_cache_or_the_one_the_setting_names(t
     config = CrossValConfig(runtime=Runtime(trunk_cache=earlier))
     assert [config.fold_recipe(k, run_cache).runtime.trunk_cache for k in range(2)] == [earlier, earlier]
     assert CrossValConfig(runtime=Runtime(trunk_cache="off")).fold_recipe(0, run_cache).runtime.trunk_cache == "off"
+
+
+def test_a_candidate_recipe_is_compared_with_the_default_on_the_same_held_out_pairs_paired(small_data, tiny_model_dir, tmp_path):
+    run_crossval(cv_config(small_data, tiny_model_dir, probe=False), tmp_path / "default")
+    candidate = cv_config(small_data, tiny_model_dir, probe=False, only_folds="0,1")
+    run_crossval(dataclasses.replace(candidate, recipe=dataclasses.replace(candidate.recipe, epochs=2, lr=1e-3)),
+                 tmp_path / "candidate")
+    report = compare_runs(tmp_path / "candidate", tmp_path / "default")
+    pairs = load_preferences(small_data).pairs
+    both = {p.pair_id for p in select_rows(pairs, "fold!=2/3@0")}   # the folds both runs have scored
+    assert report["n"] == len(both) and not report["complete"]
+    wins = {}
+    for name in ("candidate", "default"):
+        wins[name] = {}
+        for k in (0, 1):
+            wins[name].update(json.loads((tmp_path / name / f"fold-{k}" / "heldout.json").read_text())["wins"])
+    diff = sum(wins["candidate"][i][0] - wins["default"][i][0] for i in both) / len(both)
+    assert report["difference"].estimate == pytest.approx(diff)
+    assert report["difference"].low <= diff <= report["difference"].high
+    assert report["changed"] == {"recipe.epochs": [1, 2], "recipe.lr": [candidate.recipe.lr, 1e-3]}   # placement aside
+
+    config = json.loads((tmp_path / "candidate" / "config.json").read_text())
+    (tmp_path / "candidate" / "config.json").write_text(json.dumps({**config, "fold_seed": 1}))
+    with pytest.raises(ValueError, match="drew their folds differently"):
+        compare_runs(tmp_path / "candidate", tmp_path / "default")
+    with pytest.raises(ValueError, match="not a crossval run directory"):
+        compare_runs(tmp_path / "candidate" / "fold-0", tmp_path / "default")
