@@ -48,7 +48,7 @@ def configs(args) -> list[tuple[str, object, Path]]:
     attack = AttackConfig(target_rm=args.base_rm, penalty_rms=",".join(str(d / "checkpoint") for _, _, d in jobs),
                           judge_rm=args.judge_rm, data=args.data, rows=train_rows, prompts=32)
     rounds = AdvRoundsConfig(attack=attack, data=args.data, train_rows=train_rows, eval_data=args.data, eval_rows=held_out,
-                             rounds=2, final_attack=True, baseline_arm=True, runtime=runtime)
+                             rounds=2, final_attack=True, baseline_arm=True, baseline_rounds=1, runtime=runtime)
     jobs.append(("adv-rounds", rounds, args.out / "rounds"))
     return jobs
 

@@ -292,6 +292,9 @@ eval_rows = c[2].text_input("Held-out rows ('' = after the training rows)", ROUN
 c = st.columns(3)  # the toggles on a row of their own: in a fifth of a row their labels were cut
 confirmed_only = c[0].toggle("Confirmed samples only", ROUND_DEFAULTS["confirmed_only"], key="adversarial_confirmed_only")
 baseline_arm = c[1].toggle("Also the λ = 0 arm", ROUND_DEFAULTS["baseline_arm"], key="adversarial_baseline_arm")
+baseline_rounds = c[2].number_input("λ = 0 beside the first N attacks (0 = every one)", 0, 21, ROUND_DEFAULTS["baseline_rounds"],
+                                    key="adversarial_baseline_rounds", disabled=not baseline_arm,
+                                    help="1 saves an attack's time per later round; round 1's arm is the one the attack is judged against")
 recipe_known = rm_exists(target) and base_training_config(target) is not None
 train_rows = "" if recipe_known else st.text_input(
     f"The target was not trained here: its training rows in {short(s.data, 40)} (retraining repeats its recipe on them)",
@@ -300,6 +303,7 @@ if st.button("Start the rounds", key="adversarial_rounds_start", disabled=not re
     try:
         rounds_config = AdvRoundsConfig(attack=attack_config(), rounds=int(n_rounds), pass_floor=float(pass_floor),
                                         eval_rows=eval_rows.strip(), confirmed_only=confirmed_only, baseline_arm=baseline_arm,
+                                        baseline_rounds=int(baseline_rounds),
                                         runtime=s.runtime(int(seed)),
                                         **({} if recipe_known else {"data": s.data, "train_rows": train_rows}))
         rounds_config.recipe()  # an unknown recipe is refused here, not in the job

@@ -57,6 +57,8 @@ class AdvRoundsConfig(BaseRetraining):
                                          "disagreement plus its filter); false: every kept sample")
     baseline_arm: bool = setting(False, "each attack also with lambda = 0 (the over-optimisation baseline), reported beside, "
                                         "never trained on")
+    baseline_rounds: int = setting(0, "with baseline_arm: the lambda = 0 arm beside the first N attacks only (0 = beside every "
+                                      "attack); round 1's is the one the attack's bar compares with")
     # retraining: the base's recipe (its run's config.json), from scratch, on its pairs + the adversarial ones (BaseRetraining)
     # evaluation: every RM on the same held-out pairs (eval_data: BaseRetraining)
     eval_rows: str = setting("", "held-out rows; '' = the rows after the training rows (all rows when it trained on all)")
@@ -64,6 +66,7 @@ class AdvRoundsConfig(BaseRetraining):
 
     def __post_init__(self):
         checks = [(self.rounds >= 1, "rounds must be >= 1"),
+                  (self.baseline_rounds >= 0, "baseline_rounds must be >= 0 (0 = the lambda = 0 arm beside every attack)"),
                   (0 <= self.pass_floor <= 1, "pass_floor must be a share in [0, 1] (0 = never stop early)"),
                   (self.attack.keep.fresh_samples >= 1, "attack.keep.fresh_samples must be >= 1: a round's pass rate is measured on "
                    "fresh samples of the final policy")]
@@ -168,8 +171,9 @@ def run_adv_rounds(config: AdvRoundsConfig, run: RunDir) -> ComparisonResult:
             config.runtime, trunk_cache=",".join(map(str, dict.fromkeys(shared)))))
     config.recipe()  # an unknown recipe fails here, before any attack
     check_prompts_held_out(config)
-    b = int(config.baseline_arm)
-    stages = Stages(run, total=1 + config.rounds * (3 + b) + int(config.final_attack) * (1 + b))
+    attacks = config.rounds + int(config.final_attack)
+    with_baseline = [r for r in range(1, attacks + 1) if config.baseline_arm and (config.baseline_rounds == 0 or r <= config.baseline_rounds)]
+    stages = Stages(run, total=1 + config.rounds * 3 + int(config.final_attack) + len(with_baseline))
     models: list[ModelReport] = []
     rows: list[RoundReport] = []
     pairs: list[dict] = []
@@ -188,7 +192,7 @@ def run_adv_rounds(config: AdvRoundsConfig, run: RunDir) -> ComparisonResult:
                                       f"{m['confirmed']} confirmed")
         row = RoundReport.from_attack(r, "adv-rm", target, ckpt, m)
         rows.append(row)
-        if config.baseline_arm:
+        if r in with_baseline:
             m0 = stages(f"attack_r{r}_lambda0", run_attack, config.attack_config(ckpt, baseline=True), after)
             rows.append(RoundReport.from_attack(r, BASELINE, target, ckpt, m0))
         stages.write_report(models, rounds=rows)  # a page shows each round as it ends

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -71,6 +72,10 @@ def test_two_rounds_retrain_on_every_pair_so_far_and_report_each_round_and_each_
 
     again = run_adv_rounds(config, run)  # a re-run finds every stage finished: nothing runs twice
     assert all(t.reused for t in again.stages) and again.rounds == result.rounds
+
+    first_only = run_adv_rounds(dataclasses.replace(config, baseline_rounds=1), run)  # the lambda = 0 arm beside round 1 only
+    assert all(t.reused for t in first_only.stages)
+    assert [(r["round"], r["arm"]) for r in first_only.rounds] == [(1, "adv-rm"), (1, BASELINE), (2, "adv-rm"), (3, "adv-rm")]
 
 
 def test_the_rounds_stop_when_the_attack_passes_the_filter_less_often_than_the_floor(models, tmp_path):
