@@ -109,8 +109,10 @@ def test_the_page_starts_rounds_of_adversarial_training_and_shows_each_round(env
                        "adversarial_confirm_repeat_times": 2}.items():
         at.number_input(key=key).set_value(value)
     at.toggle(key="adversarial_confirmed_only").set_value(False)
+    at.toggle(key="adversarial_baseline_arm").set_value(True)
     at.multiselect(key="adversarial_rules").set_value(["repetition", "capitals"])
     run(at)
+    at.number_input(key="adversarial_baseline_rounds").set_value(1)   # the lambda = 0 arm beside round 1's attack only
     at.text_input(key="adversarial_train_rows").set_value("0:6")  # the tiny target was not trained here
     run(at)
     at.button(key="adversarial_rounds_start").click()
@@ -119,9 +121,11 @@ def test_the_page_starts_rounds_of_adversarial_training_and_shows_each_round(env
     assert any(f"Started adv-rounds job #{job_id}" in s.value for s in at.success)
     config = Store(env["db"]).get_job(job_id)["config"]
     assert (config["rounds"], config["confirmed_only"], config["train_rows"], config["data"]) == (1, False, "0:6", env["data"])
+    assert (config["baseline_arm"], config["baseline_rounds"]) == (True, 1)
     assert config["attack"]["confirm"]["rules"] == "repetition,capitals" and config["attack"]["confirm"]["repeat_times"] == 2
     job = until_job_ends(at, env["db"], job_id)
     assert job["state"] == "succeeded", job["message"]
     rounds = table(at, "pass_rate")
-    assert rounds["round"].tolist() == [1, 2] and rounds["target"].tolist() == ["base", "round 1"]  # the final attack too
+    assert rounds["round"].tolist() == [1, 1, 2] and rounds["target"].tolist() == ["base", "base", "round 1"]  # the final attack too
+    assert rounds["arm"].tolist() == ["adv-rm", "lambda=0", "adv-rm"]
     assert table(at, "clean accuracy")["model"].tolist() == ["base", "round 1"]
