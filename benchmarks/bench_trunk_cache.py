@@ -5,6 +5,10 @@
     .venv/bin/python benchmarks/bench_trunk_cache.py --scaling            # 250 / 500 / 1,000 / 1,500 training pairs
     ... --resume     # after a kill (a session's end): the stages whose before and after both finished are kept
 
+--scaling runs the smaller sizes *after* only (how the new path's cost grows) and the largest before and
+after; each size lives in benchmarks/out/trunk_cache/n<N>/, so a size the full run has finished (1,500) is
+read back, not run again, and vice versa.
+
 Every stage is the engine's own job (train_reward_model, find_influential, evaluate_robustness), run
 twice in turn: *before* (trunk_cache='off' and the previous scoring path, the prompt's KV cache
 copied to each response) and *after* (the defaults: prompt-once rows and one trunk cache shared by
@@ -96,8 +100,24 @@ def scored_rewards(path: str) -> torch.Tensor:
     return torch.tensor([[r["r_chosen"], r["r_rejected"]] for r in map(json.loads, open(path))])
 
 
-def run_loop(n: int, args, out: Path) -> dict:
-    """Every stage at n training pairs, before then after; -> stage table and checks."""
+FLAGS = ("data", "new_pairs", "arms", "held_out", "epochs", "threads")   # what a size's finished stages depend on
+
+
+def _same_flags(out: Path, args, resume: bool) -> None:
+    """A size's directory holds the stages of one set of flags: a resume with others would mix them."""
+    flags = {k: getattr(args, k) for k in FLAGS}
+    path = out / "flags.json"
+    if resume and path.is_file() and json.loads(path.read_text()) != flags:
+        sys.exit(f"{out} holds stages run with {path.read_text().strip()}, not {json.dumps(flags)}: run with those flags, "
+                 "or without --resume to start this size over")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(flags))
+
+
+def run_loop(n: int, args, out: Path, with_before: bool = True) -> dict:
+    """Every stage at n training pairs, before then after (``with_before``; else after only); -> stage table
+    and, with before, the checks."""
+    whens = ("before", "after") if with_before else ("after",)
     train_rows, held_out = f"0:{n}", f"1500:{1500 + args.held_out}" if args.held_out else "1500:"
     recipe = dict(data=args.data, train_rows=train_rows, model=RewardModelSpec(base_model=DEFAULT_MODEL, lora_layers=8, max_length=320),
                   batch_size=8, lr=2e-4, epochs=args.epochs)
@@ -115,22 +135,25 @@ def run_loop(n: int, args, out: Path) -> dict:
 
     def stage(name, job, make_config):
         kept = out / "done" / f"{name}.pkl"
-        if kept.is_file():  # --resume: this stage's pair of runs finished in an earlier call
-            runs["before"][name], runs["after"][name], stages[name] = pickle.loads(kept.read_bytes())
+        saved = pickle.loads(kept.read_bytes()) if kept.is_file() else None
+        if saved is not None and (saved[0] is not None or not with_before):  # --resume: finished in an earlier call
+            runs["before"][name], runs["after"][name], stages[name] = saved
             finished.append(name)
             print(f"  n={n} {name:14s} done earlier {stages[name]}", flush=True)
             return
         for path in (out / "before" / name, out / "after" / name, caches / name):  # a killed attempt leaves nothing behind
             shutil.rmtree(path, ignore_errors=True)
-        for when in ("before", "after"):
+        runs["before"][name] = None
+        for when in whens:
             config = dataclasses.replace(make_config(when), runtime=runtime(when, name))
             result, cost = timed(job, config, out / when / name, when == "before", args.threads)
             runs[when][name] = result
             stages.setdefault(name, {})[when] = cost
             print(f"  n={n} {name:14s} {when:6s} {cost}", flush=True)
-        b, a = stages[name]["before"], stages[name]["after"]
-        stages[name]["speedup"] = round(b["seconds"] / a["seconds"], 2)
-        stages[name]["cpu_speedup"] = round(b["cpu_seconds"] / a["cpu_seconds"], 2)
+        if with_before:
+            b, a = stages[name]["before"], stages[name]["after"]
+            stages[name]["speedup"] = round(b["seconds"] / a["seconds"], 2)
+            stages[name]["cpu_speedup"] = round(b["cpu_seconds"] / a["cpu_seconds"], 2)
         kept.parent.mkdir(parents=True, exist_ok=True)
         kept.write_bytes(pickle.dumps((runs["before"][name], runs["after"][name], stages[name])))
         finished.append(name)
@@ -158,6 +181,12 @@ def run_loop(n: int, args, out: Path) -> dict:
         return [r.perturbed_win_rate for r in b.per_perturbation] == [r.perturbed_win_rate for r in a.per_perturbation] \
             and b.clean_win_rate == a.clean_win_rate
 
+    caches = {name: getattr(r, "trunk_cache", {}) for name, r in runs["after"].items()}
+    cache_table = {k: {f: v.get(f) for f in ("hits", "misses", "bytes", "written_bytes")} for k, v in caches.items()}
+    loop = {w: round(sum(s[w]["seconds"] for s in stages.values()), 1) for w in whens}
+    if not with_before:
+        return {"pairs": runs["after"]["base"].train_pairs, "stages": stages, "checks": {}, "loop_seconds": loop,
+                "trunk_cache": cache_table}
     influence = [scored_rewards(runs[w]["influence"].scored_path) for w in ("before", "after")]
     ranks = [[r["rank"] for r in map(json.loads, open(runs[w]["influence"].scored_path))] for w in ("before", "after")]
     checks = {"base_loss_curve_max_diff": curve_diff("base"),
@@ -165,11 +194,8 @@ def run_loop(n: int, args, out: Path) -> dict:
               "influence_same_ranks": ranks[0] == ranks[1],
               **{f"retrain_{k}_loss_curve_max_diff": curve_diff(f"retrain_{k}") for k in range(args.arms)},
               **{f"{s}_same_win_rates": robustness_same(s) for s in ["robustness"] + [f"robustness_{k}" for k in range(args.arms)]}}
-    caches = {name: getattr(r, "trunk_cache", {}) for name, r in runs["after"].items()}
-    loop = {w: round(sum(s[w]["seconds"] for s in stages.values()), 1) for w in ("before", "after")}
     return {"pairs": runs["after"]["base"].train_pairs, "stages": stages, "checks": checks, "loop_seconds": loop,
-            "loop_speedup": round(loop["before"] / loop["after"], 2),
-            "trunk_cache": {k: {f: v.get(f) for f in ("hits", "misses", "bytes", "written_bytes")} for k, v in caches.items()}}
+            "loop_speedup": round(loop["before"] / loop["after"], 2), "trunk_cache": cache_table}
 
 
 def main() -> None:
@@ -194,30 +220,31 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")] if args.scaling else [args.pairs]
-    tag = "trunk_cache" + ("_quick" if args.quick else "_scaling" if args.scaling else "")
+    tag = "trunk_cache" + ("_quick" if args.quick else "")   # the sizes' directories: shared by the full and scaling runs
     results = {}
     for n in sizes:
         out = OUT / tag / f"n{n}"
         if out.exists() and not args.resume:
             shutil.rmtree(out)
-        results[n] = run_loop(n, args, out)
+        _same_flags(out, args, args.resume)
+        results[n] = run_loop(n, args, out, with_before=not args.scaling or n == max(sizes))
         print(json.dumps({n: results[n]}, indent=2), flush=True)
     report = {"threads": torch.get_num_threads(), "epochs": args.epochs, "new_pairs": args.new_pairs, "arms": args.arms,
               "held_out": args.held_out or "all", "results": results}
-    (OUT / f"{tag}.json").write_text(json.dumps(report, indent=2))
+    (OUT / f"{tag}{'_scaling' if args.scaling else ''}.json").write_text(json.dumps(report, indent=2))
     print(f"\n{'pairs':>6} {'stage':14s} {'before s':>9} {'after s':>9} {'speed-up':>8} {'cpu x':>6} {'peak GB b/a':>12}")
     for n, r in results.items():
         for name, s in r["stages"].items():
-            print(f"{r['pairs']:>6} {name:14s} {s['before']['seconds']:>9} {s['after']['seconds']:>9} {s['speedup']:>8} "
-                  f"{s['cpu_speedup']:>6} {s['before']['peak_rss_gb']:>5}/{s['after']['peak_rss_gb']:<5}")
-        print(f"{r['pairs']:>6} {'whole loop':14s} {r['loop_seconds']['before']:>9} {r['loop_seconds']['after']:>9} "
-              f"{r['loop_speedup']:>8}   (variant decoding not included)")
+            b = s.get("before", {})
+            print(f"{r['pairs']:>6} {name:14s} {b.get('seconds', '-'):>9} {s['after']['seconds']:>9} {s.get('speedup', '-'):>8} "
+                  f"{s.get('cpu_speedup', '-'):>6} {b.get('peak_rss_gb', '-'):>5}/{s['after']['peak_rss_gb']:<5}")
+        print(f"{r['pairs']:>6} {'whole loop':14s} {r['loop_seconds'].get('before', '-'):>9} {r['loop_seconds']['after']:>9} "
+              f"{r.get('loop_speedup', '-'):>8}   (variant decoding not included)")
         print(f"       checks: {r['checks']}")
     if len(results) > 1:  # linear growth keeps seconds per training pair flat across sizes
-        print("\nseconds per training pair, before / after:")
+        print("\nseconds per training pair (after):")
         for name in ("base", "influence", "retrain_0"):
-            print(f"  {name:10s} " + "  ".join(f"{r['pairs']}: {r['stages'][name]['before']['seconds'] / r['pairs']:.2f} / "
-                                              f"{r['stages'][name]['after']['seconds'] / r['pairs']:.2f}"
+            print(f"  {name:10s} " + "  ".join(f"{r['pairs']}: {r['stages'][name]['after']['seconds'] / r['pairs']:.2f}"
                                               for r in results.values() if name in r["stages"]))
 
 
