@@ -32,7 +32,7 @@ from .reward_model import RewardModelSpec, build_reward_model, load_reward_model
 from .runs import RunDir, atomic_torch_save, atomic_write_json, job, read_json, read_torch
 from .runtime import Runtime
 from .scoring import score_pairs
-from .stages import Stages, finished
+from .stages import Stages, comparable, finished
 from .training import TrainRewardConfig, train_reward_model
 from .trunk_cache import finish, open_trunk_cache
 
@@ -240,29 +240,30 @@ def read_report(run_dir: str | Path) -> dict | None:
             "complete": metrics.get("complete", False), "fold_seed": metrics.get("fold_seed"), "seed": metrics.get("seed")}
 
 
-PLACEMENT = ("threads", "device", "trunk_cache", "trunk_cache_gb")   # where a run ran, not what it trained
 TRAINED = ("recipe.", "runtime.")   # what the folds' models are (the recipe's own runtime is the job's, set by it)
 
 
-def _flat(config: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{name}."))
-        elif key not in PLACEMENT and not name.startswith("recipe.runtime."):
-            out[name] = value
-    return out
+def _settings(config: dict) -> dict[str, object]:
+    """A crossval config as flat dotted settings, placement aside (stages.comparable), the recipe's own runtime
+    left out (the job sets it from its own)."""
+    def flat(node: dict, prefix: str = "") -> dict[str, object]:
+        out = {}
+        for key, value in node.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+    return {k: v for k, v in flat(comparable(config)).items() if not k.startswith("recipe.runtime.")}
 
 
-def out_of_fold_wins(run_dir: str | Path) -> dict[str, float]:
-    """Each held-out pair's RM win (1, 0.5 for a tie, 0) from every fold a crossval run has scored."""
-    wins = {}
+def out_of_fold_wins(run_dir: str | Path) -> tuple[dict[str, float], int]:
+    """Each held-out pair's RM win (1, 0.5 for a tie, 0) from every fold a crossval run has scored, and how many
+    folds that is."""
+    wins, folds = {}, 0
     for path in sorted(Path(run_dir).glob("fold-*/heldout.json")):
         kept = read_json(path)
         if isinstance(kept, dict) and isinstance(kept.get("wins"), dict):
             wins.update({pair_id: float(w[0]) for pair_id, w in kept["wins"].items()})
-    return wins
+            folds += 1
+    return wins, folds
 
 
 def compare_runs(candidate: str | Path, default: str | Path, *, seed: int = 0) -> dict:
@@ -285,14 +286,14 @@ def compare_runs(candidate: str | Path, default: str | Path, *, seed: int = 0) -
     if a["recipe"].get("data") != b["recipe"].get("data"):
         raise ValueError(f"the runs read different data ({a['recipe'].get('data')} vs {b['recipe'].get('data')}): compare "
                          "recipes on the same file")
-    wins_a, wins_b = out_of_fold_wins(candidate), out_of_fold_wins(default)
+    (wins_a, folds_a), (wins_b, folds_b) = out_of_fold_wins(candidate), out_of_fold_wins(default)
     common = sorted(wins_a.keys() & wins_b.keys())
     if not common:
         raise ValueError("the two runs have no held-out pair scored by both yet: let at least one common fold finish")
     x, y = np.array([wins_a[i] for i in common]), np.array([wins_b[i] for i in common])
-    flat_a, flat_b = _flat(a), _flat(b)
+    flat_a, flat_b = _settings(a), _settings(b)
     changed = {k: [flat_b.get(k), flat_a.get(k)] for k in sorted(flat_a.keys() | flat_b.keys())
                if flat_a.get(k) != flat_b.get(k) and k.startswith(TRAINED)}
-    complete = all(len(list(Path(r).glob("fold-*/heldout.json"))) == a["folds"] for r in (candidate, default))
+    complete = folds_a == folds_b == a["folds"]
     return {"n": len(common), "candidate": bootstrap_mean(x, seed=seed), "default": bootstrap_mean(y, seed=seed),
             "difference": paired_bootstrap_diff(x, y, seed=seed), "changed": changed, "complete": complete}

@@ -111,6 +111,9 @@ def test_a_candidate_recipe_is_compared_with_the_default_on_the_same_held_out_pa
     assert report["changed"] == {"recipe.epochs": [1, 2], "recipe.lr": [candidate.recipe.lr, 1e-3]}   # placement aside
 
     config = json.loads((tmp_path / "candidate" / "config.json").read_text())
+    elsewhere = {**config, "runtime": {**config["runtime"], "threads": 7, "device": "cuda", "trunk_cache": "/elsewhere"}}
+    (tmp_path / "candidate" / "config.json").write_text(json.dumps(elsewhere))
+    assert compare_runs(tmp_path / "candidate", tmp_path / "default")["changed"] == report["changed"]   # where it ran
     (tmp_path / "candidate" / "config.json").write_text(json.dumps({**config, "fold_seed": 1}))
     with pytest.raises(ValueError, match="drew their folds differently"):
         compare_runs(tmp_path / "candidate", tmp_path / "default")
