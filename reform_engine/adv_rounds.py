@@ -19,7 +19,8 @@ same config is reused, so a killed job resumes):
                             report says whether it still falls
 
 A round whose attack passes the keep filter on fewer than ``pass_floor`` of its fresh samples ends
-the rounds (the RM no longer falls for the attack), and so does one that keeps no pair to add. The
+the rounds (in round 1: the attack does not break the base RM often enough to train on; later: the
+retrained RM no longer falls for it), and so does one that keeps no pair to add. The
 penalty RMs and the judge stay the same in every round; only the target changes.
 
 ``report.json`` has the pipeline's schema (stages.py), so the Retrain page shows it: models ``base``,
@@ -157,6 +158,14 @@ def check_prompts_held_out(config: AdvRoundsConfig) -> None:
                          "training rows, or eval_rows apart from them")
 
 
+def _below_floor(rate: float, floor: float, round_: int) -> str:
+    """Why the rounds end at an attack whose pass rate is under the floor: round 1's never broke the base RM
+    (often enough to train on); a later one's shows the retrained RM no longer falls for it."""
+    why = ("the attack does not break the base RM often enough to train on" if round_ == 1 else
+           "the retrained RM no longer falls for the attack")
+    return f"pass rate {rate:.3f} below the floor {floor}: {why}"
+
+
 def _outcome(result: ComparisonResult) -> str:
     return "; ".join(f"{r['target']}: pass rate {r['pass_rate']:.1%}" for r in result.rounds if r["arm"] == "adv-rm")
 
@@ -206,8 +215,7 @@ def run_adv_rounds(config: AdvRoundsConfig, run: RunDir) -> ComparisonResult:
         new = [p for p in adversarial_pairs(run.path / f"attack_r{r}", config.confirmed_only)
                if _key(p) not in {_key(q) for q in pairs}]
         if not rate >= config.pass_floor or not new:  # NaN (nothing sampled) stops too
-            row.stop = (f"pass rate {rate:.3f} below the floor {config.pass_floor}: the RM no longer falls for the attack"
-                        if not rate >= config.pass_floor else
+            row.stop = (_below_floor(rate, config.pass_floor, r) if not rate >= config.pass_floor else
                         f"no new {'confirmed ' if config.confirmed_only else ''}sample to add")
             run.log(f"round {r}: {row.stop}; the rounds end here")
             stages.skip(stages.total - stages.done)
@@ -225,5 +233,5 @@ def run_adv_rounds(config: AdvRoundsConfig, run: RunDir) -> ComparisonResult:
         if config.final_attack:
             row = attack(config.rounds + 1, target, ckpt, after)
             if not row.pass_rate >= config.pass_floor:
-                row.stop = f"pass rate {row.pass_rate:.3f} below the floor {config.pass_floor}: the RM no longer falls for the attack"
+                row.stop = _below_floor(row.pass_rate, config.pass_floor, config.rounds + 1)
     return stages.write_report(models, rounds=rows)

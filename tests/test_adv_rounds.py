@@ -4,7 +4,7 @@ import json
 import pytest
 
 from adversary_support import save_attack_models, tiny_attack_config
-from reform_engine.adv_rounds import BASELINE, AdvRoundsConfig, run_adv_rounds
+from reform_engine.adv_rounds import BASELINE, AdvRoundsConfig, _below_floor, run_adv_rounds
 from reform_engine.attack import read_kept
 from reform_engine.confirm import ConfirmConfig
 from reform_engine.reports import job_results
@@ -78,11 +78,16 @@ def test_two_rounds_retrain_on_every_pair_so_far_and_report_each_round_and_each_
     assert [(r["round"], r["arm"]) for r in first_only.rounds] == [(1, "adv-rm"), (1, BASELINE), (2, "adv-rm"), (3, "adv-rm")]
 
 
+def test_a_stop_at_the_floor_says_the_base_never_broke_in_round_1_and_the_retrained_rm_holds_later():
+    assert _below_floor(0.039, 0.05, 1).endswith("the attack does not break the base RM often enough to train on")
+    assert _below_floor(0.01, 0.05, 3) == "pass rate 0.010 below the floor 0.05: the retrained RM no longer falls for the attack"
+
+
 def test_the_rounds_stop_when_the_attack_passes_the_filter_less_often_than_the_floor(models, tmp_path):
     result = run_adv_rounds(rounds_config(models, {"reward": {"threshold": 10.0}}, pass_floor=0.05), tmp_path / "run")
     (row,) = result.rounds
     assert (row["round"], row["pass_rate"], row["added"]) == (1, 0.0, 0)
-    assert row["stop"] == "pass rate 0.000 below the floor 0.05: the RM no longer falls for the attack"
+    assert row["stop"] == "pass rate 0.000 below the floor 0.05: the attack does not break the base RM often enough to train on"
     assert [m.name for m in result.models] == ["base"] and not (tmp_path / "run" / "retrain_r1").exists()
     status = read_json(tmp_path / "run" / "status.json")
     assert status["state"] == "succeeded" and read_json(tmp_path / "run" / "report.json")["complete"]
