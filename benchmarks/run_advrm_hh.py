@@ -15,6 +15,11 @@ Jobs, one after another, each the engine's own job in its own process:
                of fold=0/5@0; the attacked prompts are the first 32 of the training rows
 
 A finished job (status succeeded, the same config) is not run again. At the end the rounds table is printed.
+
+--plan 2 (fixed in RESULTS.md after plan 1's round 1 and before any of it ran): plan 1's attack and its lambda = 0
+arm left the policy where it started (KL to pi0 0.02-0.03 nats after 100 steps at lr 1e-4, the reward flat), so the
+RLOO runs 200 steps at lr 5e-4; one retraining, then the final attack on it (the bar reads round 2 against round 1;
+a second retraining feeds none), in rounds-plan2/. The penalty RMs and everything else are plan 1's.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _jobs import plan_arguments, run_plan  # noqa: E402
 from reform_engine.adv_rounds import AdvRoundsConfig  # noqa: E402
+from reform_engine.adversary import RLOOConfig  # noqa: E402
 from reform_engine.attack import AttackConfig  # noqa: E402
 from reform_engine.reward_model import RewardModelSpec  # noqa: E402
 from reform_engine.runtime import Runtime  # noqa: E402
@@ -49,7 +55,10 @@ def configs(args) -> list[tuple[str, object, Path]]:
                           judge_rm=args.judge_rm, data=args.data, rows=train_rows, prompts=32)
     rounds = AdvRoundsConfig(attack=attack, data=args.data, train_rows=train_rows, eval_data=args.data, eval_rows=held_out,
                              rounds=2, final_attack=True, baseline_arm=True, baseline_rounds=1, runtime=runtime)
-    jobs.append(("adv-rounds", rounds, args.out / "rounds"))
+    if args.plan == 2:
+        attack = dataclasses.replace(attack, rloo=dataclasses.replace(RLOOConfig(), steps=200, lr=5e-4))
+        rounds = dataclasses.replace(rounds, attack=attack, rounds=1)
+    jobs.append(("adv-rounds", rounds, args.out / ("rounds" if args.plan == 1 else f"rounds-plan{args.plan}")))
     return jobs
 
 
@@ -63,6 +72,8 @@ def main() -> None:
     def own(ap) -> None:
         ap.add_argument("--base-rm", required=True, help="the REFORM loop's base: crossval fold 0's checkpoint (the target)")
         ap.add_argument("--judge-rm", required=True, help="the REFORM loop's judge (seed 1, 1,000 rows): confirms, never rewards")
+        ap.add_argument("--plan", type=int, choices=(1, 2), default=1, help="1: as first fixed; 2: the RLOO at 200 steps and "
+                                                                            "lr 5e-4, one retraining (see above)")
     args = plan_arguments(__doc__, OUT, own)
     run_plan(configs(args), args.dry_run)
 
