@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _jobs import plan_arguments, run_plan  # noqa: E402
 from reform_engine.adv_rounds import AdvRoundsConfig  # noqa: E402
-from reform_engine.adversary import RLOOConfig  # noqa: E402
 from reform_engine.attack import AttackConfig  # noqa: E402
 from reform_engine.reward_model import RewardModelSpec  # noqa: E402
 from reform_engine.runtime import Runtime  # noqa: E402
@@ -56,7 +55,7 @@ def configs(args) -> list[tuple[str, object, Path]]:
     rounds = AdvRoundsConfig(attack=attack, data=args.data, train_rows=train_rows, eval_data=args.data, eval_rows=held_out,
                              rounds=2, final_attack=True, baseline_arm=True, baseline_rounds=1, runtime=runtime)
     if args.plan == 2:
-        attack = dataclasses.replace(attack, rloo=dataclasses.replace(RLOOConfig(), steps=200, lr=5e-4))
+        attack = dataclasses.replace(attack, rloo=dataclasses.replace(attack.rloo, steps=200, lr=5e-4))
         rounds = dataclasses.replace(rounds, attack=attack, rounds=1)
     jobs.append(("adv-rounds", rounds, args.out / ("rounds" if args.plan == 1 else f"rounds-plan{args.plan}")))
     return jobs
