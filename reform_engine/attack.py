@@ -7,6 +7,10 @@ Stages, in the run directory (runs.py) beside config/status/log/metrics:
    give every prompt's mean and sd (adversary.PromptNorm).
 2. RLOO steps (adversary.py); each appends its metrics to ``steps.jsonl`` as it ends, so a page can
    draw the curves live; ``checkpoint/`` holds the LoRA adapter (at the end, or every ``rloo.save_every``).
+   After the calibration and after every step, ``rl_state.pt`` holds the whole state: the adapter,
+   the optimiser, the sampler's generator, the normalisation and the rollouts kept so far. A rerun of the same
+   config in the same directory, after a kill or a session's end, goes on from the last finished step
+   and gives the same steps as a run never stopped (tests/test_attack.py); the file goes when the job ends.
 3. ``keep.fresh_samples`` per prompt from the final policy and from pi0: the pass rates of both under the
    same filter, on the same prompts.
 4. Keeping (confirm.select_kept) among the rollouts of the last ``keep.keep_last`` share of the steps and
@@ -40,12 +44,14 @@ from .confirm import Candidate, ConfirmConfig, KeepConfig, Rule, RuleContext, ch
 from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, parse_rows, select_rows, write_jsonl
 from .judging import SAMPLES_FILE, duel_scores, duels, judge_candidates
 from .models import DEFAULT_MODEL
+from .resume import Snapshot
 from .rollouts import AdapterConfig, ResponseConfig
 from .runs import RunDir, atomic_directory, job
 from .runtime import Runtime, seed_everything
 
 STEPS_FILE = "steps.jsonl"
 KEPT_FILE = "variants.jsonl"      # the name the store's ingestion reads (jobs.ingest_results)
+SNAPSHOT_FILE = "rl_state.pt"     # the state after the last finished RLOO step, while the job has not ended (resume.py)
 SOURCE = "adv-rm"                 # the variants' direction in the store: the pair (y+, sample), as "raise"
 
 
@@ -250,6 +256,7 @@ def run_attack(config: AttackConfig, run: RunDir) -> AttackResult:
     """Normalise, train the adversary with RLOO, sample fresh, keep and confirm; see the module docstring."""
     from .reward_model import load_reward_model
     from .rollouts import RolloutEngine, build_policy
+    from .stages import comparable
 
     seed = config.runtime.seed
     seed_everything(seed)
@@ -271,30 +278,61 @@ def run_attack(config: AttackConfig, run: RunDir) -> AttackResult:
     cal = _chunks(len(prompts), max(1, per_step // config.reward.base_samples))
     fresh = _chunks(len(prompts), max(1, per_step // max(1, keep.fresh_samples))) if keep.fresh_samples else []
     total, done = len(cal) + rl.steps + 2 * len(fresh) + 1, 0
-
-    # 1. the base policy's samples: every z-score's yardstick
-    raws, idxs, ppls = [], [], []
-    for ids in cal:
-        roll, raw, logp0, idx = _sample_scored(engine, prompts, ids, config.reward.base_samples, generator, config, adapter=False)
-        raws.append(raw)
-        idxs.append(idx)
-        ppls.append(torch.exp(-logp0.sum(-1) / roll.lengths.clamp(min=1)))
-        done += 1
-        run.progress(done, total, message=f"sampling the base policy: {done}/{len(cal)} prompt groups")
-    norm = PromptNorm.fit(torch.cat(raws), torch.cat(idxs), len(prompts), config.reward.sd_floor)
-    base_ppl = float(torch.cat(ppls).median())
-
-    # 2. RLOO
     reward, k, G, threshold = config.reward.build(), rl.group_size, rl.prompts_per_step, config.reward.threshold
-    params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=rl.lr, weight_decay=0.0)
+    params = {name: p for name, p in policy.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(params.values(), lr=rl.lr, weight_decay=0.0)
     order = _prompt_order(len(prompts), seed)
     steps_path = run.path / STEPS_FILE
-    steps_path.write_text("")  # a re-run in the same directory starts its curves afresh
     keep_after = rl.steps - round(keep.keep_last * rl.steps)
-    pool, window = [], []
+    snapshot = Snapshot(run.path / SNAPSHOT_FILE, {"config": comparable(config), "prompts": [p.pair_id for p in pairs]})
+    state = snapshot.load()
+
+    if state is None:
+        # 1. the base policy's samples: every z-score's yardstick
+        raws, idxs, ppls = [], [], []
+        for ids in cal:
+            roll, raw, logp0, idx = _sample_scored(engine, prompts, ids, config.reward.base_samples, generator, config,
+                                                   adapter=False)
+            raws.append(raw)
+            idxs.append(idx)
+            ppls.append(torch.exp(-logp0.sum(-1) / roll.lengths.clamp(min=1)))
+            done += 1
+            run.progress(done, total, message=f"sampling the base policy: {done}/{len(cal)} prompt groups")
+        norm = PromptNorm.fit(torch.cat(raws), torch.cat(idxs), len(prompts), config.reward.sd_floor)
+        base_ppl = float(torch.cat(ppls).median())
+        first, pool, window, spent = 1, [], [], {"rl": 0.0, "wall": 0.0, "cpu": 0.0}
+        steps_path.write_text("")  # a run of another config in the same directory starts its curves afresh
+    else:
+        norm, base_ppl, pool, window, spent = state["norm"], state["base_ppl"], state["pool"], state["window"], state["spent"]
+        first = state["step"] + 1
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(state["params"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])  # LoRA dropout, if any
+        for _ in range((first - 1) * G):
+            next(order)
+        rows = read_steps(run.path)[: first - 1]
+        steps_path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # a step after the snapshot is redone
+        done = len(cal) + first - 1
+        run.log(f"resuming at step {first} of {rl.steps}: the state after step {first - 1} read back from {SNAPSHOT_FILE} "
+                f"(an interrupted run of this config)")
+
+    # 2. RLOO
     rl_start = time.perf_counter()
-    for step in range(1, rl.steps + 1):
+
+    def save(step: int) -> None:
+        snapshot.save({"step": step, "norm": norm, "base_ppl": base_ppl, "pool": pool, "window": window,
+                       "params": {name: p.detach().clone() for name, p in params.items()},
+                       "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                       "spent": {"rl": spent["rl"] + time.perf_counter() - rl_start,
+                                 "wall": spent["wall"] + time.perf_counter() - start,
+                                 "cpu": spent["cpu"] + time.process_time() - cpu_start}})
+
+    if state is None:
+        save(0)  # the calibration is the costliest part to redo
+    for step in range(first, rl.steps + 1):
         t0 = time.perf_counter()
         ids = [next(order) for _ in range(G)]
         roll, raw, logp0, idx = _sample_scored(engine, prompts, ids, k, generator, config, adapter=True)
@@ -307,7 +345,7 @@ def run_attack(config: AttackConfig, run: RunDir) -> AttackResult:
         loss = rloo_loss(advantages, logp.sum(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, rl.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(params.values()), rl.max_grad_norm)
         optimizer.step()
         found = _candidates(roll, raw, logp0, idx, norm, f"step {step}")
         passing = [passes(c, threshold, keep.u_z_min) for c in found]
@@ -321,13 +359,14 @@ def run_attack(config: AttackConfig, run: RunDir) -> AttackResult:
                "seconds": time.perf_counter() - t0}
         with open(steps_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
+        save(step)
         done += 1
         run.progress(done, total, message=f"step {step}/{rl.steps}: target z {row['target_z']:+.2f}, penalty z "
                      f"{row['penalty_z']:+.2f}, pass rate {row['pass_rate']:.0%}")
         if rl.save_every and step % rl.save_every == 0 and step < rl.steps:
             _save_adapter(policy, run.checkpoint_path)
             run.log(f"adapter checkpoint at step {step}")
-    rl_seconds = time.perf_counter() - rl_start
+    rl_seconds = spent["rl"] + time.perf_counter() - rl_start
     _save_adapter(policy, run.checkpoint_path)
 
     # 3. fresh samples of the final policy and of pi0, same prompts
@@ -369,9 +408,10 @@ def run_attack(config: AttackConfig, run: RunDir) -> AttackResult:
                           len(records), confirmed, rates.get("final", float("nan")), rates.get("base", float("nan")),
                           sum(window) / len(window) if window else float("nan"),
                           confirmed / len(records) if records else float("nan"), fired, base_ppl,
-                          _share(success["final"]), _share(success["base"]), time.perf_counter() - start,
-                          rl_seconds / rl.steps, time.process_time() - cpu_start)
+                          _share(success["final"]), _share(success["base"]), spent["wall"] + time.perf_counter() - start,
+                          rl_seconds / rl.steps, spent["cpu"] + time.process_time() - cpu_start)
     run.log(f"kept {len(records)} ({confirmed} confirmed); pass rate {result.pass_rate:.3f} vs base {result.base_pass_rate:.3f}")
+    snapshot.remove()
     return result
 
 

@@ -6,6 +6,9 @@ reads the units back and does only the rest; a rerun of another config starts th
 Why a journal and not a checkpoint of the whole state: a unit is small and written once, so a job
 killed at any moment (a session's end, SIGKILL) loses at most the unit it was on. A line cut short
 by the kill does not parse and is dropped with everything after it.
+
+A job whose steps depend on each other (an RL loop) cannot be cut into such units; it keeps a
+:class:`Snapshot` of its whole state instead, replaced after every step.
 """
 from __future__ import annotations
 
@@ -57,4 +60,47 @@ class Journal:
 
     def remove(self) -> None:
         """The job finished and wrote its results: the journal has served."""
+        self.path.unlink(missing_ok=True)
+
+
+class Snapshot:
+    """The whole state of a job whose work does not split into independent units (an RL loop: every
+    step changes the policy and the optimiser the next one starts from), in one file ``path``, under a
+    ``key`` (JSON-able) that says which job wrote it.
+
+    The job saves after each step; a rerun of the same job loads it and goes on from there, a rerun of
+    another config ignores it and overwrites it. The file is replaced atomically, so a kill while saving
+    leaves the previous step's snapshot whole. It holds tensors and the job's own objects (torch.save),
+    and is read back only by the job that wrote it, from its own run directory."""
+
+    def __init__(self, path: str | os.PathLike, key: Any):
+        self.path, self.key = Path(path), json.loads(json.dumps(key, sort_keys=True))
+
+    def load(self) -> dict | None:
+        """The saved state of this job, or None: no file, another job's, or unreadable (the job starts over)."""
+        import torch
+
+        if not self.path.is_file():
+            return None
+        try:
+            saved = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001 - a snapshot that does not load is no snapshot: start over
+            return None
+        if not isinstance(saved, dict) or saved.get("key") != self.key:
+            return None
+        return saved["state"]
+
+    def save(self, state: dict) -> None:
+        """Replace the snapshot with ``state``, on disk before this returns."""
+        import torch
+
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            torch.save({"key": self.key, "state": state}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+    def remove(self) -> None:
+        """The job finished and wrote its results: the snapshot has served."""
         self.path.unlink(missing_ok=True)

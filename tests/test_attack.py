@@ -6,7 +6,7 @@ import pytest
 
 from adversary_support import save_attack_models, tiny_attack, tiny_attack_config
 from job_support import wait_for
-from reform_engine.attack import KEPT_FILE, SAMPLES_FILE, STEPS_FILE, AttackConfig, read_kept, read_steps, run_attack
+from reform_engine.attack import KEPT_FILE, SAMPLES_FILE, SNAPSHOT_FILE, STEPS_FILE, AttackConfig, read_kept, read_steps, run_attack
 from reform_engine.configs import JobConfigError, config_from_dict
 from reform_engine.curation import new_pair, queue
 from reform_engine.jobs import cancel_job, ingest_results, process_alive, refresh_job, start_job
@@ -110,6 +110,62 @@ def test_an_attack_writes_its_step_metrics_kept_samples_and_adapter(models, tmp_
     assert metrics["kept"] == len(kept) and metrics["variants_path"] == str(tmp_path / "run" / KEPT_FILE)
     assert os.path.isfile(tmp_path / "run" / "checkpoint" / "adapter_config.json")
     assert read_json(tmp_path / "run" / "status.json")["state"] == "succeeded"
+
+
+def test_an_attack_stopped_mid_way_goes_on_from_its_last_step_and_ends_as_one_never_stopped(models, tmp_path, monkeypatch):
+    import reform_engine.attack as attack
+
+    config = tiny_attack_config(models)
+    whole = run_attack(config, tmp_path / "whole")
+    real, calls = attack.rloo_loss, []
+
+    def stop_in_step_3(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("session ended")
+        return real(*args)
+
+    monkeypatch.setattr(attack, "rloo_loss", stop_in_step_3)
+    with pytest.raises(RuntimeError, match="session ended"):
+        run_attack(config, tmp_path / "stopped")
+    assert [s["step"] for s in read_steps(tmp_path / "stopped")] == [1, 2]
+    assert (tmp_path / "stopped" / SNAPSHOT_FILE).is_file()
+    monkeypatch.setattr(attack, "rloo_loss", real)
+    resumed = run_attack(config, tmp_path / "stopped")
+    assert "resuming at step 3 of 4" in (tmp_path / "stopped" / "log.txt").read_text()
+    assert len(calls) == 3  # steps 1 and 2 were not run again
+
+    def curves(run):
+        return [{k: v for k, v in s.items() if k != "seconds"} for s in read_steps(run)]
+
+    got, want = curves(tmp_path / "stopped"), curves(tmp_path / "whole")
+    assert len(got) == len(want) == 4 and all(g == pytest.approx(w, rel=1e-6, abs=1e-9) for g, w in zip(got, want))
+    assert want[3]["kl"] > 0  # the policy moved: steps 3 and 4 depend on the adapter and optimiser read back
+    assert [(r["text"], r["origin"]) for r in read_kept(tmp_path / "stopped")] == \
+        [(r["text"], r["origin"]) for r in read_kept(tmp_path / "whole")]
+    assert (resumed.kept, resumed.confirmed, resumed.pass_rate, resumed.base_pass_rate) == \
+        (whole.kept, whole.confirmed, whole.pass_rate, whole.base_pass_rate)
+    assert not (tmp_path / "stopped" / SNAPSHOT_FILE).exists()  # the job ended: its snapshot has served
+
+
+def test_a_snapshot_of_another_config_is_not_resumed(models, tmp_path, monkeypatch):
+    import reform_engine.attack as attack
+
+    real, calls = attack.rloo_loss, []
+
+    def stop_in_step_2(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("session ended")
+        return real(*args)
+
+    monkeypatch.setattr(attack, "rloo_loss", stop_in_step_2)
+    with pytest.raises(RuntimeError):
+        run_attack(tiny_attack_config(models, rloo={"steps": 2}), tmp_path / "run")
+    monkeypatch.setattr(attack, "rloo_loss", real)
+    run_attack(tiny_attack_config(models, rloo={"steps": 2, "lr": 5e-3}), tmp_path / "run")
+    assert "resuming" not in (tmp_path / "run" / "log.txt").read_text()
+    assert [s["step"] for s in read_steps(tmp_path / "run")] == [1, 2]
 
 
 def test_the_over_optimisation_arm_runs_with_penalty_weight_zero(models, tmp_path):

@@ -39,3 +39,29 @@ def test_a_removed_journal_leaves_nothing_and_a_missing_one_starts_empty(tmp_pat
     journal.remove()
     assert not (tmp_path / "run" / "j.jsonl").exists()
     journal.remove()  # twice is fine
+
+
+def test_a_snapshot_is_read_back_by_the_job_that_saved_it_and_by_no_other(tmp_path):
+    import torch
+
+    from reform_engine.resume import Snapshot
+
+    Snapshot(tmp_path / "s.pt", {"config": {"lr": 1e-4}, "prompts": ["a"]}).save({"step": 3, "w": torch.ones(2)})
+    state = Snapshot(tmp_path / "s.pt", {"prompts": ["a"], "config": {"lr": 1e-4}}).load()  # key order does not matter
+    assert state["step"] == 3 and torch.equal(state["w"], torch.ones(2))
+    assert Snapshot(tmp_path / "s.pt", {"config": {"lr": 5e-4}, "prompts": ["a"]}).load() is None
+    assert Snapshot(tmp_path / "none.pt", {}).load() is None
+    assert not list(tmp_path.glob("*.tmp"))  # saved through a temporary file, replaced whole
+
+
+def test_a_snapshot_that_does_not_load_starts_the_job_over_and_a_removed_one_is_gone(tmp_path):
+    from reform_engine.resume import Snapshot
+
+    (tmp_path / "s.pt").write_bytes(b"cut short")
+    snap = Snapshot(tmp_path / "s.pt", {"k": 1})
+    assert snap.load() is None
+    snap.save({"step": 1})
+    assert snap.load() == {"step": 1}
+    snap.remove()
+    assert not (tmp_path / "s.pt").exists() and snap.load() is None
+    snap.remove()  # removing twice is harmless
