@@ -244,14 +244,15 @@ TRAINED = ("recipe.", "runtime.")   # what the folds' models are (the recipe's o
 
 
 def _settings(config: dict) -> dict[str, object]:
-    """A crossval config as flat dotted settings, placement aside (stages.comparable), the recipe's own runtime
-    left out (the job sets it from its own)."""
+    """A crossval config as flat dotted settings, placement aside (stages.comparable), and without what the job
+    fills in itself (each nested group's ``set_by_job``: the recipe's rows and runtime come from the fold)."""
     def flat(node: dict, prefix: str = "") -> dict[str, object]:
         out = {}
         for key, value in node.items():
             out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
         return out
-    return {k: v for k, v in flat(comparable(config)).items() if not k.startswith("recipe.runtime.")}
+    own = tuple(f"{f.name}.{sub}" for f in dataclasses.fields(CrossValConfig) for sub in f.metadata.get("set_by_job", ()))
+    return {k: v for k, v in flat(comparable(config)).items() if not any(k == o or k.startswith(o + ".") for o in own)}
 
 
 def out_of_fold_wins(run_dir: str | Path) -> tuple[dict[str, float], int]:
