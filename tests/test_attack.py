@@ -112,28 +112,35 @@ def test_an_attack_writes_its_step_metrics_kept_samples_and_adapter(models, tmp_
     assert read_json(tmp_path / "run" / "status.json")["state"] == "succeeded"
 
 
-def test_an_attack_stopped_mid_way_goes_on_from_its_last_step_and_ends_as_one_never_stopped(models, tmp_path, monkeypatch):
+def _stop_in_step(n: int, monkeypatch) -> list:
+    """Make the attack raise in its RLOO step ``n`` (0: never), after step n - 1 is saved -> the list of steps begun."""
     import reform_engine.attack as attack
 
-    config = tiny_attack_config(models)
-    whole = run_attack(config, tmp_path / "whole")
     real, calls = attack.rloo_loss, []
 
-    def stop_in_step_3(*args):
+    def stop(*args):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == n:
             raise RuntimeError("session ended")
         return real(*args)
 
-    monkeypatch.setattr(attack, "rloo_loss", stop_in_step_3)
+    monkeypatch.setattr(attack, "rloo_loss", stop)
+    return calls
+
+
+def test_an_attack_stopped_mid_way_goes_on_from_its_last_step_and_ends_as_one_never_stopped(models, tmp_path, monkeypatch):
+    config = tiny_attack_config(models)
+    whole = run_attack(config, tmp_path / "whole")
+    _stop_in_step(3, monkeypatch)
     with pytest.raises(RuntimeError, match="session ended"):
         run_attack(config, tmp_path / "stopped")
     assert [s["step"] for s in read_steps(tmp_path / "stopped")] == [1, 2]
     assert (tmp_path / "stopped" / SNAPSHOT_FILE).is_file()
-    monkeypatch.setattr(attack, "rloo_loss", real)
+    monkeypatch.undo()
+    calls = _stop_in_step(0, monkeypatch)  # counts the steps, stops none
     resumed = run_attack(config, tmp_path / "stopped")
     assert "resuming at step 3 of 4" in (tmp_path / "stopped" / "log.txt").read_text()
-    assert len(calls) == 3  # steps 1 and 2 were not run again
+    assert len(calls) == 2  # steps 3 and 4: 1 and 2 were not run again
 
     def curves(run):
         return [{k: v for k, v in s.items() if k != "seconds"} for s in read_steps(run)]
@@ -149,20 +156,10 @@ def test_an_attack_stopped_mid_way_goes_on_from_its_last_step_and_ends_as_one_ne
 
 
 def test_a_snapshot_of_another_config_is_not_resumed(models, tmp_path, monkeypatch):
-    import reform_engine.attack as attack
-
-    real, calls = attack.rloo_loss, []
-
-    def stop_in_step_2(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("session ended")
-        return real(*args)
-
-    monkeypatch.setattr(attack, "rloo_loss", stop_in_step_2)
-    with pytest.raises(RuntimeError):
+    _stop_in_step(2, monkeypatch)
+    with pytest.raises(RuntimeError, match="session ended"):
         run_attack(tiny_attack_config(models, rloo={"steps": 2}), tmp_path / "run")
-    monkeypatch.setattr(attack, "rloo_loss", real)
+    monkeypatch.undo()
     run_attack(tiny_attack_config(models, rloo={"steps": 2, "lr": 5e-3}), tmp_path / "run")
     assert "resuming" not in (tmp_path / "run" / "log.txt").read_text()
     assert [s["step"] for s in read_steps(tmp_path / "run")] == [1, 2]
