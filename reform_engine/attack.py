@@ -303,7 +303,8 @@ def run_attack(config: AttackConfig, run: RunDir) -> AttackResult:
         first, pool, window, spent = 1, [], [], {"rl": 0.0, "wall": 0.0, "cpu": 0.0}
         steps_path.write_text("")  # a run of another config in the same directory starts its curves afresh
     else:
-        norm, base_ppl, pool, window, spent = state["norm"], state["base_ppl"], state["pool"], state["window"], state["spent"]
+        norm, base_ppl, window, spent = PromptNorm(**state["norm"]), state["base_ppl"], state["window"], state["spent"]
+        pool = [Candidate(**c) for c in state["pool"]]
         first = state["step"] + 1
         with torch.no_grad():
             for name, p in params.items():
@@ -323,7 +324,8 @@ def run_attack(config: AttackConfig, run: RunDir) -> AttackResult:
     rl_start = time.perf_counter()
 
     def save(step: int) -> None:
-        snapshot.save({"step": step, "norm": norm, "base_ppl": base_ppl, "pool": pool, "window": window,
+        snapshot.save({"step": step, "norm": asdict(norm), "base_ppl": base_ppl, "pool": [asdict(c) for c in pool],
+                       "window": window,
                        "params": {name: p.detach().clone() for name, p in params.items()},
                        "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                        "spent": {"rl": spent["rl"] + time.perf_counter() - rl_start,

@@ -7,8 +7,8 @@ Why a journal and not a checkpoint of the whole state: a unit is small and writt
 killed at any moment (a session's end, SIGKILL) loses at most the unit it was on. A line cut short
 by the kill does not parse and is dropped with everything after it.
 
-A job whose steps depend on each other (an RL loop) cannot be cut into such units; it keeps a
-:class:`Snapshot` of its whole state instead, replaced after every step.
+A job whose steps depend on each other (training, an RL loop) cannot be cut into such units; it keeps
+a :class:`Snapshot` of its whole state instead, replaced as it goes.
 """
 from __future__ import annotations
 
@@ -63,43 +63,40 @@ class Journal:
         self.path.unlink(missing_ok=True)
 
 
-class Snapshot:
-    """The whole state of a job whose work does not split into independent units (an RL loop: every
-    step changes the policy and the optimiser the next one starts from), in one file ``path``, under a
-    ``key`` (JSON-able) that says which job wrote it.
 
-    The job saves after each step; a rerun of the same job loads it and goes on from there, a rerun of
-    another config ignores it and overwrites it. The file is replaced atomically, so a kill while saving
-    leaves the previous step's snapshot whole. It holds tensors and the job's own objects (torch.save),
-    and is read back only by the job that wrote it, from its own run directory."""
+class Snapshot:
+    """The whole state of a job whose work does not split into independent units (training, an RL loop:
+    every step changes the weights and the optimiser the next one starts from), in one file ``path``,
+    under a ``key`` (JSON-able) that says which job saved it.
+
+    The job saves now and then; a rerun of the same job loads the state and goes on from there, a rerun
+    of another config ignores it (``why`` then says so) and overwrites it. The file is written atomically
+    (runs.atomic_torch_save), so a kill while saving leaves the previous snapshot whole, and read back
+    with tensors and plain containers only (runs.read_torch): the state holds no pickled objects."""
 
     def __init__(self, path: str | os.PathLike, key: Any):
-        self.path, self.key = Path(path), json.loads(json.dumps(key, sort_keys=True))
+        self.path, self.key = Path(path), json.dumps(key, sort_keys=True)
+        self.why: str | None = None   # why the last load found nothing to resume, when there was a file
 
     def load(self) -> dict | None:
         """The saved state of this job, or None: no file, another job's, or unreadable (the job starts over)."""
-        import torch
+        from .runs import read_torch
 
-        if not self.path.is_file():
-            return None
-        try:
-            saved = torch.load(self.path, map_location="cpu", weights_only=False)
-        except Exception:  # noqa: BLE001 - a snapshot that does not load is no snapshot: start over
+        saved, why = read_torch(self.path)
+        self.why = None
+        if saved is None:
+            self.why = None if why == "no file" else f"cannot be read ({why})"
             return None
         if not isinstance(saved, dict) or saved.get("key") != self.key:
+            self.why = "is another config's"
             return None
-        return saved["state"]
+        return {k: v for k, v in saved.items() if k != "key"}
 
     def save(self, state: dict) -> None:
-        """Replace the snapshot with ``state``, on disk before this returns."""
-        import torch
+        """Replace the snapshot with ``state`` (tensors and plain containers), whole or not at all."""
+        from .runs import atomic_torch_save
 
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            torch.save({"key": self.key, "state": state}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        atomic_torch_save(self.path, {**state, "key": self.key})
 
     def remove(self) -> None:
         """The job finished and wrote its results: the snapshot has served."""

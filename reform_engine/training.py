@@ -12,8 +12,9 @@ import torch
 from .configs import nested, refuse, setting
 from .data import DEMO_PATH, DataError, PreferencePair, load_preferences, ROWS_HELP, parse_rows, select_rows
 from .evaluation import PairwiseMetrics, pairwise_metrics
+from .resume import Snapshot
 from .reward_model import RewardModelSpec, build_reward_model, load_causal_reward_model
-from .runs import RunDir, atomic_torch_save, job, read_torch
+from .runs import RunDir, job
 from .runtime import Runtime, seed_everything
 from .scoring import bradley_terry_loss, collate, encode, score_pairs
 from .trunk_cache import finish, open_trunk_cache
@@ -104,20 +105,18 @@ RESUME = "resume.pt"     # the training state of a run that has not ended, in it
 RESUME_EVERY_S = 300.0   # wall seconds between saves of it: a killed run loses at most this much training
 
 
-def _resume_key(config: TrainRewardConfig) -> str:
-    """Which job a saved training state belongs to: the config, placement (threads, device) aside."""
-    import json
-
+def _snapshot(run: RunDir, config: TrainRewardConfig) -> Snapshot:
+    """Where a run saves its training state, under the config (placement aside: threads, device) as the key."""
     from .stages import comparable
-    return json.dumps(comparable(config), sort_keys=True)
+    return Snapshot(run.path / RESUME, comparable(config))
 
 
 def _save_resume(run: RunDir, config: TrainRewardConfig, rm, optimizer, scheduler, *, step: int, losses: list[float],
                  epoch_rng: torch.Tensor, in_epoch: int, seconds: float) -> None:
     """Everything a rerun needs to go on from ``step`` as if never stopped: the trained weights, the
     optimizer and schedule, the loss curve so far, and where in which epoch's data order it was."""
-    atomic_torch_save(run.path / RESUME, {
-        "key": _resume_key(config), "step": step, "losses": losses, "epoch_rng": epoch_rng, "in_epoch": in_epoch,
+    _snapshot(run, config).save({
+        "step": step, "losses": losses, "epoch_rng": epoch_rng, "in_epoch": in_epoch,
         "seconds": seconds, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "params": {n: p.detach().cpu() for n, p in rm.named_parameters() if p.requires_grad}})
 
@@ -125,16 +124,10 @@ def _save_resume(run: RunDir, config: TrainRewardConfig, rm, optimizer, schedule
 def _load_resume(run: RunDir, config: TrainRewardConfig) -> dict | None:
     """The saved training state of this config in this run directory, or None (none, another config's, or
     unreadable: the run then starts over, and says so)."""
-    path = run.path / RESUME
-    if not path.is_file():
-        return None
-    state, why = read_torch(path)
-    if state is None:
-        run.log(f"the saved training state {path} cannot be read ({why}); starting over")
-        return None
-    if state.get("key") != _resume_key(config):
-        run.log(f"the saved training state {path} is another config's; starting over")
-        return None
+    snapshot = _snapshot(run, config)
+    state = snapshot.load()
+    if state is None and snapshot.why:
+        run.log(f"the saved training state {snapshot.path} {snapshot.why}; starting over")
     return state
 
 
@@ -275,7 +268,7 @@ def train_reward_model(config: TrainRewardConfig, run: RunDir) -> TrainRewardRes
         scores = score_pairs(rm, eval_pairs, max_length=max(1024, spec.max_length), trunk=trunk)
         metrics = pairwise_metrics(scores.r_chosen, scores.r_rejected, eval_pairs)
     cache_summary = finish(trunk, note, run.log)
-    (run.path / RESUME).unlink(missing_ok=True)  # the checkpoint is written: the saved state has served
+    _snapshot(run, config).remove()  # the checkpoint is written: the saved state has served
     tail = losses[-max(1, len(losses) // 10):]
     pairs_seen = min(step * config.batch_size, len(pairs) * config.epochs) if not config.max_steps else step * config.batch_size
     return TrainRewardResult(str(run.checkpoint_path), len(pairs), skipped, step, seconds, pairs_seen / seconds,

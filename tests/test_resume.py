@@ -49,9 +49,11 @@ def test_a_snapshot_is_read_back_by_the_job_that_saved_it_and_by_no_other(tmp_pa
     Snapshot(tmp_path / "s.pt", {"config": {"lr": 1e-4}, "prompts": ["a"]}).save({"step": 3, "w": torch.ones(2)})
     state = Snapshot(tmp_path / "s.pt", {"prompts": ["a"], "config": {"lr": 1e-4}}).load()  # key order does not matter
     assert state["step"] == 3 and torch.equal(state["w"], torch.ones(2))
-    assert Snapshot(tmp_path / "s.pt", {"config": {"lr": 5e-4}, "prompts": ["a"]}).load() is None
-    assert Snapshot(tmp_path / "none.pt", {}).load() is None
-    assert not list(tmp_path.glob("*.tmp"))  # saved through a temporary file, replaced whole
+    other = Snapshot(tmp_path / "s.pt", {"config": {"lr": 5e-4}, "prompts": ["a"]})
+    assert other.load() is None and other.why == "is another config's"
+    missing = Snapshot(tmp_path / "none.pt", {})
+    assert missing.load() is None and missing.why is None  # nothing to say: there was nothing to resume
+    assert [p.name for p in tmp_path.iterdir()] == ["s.pt"]  # saved through a temporary file, replaced whole
 
 
 def test_a_snapshot_that_does_not_load_starts_the_job_over_and_a_removed_one_is_gone(tmp_path):
@@ -59,7 +61,7 @@ def test_a_snapshot_that_does_not_load_starts_the_job_over_and_a_removed_one_is_
 
     (tmp_path / "s.pt").write_bytes(b"cut short")
     snap = Snapshot(tmp_path / "s.pt", {"k": 1})
-    assert snap.load() is None
+    assert snap.load() is None and snap.why.startswith("cannot be read (")
     snap.save({"step": 1})
     assert snap.load() == {"step": 1}
     snap.remove()
