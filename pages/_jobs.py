@@ -140,8 +140,13 @@ def history(key: str, kinds: Sequence[str] | None = None) -> None:
     if job["state"] in ACTIVE:
         cancel_button(job, f"{key}_history")
     else:
-        st.button("Re-run", key=f"{key}_rerun", on_click=_rerun, args=(key, picked),
+        c1, c2 = st.columns(2)
+        c1.button("Re-run", key=f"{key}_rerun", on_click=_rerun, args=(key, picked),
                   help="the same config in a fresh run directory")
+        if job["state"] in ("failed", "cancelled"):
+            c2.button("Resume", key=f"{key}_resume", on_click=_rerun, args=(key, picked, True),
+                      help="the same config in the same run directory: what it finished is kept (stages, folds, "
+                           "decoded batches, the last saved training or RL step) and only the rest runs")
     show_error(st.session_state.pop(f"{key}_rerun_error", None), "Not re-run")
     curves = loss_curves(job["run_dir"])  # a run that trained a reward model: its loss per step
     if curves:
@@ -195,8 +200,8 @@ def job_results(store, kind: str, *, title: str, label: str, idle: str, read: Ca
     history(f"{kind}_history", kinds=[kind])
 
 
-def _rerun(key: str, job_id: int) -> None:
+def _rerun(key: str, job_id: int, same_run_dir: bool = False) -> None:
     try:  # a callback: it may still point the job picker at the new job
-        st.session_state[f"{key}_job"] = rerun_job(project_store(), job_id)
+        st.session_state[f"{key}_job"] = rerun_job(project_store(), job_id, same_run_dir=same_run_dir)
     except (ValueError, OSError) as exc:
         st.session_state[f"{key}_rerun_error"] = exc

@@ -438,8 +438,10 @@ def cancel_job(store: Store, job_id: int, grace: float = 10.0) -> dict:
 
 def rerun_job(store: Store, job_id: int, *, same_run_dir: bool = False) -> int:
     """Start a finished (usually failed or cancelled) job again with the same config -> the new job's id.
-    A fresh run directory keeps the old run's logs and checkpoint; ``same_run_dir`` resumes in place
-    (a pipeline then reuses its finished stages)."""
+    A fresh run directory keeps the old run's logs and checkpoint; ``same_run_dir`` resumes in place:
+    a pipeline, adv-rounds or crossval reuses its finished stages, variant decoding its finished batches
+    (resume.Journal), training and an attack their last saved step (resume.Snapshot). What the earlier
+    job already sent to Curation is not sent again."""
     job = refresh_job(store, job_id)
     if job["state"] in ACTIVE:
         raise StoreError(f"job {job_id} is still {job['state']}.", fix="cancel it first, or wait for it to end.")
@@ -478,6 +480,19 @@ def ingest_results(store: Store, job_id: int) -> dict:
         if (d / "variants.jsonl").is_file():
             with open(d / "variants.jsonl", encoding="utf-8") as fh:
                 records = [json.loads(line) for line in fh if line.strip()]
-            out["variants"] += store.add_variants(records, job_id)
+            out["variants"] += store.add_variants(records, job_id, resumed=_resumed(store, job))
     store.update_job(job_id, ingested=True)
+    return out
+
+
+def _resumed(store: Store, job: dict) -> list[int]:
+    """The earlier jobs that ``job`` resumed in the same run directory (rerun_job(same_run_dir=True)), newest first."""
+    out, seen = [], {job["id"]}
+    while job.get("rerun_of") is not None and job["rerun_of"] not in seen:
+        earlier = store.get_job(job["rerun_of"])
+        if earlier["run_dir"] != job["run_dir"]:
+            break
+        out.append(earlier["id"])
+        seen.add(earlier["id"])
+        job = earlier
     return out

@@ -653,17 +653,23 @@ class Store:
                         "LIMIT ?)", [keep])
 
     # ----------------------------------------------------------------------- variants and decisions
-    def add_variants(self, records: Sequence[dict], job_id: int | None = None) -> list[int]:
+    def add_variants(self, records: Sequence[dict], job_id: int | None = None, resumed: Sequence[int] = ()) -> list[int]:
         """Store Variant.to_record() dicts (steps and reward trace kept as JSON) -> their ids, in order.
-        A record already stored for the same job (pair, direction, text) keeps its row and id."""
+        A record already stored for the same job (pair, direction, text) keeps its row and id; so does one
+        stored for a job in ``resumed``: the earlier jobs this one resumed in the same run directory, which
+        ingested the stages they finished."""
         _int(job_id, "job_id", minimum=1, optional=True)
+        for earlier in resumed:
+            _int(earlier, "resumed job id", minimum=1)
         rows = [_variant_row(r, job_id, i) for i, r in enumerate(records)]
-        return self._insert_variants(rows, job_id)[0]
+        return self._insert_variants(rows, job_id, aliases=[f"job{j}:" for j in resumed])[0]
 
-    def _insert_variants(self, rows: list[dict], job_id: int | None, note: str | None = None) -> tuple[list[int], int]:
+    def _insert_variants(self, rows: list[dict], job_id: int | None, note: str | None = None,
+                         aliases: Sequence[str] = ()) -> tuple[list[int], int]:
         """-> (ids, how many were new); with ``note``, each newly inserted variant also gets an 'approve'
         decision carrying it. A row with a ``content`` digest (an import) whose pair an approved variant
-        already adds is skipped (its id is None)."""
+        already adds is skipped (its id is None). ``aliases``: key prefixes (``job7:``) under which a row
+        counts as already stored too."""
         cols = ["key", "job_id", "pair_id", "direction", "prompt", "original_chosen", "original_rejected", "text", "r_variant",
                 "r_trace", "r_chosen", "r_rejected", "margin", "perplexity", "plain_perplexity", "fluent", "truncated",
                 "is_inversion", "steps", "trace", "appropriate", "appropriateness", "persona"]
@@ -675,7 +681,9 @@ class Store:
             approved = {_pair_digest(r["prompt"], *self._pair_of(r)) for r in self._approved_rows(con)} \
                 if any("content" in r for r in rows) else set()
             for row in rows:
-                found = con.execute("SELECT id FROM variants WHERE key = ?", [row["key"]]).fetchone()
+                keys = [row["key"]] + [a + row["key"].split(":", 1)[1] for a in aliases]
+                found = con.execute(f"SELECT id FROM variants WHERE key IN ({', '.join('?' * len(keys))}) ORDER BY id",
+                                    keys).fetchone()
                 if found or row.get("content") in approved:
                     ids.append(found[0] if found else None)
                     continue

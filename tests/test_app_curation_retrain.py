@@ -17,6 +17,7 @@ from reform_engine.data import load_preferences, write_jsonl
 from reform_engine.decoding import DecodingResult, StepRecord
 from reform_engine.influence import ScoredPair
 from reform_engine.inversions import make_variant
+from reform_engine.jobs import cancel_job
 from reform_engine.reward_model import RewardModelSpec, build_reward_model
 from reform_engine.runtime import Runtime
 from reform_engine.store import Store
@@ -375,6 +376,13 @@ def test_retrain_page_starts_and_cancels_a_pipeline(env):
     at.run()
     assert Store(env["db"]).get_job(job)["state"] == "cancelled" and not job_progress(at)
     assert table(at, "minutes")["state"].tolist() == ["cancelled"]
+    at.button(key="retrain_history_resume").click()  # the cancelled job again, in its own run directory
+    at.run()
+    store = Store(env["db"])
+    resumed = max(store.list_jobs()["id"].tolist())
+    again, before = store.get_job(resumed), store.get_job(job)
+    assert (again["rerun_of"], again["run_dir"], again["config"]) == (job, before["run_dir"], before["config"])
+    assert cancel_job(store, resumed, grace=5)["state"] == "cancelled"
 
     at.text_input(key="robustness_rm").set_value("/no/such/rm")
     at.button(key="robustness_start").click()
@@ -384,7 +392,7 @@ def test_retrain_page_starts_and_cancels_a_pipeline(env):
     at.button(key="pipeline_start").click()
     at.run()
     assert any("Not started" in e.value and "start:end" in e.value for e in at.error)
-    assert len(Store(env["db"]).list_jobs()) == 1 and not at.exception
+    assert len(Store(env["db"]).list_jobs()) == 2 and not at.exception  # the pipeline and its resumption
 
 
 def test_retrain_page_starts_a_pipeline_with_its_personas_appropriateness_ablations_and_best_of_n(env):

@@ -232,6 +232,24 @@ def test_ingest_reads_every_finished_stage_of_a_pipeline_once(store, tmp_path):
     assert ingest_results(store, measuring) == {"variants": []} and store.get_job(measuring)["ingested"] is True
     assert len(store.list_variants(inversions_only=False)) == 2
 
+    # resumed in the same run directory, twice: what an earlier job of the chain sent to Curation is not sent again
+    later = Variant("demo:5", "lower", prompt, "Hello there!", "Go away.", "Hey", -2.0, -2.0, 1.0, -1.0, 1.0, 12.5, True, [step])
+    stage("variants_random", "succeeded", {"stats": {}}, {"reward_model": "base/checkpoint"}, [found, later])
+    resumed = store.add_job("pipeline", {}, str(tmp_path / "pipe"))
+    store.update_job(resumed, state="cancelled", rerun_of=job_id)
+    again = store.add_job("pipeline", {}, str(tmp_path / "pipe"))
+    store.update_job(again, state="succeeded", rerun_of=resumed)
+    first = ingest_results(store, resumed)["variants"]
+    assert first[:3] == [1, 2, 1] and first[3] not in (1, 2)
+    assert ingest_results(store, again)["variants"] == first
+    assert sorted(store.list_variants(inversions_only=False)["text"].tolist()) == ["", "Hey", "Hi"]
+    elsewhere = store.add_job("pipeline", {}, str(tmp_path / "pipe"))  # rerun_of a job in another directory: its own copies
+    other = store.add_job("pipeline", {}, str(tmp_path / "other"))
+    store.update_job(other, state="failed")
+    store.update_job(elsewhere, state="succeeded", rerun_of=other)
+    own = ingest_results(store, elsewhere)["variants"]
+    assert len(set(own)) == 3 and not set(own) & set(first)
+
 
 def full_disk(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
