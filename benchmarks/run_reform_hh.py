@@ -11,7 +11,8 @@ finished job is not run again):
     base      the default recipe on fold!=0/5@0 (2 epochs, seed 0): crossval's fold-0 model, reusable
     judge     the same recipe, seed 1, on a seeded 1,000 of the same rows: appropriateness and best-of-N only
     pipeline  from-scratch arms with the base's recipe: reform (lowest-loss p%, filtered by the judge), its
-              unfiltered and fine-tuned twins, random and highest-loss p%; robustness of every arm on the 377
+              unfiltered and fine-tuned twins, random and highest-loss p% (each also at the reform arm's count of
+              pairs, a seeded sample: added before it ran); robustness of every arm on the 377
               held-out pairs of fold=0/5@0; best-of-N base vs each arm judged by the judge
 
 At the end the per-arm table (reports.arm_markdown) is printed; paste it into RESULTS.md with the date.
@@ -57,6 +58,7 @@ def configs(args) -> list[tuple[str, object, Path, str]]:
                                       appropriateness=AppropriatenessConfig(source="judge", judge_rm=judge_rm))
     pipeline = PipelineConfig(base_rm=base_rm, base=recipe, variants=variants, retrain=RetrainRecipe(mode="scratch"),
                               ablate_random=True, ablate_highest_loss=True, ablate_retrain_mode=True,
+                              ablate_equal_count=True,  # added 2026-11-30 18:40 UTC, before it ran (RESULTS.md)
                               filter_inappropriate=True, ablate_appropriateness=True,
                               eval_data=args.data, eval_rows=held_out, bon_judge_rm=judge_rm, bon_prompts=100, bon_n=8,
                               runtime=runtime)

@@ -21,6 +21,10 @@ Models compared:
   highest_loss
            with ``ablate_highest_loss``: inversions decoded from the highest-loss p%, the pairs the base
            gets most wrong (ablation: the seed's open question about the lowest-loss heuristic)
+  random_equal / highest_loss_equal
+           with ``ablate_equal_count``: the random (highest_loss) arm on a seeded sample of its pairs at the
+           reform arm's count, when it has more, so that reform is compared with it pair for pair (a random
+           pair is less confidently ranked and flips more often, so the same p% adds more pairs).
   no_aug   the same extra fine-tuning epochs on the original pairs alone (ablation: is it just more
            training?), whenever an arm is fine-tuned (retrain.mode finetune, or ablate_retrain_mode).
            A from-scratch retrain without new pairs is the base's recipe, data and seed again, i.e. the
@@ -33,6 +37,7 @@ per-arm report (reports.arm_table) reads those stages.
 from __future__ import annotations
 
 import dataclasses
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +47,7 @@ from .data import parse_rows
 from .influence import InfluenceConfig, find_influential
 from .inversions import GenerateVariantsConfig, generate_variants
 from .robustness import RobustnessConfig, evaluate_robustness, robustness_stage
-from .runs import RunDir, job
+from .runs import RunDir, atomic_write_text, job
 from .runtime import Runtime
 from .stages import RETRAIN_MODES, ComparisonResult, ModelReport, RetrainRecipe, Stages
 from .training import TrainRewardConfig, train_reward_model
@@ -70,6 +75,8 @@ class PipelineConfig:
     ablate_random: bool = setting(True, "also augment from a random p% instead of the lowest-loss p%")
     ablate_highest_loss: bool = setting(False, "also augment from the highest-loss p% (the pairs the base gets most wrong) "
                                                "instead of the lowest-loss p%")
+    ablate_equal_count: bool = setting(False, "also the random and highest_loss arms on a seeded sample of their pairs at "
+                                              "the reform arm's count (random_equal, highest_loss_equal), when they have more")
     ablate_retrain_mode: bool = setting(False, "also the reform arm retrained the other way (reform_finetune after scratch, "
                                                "reform_scratch after finetune) on the same added pairs")
     ablate_no_augment: bool = setting(True, "when an arm is fine-tuned: also the same extra epochs without new pairs "
@@ -142,7 +149,8 @@ class PipelineConfig:
         """The arms this config trains after the base, in order (a skipped one, without new pairs, included)."""
         reform = [f"reform_{'unfiltered' if self.filter_inappropriate else 'filtered'}"] * self.ablate_appropriateness
         reform += [f"reform_{self.other_mode()}"] * self.ablate_retrain_mode
-        return ["reform", *reform, *(ARMS[s] for s in self.strategies()[1:])] + ["no_aug"] * self.trains_no_aug()
+        others = [a for s in self.strategies()[1:] for a in (ARMS[s], *[f"{ARMS[s]}_equal"] * self.ablate_equal_count)]
+        return ["reform", *reform, *others] + ["no_aug"] * self.trains_no_aug()
 
     def strategies(self) -> list[str]:
         return ["lowest_loss"] + ["random"] * self.ablate_random + ["highest_loss"] * self.ablate_highest_loss
@@ -154,6 +162,16 @@ class PipelineConfig:
 def _count_lines(path: str) -> int:
     with open(path, encoding="utf-8") as fh:
         return sum(1 for line in fh if line.strip())
+
+
+def _sample_lines(path: str, n: int, seed: int, out: Path) -> str:
+    """A seeded sample of ``n`` of the pairs in ``path``, in their order, written to ``out`` -> its path. The same
+    inputs give the same file, so a rerun's retraining stage sees the config (and the pairs) it ran with."""
+    with open(path, encoding="utf-8") as fh:
+        lines = [line for line in fh if line.strip()]
+    keep = sorted(random.Random(seed).sample(range(len(lines)), n))
+    atomic_write_text(out, "".join(lines[i] if lines[i].endswith("\n") else lines[i] + "\n" for i in keep))
+    return str(out)
 
 
 def _outcome(result: ComparisonResult) -> str:
@@ -202,6 +220,7 @@ def run_pipeline(config: PipelineConfig, run: RunDir) -> ComparisonResult:
     def pairs_of(out: dict, filtered: bool) -> str:
         return out["appropriate_augment_path"] if filtered else out["augment_path"]
 
+    reform_count = 0
     for strategy in strategies:
         arm = ARMS[strategy]
         out = stages(f"variants_{strategy}", generate_variants,
@@ -209,6 +228,17 @@ def run_pipeline(config: PipelineConfig, run: RunDir) -> ComparisonResult:
         variants[strategy] = out["stats"]
         pairs = config.approved if arm == "reform" and config.approved else pairs_of(out, config.filter_inappropriate)
         augment(arm, pairs, strategy)
+        if arm == "reform":
+            reform_count = _count_lines(pairs)
+        elif config.ablate_equal_count:  # the same arm at reform's count: pair for pair, not p% for p%
+            n = _count_lines(pairs)
+            if 0 < reform_count < n:
+                run.log(f"{arm}_equal: a seeded {reform_count} of the arm's {n} pairs (the reform arm's count)")
+                augment(f"{arm}_equal", _sample_lines(pairs, reform_count, config.runtime.seed,
+                                                      run.path / f"{arm}_equal.pairs.jsonl"), strategy)
+            else:
+                run.log(f"{arm}_equal: the arm has {n} pairs and reform {reform_count}; no smaller sample to take — skipped")
+                stages.skip(2)
         if arm == "reform" and config.ablate_appropriateness:
             other = "reform_unfiltered" if config.filter_inappropriate else "reform_filtered"
             augment(other, pairs_of(out, not config.filter_inappropriate), strategy)

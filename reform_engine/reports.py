@@ -179,6 +179,7 @@ STAGE_KINDS = {"base": "train", "retrain": "train", "influence": "find", "varian
 STAGE_ALIASES = {"lowest_loss": "reform", "": "retrained"}
 SHARED_STAGES = {"influence": ("reform", "random", "highest_loss")}   # one stage every one of these arms is built on
 REFORM_ARM = "reform"   # reform_filtered, reform_finetune, ...: the reform arm's pairs, other training: built on its find stages
+EQUAL_SUFFIX = "_equal"  # random_equal, highest_loss_equal: a sample of that arm's pairs, built on its find stages
 INDICATORS = ("extreme_negative_share", "length_corr")        # the seed's spurious-correlation checks, before (base) and after
 
 
@@ -232,7 +233,8 @@ def stage_seconds(stages: Sequence[dict], arm: str) -> dict[str, float]:
     """Wall seconds of the stages that built and evaluated ``arm``, by what they do -> {train, find, eval}
     (eval: its robustness and best-of-N). A stage several arms are built on (the influence ranking, the
     reform arm's variants for its ablations) counts in each; a reused stage counts the time it took when it ran."""
-    found_as = {arm} | ({REFORM_ARM} if arm.startswith(f"{REFORM_ARM}_") else set())
+    found_as = {arm} | ({REFORM_ARM} if arm.startswith(f"{REFORM_ARM}_") else set()) \
+        | ({arm.removesuffix(EQUAL_SUFFIX)} if arm.endswith(EQUAL_SUFFIX) else set())
     out = {"train": 0.0, "find": 0.0, "eval": 0.0}
     for s in stages:
         found = _stage_arm(s["name"])

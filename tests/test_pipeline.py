@@ -181,6 +181,34 @@ def test_the_highest_loss_arm_decodes_from_the_highest_loss_pairs_and_the_retrai
     assert json.loads((run / "report.json").read_text())["complete"] is True
 
 
+def test_the_equal_count_arm_retrains_on_a_seeded_sample_of_the_random_arms_pairs_at_the_reform_arms_count(invertible):
+    tmp_path, cfg = invertible
+    write_jsonl(tmp_path / "one.jsonl", [{"prompt": "Hi?", "chosen": "Hello, how can I help?", "rejected": "What."}])
+    config = PipelineConfig(**{**cfg, "approved": str(tmp_path / "one.jsonl")}, ablate_equal_count=True)
+    assert config.arms() == ["reform", "random", "random_equal"]
+    result = run_pipeline(config, tmp_path / "run")
+    run = tmp_path / "run"
+    added = {m.name: m.augment_pairs for m in result.models}
+    random_pairs = lines(run / "variants_random" / "augment.jsonl")
+    assert added["reform"] == 1 and added["random"] == len(random_pairs) > 1  # the fixture inverts easily
+    equal = json.loads((run / "retrain_random_equal" / "config.json").read_text())
+    sample = lines(equal["augment_data"])
+    assert added["random_equal"] == len(sample) == 1 and sample[0] in random_pairs
+    assert f"random_equal: a seeded 1 of the arm's {len(random_pairs)} pairs" in (run / "log.txt").read_text()
+    status = json.loads((run / "status.json").read_text())
+    assert status["total"] == len(result.stages) and status["progress"] == 1.0
+    again = run_pipeline(config, run)  # the sample is the same file again: nothing re-runs
+    assert all(t.reused for t in again.stages)
+
+    # an arm with no more pairs than reform's has no smaller sample: skipped, and the log says why
+    write_jsonl(tmp_path / "many.jsonl", [{"prompt": f"Hi {i}?", "chosen": "Hello.", "rejected": "What."} for i in range(50)])
+    many = run_pipeline(PipelineConfig(**{**cfg, "approved": str(tmp_path / "many.jsonl")}, ablate_equal_count=True),
+                        tmp_path / "many")
+    assert "random_equal" not in [m.name for m in many.models]
+    assert "no smaller sample to take — skipped" in (tmp_path / "many" / "log.txt").read_text()
+    assert json.loads((tmp_path / "many" / "status.json").read_text())["progress"] == 1.0
+
+
 def test_in_scratch_mode_the_base_is_the_no_augmentation_model_and_the_log_says_so(setup):
     from safetensors.torch import load_file
 

@@ -142,6 +142,9 @@ def test_stage_seconds_count_each_arms_own_stages_by_what_they_did_and_shared_on
     assert stage_seconds(pipeline, "base") == {"train": 10.0, "find": 0.0, "eval": 1.0}
     assert stage_seconds(pipeline, "reform") == {"train": 12.0, "find": 7.0, "eval": 1.5}
     assert stage_seconds(pipeline, "random") == {"train": 11.0, "find": 6.0, "eval": 1.25}
+    equal = pipeline + [{"name": "retrain_random_equal", "seconds": 7.0}, {"name": "robustness_random_equal", "seconds": 0.5}]
+    assert stage_seconds(equal, "random_equal") == {"train": 7.0, "find": 6.0, "eval": 0.5}  # built on random's finding
+    assert stage_seconds(equal, "random") == {"train": 11.0, "find": 6.0, "eval": 1.25}
     retrain = [{"name": "retrain", "seconds": 8.0}, {"name": "robustness_base", "seconds": 1.0},
                {"name": "robustness_retrained", "seconds": 2.0}]
     assert stage_seconds(retrain, "retrained") == {"train": 8.0, "find": 0.0, "eval": 2.0}
