@@ -103,6 +103,9 @@ def streamlit_server(env: dict[str, str], log_path: Path, start_timeout: float =
                 raise RuntimeError(f"streamlit did not answer on {url} within {start_timeout:.0f} s; see {log_path}")
             time.sleep(0.25)
         yield url
+    except BaseException:
+        _show_server_state(proc, log_path)
+        raise
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -112,6 +115,22 @@ def streamlit_server(env: dict[str, str], log_path: Path, start_timeout: float =
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         log.close()
+
+
+def _show_server_state(proc: subprocess.Popen, log_path: Path, lines: int = 120) -> None:
+    """When a test fails with the server up: ask it for every thread's stack (app.py registers SIGUSR1 with
+    faulthandler) and print the end of its log, so a hang in CI says where it hangs."""
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, signal.SIGUSR1)
+            time.sleep(1.0)
+        except OSError:
+            pass
+    try:
+        tail = Path(log_path).read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return
+    print(f"--- last {len(tail)} lines of {log_path} (thread stacks at the end) ---", *tail, sep="\n")
 
 
 def launch_chromium(playwright, executable: str):
