@@ -14,7 +14,7 @@ from pages._draw import STATE_ICON, WAIT, flash, loss_figure, md_code, md_escape
 from pages._project import project_store
 from reform_engine.eta import ProgressClock, progress_text
 from reform_engine.jobs import ACTIVE, cancel_job, max_jobs, queue_position, refresh_job, rerun_job, start_job
-from reform_engine.reports import history_frame, log_tail, loss_curves, stage_status
+from reform_engine.reports import history_frame, log_tail, loss_curves, stage_status, trunk_caches
 
 POLL_SECONDS = 2.0
 
@@ -153,7 +153,25 @@ def history(key: str, kinds: Sequence[str] | None = None) -> None:
         st.plotly_chart(loss_figure(curves), key=f"{key}_loss_{picked}")
     with st.expander("Config"):
         st.json(job["config"], expanded=False)
+    _trunk_cache_panel(job["run_dir"], f"{key}_cache_{picked}")
     st.code(log_tail(job) or "(nothing logged)", language=None)
+
+
+def _trunk_cache_panel(run_dir: str, key: str) -> None:
+    """The frozen layers' cache the run uses: its size on disk now, and the hits and misses of each job or stage."""
+    rows, lines = trunk_caches(run_dir)
+    if not rows and not lines:
+        return
+    total = sum(r["bytes"] for r in rows) / 2**20
+    with st.expander(f"Trunk cache: {total:,.0f} MB on disk" if rows else "Trunk cache"):
+        if rows:
+            st.dataframe([{**r, "bytes": r["bytes"] / 2**20} for r in rows], hide_index=True, key=key, column_config={
+                "bytes": st.column_config.NumberColumn("MB", format="%.1f"),
+                "cached_layers": st.column_config.TextColumn("layers cached")})
+        else:
+            st.caption("Its directories are gone (the files are safe to delete; the next job fills them again).")
+        if lines:
+            st.code("\n".join(lines[-8:]), language=None)
 
 
 def start_from_page(store, kind: str, config, flash_key: str, message: Callable[[int], str], picker_key: str = "") -> None:

@@ -146,6 +146,30 @@ def loss_curves(run_dir: str | os.PathLike | None) -> dict[str, list[float]]:
     return curves
 
 
+CACHE_LINE = "trunk cache: "   # how trunk_cache.TrunkCache.report's line starts in a job's log
+
+
+def trunk_caches(run_dir: str | os.PathLike | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The trunk caches a run and its stages use, as they are on disk now (trunk_cache.usage, one row per
+    directory and trunk), and the cache's lines of their logs (hits, misses, size per job or stage), oldest
+    first -> (rows, lines); ([], []) for a run that used none."""
+    from .trunk_cache import run_setting_dirs, usage
+
+    if not run_dir or not Path(run_dir).is_dir():
+        return [], []
+    run_dir = Path(run_dir)
+    runs = [run_dir, *(run_dir / s["stage"] for s in stage_status(run_dir))]
+    dirs = dict.fromkeys(d.resolve() for r in runs for d in run_setting_dirs(r))
+    lines = []
+    for r in runs:
+        try:
+            text = (r / "log.txt").read_text(errors="replace")
+        except OSError:
+            continue
+        lines += [line for line in text.splitlines() if CACHE_LINE in line and " hits, " in line]
+    return [row for d in dirs for row in usage(d)], sorted(lines)
+
+
 def log_tail(job: dict[str, Any], max_lines: int = 40, max_bytes: int = 16_384) -> str:
     """The last lines of a job's logs: its own ``log.txt`` (what it did) and ``process.log`` (its
     output, with any traceback), each at most ``max_lines`` lines from its last ``max_bytes`` bytes."""

@@ -331,16 +331,45 @@ def setting_dirs(setting: str, run_dir: str | Path) -> list[Path]:
 
 def run_cache_dirs(checkpoint: str | Path) -> list[Path]:
     """Where the run that wrote ``checkpoint`` kept its trunk states (its config.json's setting)."""
-    from .runs import read_json
-
-    run_dir = Path(checkpoint).expanduser().parent
     if not Path(checkpoint).expanduser().is_dir():
         return []  # a model id, not a checkpoint of ours
+    return run_setting_dirs(Path(checkpoint).expanduser().parent)
+
+
+def run_setting_dirs(run_dir: str | Path) -> list[Path]:
+    """The cache directories run ``run_dir`` names in its config.json (the first is the one it writes)."""
+    from .runs import read_json
+
+    run_dir = Path(run_dir)
     saved = read_json(run_dir / "config.json", {})
     runtime = saved.get("runtime") if isinstance(saved, dict) else None
     setting = runtime.get("trunk_cache", "auto") if isinstance(runtime, dict) else saved.get("trunk_cache", "auto") \
         if isinstance(saved, dict) else "auto"  # a run's runtime, or a flat config of a run before nested configs
     return setting_dirs(setting, run_dir)
+
+
+def usage(directory: str | Path) -> list[dict]:
+    """What a cache directory holds on disk now, one row per trunk (namespace) in it: entries, bytes
+    (the part files, torn records included), and the layers cached. [] when nothing is there."""
+    rows = []
+    root = Path(directory)
+    for ns in sorted(root.iterdir()) if root.is_dir() else []:
+        meta = _read_meta(ns / "meta.json")
+        if meta is None:
+            continue
+        files = [f for f in ns.glob("part-*") if f.suffix in (".bin", ".idx")]
+        rows.append({"directory": str(root), "trunk": ns.name, "cached_layers": f"0-{meta['split'] - 1} of {meta['layers']}",
+                     "entries": sum(f.stat().st_size // RECORD.size for f in files if f.suffix == ".idx"),
+                     "bytes": sum(f.stat().st_size for f in files)})
+    return rows
+
+
+def _read_meta(path: Path) -> dict | None:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and {"split", "layers"} <= meta.keys() else None
 
 
 def finish(trunk: TrunkCache | None, note: str, log) -> dict:

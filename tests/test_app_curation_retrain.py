@@ -591,3 +591,25 @@ def test_a_queued_job_shows_its_place_in_the_queue_and_is_cancelled_only_once_co
     assert job_progress(at) == [f"{WAIT} job #{running} robustness: scoring"]
     busy.kill()
     busy.wait()
+
+
+def test_a_jobs_details_show_its_trunk_cache_on_disk_and_its_log_lines(env, tmp_path):
+    import json
+
+    run = tmp_path / "cached-run"
+    ns = run / "trunk_cache" / "0123abcd"
+    ns.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"runtime": {"trunk_cache": "auto"}}))
+    (ns / "meta.json").write_text(json.dumps({"split": 22, "layers": 30}))
+    (ns / "part-1-a.idx").write_bytes(b"r" * 32 * 4)
+    (ns / "part-1-a.bin").write_bytes(b"s" * 3 * 2**20)
+    (run / "log.txt").write_text("2026-01-01 00:00:00 trunk cache: 7 hits, 4 misses; 4 entries, 3.0 MB\n")
+    store = Store(env["db"])
+    job = store.add_job("pipeline", {}, str(run))
+    store.update_job(job, state="succeeded", progress=1.0, message="done")
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/retrain.py")
+    assert at.selectbox(key="retrain_history_job").value == job
+    [panel] = [e for e in at.expander if e.label.startswith("Trunk cache")]
+    assert panel.label == "Trunk cache: 3 MB on disk"
+    assert panel.dataframe[0].value[["trunk", "cached_layers", "entries"]].values.tolist() == [["0123abcd", "0-21 of 30", 4]]
+    assert "7 hits, 4 misses" in panel.code[0].value

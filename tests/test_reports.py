@@ -295,3 +295,29 @@ def test_the_reform_arm_against_each_ablation_arm_is_paired_on_the_same_held_out
     lines = versus_markdown(table).splitlines()
     assert len(lines) == 2 + len(others) and lines[2].startswith(f"| reform | {others[0]} | 2 | ")
     assert versus_table(root / "pipeline", arm="nothing").empty and versus_markdown(versus_table(root)) == ""
+
+
+def test_trunk_caches_of_a_run_and_its_stages_with_their_log_lines(tmp_path):
+    import json
+
+    from reform_engine.reports import trunk_caches
+    from reform_engine.runtime import Runtime
+    from reform_engine.training import TrainRewardConfig
+
+    run, shared = tmp_path / "pipe", tmp_path / "shared"
+    atomic_write_json(run / "config.json", TrainRewardConfig())  # 'auto': pipe/trunk_cache
+    RunDir(run / "base").set_status("succeeded", progress=1.0)
+    atomic_write_json(run / "base" / "config.json", TrainRewardConfig(runtime=Runtime(trunk_cache=str(shared))))
+    for d, n in ((run / "trunk_cache" / "ns1", 3), (shared / "ns2", 5)):
+        d.mkdir(parents=True)
+        (d / "meta.json").write_text(json.dumps({"split": 22, "layers": 30}))
+        (d / "part-1-a.idx").write_bytes(b"x" * 32 * n)  # 32-byte records
+        (d / "part-1-a.bin").write_bytes(b"y" * 1000)
+    (run / "log.txt").write_text("2026-01-01 00:00:02 trunk cache: 3 hits, 0 misses; 3 entries\nother line\n")
+    (run / "base" / "log.txt").write_text("2026-01-01 00:00:01 trunk cache: layers 0-21 of 30 from 0 stored entries\n"
+                                          "2026-01-01 00:00:01 trunk cache: 0 hits, 5 misses; 5 entries\n")
+    rows, lines = trunk_caches(run)
+    assert [(r["directory"], r["trunk"], r["entries"], r["bytes"], r["cached_layers"]) for r in rows] == [
+        (str((run / "trunk_cache").resolve()), "ns1", 3, 1096, "0-21 of 30"), (str(shared.resolve()), "ns2", 5, 1160, "0-21 of 30")]
+    assert [line.split(" trunk cache: ")[1] for line in lines] == ["0 hits, 5 misses; 5 entries", "3 hits, 0 misses; 3 entries"]
+    assert trunk_caches(tmp_path / "gone") == ([], []) and trunk_caches(None) == ([], [])

@@ -192,3 +192,19 @@ def test_cut_files_or_an_unwritable_directory_cost_the_cache_not_the_scores(tiny
     assert (s["hits"], s["misses"], s["written_bytes"], s["directory"]) == (0, 24, 0, "")
     blocked, _ = open_trunk_cache(rm, str(tmp_path / "blocked"), tmp_path)  # nothing to read, nowhere to write
     assert score_encoded_groups(rm, groups, trunk=blocked) == got
+
+
+def test_usage_counts_each_trunks_entries_and_bytes_on_disk(tiny_model_dir, toy_pairs, tmp_path):
+    from reform_engine.trunk_cache import RECORD, usage
+
+    assert usage(tmp_path / "none") == []
+    rm = lora_rm(tiny_model_dir)
+    cache, _ = open_trunk_cache(rm, "auto", tmp_path)
+    score_encoded_groups(rm, groups_of(rm, toy_pairs), batch_size=8, trunk=cache)
+    summary = cache.summary()
+    cache.close()
+    (tmp_path / "trunk_cache" / "stray").mkdir()  # not a trunk: no meta.json
+    [row] = usage(tmp_path / "trunk_cache")
+    layers = rm.backbone.config.num_hidden_layers
+    assert row["entries"] == summary["entries"] == 24 and row["cached_layers"] == f"0-{summary['split'] - 1} of {layers}"
+    assert row["bytes"] == summary["written_bytes"] + 24 * RECORD.size  # the states and keys, plus the index records
