@@ -100,7 +100,8 @@ class Flag:
         return "--" + ".".join(p.replace("_", "-") for p in self.path)
 
 
-def _field_default(f: dataclasses.Field) -> Any:
+def field_default(f: dataclasses.Field) -> Any:
+    """A dataclass field's default value (a fresh one from its factory); MISSING when it has none."""
     if f.default is not MISSING:
         return f.default
     if f.default_factory is not MISSING:
@@ -116,7 +117,7 @@ def flags(cls: type, defaults: Any = None, prefix: tuple[str, ...] = (), skip: t
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        default = getattr(defaults, f.name) if defaults is not None else _field_default(f)
+        default = getattr(defaults, f.name) if defaults is not None else field_default(f)
         tp, optional = _plain(hints[f.name])
         if is_config(tp):
             sub = default if default is not MISSING else None

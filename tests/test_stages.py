@@ -248,3 +248,26 @@ def test_a_model_report_carries_intervals_from_its_per_pair_rewards_paired_again
     assert older.intervals == {}
     row = ComparisonResult([base, m], [], {}, 0.0, "").summary_rows()[1]
     assert row["drop_vs_base_low"] <= 0.5 <= row["drop_vs_base_high"] and row["n_pairs"] == 4
+
+
+@dataclass
+class WordsConfigLater(WordsConfig):
+    """WordsConfig after the engine gained a setting (and one in its runtime's place: a nested config)."""
+    lowercase: bool = False
+
+
+def test_a_stage_saved_before_a_setting_existed_is_reused_while_the_setting_holds_its_default(tmp_path):
+    timings: list[StageTiming] = []
+    run_stage(tmp_path, "count", count_words, WordsConfig("a b"), timings)
+    saved = read_json(tmp_path / "count" / "config.json")
+    del saved["runtime"]["trunk_cache"]  # a runtime setting added since, too
+    atomic_write_json(tmp_path / "count" / "config.json", saved)
+    run_stage(tmp_path, "count", count_words, WordsConfigLater("a b"), timings)
+    run_stage(tmp_path, "count", count_words, WordsConfigLater("a b", lowercase=True), timings)  # the new setting used: another config
+    assert [t.reused for t in timings] == [False, True, False]
+    saved = read_json(tmp_path / "count" / "config.json")
+    del saved["lowercase"]
+    saved["retired"] = 1  # a setting the engine no longer has: the stage was another config
+    atomic_write_json(tmp_path / "count" / "config.json", saved)
+    run_stage(tmp_path, "count", count_words, WordsConfigLater("a b"), timings)
+    assert [t.reused for t in timings] == [False, True, False, False]
