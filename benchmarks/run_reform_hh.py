@@ -59,6 +59,7 @@ def configs(args) -> list[tuple[str, object, Path, str]]:
     pipeline = PipelineConfig(base_rm=base_rm, base=recipe, variants=variants, retrain=RetrainRecipe(mode="scratch"),
                               ablate_random=True, ablate_highest_loss=True, ablate_retrain_mode=True,
                               ablate_equal_count=True,  # added 2026-11-30 18:40 UTC, before it ran (RESULTS.md)
+                              ablate_ordered=True,      # added 2026-11-30 20:30 UTC, before it ran (RESULTS.md)
                               filter_inappropriate=True, ablate_appropriateness=True,
                               eval_data=args.data, eval_rows=held_out, bon_judge_rm=judge_rm, bon_prompts=100, bon_n=8,
                               runtime=runtime)

@@ -38,7 +38,7 @@ FORM_KEYS = [f"retrain_{k}" for k in ("base", "mode", "data", "train_rows", "ft_
                                        "max_tokens", "ablate_random", "ablate_no_aug", "use_approved", "perturbations",
                                        "per_pair", "lower_persona", "lower_persona_text", "raise_persona", "raise_persona_text",
                                        "appropriateness", "appropriateness_judge", "filter_inappropriate", "ablate_highest_loss",
-                                       "ablate_mode", "ablate_appropriateness", "ablate_equal", "bon_judge", "bon_prompts", "bon_n")] + \
+                                       "ablate_mode", "ablate_appropriateness", "ablate_equal", "ablate_ordered", "bon_judge", "bon_prompts", "bon_n")] + \
             [f"robustness_{k}" for k in ("rm", "data", "rows", "perturbations")] + \
             [f"bon_{k}" for k in ("rm_a", "rm_b", "judge", "data", "rows", "prompts", "n")] + ["retrain_compare"]
 RESULT_KINDS = ["retrain", "pipeline", "robustness", "best-of-n"]
@@ -172,10 +172,14 @@ with tab_pipeline:
                                       help=help_of(PipelineConfig, "ablate_random"))
         ablate_highest = c[1].checkbox("Inversions from the highest-loss p%", value=defaults.ablate_highest_loss,
                                        key="pipeline_ablate_highest_loss", help=help_of(PipelineConfig, "ablate_highest_loss"))
-        ablate_equal = st.checkbox("Random and highest-loss arms also at the REFORM arm's count of pairs",
-                                   value=defaults.ablate_equal_count, key="pipeline_ablate_equal",
-                                   disabled=not (ablate_random or ablate_highest),
-                                   help=help_of(PipelineConfig, "ablate_equal_count"))
+        c = st.columns(2)
+        ablate_equal = c[0].checkbox("Random and highest-loss arms also at the REFORM arm's count of pairs",
+                                     value=defaults.ablate_equal_count, key="pipeline_ablate_equal",
+                                     disabled=not (ablate_random or ablate_highest),
+                                     help=help_of(PipelineConfig, "ablate_equal_count"))
+        ablate_ordered = c[1].checkbox("… and on only the pairs the base orders right", value=defaults.ablate_ordered,
+                                       key="pipeline_ablate_ordered", disabled=not (ablate_random or ablate_highest),
+                                       help=help_of(PipelineConfig, "ablate_ordered"))
         c = st.columns(2)
         other = {"scratch": "REFORM arm also fine-tuned", "finetune": "REFORM arm also from scratch"}[p_mode]
         ablate_mode = c[0].checkbox(other, value=defaults.ablate_retrain_mode, key="pipeline_ablate_mode",
@@ -218,6 +222,7 @@ with tab_pipeline:
                                     retrain=RetrainRecipe(mode=p_mode), ablate_random=ablate_random,
                                     ablate_highest_loss=ablate_highest, ablate_retrain_mode=ablate_mode,
                                     ablate_equal_count=ablate_equal and (ablate_random or ablate_highest),
+                                    ablate_ordered=ablate_ordered and (ablate_random or ablate_highest),
                                     ablate_no_augment=ablate_no_aug and finetuned,
                                     filter_inappropriate=filter_inappropriate and judged,
                                     ablate_appropriateness=ablate_appropriateness and judged,

@@ -25,6 +25,12 @@ Models compared:
            with ``ablate_equal_count``: the random (highest_loss) arm on a seeded sample of its pairs at the
            reform arm's count, when it has more, so that reform is compared with it pair for pair (a random
            pair is less confidently ranked and flips more often, so the same p% adds more pairs).
+  random_ordered / highest_loss_ordered
+           with ``ablate_ordered``: the random (highest_loss) arm on only the pairs decoded from a source pair
+           the base orders right (r(y+) > r(y-) when decoded), as every lowest-loss pair is, at the reform
+           arm's count (a seeded sample) when it has more. From a pair the base already orders wrong a
+           variant "crosses" without the RM making a new mistake: it is the old one again. Every
+           highest-loss pair is ordered wrong, so highest_loss_ordered has none and is skipped.
   no_aug   the same extra fine-tuning epochs on the original pairs alone (ablation: is it just more
            training?), whenever an arm is fine-tuned (retrain.mode finetune, or ablate_retrain_mode).
            A from-scratch retrain without new pairs is the base's recipe, data and seed again, i.e. the
@@ -37,6 +43,7 @@ per-arm report (reports.arm_table) reads those stages.
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +84,9 @@ class PipelineConfig:
                                                "instead of the lowest-loss p%")
     ablate_equal_count: bool = setting(False, "also the random and highest_loss arms on a seeded sample of their pairs at "
                                               "the reform arm's count (random_equal, highest_loss_equal), when they have more")
+    ablate_ordered: bool = setting(False, "also the random and highest_loss arms on only the pairs decoded from source pairs "
+                                          "the base orders right (a flip of a right ordering, as every lowest-loss pair is), at "
+                                          "the reform arm's count when they have more (random_ordered, highest_loss_ordered)")
     ablate_retrain_mode: bool = setting(False, "also the reform arm retrained the other way (reform_finetune after scratch, "
                                                "reform_scratch after finetune) on the same added pairs")
     ablate_no_augment: bool = setting(True, "when an arm is fine-tuned: also the same extra epochs without new pairs "
@@ -149,7 +159,8 @@ class PipelineConfig:
         """The arms this config trains after the base, in order (a skipped one, without new pairs, included)."""
         reform = [f"reform_{'unfiltered' if self.filter_inappropriate else 'filtered'}"] * self.ablate_appropriateness
         reform += [f"reform_{self.other_mode()}"] * self.ablate_retrain_mode
-        others = [a for s in self.strategies()[1:] for a in (ARMS[s], *[f"{ARMS[s]}_equal"] * self.ablate_equal_count)]
+        others = [a for s in self.strategies()[1:] for a in (ARMS[s], *[f"{ARMS[s]}_equal"] * self.ablate_equal_count,
+                                                             *[f"{ARMS[s]}_ordered"] * self.ablate_ordered)]
         return ["reform", *reform, *others] + ["no_aug"] * self.trains_no_aug()
 
     def strategies(self) -> list[str]:
@@ -171,6 +182,22 @@ def _sample_lines(path: str, n: int, seed: int, out: Path) -> str:
         lines = [line for line in fh if line.strip()]
     keep = sorted(random.Random(seed).sample(range(len(lines)), n))
     atomic_write_text(out, "".join(lines[i] if lines[i].endswith("\n") else lines[i] + "\n" for i in keep))
+    return str(out)
+
+
+def _ordered_lines(pairs_path: str, variants_path: str, out: Path) -> str:
+    """The pairs of ``pairs_path`` whose variant was decoded from a source pair the RM ordered right (its
+    r_chosen > r_rejected in ``variants_path``), in their order, written to ``out`` -> its path."""
+    from .inversions import Variant
+
+    with open(variants_path, encoding="utf-8") as fh:
+        records = [json.loads(line) for line in fh if line.strip()]
+    key = lambda trl: json.dumps(trl, sort_keys=True)  # noqa: E731  (the pairs file is TRL rows, without ids)
+    right = {key(new.to_trl()) for r in records if r["r_chosen"] > r["r_rejected"]
+             for new in [Variant.from_record(r).new_pair()] if new is not None}
+    with open(pairs_path, encoding="utf-8") as fh:
+        lines = [line for line in fh if line.strip() and key(json.loads(line)) in right]
+    atomic_write_text(out, "".join(line if line.endswith("\n") else line + "\n" for line in lines))
     return str(out)
 
 
@@ -217,6 +244,20 @@ def run_pipeline(config: PipelineConfig, run: RunDir) -> ComparisonResult:
                       (f"variants_{strategy}",))["checkpoint"]
         evaluate(arm, ckpt, n, f"retrain_{arm}")
 
+    def ordered_arm(arm: str, ordered: str, strategy: str) -> None:
+        n = _count_lines(ordered)
+        if n == 0:
+            run.log(f"{arm}_ordered: none of the arm's pairs comes from a source pair the base orders right — skipped")
+            stages.skip(2)
+            return
+        if 0 < reform_count < n:
+            run.log(f"{arm}_ordered: a seeded {reform_count} of the arm's {n} pairs from source pairs the base orders right "
+                    "(the reform arm's count)")
+            ordered = _sample_lines(ordered, reform_count, config.runtime.seed, run.path / f"{arm}_ordered.pairs.jsonl")
+        else:
+            run.log(f"{arm}_ordered: all {n} of the arm's pairs, from source pairs the base orders right")
+        augment(f"{arm}_ordered", ordered, strategy)
+
     def pairs_of(out: dict, filtered: bool) -> str:
         return out["appropriate_augment_path"] if filtered else out["augment_path"]
 
@@ -239,6 +280,8 @@ def run_pipeline(config: PipelineConfig, run: RunDir) -> ComparisonResult:
             else:
                 run.log(f"{arm}_equal: the arm has {n} pairs and reform {reform_count}; no smaller sample to take — skipped")
                 stages.skip(2)
+        if arm != "reform" and config.ablate_ordered:  # only flips of a right ordering, as the reform arm's all are
+            ordered_arm(arm, _ordered_lines(pairs, out["variants_path"], run.path / f"{arm}_ordered.all.pairs.jsonl"), strategy)
         if arm == "reform" and config.ablate_appropriateness:
             other = "reform_unfiltered" if config.filter_inappropriate else "reform_filtered"
             augment(other, pairs_of(out, not config.filter_inappropriate), strategy)

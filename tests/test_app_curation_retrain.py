@@ -407,6 +407,7 @@ def test_retrain_page_starts_a_pipeline_with_its_personas_appropriateness_ablati
     at.text_input(key="pipeline_appropriateness_judge").set_value(env["rm"])
     at.checkbox(key="pipeline_ablate_highest_loss").set_value(True)
     at.checkbox(key="pipeline_ablate_equal").set_value(True)
+    at.checkbox(key="pipeline_ablate_ordered").set_value(True)
     at.checkbox(key="pipeline_ablate_mode").set_value(True)
     at = settle(at)
     assert not at.checkbox(key="pipeline_filter_inappropriate").disabled and not at.checkbox(key="pipeline_ablate_no_aug").disabled
@@ -427,9 +428,9 @@ def test_retrain_page_starts_a_pipeline_with_its_personas_appropriateness_ablati
     assert (variants["variants_per_pair"], variants["lower_persona"], variants["raise_persona"]) == (3, "none", "compliant")
     assert variants["appropriateness"]["source"] == "judge" and variants["appropriateness"]["judge_rm"] == env["rm"]
     assert {k: config[k] for k in ("filter_inappropriate", "ablate_appropriateness", "ablate_random", "ablate_highest_loss",
-                                   "ablate_retrain_mode", "ablate_no_augment", "ablate_equal_count")} == {
+                                   "ablate_retrain_mode", "ablate_no_augment", "ablate_equal_count", "ablate_ordered")} == {
         "filter_inappropriate": True, "ablate_appropriateness": True, "ablate_random": True, "ablate_highest_loss": True,
-        "ablate_retrain_mode": True, "ablate_no_augment": True, "ablate_equal_count": True}
+        "ablate_retrain_mode": True, "ablate_no_augment": True, "ablate_equal_count": True, "ablate_ordered": True}
     assert (config["retrain"]["mode"], config["bon_judge_rm"], config["bon_prompts"], config["bon_n"]) == ("scratch", env["base"], 2, 4)
     at.button(key=f"retrain_cancel_{job}").click()
     at.run()

@@ -268,3 +268,56 @@ def test_an_appropriateness_judge_that_is_the_given_base_is_refused_before_anyth
     judged = dataclasses.replace(cfg["variants"], appropriateness=AppropriatenessConfig(source="judge", judge_rm=cfg["base_rm"]))
     with pytest.raises(ValueError, match="is the reward model being fixed"):
         PipelineConfig(**{**cfg, "variants": judged})
+
+
+def test_the_ordered_arms_keep_only_pairs_decoded_from_source_pairs_the_base_orders_right(invertible):
+    tmp_path, cfg = invertible
+    config = PipelineConfig(**cfg, ablate_highest_loss=True, ablate_ordered=True)
+    assert config.arms() == ["reform", "random", "random_ordered", "highest_loss", "highest_loss_ordered"]
+    result = run_pipeline(config, tmp_path / "run")
+    run, added = tmp_path / "run", {m.name: m.augment_pairs for m in result.models}
+    log = (run / "log.txt").read_text()
+    for arm in ("random", "highest_loss"):
+        variants = [v for v in lines(run / f"variants_{arm}" / "variants.jsonl") if v["is_inversion"]]
+        assert len(lines(run / f"variants_{arm}" / "augment.jsonl")) == len(variants) == added[arm] > 0
+        # the untrained base inverts only pairs it already orders wrong: each "inversion" is its old mistake again
+        assert all(v["r_chosen"] <= v["r_rejected"] for v in variants)
+        assert f"{arm}_ordered: none of the arm's pairs comes from a source pair the base orders right — skipped" in log
+        assert f"{arm}_ordered" not in added and not (run / f"retrain_{arm}_ordered").exists()
+    status = json.loads((run / "status.json").read_text())
+    assert status["total"] == len(result.stages) + 2 * 2 and status["progress"] == 1.0
+
+
+def test_ordered_lines_keep_the_pairs_of_variants_whose_source_pair_the_rm_ordered_right(tmp_path):
+    from reform_engine.inversions import Variant
+    from reform_engine.pipeline import _ordered_lines
+
+    def variant(pid, direction, text, r_chosen, r_rejected, inversion=True):
+        return Variant(pid, direction, ({"role": "user", "content": f"q{pid}"},), "good", "bad", text, 0.0, 0.0, r_chosen,
+                       r_rejected, 1.0, 2.0, inversion)
+
+    variants = [variant("a", "raise", "worse", 1.0, -1.0), variant("b", "raise", "worse", -1.0, 1.0),   # b: ordered wrong
+                variant("c", "lower", "better", 0.5, 0.0), variant("d", "lower", "x", 2.0, 0.0, inversion=False)]
+    write_jsonl(tmp_path / "variants.jsonl", [v.to_record() for v in variants])
+    pairs = [v.new_pair().to_trl() for v in variants if v.new_pair()]
+    write_jsonl(tmp_path / "augment.jsonl", pairs)
+    out = _ordered_lines(str(tmp_path / "augment.jsonl"), str(tmp_path / "variants.jsonl"), tmp_path / "ordered.jsonl")
+    assert lines(out) == [pairs[0], pairs[2]]
+    assert lines(out)[1] == {"prompt": [{"role": "user", "content": "qc"}], "chosen": "better", "rejected": "bad"}
+
+
+def test_an_ordered_arm_with_more_pairs_than_reform_retrains_on_a_seeded_sample_at_its_count(invertible, monkeypatch):
+    import reform_engine.pipeline as pipeline
+
+    tmp_path, cfg = invertible
+    write_jsonl(tmp_path / "one.jsonl", [{"prompt": "Hi?", "chosen": "Hello, how can I help?", "rejected": "What."}])
+    monkeypatch.setattr(pipeline, "_ordered_lines", lambda pairs, variants, out: pairs)  # as if the base ordered every source right
+    config = PipelineConfig(**{**cfg, "approved": str(tmp_path / "one.jsonl")}, ablate_ordered=True)
+    result = run_pipeline(config, tmp_path / "run")
+    run, added = tmp_path / "run", {m.name: m.augment_pairs for m in result.models}
+    random_pairs = lines(run / "variants_random" / "augment.jsonl")
+    sample = lines(json.loads((run / "retrain_random_ordered" / "config.json").read_text())["augment_data"])
+    assert added["reform"] == 1 and added["random"] == len(random_pairs) > 1
+    assert added["random_ordered"] == len(sample) == 1 and sample[0] in random_pairs
+    assert f"random_ordered: a seeded 1 of the arm's {len(random_pairs)} pairs from source pairs" in (run / "log.txt").read_text()
+    assert json.loads((run / "status.json").read_text())["progress"] == 1.0
