@@ -256,7 +256,6 @@ def run_attack(config: AttackConfig, run: RunDir) -> AttackResult:
     """Normalise, train the adversary with RLOO, sample fresh, keep and confirm; see the module docstring."""
     from .reward_model import load_reward_model
     from .rollouts import RolloutEngine, build_policy
-    from .stages import comparable
 
     seed = config.runtime.seed
     seed_everything(seed)
@@ -284,7 +283,7 @@ def run_attack(config: AttackConfig, run: RunDir) -> AttackResult:
     order = _prompt_order(len(prompts), seed)
     steps_path = run.path / STEPS_FILE
     keep_after = rl.steps - round(keep.keep_last * rl.steps)
-    snapshot = Snapshot(run.path / SNAPSHOT_FILE, {"config": comparable(config), "prompts": [p.pair_id for p in pairs]})
+    snapshot = Snapshot(run.path / SNAPSHOT_FILE, {"config": config, "prompts": [p.pair_id for p in pairs]})
     state = snapshot.load()
 
     if state is None:

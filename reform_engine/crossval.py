@@ -32,7 +32,8 @@ from .reward_model import RewardModelSpec, build_reward_model, load_reward_model
 from .runs import RunDir, atomic_torch_save, atomic_write_json, job, read_json, read_torch
 from .runtime import Runtime
 from .scoring import score_pairs
-from .stages import Stages, comparable, finished
+from .config_keys import comparable
+from .stages import Stages, finished
 from .training import TrainRewardConfig, train_reward_model
 from .trunk_cache import finish, open_trunk_cache
 
@@ -244,7 +245,7 @@ TRAINED = ("recipe.", "runtime.")   # what the folds' models are (the recipe's o
 
 
 def _settings(config: dict) -> dict[str, object]:
-    """A crossval config as flat dotted settings, placement aside (stages.comparable), and without what the job
+    """A crossval config as flat dotted settings, placement aside (config_keys.comparable), and without what the job
     fills in itself (each nested group's ``set_by_job``: the recipe's rows and runtime come from the fold)."""
     def flat(node: dict, prefix: str = "") -> dict[str, object]:
         out = {}

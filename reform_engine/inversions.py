@@ -336,7 +336,6 @@ def generate_variants(config: GenerateVariantsConfig, run: RunDir) -> GenerateVa
     from .models import load_causal_lm, load_tokenizer
     from .reward_model import load_reward_model
     from .scoring import score_pairs
-    from .stages import comparable
 
     start, cpu_start, load = time.perf_counter(), time.process_time(), config.runtime.load_args()
     pairs = config.read_pairs()[1]
@@ -358,7 +357,7 @@ def generate_variants(config: GenerateVariantsConfig, run: RunDir) -> GenerateVa
             + ", ".join(f"{d} {config.persona_for(d)}" for d in directions) + ")")
     run.progress(0, total, message=f"loading the policy; then 0/{total} variants")
     # batch by batch on disk: a run killed mid-way (a session's end) resumes from its last finished batch
-    journal = Journal(run.path / JOURNAL, {"config": comparable(config), "pairs": [s.pair.pair_id for s in chosen]})
+    journal = Journal(run.path / JOURNAL, {"config": config, "pairs": [s.pair.pair_id for s in chosen]})
     if len(journal):
         run.log(f"resuming: {len(journal)} finished batches of an interrupted run of this config read back from {JOURNAL}")
     decoders: dict[str, ControlledDecoder] = {}

@@ -1,7 +1,8 @@
 """Resuming a long job where it stopped: each finished unit of its work (a batch of decoded variants,
 say) is appended to a JSONL file in the run directory as it finishes, under a key that says which job
-made it (its config, placement aside, and its inputs). A rerun of the same job in the same directory
-reads the units back and does only the rest; a rerun of another config starts the file anew.
+made it (its config and its inputs). A rerun of the same job (config_keys.same_job: placement aside, and
+settings added to the engine since at their defaults) in the same directory reads the units back and does
+only the rest; a rerun of another config starts the file anew.
 
 Why a journal and not a checkpoint of the whole state: a unit is small and written once, so a job
 killed at any moment (a session's end, SIGKILL) loses at most the unit it was on. A line cut short
@@ -19,18 +20,20 @@ from typing import Any
 
 
 class Journal:
-    """The finished units of one job in ``path``, for a job identified by ``key`` (JSON-able)."""
+    """The finished units of one job in ``path``, for a job identified by ``key`` (configs, in JSON-able containers)."""
 
     def __init__(self, path: str | os.PathLike, key: Any):
-        self.path, self.key = Path(path), json.loads(json.dumps(key, sort_keys=True))
+        from .config_keys import comparable, same_job
+
+        self.path, self.key = Path(path), json.loads(json.dumps(comparable(key), sort_keys=True))
         self.units: dict[str, Any] = {}
         lines = self.path.read_text(encoding="utf-8").splitlines() if self.path.is_file() else []
         try:
             header = json.loads(lines[0]) if lines else None
         except ValueError:
             header = None
-        if header != {"key": self.key}:  # another job's (or no) journal: start this one's
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not (isinstance(header, dict) and header.keys() == {"key"} and same_job(header["key"], key)):
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # another job's (or no) journal: start this one's
             self.path.write_text(json.dumps({"key": self.key}, sort_keys=True) + "\n", encoding="utf-8")
             return
         for n, line in enumerate(lines[1:], start=1):
@@ -67,7 +70,7 @@ class Journal:
 class Snapshot:
     """The whole state of a job whose work does not split into independent units (training, an RL loop:
     every step changes the weights and the optimiser the next one starts from), in one file ``path``,
-    under a ``key`` (JSON-able) that says which job saved it.
+    under a ``key`` (configs, in JSON-able containers) that says which job saved it (config_keys.same_job).
 
     The job saves now and then; a rerun of the same job loads the state and goes on from there, a rerun
     of another config ignores it (``why`` then says so) and overwrites it. The file is written atomically
@@ -75,7 +78,9 @@ class Snapshot:
     with tensors and plain containers only (runs.read_torch): the state holds no pickled objects."""
 
     def __init__(self, path: str | os.PathLike, key: Any):
-        self.path, self.key = Path(path), json.dumps(key, sort_keys=True)
+        from .config_keys import comparable
+
+        self.path, self.raw_key, self.key = Path(path), key, json.dumps(comparable(key), sort_keys=True)
         self.why: str | None = None   # why the last load found nothing to resume, when there was a file
 
     def load(self) -> dict | None:
@@ -87,10 +92,18 @@ class Snapshot:
         if saved is None:
             self.why = None if why == "no file" else f"cannot be read ({why})"
             return None
-        if not isinstance(saved, dict) or saved.get("key") != self.key:
+        if not isinstance(saved, dict) or not self._same(saved.get("key")):
             self.why = "is another config's"
             return None
         return {k: v for k, v in saved.items() if k != "key"}
+
+    def _same(self, stored: Any) -> bool:
+        from .config_keys import same_job
+
+        try:
+            return isinstance(stored, str) and same_job(json.loads(stored), self.raw_key)
+        except ValueError:
+            return False
 
     def save(self, state: dict) -> None:
         """Replace the snapshot with ``state`` (tensors and plain containers), whole or not at all."""

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .configs import field_default, setting
+from .config_keys import same_job
+from .configs import setting
 from .runs import RunDir, atomic_write_json, read_json, to_jsonable
-from .runtime import PLACEMENT
 from .training import TrainRewardConfig
 
 RETRAIN_MODES = ("scratch", "finetune")
@@ -161,45 +161,13 @@ class ComparisonResult:
 
 # --------------------------------------------------------------------------- running stages
 
-def comparable(config: Any) -> Any:
-    """A config as JSON, without what a reused stage may differ in: the placement fields of every
-    ``runtime`` in it (device, dtype, threads, remote-code leave; not the seed)."""
-    data = to_jsonable(config)
-    if not isinstance(data, dict):
-        return data
-    return {k: {f: x for f, x in v.items() if f not in PLACEMENT} if k == "runtime" and isinstance(v, dict) else comparable(v)
-            for k, v in data.items()}
-
-
-def known_to(previous: Any, config: Any) -> Any:
-    """``config`` as JSON, without the settings ``previous`` (a config saved as JSON) has no field for and
-    ``config`` holds at their default: a setting added to the engine since ``previous`` was written, at the
-    value that keeps the old behaviour, does not make a finished stage another config."""
-    data = to_jsonable(config)
-    if not (dataclasses.is_dataclass(config) and isinstance(previous, dict) and isinstance(data, dict)):
-        return data
-    out = {}
-    for f in dataclasses.fields(config):
-        if f.name not in data:
-            continue
-        if f.name not in previous:
-            default = field_default(f)
-            if default is not dataclasses.MISSING and to_jsonable(default) == data[f.name]:
-                continue
-            out[f.name] = data[f.name]
-        else:
-            out[f.name] = known_to(previous[f.name], getattr(config, f.name))
-    return out
-
-
 def finished(stage_dir: str | Path, config: Any) -> dict | None:
-    """The metrics of a succeeded run of ``config`` (runtime placement aside, and settings added since at
-    their defaults: :func:`known_to`) in ``stage_dir``, else None."""
+    """The metrics of a succeeded run of ``config`` in ``stage_dir`` (the same job: config_keys), else None."""
     stage_dir = Path(stage_dir)
     status, previous = read_json(stage_dir / "status.json", {}) or {}, read_json(stage_dir / "config.json")
     metrics = read_json(stage_dir / "metrics.json")
     if status.get("state") == "succeeded" and isinstance(previous, dict) and metrics is not None and \
-            comparable(previous) == comparable(known_to(previous, config)):
+            same_job(previous, config):
         return metrics
     return None
 

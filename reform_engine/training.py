@@ -106,9 +106,8 @@ RESUME_EVERY_S = 300.0   # wall seconds between saves of it: a killed run loses 
 
 
 def _snapshot(run: RunDir, config: TrainRewardConfig) -> Snapshot:
-    """Where a run saves its training state, under the config (placement aside: threads, device) as the key."""
-    from .stages import comparable
-    return Snapshot(run.path / RESUME, comparable(config))
+    """Where a run saves its training state, under the config as the key (the same job: config_keys)."""
+    return Snapshot(run.path / RESUME, config)
 
 
 def _save_resume(run: RunDir, config: TrainRewardConfig, rm, optimizer, scheduler, *, step: int, losses: list[float],

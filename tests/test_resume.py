@@ -67,3 +67,26 @@ def test_a_snapshot_that_does_not_load_starts_the_job_over_and_a_removed_one_is_
     snap.remove()
     assert not (tmp_path / "s.pt").exists() and snap.load() is None
     snap.remove()  # removing twice is harmless
+
+
+def test_a_journal_and_a_snapshot_saved_before_a_setting_existed_still_resume_while_it_holds_its_default(tmp_path):
+    import torch
+    from dataclasses import dataclass
+
+    from reform_engine.resume import Snapshot
+
+    @dataclass
+    class Before:
+        k: int = 5
+
+    @dataclass
+    class After(Before):
+        temperature: float = 0.0
+
+    Journal(tmp_path / "j.jsonl", {"config": Before(), "pairs": ["a"]}).add("lower:0", 1)
+    assert Journal(tmp_path / "j.jsonl", {"config": After(), "pairs": ["a"]}).units == {"lower:0": 1}
+    assert Journal(tmp_path / "j.jsonl", {"config": After(temperature=1.0), "pairs": ["a"]}).units == {}
+    Snapshot(tmp_path / "s.pt", Before()).save({"step": torch.tensor(3)})
+    assert Snapshot(tmp_path / "s.pt", After()).load()["step"].item() == 3
+    other = Snapshot(tmp_path / "s.pt", After(temperature=1.0))
+    assert other.load() is None and other.why == "is another config's"
