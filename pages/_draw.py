@@ -113,6 +113,11 @@ def verdict_notes(record: dict) -> list[str]:
                          "or the check was off).")
         elif flag == "truncation unknown":
             notes.append("Truncation unknown: stored before it was checked.")
+        elif flag == "ordered wrong":
+            notes.append(f"**Source pair already ordered wrong**: the RM scores its chosen response {record['r_chosen']:.3f}, "
+                         f"not above its rejected one ({record['r_rejected']:.3f}). A variant crosses here by staying near "
+                         "its source: it repeats that mistake rather than finding a new one (REFORM's lowest-loss pairs are "
+                         "all ordered right).")
         elif flag == "inappropriate":
             notes.append(f"**Inappropriate**: it seems to comply with a harmful request, so as a chosen response it would "
                          f"be a mislabeled pair ({md_escape(record.get('appropriateness') or 'no reason stored')}).")

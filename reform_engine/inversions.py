@@ -144,7 +144,9 @@ class Variant:
 def verdict_flags(record: dict) -> list[str]:
     """The warnings a reader should see beside a variant's verdict (a Variant.to_record() or a stored
     row): "not fluent", "truncated", and "fluency unknown" / "truncation unknown" for variants stored
-    before these were checked (or without a plain-policy reference)."""
+    before these were checked (or without a plain-policy reference); "inappropriate"; and "ordered wrong" when
+    the RM already scored the source pair's rejected response at or above its chosen one: then a crossing
+    repeats that mistake rather than finding a new one (every lowest-loss pair is ordered right)."""
     flags = []
     fluent, truncated = _known(record.get("fluent")), _known(record.get("truncated"))
     if fluent is False:
@@ -157,6 +159,10 @@ def verdict_flags(record: dict) -> list[str]:
         flags.append("truncation unknown")
     if _known(record.get("appropriate")) is False:
         flags.append("inappropriate")
+    r_chosen, r_rejected = record.get("r_chosen"), record.get("r_rejected")
+    if record.get("direction") in DIRECTIONS and isinstance(r_chosen, (int, float)) and isinstance(r_rejected, (int, float)) \
+            and math.isfinite(r_chosen) and math.isfinite(r_rejected) and r_chosen <= r_rejected:
+        flags.append("ordered wrong")
     return flags
 
 

@@ -172,6 +172,17 @@ def test_curation_shows_the_verdict_flags_and_keeps_not_fluent_variants_out_of_t
     assert at.button(key="curation_approve").disabled
 
 
+def test_curation_flags_a_variant_whose_source_pair_the_rm_already_orders_wrong(env):
+    store = Store(env["db"])
+    (wrong,) = store.add_variants([{**variant_record(3, "raise", 3.0, "Fine, here it is."), "r_chosen": 0.4, "r_rejected": 0.9}],
+                                  job_id=store.add_job("variants", {}))
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/curation.py")
+    assert at.selectbox(key="curation_variant").value == wrong
+    assert table(at, "flags").set_index("id")["flags"][wrong] == "fluency unknown, ordered wrong"  # no plain-policy reference here
+    assert any("**Source pair already ordered wrong**: the RM scores its chosen response 0.400, not above its rejected one "
+               "(0.900)" in w.value for w in at.warning)
+
+
 def test_curation_runs_batch_generation_as_a_background_job(env):
     at = settle(AppTest.from_file(APP, default_timeout=120), "pages/curation.py")
     at.number_input(key="curation_gen_p").set_value(25.0)  # 2 of the 8 pairs

@@ -319,3 +319,13 @@ def test_a_variant_read_back_from_its_record_is_the_variant(tmp_path, variants_s
     res = generate_variants(variants_setup, tmp_path / "run")
     records = [json.loads(line) for line in open(res.variants_path)]
     assert records and all(json.dumps(Variant.from_record(r).to_record()) == json.dumps(r) for r in records)
+
+
+def test_a_variant_of_a_pair_the_rm_already_orders_wrong_is_flagged_so():
+    right = _variant("raise", 3.0, perplexity=6.0, plain=2.5)
+    assert right.r_chosen > right.r_rejected and "ordered wrong" not in verdict_flags(right.to_record())
+    for direction, r_variant in (("raise", 3.0), ("lower", -1.0)):
+        record = {**_variant(direction, r_variant, perplexity=6.0, plain=2.5).to_record(), "r_chosen": 0.5, "r_rejected": 0.5}
+        assert verdict_flags(record) == ["ordered wrong"]  # a tie is no right ordering either
+    assert verdict_flags({**right.to_record(), "direction": "adv-rm", "r_rejected": 9.0}) == []  # an Adv-RM sample: no source pair
+    assert verdict_flags({**right.to_record(), "r_rejected": float("nan")}) == []
