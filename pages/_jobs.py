@@ -12,8 +12,12 @@ import streamlit as st
 
 from pages._draw import STATE_ICON, WAIT, flash, loss_figure, md_code, md_escape, show_error
 from pages._project import project_store
+from pages._routes import FLASH_KEY
 from reform_engine.eta import ProgressClock, progress_text
-from reform_engine.jobs import ACTIVE, cancel_job, max_jobs, queue_position, refresh_job, rerun_job, start_job
+from reform_engine.configs import JobConfigError
+from reform_engine.jobs import (ACTIVE, adopt_run, cancel_job, max_jobs, queue_position, refresh_job, rerun_job, run_kinds,
+                                start_job)
+from reform_engine.store import StoreError
 from reform_engine.reports import history_frame, log_tail, loss_curves, stage_status, trunk_caches
 
 POLL_SECONDS = 2.0
@@ -121,6 +125,7 @@ def history(key: str, kinds: Sequence[str] | None = None) -> None:
     store = project_store()
     _active(store, kinds, None)  # bring running jobs up to date, whichever page started them
     frame = history_frame(store, kinds)
+    _adopt_panel(key, kinds)
     if frame.empty:
         st.caption("No jobs yet.")
         return
@@ -172,6 +177,32 @@ def _trunk_cache_panel(run_dir: str, key: str) -> None:
             st.caption("Its directories are gone (the files are safe to delete; the next job fills them again).")
         if lines:
             st.code("\n".join(lines[-8:]), language=None)
+
+
+def _adopt_panel(key: str, kinds: Sequence[str] | None) -> None:
+    """Add a finished run made outside the app (the command line, a benchmark script, another machine) as a job."""
+    with st.expander("Add a run made outside the app"):
+        st.caption("A run directory written by `python -m reform_engine <job> --run-dir D` or a benchmark script, here or "
+                   "copied from another machine: its results then show on the pages like any job's, and Re-run and Resume "
+                   "work on it. Its variants are not sent to Curation.")
+        path = st.text_input("Run directory", key=f"{key}_adopt_dir", placeholder="/path/to/run").strip()
+        kinds = run_kinds(path) if path else []
+        kind = st.selectbox("Job", kinds, key=f"{key}_adopt_kind") if len(kinds) > 1 else None
+        if path and len(kinds) == 1:
+            st.caption(f"A {md_escape(kinds[0])} run.")
+        if st.button("Add to the project", key=f"{key}_adopt", disabled=not path):
+            try:
+                job_id = adopt_run(project_store(), path, kind)
+            except (StoreError, JobConfigError) as exc:
+                show_error(exc, "Not added")
+            else:
+                kind = project_store().get_job(job_id)["kind"]
+                if kinds is None or kind in kinds:
+                    st.session_state[f"{key}_job"] = job_id
+                    flash(FLASH_KEY, f"Added {md_code(path)} as job #{job_id} ({md_escape(kind)}); it is picked in the run history.")
+                else:
+                    flash(FLASH_KEY, f"Added {md_code(path)} as job #{job_id} ({md_escape(kind)}); its page's run history shows it.")
+                st.rerun()
 
 
 def start_from_page(store, kind: str, config, flash_key: str, message: Callable[[int], str], picker_key: str = "") -> None:

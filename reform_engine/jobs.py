@@ -448,6 +448,66 @@ def rerun_job(store: Store, job_id: int, *, same_run_dir: bool = False) -> int:
     return start_job(store, job["kind"], job["config"], job["run_dir"] if same_run_dir else None, rerun_of=job_id)
 
 
+ADOPTED_NOTE = "added from a run made outside the app"
+
+
+def run_kinds(run_dir: str | os.PathLike) -> list[str]:
+    """The jobs whose config the run directory's ``config.json`` is (usually one), for adding a run made
+    with the command line or a benchmark script; [] when it holds no config of any job."""
+    config = read_json(Path(run_dir).expanduser() / "config.json")
+    if not isinstance(config, dict):
+        return []
+    kinds = []
+    for kind, cls in job_kinds().items():
+        try:
+            config_from_dict(cls, config)
+        except (JobConfigError, TypeError, ValueError):
+            continue
+        kinds.append(kind)
+    return kinds
+
+
+def adopt_run(store: Store, run_dir: str | os.PathLike, kind: str | None = None) -> int:
+    """Add a run made outside the app (``python -m reform_engine <kind> --run-dir D``, a benchmark script, another
+    machine's run copied here) to the project as a finished job -> its id. ``kind``: the job it ran (None: the
+    one job whose config its config.json is, :func:`run_kinds`). Its results then show on the pages like any
+    job's, and Re-run and Resume work on it. Its variants are not sent to Curation. Refused, saying what to
+    fix: no such directory, no config of a job in it (or of ``kind``), a run that has not ended (it may still
+    be running: add it when it ends), or one the project already has."""
+    path = Path(run_dir).expanduser().resolve()
+    if not path.is_dir():
+        raise StoreError(f"{path} is not a directory.", fix="give the run directory of a job (the one passed as --run-dir).")
+    config = read_json(path / "config.json")
+    if not isinstance(config, dict):
+        raise StoreError(f"{path} has no readable config.json, so it is no run directory of a job.",
+                         fix="give the directory passed as --run-dir, which holds config.json and status.json.")
+    if kind is None:
+        kinds = run_kinds(path)
+        if len(kinds) != 1:
+            raise StoreError(f"the config.json in {path} is " + (f"the config of several jobs ({', '.join(kinds)})" if kinds
+                                                                else "no job's config (written by another version?)"),
+                             fix="say which job made it" if kinds else "give the run directory of a job of this version")
+        kind = kinds[0]
+    config = to_jsonable(_config_object(kind, config))  # JobConfigError when it is another job's config
+    status = read_json(path / "status.json", {}) or {}
+    state = status.get("state")
+    if state not in ("succeeded", "failed", "cancelled"):
+        raise StoreError(f"{path} is a run that has not ended (state {state or 'unknown'!r}); it may still be running.",
+                         fix="add it when it has ended; a killed run can be resumed with its own command, or added and "
+                             "then resumed here.")
+    owned = [j for j in store.list_jobs().to_dict("records")
+             if j["run_dir"] and Path(j["run_dir"]).expanduser().resolve() == path]
+    if owned:
+        raise StoreError(f"the project already has {path} as job #{owned[0]['id']} ({owned[0]['kind']}).",
+                         fix="pick that job in the run history.")
+    job_id = store.add_job(kind, config, str(path))
+    started = datetime.fromtimestamp((path / "config.json").stat().st_mtime, UTC).replace(tzinfo=None)
+    ended = datetime.fromtimestamp((path / "status.json").stat().st_mtime, UTC).replace(tzinfo=None)
+    message = f"{status.get('message', '')} ({ADOPTED_NOTE})".strip()
+    return store.update_job(job_id, state=state, progress=float(status.get("progress") or 0.0), message=message[:MAX_NOTE],
+                            ingested=True, started_at=started, finished_at=max(started, ended))["id"]
+
+
 # --------------------------------------------------------------------------- variants into the store
 
 def _ingest_quietly(store: Store, job: dict) -> dict:

@@ -625,3 +625,26 @@ def test_a_jobs_details_show_its_trunk_cache_on_disk_and_its_log_lines(env, tmp_
     assert panel.label == "Trunk cache: 3 MB on disk"
     assert panel.dataframe[0].value[["trunk", "cached_layers", "entries"]].values.tolist() == [["0123abcd", "0-21 of 30", 4]]
     assert "7 hits, 4 misses" in panel.code[0].value
+
+
+def test_a_run_made_outside_the_app_is_added_from_the_run_history(env, tmp_path):
+    from reform_engine.robustness import RobustnessConfig
+    from reform_engine.runs import RunDir
+
+    run = tmp_path / "cli-robustness"
+    RunDir(run).write_config(RobustnessConfig(reward_model=env["rm"], perturbations="verbosity"))
+    RunDir(run).set_status("succeeded", progress=1.0, message="clean win rate 0.700")
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/retrain.py")
+    at.text_input(key="retrain_history_adopt_dir").set_value(str(tmp_path / "nothing-here"))
+    at = settle(at)
+    at.button(key="retrain_history_adopt").click()
+    at = settle(at)
+    assert any("Not added" in e.value and "is not a directory" in e.value for e in at.error)
+    at.text_input(key="retrain_history_adopt_dir").set_value(str(run))
+    at = settle(at)
+    assert any(c.value == "A robustness run." for c in at.caption)
+    at.button(key="retrain_history_adopt").click()
+    at = settle(at)
+    (job,) = Store(env["db"]).list_jobs()["id"].tolist()
+    assert any(f"as job #{job} (robustness)" in s.value for s in at.success)
+    assert at.selectbox(key="retrain_history_job").value == job and not at.exception

@@ -441,3 +441,48 @@ def test_a_job_killed_between_the_checkpoint_renames_gets_its_checkpoint_back(st
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint", "log.txt", "status.json"]
     assert load_reward_model(str(run_dir / "checkpoint"), device="cpu").spec == tiny_rm.spec
     proc.wait()
+
+
+def test_a_run_made_outside_the_app_is_added_as_a_finished_job_once(store, tmp_path):
+    from reform_engine.jobs import ADOPTED_NOTE, adopt_run, rerun_job, run_kinds
+    from reform_engine.robustness import RobustnessConfig
+
+    run = tmp_path / "cli-run"
+    config = RobustnessConfig(reward_model="/some/rm", data="pairs.jsonl", perturbations="verbosity")
+    RunDir(run).write_config(config)
+    RunDir(run).set_status("succeeded", progress=1.0, message="clean win rate 0.700")
+    assert run_kinds(run) == ["robustness"] and run_kinds(tmp_path / "nothing") == []
+    job_id = adopt_run(store, run)
+    job = store.get_job(job_id)
+    assert (job["kind"], job["state"], job["progress"], job["ingested"], job["run_dir"]) == ("robustness", "succeeded", 1.0, True, str(run.resolve()))
+    assert job["message"] == f"clean win rate 0.700 ({ADOPTED_NOTE})" and job["config"]["reward_model"] == "/some/rm"
+    assert job["started_at"] <= job["finished_at"]
+    with pytest.raises(StoreError, match=rf"already has {run.resolve()} as job #{job_id}"):
+        adopt_run(store, str(run) + "/")
+    with pytest.raises(JobConfigError, match=r"TrainRewardConfig has no field\(s\)"):
+        adopt_run(store, run, "train-rm")
+    again = rerun_job(store, job_id, same_run_dir=True)  # Resume works on it like on any job
+    assert store.get_job(again)["run_dir"] == str(run.resolve()) and store.get_job(again)["rerun_of"] == job_id
+    cancel_job(store, again, grace=5)
+
+
+def test_a_run_that_has_not_ended_or_is_no_run_is_refused_saying_why(store, tmp_path):
+    from reform_engine.jobs import adopt_run
+    from reform_engine.training import TrainRewardConfig
+
+    with pytest.raises(StoreError, match="is not a directory"):
+        adopt_run(store, tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StoreError, match="no readable config.json"):
+        adopt_run(store, tmp_path / "empty")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "config.json").write_text(json.dumps({"learning_rate": 1}))
+    with pytest.raises(StoreError, match="no job's config"):
+        adopt_run(store, tmp_path / "foreign")
+    running = tmp_path / "running"
+    running.mkdir()
+    RunDir(running).write_config(TrainRewardConfig(data="x.jsonl"))
+    RunDir(running).set_status("running", progress=0.4)
+    with pytest.raises(StoreError, match=r"has not ended \(state 'running'\); it may still be running"):
+        adopt_run(store, running)
+    assert store.list_jobs().empty
