@@ -17,7 +17,8 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
 
-from reform_engine.reports import arm_markdown, arm_table, best_of_n_result, versus_markdown, versus_table  # noqa: E402
+from reform_engine.reports import (arm_markdown, arm_table, best_of_n_result, variants_markdown, variants_table,  # noqa: E402
+                                   versus_markdown, versus_table)
 
 
 def main() -> None:
@@ -37,6 +38,9 @@ def main() -> None:
     versus = [versus_table(d).assign(run=Path(d).name) for d in args.runs]
     if any(not t.empty for t in versus):  # the reform arm against each ablation arm, paired on the same pairs
         print("\n" + versus_markdown(pd.concat([t for t in versus if not t.empty], ignore_index=True)), end="")
+    decoded = pd.concat([variants_table(d) for d in args.runs], ignore_index=True)
+    if not decoded.empty:  # what the decoding found per selection of training pairs
+        print("\n" + variants_markdown(decoded), end="")
 
 
 if __name__ == "__main__":

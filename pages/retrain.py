@@ -24,7 +24,7 @@ from reform_engine.perturbations import PERTURBATIONS
 from reform_engine.pipeline import DEMO_SPLIT, PipelineConfig
 from reform_engine.best_of_n import BestOfNConfig
 from reform_engine.reports import (arm_cells, arm_markdown, arm_table, best_of_n_frame, best_of_n_results, finished_result_jobs,
-                                   results_frames, versus_cells, versus_markdown, versus_table)
+                                   results_frames, variants_markdown, variants_table, versus_cells, versus_markdown, versus_table)
 from reform_engine.retrain import RetrainConfig, base_training_config, held_out_rows
 from reform_engine.reward_model import RewardModelSpec
 from reform_engine.robustness import RobustnessConfig
@@ -316,6 +316,14 @@ else:
             bons = best_of_n_results(store.list_jobs().to_dict("records"))
             arms = pd.concat([arm_table(j["run_dir"], bons, run=f"#{j['id']} {j['kind']}") for j in runs], ignore_index=True)
             st.dataframe(arm_cells(arms), hide_index=True, key="retrain_arms")
+            decoded = pd.concat([variants_table(j["run_dir"], run=f"#{j['id']} {j['kind']}") for j in runs], ignore_index=True)
+            if not decoded.empty:
+                st.markdown("**What the decoding found, per selection of training pairs**: variants, true inversions and "
+                            "their rate, by direction, and the flags among the inversions (*ordered wrong*: decoded from a "
+                            "pair the base already orders wrong, so the crossing repeats its old mistake)")
+                st.dataframe(decoded, hide_index=True, key="retrain_variants", column_config={
+                    "success_rate": st.column_config.NumberColumn("inversion rate", format="percent"),
+                    "ordered_wrong": st.column_config.NumberColumn("ordered wrong")})
             versus = [versus_table(j["run_dir"]).assign(run=f"#{j['id']}") for j in runs]
             versus = pd.concat([t for t in versus if not t.empty] or [pd.DataFrame()], ignore_index=True)
             if not versus.empty:
@@ -323,7 +331,8 @@ else:
                             "paired bootstrap; a negative mean-drop difference: reform is the more robust)")
                 st.dataframe(versus_cells(versus), hide_index=True, key="retrain_versus")
             with st.expander("The report as Markdown (for benchmarks/RESULTS.md)"):
-                st.code(arm_markdown(arms) + ("\n" + versus_markdown(versus) if not versus.empty else ""), language="markdown")
+                st.code(arm_markdown(arms) + ("\n" + versus_markdown(versus) if not versus.empty else "")
+                        + ("\n" + variants_markdown(decoded) if not decoded.empty else ""), language="markdown")
 
 bon_runs = best_of_n_frame(best_of_n_results(store.list_jobs().to_dict("records")))
 if not bon_runs.empty:

@@ -213,6 +213,7 @@ class VariantStats:
     truncated: int = 0               # inversions cut mid-sentence at the token limit (kept, flagged)
     inappropriate: int = 0           # inversions judged inappropriate (kept, flagged; the filtered augment file leaves them out)
     duplicates: int = 0              # decoded variants dropped as near-duplicates before judging (not in n)
+    ordered_wrong: int = 0           # inversions from a source pair the RM already ordered wrong (r+ <= r-): its old mistake again
 
 
 def normalised(text: str) -> str:
@@ -232,7 +233,7 @@ def variant_stats(variants: Sequence[Variant], duplicates: int = 0) -> VariantSt
     return VariantStats(len(variants), len(inv), len(inv) / len(variants) if variants else float("nan"),
                         mean([v.perplexity for v in variants]), mean([v.perplexity for v in inv]), by_dir,
                         sum(v.margin > 0 and v.fluent is False for v in variants), sum(bool(v.truncated) for v in inv),
-                        sum(v.appropriate is False for v in inv), duplicates)
+                        sum(v.appropriate is False for v in inv), duplicates, sum(v.r_chosen <= v.r_rejected for v in inv))
 
 
 @dataclass

@@ -13,6 +13,7 @@ Results come from the run directories the store points at: a ``pipeline``, ``ret
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -279,6 +280,58 @@ def own_best_of_n(run_dir: str | os.PathLike, stages: Sequence[dict]) -> dict[st
         if result is not None:
             out[found[1]] = result
     return out
+
+
+SELECTIONS = {"lowest_loss": "lowest loss (the method)", "random": "random", "highest_loss": "highest loss"}
+VARIANT_COLUMNS = ("variants", "inversions", "success_rate", "lower_inversions", "raise_inversions", "not_fluent", "truncated",
+                   "inappropriate", "ordered_wrong", "duplicates")
+
+
+def variants_table(run_dir: str | os.PathLike, run: str = "") -> pd.DataFrame:
+    """What the decoding found for each selection of a pipeline run (its report.json's variant stats), one row per
+    selection: variants decoded, true inversions and their rate, by direction, and the flags counted over the
+    inversions (truncated, inappropriate, ordered wrong: from a source pair the base already orders wrong), with the
+    variants the fluency flag refused and the near-duplicates dropped. A count a report written before it existed
+    lacks is None, except "ordered wrong", counted from the stage's variants.jsonl. Empty when the run decoded none."""
+    report = read_json(Path(run_dir) / "report.json")
+    stats = report.get("variants") if isinstance(report, dict) else None
+    rows = []
+    for strategy, st in (stats or {}).items():
+        if st.get("ordered_wrong") is None:
+            st = {**st, "ordered_wrong": _ordered_wrong(Path(run_dir) / f"variants_{strategy}" / "variants.jsonl")}
+        by_dir = st.get("by_direction") or {}
+        rows.append({"run": run or Path(run_dir).name, "selection": SELECTIONS.get(strategy, strategy), "variants": st.get("n"),
+                     "inversions": st.get("inversions"), "success_rate": st.get("success_rate"),
+                     "lower_inversions": (by_dir.get("lower") or {}).get("inversions"),
+                     "raise_inversions": (by_dir.get("raise") or {}).get("inversions"),
+                     **{k: st.get(k) for k in ("not_fluent", "truncated", "inappropriate", "ordered_wrong", "duplicates")}})
+    return pd.DataFrame(rows, columns=["run", "selection", *VARIANT_COLUMNS])
+
+
+def _ordered_wrong(path: Path) -> int | None:
+    """Inversions in a variants.jsonl decoded from a source pair the RM ordered wrong; None without the file."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            records = [json.loads(line) for line in fh if line.strip()]
+    except (OSError, ValueError):
+        return None
+    return sum(bool(r.get("is_inversion")) and r["r_chosen"] <= r["r_rejected"] for r in records)
+
+
+def variants_markdown(table: pd.DataFrame) -> str:
+    """:func:`variants_table` as Markdown, for benchmarks/RESULTS.md."""
+    head = ["run", "selection", "variants", "inversions (rate)", "lower / raise", "not fluent", "truncated", "inappropriate",
+            "ordered wrong", "near-duplicates"]
+    count = lambda x: "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{int(x)}"  # noqa: E731
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table.to_dict("records"):
+        rate = "" if r["success_rate"] is None else f" ({r['success_rate']:.0%})"
+        lines.append(f"| {r['run']} | {r['selection']} | {count(r['variants'])} | {count(r['inversions'])}{rate} | "
+                     f"{count(r['lower_inversions'])} / {count(r['raise_inversions'])} | "
+                     + " | ".join(count(r[k]) for k in ("not_fluent", "truncated", "inappropriate", "ordered_wrong", "duplicates")) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def arm_table(run_dir: str | os.PathLike, best_of_n: Sequence[dict] = (), run: str = "") -> pd.DataFrame:

@@ -648,3 +648,24 @@ def test_a_run_made_outside_the_app_is_added_from_the_run_history(env, tmp_path)
     (job,) = Store(env["db"]).list_jobs()["id"].tolist()
     assert any(f"as job #{job} (robustness)" in s.value for s in at.success)
     assert at.selectbox(key="retrain_history_job").value == job and not at.exception
+
+
+def test_a_pipeline_report_shows_what_each_selection_decoded(env, tmp_path):
+    from reform_engine.runs import atomic_write_json
+
+    run = tmp_path / "pipe"
+    model = lambda name, acc: {"name": name, "checkpoint": f"/{name}", "clean_accuracy": acc, "mean_drop": 0.1,  # noqa: E731
+                               "drops": {"verbosity": 0.1}, "n_pairs": 20}
+    stats = {"n": 12, "inversions": 6, "success_rate": 0.5, "by_direction": {"lower": {"n": 6, "inversions": 2},
+                                                                            "raise": {"n": 6, "inversions": 4}},
+             "not_fluent": 0, "truncated": 5, "inappropriate": 1, "duplicates": 0}
+    atomic_write_json(run / "report.json", {"models": [model("base", 0.6), model("reform", 0.65), model("random", 0.55)],
+                                            "variants": {"lowest_loss": {**stats, "ordered_wrong": 0},
+                                                         "random": {**stats, "ordered_wrong": 3}}})
+    store = Store(env["db"])
+    store.update_job(store.add_job("pipeline", {}, str(run)), state="succeeded", progress=1.0, message="done")
+    at = settle(AppTest.from_file(APP, default_timeout=120), "pages/retrain.py")
+    decoded = table(at, "ordered_wrong")
+    assert decoded[["selection", "inversions", "truncated", "ordered_wrong"]].values.tolist() == [
+        ["lowest loss (the method)", 6, 5, 0], ["random", 6, 5, 3]]
+    assert any("| lowest loss (the method) | 12 | 6 (50%) | 2 / 4 |" in c.value for c in at.code) and not at.exception

@@ -329,3 +329,9 @@ def test_a_variant_of_a_pair_the_rm_already_orders_wrong_is_flagged_so():
         assert verdict_flags(record) == ["ordered wrong"]  # a tie is no right ordering either
     assert verdict_flags({**right.to_record(), "direction": "adv-rm", "r_rejected": 9.0}) == []  # an Adv-RM sample: no source pair
     assert verdict_flags({**right.to_record(), "r_rejected": float("nan")}) == []
+
+
+def test_variant_stats_count_the_inversions_from_source_pairs_ordered_wrong():
+    vs = [_variant("raise", 3.0), _variant("lower", -1.0), _variant("raise", 3.0)]
+    vs[2].r_chosen, vs[2].r_rejected = 0.4, 0.9  # the RM already preferred the rejected response of this one's pair
+    assert (variant_stats(vs).inversions, variant_stats(vs).ordered_wrong) == (3, 1)

@@ -321,3 +321,24 @@ def test_trunk_caches_of_a_run_and_its_stages_with_their_log_lines(tmp_path):
         (str((run / "trunk_cache").resolve()), "ns1", 3, 1096, "0-21 of 30"), (str(shared.resolve()), "ns2", 5, 1160, "0-21 of 30")]
     assert [line.split(" trunk cache: ")[1] for line in lines] == ["0 hits, 5 misses; 5 entries", "3 hits, 0 misses; 3 entries"]
     assert trunk_caches(tmp_path / "gone") == ([], []) and trunk_caches(None) == ([], [])
+
+
+def test_the_variants_table_shows_what_each_selection_decoded_and_counts_ordered_wrong_from_old_runs(tmp_path):
+    from reform_engine.data import write_jsonl
+    from reform_engine.reports import variants_markdown, variants_table
+
+    stats = {"n": 10, "inversions": 4, "success_rate": 0.4, "by_direction": {"lower": {"n": 5, "inversions": 1},
+                                                                            "raise": {"n": 5, "inversions": 3}},
+             "not_fluent": 1, "truncated": 3, "inappropriate": 1, "duplicates": 2}
+    atomic_write_json(tmp_path / "report.json", {"models": [], "variants": {"lowest_loss": {**stats, "ordered_wrong": 0},
+                                                                            "random": stats}})  # random: written before the count
+    write_jsonl(tmp_path / "variants_random" / "variants.jsonl", [
+        {"is_inversion": True, "r_chosen": 0.2, "r_rejected": 0.9}, {"is_inversion": True, "r_chosen": 1.0, "r_rejected": 0.1},
+        {"is_inversion": False, "r_chosen": 0.2, "r_rejected": 0.9}])
+    table = variants_table(tmp_path, run="p")
+    assert table[["selection", "variants", "inversions", "lower_inversions", "raise_inversions", "ordered_wrong"]].values.tolist() == [
+        ["lowest loss (the method)", 10, 4, 1, 3, 0], ["random", 10, 4, 1, 3, 1]]
+    assert variants_markdown(table).splitlines()[2] == "| p | lowest loss (the method) | 10 | 4 (40%) | 1 / 3 | 1 | 3 | 1 | 0 | 2 |"
+    atomic_write_json(tmp_path / "other" / "report.json", {"models": [], "variants": {"random": stats}})
+    assert variants_table(tmp_path / "other")["ordered_wrong"].isna().all()  # no variants.jsonl to count from
+    assert variants_table(tmp_path / "none").empty
