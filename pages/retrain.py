@@ -172,14 +172,14 @@ with tab_pipeline:
                                       help=help_of(PipelineConfig, "ablate_random"))
         ablate_highest = c[1].checkbox("Inversions from the highest-loss p%", value=defaults.ablate_highest_loss,
                                        key="pipeline_ablate_highest_loss", help=help_of(PipelineConfig, "ablate_highest_loss"))
-        c = st.columns(2)
-        ablate_equal = c[0].checkbox("Random and highest-loss arms also at the REFORM arm's count of pairs",
-                                     value=defaults.ablate_equal_count, key="pipeline_ablate_equal",
+        ablate_equal = st.checkbox("Random and highest-loss arms also at the REFORM arm's count of pairs",
+                                   value=defaults.ablate_equal_count, key="pipeline_ablate_equal",
+                                   disabled=not (ablate_random or ablate_highest),
+                                   help=help_of(PipelineConfig, "ablate_equal_count"))
+        ablate_ordered = st.checkbox("Random and highest-loss arms also on only the pairs the base orders right",
+                                     value=defaults.ablate_ordered, key="pipeline_ablate_ordered",
                                      disabled=not (ablate_random or ablate_highest),
-                                     help=help_of(PipelineConfig, "ablate_equal_count"))
-        ablate_ordered = c[1].checkbox("… and on only the pairs the base orders right", value=defaults.ablate_ordered,
-                                       key="pipeline_ablate_ordered", disabled=not (ablate_random or ablate_highest),
-                                       help=help_of(PipelineConfig, "ablate_ordered"))
+                                     help=help_of(PipelineConfig, "ablate_ordered"))
         c = st.columns(2)
         other = {"scratch": "REFORM arm also fine-tuned", "finetune": "REFORM arm also from scratch"}[p_mode]
         ablate_mode = c[0].checkbox(other, value=defaults.ablate_retrain_mode, key="pipeline_ablate_mode",
