@@ -126,6 +126,8 @@ class AttackResult:
     seconds: float = 0.0
     seconds_per_step: float = 0.0
     cpu_seconds: float = 0.0                # CPU time of the job's process (all its threads), RL included
+    process_peak_rss_gb: float = float("nan")  # the peak resident memory of the process this ran in, over its life so far:
+                                               # the attack's own peak when it ran as its own job
 
 
 def read_steps(run_dir: str | Path) -> list[dict]:
@@ -410,10 +412,19 @@ def run_attack(config: AttackConfig, run: RunDir) -> AttackResult:
                           sum(window) / len(window) if window else float("nan"),
                           confirmed / len(records) if records else float("nan"), fired, base_ppl,
                           _share(success["final"]), _share(success["base"]), spent["wall"] + time.perf_counter() - start,
-                          rl_seconds / rl.steps, spent["cpu"] + time.process_time() - cpu_start)
+                          rl_seconds / rl.steps, spent["cpu"] + time.process_time() - cpu_start, _peak_rss_gb())
     run.log(f"kept {len(records)} ({confirmed} confirmed); pass rate {result.pass_rate:.3f} vs base {result.base_pass_rate:.3f}")
     snapshot.remove()
     return result
+
+
+def _peak_rss_gb() -> float:
+    """The process's peak resident memory so far, in GiB (NaN where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # not on this OS
+        return float("nan")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
 def _share(flags: list[bool]) -> float:

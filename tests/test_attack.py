@@ -105,7 +105,7 @@ def test_an_attack_writes_its_step_metrics_kept_samples_and_adapter(models, tmp_
         assert ("judge" in s["confirmed_by"]) == (s["judge_sample"] < s["judge_chosen"])
     assert result.success_rate == sum(s["success"] for s in samples[:8]) / 8
     assert result.base_success_rate == sum(s["success"] for s in samples[8:]) / 8
-    assert 0 < result.cpu_seconds and all(s["complete_rate"] >= s["eos_rate"] for s in steps)
+    assert 0 < result.cpu_seconds and 0 < result.process_peak_rss_gb < 64 and all(s["complete_rate"] >= s["eos_rate"] for s in steps)
     metrics = read_json(tmp_path / "run" / "metrics.json")
     assert metrics["kept"] == len(kept) and metrics["variants_path"] == str(tmp_path / "run" / KEPT_FILE)
     assert os.path.isfile(tmp_path / "run" / "checkpoint" / "adapter_config.json")
