@@ -1,3 +1,4 @@
+import os
 import pytest
 import torch
 
@@ -146,3 +147,18 @@ def test_a_hub_host_that_does_not_resolve_means_no_network_without_a_download(no
     monkeypatch.setattr(models, "_resolved_hosts", set())
     with pytest.raises(ModelError, match=r"cannot be reached \(huggingface.co does not resolve: no network\)"):
         resolve_model_path("etc/passwd")
+
+
+def test_a_load_runs_in_the_calling_thread_without_a_pool_of_loader_threads(tiny_model_dir, monkeypatch):
+    import concurrent.futures
+
+    from reform_engine.models import load_causal_lm
+    from reform_engine.reward_model import load_reward_model  # noqa: F401  (imported: the setting holds for RMs as well)
+
+    assert os.environ.get("HF_DEACTIVATE_ASYNC_LOAD") == "1"
+    pools = []
+    real = concurrent.futures.ThreadPoolExecutor.__init__
+    monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "__init__",
+                        lambda self, *a, **k: (pools.append(k), real(self, *a, **k))[1])
+    load_causal_lm(tiny_model_dir, device="cpu")
+    assert pools == []
