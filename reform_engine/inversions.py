@@ -159,11 +159,15 @@ def verdict_flags(record: dict) -> list[str]:
         flags.append("truncation unknown")
     if _known(record.get("appropriate")) is False:
         flags.append("inappropriate")
-    r_chosen, r_rejected = record.get("r_chosen"), record.get("r_rejected")
-    if record.get("direction") in DIRECTIONS and isinstance(r_chosen, (int, float)) and isinstance(r_rejected, (int, float)) \
-            and math.isfinite(r_chosen) and math.isfinite(r_rejected) and r_chosen <= r_rejected:
+    if ordered_wrong(record.get("direction"), record.get("r_chosen"), record.get("r_rejected")):
         flags.append("ordered wrong")
     return flags
+
+
+def ordered_wrong(direction, r_chosen, r_rejected) -> bool:
+    """Whether a REFORM variant comes from a source pair the RM already ordered wrong (r+ <= r-, both known)."""
+    return direction in DIRECTIONS and all(isinstance(r, (int, float)) and math.isfinite(r) for r in (r_chosen, r_rejected)) \
+        and r_chosen <= r_rejected
 
 
 def _known(flag) -> bool | None:
@@ -233,7 +237,7 @@ def variant_stats(variants: Sequence[Variant], duplicates: int = 0) -> VariantSt
     return VariantStats(len(variants), len(inv), len(inv) / len(variants) if variants else float("nan"),
                         mean([v.perplexity for v in variants]), mean([v.perplexity for v in inv]), by_dir,
                         sum(v.margin > 0 and v.fluent is False for v in variants), sum(bool(v.truncated) for v in inv),
-                        sum(v.appropriate is False for v in inv), duplicates, sum(v.r_chosen <= v.r_rejected for v in inv))
+                        sum(v.appropriate is False for v in inv), duplicates, sum(ordered_wrong(v.direction, v.r_chosen, v.r_rejected) for v in inv))
 
 
 @dataclass

@@ -188,13 +188,13 @@ def _sample_lines(path: str, n: int, seed: int, out: Path) -> str:
 def _ordered_lines(pairs_path: str, variants_path: str, out: Path) -> str:
     """The pairs of ``pairs_path`` whose variant was decoded from a source pair the RM ordered right (its
     r_chosen > r_rejected in ``variants_path``), in their order, written to ``out`` -> its path."""
-    from .inversions import Variant
+    from .inversions import Variant, ordered_wrong
 
     with open(variants_path, encoding="utf-8") as fh:
-        records = [json.loads(line) for line in fh if line.strip()]
+        variants = [Variant.from_record(json.loads(line)) for line in fh if line.strip()]
     key = lambda trl: json.dumps(trl, sort_keys=True)  # noqa: E731  (the pairs file is TRL rows, without ids)
-    right = {key(new.to_trl()) for r in records if r["r_chosen"] > r["r_rejected"]
-             for new in [Variant.from_record(r).new_pair()] if new is not None}
+    right = {key(new.to_trl()) for v in variants if not ordered_wrong(v.direction, v.r_chosen, v.r_rejected)
+             for new in [v.new_pair()] if new is not None}
     with open(pairs_path, encoding="utf-8") as fh:
         lines = [line for line in fh if line.strip() and key(json.loads(line)) in right]
     atomic_write_text(out, "".join(line if line.endswith("\n") else line + "\n" for line in lines))

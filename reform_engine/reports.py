@@ -312,12 +312,15 @@ def _ordered_wrong(path: Path) -> int | None:
     """Inversions in a variants.jsonl decoded from a source pair the RM ordered wrong; None without the file."""
     import json
 
+    from .inversions import ordered_wrong
+
     try:
         with open(path, encoding="utf-8") as fh:
             records = [json.loads(line) for line in fh if line.strip()]
     except (OSError, ValueError):
         return None
-    return sum(bool(r.get("is_inversion")) and r["r_chosen"] <= r["r_rejected"] for r in records)
+    return sum(bool(r.get("is_inversion")) and ordered_wrong(r.get("direction"), r.get("r_chosen"), r.get("r_rejected"))
+               for r in records)
 
 
 def variants_markdown(table: pd.DataFrame) -> str:

@@ -333,8 +333,9 @@ def test_the_variants_table_shows_what_each_selection_decoded_and_counts_ordered
     atomic_write_json(tmp_path / "report.json", {"models": [], "variants": {"lowest_loss": {**stats, "ordered_wrong": 0},
                                                                             "random": stats}})  # random: written before the count
     write_jsonl(tmp_path / "variants_random" / "variants.jsonl", [
-        {"is_inversion": True, "r_chosen": 0.2, "r_rejected": 0.9}, {"is_inversion": True, "r_chosen": 1.0, "r_rejected": 0.1},
-        {"is_inversion": False, "r_chosen": 0.2, "r_rejected": 0.9}])
+        {"direction": "raise", "is_inversion": True, "r_chosen": 0.2, "r_rejected": 0.9},
+        {"direction": "lower", "is_inversion": True, "r_chosen": 1.0, "r_rejected": 0.1},
+        {"direction": "raise", "is_inversion": False, "r_chosen": 0.2, "r_rejected": 0.9}])
     table = variants_table(tmp_path, run="p")
     assert table[["selection", "variants", "inversions", "lower_inversions", "raise_inversions", "ordered_wrong"]].values.tolist() == [
         ["lowest loss (the method)", 10, 4, 1, 3, 0], ["random", 10, 4, 1, 3, 1]]
