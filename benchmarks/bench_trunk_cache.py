@@ -92,7 +92,7 @@ def new_pairs_file(data: str, train_rows: str, n: int, arm: int, path: Path) -> 
     pairs = select_rows(load_preferences(data, skip_invalid=True).pairs, train_rows)
     chosen = pairs[arm * n: (arm + 1) * n]
     made = perturb_pairs(chosen, ARM_PERTURBATIONS[arm % len(ARM_PERTURBATIONS)], seed=arm)
-    write_jsonl(path, [p.to_trl() for p in made])
+    write_jsonl(path, [p.to_trl() for p in made])   # atomic: another process (--side) may be reading it
     return str(path)
 
 
@@ -117,7 +117,8 @@ def _same_flags(out: Path, args, resume: bool) -> None:
 def run_loop(n: int, args, out: Path, with_before: bool = True) -> dict:
     """Every stage at n training pairs, before then after (``with_before``; else after only); -> stage table
     and, with before, the checks."""
-    whens = ("before", "after") if with_before else ("after",)
+    whens = {"both": ("before", "after"), "before": ("before",), "after": ("after",)}[args.side]
+    whens = whens if with_before else tuple(w for w in whens if w == "after")
     train_rows, held_out = f"0:{n}", f"1500:{1500 + args.held_out}" if args.held_out else "1500:"
     recipe = dict(data=args.data, train_rows=train_rows, model=RewardModelSpec(base_model=DEFAULT_MODEL, lora_layers=8, max_length=320),
                   batch_size=8, lr=2e-4, epochs=args.epochs)
@@ -134,28 +135,30 @@ def run_loop(n: int, args, out: Path, with_before: bool = True) -> dict:
     stages, runs = {}, {"before": {}, "after": {}}
 
     def stage(name, job, make_config):
-        kept = out / "done" / f"{name}.pkl"
-        saved = pickle.loads(kept.read_bytes()) if kept.is_file() else None
-        if saved is not None and (saved[0] is not None or not with_before):  # --resume: finished in an earlier call
-            runs["before"][name], runs["after"][name], stages[name] = saved
-            finished.append(name)
-            print(f"  n={n} {name:14s} done earlier {stages[name]}", flush=True)
+        """Each side of a stage is kept as it finishes (done/<name>.<side>.pkl), so a killed run, or the two sides run
+        by two processes (``--side``), go on from what is kept."""
+        if args.stages and name not in args.stages:
             return
-        for path in (out / "before" / name, out / "after" / name, caches / name):  # a killed attempt leaves nothing behind
-            shutil.rmtree(path, ignore_errors=True)
-        runs["before"][name] = None
         for when in whens:
+            kept = out / "done" / f"{name}.{when}.pkl"
+            if kept.is_file():
+                runs[when][name], stages.setdefault(name, {})[when] = pickle.loads(kept.read_bytes())
+                print(f"  n={n} {name:14s} {when:6s} done earlier {stages[name][when]}", flush=True)
+                continue
+            # a killed attempt leaves nothing behind
+            for path in [out / when / name] + ([caches / name] if when == "after" else []):
+                shutil.rmtree(path, ignore_errors=True)
             config = dataclasses.replace(make_config(when), runtime=runtime(when, name))
             result, cost = timed(job, config, out / when / name, when == "before", args.threads)
             runs[when][name] = result
             stages.setdefault(name, {})[when] = cost
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_bytes(pickle.dumps((result, cost)))
             print(f"  n={n} {name:14s} {when:6s} {cost}", flush=True)
-        if with_before:
+        if {"before", "after"} <= stages[name].keys():
             b, a = stages[name]["before"], stages[name]["after"]
             stages[name]["speedup"] = round(b["seconds"] / a["seconds"], 2)
             stages[name]["cpu_speedup"] = round(b["cpu_seconds"] / a["cpu_seconds"], 2)
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        kept.write_bytes(pickle.dumps((runs["before"][name], runs["after"][name], stages[name])))
         finished.append(name)
 
     def robustness(rm_stage):
@@ -183,19 +186,23 @@ def run_loop(n: int, args, out: Path, with_before: bool = True) -> dict:
 
     caches = {name: getattr(r, "trunk_cache", {}) for name, r in runs["after"].items()}
     cache_table = {k: {f: v.get(f) for f in ("hits", "misses", "bytes", "written_bytes")} for k, v in caches.items()}
-    loop = {w: round(sum(s[w]["seconds"] for s in stages.values()), 1) for w in whens}
-    if not with_before:
-        return {"pairs": runs["after"]["base"].train_pairs, "stages": stages, "checks": {}, "loop_seconds": loop,
-                "trunk_cache": cache_table}
-    influence = [scored_rewards(runs[w]["influence"].scored_path) for w in ("before", "after")]
-    ranks = [[r["rank"] for r in map(json.loads, open(runs[w]["influence"].scored_path))] for w in ("before", "after")]
-    checks = {"base_loss_curve_max_diff": curve_diff("base"),
-              "influence_max_reward_diff": float((influence[0] - influence[1]).abs().max()),
-              "influence_same_ranks": ranks[0] == ranks[1],
-              **{f"retrain_{k}_loss_curve_max_diff": curve_diff(f"retrain_{k}") for k in range(args.arms)},
-              **{f"{s}_same_win_rates": robustness_same(s) for s in ["robustness"] + [f"robustness_{k}" for k in range(args.arms)]}}
-    return {"pairs": runs["after"]["base"].train_pairs, "stages": stages, "checks": checks, "loop_seconds": loop,
-            "loop_speedup": round(loop["before"] / loop["after"], 2), "trunk_cache": cache_table}
+    both = [name for name, s in stages.items() if "speedup" in s]   # stages with both sides: the ones checked
+    loop = {w: round(sum(s[w]["seconds"] for s in stages.values() if w in s), 1) for w in whens}
+    checks = {}
+    for name in both:
+        if name == "influence":
+            influence = [scored_rewards(runs[w][name].scored_path) for w in ("before", "after")]
+            ranks = [[r["rank"] for r in map(json.loads, open(runs[w][name].scored_path))] for w in ("before", "after")]
+            checks.update(influence_max_reward_diff=float((influence[0] - influence[1]).abs().max()),
+                          influence_same_ranks=ranks[0] == ranks[1])
+        elif name.startswith("robustness"):
+            checks[f"{name}_same_win_rates"] = robustness_same(name)
+        else:
+            checks[f"{name}_loss_curve_max_diff"] = curve_diff(name)
+    whole = len(both) == len(stages) and len(whens) == 2   # every stage of the loop measured on both sides
+    return {"pairs": (runs["after"].get("base") or runs["before"].get("base") or argparse.Namespace(train_pairs=n)).train_pairs, "stages": stages,
+            "checks": checks, "loop_seconds": loop,
+            **({"loop_speedup": round(loop["before"] / loop["after"], 2)} if whole else {}), "trunk_cache": cache_table}
 
 
 def main() -> None:
@@ -210,9 +217,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="64 pairs, 8 new pairs, 1 arm, 12 held-out rows")
     ap.add_argument("--scaling", action="store_true", help="the loop at each of --sizes training pairs")
     ap.add_argument("--sizes", default="250,500,1000,1500")
+    ap.add_argument("--side", choices=("both", "before", "after"), default="both",
+                    help="run one side of each stage only (two processes can run the two sides at once; a later "
+                         "call with --resume and both sides reads them back and reports the ratios)")
+    ap.add_argument("--stages", default="", help="comma-separated stages to run (default: all): base, influence, "
+                                                 "robustness, retrain_<arm>, robustness_<arm>")
     ap.add_argument("--resume", action="store_true", help="go on with an interrupted run of the same flags: stages whose "
                                                           "before and after both finished are read back, the rest run")
     args = ap.parse_args()
+    args.stages = [s for s in args.stages.split(",") if s]
     if not Path(args.data).is_file():
         ap.error(f"{args.data} not found; pass --data with the HH harmless dev.jsonl.gz")
     if args.quick:
@@ -235,17 +248,17 @@ def main() -> None:
     print(f"\n{'pairs':>6} {'stage':14s} {'before s':>9} {'after s':>9} {'speed-up':>8} {'cpu x':>6} {'peak GB b/a':>12}")
     for n, r in results.items():
         for name, s in r["stages"].items():
-            b = s.get("before", {})
-            print(f"{r['pairs']:>6} {name:14s} {b.get('seconds', '-'):>9} {s['after']['seconds']:>9} {s.get('speedup', '-'):>8} "
-                  f"{s.get('cpu_speedup', '-'):>6} {b.get('peak_rss_gb', '-'):>5}/{s['after']['peak_rss_gb']:<5}")
-        print(f"{r['pairs']:>6} {'whole loop':14s} {r['loop_seconds'].get('before', '-'):>9} {r['loop_seconds']['after']:>9} "
+            b, a = s.get("before", {}), s.get("after", {})
+            print(f"{r['pairs']:>6} {name:14s} {b.get('seconds', '-'):>9} {a.get('seconds', '-'):>9} {s.get('speedup', '-'):>8} "
+                  f"{s.get('cpu_speedup', '-'):>6} {b.get('peak_rss_gb', '-'):>5}/{a.get('peak_rss_gb', '-'):<5}")
+        print(f"{r['pairs']:>6} {'whole loop':14s} {r['loop_seconds'].get('before', '-'):>9} {r['loop_seconds'].get('after', '-'):>9} "
               f"{r.get('loop_speedup', '-'):>8}   (variant decoding not included)")
         print(f"       checks: {r['checks']}")
     if len(results) > 1:  # linear growth keeps seconds per training pair flat across sizes
         print("\nseconds per training pair (after):")
         for name in ("base", "influence", "retrain_0"):
             print(f"  {name:10s} " + "  ".join(f"{r['pairs']}: {r['stages'][name]['after']['seconds'] / r['pairs']:.2f}"
-                                              for r in results.values() if name in r["stages"]))
+                                              for r in results.values() if "after" in r["stages"].get(name, {})))
 
 
 if __name__ == "__main__":
