@@ -199,7 +199,7 @@ def run_loop(n: int, args, out: Path, with_before: bool = True) -> dict:
             checks[f"{name}_same_win_rates"] = robustness_same(name)
         else:
             checks[f"{name}_loss_curve_max_diff"] = curve_diff(name)
-    whole = len(both) == len(stages) and len(whens) == 2   # every stage of the loop measured on both sides
+    whole = not args.stages and len(both) == len(stages) and len(whens) == 2   # the whole loop, both sides
     return {"pairs": (runs["after"].get("base") or runs["before"].get("base") or argparse.Namespace(train_pairs=n)).train_pairs, "stages": stages,
             "checks": checks, "loop_seconds": loop,
             **({"loop_speedup": round(loop["before"] / loop["after"], 2)} if whole else {}), "trunk_cache": cache_table}
