@@ -92,7 +92,7 @@ def new_pairs_file(data: str, train_rows: str, n: int, arm: int, path: Path) -> 
     pairs = select_rows(load_preferences(data, skip_invalid=True).pairs, train_rows)
     chosen = pairs[arm * n: (arm + 1) * n]
     made = perturb_pairs(chosen, ARM_PERTURBATIONS[arm % len(ARM_PERTURBATIONS)], seed=arm)
-    write_jsonl(path, [p.to_trl() for p in made])   # atomic: another process (--side) may be reading it
+    write_jsonl(path, [p.to_trl() for p in made])
     return str(path)
 
 
@@ -200,8 +200,8 @@ def run_loop(n: int, args, out: Path, with_before: bool = True) -> dict:
         else:
             checks[f"{name}_loss_curve_max_diff"] = curve_diff(name)
     whole = not args.stages and len(both) == len(stages) and len(whens) == 2   # the whole loop, both sides
-    return {"pairs": (runs["after"].get("base") or runs["before"].get("base") or argparse.Namespace(train_pairs=n)).train_pairs, "stages": stages,
-            "checks": checks, "loop_seconds": loop,
+    trained = runs["after"].get("base") or runs["before"].get("base")
+    return {"pairs": trained.train_pairs if trained else n, "stages": stages, "checks": checks, "loop_seconds": loop,
             **({"loop_speedup": round(loop["before"] / loop["after"], 2)} if whole else {}), "trunk_cache": cache_table}
 
 
@@ -222,8 +222,8 @@ def main() -> None:
                          "call with --resume and both sides reads them back and reports the ratios)")
     ap.add_argument("--stages", default="", help="comma-separated stages to run (default: all): base, influence, "
                                                  "robustness, retrain_<arm>, robustness_<arm>")
-    ap.add_argument("--resume", action="store_true", help="go on with an interrupted run of the same flags: stages whose "
-                                                          "before and after both finished are read back, the rest run")
+    ap.add_argument("--resume", action="store_true", help="go on with an interrupted run of the same flags: each stage's "
+                                                          "finished sides are read back, the rest run")
     args = ap.parse_args()
     args.stages = [s for s in args.stages.split(",") if s]
     if not Path(args.data).is_file():
