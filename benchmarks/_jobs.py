@@ -4,6 +4,7 @@ run's per-arm table printed at the end."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,7 @@ def run_plan(jobs: Sequence[tuple[str, object, Path]], dry_run: bool) -> None:
     for kind, config, run_dir in jobs:
         argv = command_line(kind, config, run_dir)
         done = finished(run_dir, config) is not None  # the pipeline and adv-rounds also reuse their own finished stages
-        print(("done: " if done else "") + " ".join(argv[2:]), flush=True)
+        print(("done: " if done else "") + shlex.join(argv[2:]), flush=True)  # quoted: a line can be pasted back
         if not dry_run and not done:
             subprocess.run(argv, check=True)
     if not dry_run:
