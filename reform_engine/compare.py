@@ -2,8 +2,9 @@
 
     python -m reform_engine compare --run-dir D --pipeline-dir P --rounds-dir A
 
-P is a finished ``pipeline`` run (REFORM), A a finished ``adv-rounds`` run (Adv-RM) whose target is
-P's base RM. One criterion of success serves both: the target RM prefers the sample to the dataset's
+P is a ``pipeline`` run (REFORM), A an ``adv-rounds`` run (Adv-RM) whose target is P's base RM; either
+may still be running other arms, once the stages read here have finished. The REFORM pairs are the ones
+P's reform arm trained on (judge-filtered when P filtered). One criterion of success serves both: the target RM prefers the sample to the dataset's
 chosen response y+, and the sample is confirmed bad, by the judge RM (scores it below y+) or a rule
 (confirm.py), the judge and rules of A's attack. REFORM's samples are its "raise" variants (decoded
 from a rejected response to score high: the kind of failure Adv-RM looks for; "lower" variants are
@@ -203,8 +204,10 @@ def comparison_table(runs: Sequence[MethodRun], *, retrained: dict[str, Any] | N
 
 @dataclass
 class CompareConfig:
-    pipeline_dir: str = required("a finished pipeline run: REFORM on the base RM")
-    rounds_dir: str = required("a finished adv-rounds run whose target is that base RM")
+    pipeline_dir: str = required("a pipeline run (REFORM on the base RM) whose influence, base robustness and "
+                                 "lowest-loss variants are finished")
+    rounds_dir: str = required("an adv-rounds run whose target is that base RM, with its base robustness and round-1 "
+                               "attack finished")
     equal_pairs: bool = setting(True, "retrain both methods' RMs on the same number of added pairs and evaluate them")
     cross_attacks: bool = setting(True, "REFORM's decoding against Adv-RM's RM, and the attack against REFORM's (needs "
                                         "equal_pairs)")
@@ -234,12 +237,24 @@ class CompareResult:
     seconds: float = 0.0
 
 
-def _finished_run(path: Path, kind: str) -> dict:
-    status = read_json(path / "status.json", {}) or {}
-    if status.get("state") != "succeeded":
-        raise ValueError(f"{path} is not a finished {kind} run (state {status.get('state', 'missing')!r}); pick the run "
-                         f"directory of a {kind} job that succeeded")
+def _finished_run(path: Path, kind: str, stages: Sequence[str]) -> dict:
+    """The config of the ``kind`` run at ``path`` when it succeeded, or when the ``stages`` this job reads did (a long
+    pipeline's other arms, or an attack's lambda = 0 arm, may still be running or not run yet)."""
+    state = (read_json(path / "status.json", {}) or {}).get("state")
+    missing = [s for s in stages if (read_json(path / s / "status.json", {}) or {}).get("state") != "succeeded"]
+    if state != "succeeded" and (missing or not (path / "config.json").is_file()):
+        raise ValueError(f"{path} is not a finished {kind} run (state {state or 'missing'!r}; not finished: "
+                         f"{', '.join(missing) or 'its config'}); pick the run directory of a {kind} job whose stages "
+                         f"{', '.join(stages)} succeeded")
     return read_json(path / "config.json")
+
+
+def reform_pairs_source(pipeline: dict, variants_dir: Path) -> str:
+    """The pairs the pipeline's reform arm trained on (its config as a dict): the approved file when one was given,
+    else the variants' new pairs, less those judged inappropriate when the pipeline filtered them."""
+    if pipeline.get("approved"):
+        return pipeline["approved"]
+    return str(variants_dir / ("augment_appropriate.jsonl" if pipeline.get("filter_inappropriate") else "augment.jsonl"))
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -275,8 +290,8 @@ def run_compare(config: CompareConfig, run: RunDir) -> CompareResult:
     """Judge, retrain on equal pairs, cross-attack, and write ``comparison.json``; see the module docstring."""
     P, A = Path(config.pipeline_dir).expanduser(), Path(config.rounds_dir).expanduser()
     start = time.perf_counter()
-    pipe = _finished_run(P, "pipeline")
-    _finished_run(A, "adv-rounds")
+    pipe = _finished_run(P, "pipeline", ("influence", "robustness_base", "variants_lowest_loss"))
+    _finished_run(A, "adv-rounds", ("robustness_base", "attack_r1"))
     rounds = read_rounds_config(A)
     attack: AttackConfig = rounds.attack
     report = read_json(P / "report.json", {}) or {}
@@ -319,7 +334,7 @@ def run_compare(config: CompareConfig, run: RunDir) -> CompareResult:
     retrained: dict[str, Any] = {}
     measured: dict[str, Path] = {}          # each retrained RM's robustness run: its indicators are in its metrics
     if config.equal_pairs:
-        sources = {REFORM: pipe.get("approved") or str(variants_dir / "augment.jsonl"), ADVRM: str(A / "pairs_r1.jsonl")}
+        sources = {REFORM: reform_pairs_source(pipe, variants_dir), ADVRM: str(A / "pairs_r1.jsonl")}
         counts = {m: _count(p) if Path(p).is_file() else 0 for m, p in sources.items()}
         n = min(counts.values())
         checks.append({"check": "same number of added pairs", "ok": n > 0,

@@ -152,3 +152,25 @@ def test_the_influential_pairs_of_a_pipeline_become_a_prompt_file_an_attack_can_
     reform = read_samples(runs["compare"] / "judge_reform")
     assert n == len(pairs) == len({r["pair_id"] for r in reform}) == 3  # half of the 6 training pairs
     assert [list(p.prompt) for p in pairs] == [r["prompt"] for r in reform]
+
+
+def test_a_run_still_running_other_stages_is_read_once_the_stages_compared_finished(tmp_path):
+    from reform_engine.compare import _finished_run
+
+    run = tmp_path / "pipeline"
+    for name, state in (("", "running"), ("influence", "succeeded"), ("variants_lowest_loss", "succeeded"),
+                        ("variants_random", "running")):
+        (run / name).mkdir(parents=True, exist_ok=True)
+        (run / name / "status.json").write_text(json.dumps({"state": state}))
+    (run / "config.json").write_text(json.dumps({"fraction": 0.05}))
+    assert _finished_run(run, "pipeline", ("influence", "variants_lowest_loss")) == {"fraction": 0.05}
+    with pytest.raises(ValueError, match="not finished: robustness_base"):
+        _finished_run(run, "pipeline", ("influence", "robustness_base"))
+
+
+def test_the_reform_side_takes_the_pairs_the_pipelines_reform_arm_took(tmp_path):
+    from reform_engine.compare import reform_pairs_source
+
+    assert reform_pairs_source({"filter_inappropriate": True}, tmp_path) == str(tmp_path / "augment_appropriate.jsonl")
+    assert reform_pairs_source({"filter_inappropriate": False}, tmp_path) == str(tmp_path / "augment.jsonl")
+    assert reform_pairs_source({"approved": "/a.jsonl", "filter_inappropriate": True}, tmp_path) == "/a.jsonl"
