@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import shutil
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from reform_engine.runs import run_state  # noqa: E402
+
 OUT, KEPT = HERE / "out", HERE / "checkpoints"
 LEFT_OUT = {"rl_state.pt", "resume.pt", "decoded.journal.jsonl", "trunk_cache"}  # resume state and caches
 GZIP_OVER = 1 << 20
@@ -29,8 +32,8 @@ GZIP_OVER = 1 << 20
 
 def succeeded(run_dir: Path) -> bool:
     try:
-        return json.loads((run_dir / "status.json").read_text())["state"] == "succeeded"
-    except (OSError, ValueError, KeyError):
+        return run_state(run_dir) == "succeeded"
+    except (OSError, ValueError):  # an unreadable status: not a finished run
         return False
 
 

@@ -47,7 +47,7 @@ from .evaluation import BOOTSTRAP_RESAMPLES, Interval, bootstrap_diff, bootstrap
 from .inversions import GenerateVariantsConfig, generate_variants
 from .judging import SAMPLES_FILE, JudgeVariantsConfig, judge_variants, read_samples
 from .robustness import evaluate_robustness, read_pair_scores
-from .runs import RunDir, atomic_write_json, job, read_json
+from .runs import RunDir, atomic_write_json, job, read_json, run_state
 from .runtime import Runtime
 from .stages import Stages, finished, retrain_config
 from .training import train_reward_model
@@ -240,8 +240,8 @@ class CompareResult:
 def _finished_run(path: Path, kind: str, stages: Sequence[str]) -> dict:
     """The config of the ``kind`` run at ``path`` when it succeeded, or when the ``stages`` this job reads did (a long
     pipeline's other arms, or an attack's lambda = 0 arm, may still be running or not run yet)."""
-    state = (read_json(path / "status.json", {}) or {}).get("state")
-    missing = [s for s in stages if (read_json(path / s / "status.json", {}) or {}).get("state") != "succeeded"]
+    state = run_state(path)
+    missing = [s for s in stages if run_state(path / s) != "succeeded"]
     if state != "succeeded" and (missing or not (path / "config.json").is_file()):
         raise ValueError(f"{path} is not a finished {kind} run (state {state or 'missing'!r}; not finished: "
                          f"{', '.join(missing) or 'its config'}); pick the run directory of a {kind} job whose stages "

@@ -120,6 +120,12 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
         return default
 
 
+def run_state(run_dir: str | os.PathLike) -> str:
+    """The state a run directory's status.json records ('' when it has none)."""
+    status = read_json(Path(run_dir) / "status.json", {}) or {}
+    return str(status.get("state", "")) if isinstance(status, dict) else ""
+
+
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
