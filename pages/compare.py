@@ -11,7 +11,7 @@ import streamlit as st
 from pages._draw import show_error
 from pages._jobs import job_results, start_from_page
 from pages._routes import store_page
-from reform_engine.compare import CompareConfig, read_table
+from reform_engine.compare import CompareConfig, comparable, read_table
 
 FLASH_KEY = "compare_flash"
 COLORS = {"REFORM": "#1565c0", "Adv-RM": "#c62828", "base": "#757575"}
@@ -94,10 +94,16 @@ def draw_table(table: dict, job_id: int) -> None:
                      key=f"compare_cross_diffs_{job_id}")
 
 
-def finished_runs(store, kind: str) -> dict[int, str]:
+def finished_runs(store, kind: str) -> dict[int, tuple[str, str]]:
+    """Job id -> (run directory, state) of the ``kind`` runs that can be compared: succeeded, or still running (or
+    stopped) with the stages the comparison reads finished, as a long pipeline's later arms may take hours more."""
     jobs = store.list_jobs(kind)
-    jobs = jobs[jobs["state"] == "succeeded"]
-    return {int(i): d for i, d in zip(jobs["id"], jobs["run_dir"])}
+    return {int(i): (d, state) for i, d, state in zip(jobs["id"], jobs["run_dir"], jobs["state"])
+            if state == "succeeded" or comparable(d, kind)}
+
+
+def run_label(job_id: int, kind: str, state: str) -> str:
+    return f"#{job_id} {kind}" + ("" if state == "succeeded" else f" ({state}; the stages compared have finished)")
 
 
 s, store = store_page("REFORM vs Adv-RM", FLASH_KEY)
@@ -107,17 +113,20 @@ st.caption("Both methods on the same base RM: REFORM's controlled decoding (a pi
 
 pipelines, rounds = finished_runs(store, "pipeline"), finished_runs(store, "adv-rounds")
 if not pipelines or not rounds:
-    st.info("Needs a finished pipeline run (Retrain & evaluate) and a finished adv-rounds run (Adversarial attack) on the same base RM.")
+    st.info("Needs a pipeline run (Retrain & evaluate) whose influence, base robustness and lowest-loss variants have finished, "
+            "and an adv-rounds run (Adversarial attack) on the same base RM whose base robustness and first attack have.")
 else:
     c = st.columns(2)
-    p = c[0].selectbox("REFORM: pipeline run", list(pipelines), key="compare_pipeline", format_func=lambda i: f"#{i} pipeline")
-    a = c[1].selectbox("Adv-RM: adv-rounds run", list(rounds), key="compare_rounds", format_func=lambda i: f"#{i} adv-rounds")
+    p = c[0].selectbox("REFORM: pipeline run", list(pipelines), key="compare_pipeline",
+                       format_func=lambda i: run_label(i, "pipeline", pipelines[i][1]))
+    a = c[1].selectbox("Adv-RM: adv-rounds run", list(rounds), key="compare_rounds",
+                       format_func=lambda i: run_label(i, "adv-rounds", rounds[i][1]))
     c = st.columns(2)  # the toggles on a row of their own: in a sixth of a row their labels were cut
     equal_pairs = c[0].toggle("Retrain on equal pairs", True, key="compare_equal_pairs")
     cross_attacks = c[1].toggle("Cross-attacks", True, key="compare_cross_attacks", disabled=not equal_pairs)
     if st.button("Compare (background job)", type="primary", key="compare_start"):
         try:
-            config = CompareConfig(pipelines[p], rounds[a], equal_pairs=equal_pairs, cross_attacks=cross_attacks and equal_pairs,
+            config = CompareConfig(pipelines[p][0], rounds[a][0], equal_pairs=equal_pairs, cross_attacks=cross_attacks and equal_pairs,
                                    runtime=s.runtime())
             start_from_page(store, "compare", config, FLASH_KEY, picker_key="compare_job",
                             message=lambda i: f"Started compare job #{i}: the table appears below when it ends.")

@@ -237,6 +237,19 @@ class CompareResult:
     seconds: float = 0.0
 
 
+NEEDED_STAGES = {"pipeline": ("influence", "robustness_base", "variants_lowest_loss"),   # the stages this job reads
+                 "adv-rounds": ("robustness_base", "attack_r1")}
+
+
+def comparable(path: str | Path, kind: str) -> bool:
+    """Whether the ``kind`` run at ``path`` can be compared now: it succeeded, or the stages this job reads did."""
+    try:
+        _finished_run(Path(path).expanduser(), kind, NEEDED_STAGES[kind])
+    except (ValueError, OSError):
+        return False
+    return True
+
+
 def _finished_run(path: Path, kind: str, stages: Sequence[str]) -> dict:
     """The config of the ``kind`` run at ``path`` when it succeeded, or when the ``stages`` this job reads did (a long
     pipeline's other arms, or an attack's lambda = 0 arm, may still be running or not run yet)."""
@@ -290,8 +303,8 @@ def run_compare(config: CompareConfig, run: RunDir) -> CompareResult:
     """Judge, retrain on equal pairs, cross-attack, and write ``comparison.json``; see the module docstring."""
     P, A = Path(config.pipeline_dir).expanduser(), Path(config.rounds_dir).expanduser()
     start = time.perf_counter()
-    pipe = _finished_run(P, "pipeline", ("influence", "robustness_base", "variants_lowest_loss"))
-    _finished_run(A, "adv-rounds", ("robustness_base", "attack_r1"))
+    pipe = _finished_run(P, "pipeline", NEEDED_STAGES["pipeline"])
+    _finished_run(A, "adv-rounds", NEEDED_STAGES["adv-rounds"])
     rounds = read_rounds_config(A)
     attack: AttackConfig = rounds.attack
     report = read_json(P / "report.json", {}) or {}

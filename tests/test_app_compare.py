@@ -51,3 +51,20 @@ def test_the_page_compares_a_pipeline_and_an_adv_rounds_run_and_draws_the_interv
     assert loss["layout"]["title"]["text"].startswith("Training loss") and all(trace["y"] for trace in loss["data"])
     success = charts[0].proto.spec
     assert '"error_y"' in success and '"arrayminus"' in success  # every bar carries its interval
+
+
+def test_a_run_still_running_is_offered_once_the_stages_compared_finished_and_a_bare_one_is_not(env, tmp_path):
+    store = Store(env["db"])
+    running = store.add_job("pipeline", {}, str(env["pipeline"]))   # the same finished stages, its job still running
+    store.update_job(running, state="running")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "status.json").write_text(json.dumps({"state": "running"}))
+    unfinished = store.add_job("pipeline", {}, str(bare))
+    store.update_job(unfinished, state="running")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page("pages/compare.py")
+    run(at)
+    box = at.selectbox(key="compare_pipeline")
+    assert set(box.options) == {f"#{env['ids']['pipeline']} pipeline",
+                                f"#{running} pipeline (running; the stages compared have finished)"}

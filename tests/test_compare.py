@@ -168,6 +168,22 @@ def test_a_run_still_running_other_stages_is_read_once_the_stages_compared_finis
         _finished_run(run, "pipeline", ("influence", "robustness_base"))
 
 
+def test_a_run_is_comparable_once_the_stages_compared_finished_and_not_before(tmp_path):
+    from reform_engine.compare import NEEDED_STAGES, comparable
+
+    run = tmp_path / "rounds"
+    run.mkdir()
+    (run / "status.json").write_text(json.dumps({"state": "running"}))
+    (run / "config.json").write_text("{}")
+    assert not comparable(run, "adv-rounds")
+    for i, name in enumerate(NEEDED_STAGES["adv-rounds"]):
+        (run / name).mkdir()
+        (run / name / "status.json").write_text(json.dumps({"state": "succeeded"}))
+        assert comparable(run, "adv-rounds") == (i == len(NEEDED_STAGES["adv-rounds"]) - 1)
+    assert not comparable(run, "pipeline")              # other stages
+    assert not comparable(tmp_path / "missing", "adv-rounds")
+
+
 def test_the_reform_side_takes_the_pairs_the_pipelines_reform_arm_took(tmp_path):
     from reform_engine.compare import reform_pairs_source
 
