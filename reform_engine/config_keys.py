@@ -8,11 +8,14 @@ snapshot's key). A later run of a config reuses that work when the two are the s
 - a setting added to the engine since the JSON was written, which the JSON therefore lacks, counts as equal
   while the config holds it at its default. A new setting's default keeps the old behaviour (that is the
   engine's rule for adding one), so work saved before it existed is still this job's. A setting the JSON
-  has and the engine no longer knows makes it another job.
+  has and the engine no longer knows makes it another job;
+- a file or folder named two ways (relative to the working folder and absolute, or through a link) is one input:
+  two strings that differ are equal when both name the same existing path.
 """
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from .configs import field_default
@@ -56,4 +59,23 @@ def known_to(previous: Any, current: Any) -> Any:
 
 def same_job(previous: Any, current: Any) -> bool:
     """Whether saved JSON ``previous`` records the job ``current`` (a config, or a key holding configs) describes."""
-    return comparable(previous) == comparable(known_to(previous, current))
+    return _same(comparable(previous), comparable(known_to(previous, current)))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality, but for two spellings of one existing path."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b or (isinstance(a, str) and isinstance(b, str) and _same_path(a, b))
+
+
+def _same_path(a: str, b: str) -> bool:
+    if not a.strip() or not b.strip():
+        return False
+    try:
+        pa, pb = Path(a).expanduser(), Path(b).expanduser()
+        return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    except (OSError, ValueError):
+        return False

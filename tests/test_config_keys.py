@@ -45,3 +45,15 @@ def test_a_setting_added_since_counts_as_equal_only_at_its_default_at_any_depth(
 def test_a_setting_the_engine_no_longer_has_makes_it_another_job():
     saved = {**comparable(Job("a")), "retired": True}
     assert not same_job(saved, Job("a"))
+
+
+def test_one_existing_file_named_relative_or_absolute_is_one_input_and_two_files_are_two(tmp_path, monkeypatch):
+    (tmp_path / "pairs.jsonl").write_text("{}\n")
+    (tmp_path / "other.jsonl").write_text("{}\n")
+    monkeypatch.chdir(tmp_path)
+    saved = comparable(Job(str(tmp_path / "pairs.jsonl")))
+    assert same_job(saved, Job("pairs.jsonl"))
+    assert same_job(saved, Job("./pairs.jsonl"))
+    assert not same_job(saved, Job("other.jsonl"))
+    assert not same_job(comparable(Job(str(tmp_path / "gone.jsonl"))), Job("gone.jsonl"))  # nothing there to be one
+    assert not same_job(comparable(Job("")), Job(" "))
