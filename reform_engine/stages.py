@@ -181,12 +181,25 @@ def run_stage(run_dir: Path, name: str, fn: Callable, config: Any, timings: list
         wall = read_json(stage_dir / "stage.json", {}) or {}
         timings.append(StageTiming(name, float(wall.get("seconds", metrics.get("seconds", 0.0))), True))
         return metrics
+    earlier, segments = _interrupted_seconds(stage_dir)
     start = time.perf_counter()
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(stage_dir / "stage.json", {"started_at": time.time(), "earlier_seconds": earlier, "segments": segments + 1})
     result = to_jsonable(fn(config, stage_dir))
-    seconds = time.perf_counter() - start
-    atomic_write_json(stage_dir / "stage.json", {"seconds": seconds})
+    seconds = earlier + time.perf_counter() - start
+    atomic_write_json(stage_dir / "stage.json", {"seconds": seconds, "segments": segments + 1})
     timings.append(StageTiming(name, seconds, False))
     return result
+
+
+def _interrupted_seconds(stage_dir: Path) -> tuple[float, int]:
+    """The wall seconds and number of the earlier runs of a stage that were stopped before it finished (the job
+    resumes from its checkpoint): from each run's start to its status's last update, so a little under."""
+    mark = read_json(stage_dir / "stage.json", {}) or {}
+    if "started_at" not in mark:
+        return 0.0, 0
+    updated = float((read_json(stage_dir / "status.json", {}) or {}).get("updated_at") or mark["started_at"])
+    return float(mark.get("earlier_seconds", 0.0)) + max(0.0, updated - float(mark["started_at"])), int(mark.get("segments", 1))
 
 
 class Stages:
@@ -211,7 +224,9 @@ class Stages:
         if not timing.reused:
             self.fresh.add(name)
         detail = f"; {describe(out)}" if describe else ""
-        self.run.log(f"stage {name}: {'reused' if timing.reused else 'ran'} ({timing.seconds:.0f} s){detail}")
+        runs = int((read_json(self.run.path / name / "stage.json", {}) or {}).get("segments", 1))
+        over = f" over {runs} runs, resumed" if runs > 1 and not timing.reused else ""
+        self.run.log(f"stage {name}: {'reused' if timing.reused else 'ran'} ({timing.seconds:.0f} s{over}){detail}")
         self.done += 1
         return out
 

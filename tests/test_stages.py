@@ -61,6 +61,28 @@ def test_a_stage_with_the_same_config_is_reused_and_a_changed_config_runs_again(
     assert [c[:2] for c in CALLS] == [("count", "one two three"), ("count", "one two"), ("count", "one two")]
 
 
+def stopped_after(seconds: float):
+    """A job killed ``seconds`` of progress into its run (its status last updated then), to be resumed."""
+    def fn(config: WordsConfig, run_dir) -> dict:
+        started = read_json(run_dir / "stage.json")["started_at"]
+        atomic_write_json(run_dir / "status.json", {"state": "running", "updated_at": started + seconds})
+        raise KeyboardInterrupt("killed")
+    return fn
+
+
+def test_a_resumed_stage_counts_the_time_of_its_stopped_runs_and_says_so(tmp_path):
+    stages = Stages(RunDir(tmp_path), 1)
+    for seconds in (100.0, 20.0):
+        with pytest.raises(KeyboardInterrupt):
+            stages("count", stopped_after(seconds), WordsConfig("a b"))
+    assert stages("count", count_words, WordsConfig("a b")) == {"words": 2}
+    assert 120.0 <= stages.timings[-1].seconds < 130.0
+    assert read_json(tmp_path / "count" / "stage.json")["segments"] == 3
+    assert log_lines(tmp_path)[-1].startswith("stage count: ran (12") and "over 3 runs, resumed" in log_lines(tmp_path)[-1]
+    assert run_stage(tmp_path, "again", count_words, WordsConfig("a"), []) and \
+        read_json(tmp_path / "again" / "stage.json")["segments"] == 1      # a stage that ran once is one run
+
+
 def test_a_stage_whose_last_run_did_not_succeed_runs_again(tmp_path):
     run_stage(tmp_path, "count", count_words, WordsConfig("a b"), [])
     RunDir(tmp_path / "count").set_status("failed", message="killed")
