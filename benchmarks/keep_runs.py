@@ -7,7 +7,8 @@
 `out/` into `checkpoints/` (same relative path): all of it when it succeeded; otherwise (a staged run: pipeline,
 adv-rounds, compare) its top-level files and each stage that succeeded, so that the plan command, run again, reuses
 those stages and runs only the rest. Left out: resume state (a killed stage starts over), trunk
-caches (rebuilt by the first job that reads the texts) and unfinished stages. A JSONL file over 1 MB is kept gzipped.
+caches (rebuilt by the first job that reads the texts), best-of-N's shared samples with their hidden states (seeded:
+drawn again, the same, by the next bon stage that needs them) and unfinished stages. A JSONL file over 1 MB is kept gzipped.
 
 ``restore`` copies everything kept back into `out/` without overwriting a file that is there, and un-gzips what
 ``keep`` gzipped. The paths inside the kept files are absolute, as on the machine that made them.
@@ -26,7 +27,8 @@ sys.path.insert(0, str(HERE.parent))
 from reform_engine.runs import run_state  # noqa: E402
 
 OUT, KEPT = HERE / "out", HERE / "checkpoints"
-LEFT_OUT = {"rl_state.pt", "resume.pt", "decoded.journal.jsonl", "trunk_cache"}  # resume state and caches
+LEFT_OUT = {"rl_state.pt", "resume.pt", "decoded.journal.jsonl", "trunk_cache",  # resume state and caches; best-of-N's
+            "bon_samples"}  # samples with the hidden states the RMs read (~250 MB), drawn again when a bon stage runs
 GZIP_OVER = 1 << 20
 
 

@@ -31,6 +31,8 @@ def _staged_run(out: Path) -> Path:
     (run / "attack_r2" / "rl_state.pt").write_bytes(b"\0" * 10)
     (run / "trunk_cache").mkdir()
     (run / "trunk_cache" / "shard.bin").write_bytes(b"\0")
+    (run / "bon_samples").mkdir()  # best-of-N's samples with hidden states: a cache, drawn again when needed
+    (run / "bon_samples" / "0084d23c.pt").write_bytes(b"\0")
     return run
 
 
