@@ -89,6 +89,15 @@ def draw_table(table: dict, job_id: int) -> None:
     direct = cross[~cross["target"].str.contains("−")]
     st.plotly_chart(error_bars(direct, "attacker", "target", "Cross-attacks: confirmed failures per sample, by the RM attacked"),
                     key=f"compare_cross_{job_id}")
+    if "target_prefers" in direct.columns:  # comparisons from before it was kept have none
+        st.caption("Beside each confirmed rate: how often the attacked RM prefers the sample to y+ at all. High there and low "
+                   "confirmed means a hack the judge and rules do not see, not an RM that resists.")
+        st.dataframe(direct[["attacker", "target", "value", "target_prefers", "target_prefers_low", "target_prefers_high", "n"]],
+                     hide_index=True, key=f"compare_cross_prefers_{job_id}", column_config={
+                         "value": st.column_config.NumberColumn("confirmed", format="%.3f"),
+                         "target_prefers": st.column_config.NumberColumn("RM prefers it to y+", format="%.3f"),
+                         "target_prefers_low": st.column_config.NumberColumn("low", format="%.3f"),
+                         "target_prefers_high": st.column_config.NumberColumn("high", format="%.3f")})
     if len(direct) < len(cross):
         st.dataframe(cross[cross["target"].str.contains("−")][["attacker", "target", "value", "low", "high", "n"]], hide_index=True,
                      key=f"compare_cross_diffs_{job_id}")

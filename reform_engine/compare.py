@@ -162,9 +162,14 @@ def _spurious_rows(models: dict[str, tuple[int, dict]]) -> list[dict]:
 
 
 def _cross_rows(cross: Sequence[tuple[str, str, list[dict]]], n_boot: int, seed: int) -> list[dict]:
-    """(attacker, target, judged samples) -> success per sample, and each hardened target against base."""
-    rows = [_interval(bootstrap_mean([float(s["success"]) for s in samples], n_boot=n_boot, seed=seed), attacker=a, target=t)
-            for a, t, samples in cross]
+    """(attacker, target, judged samples) -> success per sample, with the share the attacked RM prefers to y+ (the
+    criterion's first half: a hack the confirmation does not see still shows there), and each hardened target against
+    base."""
+    rows = []
+    for a, t, samples in cross:
+        prefers = bootstrap_mean([float(s["r_sample"] > s["r_chosen"]) for s in samples], n_boot=n_boot, seed=seed)
+        rows.append(_interval(bootstrap_mean([float(s["success"]) for s in samples], n_boot=n_boot, seed=seed), attacker=a, target=t,
+                              target_prefers=prefers.estimate, target_prefers_low=prefers.low, target_prefers_high=prefers.high))
     by = {(a, t): samples for a, t, samples in cross}
     for a, t, samples in cross:
         if t != "base" and (a, "base") in by:

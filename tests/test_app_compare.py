@@ -43,6 +43,8 @@ def test_the_page_compares_a_pipeline_and_an_adv_rounds_run_and_draws_the_interv
     assert store.get_job(job_id)["state"] == "succeeded", store.get_job(job_id)["message"]
     checks = next(d.value for d in at.dataframe if "check" in d.value.columns)
     assert "same base RM" in checks["check"].tolist()
+    prefers = next(d.value for d in at.dataframe if "target_prefers" in d.value.columns)
+    assert len(prefers) == 4 and (prefers["value"] <= prefers["target_prefers"]).all()
     spurious = next(d.value for d in at.dataframe if "extreme_negative_share" in d.value.columns)
     assert spurious["model"].tolist() == ["base", "REFORM", "Adv-RM"] and spurious["length_corr"].notna().all()
     charts = at.get("plotly_chart")

@@ -134,6 +134,12 @@ def test_each_method_attacks_the_rm_the_other_one_hardened(runs):
     assert (decoded["directions"], decoded["fraction"], decoded["data"]) == ("raise", 1.0, str(compare / "reform_pairs.jsonl"))
     assert cross["REFORM decoding", "Adv-RM's RM"]["n"] == cross["REFORM decoding", "base"]["n"]  # the same influential pairs
     assert cross["Adv-RM attack", "REFORM's RM"]["n"] == 8
+    fresh = read_samples(compare / "attack_vs_reform", "fresh")
+    row = cross["Adv-RM attack", "REFORM's RM"]
+    assert row["target_prefers"] == pytest.approx(sum(s["r_sample"] > s["r_chosen"] for s in fresh) / len(fresh))
+    for r in table["cross"]:  # success needs the attacked RM to prefer the sample, so it is never the larger share
+        if "−" not in r["target"]:
+            assert r["target_prefers_low"] <= r["target_prefers"] <= r["target_prefers_high"] and r["value"] <= r["target_prefers"]
 
 
 def test_a_compare_job_refuses_runs_that_have_not_finished(runs, tmp_path):
