@@ -50,6 +50,16 @@ def draw_table(table: dict, job_id: int) -> None:
     diffs = success[success["method"].str.contains("−")]
     if not diffs.empty:
         st.dataframe(diffs[["method", "unit", "prompts", "value", "low", "high", "n"]], hide_index=True, key=f"compare_diffs_{job_id}")
+    same = pd.DataFrame(table.get("same_prompts") or [])   # comparisons from before it existed have none
+    if not same.empty:
+        st.markdown(f"**On the same prompts**: REFORM's decoding of the {table.get('same_prompts_n', 0)} prompts the attack "
+                    "attacked, beside Adv-RM's samples there; the per-prompt difference is paired over those prompts")
+        both = same[~same["method"].str.contains("−")].copy()
+        both["measured"] = both["unit"] + "s, " + both["prompts"] + " prompts"
+        st.plotly_chart(error_bars(both, "measured", "method", "Confirmed failures on the attack's prompts"),
+                        key=f"compare_same_{job_id}")
+        st.dataframe(same[same["method"].str.contains("−")][["method", "unit", "prompts", "value", "low", "high", "n"]],
+                     hide_index=True, key=f"compare_same_diffs_{job_id}")
 
     c1, c2 = st.columns(2)
     efficiency = pd.DataFrame(table["efficiency"])

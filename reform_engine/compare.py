@@ -20,11 +20,13 @@ Stages, in sub-directories of the run directory (stages.Stages, so a re-run resu
     variants_vs_advrm/      with cross_attacks: REFORM's decoding of its influential pairs against the
     judge_vs_advrm/         Adv-RM-hardened RM, judged
     attack_vs_reform/       round 1's attack against the REFORM-hardened RM
+    variants_attack_prompts/  with same_prompts: REFORM's "raise" decoding of the attack's own prompts (its
+    judge_attack_prompts/     pairs, y+ included) against the base, judged: both methods on the same prompts
 
 ``comparison.json`` is the table (:func:`comparison_table`): success per sample and per prompt,
 confirmed failures per CPU-minute, diversity, the retrained RMs' clean accuracy and drops with
-paired differences and their spurious indicators, and the cross-attacks; every rate with its 95%
-bootstrap interval.
+paired differences and their spurious indicators, the cross-attacks, and success on the attack's prompts
+(REFORM decoding them beside Adv-RM's samples, per prompt paired); every rate with its 95% bootstrap interval.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from .adv_rounds import read_rounds_config
 from .attack import AttackConfig, read_kept, run_attack
 from .configs import config_from_dict, nested, required, setting
 from .confirm import jaccard, trigrams
-from .data import hh_text, write_jsonl
+from .data import hh_text, load_preferences, select_rows, write_jsonl
 from .evaluation import BOOTSTRAP_RESAMPLES, Interval, bootstrap_diff, bootstrap_mean, paired_bootstrap_diff
 from .inversions import GenerateVariantsConfig, generate_variants
 from .judging import SAMPLES_FILE, JudgeVariantsConfig, judge_variants, read_samples
@@ -181,7 +183,7 @@ def _cross_rows(cross: Sequence[tuple[str, str, list[dict]]], n_boot: int, seed:
 def comparison_table(runs: Sequence[MethodRun], *, retrained: dict[str, Any] | None = None,
                      spurious: dict[str, tuple[int, dict]] | None = None,
                      cross: Sequence[tuple[str, str, list[dict]]] = (), checks: Sequence[dict] = (),
-                     n_boot: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+                     same_prompts: Sequence[MethodRun] = (), n_boot: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
     """The comparison as tables (lists of flat rows, Plotly/pandas-ready), every rate with its
     percentile-bootstrap interval (value, low, high, n):
 
@@ -194,14 +196,20 @@ def comparison_table(runs: Sequence[MethodRun], *, retrained: dict[str, Any] | N
         spurious     per RM: the share of extreme-negative rewards and the correlations of reward with length,
                      capitals and repetition on the clean held-out pairs (before: base, after: each method's RM)
         cross        success of each attacker against base and against the other method's RM
+        same_prompts the success rows again for ``same_prompts`` (REFORM decoding the attack's prompts, and Adv-RM's
+                     samples): the per-prompt difference is paired over the prompts both have
     """
-    prompts = [{s["prompt_text"] for s in run.samples} for run in runs]
-    shared = set.intersection(*prompts) if len(prompts) == 2 else set()
+    def shared_of(group: Sequence[MethodRun]) -> set[str]:
+        prompts = [{s["prompt_text"] for s in run.samples} for run in group]
+        return set.intersection(*prompts) if len(prompts) == 2 else set()
+
+    shared, same = shared_of(runs), shared_of(same_prompts)
     rows, diffs = _retrained_rows(retrained or {}, n_boot, seed)
     return {"checks": list(checks), "success": _success_rows(runs, n_boot, seed, shared),
             "efficiency": _efficiency_rows(runs, n_boot, seed), "diversity": _diversity_rows(runs, seed), "retrained": rows,
             "paired": diffs, "spurious": _spurious_rows(spurious or {}), "cross": _cross_rows(cross, n_boot, seed),
             "shared_prompts": len(shared),
+            "same_prompts": _success_rows(same_prompts, n_boot, seed, same) if same_prompts else [], "same_prompts_n": len(same),
             "n_boot": n_boot, "seed": seed}
 
 
@@ -216,6 +224,8 @@ class CompareConfig:
     equal_pairs: bool = setting(True, "retrain both methods' RMs on the same number of added pairs and evaluate them")
     cross_attacks: bool = setting(True, "REFORM's decoding against Adv-RM's RM, and the attack against REFORM's (needs "
                                         "equal_pairs)")
+    same_prompts: bool = setting(True, "also decode REFORM's 'raise' variants of the attack's own prompts, so that both "
+                                       "methods are compared on the same prompts (REFORM's own are its influential pairs)")
     n_boot: int = setting(BOOTSTRAP_RESAMPLES, "bootstrap resamples of every interval")
     runtime: Runtime = nested(Runtime, "device, dtype, threads, remote-code leave of every stage (each keeps the seed of the "
                                        "run it repeats); seed: of the bootstrap and of the pair samples")
@@ -318,7 +328,7 @@ def run_compare(config: CompareConfig, run: RunDir) -> CompareResult:
     if not (A / "attack_r1" / SAMPLES_FILE).is_file() or not (variants_dir / "variants.jsonl").is_file():
         raise ValueError("the runs lack what is compared: the pipeline's variants_lowest_loss/variants.jsonl and the "
                          f"rounds' attack_r1/{SAMPLES_FILE} (an attack from before samples were judged); run them again")
-    stages = Stages(run, total=1 + 4 * config.equal_pairs + 3 * config.cross_attacks)
+    stages = Stages(run, total=1 + 4 * config.equal_pairs + 3 * config.cross_attacks + 2 * config.same_prompts)
     judge = dict(judge_rm=attack.judge_rm, base_perplexity=read_json(A / "attack_r1" / "metrics.json")["base_perplexity"],
                  confirm=attack.confirm, runtime=config.runtime)
 
@@ -405,12 +415,32 @@ def run_compare(config: CompareConfig, run: RunDir) -> CompareResult:
     elif config.cross_attacks:
         stages.skip(3)
 
-    table = comparison_table(runs, retrained=retrained, spurious=spurious, cross=cross, checks=checks, n_boot=config.n_boot,
-                             seed=config.runtime.seed)
+    same: list[MethodRun] = []
+    if config.same_prompts:  # REFORM's decoding on the prompts the attack attacked, against the base
+        n_attack = write_attack_pairs(attack, run.path / "attack_pairs.jsonl")
+        decode = config_from_dict(GenerateVariantsConfig, read_json(variants_dir / "config.json"))
+        decode = dataclasses.replace(decode, data=str(run.path / "attack_pairs.jsonl"), rows="", fraction=1.0, scored="",
+                                     directions="raise", runtime=config.placed(decode.runtime))
+        out = stages("variants_attack_prompts", generate_variants, decode, note=f" (the attack's {n_attack} prompts)")
+        stages("judge_attack_prompts", judge_variants,
+               JudgeVariantsConfig(str(run.path / "variants_attack_prompts" / "variants.jsonl"), **judge), ("variants_attack_prompts",))
+        on_attack = _with_prompt_text(read_samples(run.path / "judge_attack_prompts"))
+        same = [MethodRun(REFORM, on_attack, on_attack, float(out.get("cpu_seconds", float("nan")))), runs[1]]
+
+    table = comparison_table(runs, retrained=retrained, spurious=spurious, cross=cross, checks=checks, same_prompts=same,
+                             n_boot=config.n_boot, seed=config.runtime.seed)
     atomic_write_json(run.path / TABLE_FILE, table)
     per = {r["method"]: r["value"] for r in table["success"] if r["unit"] == "sample" and r["method"] in (REFORM, ADVRM)}
     eff = {r["method"]: r["value"] for r in table["efficiency"]}
     return CompareResult(str(run.path / TABLE_FILE), per, eff, n if config.equal_pairs else 0, time.perf_counter() - start)
+
+
+def write_attack_pairs(attack: AttackConfig, out: str | Path) -> int:
+    """The pairs an attack attacks (the first ``prompts`` of its data rows) as TRL rows at ``out``: for REFORM's
+    decoding of the same prompts -> how many."""
+    pairs = select_rows(load_preferences(attack.data, skip_invalid=attack.skip_invalid).pairs, attack.rows)[: attack.prompts]
+    write_jsonl(out, [{"prompt": list(p.prompt), "chosen": p.chosen, "rejected": p.rejected} for p in pairs])
+    return len(pairs)
 
 
 def write_reform_pairs(pipeline_dir: str | Path, out: str | Path) -> int:

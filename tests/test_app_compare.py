@@ -48,8 +48,8 @@ def test_the_page_compares_a_pipeline_and_an_adv_rounds_run_and_draws_the_interv
     spurious = next(d.value for d in at.dataframe if "extreme_negative_share" in d.value.columns)
     assert spurious["model"].tolist() == ["base", "REFORM", "Adv-RM"] and spurious["length_corr"].notna().all()
     charts = at.get("plotly_chart")
-    assert len(charts) == 7  # success, efficiency, accuracy, drops, paired differences, cross-attacks; in the run
-    loss = json.loads(charts[6].proto.spec)  # history, the loss curves of the reward models the job retrained
+    assert len(charts) == 8  # success, on the same prompts, efficiency, accuracy, drops, paired differences, cross-attacks; in the run
+    loss = json.loads(charts[7].proto.spec)  # history, the loss curves of the reward models the job retrained
     assert loss["layout"]["title"]["text"].startswith("Training loss") and all(trace["y"] for trace in loss["data"])
     success = charts[0].proto.spec
     assert '"error_y"' in success and '"arrayminus"' in success  # every bar carries its interval

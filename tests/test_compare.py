@@ -142,6 +142,23 @@ def test_each_method_attacks_the_rm_the_other_one_hardened(runs):
             assert r["target_prefers_low"] <= r["target_prefers"] <= r["target_prefers_high"] and r["value"] <= r["target_prefers"]
 
 
+def test_reform_decodes_the_attacks_own_prompts_so_both_methods_meet_on_the_same_prompts(runs):
+    table, compare = read_table(runs["compare"]), runs["compare"]
+    attack = read_json(runs["rounds"] / "attack_r1" / "config.json")
+    with open(compare / "attack_pairs.jsonl") as fh:
+        pairs = [json.loads(line) for line in fh]
+    assert len(pairs) == attack["prompts"] == table["same_prompts_n"]   # every attacked prompt, on both sides
+    decoded = read_json(compare / "variants_attack_prompts" / "config.json")
+    assert (decoded["directions"], decoded["data"], decoded["reward_model"]) == \
+        ("raise", str(compare / "attack_pairs.jsonl"), attack["target_rm"])      # against the base, as the attack
+    on_attack = read_samples(compare / "judge_attack_prompts")
+    rows = {(r["method"], r["unit"], r["prompts"]): r for r in table["same_prompts"]}
+    assert rows[REFORM, "sample", "all"]["value"] == pytest.approx(sum(r["success"] for r in on_attack) / len(on_attack))
+    assert rows[REFORM, "prompt", "shared"]["n"] == rows[ADVRM, "prompt", "shared"]["n"] == attack["prompts"]
+    diff = rows[f"{REFORM} − {ADVRM}", "prompt", "shared"]
+    assert diff["value"] == pytest.approx(rows[REFORM, "prompt", "shared"]["value"] - rows[ADVRM, "prompt", "shared"]["value"])
+
+
 def test_a_compare_job_refuses_runs_that_have_not_finished(runs, tmp_path):
     with pytest.raises(ValueError, match="is not a finished pipeline run"):
         run_compare(CompareConfig(str(tmp_path / "nothing"), str(runs["rounds"]), runtime=Runtime(device="cpu")), tmp_path / "c")
