@@ -398,14 +398,18 @@ def run_compare(config: CompareConfig, run: RunDir) -> CompareResult:
     spurious = {k: (retrained[k][0], (read_json(measured[k] / "metrics.json", {}) or {}).get("indicators"))
                 for k in retrained}
 
+    def raise_decoding(data: Path, **changes: Any) -> GenerateVariantsConfig:
+        """The pipeline's own decoding, "raise" only, of every pair in ``data`` (no influence selection)."""
+        decode = config_from_dict(GenerateVariantsConfig, read_json(variants_dir / "config.json"))
+        return dataclasses.replace(decode, data=str(data), rows="", fraction=1.0, scored="", directions="raise",
+                                   runtime=config.placed(decode.runtime), **changes)
+
     # cross-attacks: each method against the RM the other one hardened
     cross = [("REFORM decoding", "base", reform), ("Adv-RM attack", "base", fresh)]
     if config.cross_attacks and len(hardened) == 2:
         write_reform_pairs(P, run.path / "reform_pairs.jsonl")
-        decode = config_from_dict(GenerateVariantsConfig, read_json(variants_dir / "config.json"))
-        decode = dataclasses.replace(decode, reward_model=hardened[ADVRM], data=str(run.path / "reform_pairs.jsonl"), rows="",
-                                     fraction=1.0, scored="", directions="raise", runtime=config.placed(decode.runtime))
-        stages("variants_vs_advrm", generate_variants, decode, ("retrain_advrm",))
+        stages("variants_vs_advrm", generate_variants,
+               raise_decoding(run.path / "reform_pairs.jsonl", reward_model=hardened[ADVRM]), ("retrain_advrm",))
         stages("judge_vs_advrm", judge_variants,
                JudgeVariantsConfig(str(run.path / "variants_vs_advrm" / "variants.jsonl"), **judge), ("variants_vs_advrm",))
         cross.append(("REFORM decoding", "Adv-RM's RM", _with_prompt_text(read_samples(run.path / "judge_vs_advrm"))))
@@ -418,10 +422,8 @@ def run_compare(config: CompareConfig, run: RunDir) -> CompareResult:
     same: list[MethodRun] = []
     if config.same_prompts:  # REFORM's decoding on the prompts the attack attacked, against the base
         n_attack = write_attack_pairs(attack, run.path / "attack_pairs.jsonl")
-        decode = config_from_dict(GenerateVariantsConfig, read_json(variants_dir / "config.json"))
-        decode = dataclasses.replace(decode, data=str(run.path / "attack_pairs.jsonl"), rows="", fraction=1.0, scored="",
-                                     directions="raise", runtime=config.placed(decode.runtime))
-        out = stages("variants_attack_prompts", generate_variants, decode, note=f" (the attack's {n_attack} prompts)")
+        out = stages("variants_attack_prompts", generate_variants, raise_decoding(run.path / "attack_pairs.jsonl"),
+                     note=f" (the attack's {n_attack} prompts)")
         stages("judge_attack_prompts", judge_variants,
                JudgeVariantsConfig(str(run.path / "variants_attack_prompts" / "variants.jsonl"), **judge), ("variants_attack_prompts",))
         on_attack = _with_prompt_text(read_samples(run.path / "judge_attack_prompts"))
