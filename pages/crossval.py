@@ -82,7 +82,7 @@ with st.form("crossval_form"):
     only = c[3].text_input("Only folds", "", key="crossval_only", help="e.g. '0,1' to spread a long run over sessions; '' = all")
     c = st.columns(5)
     finetune = c[0].selectbox("Fine-tuning", FINETUNE_MODES, key="crossval_finetune")
-    lora_layers = c[1].number_input("LoRA layers (top)", 1, 64, DEFAULT.model.lora_layers, key="crossval_lora_layers")
+    lora_layers = c[1].number_input("Top layers trained (LoRA or top)", 1, 64, DEFAULT.model.lora_layers, key="crossval_lora_layers")
     max_length = c[2].number_input("Max length", 64, 4096, DEFAULT.model.max_length, step=32, key="crossval_max_length")
     epochs = c[3].number_input("Epochs", 1, 20, DEFAULT.epochs, key="crossval_epochs")
     lr = c[4].number_input("Learning rate", 1e-6, 1e-2, DEFAULT.lr, format="%.1e", key="crossval_lr")

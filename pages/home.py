@@ -78,7 +78,7 @@ def train_base_rm(s, loaded) -> None:
                            help="pairs it never sees, for its held-out accuracy (and later robustness); the rest of the rows")
     finetune = c[3].selectbox("Fine-tuning", list(FINETUNE_MODES), key="home_train_finetune")
     c = st.columns(4)
-    lora_layers = c[0].number_input("LoRA on the top N layers (0 = all)", 0, 200, defaults.model.lora_layers or 0,
+    lora_layers = c[0].number_input("Top N layers trained, by LoRA or top (0 = all)", 0, 200, defaults.model.lora_layers or 0,
                                     key="home_train_lora_layers")
     epochs = c[1].number_input("Epochs", 1, 100, defaults.epochs, key="home_train_epochs")
     max_steps = c[2].number_input("Max steps (0 = the epochs decide)", 0, 1_000_000, 0, key="home_train_max_steps")

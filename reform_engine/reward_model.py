@@ -38,9 +38,10 @@ from .models import (DEFAULT_MODEL, ModelError, from_pretrained, load_tokenizer,
 from .runs import atomic_directory, recover_directory
 from .runtime import resolve_device, resolve_dtype
 
-FINETUNE_MODES = ("lora", "head", "full")
+FINETUNE_MODES = ("lora", "head", "full", "top")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SPEC_FILE = "reward_model.json"
+TOP_FILE = "top_layers.safetensors"   # finetune=top: the trained top layers' weights and the final norm
 BACKBONE_FILE = "backbone.json"
 # The demo RM shipped with the repo (data/README.md has its card): LoRA + head on the offline SmolLM2, trained by
 # train-rm on rows 0:132 of the demo set, so the app has a reward model before anyone trains one.
@@ -55,12 +56,15 @@ class RewardModelSpec:
     train-rm's recipe (``TrainRewardConfig.model``): the defaults are the training recipe's."""
 
     base_model: str = setting(DEFAULT_MODEL, "backbone: a model id or directory; smollm2-135m-instruct is the offline SmolLM2")
-    finetune: str = setting("lora", "lora: cheap and strong; head: fastest, weakest; full: most memory", choices=FINETUNE_MODES)
+    finetune: str = setting("lora", "lora: cheap and strong; head: fastest, weakest; full: most memory; top: every weight of "
+                                    "the top lora_layers layers (and the final norm), the layers below frozen",
+                            choices=FINETUNE_MODES)
     lora_r: int = setting(16, "LoRA rank")
     lora_alpha: int = setting(32, "LoRA scale: the update is multiplied by lora_alpha / lora_r")
     lora_dropout: float = setting(0.0, "LoRA dropout; 0 keeps training bit-for-bit repeatable for its seed")
-    lora_layers: int | None = setting(8, "LoRA on the top N layers only (none = every layer): about 2x faster training, "
-                                         "and decoding then computes the untouched lower layers once for policy and RM")
+    lora_layers: int | None = setting(8, "LoRA (or, with finetune=top, full training) on the top N layers only (none = "
+                                         "every layer): about 2x faster training, and decoding then computes the "
+                                         "untouched lower layers once for policy and RM")
     use_chat_template: bool = setting(True, "format prompts with the tokenizer's chat template when it has one")
     max_length: int = setting(320, "tokens per prompt + response: the prompt is cut from the left to fit, the response "
                                    "never is (a training pair whose response cannot fit is skipped)")
@@ -82,6 +86,19 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, T) mask -> (B,) index of the last real token, for left or right padding alike."""
     positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
     return (attention_mask.long() * positions).argmax(-1)
+
+
+def top_parameter_names(backbone: nn.Module, n_top: int | None) -> list[str]:
+    """Names of the backbone parameters finetune=top trains: every weight of the top ``n_top`` decoder
+    layers (None: all of them) and of the final norm above them."""
+    total = backbone.config.num_hidden_layers
+    start = total - min(n_top or total, total)
+    marks = tuple(f".layers.{i}." for i in range(start, total)) + (".norm.",)
+    names = [n for n, _ in backbone.named_parameters() if any(m in "." + n for m in marks)]
+    if not any(".layers." in "." + n for n in names):
+        raise ModelError(f"finetune=top needs a decoder whose layers are named 'layers.<i>'; "
+                         f"{type(backbone).__name__} has none: use lora or full")
+    return names
 
 
 def backbone_fingerprint(backbone: nn.Module) -> dict:
@@ -182,6 +199,10 @@ class CausalRewardModel(nn.Module):
                 (tmp / "adapter" / "README.md").unlink(missing_ok=True)  # PEFT's empty model card, holding only that path
             elif self.spec.finetune == "full":
                 self.backbone.save_pretrained(tmp / "backbone", safe_serialization=True)
+            elif self.spec.finetune == "top":
+                params = dict(self.backbone.named_parameters())
+                save_file({n: params[n].detach().cpu().contiguous() for n in top_parameter_names(self.backbone, self.spec.lora_layers)},
+                          str(tmp / TOP_FILE))
             if self.spec.finetune != "full" and self.backbone_fingerprint is not None:
                 (tmp / BACKBONE_FILE).write_text(json.dumps({"base_model": self.spec.base_model, **self.backbone_fingerprint},
                                                             indent=2))
@@ -206,6 +227,10 @@ def build_reward_model(spec: RewardModelSpec, *, device: str = "auto", dtype: st
     for p in backbone.parameters():
         p.requires_grad_(spec.finetune == "full")
     fingerprint = backbone_fingerprint(backbone) if spec.finetune != "full" else None
+    if spec.finetune == "top":
+        params = dict(backbone.named_parameters())
+        for name in top_parameter_names(backbone, spec.lora_layers):
+            params[name].requires_grad_(True)
     torch.manual_seed(seed)
     if spec.finetune == "lora":
         from peft import LoraConfig, get_peft_model
@@ -260,8 +285,14 @@ def load_causal_reward_model(directory: str | Path, *, device: str = "auto", dty
         backbone = PeftModel.from_pretrained(backbone, directory / "adapter", is_trainable=trainable)
         if not trainable:
             backbone = backbone.merge_and_unload()
+    top = top_parameter_names(backbone, spec.lora_layers) if spec.finetune == "top" else []
+    if top:
+        _load_top_layers(backbone, directory / TOP_FILE, top)
     for p in backbone.parameters():
         p.requires_grad_(trainable and spec.finetune == "full")
+    params = dict(backbone.named_parameters())
+    for name in top:
+        params[name].requires_grad_(trainable)
     for name, p in backbone.named_parameters():
         if trainable and spec.finetune == "lora" and "lora_" in name:
             p.requires_grad_(True)
@@ -271,6 +302,22 @@ def load_causal_reward_model(directory: str | Path, *, device: str = "auto", dty
     model.head.requires_grad_(trainable)
     model = model.to(resolve_device(device))
     return model.train(trainable) if trainable else model.eval()
+
+
+def _load_top_layers(backbone: nn.Module, file: Path, names: list[str]) -> None:
+    """Put a finetune=top checkpoint's trained weights into the base backbone, or ModelError naming what is off."""
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(file))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{file} is missing or unreadable ({exc}): a finetune=top checkpoint keeps its trained layers there; "
+                         f"restore the checkpoint from its source") from exc
+    missing, extra = sorted(set(names) - set(state)), sorted(set(state) - set(names))
+    if missing or extra:
+        raise ModelError(f"{file} does not hold the top {len(names)} parameters its spec names (missing {missing[:3]}, "
+                         f"unexpected {extra[:3]}): lora_layers in {file.parent / SPEC_FILE} must be the number it was trained with")
+    backbone.load_state_dict(state, strict=False)
 
 
 class SequenceClassifierRewardModel(nn.Module):

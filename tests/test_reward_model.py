@@ -55,7 +55,7 @@ def test_pad_token_equal_to_eos_inside_text_does_not_move_the_score(tiny_rm):
     assert padded.item() == pytest.approx(alone.item(), abs=1e-5)
 
 
-@pytest.mark.parametrize("finetune", ["lora", "head", "full"])
+@pytest.mark.parametrize("finetune", ["lora", "head", "full", "top"])
 def test_save_and_load_reproduce_scores(tiny_model_dir, tmp_path, finetune):
     rm = build_reward_model(RewardModelSpec(base_model=tiny_model_dir, finetune=finetune, max_length=128), device="cpu", seed=3)
     with torch.no_grad():  # move weights off their init so the checkpoint carries real information
@@ -75,11 +75,47 @@ def test_save_and_load_reproduce_scores(tiny_model_dir, tmp_path, finetune):
 
 def test_trainable_parameters_follow_the_finetune_mode(tiny_model_dir):
     counts = {}
-    for mode in ("head", "lora", "full"):
-        rm = build_reward_model(RewardModelSpec(base_model=tiny_model_dir, finetune=mode), device="cpu")
+    for mode in ("head", "lora", "full", "top"):
+        rm = build_reward_model(RewardModelSpec(base_model=tiny_model_dir, finetune=mode, lora_layers=1), device="cpu")
         counts[mode] = sum(p.numel() for p in rm.parameters() if p.requires_grad)
     assert counts["head"] == 32 + 1
-    assert counts["head"] < counts["lora"] < counts["full"]
+    assert counts["head"] < counts["lora"] < counts["top"] < counts["full"]
+
+
+def test_top_trains_every_weight_of_the_top_layers_and_the_final_norm_only(tiny_model_dir, tmp_path):
+    from reform_engine.trunk_cache import trunk_split
+
+    rm = build_reward_model(RewardModelSpec(base_model=tiny_model_dir, finetune="top", lora_layers=1), device="cpu")
+    layer1 = {n for n, _ in rm.backbone.named_parameters() if n.startswith("layers.1.")}
+    trained = {n for n, p in rm.backbone.named_parameters() if p.requires_grad}
+    assert layer1 and trained == layer1 | {"norm.weight"}
+    assert trunk_split(rm) == (1, "")  # layer 0 is the base's: its output can be cached
+    with torch.no_grad():
+        dict(rm.backbone.named_parameters())["layers.1.mlp.up_proj.weight"].add_(0.1)
+    ckpt = rm.save(tmp_path / "ckpt")
+    assert not (ckpt / "backbone").exists()  # the top layers only, beside a reference to the base
+    loaded = load_causal_reward_model(ckpt, device="cpu")
+    assert trunk_split(loaded) == (1, "") and not any(p.requires_grad for p in loaded.parameters())
+    base = build_reward_model(RewardModelSpec(base_model=tiny_model_dir, finetune="head"), device="cpu")
+    got, want = dict(loaded.backbone.named_parameters()), dict(rm.backbone.named_parameters())
+    assert torch.equal(got["layers.1.mlp.up_proj.weight"], want["layers.1.mlp.up_proj.weight"])
+    assert not torch.equal(got["layers.1.mlp.up_proj.weight"], dict(base.backbone.named_parameters())["layers.1.mlp.up_proj.weight"])
+    trainable = load_causal_reward_model(ckpt, device="cpu", trainable=True)
+    assert {n for n, p in trainable.backbone.named_parameters() if p.requires_grad} == layer1 | {"norm.weight"}
+
+
+def test_a_top_checkpoint_with_a_changed_layer_count_is_refused_with_the_fix(tiny_model_dir, tmp_path):
+    import json
+
+    ckpt = build_reward_model(RewardModelSpec(base_model=tiny_model_dir, finetune="top", lora_layers=1),
+                              device="cpu").save(tmp_path / "ckpt")
+    spec = json.loads((ckpt / "reward_model.json").read_text())
+    (ckpt / "reward_model.json").write_text(json.dumps({**spec, "lora_layers": 2}))
+    with pytest.raises(ModelError, match="missing .*lora_layers in .* must be the number it was trained with"):
+        load_reward_model(str(ckpt), device="cpu")
+    (ckpt / "top_layers.safetensors").unlink()
+    with pytest.raises(ModelError, match="top_layers.safetensors is missing or unreadable"):
+        load_reward_model(str(ckpt), device="cpu")
 
 
 def test_lora_layers_limits_adapters_to_top_layers(tiny_model_dir):
@@ -200,7 +236,7 @@ def test_the_spec_defaults_are_the_training_recipes_and_old_spec_files_still_loa
     assert read_spec(tmp_path) == RewardModelSpec(base_model="m", lora_layers=None, max_length=512)
 
 
-@pytest.mark.parametrize("finetune", ["lora", "head"])
+@pytest.mark.parametrize("finetune", ["lora", "head", "top"])
 def test_a_checkpoint_names_its_backbone_and_is_refused_on_other_weights(tmp_path, finetune):
     import json
 

@@ -144,8 +144,10 @@ def test_shard_gives_every_process_the_same_number_of_batches():
     assert _shard(batches, TwoProcesses()) == [[0], [2], [4]]
 
 
-def test_cached_training_gives_the_uncached_losses_over_two_epochs_and_logs_the_cache(tiny_model_dir, toy_file, tmp_path):
-    cfg = dict(epochs=2, model={"lora_layers": 1}, eval_data=toy_file)
+@pytest.mark.parametrize("finetune", ["lora", "top"])
+def test_cached_training_gives_the_uncached_losses_over_two_epochs_and_logs_the_cache(tiny_model_dir, toy_file, tmp_path,
+                                                                                    finetune):
+    cfg = dict(epochs=2, model={"lora_layers": 1, "finetune": finetune}, eval_data=toy_file)
     off = train_reward_model(_config(tiny_model_dir, toy_file, runtime={"trunk_cache": "off"}, **cfg), tmp_path / "off")
     on = train_reward_model(_config(tiny_model_dir, toy_file, **cfg), tmp_path / "on")
     assert len(on.loss_curve) == 4
