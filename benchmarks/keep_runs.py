@@ -6,7 +6,7 @@
 `benchmarks/out/` does not outlive a machine (benchmarks/checkpoints/README.md). ``keep`` copies a run directory of
 `out/` into `checkpoints/` (same relative path): all of it when it succeeded; otherwise (a staged run: pipeline,
 adv-rounds, compare) its top-level files and each stage that succeeded, so that the plan command, run again, reuses
-those stages and runs only the rest. Left out: resume state (a killed stage starts over), trunk
+those stages and runs only the rest. Left out: resume state (a killed stage starts over), a finetune=top RM's layers (too big), trunk
 caches (rebuilt by the first job that reads the texts), best-of-N's shared samples with their hidden states (seeded:
 drawn again, the same, by the next bon stage that needs them) and unfinished stages. A JSONL file over 1 MB is kept gzipped.
 
@@ -28,7 +28,9 @@ from reform_engine.runs import run_state  # noqa: E402
 
 OUT, KEPT = HERE / "out", HERE / "checkpoints"
 LEFT_OUT = {"rl_state.pt", "resume.pt", "decoded.journal.jsonl", "trunk_cache",  # resume state and caches; best-of-N's
-            "bon_samples"}  # samples with the hidden states the RMs read (~250 MB), drawn again when a bon stage runs
+            "bon_samples",  # samples with the hidden states the RMs read (~250 MB), drawn again when a bon stage runs
+            "top_layers.safetensors"}  # a finetune=top RM's trained layers (113 MB for 8 SmolLM2 layers): a kept crossval
+                                       # run of such a recipe keeps the per-pair held-out wins it is compared by, not its RMs
 GZIP_OVER = 1 << 20
 
 

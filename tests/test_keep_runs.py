@@ -27,6 +27,7 @@ def _staged_run(out: Path) -> Path:
     _status(run / "attack_r1", "succeeded")
     (run / "attack_r1" / "checkpoint").mkdir()
     (run / "attack_r1" / "checkpoint" / "adapter.safetensors").write_bytes(b"\0" * 10)
+    (run / "attack_r1" / "checkpoint" / "top_layers.safetensors").write_bytes(b"\0" * 10)  # finetune=top: too big to keep
     _status(run / "attack_r2", "running")  # killed mid-way: its resume state stays behind
     (run / "attack_r2" / "rl_state.pt").write_bytes(b"\0" * 10)
     (run / "trunk_cache").mkdir()
